@@ -1,0 +1,79 @@
+"""The one error hierarchy of fedguard.
+
+Every error fedguard raises on purpose derives from :class:`FedguardError`, and
+subclasses the builtin whose meaning fits, so callers may catch either. Each
+error carries the exit code the CLI maps it to (documented in docs/cli.md) and a
+message that says what is wrong and what to do about it::
+
+    FedguardError (exit 1)
+    ├── ConfigurationError (ValueError, exit 2)   bad argument, bad config value
+    │   └── InputValidationError                  a request or record fails its schema
+    ├── StateError (RuntimeError, exit 3)         FEDGUARD_HOME unusable, registry corrupt or
+    │                                             foreign, signing key missing
+    ├── NotFoundError (LookupError, exit 4)       unknown model, version, key or artifact
+    ├── VerificationError (exit 5)                a signature or watermark does not verify
+    │   ├── SignatureError
+    │   └── WatermarkError
+    ├── TrainingError (RuntimeError, exit 6)      a round aggregated nothing, a site failed
+    └── AuthError (PermissionError, exit 7)       missing, unknown or under-scoped credential
+
+Why one root: the CLI and the serving tier translate exactly this hierarchy at
+their boundary (one-line message and exit code; sanitized HTTP error) and let
+anything else surface as a bug.
+"""
+
+from __future__ import annotations
+
+
+class FedguardError(Exception):
+    """Root of every deliberate fedguard error."""
+
+    exit_code: int = 1
+
+
+class ConfigurationError(FedguardError, ValueError):
+    """An argument or configuration value is invalid."""
+
+    exit_code = 2
+
+
+class InputValidationError(ConfigurationError):
+    """A record or request does not match the model's feature schema."""
+
+
+class StateError(FedguardError, RuntimeError):
+    """Persistent state (home directory, registry, keys) is unusable."""
+
+    exit_code = 3
+
+
+class NotFoundError(FedguardError, LookupError):
+    """A named model, version, key or artifact does not exist."""
+
+    exit_code = 4
+
+
+class VerificationError(FedguardError):
+    """An integrity or ownership check failed."""
+
+    exit_code = 5
+
+
+class SignatureError(VerificationError):
+    """A model signature does not verify; the message names the file that differs."""
+
+
+class WatermarkError(VerificationError):
+    """A watermark is absent or not detected with the required confidence."""
+
+
+class TrainingError(FedguardError, RuntimeError):
+    """Federated training could not produce a trustworthy model."""
+
+    exit_code = 6
+
+
+class AuthError(FedguardError, PermissionError):
+    """A credential is missing, unknown, revoked or lacks the needed scope."""
+
+    exit_code = 7

@@ -1,0 +1,243 @@
+"""The model registry: models, versions, runs and site lineage, each write audited.
+
+Every state change happens in one transaction together with its audit event
+(:func:`lifecycle.audit.record`), so the registry and the audit trail can
+never disagree: a crash leaves the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from lifecycle import audit
+from lifecycle.artifacts import ArtifactStore, StoredArtifact
+from lifecycle.errors import ConfigurationError, NotFoundError, StateError
+from lifecycle.home import Home
+from lifecycle.registry.database import create_registry_engine, migrate
+from lifecycle.registry.tables import (
+    ModelVersion,
+    RegisteredModel,
+    SiteParticipation,
+    TrainingRun,
+    utcnow,
+)
+from lifecycle.settings import Settings, get_settings
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+def validate_model_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigurationError(
+            f"invalid model name '{name}': use 1-128 lowercase letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """Split ``NAME[:VERSION]``; the version defaults to the newest."""
+    name, _, version = ref.partition(":")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ConfigurationError(f"invalid version '{version}' in '{ref}': use NAME or NAME:N with N >= 1")
+    return name, int(version)
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """One site's part in a run (input to :meth:`Registry.publish`, and lineage)."""
+
+    site: str
+    num_examples: int
+    data_manifest: str
+    epsilon: float | None
+    delta: float | None
+    rounds_participated: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered model version with everything needed to verify and load it."""
+
+    name: str
+    version: int
+    artifact: StoredArtifact
+    run_id: str | None
+    signer_fingerprint: str
+    metrics: dict[str, Any]
+    watermark: dict[str, Any]
+    stage: str
+    created_at: datetime
+    sites: tuple[SiteRecord, ...] = field(default=())
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Registry:
+    """Facade over the registry database and the artifact store."""
+
+    def __init__(self, engine: Engine, home: Home) -> None:
+        self.engine = engine
+        self.home = home
+        self.store = ArtifactStore(home.artifacts)
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> Registry:
+        """Open (creating or migrating) the registry named by the settings."""
+        settings = settings or get_settings()
+        home = Home(settings.home).ensure()
+        engine = create_registry_engine(settings.registry_url)
+        migrate(engine)
+        return cls(engine, home)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One atomic unit of work: commit on success, roll back on any error."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except SQLAlchemyError as exc:
+                session.rollback()
+                raise StateError(f"registry write failed and was rolled back: {exc}") from exc
+            except BaseException:
+                session.rollback()
+                raise
+
+    def publish(
+        self,
+        *,
+        name: str,
+        artifact: StoredArtifact,
+        signer_fingerprint: str,
+        run_id: str,
+        run_config: dict[str, Any],
+        rounds: int,
+        sites: list[SiteRecord],
+        metrics: dict[str, Any],
+        watermark: dict[str, Any],
+        actor: str,
+        mode: str = "simulation",
+    ) -> VersionRecord:
+        """Record a run, its sites and a new model version, with audit events, atomically."""
+        validate_model_name(name)
+        with self.transaction() as session:
+            run = TrainingRun(
+                id=run_id, mode=mode, rounds=rounds, config_json=json.dumps(run_config, sort_keys=True),
+                finished_at=utcnow(),
+            )
+            session.add(run)
+            session.flush()
+            for site in sites:
+                session.add(SiteParticipation(run_id=run_id, **site.__dict__))
+            audit.record(session, "run.finished", actor=actor, subject=run_id,
+                         details={"rounds": rounds, "sites": [s.site for s in sites]})
+            model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+            if model is None:
+                model = RegisteredModel(name=name)
+                session.add(model)
+                session.flush()
+                audit.record(session, "model.created", actor=actor, subject=name)
+            assert model.id is not None
+            latest = session.exec(
+                select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+            ).one()
+            row = ModelVersion(
+                model_id=model.id, version=(latest or 0) + 1, run_id=run_id,
+                artifact_digest=artifact.digest, signer_fingerprint=signer_fingerprint,
+                metrics_json=json.dumps(metrics, sort_keys=True),
+                watermark_json=json.dumps(watermark, sort_keys=True),
+            )
+            session.add(row)
+            audit.record(session, "model.version.registered", actor=actor, subject=f"{name}:{row.version}",
+                         details={"artifact": artifact.digest, "signer": signer_fingerprint, "run": run_id})
+        return self.get_version(name, row.version)
+
+    def _to_record(self, session: Session, model: RegisteredModel, row: ModelVersion) -> VersionRecord:
+        sites: tuple[SiteRecord, ...] = ()
+        if row.run_id:
+            parts = session.exec(
+                select(SiteParticipation).where(SiteParticipation.run_id == row.run_id)
+                .order_by(col(SiteParticipation.site))
+            ).all()
+            sites = tuple(
+                SiteRecord(p.site, p.num_examples, p.data_manifest, p.epsilon, p.delta, p.rounds_participated)
+                for p in parts
+            )
+        return VersionRecord(
+            name=model.name, version=row.version,
+            artifact=self.store.get(row.artifact_digest) if (self.store.root / row.artifact_digest).exists()
+            else StoredArtifact(row.artifact_digest, self.store.root / row.artifact_digest),
+            run_id=row.run_id, signer_fingerprint=row.signer_fingerprint,
+            metrics=json.loads(row.metrics_json), watermark=json.loads(row.watermark_json),
+            stage=row.stage, created_at=row.created_at, sites=sites,
+        )
+
+    def get_version(self, name: str, version: int | None = None) -> VersionRecord:
+        """The given version of ``name`` (newest if ``None``)."""
+        with Session(self.engine) as session:
+            model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+            if model is None:
+                known = ", ".join(session.exec(select(RegisteredModel.name)).all()) or "none yet"
+                raise NotFoundError(f"no model named '{name}' (registered: {known}); see 'fedguard models list'")
+            query = select(ModelVersion).where(ModelVersion.model_id == model.id)
+            if version is None:
+                query = query.order_by(col(ModelVersion.version).desc()).limit(1)
+            else:
+                query = query.where(ModelVersion.version == version)
+            row = session.exec(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"model '{name}' has no version {version}; see 'fedguard models show {name}'"
+                )
+            return self._to_record(session, model, row)
+
+    def resolve(self, ref: str) -> VersionRecord:
+        name, version = parse_ref(ref)
+        return self.get_version(name, version)
+
+    def latest_versions(self) -> list[VersionRecord]:
+        """The newest version of every registered model, by name."""
+        with Session(self.engine) as session:
+            records = []
+            for model in session.exec(select(RegisteredModel).order_by(col(RegisteredModel.name))).all():
+                row = session.exec(
+                    select(ModelVersion).where(ModelVersion.model_id == model.id)
+                    .order_by(col(ModelVersion.version).desc()).limit(1)
+                ).first()
+                if row is not None:
+                    records.append(self._to_record(session, model, row))
+            return records
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        with Session(self.engine) as session:
+            model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+            if model is None:
+                raise NotFoundError(f"no model named '{name}'; see 'fedguard models list'")
+            rows = session.exec(
+                select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(col(ModelVersion.version))
+            ).all()
+            return [self._to_record(session, model, row) for row in rows]
+
+    def verify_audit_chain(self) -> int:
+        with Session(self.engine) as session:
+            return audit.verify_chain(session)
+
+    def public_key_path(self) -> Path:
+        from lifecycle.signing import PUBLIC_KEY_NAME
+
+        return self.home.keys / PUBLIC_KEY_NAME

@@ -1,0 +1,137 @@
+"""Model signatures in the OpenSSF Model Signing format, with a local key.
+
+fedguard signs a model *directory* with ``model-signing`` (key-based, offline),
+so anyone can check a fedguard model with the upstream tool::
+
+    model_signing verify key MODEL_DIR --signature model.sig --public_key signing-key.pub.pem
+
+The private key is an ECDSA P-256 key generated on first use under
+``FEDGUARD_HOME/keys/`` (0600). Verification raises, never returns ``False``,
+and names the file that differs.
+
+Notes
+-----
+The signature is a Sigstore bundle over an in-toto statement listing the
+SHA-256 of every file (OpenSSF Model Signing v1.0 specification).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lifecycle import logger
+from lifecycle.errors import SignatureError, StateError
+from lifecycle.home import write_private
+
+PRIVATE_KEY_NAME = "signing-key.pem"
+PUBLIC_KEY_NAME = "signing-key.pub.pem"
+_FILE_IN_ERROR = re.compile(r"(?:Hash mismatch for|Missing files in model [^:]*:|Extra files found in model [^:]*:) '?([^'\]\",]+)")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """Paths of a signing key pair."""
+
+    private_key: Path
+    public_key: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return public_key_fingerprint(self.public_key)
+
+
+def ensure_signing_key(keys_dir: Path) -> SigningKey:
+    """Return the signing key in ``keys_dir``, generating it on first use."""
+    key = SigningKey(keys_dir / PRIVATE_KEY_NAME, keys_dir / PUBLIC_KEY_NAME)
+    if key.private_key.exists():
+        if not key.public_key.exists():
+            private = serialization.load_pem_private_key(key.private_key.read_bytes(), password=None)
+            _write_public(private.public_key(), key.public_key)
+        return key
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    write_private(
+        key.private_key,
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    _write_public(private_key.public_key(), key.public_key)
+    logger.info("generated model signing key %s", key.private_key)
+    return key
+
+
+def _write_public(public_key: object, path: Path) -> None:
+    pem = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path.write_bytes(pem)
+
+
+def public_key_fingerprint(public_key: Path) -> str:
+    """SHA-256 of the DER public key: a short, stable signer identity."""
+    try:
+        key = serialization.load_pem_public_key(public_key.read_bytes())
+    except FileNotFoundError as exc:
+        raise StateError(
+            f"public key '{public_key}' is missing; restore it from your backup or "
+            "pass the signer's public key explicitly"
+        ) from exc
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def sign_model(model_dir: Path, signature_path: Path, key: SigningKey) -> None:
+    """Sign every file of ``model_dir``; write the bundle to ``signature_path``."""
+    from model_signing import signing
+
+    if not key.private_key.exists():
+        raise StateError(
+            f"signing key '{key.private_key}' is missing; restore it, or remove "
+            f"'{key.public_key}' too so that fedguard generates a new pair"
+        )
+    signing.Config().use_elliptic_key_signer(private_key=key.private_key).sign(model_dir, signature_path)
+
+
+def verify_model(model_dir: Path, signature_path: Path, public_key: Path) -> None:
+    """Verify ``model_dir`` against its signature.
+
+    Raises
+    ------
+    SignatureError
+        The signature is missing, malformed, from another key, or a file
+        differs, is missing or was added (the message names it).
+    StateError
+        The public key is missing.
+    """
+    from model_signing import verifying
+
+    if not public_key.exists():
+        raise StateError(
+            f"public key '{public_key}' is missing; restore it from your backup or "
+            "pass the signer's public key explicitly"
+        )
+    if not signature_path.exists():
+        raise SignatureError(f"model '{model_dir}' has no signature at '{signature_path}'; it is unsigned and refused")
+    try:
+        verifying.Config().use_elliptic_key_verifier(public_key=public_key).verify(model_dir, signature_path)
+    except Exception as exc:  # model_signing raises ValueError and others
+        detail = str(exc)
+        match = _FILE_IN_ERROR.search(detail)
+        if match:
+            name = match.group(1).strip()
+            raise SignatureError(
+                f"signature does not verify: file '{model_dir / name}' differs from what was signed "
+                f"({detail.split(':', 1)[0]}); do not serve this model"
+            ) from exc
+        raise SignatureError(
+            f"signature '{signature_path}' does not verify for '{model_dir}' "
+            f"({type(exc).__name__}: {detail[:200]}); the signature file or key is wrong or was altered"
+        ) from exc

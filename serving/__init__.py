@@ -1,0 +1,1 @@
+"""fedguard serving package."""

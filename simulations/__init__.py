@@ -1,0 +1,1 @@
+"""fedguard simulations package."""

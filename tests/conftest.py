@@ -1,0 +1,60 @@
+"""Shared fixtures: an isolated FEDGUARD_HOME and a published model without a federation run."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+from lifecycle.architecture import FeatureSchema, ModelSpec, build_model, set_standardization  # noqa: E402
+from lifecycle.packaging import Publication, publish_model  # noqa: E402
+from lifecycle.registry import Registry, SiteRecord, VersionRecord  # noqa: E402
+from lifecycle.settings import Settings, get_settings  # noqa: E402
+
+
+@pytest.fixture
+def fedguard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh FEDGUARD_HOME for one test (SQLite registry inside it)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FEDGUARD_HOME", str(home))
+    monkeypatch.delenv("FEDGUARD_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def registry(fedguard_home: Path) -> Registry:
+    return Registry.open(Settings(home=fedguard_home))
+
+
+def make_publication(name: str = "demo", features: int = 4, seed: int = 0) -> Publication:
+    """A small untrained-but-valid model publication (deterministic weights)."""
+    torch.manual_seed(seed)
+    spec = ModelSpec(in_features=features, num_classes=2, hidden=(8,))
+    model = build_model(spec)
+    set_standardization(model, torch.zeros(features), torch.ones(features))
+    schema = FeatureSchema(features=tuple(f"f{i}" for i in range(features)), labels=("no", "yes"))
+    sites = [SiteRecord(f"site-{i}", 10 + i, f"{i:064x}", 1.5, 1e-5, 1) for i in range(2)]
+    return Publication(
+        name=name, model=model, spec=spec, schema=schema, run_id=uuid.uuid4().hex,
+        run_config={"rounds": 1}, rounds=1, sites=sites,
+        training={"rounds": 1, "aggregation": "fedavg", "secure_aggregation": "none",
+                  "dp": {"target_epsilon": 3.0, "delta": 1e-5},
+                  "sites": [{"site": s.site, "num_examples": s.num_examples, "data_manifest": s.data_manifest,
+                             "dp": {"epsilon": s.epsilon}} for s in sites]},
+        watermark={"scheme": "none"}, metrics={"accuracy": 0.5},
+    )
+
+
+@pytest.fixture
+def published(registry: Registry) -> VersionRecord:
+    """One published, signed model version named 'demo' (4 features, 2 classes)."""
+    return publish_model(registry, make_publication())
