@@ -1,1 +1,5 @@
-"""fedguard client package."""
+"""The site agent: local data, validation, DP-SGD training, Flower ClientApp."""
+
+import logging
+
+logger = logging.getLogger("fedguard.client")

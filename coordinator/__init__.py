@@ -1,1 +1,5 @@
-"""fedguard coordinator package."""
+"""The coordinator: Flower ServerApp, rounds, strategy, evaluation, publication."""
+
+import logging
+
+logger = logging.getLogger("fedguard.coordinator")

@@ -1,1 +1,1 @@
-"""fedguard fedguard package."""
+"""The ``fedguard`` command: assembles each package's own CLI."""

@@ -1,1 +1,5 @@
-"""fedguard privacy package."""
+"""Differential privacy and secure aggregation used by sites and the coordinator."""
+
+import logging
+
+logger = logging.getLogger("fedguard.privacy")

@@ -1,0 +1,109 @@
+"""The site's Flower ``ClientApp`` (Message API).
+
+Runs unchanged under the simulation engine (one virtual site per Ray actor
+call) and in a deployed SuperNode. Per round it: validates the local file
+against the federation's schema, trains (DP-SGD when a target ε is set),
+and replies with the new weights, the example count, and a ``site`` record
+holding the data manifest and the ε its accountant has spent so far. Its
+privacy state (steps taken, σ, sample rate) lives in the node's ``Context``
+state, so ε composes correctly across rounds.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import logger
+from client.config import SiteIdentity, TrainConfig
+from lifecycle.tabular import load_csv
+from client.training import plan_for, train_locally
+from lifecycle.architecture import build_model
+from privacy.dp_sgd import DPPlan, secure_rng_available
+
+app = ClientApp()
+
+_STATE_KEY = "fedguard-dp"
+
+
+def _restore_plan(context: Context, fresh: DPPlan) -> tuple[DPPlan, int]:
+    """The plan fixed in the first round (σ must not change mid-run) and steps taken."""
+    state = context.state.metric_records.get(_STATE_KEY)
+    if state is None:
+        return fresh, 0
+    plan = DPPlan(
+        fresh.target_epsilon, fresh.delta, float(state["max-grad-norm"]), float(state["sample-rate"]),
+        int(state["planned-steps"]), float(state["noise-multiplier"]), fresh.accountant,
+    )
+    return plan, int(state["steps"])
+
+
+def _save_plan(context: Context, plan: DPPlan, steps: int) -> None:
+    context.state[_STATE_KEY] = MetricRecord(
+        {
+            "steps": steps, "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
+            "planned-steps": plan.planned_steps, "max-grad-norm": plan.max_grad_norm,
+        }
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training; see the module docstring for the reply's records."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_record(msg.content.config_records["config"])
+    site = SiteIdentity.from_context(context, cfg)
+    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
+    model = build_model(cfg.spec)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
+    torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
+
+    site_record: dict[str, bool | float | int | str] = {
+        "name": site.name, "manifest": data.manifest, "secure-rng": secure_rng_available(),
+    }
+    plan = None
+    if cfg.dp_enabled:
+        plan, steps_before = _restore_plan(context, plan_for(cfg, data))
+        result = train_locally(model, data, cfg, plan, generator=generator)
+        steps = steps_before + result.steps
+        _save_plan(context, plan, steps)
+        site_record.update(
+            {
+                "epsilon": plan.history(steps).epsilon(), "delta": plan.delta,
+                "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
+                "steps": steps, "max-grad-norm": plan.max_grad_norm, "accountant": plan.accountant,
+            }
+        )
+    else:
+        result = train_locally(model, data, cfg, None, generator=generator)
+    logger.info("site %s round %d: %d examples, loss %.4f", site.name, cfg.server_round,
+                result.num_examples, result.train_loss)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),
+            "site": ConfigRecord(site_record),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the site's own data (loss and accuracy only)."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_record(msg.content.config_records["config"])
+    site = SiteIdentity.from_context(context, cfg)
+    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
+    model = build_model(cfg.spec)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.features))
+        labels = torch.from_numpy(data.labels)
+        loss = float(torch.nn.functional.cross_entropy(logits, labels))
+        accuracy = float((logits.argmax(1) == labels).float().mean())
+    metrics = MetricRecord({"num-examples": data.num_examples, "eval-loss": loss, "eval-acc": accuracy})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,90 @@
+"""What the coordinator asks a site to do in one round, read from the message.
+
+The coordinator sends a Flower ``ConfigRecord`` with hyphenated keys (Flower's
+run-config convention). Parsing it into a frozen dataclass in one place means
+a missing or mistyped key fails at the site with a clear message rather than
+as a ``KeyError`` deep in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+
+from lifecycle.architecture import ModelSpec
+from lifecycle.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One round's training instructions."""
+
+    server_round: int
+    total_rounds: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    dp_epsilon: float
+    dp_delta: float
+    max_grad_norm: float
+    features: tuple[str, ...]
+    target: str
+    spec: ModelSpec
+    seed: int
+    data_dir: str = ""
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_epsilon > 0
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> TrainConfig:
+        def get(key: str) -> Any:
+            if key not in record:
+                raise ConfigurationError(f"round configuration lacks '{key}'; coordinator and site versions differ")
+            return record[key]
+
+        features = tuple(str(f) for f in get("features"))  # type: ignore[union-attr]
+        return cls(
+            server_round=int(get("server-round")),
+            total_rounds=int(get("total-rounds")),
+            local_epochs=int(get("local-epochs")),
+            batch_size=int(get("batch-size")),
+            lr=float(get("lr")),
+            dp_epsilon=float(get("dp-epsilon")),
+            dp_delta=float(get("dp-delta")),
+            max_grad_norm=float(get("max-grad-norm")),
+            features=features,
+            target=str(get("target")),
+            spec=ModelSpec(
+                in_features=len(features),
+                num_classes=int(get("num-classes")),
+                hidden=tuple(int(h) for h in get("hidden")),  # type: ignore[union-attr]
+            ),
+            seed=int(get("seed")),
+            data_dir=str(record.get("data-dir", "")),
+        )
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """Who this site is and where its data lives (from the SuperNode's node config)."""
+
+    name: str
+    data_path: Path
+
+    @classmethod
+    def from_context(cls, context: Context, cfg: TrainConfig) -> SiteIdentity:
+        node = context.node_config
+        if "data-path" in node:
+            path = Path(str(node["data-path"]))
+            return cls(str(node.get("site-name", path.stem)), path)
+        if "partition-id" in node and cfg.data_dir:
+            pid = int(node["partition-id"])
+            return cls(str(node.get("site-name", f"site-{pid}")), Path(cfg.data_dir) / f"site-{pid}.csv")
+        raise ConfigurationError(
+            "this site has no data: start the SuperNode with --node-config \"data-path='<your.csv>'\""
+        )

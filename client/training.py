@@ -1,0 +1,62 @@
+"""Local training at a site, with record-level DP-SGD when a privacy target is set."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.config import TrainConfig
+from lifecycle.tabular import TabularData
+from privacy.dp_sgd import DPPlan, make_private
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one round of local training produced (weights stay in the model)."""
+
+    num_examples: int
+    train_loss: float
+    steps: int
+
+
+def plan_for(cfg: TrainConfig, data: TabularData) -> DPPlan:
+    """The site's DP plan for the whole run (same inputs give the same σ every round)."""
+    return DPPlan.for_run(
+        target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta, max_grad_norm=cfg.max_grad_norm,
+        num_examples=data.num_examples, batch_size=cfg.batch_size,
+        epochs=cfg.total_rounds * cfg.local_epochs,
+    )
+
+
+def train_locally(
+    model: nn.Module, data: TabularData, cfg: TrainConfig, plan: DPPlan | None, *, generator: torch.Generator
+) -> LocalResult:
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs; DP-SGD when ``plan`` is set."""
+    dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
+    loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, generator=generator)
+    optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    module: nn.Module = model
+    if plan is not None:
+        module, optimizer, loader, _ = make_private(model, optimizer, loader, plan)
+    module.train()
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    loss_fn = nn.CrossEntropyLoss()
+    total, count, steps = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for features, labels in loader:
+            if len(labels) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            optimizer.zero_grad()
+            loss = loss_fn(module(features), labels)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(labels)
+            count += len(labels)
+            steps += 1
+    if plan is not None:
+        steps = plan.steps_per_epoch * cfg.local_epochs  # every sampled step counts, empty or not
+    return LocalResult(data.num_examples, total / max(count, 1), steps)

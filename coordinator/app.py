@@ -1,0 +1,143 @@
+"""The coordinator's Flower ``ServerApp`` (Message API).
+
+``app`` is what ``flwr run`` loads (``[tool.flwr.app.components]``); fedguard's
+own simulation builds one with :func:`make_server_app` to pass CLI overrides
+and an observer for live progress. Either way the same :func:`run_federation`
+executes: rounds of FedAvg with central evaluation, then watermark, signature
+and registration, then self-checks. It raises on any failure, so a run never
+reports success for a model it could not verify.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator import logger
+from coordinator.config import CoordinatorConfig
+from coordinator.evaluation import evaluate
+from coordinator.publication import embed_watermark, publish_run
+from coordinator.strategy import RoundReport, TrackedFedAvg
+from lifecycle.architecture import ModelSpec, build_model, set_standardization
+from lifecycle.registry import Registry
+from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
+
+Observer = Callable[[str, Mapping[str, Any]], None]
+
+
+def _log_observer(event: str, payload: Mapping[str, Any]) -> None:
+    logger.info("%s: %s", event, dict(payload))
+
+
+def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "total-rounds": cfg.num_server_rounds, "local-epochs": cfg.local_epochs,
+            "batch-size": cfg.batch_size, "lr": cfg.lr, "dp-epsilon": cfg.dp_epsilon,
+            "dp-delta": cfg.dp_delta, "max-grad-norm": cfg.max_grad_norm,
+            "features": list(schema.features), "target": schema.target,
+            "num-classes": len(schema.labels), "hidden": list(cfg.hidden_sizes),
+            "seed": cfg.seed, "data-dir": cfg.data_dir,
+        }
+    )
+
+
+def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -> torch.nn.Sequential:
+    """Fresh weights; input scaling fixed from the coordinator's own reference set."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    features = torch.from_numpy(test.features)
+    set_standardization(model, features.mean(0), features.std(0))
+    return model
+
+
+def run_federation(
+    grid: Grid, cfg: CoordinatorConfig, observer: Observer = _log_observer
+) -> dict[str, Any]:
+    """Run all rounds, publish the model, and return the outcome (see module docstring)."""
+    started = time.monotonic()
+    schema = load_schema(cfg.data_path / "schema.json")
+    test = load_csv(cfg.data_path / "test.csv", list(schema.features), schema.target, len(schema.labels))
+    spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
+    model = _initial_model(cfg, spec, test)
+    reports: dict[int, RoundReport] = {}
+    strategy = TrackedFedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg.required_sites,
+        min_available_nodes=cfg.required_sites, on_round=lambda r: reports.__setitem__(r.server_round, r),
+    )
+    history: list[dict[str, Any]] = []
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        candidate = build_model(spec)
+        candidate.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(candidate, test)
+        if server_round > 0:
+            report = reports.get(server_round)
+            eps = [s.dp["epsilon"] for s in strategy.sites.values() if "epsilon" in s.dp]
+            entry = {
+                "round": server_round, "rounds": cfg.num_server_rounds, "accuracy": result.accuracy,
+                "loss": result.loss, "epsilon_max": max(eps) if eps else None,
+                "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
+            }
+            history.append(entry)
+            observer("round", entry)
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    result = strategy.start(
+        grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout, train_config=_train_config(cfg, schema), evaluate_fn=central_evaluation,
+    )
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    observer("stage", {"stage": "watermark"})
+    registry = Registry.open()
+    mark = embed_watermark(model, spec, cfg, registry.home, test)
+    final = evaluate(model, test)
+    metrics = {"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples}
+    observer("stage", {"stage": "publish"})
+    outcome = publish_run(
+        registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
+        rounds=strategy.rounds_aggregated, run_id=uuid.uuid4().hex, metrics=metrics, mark=mark,
+    )
+    outcome.update(
+        accuracy=final.accuracy, history=history,
+        epsilon={s.name: s.dp.get("epsilon") for s in sorted(strategy.sites.values(), key=lambda s: s.name)},
+        delta=cfg.dp_delta if cfg.dp_epsilon > 0 else None, secure_aggregation=cfg.secure_aggregation,
+        secure_rng=all(s.secure_rng for s in strategy.sites.values()),
+        watermark=mark.to_dict(), federation_seconds=time.monotonic() - started,
+    )
+    if cfg.result_path:
+        Path(cfg.result_path).write_text(json.dumps(outcome, indent=2, default=str))
+    return outcome
+
+
+def make_server_app(
+    overrides: Mapping[str, Any] | None = None,
+    observer: Observer = _log_observer,
+    outcome: dict[str, Any] | None = None,
+) -> ServerApp:
+    """A ServerApp whose run config is Flower's merged with ``overrides``.
+
+    ``outcome``, when given, receives the run's outcome (the simulation reads
+    it after the engine returns, since the ServerApp runs in its own thread).
+    """
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = CoordinatorConfig.from_mapping(dict(context.run_config), dict(overrides or {}))
+        result = run_federation(grid, cfg, observer)
+        if outcome is not None:
+            outcome.update(result)
+
+    return server_app
+
+
+app = make_server_app()

@@ -1,0 +1,85 @@
+"""``fedguard models list|show``: what the registry holds, with full lineage."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifecycle.registry import Registry, VersionRecord
+
+models_app = typer.Typer(help="Inspect and verify registered models.", no_args_is_help=True)
+console = Console()
+
+
+def version_summary(record: VersionRecord) -> dict[str, Any]:
+    """A JSON-ready description of one version and its lineage."""
+    return {
+        "model": record.name,
+        "version": record.version,
+        "stage": record.stage,
+        "created_at": record.created_at.isoformat(),
+        "artifact": str(record.artifact.model_dir),
+        "artifact_digest": record.artifact.digest,
+        "signature_path": str(record.artifact.signature_path),
+        "signer": record.signer_fingerprint,
+        "run": record.run_id,
+        "metrics": record.metrics,
+        "watermark": record.watermark,
+        "sites": [
+            {"site": s.site, "num_examples": s.num_examples, "data_manifest": s.data_manifest,
+             "epsilon": s.epsilon, "delta": s.delta, "rounds": s.rounds_participated}
+            for s in record.sites
+        ],
+    }
+
+
+@models_app.command("list")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List registered models with their newest version."""
+    records = Registry.open().latest_versions()
+    if as_json:
+        typer.echo(json.dumps([version_summary(r) for r in records]))
+        return
+    if not records:
+        console.print("no models registered yet; run 'fedguard simulate' to train one")
+        return
+    table = Table("model", "latest", "accuracy", "sites", "max ε", "created")
+    for r in records:
+        eps = [s.epsilon for s in r.sites if s.epsilon is not None]
+        acc = r.metrics.get("accuracy")
+        table.add_row(r.name, str(r.version), "-" if acc is None else f"{acc:.3f}", str(len(r.sites)),
+                      f"{max(eps):.2f}" if eps else "-", r.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@models_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: newest).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one version's lineage: run, sites, ε, metrics, watermark, signature."""
+    record = Registry.open().resolve(ref)
+    summary = version_summary(record)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    console.print(f"[bold]{record.ref}[/bold]  stage={record.stage}  created {summary['created_at']}")
+    console.print(f"artifact   {summary['artifact']}\nsignature  {summary['signature_path']}  signer {record.signer_fingerprint[:16]}…")
+    console.print(f"run        {record.run_id}")
+    console.print("metrics    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in record.metrics.items()))
+    mark = record.watermark
+    console.print(f"watermark  {mark.get('scheme')}  commitment {str(mark.get('commitment', ''))[:16]}…  "
+                  f"trigger accuracy {mark.get('trigger_accuracy')}  p={mark.get('p_value')}")
+    table = Table("site", "examples", "rounds", "ε", "δ", "data manifest (SHA-256)")
+    for s in record.sites:
+        table.add_row(s.site, str(s.num_examples), str(s.rounds_participated),
+                      "-" if s.epsilon is None else f"{s.epsilon:.3f}", "-" if s.delta is None else f"{s.delta:g}",
+                      s.data_manifest[:16] + "…")
+    console.print(table)

@@ -1,0 +1,153 @@
+"""Tabular data files: read, validate against the federation's schema, fingerprint.
+
+Used by a site for its local data and by the coordinator for its held-out
+evaluation set. Records never leave the site. What leaves is the *manifest*: the SHA-256 of
+the data file and its row count, which the ML-BOM records so that an auditor
+can later check which exact data a model was trained on without seeing it.
+Validation happens before any training so that a malformed file fails loudly
+with the row and column at fault instead of silently training on garbage.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lifecycle.architecture import FeatureSchema
+from lifecycle.errors import ConfigurationError, InputValidationError
+
+
+@dataclass(frozen=True)
+class DataSchema:
+    """The columns a federation agrees on: ordered features, the label column, class names."""
+
+    features: tuple[str, ...]
+    target: str
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigurationError("schema needs at least one feature and unique feature names")
+        if len(self.labels) < 2:
+            raise ConfigurationError("schema needs at least two class labels")
+        if self.target in self.features:
+            raise ConfigurationError(f"label column '{self.target}' is also listed as a feature")
+
+    @property
+    def feature_schema(self) -> FeatureSchema:
+        return FeatureSchema(self.features, self.labels)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"features": list(self.features), "target": self.target, "labels": list(self.labels)}
+
+
+def load_schema(path: Path) -> DataSchema:
+    """Read a schema from JSON or TOML (keys ``features``, ``target``, ``labels``)."""
+    try:
+        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        return DataSchema(
+            tuple(str(f) for f in raw["features"]), str(raw["target"]), tuple(str(x) for x in raw["labels"])
+        )
+    except FileNotFoundError:
+        raise ConfigurationError(f"schema file '{path}' does not exist") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"schema file '{path}' is invalid ({exc}); it needs 'features', 'target' and 'labels'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TabularData:
+    """A validated dataset: features, integer labels and the file's manifest."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    manifest: str
+    path: Path
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def file_manifest(path: Path) -> str:
+    """SHA-256 of the file's bytes: the data manifest recorded in the ML-BOM."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_row(row: list[str], columns: list[int], line: int, header: list[str]) -> list[float]:
+    values = []
+    for col in columns:
+        raw = row[col].strip() if col < len(row) else ""
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputValidationError(
+                f"line {line}, column '{header[col]}': '{raw}' is not a number"
+            ) from None
+        if not math.isfinite(value):
+            raise InputValidationError(f"line {line}, column '{header[col]}': value {raw} is not finite")
+        values.append(value)
+    return values
+
+
+def load_csv(path: Path, features: list[str], target: str, num_classes: int) -> TabularData:
+    """Read and validate a CSV (header row; feature columns; integer label column).
+
+    Raises
+    ------
+    ConfigurationError
+        The file is missing or lacks a required column.
+    InputValidationError
+        A value is not a finite number or a label is out of range (names line and column).
+    """
+    if not path.is_file():
+        raise ConfigurationError(f"data file '{path}' does not exist; pass the path of your CSV")
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [name for name in [*features, target] if name not in header]
+        if missing:
+            raise ConfigurationError(
+                f"'{path}' lacks columns {missing[:5]}{'…' if len(missing) > 5 else ''}; "
+                f"the federation's schema needs {len(features)} features and label column '{target}'"
+            )
+        columns = [header.index(name) for name in features]
+        label_col = header.index(target)
+        rows, labels = [], []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            rows.append(_parse_row(row, columns, line, header))
+            label = _parse_row(row, [label_col], line, header)[0]
+            if label != int(label) or not 0 <= label < num_classes:
+                raise InputValidationError(
+                    f"line {line}: label {label:g} is not a class index in 0..{num_classes - 1}"
+                )
+            labels.append(int(label))
+    if not rows:
+        raise InputValidationError(f"'{path}' has no data rows")
+    return TabularData(
+        np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.int64), file_manifest(path), path
+    )
+
+
+def write_csv(path: Path, features: np.ndarray, labels: np.ndarray, names: list[str], target: str) -> None:
+    """Write features and labels as a site CSV (used by simulations and tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*names, target])
+        for row, label in zip(features.tolist(), labels.tolist(), strict=True):
+            writer.writerow([*(repr(float(v)) for v in row), int(label)])

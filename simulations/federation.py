@@ -1,0 +1,168 @@
+"""A virtual federation: write each site's data, run Flower's simulation engine, collect.
+
+The coordinator and sites run the exact ``ServerApp`` and ``ClientApp`` of a
+deployment; only the transport differs (Flower's in-memory grid and Ray
+actors instead of gRPC). Each virtual site reads its own CSV, as a hospital
+would read its export, so data validation and manifests are exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sklearn.model_selection import train_test_split
+
+from coordinator.app import Observer, make_server_app
+from coordinator.config import CoordinatorConfig
+from lifecycle.architecture import ModelSpec
+from lifecycle.errors import ConfigurationError, TrainingError
+from lifecycle.home import Home
+from lifecycle.settings import get_settings
+from lifecycle.tabular import DataSchema, write_csv
+from simulations import logger
+from simulations.baseline import central_accuracy
+from simulations.datasets import load_dataset
+from simulations.partition import dirichlet_partition
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What a researcher chooses for one simulated run (the CLI's flags)."""
+
+    sites: int = 5
+    rounds: int = 5
+    seed: int = 42
+    dp_epsilon: float = 3.0
+    dp_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    alpha: float = 0.5
+    dataset: str = "breast-cancer"
+    test_fraction: float = 0.2
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    hidden: str = "32"
+    model_name: str = ""
+    watermark: str = "trigger-set"
+    cpus_per_site: float = 1.0
+    gpus_per_site: float = 0.0
+
+    def validate(self) -> None:
+        if self.sites < 1:
+            raise ConfigurationError(f"--sites {self.sites}: a federation needs at least 1 site")
+        if self.rounds < 1:
+            raise ConfigurationError(f"--rounds {self.rounds}: run at least 1 round")
+        if self.dp_epsilon < 0:
+            raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a positive ε, or 0 to disable DP")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigurationError("test fraction must be between 0 and 1")
+
+    def coordinator_overrides(self, data_dir: Path, result_path: Path) -> dict[str, Any]:
+        overrides = {
+            "num-server-rounds": self.rounds, "num-sites": self.sites, "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon,
+            "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
+            "hidden": self.hidden, "model-name": self.model_name or self.dataset,
+            "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
+        }
+        CoordinatorConfig.from_mapping(overrides)  # validate before Ray starts
+        return overrides
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    data_dir: Path
+    baseline_accuracy: float
+    site_sizes: tuple[int, ...]
+
+
+def prepare_data(cfg: SimulationConfig, data_dir: Path) -> PreparedData:
+    """Split the dataset, write site CSVs + held-out test set + schema, and train the baseline."""
+    data = load_dataset(cfg.dataset)
+    train_x, test_x, train_y, test_y = train_test_split(
+        data.features, data.labels, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=data.labels
+    )
+    parts = dirichlet_partition(train_y, cfg.sites, cfg.alpha, seed=cfg.seed)
+    schema = DataSchema(data.feature_names, "label", data.label_names)
+    names = list(schema.features)
+    for site, idx in enumerate(parts):
+        write_csv(data_dir / f"site-{site}.csv", train_x[idx], train_y[idx], names, schema.target)
+    write_csv(data_dir / "test.csv", test_x, test_y, names, schema.target)
+    (data_dir / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2))
+    spec = ModelSpec(len(names), len(schema.labels), tuple(int(h) for h in cfg.hidden.split(",")))
+    baseline = central_accuracy(
+        spec, train_x, train_y, test_x, test_y, epochs=cfg.rounds * cfg.local_epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+    )
+    return PreparedData(data_dir, baseline, tuple(len(p) for p in parts))
+
+
+def _engine_environment(home: Home) -> None:
+    """Keep Flower and Ray state local and quiet; nothing leaves the machine unasked."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("FLWR_HOME", str((home.root / "flwr").resolve()))
+    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes).
+    os.environ.setdefault("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "fedguard-ray"))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> dict[str, Any]:
+    """Run one simulated federation end to end and return the outcome."""
+    cfg.validate()
+    started = time.monotonic()
+    home = Home(get_settings().home).ensure()
+    run_dir = home.runs / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    overrides = cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json")
+    observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
+    prepared = prepare_data(cfg, run_dir / "data")
+    observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
+    _engine_environment(home)
+    outcome: dict[str, Any] = {}
+    _simulate(overrides, observer, outcome, cfg, verbose)
+    if "model" not in outcome:
+        raise TrainingError("the federation ended without publishing a model; see the log above")
+    outcome.update(baseline_accuracy=prepared.baseline_accuracy, seconds=time.monotonic() - started,
+                   run_dir=str(run_dir), config=asdict(cfg))
+    (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
+    return outcome
+
+
+def _simulate(
+    overrides: Mapping[str, Any], observer: Observer, outcome: dict[str, Any], cfg: SimulationConfig,
+    verbose: bool,
+) -> None:
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)
+    cpus = max(1, min(os.cpu_count() or 1, 2 * cfg.sites))
+    try:
+        run_simulation(
+            server_app=make_server_app(overrides, observer, outcome),
+            client_app=client_app,
+            num_supernodes=cfg.sites,
+            backend_config={
+                "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
+                "init_args": {"num_cpus": cpus, "include_dashboard": False,
+                              "logging_level": logging.INFO if verbose else logging.ERROR},
+            },
+            verbose_logging=verbose,
+        )
+    finally:
+        flwr_logger.setLevel(level)
+    logger.info("simulation finished with %d sites", cfg.sites)
