@@ -98,7 +98,7 @@ def run_federation(
     model.load_state_dict(result.arrays.to_torch_state_dict())
     observer("stage", {"stage": "watermark"})
     registry = Registry.open()
-    mark = embed_watermark(model, spec, cfg, registry.home, test)
+    model, mark = embed_watermark(model, spec, cfg, registry.home, test)
     final = evaluate(model, test)
     metrics = {"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples}
     observer("stage", {"stage": "publish"})

@@ -51,26 +51,27 @@ class WatermarkOutcome:
 
 def embed_watermark(
     model: nn.Module, spec: ModelSpec, cfg: CoordinatorConfig, home: Home, test: TabularData
-) -> WatermarkOutcome:
+) -> tuple[nn.Module, WatermarkOutcome]:
     """Embed the configured watermark without site data, store its secret, and verify it.
+
+    Returns the watermarked model (a new module; ``model`` is left as the aggregate).
 
     ``watermark = "none"`` publishes an unmarked model (benchmarks, research);
     the outcome then says ``verified: false`` and the BOM records no scheme.
     """
     if cfg.watermark == "none":
         accuracy = evaluate(model, test).accuracy
-        return WatermarkOutcome("none", "", False, 0.0, 1.0, accuracy, accuracy)
+        return model, WatermarkOutcome("none", "", False, 0.0, 1.0, accuracy, accuracy)
     scheme = create_scheme(cfg.watermark)
     generator = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     before = evaluate(model, test).accuracy
     secret = scheme.generate(model, spec, generator=generator)
-    scheme.embed(model, secret, generator=generator)
-    verification = scheme.verify(model, secret)  # raises WatermarkError if not detected
-    digest = commitment(secret)
-    save_secret(secret, secret_path(home.keys, digest))
-    return WatermarkOutcome(
+    marked = scheme.embed(model, secret, generator=generator).model
+    verification = scheme.verify(marked, secret)  # raises WatermarkError if not detected
+    digest = save_secret(secret, secret_path(home.keys, commitment(secret)))
+    return marked, WatermarkOutcome(
         scheme.name, digest, verification.verified, verification.trigger_accuracy,
-        verification.p_value, before, evaluate(model, test).accuracy,
+        verification.p_value, before, evaluate(marked, test).accuracy,
     )
 
 

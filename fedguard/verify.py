@@ -14,12 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lifecycle.artifacts import load_model
 from lifecycle.errors import WatermarkError
 from lifecycle.registry import Registry
 from lifecycle.signing import verify_model
-from watermark import create_scheme
-from watermark.secret import load_secret, secret_path
 
 
 def verify_version(registry: Registry, ref: str, public_key: Path | None = None) -> dict[str, Any]:
@@ -32,12 +29,16 @@ def verify_version(registry: Registry, ref: str, public_key: Path | None = None)
     if mark.get("scheme", "none") == "none":
         result["watermark"] = {"scheme": "none", "verified": False}
         return result
+    from lifecycle.artifacts import load_model
+    from watermark import create_scheme
+    from watermark.secret import load_secret, secret_path
+
     path = secret_path(registry.home.keys, str(mark["commitment"]))
     if not path.exists():
         raise WatermarkError(
             f"the watermark secret for {record.ref} is not at '{path}'; restore FEDGUARD_HOME/keys from a backup"
         )
-    secret = load_secret(path, expected_commitment=str(mark["commitment"]))
+    secret = load_secret(path, expected=str(mark["commitment"]))
     model, _ = load_model(record.artifact.model_dir)
     verification = create_scheme(str(mark["scheme"])).verify(model, secret)
     result["watermark"] = {

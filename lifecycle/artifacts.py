@@ -21,12 +21,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from lifecycle.architecture import build_model
-from lifecycle.bom import bom_spec, read_bom
 from lifecycle.errors import NotFoundError
-from lifecycle.weights import load_weights
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS_NAME = "weights.safetensors"
 CARD_NAME = "MODEL_CARD.md"
@@ -100,6 +100,10 @@ class ArtifactStore:
 
 def load_model(model_dir: Path) -> tuple[nn.Module, dict[str, object]]:
     """Rebuild a model from its BOM and safetensors weights (no pickle), in eval mode."""
+    from lifecycle.architecture import build_model  # torch is imported only when a model is loaded
+    from lifecycle.bom import bom_spec, read_bom
+    from lifecycle.weights import load_weights
+
     bom = read_bom(model_dir)
     model = build_model(bom_spec(bom))
     load_weights(model, model_dir / WEIGHTS_NAME)

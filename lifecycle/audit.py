@@ -22,6 +22,7 @@ from lifecycle.errors import VerificationError
 from lifecycle.registry.tables import AuditEvent, utcnow
 
 GENESIS = "0" * 64
+AUDIT_LOCK_KEY = 0x66656467  # "fedg": one advisory lock serialises audit appenders
 
 
 class AuditChainError(VerificationError):
@@ -59,7 +60,7 @@ def record(
     """
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(7265636f7264)"))
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
     last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
     prev_hash = last.hash if last is not None else GENESIS
     event = AuditEvent(

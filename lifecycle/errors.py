@@ -60,7 +60,15 @@ class VerificationError(FedguardError):
 
 
 class SignatureError(VerificationError):
-    """A model signature does not verify; the message names the file that differs."""
+    """A model signature does not verify; the message names the file that differs.
+
+    ``files`` lists the artifact's files that changed, appeared or vanished
+    (empty when the signature itself or the key is at fault).
+    """
+
+    def __init__(self, message: str, *, files: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.files: list[str] = list(files or [])
 
 
 class WatermarkError(VerificationError):

@@ -31,7 +31,9 @@ from lifecycle.home import write_private
 
 PRIVATE_KEY_NAME = "signing-key.pem"
 PUBLIC_KEY_NAME = "signing-key.pub.pem"
-_FILE_IN_ERROR = re.compile(r"(?:Hash mismatch for|Missing files in model [^:]*:|Extra files found in model [^:]*:) '?([^'\]\",]+)")
+# model_signing reports mismatches as the repr() of a list, so quoting varies with the bytes.
+_HASH_MISMATCH = re.compile(r"Hash mismatch for \\*'(.+?)\\*': Expected")
+_SET_MISMATCH = re.compile(r"(?:Missing files in|Extra files found in) model \\*'[^']*\\*': ([^\"'\]]+)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class SigningKey:
     @property
     def fingerprint(self) -> str:
         return public_key_fingerprint(self.public_key)
+
+
+def differing_files(detail: str) -> list[str]:
+    """The file names a model_signing error reports as changed, missing or extra."""
+    names = _HASH_MISMATCH.findall(detail)
+    for group in _SET_MISMATCH.findall(detail):
+        names.extend(name.strip() for name in group.split(","))
+    return sorted({name for name in names if name})
 
 
 def ensure_signing_key(keys_dir: Path) -> SigningKey:
@@ -97,7 +107,9 @@ def sign_model(model_dir: Path, signature_path: Path, key: SigningKey) -> None:
             f"signing key '{key.private_key}' is missing; restore it, or remove "
             f"'{key.public_key}' too so that fedguard generates a new pair"
         )
-    signing.Config().use_elliptic_key_signer(private_key=key.private_key).sign(model_dir, signature_path)
+    signing.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
+        private_key=key.private_key
+    ).sign(model_dir, signature_path)
 
 
 def verify_model(model_dir: Path, signature_path: Path, public_key: Path) -> None:
@@ -121,15 +133,17 @@ def verify_model(model_dir: Path, signature_path: Path, public_key: Path) -> Non
     if not signature_path.exists():
         raise SignatureError(f"model '{model_dir}' has no signature at '{signature_path}'; it is unsigned and refused")
     try:
-        verifying.Config().use_elliptic_key_verifier(public_key=public_key).verify(model_dir, signature_path)
+        verifying.Config().use_elliptic_key_verifier(  # type: ignore[no-untyped-call]
+            public_key=public_key
+        ).verify(model_dir, signature_path)
     except Exception as exc:  # model_signing raises ValueError and others
         detail = str(exc)
-        match = _FILE_IN_ERROR.search(detail)
-        if match:
-            name = match.group(1).strip()
+        files = differing_files(detail)
+        if files:
             raise SignatureError(
-                f"signature does not verify: file '{model_dir / name}' differs from what was signed "
-                f"({detail.split(':', 1)[0]}); do not serve this model"
+                f"signature does not verify: {', '.join(files)} in '{model_dir}' differ(s) from what was "
+                "signed (changed, added or removed); do not use this model",
+                files=files,
             ) from exc
         raise SignatureError(
             f"signature '{signature_path}' does not verify for '{model_dir}' "

@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from simulations.federation import SimulationConfig, run
 
 SECURE_RNG_NOTE = (
     "note: Opacus' secure RNG is OFF (torchcsprng is not installed): DP noise comes from torch's "
@@ -82,6 +81,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a model across simulated sites with DP, then watermark, sign and register it."""
+    from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
+
     console = Console(stderr=as_json)
     if dp_epsilon == 0 or math.isinf(dp_epsilon):
         console.print("[yellow]warning: record-level DP is off (--dp-epsilon 0): sites' updates carry no DP guarantee[/yellow]")

@@ -1,0 +1,120 @@
+"""The app factory: ``create_app(registry, settings)`` → a FastAPI app ready to serve.
+
+Models are verified and loaded *inside the factory*, not in a startup hook, so
+that a tampered artifact fails ``create_app`` itself: ``fedguard serve`` exits
+with the :class:`~lifecycle.errors.SignatureError` (exit code 5) before a
+socket is opened, and tests see the error without running a server.
+
+Around the routes sit two guards: a body-size limit enforced while the body
+streams in (so an oversized request is refused before it is buffered or
+parsed), and the exception handlers of :mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from fastapi import FastAPI, HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifecycle.registry import Registry
+from serving import logger
+from serving.auth import ServingState
+from serving.errors import error_response, install_error_handlers
+from serving.models import load_served_models
+from serving.routes import router
+from serving.settings import ServingSettings, get_serving_settings
+
+DESCRIPTION = """\
+Label-only predictions from signed, registered fedguard models.
+
+Every `/v1` route needs `Authorization: Bearer <key>` with a key from
+`fedguard keys create`. Errors have the shape `{"error": {"code": ..., "message": ...}}`.
+"""
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies larger than ``max_bytes`` with HTTP 413.
+
+    A declared ``Content-Length`` over the limit is refused before any byte is
+    read; a body without one (chunked) is counted as it arrives and refused as
+    soon as it crosses the limit, so memory use stays bounded either way.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            logger.warning("refused a body of %r bytes (limit %d)", declared[:20], self.max_bytes)
+            response = error_response(413, "payload_too_large", self._message())
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises HTTPException from a body read (any other
+                    # error becomes a generic 400); serving.errors shapes the 413.
+                    raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"the request body exceeds {self.max_bytes} bytes; send fewer instances per request"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("fedguard")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(registry: Registry, settings: ServingSettings | None = None) -> FastAPI:
+    """Build the serving app for the newest version of every model in ``registry``.
+
+    Parameters
+    ----------
+    registry
+        The registry to serve from; API keys are checked against it per request.
+    settings
+        Limits and the trusted public key; defaults to the environment's
+        (``FEDGUARD_SERVE_*``).
+
+    Raises
+    ------
+    SignatureError
+        A model's signature does not verify; the message names the model
+        version and the file that differs. Nothing is served.
+    StateError
+        An artifact or the trusted public key is missing, or a BOM is incoherent.
+    ConfigurationError
+        A configured file (public key, TLS certificate) does not exist.
+    """
+    settings = settings or get_serving_settings()
+    settings.check_files()
+    models = load_served_models(registry, settings.public_key)
+    app = FastAPI(
+        title="fedguard serving",
+        description=DESCRIPTION,
+        version=_version(),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.fedguard = ServingState(registry=registry, settings=settings, models=models)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(router)
+    logger.info("serving app ready with %d model(s): %s", len(models), ", ".join(sorted(models)) or "none")
+    return app

@@ -1,0 +1,79 @@
+"""Request-time dependencies: the app's state and API-key authentication by scope.
+
+Routes declare what they need as a type, ``key: PredictKey`` or
+``key: AdminKey``, and receive the caller's :class:`~serving.keys.KeyInfo`.
+The dependency looks the key up on every request (one indexed query), so a
+revocation takes effect immediately on every replica sharing the registry.
+
+The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
+``/docs`` offers an *Authorize* button; it is created with
+``auto_error=False`` so that a missing key goes through the same
+:class:`~serving.keys.AuthenticationError` path (and log line) as a bad one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from lifecycle.errors import StateError
+from lifecycle.registry import Registry
+from serving.keys import KeyInfo, authenticate, require_scope
+from serving.models import ServedModel
+from serving.settings import ServingSettings
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="fedguard API key",
+    description="A key from 'fedguard keys create', sent as 'Authorization: Bearer fgk_...'.",
+)
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything a request handler needs, fixed when the app is created."""
+
+    registry: Registry
+    settings: ServingSettings
+    models: dict[str, ServedModel]
+
+
+def get_state(request: Request) -> ServingState:
+    """The :class:`ServingState` that :func:`serving.app.create_app` attached to the app."""
+    state = getattr(request.app.state, "fedguard", None)
+    if not isinstance(state, ServingState):
+        raise StateError("the serving app was not built by serving.app.create_app")
+    return state
+
+
+State = Annotated[ServingState, Depends(get_state)]
+
+
+def require(scope: str) -> Callable[..., KeyInfo]:
+    """A dependency that authenticates the bearer key and checks it allows ``scope``.
+
+    Raises
+    ------
+    AuthenticationError
+        No, malformed, unknown or revoked key: HTTP 401.
+    ScopeError
+        A valid key without ``scope``: HTTP 403.
+    """
+
+    def dependency(
+        state: State,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> KeyInfo:
+        info = authenticate(state.registry, credentials.credentials if credentials else None)
+        return require_scope(info, scope)
+
+    dependency.__name__ = f"require_{scope}_key"
+    return dependency
+
+
+PredictKey = Annotated[KeyInfo, Depends(require("predict"))]
+AdminKey = Annotated[KeyInfo, Depends(require("admin"))]

@@ -1,0 +1,187 @@
+"""``fedguard keys ...`` and ``fedguard serve``: the serving tier's commands.
+
+This module exports :data:`keys_app` (a Typer group) and :func:`serve` (a
+command function) for ``fedguard/cli.py`` to mount::
+
+    app.add_typer(keys_app, name="keys")
+    app.command("serve")(serve)
+
+Errors are not caught here: a :class:`~lifecycle.errors.FedguardError`
+propagates to the top-level CLI, which prints it as one line and exits with
+its code (a model whose signature does not verify: exit 5). Output goes through
+Rich consoles; anything a script reads (``--json``) goes to stdout unwrapped,
+and warnings go to stderr so they never corrupt it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from lifecycle.errors import NotFoundError
+from lifecycle.registry import Registry
+from lifecycle.settings import get_settings
+from serving.app import create_app
+from serving.auth import ServingState
+from serving.keys import KeyInfo, create_key, list_keys, revoke_key
+from serving.settings import ServingSettings, build_settings, is_loopback
+
+console = Console()
+err_console = Console(stderr=True)
+
+keys_app = typer.Typer(
+    name="keys",
+    help="Create, list and revoke API keys for the serving tier (stored hashed).",
+    no_args_is_help=True,
+)
+
+
+class Scope(StrEnum):
+    """Key scopes offered on the command line (``admin`` implies ``predict``)."""
+
+    predict = "predict"
+    admin = "admin"
+
+
+def _registry() -> Registry:
+    return Registry.open(get_settings())
+
+
+def _actor() -> str:
+    """Who runs the command, for the audit trail (best effort: containers may lack a user name)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _emit_json(data: Any) -> None:
+    console.out(json.dumps(data, default=str), highlight=False)
+
+
+def _key_dict(info: KeyInfo) -> dict[str, Any]:
+    return {"key_id": info.key_id, "scope": info.scope, "name": info.name, "revoked": info.revoked,
+            "created_at": info.created_at.isoformat()}
+
+
+@keys_app.command("create")
+def create(
+    scope: Annotated[Scope, typer.Option(help="What the key may do: 'predict', or 'admin' (implies predict).")]
+    = Scope.predict,
+    name: Annotated[str, typer.Option(help="A label to recognise the key by (who or what uses it).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new key as JSON on stdout.")] = False,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    created = create_key(_registry(), scope.value, name, actor=_actor())
+    warning = "Store this key now: it cannot be shown again (fedguard keeps only its hash)."
+    if as_json:
+        _emit_json({**_key_dict(created.info), "key": created.key})
+        err_console.print(f"[yellow]{warning}[/yellow]")
+        return
+    console.print(f"Created API key [bold]{created.info.key_id}[/bold] with scope '{scope.value}'"
+                  + (f" ({escape(name)})" if name else "") + ":", markup=True, highlight=False)
+    console.print(created.key, soft_wrap=True, markup=False, highlight=False)
+    err_console.print(f"[yellow]{warning}[/yellow]")
+
+
+@keys_app.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON on stdout.")] = False,
+) -> None:
+    """List API keys (ids, scopes, names, revocation); secrets are never stored."""
+    infos = list_keys(_registry())
+    if as_json:
+        _emit_json([_key_dict(info) for info in infos])
+        return
+    table = Table("key id", "scope", "name", "revoked", "created")
+    for info in infos:
+        table.add_row(info.key_id, info.scope, escape(info.name), "yes" if info.revoked else "no",
+                      info.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (16 hex digits, from 'fedguard keys list').")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Revoke an API key; servers refuse it from their next request on."""
+    info = revoke_key(_registry(), key_id, actor=_actor())
+    if as_json:
+        _emit_json(_key_dict(info))
+        return
+    console.print(f"Revoked API key {info.key_id} (scope '{info.scope}').", highlight=False)
+
+
+def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
+    """Keyword arguments for :func:`uvicorn.run` / :class:`uvicorn.Config` from ``settings``.
+
+    The ``Server`` header is off: naming the server software only helps an
+    attacker pick exploits.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        "server_header": False,
+        "log_level": "info",
+    }
+
+
+def _attach_log_handler() -> None:
+    """Show the serving log on stderr unless the top-level CLI configured logging already."""
+    package = logging.getLogger("fedguard")
+    if not package.handlers and not logging.getLogger().handlers:
+        package.addHandler(RichHandler(console=err_console, show_path=False))
+        package.setLevel(logging.INFO)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [env FEDGUARD_SERVE_HOST, default 127.0.0.1].")]
+    = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [env FEDGUARD_SERVE_PORT, default 8000].")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="PEM certificate: terminate TLS in uvicorn.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="PEM private key of --ssl-certfile.")] = None,
+) -> None:
+    """Serve the newest registered version of every model, after verifying each signature.
+
+    A model whose signature does not verify stops the command before it binds
+    (exit code 5, naming the file that differs).
+    """
+    settings = build_settings(host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    settings.check_files()
+    if not is_loopback(settings.host) and not settings.tls:
+        err_console.print(
+            f"[bold yellow]Warning:[/bold yellow] binding to {settings.host}, which is not loopback, without TLS: "
+            "API keys and inputs would cross the network in clear text. Terminate TLS in front of this "
+            "server (a reverse proxy or load balancer) or pass --ssl-certfile/--ssl-keyfile.",
+            highlight=False,
+        )
+    _attach_log_handler()
+    app = create_app(_registry(), settings)
+    state: ServingState = app.state.fedguard
+    if not state.models:
+        raise NotFoundError(
+            f"no model is registered in '{get_settings().home}'; publish one first, or point "
+            "FEDGUARD_HOME / FEDGUARD_DATABASE_URL at the registry to serve"
+        )
+    table = Table("model", "version", "features", "artifact", title="Verified and serving")
+    for model in sorted(state.models.values(), key=lambda m: m.name):
+        table.add_row(model.name, str(model.version), str(model.num_features), model.digest[:12])
+    err_console.print(table)
+    scheme = "https" if settings.tls else "http"
+    where = f"[{settings.host}]" if ":" in settings.host else settings.host
+    err_console.print(f"Listening on {scheme}://{where}:{settings.port} (OpenAPI at /docs)", highlight=False)
+    uvicorn.run(app, **uvicorn_options(settings))

@@ -1,0 +1,167 @@
+"""The serving tier's error boundary: fedguard errors in, sanitized JSON out.
+
+Every error response has one shape, ``{"error": {"code": ..., "message": ...}}``
+(:class:`serving.schemas.ErrorBody`). What a caller sees is decided here, by
+error class, and never by copying an internal message: operator detail (paths,
+key ids, database errors) goes to the ``fedguard.serving`` log only (DESIGN.md
+§5, §7.7). The exceptions are :class:`InputValidationError`, whose messages are
+written for the caller by definition (they name the instance and value at
+fault), and request-parsing errors, which are rebuilt from their location.
+
+===================================  ======  ===================
+error                                status  code
+===================================  ======  ===================
+AuthenticationError, AuthError       401     unauthorized
+ScopeError                           403     forbidden
+UnknownModelError, NotFoundError     404     not_found
+body over max_body_bytes             413     payload_too_large
+InputValidationError, bad JSON body  422     invalid_input
+other ConfigurationError             400     bad_request
+StateError                           503     unavailable
+anything else                        500     internal
+===================================  ======  ===================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lifecycle.errors import (
+    AuthError,
+    ConfigurationError,
+    FedguardError,
+    InputValidationError,
+    NotFoundError,
+    StateError,
+)
+from serving import logger
+from serving.keys import AuthenticationError, ScopeError
+
+REALM = 'Bearer realm="fedguard"'
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+
+
+class UnknownModelError(NotFoundError):
+    """The path names a model this server does not serve."""
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one JSON error shape, with ``status`` and optional headers."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _where(request: Request) -> str:
+    client = request.client.host if request.client else "?"
+    return f"{request.method} {request.url.path} from {client}"
+
+
+def describe_validation(errors: Sequence[Any]) -> str:
+    """A caller-facing sentence for the first request-parsing error (no input echoed)."""
+    first = errors[0] if errors else {}
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    kind = str(first.get("type", ""))
+    if kind == "json_invalid":
+        return "the body is not valid JSON"
+    if kind == "extra_forbidden":
+        return "unexpected field in the body; send only {\"instances\": [[...], ...]}"
+    if kind == "missing" and not loc:
+        return "the body is empty; send {\"instances\": [[...], ...]} as application/json"
+    if kind == "missing":
+        return f"the body lacks '{loc[0]}'; send {{\"instances\": [[...], ...]}}"
+    if len(loc) >= 3 and loc[0] == "instances":
+        return f"instance {loc[1]} value {loc[2]} is not a number; send JSON numbers only"
+    if len(loc) == 2 and loc[0] == "instances":
+        return f"instance {loc[1]} is not a list of numbers"
+    if loc == ["instances"]:
+        return "'instances' must be a list of lists of numbers"
+    return "the body must be a JSON object {\"instances\": [[...], ...]} sent as application/json"
+
+
+async def _authentication(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("rejected %s: %s", _where(request), exc)
+    return error_response(
+        401, "unauthorized", "a valid API key is required: send 'Authorization: Bearer <key>'",
+        {"WWW-Authenticate": REALM},
+    )
+
+
+async def _scope(request: Request, exc: Exception) -> JSONResponse:
+    required = exc.required if isinstance(exc, ScopeError) else "?"
+    logger.warning("forbidden %s: %s", _where(request), exc)
+    return error_response(
+        403, "forbidden", f"this API key lacks the '{required}' scope",
+        {"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{required}"'},
+    )
+
+
+async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("not found %s: %s", _where(request), exc)
+    return error_response(404, "not_found", "no model by that name is served here; GET /v1/models lists them")
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("not found %s: %s", _where(request), exc)
+    return error_response(404, "not_found", "the requested resource does not exist")
+
+
+async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("invalid input %s: %s", _where(request), exc)
+    return error_response(422, "invalid_input", str(exc))
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    message = describe_validation(errors)
+    logger.info("invalid input %s: %s", _where(request), message)
+    return error_response(422, "invalid_input", message)
+
+
+async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("bad request %s: %s", _where(request), exc)
+    return error_response(400, "bad_request", "the request is not valid for this endpoint")
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unavailable %s: %s", _where(request), exc)
+    return error_response(503, "unavailable", "the service cannot answer right now; try again later")
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("internal error %s: %s: %s", _where(request), type(exc).__name__, exc, exc_info=exc)
+    return error_response(500, "internal", "internal error; the operator's log has the details")
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) and isinstance(exc.detail, str) else "error"
+    headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", REALM)
+    return error_response(status, _HTTP_CODES.get(status, f"http_{status}"), detail, headers or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the translations above; Starlette picks the most specific class."""
+    handlers = {
+        AuthError: _authentication,
+        AuthenticationError: _authentication,
+        ScopeError: _scope,
+        UnknownModelError: _unknown_model,
+        NotFoundError: _not_found,
+        InputValidationError: _invalid_input,
+        RequestValidationError: _request_validation,
+        ConfigurationError: _bad_request,
+        StateError: _unavailable,
+        FedguardError: _internal,
+        StarletteHTTPException: _http,
+        Exception: _internal,
+    }
+    for exc_class, handler in handlers.items():
+        app.add_exception_handler(exc_class, handler)

@@ -1,0 +1,161 @@
+"""The models a server holds: verified first, then loaded, then checked per request.
+
+Serving loads a model only after its signature verifies against the trusted
+public key (DESIGN.md §5), and only then rebuilds it from ``bom.json`` and
+``weights.safetensors`` (never pickle). The feature schema comes from the same
+signed BOM, so the checks a request must pass are exactly those the model's
+publisher signed. Everything happens when the app is created: a bad artifact
+stops the server before it accepts a single request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lifecycle.architecture import FeatureSchema
+from lifecycle.artifacts import load_model
+from lifecycle.bom import bom_schema, bom_spec
+from lifecycle.errors import InputValidationError, SignatureError, StateError
+from lifecycle.registry import Registry, VersionRecord
+from lifecycle.signing import verify_model
+from serving import logger
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_SHOWN_FEATURES = 12
+# model_signing reports differences inside a repr()'d list, whose quoting (' or
+# \' or ") depends on the digest bytes; these patterns accept all three.
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded, verified model version and the schema its inputs must match."""
+
+    name: str
+    version: int
+    digest: str
+    module: nn.Module
+    schema: FeatureSchema
+
+    @property
+    def num_features(self) -> int:
+        return len(self.schema.features)
+
+    def describe_features(self) -> str:
+        """The feature names for an error message, shortened past a dozen."""
+        names = list(self.schema.features[:_SHOWN_FEATURES])
+        hidden = self.num_features - len(names)
+        return ", ".join(names) + (f", … ({hidden} more)" if hidden > 0 else "")
+
+    def to_batch(self, instances: Sequence[Sequence[float]], max_instances: int) -> torch.Tensor:
+        """Check ``instances`` against the schema and return them as one float32 batch.
+
+        Instances and values are numbered from 0, as in the JSON array.
+
+        Raises
+        ------
+        InputValidationError
+            No instances, too many, a wrong value count, or a value that is not
+            a finite float32 number; the message names the instance and value.
+        """
+        if not instances:
+            raise InputValidationError("'instances' is empty; send at least one instance")
+        if len(instances) > max_instances:
+            raise InputValidationError(
+                f"{len(instances)} instances in one request; the limit is {max_instances}: split the batch"
+            )
+        for i, row in enumerate(instances):
+            if len(row) != self.num_features:
+                raise InputValidationError(
+                    f"instance {i} has {len(row)} values; the model expects {self.num_features} "
+                    f"(features: {self.describe_features()})"
+                )
+        values = torch.tensor(instances, dtype=torch.float64)
+        bad = ~torch.isfinite(values) | (values.abs() > _FLOAT32_MAX)
+        if bool(bad.any()):
+            i, j = (int(index) for index in bad.nonzero()[0])
+            problem = "not finite" if not math.isfinite(float(values[i, j])) else "outside the float32 range"
+            raise InputValidationError(
+                f"instance {i} value {j} (feature '{self.schema.features[j]}') is {problem}; send finite numbers"
+            )
+        return values.to(torch.float32)
+
+    def predict(self, batch: torch.Tensor) -> list[str] | list[int]:
+        """Labels for ``batch``: the schema's label names, or class indices without them.
+
+        Only the winning label leaves the model: scores and probabilities help
+        membership-inference and model-extraction attacks (Shokri et al. 2017;
+        Tramèr et al. 2016), so they are not returned.
+        """
+        with torch.no_grad():
+            classes: list[int] = self.module(batch).argmax(dim=1).tolist()
+        if self.schema.labels:
+            return [self.schema.labels[c] for c in classes]
+        return classes
+
+
+def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
+    """Verify ``record``'s signature, then load it and check its BOM is coherent.
+
+    Raises
+    ------
+    SignatureError
+        The signature does not verify; the message names the model version
+        and the file that differs.
+    StateError
+        The artifact is missing, the public key is missing, or the BOM's
+        feature schema does not fit the architecture.
+    """
+    artifact = record.artifact
+    if not artifact.model_dir.is_dir():
+        raise StateError(
+            f"artifact {artifact.digest[:12]} of {record.ref} is missing from '{artifact.root.parent}'; "
+            "restore FEDGUARD_HOME/artifacts from a backup"
+        )
+    try:
+        verify_model(artifact.model_dir, artifact.signature_path, public_key)
+    except SignatureError as exc:
+        files = exc.files
+        if files:
+            raise SignatureError(
+                f"refusing to serve {record.ref}: {', '.join(files)} in '{artifact.model_dir}' "
+                "differ(s) from what was signed; do not serve this model, re-publish it or restore "
+                "the artifact from a backup"
+            ) from exc
+        raise SignatureError(f"refusing to serve {record.ref}: {exc}") from exc
+    module, bom = load_model(artifact.model_dir)
+    schema, spec = bom_schema(bom), bom_spec(bom)
+    if len(schema.features) != spec.in_features:
+        raise StateError(
+            f"{record.ref}: the BOM lists {len(schema.features)} features but the model takes "
+            f"{spec.in_features} inputs; re-publish the model"
+        )
+    if schema.labels and len(schema.labels) != spec.num_classes:
+        raise StateError(
+            f"{record.ref}: the BOM lists {len(schema.labels)} labels but the model has "
+            f"{spec.num_classes} classes; re-publish the model"
+        )
+    logger.info("serving %s (artifact %s, %d features)", record.ref, artifact.digest[:12], len(schema.features))
+    return ServedModel(record.name, record.version, artifact.digest, module, schema)
+
+
+def load_served_models(registry: Registry, public_key: Path | None = None) -> dict[str, ServedModel]:
+    """Verify and load the newest version of every registered model, by name.
+
+    All or nothing: one model that fails verification stops the whole server,
+    because silently serving "all but one" hides a tampered artifact.
+
+    Parameters
+    ----------
+    registry
+        Where the versions and artifacts are.
+    public_key
+        The trusted signer's PEM public key; defaults to the registry's own.
+    """
+    key = public_key or registry.public_key_path()
+    return {record.name: load_version(record, key) for record in registry.latest_versions()}

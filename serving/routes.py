@@ -1,0 +1,86 @@
+"""The HTTP routes: health, model listing, prediction, and the admin key route.
+
+Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so
+a model's forward pass or a registry query never blocks the event loop.
+Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from lifecycle.errors import NotFoundError
+from serving import logger
+from serving.auth import AdminKey, PredictKey, State
+from serving.errors import UnknownModelError
+from serving.keys import is_key_id, revoke_key
+from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown or revoked one"},
+    403: {"model": ErrorBody, "description": "The API key lacks the needed scope"},
+}
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["health"])
+def healthz() -> Health:
+    """Liveness. Needs no key and reveals nothing: the server only starts once every model verified."""
+    return Health()
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
+def list_models(state: State, key: PredictKey) -> ModelList:
+    """The models served (newest registered version of each) and the features they expect."""
+    return ModelList(
+        models=[
+            ModelInfo(name=m.name, version=m.version, num_features=m.num_features, features=list(m.schema.features))
+            for m in sorted(state.models.values(), key=lambda m: m.name)
+        ]
+    )
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    tags=["models"],
+    responses={
+        **_ERRORS,
+        404: {"model": ErrorBody, "description": "No model of that name is served"},
+        413: {"model": ErrorBody, "description": "The body exceeds the server's limit"},
+        422: {"model": ErrorBody, "description": "An instance does not match the model's feature schema"},
+    },
+)
+def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> PredictResponse:
+    """Labels for a batch of instances; only labels, never scores or probabilities.
+
+    Each instance must hold exactly one finite number per feature, in the
+    order that ``GET /v1/models`` lists.
+    """
+    model = state.models.get(name)
+    if model is None:
+        raise UnknownModelError(f"key {key.key_id} asked for unserved model {name[:128]!r}")
+    batch = model.to_batch(body.instances, state.settings.max_instances)
+    predictions = model.predict(batch)
+    logger.info("key %s: %d predictions from %s:%d", key.key_id, len(predictions), model.name, model.version)
+    return PredictResponse(predictions=predictions, model=model.name, version=model.version)
+
+
+@router.post(
+    "/v1/admin/keys/{key_id}/revoke",
+    response_model=KeyRevoked,
+    tags=["admin"],
+    responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No key has this id"}},
+)
+def revoke(key_id: str, state: State, key: AdminKey) -> KeyRevoked:
+    """Revoke an API key at once (admin scope); audited with the revoking key's id as actor.
+
+    Takes the key id only (16 hex digits), never a whole key: a URL ends up in
+    access logs.
+    """
+    if not is_key_id(key_id):
+        raise NotFoundError(f"key {key.key_id} tried to revoke a malformed key id")
+    info = revoke_key(state.registry, key_id, actor=f"apikey:{key.key_id}")
+    logger.warning("key %s revoked key %s", key.key_id, info.key_id)
+    return KeyRevoked(key_id=info.key_id, revoked=info.revoked)

@@ -1,0 +1,125 @@
+"""Configuration of the serving tier (pydantic-settings, prefix ``FEDGUARD_SERVE_``).
+
+One :class:`ServingSettings` per deployable (DESIGN.md §7.5): where to bind,
+how big a request may be, which key is trusted to have signed the models and
+which certificate terminates TLS. The CLI overrides fields from its options;
+tests build an instance directly instead of touching the environment.
+
+Request limits exist because the tier assumes hostile callers: a bounded body
+and a bounded batch keep one request from holding a worker or memory hostage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lifecycle.errors import ConfigurationError
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ServingSettings(BaseSettings):
+    """Settings of ``fedguard serve`` and :func:`serving.app.create_app`.
+
+    Attributes
+    ----------
+    host, port
+        Where uvicorn binds. Loopback by default: exposing the API is a
+        deliberate act, and a non-loopback bind without TLS prints a warning.
+    max_instances
+        Most instances one predict request may carry (422 beyond it).
+    max_body_bytes
+        Largest request body accepted (413 beyond it), checked while the body
+        streams in, before it is parsed.
+    public_key
+        PEM public key trusted to have signed served models; ``None`` trusts
+        the registry's own signing key (``FEDGUARD_HOME/keys``).
+    ssl_certfile, ssl_keyfile
+        Passed to uvicorn to terminate TLS in-process.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_instances: int = Field(default=1024, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    public_key: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServingSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the certificate it belongs to)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether uvicorn terminates TLS itself."""
+        return self.ssl_certfile is not None
+
+    def check_files(self) -> None:
+        """Fail early, with the path, if a configured key or certificate is missing.
+
+        Raises
+        ------
+        ConfigurationError
+            Naming the missing file.
+        """
+        for label, path in (
+            ("public key", self.public_key),
+            ("TLS certificate", self.ssl_certfile),
+            ("TLS key", self.ssl_keyfile),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigurationError(f"{label} '{path}' does not exist; pass an existing file")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    Names other than ``localhost`` count as exposed: they may resolve to any
+    interface, and a wrong guess here would skip the TLS warning.
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def get_serving_settings() -> ServingSettings:
+    """Return the process-wide serving settings (cached; tests clear the cache)."""
+    return build_settings()
+
+
+def build_settings(**overrides: Any) -> ServingSettings:
+    """Settings from the environment, with the non-``None`` ``overrides`` on top.
+
+    The CLI passes its options here, so an option left out falls back to
+    ``FEDGUARD_SERVE_*`` and then to the default.
+
+    Raises
+    ------
+    ConfigurationError
+        A value (from an option or the environment) is invalid; pydantic's
+        error is translated so the CLI maps it to exit code 2.
+    """
+    try:
+        return ServingSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        where = (
+            f" {field} (option --{field.replace('_', '-')} or FEDGUARD_SERVE_{field.upper()})" if field else "s"
+        )
+        raise ConfigurationError(f"invalid serving setting{where}: {first['msg']}") from exc

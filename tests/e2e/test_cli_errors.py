@@ -1,0 +1,76 @@
+"""Bad arguments and bad state: one line, a documented exit code, state untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifecycle.packaging import publish_model
+from lifecycle.registry import Registry
+from lifecycle.settings import Settings
+from tests.conftest import make_publication
+from tests.e2e.conftest import run_cli
+
+
+def _one_line_error(stderr: str) -> None:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert lines and lines[-1].startswith("error:"), stderr
+
+
+def test_zero_sites(cli_home: Path) -> None:
+    result = run_cli(cli_home, "simulate", "--sites", "0")
+    assert result.returncode == 2
+    _one_line_error(result.stderr)
+    assert "--sites 0" in result.stderr
+
+
+def test_unknown_model(cli_home: Path) -> None:
+    for command in (["models", "show", "ghost"], ["models", "verify", "ghost:2"]):
+        result = run_cli(cli_home, *command)
+        assert result.returncode == 4, result.stderr
+        _one_line_error(result.stderr)
+        assert "no model named 'ghost'" in result.stderr
+
+
+def test_home_is_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    result = run_cli(blocker, "models", "list")
+    assert result.returncode == 3
+    _one_line_error(result.stderr)
+    assert "not writable" in result.stderr and "FEDGUARD_HOME" in result.stderr
+    assert blocker.read_text() == "keep me"
+
+
+def test_corrupt_registry_is_left_alone(cli_home: Path) -> None:
+    cli_home.mkdir()
+    db = cli_home / "registry.db"
+    db.write_bytes(b"\x00garbage" * 512)
+    result = run_cli(cli_home, "models", "list")
+    assert result.returncode == 3
+    _one_line_error(result.stderr)
+    assert "registry" in result.stderr
+    assert db.read_bytes() == b"\x00garbage" * 512
+
+
+def test_missing_public_key(cli_home: Path) -> None:
+    registry = Registry.open(Settings(home=cli_home))
+    publish_model(registry, make_publication())
+    (cli_home / "keys" / "signing-key.pub.pem").unlink()
+    result = run_cli(cli_home, "models", "verify", "demo")
+    assert result.returncode == 3
+    _one_line_error(result.stderr)
+    assert "public key" in result.stderr and "missing" in result.stderr
+
+
+def test_tampered_model_fails_verify_naming_the_file(cli_home: Path) -> None:
+    registry = Registry.open(Settings(home=cli_home))
+    version = publish_model(registry, make_publication())
+    weights = version.artifact.model_dir / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = run_cli(cli_home, "models", "verify", "demo:1")
+    assert result.returncode == 5
+    _one_line_error(result.stderr)
+    assert "weights.safetensors" in result.stderr

@@ -1,0 +1,96 @@
+"""Registry behaviour: versions, lineage, lookups, and refusing bad state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lifecycle.errors import ConfigurationError, NotFoundError, StateError
+from lifecycle.packaging import publish_model
+from lifecycle.registry import Registry, VersionRecord, parse_ref
+from lifecycle.settings import Settings
+from tests.conftest import make_publication
+
+
+def test_versions_increment_and_resolve(published: VersionRecord, registry: Registry) -> None:
+    second = publish_model(registry, make_publication(seed=1))
+    assert (published.version, second.version) == (1, 2)
+    assert registry.resolve("demo").version == 2
+    assert registry.resolve("demo:1").artifact.digest == published.artifact.digest
+    assert [r.ref for r in registry.latest_versions()] == ["demo:2"]
+
+
+def test_lineage_is_recorded(published: VersionRecord) -> None:
+    assert [s.site for s in published.sites] == ["site-0", "site-1"]
+    assert all(s.epsilon == 1.5 and s.delta == 1e-5 for s in published.sites)
+    assert published.run_id
+
+
+def test_identical_content_shares_one_artifact(registry: Registry) -> None:
+    a = publish_model(registry, make_publication(name="a"))
+    b = publish_model(registry, make_publication(name="a"))
+    assert a.artifact.digest != "" and a.version == 1 and b.version == 2
+
+
+@pytest.mark.parametrize("ref", ["demo:0", "demo:x", "demo:-1"])
+def test_bad_refs(ref: str) -> None:
+    with pytest.raises(ConfigurationError):
+        parse_ref(ref)
+
+
+def test_unknown_model_and_version(published: VersionRecord, registry: Registry) -> None:
+    with pytest.raises(NotFoundError, match="registered: demo"):
+        registry.resolve("nope")
+    with pytest.raises(NotFoundError, match="no version 9"):
+        registry.resolve("demo:9")
+
+
+def test_invalid_model_name_is_refused(registry: Registry) -> None:
+    with pytest.raises(ConfigurationError, match="invalid model name"):
+        publish_model(registry, make_publication(name="Bad Name!"))
+
+
+def test_corrupt_registry_file_is_refused_and_kept(fedguard_home: Path) -> None:
+    fedguard_home.mkdir(parents=True)
+    db = fedguard_home / "registry.db"
+    db.write_bytes(b"this is not a database" * 100)
+    before = db.read_bytes()
+    with pytest.raises(StateError, match="cannot open the registry"):
+        Registry.open(Settings(home=fedguard_home))
+    assert db.read_bytes() == before
+
+
+def test_foreign_database_is_refused_and_kept(fedguard_home: Path) -> None:
+    import sqlite3
+
+    fedguard_home.mkdir(parents=True)
+    db = fedguard_home / "registry.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    with pytest.raises(StateError, match="not a fedguard registry"):
+        Registry.open(Settings(home=fedguard_home))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_home_as_user(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(StateError, match="not writable"):
+        Registry.open(Settings(home=locked / "home"))
+
+
+def test_home_that_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match="not writable"):
+        Registry.open(Settings(home=blocker))
+
+
+def test_reopening_keeps_data(published: VersionRecord, fedguard_home: Path) -> None:
+    again = Registry.open(Settings(home=fedguard_home))
+    assert again.resolve("demo").artifact.digest == published.artifact.digest

@@ -1,0 +1,127 @@
+"""Served models: signature verified before loading, inputs checked against the signed schema."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lifecycle.artifacts import WEIGHTS_NAME, load_model
+from lifecycle.errors import InputValidationError, SignatureError
+from lifecycle.packaging import publish_model
+from lifecycle.registry import Registry, VersionRecord
+from lifecycle.signing import ensure_signing_key
+from serving.models import ServedModel, load_served_models, load_version
+from tests.conftest import make_publication
+
+
+def tamper(path: Path) -> None:
+    """Flip the last byte of ``path`` (still a loadable file, no longer the signed one)."""
+    path.chmod(0o600)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def served(registry: Registry, published: VersionRecord) -> ServedModel:
+    return load_version(published, registry.public_key_path())
+
+
+def test_loads_the_newest_version_of_each_model(registry: Registry, published: VersionRecord) -> None:
+    publish_model(registry, make_publication("demo", seed=1))
+    publish_model(registry, make_publication("other", features=6, seed=2))
+    models = load_served_models(registry)
+    assert {(m.name, m.version, m.num_features) for m in models.values()} == {("demo", 2, 4), ("other", 1, 6)}
+
+
+def test_tampered_weights_are_refused_naming_the_file(registry: Registry, published: VersionRecord) -> None:
+    tamper(published.artifact.model_dir / WEIGHTS_NAME)
+    with pytest.raises(SignatureError, match=r"demo:1.*weights\.safetensors") as caught:
+        load_served_models(registry)
+    assert caught.value.exit_code == 5
+
+
+def test_one_bad_model_stops_all(registry: Registry, published: VersionRecord) -> None:
+    other = publish_model(registry, make_publication("other", seed=3))
+    tamper(other.artifact.model_dir / "bom.json")
+    with pytest.raises(SignatureError, match=r"other:1.*bom\.json"):
+        load_served_models(registry)
+
+
+def test_removed_and_added_files_are_named(registry: Registry, published: VersionRecord) -> None:
+    (published.artifact.model_dir / "MODEL_CARD.md").unlink()
+    (published.artifact.model_dir / "extra.bin").write_bytes(b"x")
+    with pytest.raises(SignatureError, match=r"demo:1: MODEL_CARD\.md, extra\.bin in"):
+        load_served_models(registry)
+
+
+def test_missing_signature_is_refused(registry: Registry, published: VersionRecord) -> None:
+    published.artifact.signature_path.unlink()
+    with pytest.raises(SignatureError, match="unsigned"):
+        load_served_models(registry)
+
+
+def test_a_key_other_than_the_trusted_one_is_refused(
+    registry: Registry, published: VersionRecord, tmp_path: Path
+) -> None:
+    stranger = ensure_signing_key(tmp_path / "stranger")
+    with pytest.raises(SignatureError, match="does not verify"):
+        load_served_models(registry, public_key=stranger.public_key)
+
+
+def test_predictions_match_the_model_run_offline(served: ServedModel, published: VersionRecord) -> None:
+    instances = [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    module, _ = load_model(published.artifact.model_dir)
+    with torch.no_grad():
+        expected = [("no", "yes")[c] for c in module(torch.tensor(instances)).argmax(dim=1).tolist()]
+    assert served.predict(served.to_batch(instances, max_instances=8)) == expected
+
+
+def test_class_indices_when_the_schema_has_no_labels(served: ServedModel) -> None:
+    bare = ServedModel(served.name, served.version, served.digest, served.module,
+                       type(served.schema)(features=served.schema.features))
+    predictions = bare.predict(bare.to_batch([[1.0, 2.0, 3.0, 4.0]], 8))
+    assert predictions in ([0], [1])
+
+
+@pytest.mark.parametrize(
+    ("instances", "message"),
+    [
+        ([], "empty"),
+        ([[0.0] * 4] * 9, "9 instances in one request; the limit is 8"),
+        ([[0.0] * 4, [0.0] * 3], r"instance 1 has 3 values; the model expects 4 \(features: f0, f1, f2, f3\)"),
+        ([[0.0, math.nan, 0.0, 0.0]], "instance 0 value 1 \\(feature 'f1'\\) is not finite"),
+        ([[0.0, 0.0, 0.0, -math.inf]], "instance 0 value 3 \\(feature 'f3'\\) is not finite"),
+        ([[0.0, 0.0, 1e39, 0.0]], "outside the float32 range"),
+    ],
+)
+def test_invalid_batches_are_named(served: ServedModel, instances: list[list[float]], message: str) -> None:
+    with pytest.raises(InputValidationError, match=message):
+        served.to_batch(instances, max_instances=8)
+
+
+def test_long_feature_lists_are_shortened(served: ServedModel) -> None:
+    wide = ServedModel("w", 1, "d", served.module, type(served.schema)(features=tuple(f"x{i}" for i in range(30))))
+    assert wide.describe_features().endswith("x11, … (18 more)")
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(finite, min_size=4, max_size=4), min_size=1, max_size=8))
+def test_any_valid_batch_gets_one_label_per_instance(served: ServedModel, instances: list[list[float]]) -> None:
+    predictions = served.predict(served.to_batch(instances, max_instances=8))
+    assert len(predictions) == len(instances) and set(predictions) <= {"no", "yes"}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(finite, max_size=10).filter(lambda row: len(row) != 4), min_size=1, max_size=4))
+def test_any_wrong_width_is_refused(served: ServedModel, instances: list[list[float]]) -> None:
+    with pytest.raises(InputValidationError, match="the model expects 4"):
+        served.to_batch(instances, max_instances=8)
