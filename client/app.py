@@ -11,6 +11,8 @@ state, so ε composes correctly across rounds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -32,11 +34,12 @@ def _restore_plan(context: Context, fresh: DPPlan) -> tuple[DPPlan, int]:
     state = context.state.metric_records.get(_STATE_KEY)
     if state is None:
         return fresh, 0
+    values = {key: float(value) for key, value in state.items() if isinstance(value, (int, float))}
     plan = DPPlan(
-        fresh.target_epsilon, fresh.delta, float(state["max-grad-norm"]), float(state["sample-rate"]),
-        int(state["planned-steps"]), float(state["noise-multiplier"]), fresh.accountant,
+        fresh.target_epsilon, fresh.delta, values["max-grad-norm"], values["sample-rate"],
+        int(values["planned-steps"]), values["noise-multiplier"], fresh.accountant,
     )
-    return plan, int(state["steps"])
+    return plan, int(values["steps"])
 
 
 def _save_plan(context: Context, plan: DPPlan, steps: int) -> None:
@@ -60,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
     torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
 
-    site_record: dict[str, bool | float | int | str] = {
+    site_record: dict[str, Any] = {
         "name": site.name, "manifest": data.manifest, "secure-rng": secure_rng_available(),
     }
     plan = None

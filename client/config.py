@@ -47,7 +47,7 @@ class TrainConfig:
                 raise ConfigurationError(f"round configuration lacks '{key}'; coordinator and site versions differ")
             return record[key]
 
-        features = tuple(str(f) for f in get("features"))  # type: ignore[union-attr]
+        features = tuple(str(f) for f in get("features"))
         return cls(
             server_round=int(get("server-round")),
             total_rounds=int(get("total-rounds")),
@@ -62,7 +62,7 @@ class TrainConfig:
             spec=ModelSpec(
                 in_features=len(features),
                 num_classes=int(get("num-classes")),
-                hidden=tuple(int(h) for h in get("hidden")),  # type: ignore[union-attr]
+                hidden=tuple(int(h) for h in get("hidden")),
             ),
             seed=int(get("seed")),
             data_dir=str(record.get("data-dir", "")),

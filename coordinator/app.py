@@ -50,7 +50,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
     )
 
 
-def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -> torch.nn.Sequential:
+def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -> torch.nn.Module:
     """Fresh weights; input scaling fixed from the coordinator's own reference set."""
     torch.manual_seed(cfg.seed)
     model = build_model(spec)

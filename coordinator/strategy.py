@@ -78,7 +78,7 @@ class TrackedFedAvg(FedAvg):
         ledger.rounds += 1
         metrics = content.metric_records.get("metrics")
         if metrics is not None:
-            ledger.num_examples = int(metrics["num-examples"])
+            ledger.num_examples = int(metrics["num-examples"])  # type: ignore[arg-type]
         if site is not None:
             ledger.manifest = str(site.get("manifest", ""))
             ledger.secure_rng = bool(site.get("secure-rng", False))

@@ -23,6 +23,7 @@ import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from opacus import PrivacyEngine
@@ -80,9 +81,9 @@ class DPPlan:
 
 
 def make_private(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, plan: DPPlan,
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any], plan: DPPlan,
     *, secure_mode: bool = False,
-) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
+) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any], PrivacyEngine]:
     """Wrap model, optimizer and loader for DP-SGD with the plan's σ and clipping norm.
 
     The returned module shares parameters with ``model``; read weights from

@@ -32,8 +32,6 @@ from rich.table import Table
 from lifecycle.errors import NotFoundError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
-from serving.app import create_app
-from serving.auth import ServingState
 from serving.keys import KeyInfo, create_key, list_keys, revoke_key
 from serving.settings import ServingSettings, build_settings, is_loopback
 
@@ -170,6 +168,9 @@ def serve(
             highlight=False,
         )
     _attach_log_handler()
+    from serving.app import create_app  # torch and FastAPI load only when serving
+    from serving.auth import ServingState
+
     app = create_app(_registry(), settings)
     state: ServingState = app.state.fedguard
     if not state.models:
