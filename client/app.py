@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import logger
 from client.config import SiteIdentity, TrainConfig
-from lifecycle.tabular import load_csv
+from lifecycle.tabular import TabularData, load_csv
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
 from privacy.dp_sgd import DPPlan, secure_rng_available
@@ -51,15 +52,21 @@ def _save_plan(context: Context, plan: DPPlan, steps: int) -> None:
     )
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """One round of local training; see the module docstring for the reply's records."""
-    torch.set_num_threads(1)
+def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:
+    """Parse the instructions, load and validate the local file, and load the global weights."""
+    torch.set_num_threads(1)  # one Ray actor per core: no oversubscription
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)
     data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
     model = build_model(cfg.spec)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return cfg, site, data, model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training; see the module docstring for the reply's records."""
+    cfg, site, data, model = _prepare(msg, context)
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
     torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
 
@@ -96,12 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's own data (loss and accuracy only)."""
-    torch.set_num_threads(1)
-    cfg = TrainConfig.from_record(msg.content.config_records["config"])
-    site = SiteIdentity.from_context(context, cfg)
-    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
-    model = build_model(cfg.spec)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    _, _, data, model = _prepare(msg, context)
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(data.features))

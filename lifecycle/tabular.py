@@ -11,7 +11,6 @@ with the row and column at fault instead of silently training on garbage.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import json
 import tomllib
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lifecycle.architecture import FeatureSchema
+from lifecycle.artifacts import file_sha256
 from lifecycle.errors import ConfigurationError, InputValidationError
 
 
@@ -79,11 +79,7 @@ class TabularData:
 
 def file_manifest(path: Path) -> str:
     """SHA-256 of the file's bytes: the data manifest recorded in the ML-BOM."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _parse_row(row: list[str], columns: list[int], line: int, header: list[str]) -> list[float]:

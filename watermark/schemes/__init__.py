@@ -1,0 +1,7 @@
+"""Built-in watermark schemes; importing this package registers them."""
+
+from __future__ import annotations
+
+from watermark.schemes.trigger_set import TriggerSetScheme
+
+__all__ = ["TriggerSetScheme"]
