@@ -30,15 +30,19 @@ app = ClientApp()
 _STATE_KEY = "fedguard-dp"
 
 
-def _restore_plan(context: Context, fresh: DPPlan) -> tuple[DPPlan, int]:
-    """The plan fixed in the first round (σ must not change mid-run) and steps taken."""
+def _restore_plan(context: Context, cfg: TrainConfig, data: TabularData) -> tuple[DPPlan, int]:
+    """The plan fixed in the first round (σ must not change mid-run) and the steps taken.
+
+    σ is calibrated once, in the site's first round; later rounds reuse it
+    from the node state (calibration is a search over the accountant).
+    """
     state = context.state.metric_records.get(_STATE_KEY)
     if state is None:
-        return fresh, 0
+        return plan_for(cfg, data), 0
     values = {key: float(value) for key, value in state.items() if isinstance(value, (int, float))}
     plan = DPPlan(
-        fresh.target_epsilon, fresh.delta, values["max-grad-norm"], values["sample-rate"],
-        int(values["planned-steps"]), values["noise-multiplier"], fresh.accountant,
+        cfg.dp_epsilon, cfg.dp_delta, values["max-grad-norm"], values["sample-rate"],
+        int(values["planned-steps"]), values["noise-multiplier"],
     )
     return plan, int(values["steps"])
 
@@ -75,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
     }
     plan = None
     if cfg.dp_enabled:
-        plan, steps_before = _restore_plan(context, plan_for(cfg, data))
+        plan, steps_before = _restore_plan(context, cfg, data)
         result = train_locally(model, data, cfg, plan, generator=generator)
         steps = steps_before + result.steps
         _save_plan(context, plan, steps)

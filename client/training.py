@@ -54,7 +54,7 @@ def train_locally(
             loss = loss_fn(module(features), labels)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(labels)
+            total += loss.item() * len(labels)
             count += len(labels)
             steps += 1
     if plan is not None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import ConfigurationError
+from lifecycle.registry import validate_model_name
+from watermark import available_schemes
 
 DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 5,
@@ -97,6 +99,12 @@ class CoordinatorConfig:
             if not ok:
                 raise ConfigurationError(message)
         self.hidden_sizes  # noqa: B018 - validates the string
+        validate_model_name(self.model_name)
+        if self.watermark != "none" and self.watermark not in available_schemes():
+            raise ConfigurationError(
+                f"unknown watermark scheme '{self.watermark}'; choose one of "
+                f"{', '.join([*available_schemes(), 'none'])}"
+            )
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:

@@ -57,13 +57,24 @@ def differing_files(detail: str) -> list[str]:
 
 
 def ensure_signing_key(keys_dir: Path) -> SigningKey:
-    """Return the signing key in ``keys_dir``, generating it on first use."""
+    """Return the signing key in ``keys_dir``, generating it on first use.
+
+    A lost private key beside a surviving public key is an error, not a cue to
+    make a new pair: replacing the public key would make every model signed
+    so far unverifiable.
+    """
     key = SigningKey(keys_dir / PRIVATE_KEY_NAME, keys_dir / PUBLIC_KEY_NAME)
     if key.private_key.exists():
         if not key.public_key.exists():
             private = serialization.load_pem_private_key(key.private_key.read_bytes(), password=None)
             _write_public(private.public_key(), key.public_key)
         return key
+    if key.public_key.exists():
+        raise StateError(
+            f"signing key '{key.private_key}' is missing but its public key is still there; restore the "
+            "private key from your backup, or move the public key aside to start a new signer (models "
+            "signed before then will need the old public key to verify)"
+        )
     private_key = ec.generate_private_key(ec.SECP256R1())
     write_private(
         key.private_key,
@@ -103,10 +114,7 @@ def sign_model(model_dir: Path, signature_path: Path, key: SigningKey) -> None:
     from model_signing import signing
 
     if not key.private_key.exists():
-        raise StateError(
-            f"signing key '{key.private_key}' is missing; restore it, or remove "
-            f"'{key.public_key}' too so that fedguard generates a new pair"
-        )
+        raise StateError(f"signing key '{key.private_key}' is missing; restore it from your backup")
     signing.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
         private_key=key.private_key
     ).sign(model_dir, signature_path)

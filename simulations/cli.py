@@ -47,6 +47,8 @@ class ProgressPrinter:
 
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     table = Table(title=f"{outcome['model']}:{outcome['version']}", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
     mark = outcome["watermark"]
     rows = [
         ("test accuracy", f"{outcome['accuracy']:.3f}"),
@@ -84,17 +86,20 @@ def simulate(
     from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
 
     console = Console(stderr=as_json)
-    if dp_epsilon == 0 or math.isinf(dp_epsilon):
-        console.print("[yellow]warning: record-level DP is off (--dp-epsilon 0): sites' updates carry no DP guarantee[/yellow]")
-        dp_epsilon = 0.0
-    console.print("[yellow]secure aggregation: none (not in this version); the coordinator sees each site's update[/yellow]")
+    dp_off = dp_epsilon == 0 or math.isinf(dp_epsilon)
     cfg = SimulationConfig(
-        sites=sites, rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+        sites=sites, rounds=rounds, seed=seed, dp_epsilon=0.0 if dp_off else dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark,
     )
+    cfg.validate()
+    if dp_off:
+        console.print("[yellow]warning: record-level DP is off (--dp-epsilon 0): sites' updates carry no DP guarantee[/yellow]")
+    if watermark == "none":
+        console.print("[yellow]warning: --watermark none: the model will carry no ownership mark[/yellow]")
+    console.print("[yellow]secure aggregation: none (not in this version); the coordinator sees each site's update[/yellow]")
     outcome = run(cfg, ProgressPrinter(console), verbose=verbose)
-    if dp_epsilon > 0 and not outcome.get("secure_rng", False):
+    if not dp_off and not outcome.get("secure_rng", False):
         console.print(f"[yellow]{SECURE_RNG_NOTE}[/yellow]")
     if as_json:
         print(json.dumps(outcome, default=str))

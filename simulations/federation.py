@@ -26,11 +26,12 @@ from coordinator.config import CoordinatorConfig
 from lifecycle.architecture import ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
-from lifecycle.settings import get_settings
+from lifecycle.registry import Registry
+from lifecycle.signing import ensure_signing_key
 from lifecycle.tabular import DataSchema, write_csv
 from simulations import logger
 from simulations.baseline import central_accuracy
-from simulations.datasets import load_dataset
+from simulations.datasets import available_datasets, load_dataset
 from simulations.partition import dirichlet_partition
 
 
@@ -65,6 +66,13 @@ class SimulationConfig:
             raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a positive ε, or 0 to disable DP")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test fraction must be between 0 and 1")
+        if self.alpha <= 0:
+            raise ConfigurationError(f"--alpha {self.alpha}: the Dirichlet α must be positive")
+        if self.dataset not in available_datasets():
+            raise ConfigurationError(
+                f"--dataset {self.dataset}: unknown; choose one of {', '.join(available_datasets())}"
+            )
+        self.coordinator_overrides(Path("."), Path("outcome.json"))  # the coordinator's own checks
 
     def coordinator_overrides(self, data_dir: Path, result_path: Path) -> dict[str, Any]:
         overrides = {
@@ -122,7 +130,9 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> 
     """Run one simulated federation end to end and return the outcome."""
     cfg.validate()
     started = time.monotonic()
-    home = Home(get_settings().home).ensure()
+    registry = Registry.open()  # fail fast on a bad home, registry or key, before any training
+    ensure_signing_key(registry.home.keys)
+    home = registry.home
     run_dir = home.runs / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     overrides = cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json")
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
@@ -159,7 +169,7 @@ def _simulate(
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False,
+                "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
                               "logging_level": logging.INFO if verbose else logging.ERROR},
             },
             verbose_logging=verbose,

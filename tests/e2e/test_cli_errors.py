@@ -74,3 +74,17 @@ def test_tampered_model_fails_verify_naming_the_file(cli_home: Path) -> None:
     assert result.returncode == 5
     _one_line_error(result.stderr)
     assert "weights.safetensors" in result.stderr
+
+
+def test_missing_private_signing_key_stops_before_training(cli_home: Path) -> None:
+    registry = Registry.open(Settings(home=cli_home))
+    publish_model(registry, make_publication())
+    public = cli_home / "keys" / "signing-key.pub.pem"
+    before = public.read_bytes()
+    (cli_home / "keys" / "signing-key.pem").unlink()
+    result = run_cli(cli_home, "simulate", "--sites", "2", "--rounds", "1")
+    assert result.returncode == 3
+    _one_line_error(result.stderr)
+    assert "signing key" in result.stderr and "missing" in result.stderr
+    assert public.read_bytes() == before
+    assert not (cli_home / "runs").exists() or not any((cli_home / "runs").iterdir())
