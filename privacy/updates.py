@@ -1,0 +1,113 @@
+"""Model updates as flat vectors: the common currency of clipping, noise and secure aggregation.
+
+Sites never share weights under protection; they share a *payload*:
+
+    payload = [w · Δ, w]      Δ = local − global (flattened, float64), ‖Δ‖₂ ≤ C, w = example weight
+
+Summing payloads (masked, encrypted, or in the clear) and dividing the first
+part by the last element gives the example-weighted mean update, exactly what
+FedAvg computes, without the coordinator ever needing one site's Δ or w.
+Every protection mechanism (``privacy.secagg``, ``privacy.he``, site-level DP)
+works on this one representation so they compose.
+
+Notes
+-----
+Clipping each site's update to a fixed L2 bound is what makes both
+fixed-point quantization and site-level DP possible (McMahan et al. 2018,
+"Learning Differentially Private Recurrent Language Models").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from lifecycle.errors import ConfigurationError, InputValidationError
+
+
+class UpdateError(InputValidationError):
+    """An update does not fit the global model (keys, shapes, or non-finite values)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and dtypes of the arrays in a record, in order."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+
+def layout_of(record: ArrayRecord) -> Layout:
+    arrays = [record[k].numpy() for k in record.keys()]
+    return Layout(tuple(record.keys()), tuple(a.shape for a in arrays), tuple(str(a.dtype) for a in arrays))
+
+
+def flatten(record: ArrayRecord) -> tuple[np.ndarray, Layout]:
+    """All arrays of ``record`` as one float64 vector, plus the layout to undo it."""
+    layout = layout_of(record)
+    parts = [record[k].numpy().astype(np.float64, copy=False).ravel() for k in layout.keys]
+    return (np.concatenate(parts) if parts else np.zeros(0)), layout
+
+
+def unflatten(vector: np.ndarray, layout: Layout) -> ArrayRecord:
+    """Rebuild an ArrayRecord of ``layout`` from a flat vector."""
+    if vector.shape != (layout.size,):
+        raise UpdateError(f"vector of {vector.shape} does not fit a layout of {layout.size} values")
+    arrays, offset = {}, 0
+    for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
+        count = int(np.prod(shape))
+        arrays[key] = vector[offset:offset + count].reshape(shape).astype(dtype)
+        offset += count
+    return ArrayRecord({k: _as_array(v) for k, v in arrays.items()})
+
+
+def _as_array(value: np.ndarray) -> object:
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(value))
+
+
+def model_delta(local: ArrayRecord, global_: ArrayRecord) -> np.ndarray:
+    """``local − global`` as a flat vector; refuses mismatched or non-finite updates."""
+    local_vec, local_layout = flatten(local)
+    global_vec, global_layout = flatten(global_)
+    if local_layout.keys != global_layout.keys or local_layout.shapes != global_layout.shapes:
+        raise UpdateError("the update's arrays do not match the global model's names and shapes")
+    delta = local_vec - global_vec
+    if not np.all(np.isfinite(delta)):
+        raise UpdateError("the update contains NaN or infinite values; it was not sent")
+    return delta
+
+
+def clip(delta: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
+    """Scale ``delta`` down to L2 norm ≤ ``bound``; return it and its original norm."""
+    if bound <= 0:
+        raise ConfigurationError(f"clipping bound must be positive, got {bound}")
+    norm = float(np.linalg.norm(delta))
+    factor = min(1.0, bound / norm) if norm > 0 else 1.0
+    return delta * factor, norm
+
+
+def weighted_payload(delta: np.ndarray, weight: float) -> np.ndarray:
+    """``[w · Δ, w]``: what a site contributes to the sum."""
+    if weight <= 0:
+        raise UpdateError(f"an update needs a positive weight, got {weight}")
+    return np.concatenate([delta * weight, [float(weight)]])
+
+
+def apply_payload_sum(total: np.ndarray, global_: ArrayRecord) -> tuple[ArrayRecord, float]:
+    """New global model from the *sum* of payloads: ``global + Σ(wΔ) / Σw``; and Σw."""
+    global_vec, layout = flatten(global_)
+    if total.shape != (layout.size + 1,):
+        raise UpdateError(f"aggregate of {total.shape} does not fit a model of {layout.size} values")
+    weight = float(total[-1])
+    if not weight > 0:
+        raise UpdateError("the aggregate carries no weight: no site contributed")
+    return unflatten(global_vec + total[:-1] / weight, layout), weight
