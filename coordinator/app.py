@@ -25,7 +25,7 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.publication import embed_watermark, publish_run
-from coordinator.strategy import RoundReport, TrackedFedAvg
+from coordinator.strategy import RoundReport, TrackedStrategy, create_aggregation
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
 from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
@@ -69,9 +69,9 @@ def run_federation(
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     reports: dict[int, RoundReport] = {}
-    strategy = TrackedFedAvg(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg.required_sites,
-        min_available_nodes=cfg.required_sites, on_round=lambda r: reports.__setitem__(r.server_round, r),
+    strategy = TrackedStrategy(
+        create_aggregation(cfg.aggregation, sites=cfg.required_sites),
+        on_round=lambda r: reports.__setitem__(r.server_round, r),
     )
     history: list[dict[str, Any]] = []
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from coordinator.strategy import AGGREGATIONS
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
 from watermark import available_schemes
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "model-name": "breast-cancer",
     "data-dir": "",
     "watermark": "trigger-set",
+    "aggregation": "fedavg",
     "secure-aggregation": "none",
     "round-timeout": 600.0,
     "result-path": "",
@@ -56,6 +58,7 @@ class CoordinatorConfig:
     model_name: str
     data_dir: str
     watermark: str
+    aggregation: str
     secure_aggregation: str
     round_timeout: float
     result_path: str
@@ -94,6 +97,7 @@ class CoordinatorConfig:
             (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
             (self.max_grad_norm > 0, "max-grad-norm must be positive"),
             (self.secure_aggregation == "none", "secure-aggregation: only 'none' is available in this version"),
+            (self.aggregation in AGGREGATIONS, f"aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -86,7 +86,7 @@ def training_section(cfg: CoordinatorConfig, sites: dict[str, SiteLedger], round
     """The BOM's training section: rules, DP targets, and per-site lineage."""
     return {
         "rounds": rounds,
-        "aggregation": "fedavg",
+        "aggregation": cfg.aggregation,
         "secure_aggregation": cfg.secure_aggregation,
         "local_epochs": cfg.local_epochs,
         "batch_size": cfg.batch_size,

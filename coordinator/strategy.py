@@ -1,10 +1,15 @@
-"""FedAvg that knows who took part: per-site lineage and loud failure.
+"""Aggregation rules, and the wrapper that knows who took part and fails loudly.
 
-Flower's ``FedAvg`` quietly carries on when every site of a round fails (the
-run still "succeeds" with the old weights). fedguard wraps it: a round that
-aggregates nothing raises :class:`TrainingError` with the sites' reasons, and
-each valid reply's ``site`` record (name, data manifest, ε spent, DP
-parameters) is kept for the ML-BOM and the registry.
+Flower's Message-API strategies quietly carry on when every site of a round
+fails (the run still "succeeds" with the old weights). fedguard wraps the
+chosen strategy: a round that aggregates nothing raises :class:`TrainingError`
+with the sites' reasons, and each valid reply's ``site`` record (name, data
+manifest, ε spent, DP parameters: public metadata, never the update) is kept
+for the ML-BOM and the registry. The wrapper sits outermost, so it sees the
+sites' replies whatever protection (secure aggregation, CKKS) sits inside.
+
+Robust rules (median, trimmed mean, Krum) are Flower's own; they need the
+individual updates, so they are only available without secure aggregation.
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from coordinator import logger
-from lifecycle.errors import TrainingError
+from lifecycle.errors import ConfigurationError, TrainingError
+
+AGGREGATIONS: dict[str, Callable[..., Strategy]] = {
+    "fedavg": FedAvg,
+    "median": FedMedian,
+    "trimmed-mean": lambda **kw: FedTrimmedAvg(beta=0.2, **kw),
+    "krum": lambda **kw: Krum(num_malicious_nodes=max(0, (kw["min_train_nodes"] - 3) // 2), **kw),
+}
+
+
+def create_aggregation(name: str, *, sites: int) -> Strategy:
+    """Flower's strategy for ``name``, sampling all ``sites`` every round, no federated evaluation."""
+    if name not in AGGREGATIONS:
+        raise ConfigurationError(f"unknown aggregation '{name}'; choose one of {', '.join(AGGREGATIONS)}")
+    if name == "krum" and sites < 3:
+        raise ConfigurationError("krum needs at least 3 sites")
+    return AGGREGATIONS[name](
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=sites, min_available_nodes=sites,
+    )
 
 
 @dataclass
@@ -41,14 +65,22 @@ class RoundReport:
     failed: tuple[str, ...]
 
 
-class TrackedFedAvg(FedAvg):
-    """``FedAvg`` that records site lineage and refuses empty rounds."""
+class TrackedStrategy(Strategy):
+    """Wraps a strategy: records site lineage from replies and refuses empty rounds."""
 
-    def __init__(self, *, on_round: Callable[[RoundReport], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None) -> None:
+        self.inner = inner
         self.sites: dict[str, SiteLedger] = {}
         self.on_round = on_round
         self.rounds_aggregated = 0
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -56,7 +88,12 @@ class TrackedFedAvg(FedAvg):
         replies = list(replies)
         failed = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
         succeeded = [self._record(m) for m in replies if not m.has_error()]
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        except TrainingError:
+            raise
+        except Exception as exc:  # an aggregation rule rejecting malformed replies
+            raise TrainingError(f"round {server_round} could not be aggregated: {exc}") from exc
         if arrays is None:
             reasons = "; ".join(failed[:3]) or "no site replied before the round timeout"
             raise TrainingError(
@@ -69,6 +106,14 @@ class TrackedFedAvg(FedAvg):
         if self.on_round is not None:
             self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed)))
         return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
 
     def _record(self, message: Message) -> str:
         content = message.content

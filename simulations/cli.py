@@ -79,6 +79,7 @@ def simulate(
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = 2,
     model_name: Annotated[str, typer.Option("--model-name", help="Registry name (default: the dataset).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
+    aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -90,7 +91,7 @@ def simulate(
     cfg = SimulationConfig(
         sites=sites, rounds=rounds, seed=seed, dp_epsilon=0.0 if dp_off else dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
-        model_name=model_name, watermark=watermark,
+        model_name=model_name, watermark=watermark, aggregation=aggregation,
     )
     cfg.validate()
     if dp_off:

@@ -54,6 +54,7 @@ class SimulationConfig:
     hidden: str = "32"
     model_name: str = ""
     watermark: str = "trigger-set"
+    aggregation: str = "fedavg"
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
 
@@ -81,6 +82,7 @@ class SimulationConfig:
             "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
             "hidden": self.hidden, "model-name": self.model_name or self.dataset,
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
+            "aggregation": self.aggregation,
         }
         CoordinatorConfig.from_mapping(overrides)  # validate before Ray starts
         return overrides

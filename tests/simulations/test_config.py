@@ -24,6 +24,7 @@ from simulations.federation import SimulationConfig
         ({"hidden": "32,x"}, "comma-separated"),
         ({"dp_delta": 2.0}, "dp-delta"),
         ({"max_grad_norm": 0.0}, "max-grad-norm"),
+        ({"aggregation": "mode"}, "fedavg, median, trimmed-mean, krum"),
     ],
 )
 def test_bad_settings(change: dict[str, Any], match: str) -> None:
