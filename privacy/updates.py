@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from lifecycle.errors import ConfigurationError, InputValidationError
 
@@ -68,9 +68,7 @@ def unflatten(vector: np.ndarray, layout: Layout) -> ArrayRecord:
     return ArrayRecord({k: _as_array(v) for k, v in arrays.items()})
 
 
-def _as_array(value: np.ndarray) -> object:
-    from flwr.app import Array
-
+def _as_array(value: np.ndarray) -> Array:
     return Array(np.ascontiguousarray(value))
 
 
@@ -80,7 +78,7 @@ def model_delta(local: ArrayRecord, global_: ArrayRecord) -> np.ndarray:
     global_vec, global_layout = flatten(global_)
     if local_layout.keys != global_layout.keys or local_layout.shapes != global_layout.shapes:
         raise UpdateError("the update's arrays do not match the global model's names and shapes")
-    delta = local_vec - global_vec
+    delta: np.ndarray = local_vec - global_vec
     if not np.all(np.isfinite(delta)):
         raise UpdateError("the update contains NaN or infinite values; it was not sent")
     return delta
