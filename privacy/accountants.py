@@ -8,20 +8,36 @@ Notes
 -----
 RDP accounting of the subsampled Gaussian mechanism follows Mironov (2017),
 "Rényi Differential Privacy", and Mironov, Talwar & Zhang (2019); DP-SGD is
-Abadi et al. (2016), "Deep Learning with Differential Privacy".
+Abadi et al. (2016), "Deep Learning with Differential Privacy". PRV
+accounting is Gopi, Lee & Wutschitz (2021), "Numerical Composition of
+Differential Privacy". The RDP → (ε, δ) conversion Opacus applies is the
+tighter one of Balle et al. (2020), "Hypothesis Testing Interpretations and
+Renyi Differential Privacy"; with the classic conversion ε = RDP(α) +
+log(1/δ)/(α − 1) the same RDP curve reproduces the moments-accountant value
+Abadi et al. publish (ε ≈ 1.26 at q = 0.01, σ = 4, T = 10 000, δ = 1e-5).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opacus.accountants import IAccountant
+from opacus.accountants import IAccountant, RDPAccountant
 from opacus.accountants import create_accountant as _opacus_create
 from opacus.accountants.utils import get_noise_multiplier
 
 from lifecycle.errors import ConfigurationError
 
 ACCOUNTANTS = ("rdp", "prv")
+RDP_ORDERS: tuple[float, ...] = (*RDPAccountant.DEFAULT_ALPHAS, 128, 256, 512, 1024)
+"""Rényi orders searched: Opacus' defaults plus the large orders Google's dp-accounting also uses
+(they matter when ε is small: large σ, tiny q)."""
+
+__all__ = [
+    "ACCOUNTANTS", "GaussianHistory", "calibrate_noise", "compose", "create_accountant",
+    "epsilon_series", "naive_epsilon_sum",
+]
 
 
 def create_accountant(name: str) -> IAccountant:
@@ -43,11 +59,7 @@ class GaussianHistory:
 
     def epsilon(self) -> float:
         """ε spent after ``steps`` steps (0 before the first step)."""
-        if self.steps <= 0:
-            return 0.0
-        acc = create_accountant(self.accountant)
-        acc.history = [(self.noise_multiplier, self.sample_rate, self.steps)]
-        return float(acc.get_epsilon(delta=self.delta))
+        return compose([self], self.delta, self.accountant)
 
 
 def calibrate_noise(
@@ -60,9 +72,125 @@ def calibrate_noise(
         )
     if not 0 < sample_rate <= 1 or steps < 1:
         raise ConfigurationError(f"invalid sampling (q={sample_rate}, steps={steps})")
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-            steps=steps, accountant=accountant,
+    kwargs = _epsilon_kwargs(accountant)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                steps=steps, accountant=accountant, **kwargs,
+            )
         )
-    )
+
+
+def _epsilon_kwargs(accountant: str) -> dict[str, object]:
+    return {"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}
+
+
+def _merged(histories: Sequence[GaussianHistory]) -> list[tuple[float, float, int]]:
+    """Opacus history tuples ``(σ, q, steps)``, entries of equal (σ, q) merged.
+
+    Merging is exact (the same mechanism composed ``a`` then ``b`` times is the
+    same mechanism composed ``a + b`` times) and keeps PRV's grid small.
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for h in histories:
+        if h.steps > 0:
+            key = (float(h.noise_multiplier), float(h.sample_rate))
+            steps[key] = steps.get(key, 0) + int(h.steps)
+    return [(sigma, q, n) for (sigma, q), n in sorted(steps.items())]
+
+
+def compose(histories: Sequence[GaussianHistory], delta: float, accountant: str = "rdp") -> float:
+    """ε at ``delta`` of running every history in ``histories`` one after another.
+
+    Parameters
+    ----------
+    histories
+        Subsampled Gaussian runs, possibly with different σ, q and step counts
+        (rounds of one run, runs on one dataset manifest). Their own ``delta``
+        and ``accountant`` fields are ignored: the composition is evaluated at
+        ``delta`` with ``accountant``.
+    delta
+        The δ of the reported (ε, δ) guarantee.
+    accountant
+        ``"rdp"`` (default; exact composition of Rényi divergences, fast) or
+        ``"prv"`` (tighter numerically, slower).
+
+    Returns
+    -------
+    float
+        The composed ε (0 for an empty history).
+
+    Notes
+    -----
+    Composition is done in the accountant's own domain (Rényi divergences add
+    up order by order, Mironov 2017, Prop. 1; privacy-loss distributions
+    convolve, Gopi, Lee & Wutschitz 2021) and converted to (ε, δ) once at the
+    end. That is much tighter than adding per-run ε's (basic composition,
+    Dwork & Roth 2014, Thm. 3.16, see :func:`naive_epsilon_sum`), which is
+    valid but only at δ = Σ δᵢ.
+    """
+    _check_delta(delta)
+    merged = _merged(histories)
+    if not merged:
+        return 0.0
+    acc = create_accountant(accountant)
+    acc.history = merged
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
+
+
+def naive_epsilon_sum(histories: Sequence[GaussianHistory]) -> tuple[float, float]:
+    """Basic composition: ``(Σ εᵢ, Σ δᵢ)`` of each history at its own δ and accountant.
+
+    Reported beside :func:`compose` for comparison only: it is a valid bound
+    but loose (it grows linearly where RDP composition grows like √k).
+    """
+    eps = sum(h.epsilon() for h in histories if h.steps > 0)
+    delta = sum(h.delta for h in histories if h.steps > 0)
+    return float(eps), float(delta)
+
+
+def epsilon_series(
+    noise_multiplier: float, sample_rate: float, steps_per_round: int, rounds: int, delta: float,
+    accountant: str = "rdp",
+) -> list[float]:
+    """ε after each of ``rounds`` rounds of ``steps_per_round`` subsampled Gaussian steps.
+
+    Element ``r - 1`` is the ε reported after round ``r``: the guarantee of
+    the model released at that round. Use it for both record-level DP-SGD
+    (steps per round = local epochs × steps per epoch, q = batch / N) and
+    site-level DP (one step per round, q = sampled sites / total sites).
+
+    Notes
+    -----
+    With RDP the series costs one RDP evaluation: the (ε, δ) conversion of
+    Balle et al. (2020) is applied to ``r`` times the per-step RDP curve.
+    """
+    _check_delta(delta)
+    if rounds < 0 or steps_per_round < 0:
+        raise ConfigurationError(f"invalid schedule: rounds={rounds}, steps per round={steps_per_round}")
+    if accountant == "rdp":
+        from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+        orders = list(RDP_ORDERS)
+        per_round = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                steps=steps_per_round, orders=orders)
+        series = []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the")
+            for r in range(1, rounds + 1):
+                eps, _ = get_privacy_spent(orders=orders, rdp=per_round * r, delta=delta)
+                series.append(float(eps) if steps_per_round > 0 else 0.0)
+        return series
+    return [
+        compose([GaussianHistory(noise_multiplier, sample_rate, steps_per_round * r, delta)], delta, accountant)
+        for r in range(1, rounds + 1)
+    ]
+
+
+def _check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise ConfigurationError(f"invalid δ={delta}: use 0 < δ < 1 (typically below 1 / number of records)")

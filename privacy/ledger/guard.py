@@ -1,0 +1,225 @@
+"""Enforcing caps: the coordinator's admission and the site agent's veto.
+
+Two independent gates, so that neither side has to trust the other:
+
+* **Coordinator** (:func:`admit`, :func:`reserve`): before a round it
+  projects each candidate site's ε with the round's charge and leaves out a
+  site that would exceed its cap; :func:`reserve` also records the charge
+  (before the round: a failed round stays charged, a restarted round is not
+  charged twice).
+* **Site** (:func:`make_ledger_mod`): a client mod that, after local
+  training and before the reply leaves the site, records the round's charges
+  in the site's own ledger and replies with an error instead of the update if
+  the charge would exceed the site's local cap, whatever the coordinator
+  decided.
+
+Notes
+-----
+Under site-level DP with amplification by sampling (McMahan et al. 2018),
+*every* site in the population pays for every round, sampled or not: the
+coordinator must charge the whole eligible population each round (reserve
+with q), not only the sampled sites. A site sees only the rounds it is
+sampled in, so its own ledger either trusts the declared plan and charges the
+whole planned run at first contact (``site_sampling="declared"``) or assumes
+nothing about the sampling and charges one un-amplified Gaussian step per
+round it takes part in (``site_sampling="participation"``, q = 1; valid
+whatever the coordinator does, and much more expensive).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+
+from lifecycle.errors import ConfigurationError, FedguardError
+from lifecycle.settings import get_settings
+from privacy.accountants import GaussianHistory
+from privacy.ledger.base import ANY, Charge, PrivacyBudgetExceeded, PrivacyLedger, Projection
+from privacy.ledger.factory import SiteLedger
+
+logger = logging.getLogger("fedguard.privacy")
+
+UNKNOWN_MANIFEST = "unknown"
+SITE_SAMPLING = ("declared", "participation")
+Mod = Callable[[Message, Context, ClientAppCallable], Message]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Sites that may take part in a round, and the projections of those left out."""
+
+    admitted: tuple[str, ...]
+    refused: tuple[Projection, ...]
+
+
+def _manifest(ledger: PrivacyLedger, site: str, manifests: Mapping[str, str] | None) -> str:
+    if manifests and site in manifests:
+        return manifests[site]
+    known = ledger.manifests(site)
+    return known[0] if known else UNKNOWN_MANIFEST
+
+
+def admit(ledger: PrivacyLedger, sites: Sequence[str], kind: str, extra: GaussianHistory,
+          *, manifests: Mapping[str, str] | None = None) -> Admission:
+    """Project every site's ε with ``extra`` added; leave out those over their cap. Writes nothing.
+
+    ``manifests`` maps a site to the dataset manifest it trains on; a site
+    without one is projected on its most recently charged manifest.
+    """
+    admitted, refused = [], []
+    for site in sites:
+        projection = ledger.project(site, _manifest(ledger, site, manifests), kind, extra)
+        if projection.allowed:
+            admitted.append(site)
+        else:
+            refused.append(projection)
+            logger.warning("privacy ledger: site %s left out: projected ε=%.4g over cap %.4g",
+                           site, projection.projected, projection.cap.epsilon if projection.cap else float("nan"))
+    return Admission(tuple(admitted), tuple(refused))
+
+
+def reserve(ledger: PrivacyLedger, sites: Sequence[str], *, run_id: str, round: int, kind: str,
+            history: GaussianHistory, manifests: Mapping[str, str] | None = None,
+            actor: str = "coordinator") -> Admission:
+    """Charge ``history`` to each site for (run, round) before the round; leave out the refused.
+
+    Idempotent per (site, manifest, run, round, kind): a coordinator that
+    restarts and reserves the same round again is not charged twice.
+    """
+    admitted, refused = [], []
+    for site in sites:
+        charge = Charge(site, _manifest(ledger, site, manifests), run_id, round, kind,
+                        history.noise_multiplier, history.sample_rate, history.steps, history.delta,
+                        history.accountant)
+        try:
+            ledger.record(charge, actor=actor, enforce=True)
+            admitted.append(site)
+        except PrivacyBudgetExceeded as exc:
+            refused.append(ledger.project(site, charge.manifest, kind, history))
+            logger.warning("privacy ledger: %s", exc)
+    return Admission(tuple(admitted), tuple(refused))
+
+
+# --------------------------------------------------------------------------- site side
+
+_LEDGERS: dict[str, PrivacyLedger] = {}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
+    """The site's ledger named by its node config, opened once per process, caps applied.
+
+    Node config keys: ``privacy-ledger`` (path; default
+    ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (both DP
+    levels), ``record-epsilon-cap``, ``site-epsilon-cap`` and ``cap-delta``
+    (default 1e-5).
+    """
+    node = context.node_config
+    path = str(node.get("privacy-ledger") or
+               get_settings().home / "site-ledgers" / f"{_SAFE.sub('_', site)}.db")
+    ledger = _LEDGERS.get(path)
+    if ledger is None:
+        ledger = _LEDGERS.setdefault(path, SiteLedger.open(Path(path)))
+    delta = float(node.get("cap-delta", 1e-5))
+    for key, kind in (("epsilon-cap", ANY), ("record-epsilon-cap", "record"), ("site-epsilon-cap", "site")):
+        if key in node:
+            ledger.set_cap(site, float(node[key]), delta, kind=kind, actor=f"site:{site}")
+    return ledger
+
+
+def _round_of(msg: Message) -> int:
+    config = msg.content.config_records.get("config")
+    if config is not None and "server-round" in config:
+        return int(config["server-round"])  # type: ignore[arg-type]
+    if str(msg.metadata.group_id).isdigit():
+        return int(msg.metadata.group_id)
+    raise ConfigurationError("the train message names no server round; the site cannot account for it")
+
+
+def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampling: str) -> list[Charge]:
+    """The charges a reply would incur, from its ``"site"`` record (and the message's ``"site-dp"``)."""
+    site = reply.content.config_records["site"]
+    name, manifest = str(site["name"]), str(site["manifest"])
+    run_id, rnd = str(msg.metadata.run_id), _round_of(msg)
+    charges = []
+    if "noise-multiplier" in site and "steps" in site:  # record-level DP-SGD: cumulative steps this run
+        before = sum(c.steps for c in ledger.charges(name, manifest, "record") if c.run_id == run_id)
+        new = int(site["steps"]) - before  # type: ignore[arg-type]
+        if new > 0:
+            charges.append(Charge(name, manifest, run_id, rnd, "record", float(site["noise-multiplier"]),  # type: ignore[arg-type]
+                                  float(site["sample-rate"]), new, float(site["delta"]),  # type: ignore[arg-type]
+                                  str(site.get("accountant", "rdp"))))
+    if "site-dp-noise-multiplier" in site:
+        sigma = float(site["site-dp-noise-multiplier"])  # type: ignore[arg-type]
+        delta = float(site.get("site-dp-delta", 1e-5))  # type: ignore[arg-type]
+        accountant = str(site.get("site-dp-accountant", "rdp"))
+        if site_sampling == "declared":
+            planned = int(msg.content.config_records["site-dp"].get("rounds", 0))  # type: ignore[arg-type]
+            if planned < 1:
+                raise ConfigurationError("'site-dp' declares no planned rounds; cannot charge the run")
+            charges.append(Charge(name, manifest, run_id, 0, "site", sigma,
+                                  float(site["site-dp-sample-rate"]), planned, delta, accountant))  # type: ignore[arg-type]
+        else:
+            charges.append(Charge(name, manifest, run_id, rnd, "site", sigma, 1.0, 1, delta, accountant))
+    return charges
+
+
+def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = default_site_ledger,
+                    *, site_sampling: str = "declared") -> Mod:
+    """A client mod that charges each reply to the site's own ledger, or vetoes it.
+
+    Place it outside :func:`privacy.site_dp.site_dp_mod` (it reads the
+    site-level parameters that mod adds to the reply's ``"site"`` record) and
+    inside any secure-aggregation mod:
+    ``mods=[secure_mod, ledger_mod, site_dp_mod]``. It adds
+    ``ledger-epsilon-record`` / ``ledger-epsilon-site`` (ε composed over all
+    runs on this manifest) to the ``"site"`` record.
+    """
+    if site_sampling not in SITE_SAMPLING:
+        raise ConfigurationError(f"site_sampling must be one of {SITE_SAMPLING}, got '{site_sampling}'")
+
+    def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        site: ConfigRecord | None = reply.content.config_records.get("site")
+        if site is None or "name" not in site or "manifest" not in site:
+            if "site-dp" in msg.content.config_records:
+                return _veto(msg, "the reply names no site and manifest, so its privacy cannot be charged",
+                             "site record missing")
+            return reply
+        try:
+            ledger = open_ledger(context, str(site["name"]))
+            charges = site_charges(msg, reply, ledger, site_sampling)
+            for charge in charges:
+                ledger.record(charge, actor=f"site:{charge.site}", enforce=True)
+            for kind in ("record", "site"):
+                if any(c.kind == kind for c in charges):
+                    site[f"ledger-epsilon-{kind}"] = ledger.spent(str(site["name"]), str(site["manifest"]), kind)
+        except PrivacyBudgetExceeded as exc:
+            return _veto(msg, f"site privacy budget: {exc}",
+                         "the site refused the round: its local privacy budget would be exceeded")
+        except FedguardError as exc:
+            return _veto(msg, f"site privacy ledger: {exc}", "the site refused the round: its privacy ledger failed")
+        return reply
+
+    return ledger_mod
+
+
+def _veto(msg: Message, detail: str, public: str) -> Message:
+    """An error reply (nothing released): ``public`` goes to the coordinator, ``detail`` to the site's log."""
+    logger.error("site vetoed the round; nothing was sent: %s", detail)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=public), reply_to=msg)
+
+
+ledger_mod: Mod = make_ledger_mod()
+"""The default site veto mod (declared sampling, ledger from the node config)."""
