@@ -20,12 +20,12 @@ from flwr.clientapp import ClientApp
 
 from client import logger
 from client.config import SiteIdentity, TrainConfig
+from client.protection import make_protection_mod
 from lifecycle.tabular import TabularData, load_csv
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
 from privacy.dp_sgd import DPPlan, secure_rng_available
-
-app = ClientApp()
+from privacy.site_dp import site_dp_mod
 
 _STATE_KEY = "fedguard-dp"
 
@@ -67,7 +67,6 @@ def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity,
     return cfg, site, data, model
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; see the module docstring for the reply's records."""
     cfg, site, data, model = _prepare(msg, context)
@@ -104,7 +103,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's own data (loss and accuracy only)."""
     _, _, data, model = _prepare(msg, context)
@@ -116,3 +114,18 @@ def evaluate(msg: Message, context: Context) -> Message:
         accuracy = float((logits.argmax(1) == labels).float().mean())
     metrics = MetricRecord({"num-examples": data.num_examples, "eval-loss": loss, "eval-acc": accuracy})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_client_app(*, require_protection: bool = True) -> ClientApp:
+    """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
+
+    Mod order on the train path (outermost first): protection routing
+    (SecAgg+ or CKKS), then site-level DP noise, then local training.
+    """
+    client_app = ClientApp()
+    client_app.train(mods=[make_protection_mod(require_protection=require_protection), site_dp_mod])(train)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = make_client_app()

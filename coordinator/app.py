@@ -25,7 +25,8 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.publication import embed_watermark, publish_run
-from coordinator.strategy import RoundReport, TrackedStrategy, create_aggregation
+from coordinator.protection import build_strategy
+from coordinator.strategy import RoundReport
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
 from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
@@ -46,6 +47,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
             "features": list(schema.features), "target": schema.target,
             "num-classes": len(schema.labels), "hidden": list(cfg.hidden_sizes),
             "seed": cfg.seed, "data-dir": cfg.data_dir,
+            **({"he-secret-context": cfg.sim_he_secret_context} if cfg.sim_he_secret_context else {}),
         }
     )
 
@@ -69,9 +71,9 @@ def run_federation(
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     reports: dict[int, RoundReport] = {}
-    strategy = TrackedStrategy(
-        create_aggregation(cfg.aggregation, sites=cfg.required_sites),
-        on_round=lambda r: reports.__setitem__(r.server_round, r),
+    strategy = build_strategy(
+        cfg, on_round=lambda r: reports.__setitem__(r.server_round, r),
+        num_params=sum(p.numel() for p in model.parameters()),
     )
     history: list[dict[str, Any]] = []
 

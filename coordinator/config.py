@@ -18,6 +18,8 @@ from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
 from watermark import available_schemes
 
+SECURE_AGGREGATIONS = ("secagg+", "ckks", "none")
+
 DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 5,
     "num-sites": 5,
@@ -34,7 +36,14 @@ DEFAULTS: dict[str, Any] = {
     "data-dir": "",
     "watermark": "trigger-set",
     "aggregation": "fedavg",
-    "secure-aggregation": "none",
+    "secure-aggregation": "secagg+",
+    "clip-norm": 10.0,
+    "max-weight": 10000.0,
+    "site-epsilon": 0.0,
+    "site-delta": 1e-5,
+    "site-clip": 1.0,
+    "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
+    "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
     "result-path": "",
 }
@@ -60,6 +69,13 @@ class CoordinatorConfig:
     watermark: str
     aggregation: str
     secure_aggregation: str
+    clip_norm: float
+    max_weight: float
+    site_epsilon: float
+    site_delta: float
+    site_clip: float
+    he_public_context: str
+    sim_he_secret_context: str
     round_timeout: float
     result_path: str
 
@@ -96,8 +112,24 @@ class CoordinatorConfig:
             (self.dp_epsilon >= 0, "dp-epsilon must be positive (0 disables record-level DP)"),
             (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
             (self.max_grad_norm > 0, "max-grad-norm must be positive"),
-            (self.secure_aggregation == "none", "secure-aggregation: only 'none' is available in this version"),
             (self.aggregation in AGGREGATIONS, f"aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}"),
+            (self.secure_aggregation in SECURE_AGGREGATIONS,
+             f"secure-aggregation '{self.secure_aggregation}': choose one of {', '.join(SECURE_AGGREGATIONS)}"),
+            (self.clip_norm > 0, "clip-norm must be positive"),
+            (self.max_weight >= 1, "max-weight must be at least 1"),
+            (self.site_epsilon >= 0, "site-epsilon must be positive (0 disables site-level DP)"),
+            (0 < self.site_delta < 1, "site-delta must be in (0, 1)"),
+            (self.site_clip > 0, "site-clip must be positive"),
+            (self.secure_aggregation != "ckks" or bool(self.he_public_context),
+             "secure-aggregation ckks needs he-public-context: the coordinator's public CKKS context"),
+            (self.site_epsilon == 0 or self.aggregation == "fedavg", "site-level DP needs fedavg aggregation"),
+            (self.secure_aggregation == "none" or self.aggregation == "fedavg",
+             f"aggregation '{self.aggregation}' needs each site's update, which secure aggregation hides; "
+             "use fedavg, or secure-aggregation none for robust rules"),
+            (self.secure_aggregation != "secagg+" or self.required_sites >= 3,
+             "secure-aggregation secagg+ needs at least 3 sites (use ckks or none for fewer)"),
+            (self.secure_aggregation != "ckks" or self.required_sites >= 2,
+             "secure-aggregation ckks needs at least 2 sites"),
         ]
         for ok, message in checks:
             if not ok:

@@ -54,7 +54,7 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("test accuracy", f"{outcome['accuracy']:.3f}"),
         ("central non-DP baseline", f"{outcome['baseline_accuracy']:.3f}"),
         ("ε per site (δ=%s)" % outcome["delta"], ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["epsilon"].items())),
-        ("secure aggregation", f"{outcome['secure_aggregation']} (not available yet: the coordinator sees each update)"),
+        ("secure aggregation", outcome["secure_aggregation"]),
         ("watermark", f"{mark['scheme']}: verified={mark['verified']}, trigger accuracy {mark['trigger_accuracy']:.2f}, "
                       f"p={mark['p_value']:.1e}, accuracy cost {mark['accuracy_cost']:+.3f}"),
         ("signature", f"verified={outcome['signature']['verified']}  {outcome['signature_path']}"),
@@ -80,6 +80,10 @@ def simulate(
     model_name: Annotated[str, typer.Option("--model-name", help="Registry name (default: the dataset).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
+    secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
+    clip_norm: Annotated[float, typer.Option("--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = 10.0,
+    site_epsilon: Annotated[float, typer.Option("--site-epsilon", help="Site-level ε for the whole run (0: off).")] = 0.0,
+    site_clip: Annotated[float, typer.Option("--site-clip", help="Site-level DP clipping bound C.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -91,14 +95,16 @@ def simulate(
     cfg = SimulationConfig(
         sites=sites, rounds=rounds, seed=seed, dp_epsilon=0.0 if dp_off else dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
-        model_name=model_name, watermark=watermark, aggregation=aggregation,
+        model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
+        clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
     )
     cfg.validate()
     if dp_off:
         console.print("[yellow]warning: record-level DP is off (--dp-epsilon 0): sites' updates carry no DP guarantee[/yellow]")
     if watermark == "none":
         console.print("[yellow]warning: --watermark none: the model will carry no ownership mark[/yellow]")
-    console.print("[yellow]secure aggregation: none (not in this version); the coordinator sees each site's update[/yellow]")
+    if secure_agg == "none":
+        console.print("[yellow]warning: --secure-agg none: the coordinator sees each site's update in the clear[/yellow]")
     outcome = run(cfg, ProgressPrinter(console), verbose=verbose)
     if not dp_off and not outcome.get("secure_rng", False):
         console.print(f"[yellow]{SECURE_RNG_NOTE}[/yellow]")

@@ -29,6 +29,7 @@ from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.signing import ensure_signing_key
 from lifecycle.tabular import DataSchema, write_csv
+from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
 from simulations.datasets import available_datasets, load_dataset
@@ -55,6 +56,10 @@ class SimulationConfig:
     model_name: str = ""
     watermark: str = "trigger-set"
     aggregation: str = "fedavg"
+    secure_agg: str = "secagg+"
+    clip_norm: float = 10.0
+    site_epsilon: float = 0.0
+    site_clip: float = 1.0
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
 
@@ -75,15 +80,22 @@ class SimulationConfig:
             )
         self.coordinator_overrides(Path("."), Path("outcome.json"))  # the coordinator's own checks
 
-    def coordinator_overrides(self, data_dir: Path, result_path: Path) -> dict[str, Any]:
+    def coordinator_overrides(
+        self, data_dir: Path, result_path: Path, he_keys: tuple[Path, Path] | None = None
+    ) -> dict[str, Any]:
         overrides = {
             "num-server-rounds": self.rounds, "num-sites": self.sites, "local-epochs": self.local_epochs,
             "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon,
             "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
             "hidden": self.hidden, "model-name": self.model_name or self.dataset,
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
-            "aggregation": self.aggregation,
+            "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
+            "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
+            "site-clip": self.site_clip,
         }
+        if self.secure_agg == "ckks":
+            secret, public = he_keys or (Path("site-secret.ctx"), Path("coordinator-public.ctx"))
+            overrides.update({"he-public-context": str(public), "sim-he-secret-context": str(secret)})
         CoordinatorConfig.from_mapping(overrides)  # validate before Ray starts
         return overrides
 
@@ -136,7 +148,10 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> 
     ensure_signing_key(registry.home.keys)
     home = registry.home
     run_dir = home.runs / f"sim-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    overrides = cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json")
+    he_keys = None
+    if cfg.secure_agg == "ckks":  # sites share the secret context; the coordinator gets the public one only
+        he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
+    overrides = cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys)
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
     prepared = prepare_data(cfg, run_dir / "data")
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
@@ -157,7 +172,7 @@ def _simulate(
 ) -> None:
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
+    from client.app import make_client_app
 
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
@@ -167,7 +182,7 @@ def _simulate(
     try:
         run_simulation(
             server_app=make_server_app(overrides, observer, outcome),
-            client_app=client_app,
+            client_app=make_client_app(require_protection=cfg.secure_agg != "none"),
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},

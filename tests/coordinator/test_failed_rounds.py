@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_every_site_failing_raises(fedguard_home: Path, tmp_path: Path) -> None:
-    cfg = SimulationConfig(sites=2, rounds=1, watermark="none")
+    cfg = SimulationConfig(sites=2, rounds=1, watermark="none", secure_agg="none")
     prepared = prepare_data(cfg, tmp_path / "data")
     for site in range(cfg.sites):
         path = prepared.data_dir / f"site-{site}.csv"

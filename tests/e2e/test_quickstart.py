@@ -61,7 +61,7 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     for key in ("model", "version", "artifact", "signature_path", "public_key", "accuracy", "baseline_accuracy",
                 "epsilon", "delta", "secure_aggregation", "watermark", "signature", "seconds"):
         assert key in outcome, key
-    assert outcome["secure_aggregation"] == "none"
+    assert outcome["secure_aggregation"] == "secagg+"
     assert outcome["signature"]["verified"] is True
     assert outcome["watermark"]["verified"] is True and outcome["watermark"]["p_value"] < 1e-6
     assert set(outcome["epsilon"]) == {"site-0", "site-1", "site-2"}

@@ -25,6 +25,10 @@ from simulations.federation import SimulationConfig
         ({"dp_delta": 2.0}, "dp-delta"),
         ({"max_grad_norm": 0.0}, "max-grad-norm"),
         ({"aggregation": "mode"}, "fedavg, median, trimmed-mean, krum"),
+        ({"secure_agg": "rot13"}, "secagg\\+, ckks, none"),
+        ({"aggregation": "median"}, "secure aggregation hides"),
+        ({"sites": 2}, "secagg\\+ needs at least 3 sites"),
+        ({"site_epsilon": -1.0}, "site-epsilon"),
     ],
 )
 def test_bad_settings(change: dict[str, Any], match: str) -> None:

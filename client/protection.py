@@ -1,0 +1,54 @@
+"""Which protection a site applies to its update, chosen by the coordinator's message, bounded by the site.
+
+The coordinator names the mechanism in each train message (a ``"secagg"``
+record for SecAgg+, an ``"he"`` record for CKKS). This mod routes the message
+to that mechanism's own mod; each of those refuses to send anything but a
+masked or encrypted payload. A train message naming no mechanism is refused
+when the site requires protection (the default for a deployed site agent):
+a site never sends a clear update because a coordinator asked for one.
+Site-level DP (``privacy.site_dp.site_dp_mod``) sits *inside* this mod, so
+noise is added before masking or encryption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from lifecycle.errors import AuthError
+from privacy.he import ckks_mod
+from privacy.he.instruction import HE_RECORD
+from privacy.secagg.messages import RECORD_KEY as SECAGG_RECORD
+from privacy.secagg.mod import secaggplus_mod
+
+MECHANISMS: dict[str, Callable[[Message, Context, ClientAppCallable], Message]] = {
+    SECAGG_RECORD: secaggplus_mod,
+    HE_RECORD: ckks_mod,
+}
+REQUIRE_KEY = "require-secure-aggregation"
+
+
+class UnprotectedUpdateRefused(AuthError):
+    """The coordinator asked for a clear update from a site that requires protection."""
+
+
+def make_protection_mod(*, require_protection: bool) -> Mod:
+    """The routing mod; ``require_protection`` is the default a node config may override."""
+
+    def protection_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        for key, mechanism in MECHANISMS.items():
+            if key in msg.content.config_records:
+                return mechanism(msg, context, call_next)
+        required = context.node_config.get(REQUIRE_KEY, require_protection)
+        if required:
+            raise UnprotectedUpdateRefused(
+                "the coordinator asked for an unprotected update; this site sends only masked or "
+                "encrypted updates (set secure-aggregation to secagg+ or ckks)"
+            )
+        return call_next(msg, context)
+
+    return protection_mod

@@ -1,0 +1,242 @@
+"""The site's half of SecAgg+: a state machine with one handler per stage.
+
+A :class:`SecAggClient` answers the four stage requests of a round in order.
+Its state (fresh key pairs, self-mask seed, neighbours' keys, the shares it
+holds for them) is kept in a ``ConfigRecord`` (:meth:`to_record`) so the
+Flower mod can store it in the node's ``context.state`` between messages.
+It refuses, with the reason, any request that is out of order, for another
+round, replayed, addressed to another node, or whose ciphertexts fail
+authentication; and it never reveals both secrets of one neighbour.
+
+Notes
+-----
+Bonawitz et al. (2017), "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning", §4 (client side of AdvertiseKeys, ShareKeys,
+MaskedInputCollection, Unmasking, and its checks |U| ≥ t); Bell et al.
+(2020), "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead":
+shares and pairwise masks only with the k graph neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord
+
+from privacy.secagg import keys, shamir
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.errors import SecAggAbortedError, SecAggProtocolError
+from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.messages import (
+    MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, Header, MaskedInputReply, MaskedInputRequest, SetupReply,
+    SetupRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest, _Message, pack_ids, unpack_ids,
+)
+from privacy.secagg.prg import MaskExpander
+from privacy.secagg.quantization import quantize
+
+_PREVIOUS = {SHARE_KEYS: SETUP, MASKED_INPUT: SHARE_KEYS, UNMASK: MASKED_INPUT}
+DONE = "done"
+
+
+def seed_commitment(round_id: bytes, node_id: int, seed: bytes) -> bytes:
+    """``SHA-256(protocol ‖ round ‖ node ‖ seed)``: lets the server check a rebuilt self-mask seed."""
+    return hashlib.sha256(keys.PROTOCOL + b"/seed/" + round_id + struct.pack(">Q", node_id) + seed).digest()
+
+
+def share_point(nodes: tuple[int, ...], node: int) -> int:
+    """The public Shamir point of ``node``: its 1-based rank among the round's sampled nodes."""
+    return sorted(nodes).index(node) + 1
+
+
+class SecAggClient:
+    """One site's SecAgg+ protocol state for the current round.
+
+    Parameters
+    ----------
+    node_id : int
+        This site's Flower node id (requests addressed to another id are refused).
+    state : ConfigRecord or None
+        What :meth:`to_record` saved after the previous message, if any.
+    randbelow : Callable[[int], int] or None
+        Randomness for Shamir coefficients (tests only; default ``secrets.randbelow``).
+    """
+
+    def __init__(
+        self, node_id: int, state: ConfigRecord | None = None, *, randbelow: Callable[[int], int] | None = None
+    ) -> None:
+        self.node_id = node_id
+        self._state: dict[str, Any] = dict(state) if state is not None else {}
+        self._randbelow = randbelow
+
+    # ------------------------------------------------------------------ state
+    def to_record(self) -> ConfigRecord:
+        """The state to keep until the next message (holds secrets: site-local only)."""
+        return ConfigRecord(dict(self._state))
+
+    @property
+    def stage(self) -> str | None:
+        """The last stage this site completed in its current round (``"done"`` after unmask)."""
+        return self._state.get("stage")
+
+    @property
+    def config(self) -> SecAggConfig:
+        return SecAggConfig.from_record_dict(self._state)
+
+    def check(self, request: _Message) -> None:
+        """Refuse ``request`` unless it is the next stage of this site's current round."""
+        h: Header = request.header
+        if h.node_id != self.node_id:
+            raise SecAggProtocolError(f"secagg {h.describe()} is addressed to another node (this is {self.node_id})")
+        if request.direction != "request":
+            raise SecAggProtocolError(f"secagg {h.describe()}: a site only answers requests")
+        if h.stage == SETUP:
+            if h.round_id == self._state.get("round-id"):
+                raise SecAggProtocolError(f"secagg {h.describe()} was already answered: replayed message refused")
+            if h.server_round < int(self._state.get("server-round", -1)):
+                raise SecAggProtocolError(
+                    f"secagg {h.describe()} is older than this site's latest round "
+                    f"{self._state['server-round']}: replayed message refused"
+                )
+            return
+        if h.round_id != self._state.get("round-id") or h.server_round != self._state.get("server-round"):
+            raise SecAggProtocolError(
+                f"secagg {h.describe()} belongs to no round this site set up (current: round "
+                f"{self._state.get('server-round')}); refused"
+            )
+        if self.stage != _PREVIOUS[h.stage]:
+            raise SecAggProtocolError(
+                f"secagg {h.describe()} is out of order: this site's last completed stage is {self.stage!r}, "
+                f"expected {_PREVIOUS[h.stage]!r}; replayed or misordered message refused"
+            )
+
+    # ----------------------------------------------------------------- stages
+    def setup(self, request: SetupRequest) -> SetupReply:
+        """Stage 0: draw two X25519 key pairs and a self-mask seed; compute the neighbours."""
+        self.check(request)
+        h, cfg = request.header, request.config.validate()
+        if self.node_id not in request.nodes:
+            raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
+        cfg.check_round(len(request.nodes))
+        neighbours = neighbour_graph(request.nodes, cfg.num_neighbours, h.round_id)[self.node_id]
+        channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
+        self._state = {
+            **cfg.to_record_dict(), "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
+            "nodes": pack_ids(request.nodes), "neighbours": pack_ids(neighbours), "channel-sk": channel.private,
+            "mask-sk": mask.private, "seed": seed, "mask-pk": mask.public,
+        }
+        return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
+                          seed_commitment(h.round_id, self.node_id, seed))
+
+    def share_keys(self, request: ShareKeysRequest) -> ShareKeysReply:
+        """Stage 1: Shamir-share the seed and the mask key among live neighbours, encrypted to each."""
+        self.check(request)
+        h, cfg, s = request.header, self.config, self._state
+        live = sorted(request.channel_keys)
+        if set(request.mask_keys) != set(live) or not set(live) <= set(unpack_ids(s["neighbours"])):
+            raise SecAggProtocolError(f"secagg {h.describe()}: the keys offered are not those of this site's neighbours")
+        if len(live) < cfg.threshold:
+            raise SecAggAbortedError(
+                f"secagg {h.describe()}: only {len(live)} neighbours advertised keys, fewer than the threshold "
+                f"t={cfg.threshold}; this site withdraws from the round"
+            )
+        advertised = [request.channel_keys[j] for j in live] + [request.mask_keys[j] for j in live]
+        if len(set(advertised)) != len(advertised):
+            raise SecAggProtocolError(f"secagg {h.describe()}: two neighbours advertised the same public key")
+        nodes = unpack_ids(s["nodes"])
+        points = [share_point(nodes, j) for j in live]
+        rand = {"randbelow": self._randbelow} if self._randbelow is not None else {}
+        seed_shares = shamir.split(s["seed"], points, cfg.threshold, **rand)
+        key_shares = shamir.split(s["mask-sk"], points, cfg.threshold, **rand)
+        ciphertexts = {}
+        for j, seed_share, key_share in zip(live, seed_shares, key_shares, strict=True):
+            key = keys.channel_key(s["channel-sk"], request.channel_keys[j], h.round_id, self.node_id, j)
+            plaintext = struct.pack(">QQ", self.node_id, j) + seed_share.to_bytes() + key_share.to_bytes()
+            aad = keys.associated_data(h.round_id, SHARE_KEYS, self.node_id, j)
+            ciphertexts[j] = keys.seal(key, plaintext, aad)
+        s.update({"stage": SHARE_KEYS, "live": pack_ids(live),
+                  "peer-channel": [request.channel_keys[j] for j in live],
+                  "peer-mask": [request.mask_keys[j] for j in live]})
+        return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts)
+
+    def masked_input(self, request: MaskedInputRequest, payload: np.ndarray) -> MaskedInputReply:
+        """Stage 2: keep the neighbours' shares, then send ``quantize(payload) + masks`` mod 2^32.
+
+        ``payload`` is ``[w·Δ, w]`` (``privacy.updates.weighted_payload``), within the configured bound.
+        """
+        self.check(request)
+        h, cfg, s = request.header, self.config, self._state
+        live = unpack_ids(s["live"])
+        peer_channel = dict(zip(live, s["peer-channel"], strict=True))
+        peer_mask = dict(zip(live, s["peer-mask"], strict=True))
+        senders = sorted(request.ciphertexts)
+        if not set(senders) <= set(live):
+            raise SecAggProtocolError(f"secagg {h.describe()}: shares forwarded from nodes that are not live neighbours")
+        if len(senders) < cfg.threshold:
+            raise SecAggAbortedError(
+                f"secagg {h.describe()}: only {len(senders)} neighbours shared keys, fewer than the threshold "
+                f"t={cfg.threshold}; this site withdraws from the round"
+            )
+        held_seed, held_key = [], []
+        for j in senders:
+            key = keys.channel_key(s["channel-sk"], peer_channel[j], h.round_id, self.node_id, j)
+            aad = keys.associated_data(h.round_id, SHARE_KEYS, j, self.node_id)
+            plaintext = keys.open_sealed(key, request.ciphertexts[j], aad, f"the shares node {j} sent to node {self.node_id}")
+            if plaintext[:16] != struct.pack(">QQ", j, self.node_id):
+                raise SecAggProtocolError(f"secagg {h.describe()}: shares from node {j} name another sender or recipient")
+            held_seed.append(plaintext[16:16 + 74])
+            held_key.append(plaintext[16 + 74:])
+        encoded = quantize(payload, cfg.effective_scale, cfg.bound)
+        expander = MaskExpander(encoded.size)
+        expander.add(encoded, s["seed"])
+        for j in senders:
+            seed = keys.mask_seed(s["mask-sk"], peer_mask[j], h.round_id, self.node_id, j)
+            (expander.add if self.node_id < j else expander.subtract)(encoded, seed)
+        s.update({"stage": MASKED_INPUT, "senders": pack_ids(senders), "held-seed": held_seed, "held-key": held_key})
+        return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskReply:
+        """Stage 3: reveal seed shares of survivors and mask-key shares of the dropped; forget the round."""
+        self.check(request)
+        h, cfg, s = request.header, self.config, self._state
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if survivors & dropped:
+            raise SecAggProtocolError(
+                f"secagg {h.describe()}: nodes {sorted(survivors & dropped)} listed both as survivors and as dropped; "
+                "revealing both of their secrets would unmask them — refused"
+            )
+        if self.node_id not in survivors:
+            raise SecAggProtocolError(f"secagg {h.describe()}: this site sent its masked input but is listed as dropped")
+        if len(survivors) < cfg.threshold:
+            raise SecAggAbortedError(
+                f"secagg {h.describe()}: only {len(survivors)} sites sent masked inputs, fewer than the threshold "
+                f"t={cfg.threshold}; this site refuses to help unmask so small a sum"
+            )
+        seed_shares, key_shares = {}, {}
+        for j, seed_share, key_share in zip(unpack_ids(s["senders"]), s["held-seed"], s["held-key"], strict=True):
+            if j in survivors:
+                seed_shares[j] = seed_share
+            elif j in dropped:
+                key_shares[j] = key_share
+            else:
+                raise SecAggProtocolError(f"secagg {h.describe()}: neighbour {j} is neither a survivor nor dropped")
+        self._state = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round}
+        return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares)
+
+    def handle(self, request: _Message, payload: np.ndarray | None = None) -> _Message:
+        """Dispatch ``request`` to its stage handler (``payload`` only for the masked-input stage)."""
+        if isinstance(request, SetupRequest):
+            return self.setup(request)
+        if isinstance(request, ShareKeysRequest):
+            return self.share_keys(request)
+        if isinstance(request, MaskedInputRequest):
+            if payload is None:
+                raise SecAggProtocolError("the masked-input stage needs this site's payload")
+            return self.masked_input(request, payload)
+        if isinstance(request, UnmaskRequest):
+            return self.unmask(request)
+        raise SecAggProtocolError(f"a site cannot answer a {type(request).__name__}")

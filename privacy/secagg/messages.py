@@ -1,0 +1,231 @@
+"""The protocol's stage messages, and their encoding as a Flower ``ConfigRecord``.
+
+Every message carries a header (stage, round id, server round, node id) so a
+receiver can refuse one that is out of order, for another round, replayed,
+or addressed to someone else. Node ids travel packed as big-endian uint64
+bytes (Flower node ids use the full 64 bits, which ConfigRecord integers do
+not); maps from node id to bytes travel as a packed id list plus a bytes list.
+The masked vector itself travels in an ``ArrayRecord`` beside the record.
+
+Notes
+-----
+The four stages are those of Bonawitz et al. (2017), §4 (AdvertiseKeys,
+ShareKeys, MaskedInputCollection, Unmasking), restricted to neighbours as in
+Bell et al. (2020).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from flwr.app import ConfigRecord
+
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.errors import SecAggProtocolError
+
+SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK = "setup", "share-keys", "masked-input", "unmask"
+STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
+RECORD_KEY = "secagg"
+
+
+def pack_ids(ids: Any) -> bytes:
+    ids = list(ids)
+    return struct.pack(f">{len(ids)}Q", *ids)
+
+
+def unpack_ids(data: bytes) -> tuple[int, ...]:
+    if len(data) % 8:
+        raise SecAggProtocolError("a packed node-id list has a length that is not a multiple of 8")
+    return struct.unpack(f">{len(data) // 8}Q", data)
+
+
+def _pack_map(prefix: str, mapping: Mapping[int, bytes]) -> dict[str, Any]:
+    nodes = sorted(mapping)
+    return {f"{prefix}-nodes": pack_ids(nodes), prefix: [mapping[n] for n in nodes]}
+
+
+def _unpack_map(record: Mapping[str, Any], prefix: str) -> dict[int, bytes]:
+    nodes, values = unpack_ids(record[f"{prefix}-nodes"]), list(record[prefix])
+    if len(nodes) != len(values) or len(set(nodes)) != len(nodes):
+        raise SecAggProtocolError(f"the '{prefix}' map of a secagg message is malformed")
+    if not all(isinstance(v, bytes) for v in values):
+        raise SecAggProtocolError(f"the '{prefix}' map of a secagg message holds non-bytes values")
+    return dict(zip(nodes, values, strict=True))
+
+
+@dataclass(frozen=True)
+class Header:
+    """Where a message belongs: stage, round (random id and server round number), node."""
+
+    stage: str
+    round_id: bytes
+    server_round: int
+    node_id: int
+
+    def describe(self) -> str:
+        return f"stage '{self.stage}' of round {self.server_round} (id {self.round_id.hex()[:12]}) for node {self.node_id}"
+
+
+@dataclass(frozen=True)
+class _Message:
+    header: Header
+    stage: ClassVar[str]
+    direction: ClassVar[str]
+
+    def _body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_record(self) -> ConfigRecord:
+        h = self.header
+        values: dict[str, Any] = {"stage": h.stage, "direction": self.direction, "round-id": h.round_id,
+                  "server-round": h.server_round, "node-id": pack_ids([h.node_id])}
+        values.update(self._body())
+        return ConfigRecord(values)
+
+
+@dataclass(frozen=True)
+class SetupRequest(_Message):
+    """Stage 0, server → site: the sampled nodes (for the graph) and the parameters."""
+
+    nodes: tuple[int, ...]
+    config: SecAggConfig
+    stage: ClassVar[str] = SETUP
+    direction: ClassVar[str] = "request"
+
+    def _body(self) -> dict[str, Any]:
+        return {"nodes": pack_ids(self.nodes), **self.config.to_record_dict()}
+
+
+@dataclass(frozen=True)
+class SetupReply(_Message):
+    """Stage 0, site → server: two fresh X25519 public keys and a commitment to the self-mask seed."""
+
+    channel_key: bytes
+    mask_key: bytes
+    seed_commitment: bytes
+    stage: ClassVar[str] = SETUP
+    direction: ClassVar[str] = "reply"
+
+    def _body(self) -> dict[str, Any]:
+        return {"channel-key": self.channel_key, "mask-key": self.mask_key, "seed-commitment": self.seed_commitment}
+
+
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Stage 1, server → site: the public keys of its live neighbours."""
+
+    channel_keys: dict[int, bytes] = field(default_factory=dict)
+    mask_keys: dict[int, bytes] = field(default_factory=dict)
+    stage: ClassVar[str] = SHARE_KEYS
+    direction: ClassVar[str] = "request"
+
+    def _body(self) -> dict[str, Any]:
+        return {**_pack_map("channel-keys", self.channel_keys), **_pack_map("mask-keys", self.mask_keys)}
+
+
+@dataclass(frozen=True)
+class ShareKeysReply(_Message):
+    """Stage 1, site → server: one encrypted pair of Shamir shares per live neighbour."""
+
+    ciphertexts: dict[int, bytes] = field(default_factory=dict)
+    stage: ClassVar[str] = SHARE_KEYS
+    direction: ClassVar[str] = "reply"
+
+    def _body(self) -> dict[str, Any]:
+        return _pack_map("ciphertexts", self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class MaskedInputRequest(_Message):
+    """Stage 2, server → site: the share ciphertexts addressed to it, by sender."""
+
+    ciphertexts: dict[int, bytes] = field(default_factory=dict)
+    stage: ClassVar[str] = MASKED_INPUT
+    direction: ClassVar[str] = "request"
+
+    def _body(self) -> dict[str, Any]:
+        return _pack_map("ciphertexts", self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class MaskedInputReply(_Message):
+    """Stage 2, site → server: the masked uint32 vector (sent in an ArrayRecord beside the header)."""
+
+    masked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    stage: ClassVar[str] = MASKED_INPUT
+    direction: ClassVar[str] = "reply"
+
+    def _body(self) -> dict[str, Any]:
+        return {"length": int(self.masked.size)}
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Stage 3, server → site: who sent a masked input (survivors) and who dropped after sharing."""
+
+    survivors: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    stage: ClassVar[str] = UNMASK
+    direction: ClassVar[str] = "request"
+
+    def _body(self) -> dict[str, Any]:
+        return {"survivors": pack_ids(self.survivors), "dropped": pack_ids(self.dropped)}
+
+
+@dataclass(frozen=True)
+class UnmaskReply(_Message):
+    """Stage 3, site → server: self-mask seed shares of survivors, mask-key shares of the dropped."""
+
+    seed_shares: dict[int, bytes] = field(default_factory=dict)
+    key_shares: dict[int, bytes] = field(default_factory=dict)
+    stage: ClassVar[str] = UNMASK
+    direction: ClassVar[str] = "reply"
+
+    def _body(self) -> dict[str, Any]:
+        return {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
+
+
+def header_of(record: Mapping[str, Any]) -> Header:
+    """The header of an encoded message; refuses a record that is not one."""
+    try:
+        stage, round_id = str(record["stage"]), record["round-id"]
+        server_round, (node_id,) = int(record["server-round"]), unpack_ids(record["node-id"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise SecAggProtocolError(f"not a secagg message: its header is missing or malformed ({error})") from None
+    if stage not in STAGES:
+        raise SecAggProtocolError(f"unknown secagg stage {stage!r} (expected one of {STAGES})")
+    if not isinstance(round_id, bytes) or len(round_id) != 16:
+        raise SecAggProtocolError("a secagg message's round id must be 16 bytes")
+    return Header(stage, round_id, server_round, node_id)
+
+
+def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Message:
+    """Rebuild the message a record encodes (``masked``: the vector of a masked-input reply)."""
+    h = header_of(record)
+    direction = record.get("direction")
+    try:
+        if direction == "request":
+            if h.stage == SETUP:
+                return SetupRequest(h, unpack_ids(record["nodes"]), SecAggConfig.from_record_dict(record))
+            if h.stage == SHARE_KEYS:
+                return ShareKeysRequest(h, _unpack_map(record, "channel-keys"), _unpack_map(record, "mask-keys"))
+            if h.stage == MASKED_INPUT:
+                return MaskedInputRequest(h, _unpack_map(record, "ciphertexts"))
+            return UnmaskRequest(h, unpack_ids(record["survivors"]), unpack_ids(record["dropped"]))
+        if direction == "reply":
+            if h.stage == SETUP:
+                return SetupReply(h, record["channel-key"], record["mask-key"], record["seed-commitment"])
+            if h.stage == SHARE_KEYS:
+                return ShareKeysReply(h, _unpack_map(record, "ciphertexts"))
+            if h.stage == MASKED_INPUT:
+                if masked is None or masked.size != int(record["length"]):
+                    raise SecAggProtocolError("a masked-input reply's vector is missing or of the wrong length")
+                return MaskedInputReply(h, masked)
+            return UnmaskReply(h, _unpack_map(record, "seed-shares"), _unpack_map(record, "key-shares"))
+    except KeyError as missing:
+        raise SecAggProtocolError(f"secagg {h.describe()} lacks the field {missing}") from None
+    raise SecAggProtocolError(f"secagg message direction must be 'request' or 'reply', got {direction!r}")

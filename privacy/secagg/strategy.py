@@ -1,0 +1,223 @@
+"""The coordinator side over Flower: a Message-API strategy wrapper running SecAgg+.
+
+``SecAggPlusStrategy(inner, config)`` is a ``flwr.serverapp.strategy.Strategy``.
+Each training round it lets ``inner`` sample the sites, runs the setup and
+share-keys stages itself through the grid, and sends the sites the inner
+strategy's own instruction (global arrays and train config) plus the
+masked-input stage record. It then sums the masked vectors, runs the unmask
+stage, and hands ``inner.aggregate_train`` a single synthetic reply holding
+the new global model ``global + Σ(wΔ)/Σw`` weighted by ``Σw`` — so FedAvg (or
+a site-level DP wrapper around it) aggregates exactly what it would have
+aggregated in the clear. Evaluation and ``summary`` are delegated.
+
+The coordinator never holds an unmasked individual update: masked vectors
+are added into one accumulator, and only the sum is decoded. When fewer than
+``t`` sites survive any stage the round raises :class:`SecAggAbortedError`
+(a ``TrainingError``) and nothing partial is returned.
+
+Notes
+-----
+Bonawitz et al. (2017); Bell et al. (2020). Wrapping rather than forking a
+strategy follows Flower's ``DifferentialPrivacy*`` wrappers (fedguard §7.3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from privacy import updates
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
+from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, decode
+from privacy.secagg.server import SecAggServer
+
+logger = logging.getLogger("privacy.secagg")
+
+
+@dataclass
+class _Round:
+    server_round: int
+    server: SecAggServer
+    arrays: ArrayRecord
+    grid: Grid
+
+
+class SecAggPlusStrategy(Strategy):
+    """Wrap a Message-API strategy so its training rounds aggregate through SecAgg+.
+
+    Parameters
+    ----------
+    inner : Strategy
+        The strategy that samples sites and aggregates (e.g. ``FedAvg``, or a site-level DP wrapper).
+    config : SecAggConfig
+        Protocol parameters; validated here (an overflow-prone configuration is refused).
+    on_replies : Callable[[int, list[Message]], None] or None
+        Called with the round and the valid masked replies (public ``metrics`` and ``site``
+        records only; their arrays are masked), e.g. to keep per-site lineage.
+    timeout : float
+        Seconds to wait for the sites' replies at each of the protocol's own stages.
+
+    Notes
+    -----
+    The inner strategy sees one reply whose weight (``num-examples``) is ``Σw``
+    and whose metrics also carry ``secagg-sites`` and ``secagg-dropped``.
+    Server-side clipping in ``inner`` would clip the *aggregate*; clipping is
+    done by the sites' mod (``config.clip_norm``).
+    """
+
+    def __init__(
+        self, inner: Strategy, config: SecAggConfig, *,
+        on_replies: Callable[[int, list[Message]], None] | None = None, timeout: float = 600.0,
+    ) -> None:
+        self.inner = inner
+        self.config = config.validate()
+        self.on_replies = on_replies
+        self.timeout = timeout
+        self._round: _Round | None = None
+
+    def __getattr__(self, name: str) -> Any:  # expose the inner strategy's attributes (e.g. ``sites``)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        c = self.config
+        logger.info("SecAgg+ (fedguard): n≤%d, k=%d, t=%d, tolerates %d dropouts, C=%g, max_weight=%g, scale=%g",
+                    c.num_sites, c.num_neighbours, c.threshold, c.dropout_tolerance, c.clip_norm, c.max_weight,
+                    c.effective_scale)
+        self.inner.summary()
+
+    # ----------------------------------------------------------------- train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round = None
+        instructions = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if not instructions:
+            return []
+        by_node = {m.metadata.dst_node_id: m for m in instructions}
+        if len(by_node) != len(instructions):
+            raise SecAggConfigError("the inner strategy addressed two training instructions to one node")
+        length = updates.layout_of(arrays).size + 1
+        server = SecAggServer(self.config, list(by_node), server_round, length=length)
+        self._exchange(grid, server, SETUP, server.setup_requests())
+        self._exchange(grid, server, SHARE_KEYS, server.share_keys_requests())
+        out = []
+        for node, request in server.masked_input_requests().items():
+            original = by_node[node]
+            content = RecordDict({key: record for key, record in original.content.items()})
+            content[RECORD_KEY] = request.to_record()
+            out.append(Message(content=content, dst_node_id=node, message_type=original.metadata.message_type,
+                               group_id=str(server_round)))
+        self._round = _Round(server_round, server, arrays, grid)
+        return out
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        state, self._round = self._round, None
+        if state is None or state.server_round != server_round:
+            if replies:
+                raise SecAggProtocolError(f"round {server_round}: train replies arrived for no SecAgg+ round")
+            return self.inner.aggregate_train(server_round, [])
+        server = state.server
+        parsed, messages = self._parse(server, MASKED_INPUT, replies)
+        server.receive_masked_inputs(parsed)  # type: ignore[arg-type]  # checked by _decode_reply
+        valid = [messages[node] for node in server.survivors]
+        total = self._exchange(state.grid, server, UNMASK, server.unmask_requests())
+        new_arrays, weight = updates.apply_payload_sum(total, state.arrays)
+        logger.info("round %d: SecAgg+ summed %d sites (%d dropped after sharing, %d rejected)", server_round,
+                    len(server.survivors), len(server.dropped), len(server.rejections))
+        if self.on_replies is not None:
+            self.on_replies(server_round, valid)
+        synthetic = Message(
+            content=RecordDict({"arrays": new_arrays, "metrics": self._metrics(valid, weight, server)}),
+            dst_node_id=0, message_type=MessageType.TRAIN, group_id=str(server_round),
+        )
+        return self.inner.aggregate_train(server_round, [synthetic])
+
+    def _metrics(self, valid: list[Message], weight: float, server: SecAggServer) -> MetricRecord:
+        key = str(getattr(self.inner, "weighted_by_key", self.config.weight_key))
+        values: dict[str, Any] = {key: weight, "secagg-sites": len(server.survivors),
+                                  "secagg-dropped": len(server.dropped)}
+        records = [r for m in valid for r in list(m.content.metric_records.values())[:1]]
+        if records:
+            weights = np.array([float(r.get(self.config.weight_key, 1.0)) for r in records])  # type: ignore[arg-type]
+            shared = set.intersection(*(set(r) for r in records)) - {key, self.config.weight_key}
+            for name in sorted(shared):
+                column = [r[name] for r in records]
+                if all(isinstance(v, (int, float)) for v in column) and weights.sum() > 0:
+                    values[name] = float(np.average(np.array(column, dtype=float), weights=weights))
+        return MetricRecord(values)
+
+    # -------------------------------------------------------------- evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    # ------------------------------------------------------------- transport
+    def _exchange(self, grid: Grid, server: SecAggServer, stage: str, requests: Mapping[int, _Message]) -> Any:
+        messages = [
+            Message(content=RecordDict({RECORD_KEY: request.to_record()}), dst_node_id=node,
+                    message_type=MessageType.TRAIN, group_id=str(server.server_round))
+            for node, request in requests.items()
+        ]
+        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        parsed, _ = self._parse(server, stage, replies)
+        return server.run_stage(stage, parsed)
+
+    @staticmethod
+    def _parse(server: SecAggServer, stage: str, replies: list[Message]) -> tuple[dict[int, _Message], dict[int, Message]]:
+        parsed: dict[int, _Message] = {}
+        messages: dict[int, Message] = {}
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                logger.warning("round %d: node %d dropped at stage '%s': %s", server.server_round, node, stage,
+                               reply.error.reason)
+                server.reject(node, f"stage '{stage}': error reply: {reply.error.reason}")
+                continue
+            if node in parsed:
+                server.reject(node, f"stage '{stage}': duplicate reply")
+                logger.warning("round %d: duplicate '%s' reply from node %d ignored", server.server_round, stage, node)
+                continue
+            try:
+                parsed[node] = _decode_reply(reply, stage)
+                messages[node] = reply
+            except SecAggProtocolError as error:
+                logger.warning("round %d: reply from node %d rejected: %s", server.server_round, node, error)
+                server.reject(node, f"stage '{stage}': {error}")
+        return parsed, messages
+
+
+def _decode_reply(reply: Message, stage: str) -> _Message:
+    record = reply.content.config_records.get(RECORD_KEY)
+    if record is None:
+        raise SecAggProtocolError("the reply carries no 'secagg' record (is the site's secaggplus_mod installed?)")
+    masked = None
+    if stage == MASKED_INPUT:
+        arrays = reply.content.array_records
+        if len(arrays) != 1 or len(next(iter(arrays.values()))) != 1:
+            raise SecAggProtocolError("a masked-input reply must hold exactly one ArrayRecord with one array")
+        masked = next(iter(next(iter(arrays.values())).values())).numpy()
+        if masked.dtype != np.uint32 or masked.ndim != 1:
+            raise SecAggProtocolError(f"a masked vector must be 1-D uint32, got {masked.dtype} {masked.shape}")
+    elif reply.content.array_records:
+        raise SecAggProtocolError(f"a '{stage}' reply must not carry arrays")
+    message = decode(record, masked)
+    if message.header.stage != stage:
+        raise SecAggProtocolError(f"expected a '{stage}' reply, got one for stage '{message.header.stage}'")
+    return message
