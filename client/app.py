@@ -25,6 +25,7 @@ from lifecycle.tabular import TabularData, load_csv
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
 from privacy.dp_sgd import DPPlan, secure_rng_available
+from privacy.ledger.guard import ledger_mod
 from privacy.site_dp import site_dp_mod
 
 _STATE_KEY = "fedguard-dp"
@@ -120,10 +121,12 @@ def make_client_app(*, require_protection: bool = True) -> ClientApp:
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
     Mod order on the train path (outermost first): protection routing
-    (SecAgg+ or CKKS), then site-level DP noise, then local training.
+    (SecAgg+ or CKKS), the site's own privacy ledger (veto), site-level DP
+    noise, then local training.
     """
     client_app = ClientApp()
-    client_app.train(mods=[make_protection_mod(require_protection=require_protection), site_dp_mod])(train)
+    protection = make_protection_mod(require_protection=require_protection)
+    client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)
     return client_app
 

@@ -24,12 +24,14 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
-from coordinator.publication import embed_watermark, publish_run
-from coordinator.protection import build_strategy
+from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
+from coordinator.ledger import RunLedger
+from coordinator.protection import build_strategy, site_dp_plan
 from coordinator.strategy import RoundReport
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
 from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
+from privacy.ledger import coordinator_ledger
 
 Observer = Callable[[str, Mapping[str, Any]], None]
 
@@ -70,11 +72,17 @@ def run_federation(
     test = load_csv(cfg.data_path / "test.csv", list(schema.features), schema.target, len(schema.labels))
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
+    registry = Registry.open()
+    run_id = uuid.uuid4().hex
+    plan = site_dp_plan(cfg)
+    run_ledger = RunLedger(coordinator_ledger(registry), run_id, plan)
     reports: dict[int, RoundReport] = {}
     strategy = build_strategy(
         cfg, on_round=lambda r: reports.__setitem__(r.server_round, r),
-        num_params=sum(p.numel() for p in model.parameters()),
+        num_params=sum(p.numel() for p in model.parameters()), run_ledger=run_ledger,
+        frozen_keys=[name for name, _ in model.named_buffers()],
     )
+    site_series = plan.epsilon_series() if plan is not None else []
     history: list[dict[str, Any]] = []
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -87,6 +95,7 @@ def run_federation(
             entry = {
                 "round": server_round, "rounds": cfg.num_server_rounds, "accuracy": result.accuracy,
                 "loss": result.loss, "epsilon_max": max(eps) if eps else None,
+                "site_epsilon": site_series[server_round - 1] if site_series else None,
                 "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
             }
             history.append(entry)
@@ -99,19 +108,22 @@ def run_federation(
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     observer("stage", {"stage": "watermark"})
-    registry = Registry.open()
     model, mark = embed_watermark(model, spec, cfg, registry.home, test)
     final = evaluate(model, test)
     metrics = {"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples}
     observer("stage", {"stage": "publish"})
     outcome = publish_run(
         registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
-        rounds=strategy.rounds_aggregated, run_id=uuid.uuid4().hex, metrics=metrics, mark=mark,
+        rounds=strategy.rounds_aggregated, run_id=run_id, metrics=metrics, mark=mark, site_plan=plan,
+        ledger=run_ledger.state(),
     )
     outcome.update(
         accuracy=final.accuracy, history=history,
         epsilon={s.name: s.dp.get("epsilon") for s in sorted(strategy.sites.values(), key=lambda s: s.name)},
-        delta=cfg.dp_delta if cfg.dp_epsilon > 0 else None, secure_aggregation=cfg.secure_aggregation,
+        delta=cfg.dp_delta if cfg.dp_epsilon > 0 else None,
+        site_epsilon={s.name: site_level_epsilon(plan, s.rounds) for s in sorted(strategy.sites.values(), key=lambda s: s.name)},
+        site_delta=cfg.site_delta if plan is not None else None,
+        ledger=run_ledger.state(), secure_aggregation=cfg.secure_aggregation,
         secure_rng=all(s.secure_rng for s in strategy.sites.values()),
         watermark=mark.to_dict(), federation_seconds=time.monotonic() - started,
     )

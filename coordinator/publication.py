@@ -22,6 +22,7 @@ from lifecycle.packaging import Publication, publish_model
 from lifecycle.registry import Registry, SiteRecord
 from lifecycle.signing import verify_model
 from lifecycle.tabular import DataSchema, TabularData
+from privacy.site_dp import SiteDPPlan
 from watermark import create_scheme
 from watermark.secret import commitment, save_secret, secret_path
 
@@ -82,8 +83,34 @@ def _site_records(sites: dict[str, SiteLedger]) -> list[SiteRecord]:
     ]
 
 
-def training_section(cfg: CoordinatorConfig, sites: dict[str, SiteLedger], rounds: int) -> dict[str, Any]:
-    """The BOM's training section: rules, DP targets, and per-site lineage."""
+def site_level_epsilon(plan: SiteDPPlan | None, rounds: int) -> float | None:
+    """Site-level ε after ``rounds`` aggregated rounds of ``plan`` (None without site-level DP)."""
+    return plan.history(rounds).epsilon() if plan is not None else None
+
+
+def _site_level(plan: SiteDPPlan | None, site: SiteLedger) -> dict[str, Any]:
+    """Everything that determines one site's site-level ε, beside the ε itself."""
+    if plan is None:
+        return {}
+    c = plan.config
+    return {
+        "epsilon": site_level_epsilon(plan, site.rounds), "noise_multiplier": plan.noise_multiplier,
+        "sample_rate": c.sample_rate, "steps": site.rounds, "delta": c.delta, "accountant": c.accountant,
+        "clip_norm": c.clip_norm, "min_sites": c.min_sites, "noise_std": plan.noise_std,
+    }
+
+
+def _record_level(site: SiteLedger) -> dict[str, Any]:
+    """The site's DP-SGD parameters under the BOM's names (what determines its record-level ε)."""
+    names = {"noise-multiplier": "noise_multiplier", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm"}
+    return {names.get(k, k): v for k, v in site.dp.items()}
+
+
+def training_section(
+    cfg: CoordinatorConfig, sites: dict[str, SiteLedger], rounds: int, *,
+    site_plan: SiteDPPlan | None = None, ledger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The BOM's training section: rules, DP targets, and per-site lineage with both ε kinds."""
     return {
         "rounds": rounds,
         "aggregation": cfg.aggregation,
@@ -95,9 +122,16 @@ def training_section(cfg: CoordinatorConfig, sites: dict[str, SiteLedger], round
             "target_epsilon": cfg.dp_epsilon or None, "delta": cfg.dp_delta,
             "max_grad_norm": cfg.max_grad_norm,
         },
+        "site_dp": {
+            "kind": "site-level DP-FedAvg, distributed Gaussian noise" if site_plan else "none",
+            "target_epsilon": cfg.site_epsilon or None, "delta": cfg.site_delta if site_plan else None,
+            "clip_norm": cfg.site_clip if site_plan else None,
+            "noise_multiplier": site_plan.noise_multiplier if site_plan else None,
+        },
         "sites": [
             {"site": s.name, "num_examples": s.num_examples, "data_manifest": s.manifest,
-             "rounds": s.rounds, "dp": dict(s.dp), "secure_rng": s.secure_rng}
+             "rounds": s.rounds, "dp": _record_level(s), "site_dp": _site_level(site_plan, s),
+             "ledger": (ledger or {}).get(s.name, {}), "secure_rng": s.secure_rng}
             for s in sorted(sites.values(), key=lambda s: s.name)
         ],
     }
@@ -106,6 +140,7 @@ def training_section(cfg: CoordinatorConfig, sites: dict[str, SiteLedger], round
 def publish_run(
     *, registry: Registry, model: nn.Module, spec: ModelSpec, schema: DataSchema, cfg: CoordinatorConfig,
     sites: dict[str, SiteLedger], rounds: int, run_id: str, metrics: dict[str, Any], mark: WatermarkOutcome,
+    site_plan: SiteDPPlan | None = None, ledger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register the model and return the outcome (paths, checks) for the caller."""
     version = publish_model(
@@ -113,7 +148,8 @@ def publish_run(
         Publication(
             name=cfg.model_name, model=model, spec=spec, schema=schema.feature_schema, run_id=run_id,
             run_config=cfg.as_dict(), rounds=rounds, sites=_site_records(sites),
-            training=training_section(cfg, sites, rounds), watermark=mark.to_dict(), metrics=metrics,
+            training=training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
+            watermark=mark.to_dict(), metrics=metrics,
         ),
     )
     public_key = registry.public_key_path()

@@ -53,6 +53,8 @@ class SiteLedger:
     manifest: str = ""
     rounds: int = 0
     dp: dict[str, Any] = field(default_factory=dict)
+    site_dp: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
     secure_rng: bool = False
 
 
@@ -68,8 +70,12 @@ class RoundReport:
 class TrackedStrategy(Strategy):
     """Wraps a strategy: records site lineage from replies and refuses empty rounds."""
 
-    def __init__(self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None) -> None:
+    def __init__(
+        self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None,
+        on_aggregated: Callable[[int, list[Message]], None] | None = None,
+    ) -> None:
         self.inner = inner
+        self.on_aggregated = on_aggregated
         self.sites: dict[str, SiteLedger] = {}
         self.on_round = on_round
         self.rounds_aggregated = 0
@@ -101,6 +107,8 @@ class TrackedStrategy(Strategy):
                 "check the sites' logs and data, then run again"
             )
         self.rounds_aggregated += 1
+        if self.on_aggregated is not None:
+            self.on_aggregated(server_round, [m for m in replies if not m.has_error()])
         for message in failed:
             logger.warning("round %d: %s", server_round, message)
         if self.on_round is not None:
@@ -131,5 +139,8 @@ class TrackedStrategy(Strategy):
                 key: site[key] for key in
                 ("epsilon", "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "accountant")
                 if key in site
+            }
+            ledger.site_dp = {
+                key.removeprefix("site-dp-"): site[key] for key in site.keys() if key.startswith("site-dp-")
             }
         return name

@@ -6,7 +6,7 @@ become one-line messages and documented exit codes (docs/cli.md)::
 
     0 ok · 1 internal error · 2 bad argument or configuration · 3 unusable state
     (home, registry, keys) · 4 not found · 5 verification failed · 6 training
-    failed · 7 authentication/authorization
+    failed · 7 authentication/authorization · 8 privacy budget exceeded
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rich.console import Console
 from fedguard.verify import verify
 from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
+from privacy.cli import privacy_app
 from serving.cli import keys_app, serve
 from simulations.cli import simulate
 
@@ -36,6 +37,7 @@ app.command("simulate")(simulate)
 models_app.command("verify")(verify)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(privacy_app, name="privacy")
 app.command("serve")(serve)
 
 

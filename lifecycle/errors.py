@@ -15,7 +15,11 @@ message that says what is wrong and what to do about it::
     │   ├── SignatureError
     │   └── WatermarkError
     ├── TrainingError (RuntimeError, exit 6)      a round aggregated nothing, a site failed
-    └── AuthError (PermissionError, exit 7)       missing, unknown or under-scoped credential
+    ├── AuthError (PermissionError, exit 7)       missing, unknown or under-scoped credential
+    └── PrivacyBudgetExceeded (RuntimeError, exit 8, in privacy.ledger.base)  a site's cap would be passed
+
+Packages subclass these for their own cases (``privacy.secagg.errors``,
+``privacy.he.errors``, ``serving.keys``) so the mapping above still applies.
 
 Why one root: the CLI and the serving tier translate exactly this hierarchy at
 their boundary (one-line message and exit code; sanitized HTTP error) and let

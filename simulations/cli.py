@@ -31,9 +31,11 @@ class ProgressPrinter:
     def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
         if event == "round":
             failed = f"  [red]{payload['failed']} failed[/red]" if payload["failed"] else ""
+            site_eps = payload.get("site_epsilon")
+            site = f"  site-level ε {site_eps:.2f}" if site_eps is not None else ""
             self.console.print(
                 f"round {payload['round']}/{payload['rounds']}  test accuracy {payload['accuracy']:.3f}  "
-                f"ε spent ≤ {_fmt_eps(payload['epsilon_max'])}  sites {payload['sites']}{failed}"
+                f"ε spent ≤ {_fmt_eps(payload['epsilon_max'])}{site}  sites {payload['sites']}{failed}"
             )
         elif event == "stage":
             messages = {
@@ -54,6 +56,9 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("test accuracy", f"{outcome['accuracy']:.3f}"),
         ("central non-DP baseline", f"{outcome['baseline_accuracy']:.3f}"),
         ("ε per site (δ=%s)" % outcome["delta"], ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["epsilon"].items())),
+        *((("site-level ε per site (δ=%s)" % outcome["site_delta"],
+            ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["site_epsilon"].items())),)
+          if outcome.get("site_delta") else ()),
         ("secure aggregation", outcome["secure_aggregation"]),
         ("watermark", f"{mark['scheme']}: verified={mark['verified']}, trigger accuracy {mark['trigger_accuracy']:.2f}, "
                       f"p={mark['p_value']:.1e}, accuracy cost {mark['accuracy_cost']:+.3f}"),

@@ -82,7 +82,7 @@ def test_missing_private_signing_key_stops_before_training(cli_home: Path) -> No
     public = cli_home / "keys" / "signing-key.pub.pem"
     before = public.read_bytes()
     (cli_home / "keys" / "signing-key.pem").unlink()
-    result = run_cli(cli_home, "simulate", "--sites", "2", "--rounds", "1")
+    result = run_cli(cli_home, "simulate", "--sites", "3", "--rounds", "1")
     assert result.returncode == 3
     _one_line_error(result.stderr)
     assert "signing key" in result.stderr and "missing" in result.stderr

@@ -1,0 +1,140 @@
+"""The coordinator's side of the privacy ledger for one run: charge, project, leave out.
+
+After every aggregated round each participating site is charged, in the
+persistent ledger of the registry database, with exactly what the round cost
+it: the record-level DP-SGD steps it reports (σ, q, new steps) and, under
+site-level DP, one step of the site-level Gaussian mechanism. Before a round,
+a site whose next round (projected with the per-round cost it last reported)
+would exceed its cap is left out of the sampled set — the site's own ledger
+vetoes independently (``privacy.ledger.guard``). A site is known by name only
+after its first reply, so the first round relies on the site's veto.
+
+Charges are idempotent per (site, manifest, run, round, kind), so a restarted
+coordinator re-recording a round does not double count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from coordinator import logger
+from lifecycle.errors import TrainingError
+from privacy.accountants import GaussianHistory
+from privacy.ledger.base import Charge, PrivacyLedger
+from privacy.site_dp import SiteDPPlan
+
+
+@dataclass
+class RunLedger:
+    """Charges of one run; ``nodes`` maps Flower node ids to the site names they reported."""
+
+    ledger: PrivacyLedger
+    run_id: str
+    site_plan: SiteDPPlan | None = None
+    nodes: dict[int, str] = field(default_factory=dict)
+    manifests: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    per_round: dict[str, dict[str, GaussianHistory]] = field(default_factory=dict)
+
+    def record_round(self, server_round: int, replies: list[Message]) -> None:
+        """Charge each site that contributed to ``server_round`` (already released: not enforced)."""
+        for reply in replies:
+            site = reply.content.config_records.get("site")
+            if site is None or "name" not in site or "manifest" not in site:
+                continue
+            name, manifest = str(site["name"]), str(site["manifest"])
+            self.nodes[reply.metadata.src_node_id] = name
+            self.manifests[name] = manifest
+            charges = self._charges(server_round, name, manifest, site)
+            for charge in charges:
+                self.ledger.record(charge, actor="coordinator", enforce=False)
+            self.per_round[name] = {c.kind: c.history() for c in charges}
+
+    def _charges(self, server_round: int, name: str, manifest: str, site: ConfigRecord) -> list[Charge]:
+        charges = []
+        if "noise-multiplier" in site and "steps" in site:
+            total = int(site["steps"])  # type: ignore[arg-type]
+            new = total - self.steps.get(name, 0)
+            self.steps[name] = total
+            if new > 0:
+                charges.append(Charge(
+                    name, manifest, self.run_id, server_round, "record", float(site["noise-multiplier"]),  # type: ignore[arg-type]
+                    float(site["sample-rate"]), new, float(site["delta"]),  # type: ignore[arg-type]
+                    str(site.get("accountant", "rdp")),
+                ))
+        if self.site_plan is not None:
+            c = self.site_plan.config
+            charges.append(Charge(name, manifest, self.run_id, server_round, "site",
+                                  self.site_plan.noise_multiplier, c.sample_rate, 1, c.delta, c.accountant))
+        return charges
+
+    def over_cap(self, node_id: int) -> bool:
+        """Whether the site behind ``node_id`` would exceed a cap with another round like its last."""
+        name = self.nodes.get(node_id)
+        if name is None or name not in self.per_round:
+            return False
+        for kind, history in self.per_round[name].items():
+            projection = self.ledger.project(name, self.manifests[name], kind, history)
+            if not projection.allowed:
+                logger.warning("privacy ledger: leaving out %s: projected %s ε=%.4g over its cap %.4g",
+                               name, kind, projection.projected,
+                               projection.cap.epsilon if projection.cap else float("nan"))
+                return True
+        return False
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Per site: ε spent so far on its manifest (all runs composed), cap and remaining, per DP kind."""
+        result: dict[str, dict[str, Any]] = {}
+        for name, manifest in sorted(self.manifests.items()):
+            rows = {}
+            for row in self.ledger.summary(name):
+                if row.manifest == manifest:
+                    rows[row.kind] = {"epsilon": row.epsilon, "delta": row.delta, "runs": row.runs,
+                                      "cap": row.epsilon_cap, "remaining": row.epsilon_remaining}
+            result[name] = rows
+        return result
+
+
+class AdmissionStrategy(Strategy):
+    """Drops, from each round's sampled messages, sites the ledger projects over their cap.
+
+    Sits directly around the aggregation rule, *inside* secure aggregation,
+    so a left-out site is never part of the round's protocol.
+    """
+
+    def __init__(self, inner: Strategy, run_ledger: RunLedger) -> None:
+        self.inner = inner
+        self.run_ledger = run_ledger
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        admitted = [m for m in messages if not self.run_ledger.over_cap(m.metadata.dst_node_id)]
+        if messages and not admitted:
+            raise TrainingError(
+                f"round {server_round}: every sampled site is at its privacy cap; see 'fedguard privacy ledger'"
+            )
+        return admitted
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
