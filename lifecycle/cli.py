@@ -9,14 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifecycle.bom import read_bom
+from lifecycle.errors import StateError
 from lifecycle.registry import Registry, VersionRecord
 
 models_app = typer.Typer(help="Inspect and verify registered models.", no_args_is_help=True)
 console = Console()
 
 
+def _bom_training(record: VersionRecord) -> dict[str, Any]:
+    """The signed BOM's training section (privacy details beyond the registry's columns)."""
+    try:
+        training: dict[str, Any] = read_bom(record.artifact.model_dir)["fedguard"]["training"]
+    except (StateError, KeyError, TypeError):
+        return {}
+    return training
+
+
 def version_summary(record: VersionRecord) -> dict[str, Any]:
-    """A JSON-ready description of one version and its lineage."""
+    """A JSON-ready description of one version and its lineage (registry rows + signed BOM)."""
+    training = _bom_training(record)
+    bom_sites = {str(s.get("site")): s for s in training.get("sites", [])}
     return {
         "model": record.name,
         "version": record.version,
@@ -29,9 +42,13 @@ def version_summary(record: VersionRecord) -> dict[str, Any]:
         "run": record.run_id,
         "metrics": record.metrics,
         "watermark": record.watermark,
+        "secure_aggregation": training.get("secure_aggregation"),
+        "aggregation": training.get("aggregation"),
         "sites": [
             {"site": s.site, "num_examples": s.num_examples, "data_manifest": s.data_manifest,
-             "epsilon": s.epsilon, "delta": s.delta, "rounds": s.rounds_participated}
+             "epsilon": s.epsilon, "delta": s.delta, "rounds": s.rounds_participated,
+             "site_epsilon": bom_sites.get(s.site, {}).get("site_dp", {}).get("epsilon"),
+             "ledger": bom_sites.get(s.site, {}).get("ledger", {})}
             for s in record.sites
         ],
     }
@@ -71,15 +88,19 @@ def show(
         return
     console.print(f"[bold]{record.ref}[/bold]  stage={record.stage}  created {summary['created_at']}")
     console.print(f"artifact   {summary['artifact']}\nsignature  {summary['signature_path']}  signer {record.signer_fingerprint[:16]}…")
-    console.print(f"run        {record.run_id}")
+    console.print(f"run        {record.run_id}  aggregation {summary['aggregation']}  "
+                  f"secure aggregation {summary['secure_aggregation']}")
     console.print("metrics    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in record.metrics.items()))
     mark = record.watermark
     console.print(f"watermark  {mark.get('scheme')}  commitment {str(mark.get('commitment', ''))[:16]}…  "
                   f"trigger accuracy {mark.get('trigger_accuracy')}  p={mark.get('p_value')}")
-    table = Table("site", "examples", "rounds", "ε", "δ", "data manifest (SHA-256)")
-    for s in record.sites:
+    table = Table("site", "examples", "rounds", "record ε", "δ", "site ε", "ledger ε (all runs)",
+                  "data manifest (SHA-256)")
+    for s, row in zip(record.sites, summary["sites"], strict=True):
+        ledger = ", ".join(f"{kind} {v['epsilon']:.2f}" for kind, v in sorted(row["ledger"].items()))
         table.add_row(s.site, str(s.num_examples), str(s.rounds_participated),
                       "-" if s.epsilon is None else f"{s.epsilon:.3f}", "-" if s.delta is None else f"{s.delta:g}",
+                      "-" if row["site_epsilon"] is None else f"{row['site_epsilon']:.3f}", ledger or "-",
                       s.data_manifest[:16] + "…")
     console.print(table)
