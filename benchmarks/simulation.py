@@ -30,9 +30,9 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_fedguard(home: Path, sites: int, rounds: int) -> dict[str, float | str]:
+def run_fedguard(home: Path, sites: int, rounds: int, *extra: str) -> dict[str, float | str]:
     started = time.monotonic()
-    out = subprocess.run([FEDGUARD, "simulate", "--sites", str(sites), "--rounds", str(rounds), "--json"],
+    out = subprocess.run([FEDGUARD, "simulate", "--sites", str(sites), "--rounds", str(rounds), "--json", *extra],
                          env=_env(home), capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return {"seconds": time.monotonic() - started, "accuracy": result["accuracy"], "run_dir": result["run_dir"]}
@@ -52,24 +52,28 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    ours, plain = [], []
+    ours, clear, plain = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             ours.append(run_fedguard(Path(tmp) / f"fg{i}", args.sites, args.rounds))
+            clear.append(run_fedguard(Path(tmp) / f"clear{i}", args.sites, args.rounds, "--secure-agg", "none"))
             data_dir = str(Path(str(ours[-1]["run_dir"])) / "data")
             plain.append(run_plain(data_dir, Path(tmp) / f"plain{i}", args.sites, args.rounds))
-    t_ours = statistics.median(float(r["seconds"]) for r in ours)
-    t_plain = statistics.median(float(r["seconds"]) for r in plain)
+    t_ours, t_clear, t_plain = (statistics.median(float(r["seconds"]) for r in runs) for runs in (ours, clear, plain))
     acc_ours = statistics.median(float(r["accuracy"]) for r in ours)
     acc_plain = statistics.median(float(r["accuracy"]) for r in plain)
-    ratio = t_ours / t_plain
-    print(f"fedguard simulate (DP ε=3, watermark, signed): median {t_ours:.1f} s, accuracy {acc_ours:.3f}")
-    print(f"plain Flower FedAvg (no DP, no watermark):      median {t_plain:.1f} s, accuracy {acc_plain:.3f}")
-    print(f"ratio fedguard / plain Flower: {ratio:.2f}x  ({args.repeats} runs each, {args.sites} sites, {args.rounds} rounds)")
+    print(f"fedguard simulate (defaults: DP ε=3, SecAgg+, watermark, signed): median {t_ours:.1f} s, "
+          f"accuracy {acc_ours:.3f}")
+    print(f"fedguard simulate --secure-agg none:                              median {t_clear:.1f} s")
+    print(f"plain Flower FedAvg (no DP, no secure aggregation, no watermark):  median {t_plain:.1f} s, "
+          f"accuracy {acc_plain:.3f}")
+    print(f"ratio fedguard / plain Flower: {t_ours / t_plain:.2f}x (defaults), {t_clear / t_plain:.2f}x "
+          f"(--secure-agg none)  ({args.repeats} runs each, {args.sites} sites, {args.rounds} rounds)")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    row = (f"| {time.strftime('%Y-%m-%d')} | simulation | fedguard simulate vs plain Flower FedAvg "
-           f"({args.sites} sites, {args.rounds} rounds, {args.repeats} runs) | {t_ours:.1f} s | {t_plain:.1f} s "
-           f"| {ratio:.2f}x | acc {acc_ours:.3f} vs {acc_plain:.3f} | {machine} |\n")
+    row = (f"| {time.strftime('%Y-%m-%d')} | simulation | fedguard simulate (defaults, SecAgg+) vs plain Flower "
+           f"FedAvg ({args.sites} sites, {args.rounds} rounds, {args.repeats} runs) | {t_ours:.1f} s | {t_plain:.1f} s "
+           f"| {t_ours / t_plain:.2f}x | --secure-agg none: {t_clear:.1f} s = {t_clear / t_plain:.2f}x; "
+           f"acc {acc_ours:.3f} vs {acc_plain:.3f} | {machine} |\n")
     results = HERE / "RESULTS.md"
     if not results.exists():
         results.write_text("# Benchmark results\n\n| date | benchmark | what | ours | baseline | ratio | notes | machine |\n"

@@ -24,9 +24,9 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
-from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
 from coordinator.ledger import RunLedger
 from coordinator.protection import build_strategy, site_dp_plan
+from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
 from coordinator.strategy import RoundReport
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry

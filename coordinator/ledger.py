@@ -19,11 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
+from coordinator.strategy import StrategyWrapper
 from lifecycle.errors import TrainingError
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
@@ -101,7 +102,7 @@ class RunLedger:
         return result
 
 
-class AdmissionStrategy(Strategy):
+class AdmissionStrategy(StrategyWrapper):
     """Drops, from each round's sampled messages, sites the ledger projects over their cap.
 
     Sits directly around the aggregation rule, *inside* secure aggregation,
@@ -109,11 +110,8 @@ class AdmissionStrategy(Strategy):
     """
 
     def __init__(self, inner: Strategy, run_ledger: RunLedger) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.run_ledger = run_ledger
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -126,15 +124,4 @@ class AdmissionStrategy(Strategy):
             )
         return admitted
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round, replies)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

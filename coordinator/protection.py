@@ -23,14 +23,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from coordinator.ledger import AdmissionStrategy, RunLedger
-
 from coordinator.config import CoordinatorConfig
-from coordinator.strategy import RoundReport, TrackedStrategy, create_aggregation
+from coordinator.ledger import AdmissionStrategy, RunLedger
+from coordinator.strategy import (
+    RoundReport,
+    StrategyWrapper,
+    TrackedStrategy,
+    create_aggregation,
+)
 from privacy.he import CKKSStrategy
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.strategy import SecAggPlusStrategy
-from privacy.site_dp import CONFIG_KEY, SiteDPConfig, SiteDPPlan, require_min_contributions
+from privacy.site_dp import (
+    CONFIG_KEY,
+    SiteDPConfig,
+    SiteDPPlan,
+    require_min_contributions,
+)
 
 
 def protection_bound(cfg: CoordinatorConfig, noise_std: float, num_params: int) -> float:
@@ -47,7 +56,7 @@ def protection_bound(cfg: CoordinatorConfig, noise_std: float, num_params: int) 
     return cfg.site_clip + noise_std * (math.sqrt(num_params) + 10.0)
 
 
-class SiteDPStrategy(Strategy):
+class SiteDPStrategy(StrategyWrapper):
     """Puts the ``"site-dp"`` instructions in every train message; refuses rounds below n_min.
 
     Each site clips its update to C and adds N(0, (σC)²/n_min) (``privacy.site_dp``);
@@ -56,12 +65,9 @@ class SiteDPStrategy(Strategy):
     """
 
     def __init__(self, inner: Strategy, plan: SiteDPPlan, frozen_keys: Sequence[str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan
         self.frozen_keys = list(frozen_keys)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -78,13 +84,6 @@ class SiteDPStrategy(Strategy):
         require_min_contributions(sum(not m.has_error() for m in replies), self.plan.config.min_sites)
         return self.inner.aggregate_train(server_round, replies)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 def site_dp_plan(cfg: CoordinatorConfig) -> SiteDPPlan | None:

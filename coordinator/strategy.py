@@ -67,18 +67,11 @@ class RoundReport:
     failed: tuple[str, ...]
 
 
-class TrackedStrategy(Strategy):
-    """Wraps a strategy: records site lineage from replies and refuses empty rounds."""
+class StrategyWrapper(Strategy):
+    """Delegates every call to ``inner``; subclasses override only what they change."""
 
-    def __init__(
-        self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None,
-        on_aggregated: Callable[[int, list[Message]], None] | None = None,
-    ) -> None:
+    def __init__(self, inner: Strategy) -> None:
         self.inner = inner
-        self.on_aggregated = on_aggregated
-        self.sites: dict[str, SiteLedger] = {}
-        self.on_round = on_round
-        self.rounds_aggregated = 0
 
     def summary(self) -> None:
         self.inner.summary()
@@ -87,6 +80,33 @@ class TrackedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class TrackedStrategy(StrategyWrapper):
+    """Wraps a strategy: records site lineage from replies and refuses empty rounds."""
+
+    def __init__(
+        self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None,
+        on_aggregated: Callable[[int, list[Message]], None] | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self.on_aggregated = on_aggregated
+        self.sites: dict[str, SiteLedger] = {}
+        self.on_round = on_round
+        self.rounds_aggregated = 0
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -114,14 +134,6 @@ class TrackedStrategy(Strategy):
         if self.on_round is not None:
             self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed)))
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def _record(self, message: Message) -> str:
         content = message.content

@@ -13,7 +13,12 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from lifecycle.architecture import FeatureSchema, ModelSpec, build_model, set_standardization  # noqa: E402
+from lifecycle.architecture import (  # noqa: E402
+    FeatureSchema,
+    ModelSpec,
+    build_model,
+    set_standardization,
+)
 from lifecycle.packaging import Publication, publish_model  # noqa: E402
 from lifecycle.registry import Registry, SiteRecord, VersionRecord  # noqa: E402
 from lifecycle.settings import Settings, get_settings  # noqa: E402
@@ -58,3 +63,26 @@ def make_publication(name: str = "demo", features: int = 4, seed: int = 0) -> Pu
 def published(registry: Registry) -> VersionRecord:
     """One published, signed model version named 'demo' (4 features, 2 classes)."""
     return publish_model(registry, make_publication())
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FEDGUARD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    name = f"fedguard_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sqlalchemy.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}; start it (see .ci/run)")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

@@ -3,8 +3,6 @@ and the registry on PostgreSQL (a fresh database per test, dropped afterwards)."
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,27 +12,10 @@ from lifecycle.registry import Registry
 from lifecycle.settings import Settings
 from privacy.ledger import PrivacyLedger, SiteLedger, coordinator_ledger
 
-ADMIN_URL = os.environ.get("FEDGUARD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
 Opener = Callable[[], PrivacyLedger]
 """Opens the ledger under test; calling it again is a restart (a new engine on the same state)."""
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg")
-    name = f"fedguard_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sqlalchemy.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}; start it (see .ci/run)")
-    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(params=["registry-sqlite", "site-sqlite", pytest.param("registry-postgres", marks=pytest.mark.postgres)])
