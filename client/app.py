@@ -14,16 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from client import logger
 from client.config import SiteIdentity, TrainConfig
 from client.protection import make_protection_mod
-from lifecycle.tabular import TabularData, load_csv
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
+from lifecycle.tabular import TabularData, load_csv
 from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.guard import ledger_mod
 from privacy.site_dp import site_dp_mod
@@ -117,6 +117,28 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
+def identify(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's pre-run query: who this site is, its data manifest, its DP plan.
+
+    Public metadata only (the same the site sends with every update), so that
+    the coordinator can check each site against its privacy cap before the
+    first round instead of after it.
+    """
+    cfg = TrainConfig.from_record(msg.content.config_records["config"])
+    site = SiteIdentity.from_context(context, cfg)
+    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
+    record: dict[str, Any] = {"name": site.name, "manifest": data.manifest, "num-examples": data.num_examples}
+    if cfg.dp_enabled:
+        plan, steps = _restore_plan(context, cfg, data)
+        _save_plan(context, plan, steps)  # calibrated once: the first round reuses it
+        record.update({
+            "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
+            "steps-per-round": plan.steps_per_epoch * cfg.local_epochs, "delta": plan.delta,
+            "accountant": plan.accountant,
+        })
+    return Message(content=RecordDict({"site": ConfigRecord(record)}), reply_to=msg)
+
+
 def make_client_app(*, require_protection: bool = True) -> ClientApp:
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
@@ -128,6 +150,7 @@ def make_client_app(*, require_protection: bool = True) -> ClientApp:
     protection = make_protection_mod(require_protection=require_protection)
     client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)
+    client_app.query()(identify)
     return client_app
 
 

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
-from coordinator.ledger import RunLedger
+from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
 from coordinator.strategy import RoundReport
@@ -102,9 +102,13 @@ def run_federation(
             observer("round", entry)
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
+    train_config = _train_config(cfg, schema)
+    identified = identify_sites(grid, train_config, run_ledger, expected=cfg.required_sites,
+                                timeout=cfg.round_timeout)
+    observer("stage", {"stage": "identified", "sites": identified})
     result = strategy.start(
         grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout, train_config=_train_config(cfg, schema), evaluate_fn=central_evaluation,
+        timeout=cfg.round_timeout, train_config=train_config, evaluate_fn=central_evaluation,
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     observer("stage", {"stage": "watermark"})

@@ -1,13 +1,14 @@
 """The coordinator's side of the privacy ledger for one run: charge, project, leave out.
 
-After every aggregated round each participating site is charged, in the
-persistent ledger of the registry database, with exactly what the round cost
-it: the record-level DP-SGD steps it reports (σ, q, new steps) and, under
-site-level DP, one step of the site-level Gaussian mechanism. Before a round,
-a site whose next round (projected with the per-round cost it last reported)
-would exceed its cap is left out of the sampled set — the site's own ledger
-vetoes independently (``privacy.ledger.guard``). A site is known by name only
-after its first reply, so the first round relies on the site's veto.
+Before the first round the coordinator asks every connected site who it is
+(:func:`identify_sites`: name, data manifest and the DP cost of one round —
+public metadata). Before each round, a site whose next round would take it
+past its cap is left out of the sampled set; the site's own ledger vetoes
+independently (``privacy.ledger.guard``). After every aggregated round each
+participating site is charged, in the persistent ledger of the registry
+database, with exactly what the round cost it: the record-level DP-SGD steps
+it reports (σ, q, new steps) and, under site-level DP, one step of the
+site-level Gaussian mechanism.
 
 Charges are idempotent per (site, manifest, run, round, kind), so a restarted
 coordinator re-recording a round does not double count.
@@ -15,11 +16,12 @@ coordinator re-recording a round does not double count.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -42,6 +44,21 @@ class RunLedger:
     manifests: dict[str, str] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     per_round: dict[str, dict[str, GaussianHistory]] = field(default_factory=dict)
+
+    def learn(self, node_id: int, site: ConfigRecord) -> None:
+        """Map a node to its site and the per-round cost it declared (the pre-run identity query)."""
+        name, manifest = str(site["name"]), str(site["manifest"])
+        self.nodes[node_id] = name
+        self.manifests[name] = manifest
+        costs: dict[str, GaussianHistory] = {}
+        if "noise-multiplier" in site and "steps-per-round" in site:
+            costs["record"] = GaussianHistory(
+                float(site["noise-multiplier"]), float(site["sample-rate"]),  # type: ignore[arg-type]
+                int(site["steps-per-round"]), float(site["delta"]), str(site.get("accountant", "rdp")),  # type: ignore[arg-type]
+            )
+        if self.site_plan is not None:
+            costs["site"] = self.site_plan.history(1)
+        self.per_round[name] = costs
 
     def record_round(self, server_round: int, replies: list[Message]) -> None:
         """Charge each site that contributed to ``server_round`` (already released: not enforced)."""
@@ -125,3 +142,32 @@ class AdmissionStrategy(StrategyWrapper):
         return admitted
 
 
+
+
+def identify_sites(
+    grid: Grid, config: ConfigRecord, run_ledger: RunLedger, *, expected: int, timeout: float
+) -> int:
+    """Ask every connected site for its identity (a QUERY message); return how many answered.
+
+    Waits up to ``timeout`` seconds for ``expected`` sites to connect.
+    """
+    deadline = time.monotonic() + timeout
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < expected and time.monotonic() < deadline:
+        time.sleep(1.0)
+        node_ids = list(grid.get_node_ids())
+    query = ConfigRecord({**dict(config), "server-round": 0})
+    messages = [
+        Message(RecordDict({"config": query}), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in node_ids
+    ]
+    answered = 0
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        site = None if reply.has_error() else reply.content.config_records.get("site")
+        if site is None:
+            logger.warning("site identity query: node %d did not answer (%s)", reply.metadata.src_node_id,
+                           reply.error.reason if reply.has_error() else "no site record")
+            continue
+        run_ledger.learn(reply.metadata.src_node_id, site)
+        answered += 1
+    return answered

@@ -41,6 +41,7 @@ class ProgressPrinter:
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
                 "engine": f"starting Flower simulation on Ray (site sizes {payload.get('site_sizes')})",
+                "identified": f"{payload.get('sites')} sites identified; privacy caps checked",
                 "watermark": "embedding and verifying the watermark",
                 "publish": "signing and registering the model",
             }

@@ -45,13 +45,14 @@ def test_ledger_composes_across_runs_and_a_capped_site_is_left_out(cli_home: Pat
     first = _simulate(cli_home, "--secure-agg", "none")
     spent = _ledger(cli_home, "site-0")["record"]
     assert spent == pytest.approx(first["epsilon"]["site-0"], rel=1e-6)
-    capped = run_cli(cli_home, "privacy", "cap", "site-0", str(spent + 0.5), "--kind", "record")
+    # site-0 is at its cap: any further round would take it past
+    capped = run_cli(cli_home, "privacy", "cap", "site-0", str(spent), "--kind", "record")
     assert capped.returncode == 0, capped.stderr
     second = _simulate(cli_home, "--secure-agg", "none")
     # composed over both runs on the same data manifest: more than one run, less than the naive sum
     total = _ledger(cli_home, "site-1")["record"]
     assert first["epsilon"]["site-1"] < total < 2 * first["epsilon"]["site-1"]
-    # site-0 ran round 1 (the coordinator learns who it is from its first reply) and was left out of round 2
+    # the coordinator identified every site before round 1 and left site-0 out of every round
     bom = json.loads((Path(second["artifact"]) / "bom.json").read_text())["fedguard"]["training"]
-    rounds = {s["site"]: s["rounds"] for s in bom["sites"]}
-    assert rounds == {"site-0": 1, "site-1": 2, "site-2": 2}
+    assert {s["site"]: s["rounds"] for s in bom["sites"]} == {"site-1": 2, "site-2": 2}
+    assert _ledger(cli_home, "site-0")["record"] == pytest.approx(spent, rel=1e-9)
