@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
 
 from privacy.he import CKKSStrategy, ckks_mod, create_federation_keys  # noqa: E402
 from privacy.he.keys import DEFAULT_PARAMETERS  # noqa: E402
@@ -112,18 +112,12 @@ def main() -> None:
     print(f"ciphertext per site: {cipher_bytes / 2**20:.2f} MiB in {chunks} ciphertexts; expansion "
           f"{cipher_bytes / clear32:.1f}x vs float32 weights, {cipher_bytes / clear64:.1f}x vs the float64 payload; "
           f"public context {public_size / 2**20:.2f} MiB")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     row = (f"| {time.strftime('%Y-%m-%d')} | ckks | CKKS-aggregated round vs plaintext FedAvg round, in-process "
            f"({args.sites} sites, {args.params} params, {args.repeats} runs) | {t_ours * 1e3:.0f} ms "
            f"| {t_plain * 1e3:.1f} ms | {ratio:.1f}x | ciphertext {cipher_bytes / 2**20:.2f} MiB/site = "
            f"{cipher_bytes / clear32:.1f}x float32 weights ({cipher_bytes / clear64:.1f}x float64 payload); "
-           f"N=8192, q=60+60+60, scale 2^80 | {machine} |\n")
-    results = HERE / "RESULTS.md"
-    if not results.exists():
-        results.write_text("# Benchmark results\n\n| date | benchmark | what | ours | baseline | ratio | notes | machine |\n"
-                           "|---|---|---|---|---|---|---|---|\n")
-    with results.open("a") as handle:
-        handle.write(row)
+           f"N=8192, q=60+60+60, scale 2^80 | {machine()} |")
+    append_row(row)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ and appends one row (the fastest mode, all ratios in the notes) to
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import torch
 from opacus import PrivacyEngine
+from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -132,17 +131,11 @@ def main() -> None:
         print(f"DP-SGD [{mode:9s}]: median {median * 1e6:.0f} µs  ratio {ratios[mode]:.2f}x")
     best = min(ratios, key=ratios.__getitem__)
     print(f"fastest: {best} at {ratios[best]:.2f}x plain (goal ≤ 1.5x); same σ={SIGMA}, C={CLIP}, Poisson sampling")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
     notes = ", ".join(f"{m} {r:.2f}x" for m, r in ratios.items()) + "".join(f", {m} failed" for m in failed)
     row = (f"| {time.strftime('%Y-%m-%d')} | dp_sgd | DP-SGD step ({best}) vs plain SGD step, MLP 30-32-2, batch "
            f"{BATCH}, {args.threads} thread(s), median of {args.repeats}×{args.steps} | "
-           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | {machine} |\n")
-    results = HERE / "RESULTS.md"
-    if not results.exists():
-        results.write_text("# Benchmark results\n\n| date | benchmark | what | ours | baseline | ratio | notes | machine |\n"
-                           "|---|---|---|---|---|---|---|---|\n")
-    with results.open("a") as handle:
-        handle.write(row)
+           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | {machine()}, torch {torch.__version__} |")
+    append_row(row)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import append_section, machine  # benchmarks/results.py (scripts run from benchmarks/)
 
 HERE = Path(__file__).resolve().parent
 FEDGUARD = shutil.which("fedguard") or str(Path(sys.executable).with_name("fedguard"))
@@ -75,14 +76,12 @@ def main() -> None:
               for name, values in rows.items()]
     print("\n".join(lines))
     plot(rows, baseline, HERE / "privacy_accuracy.png")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    with (HERE / "RESULTS.md").open("a") as handle:
-        handle.write(
-            f"\n### privacy_accuracy ({time.strftime('%Y-%m-%d')}, {machine}, {time.monotonic() - started:.0f} s)\n\n"
+    append_section(
+            f"### privacy_accuracy ({time.strftime('%Y-%m-%d')}, {machine()}, {time.monotonic() - started:.0f} s)\n\n"
             f"`python benchmarks/privacy_accuracy.py --sites {args.sites} --rounds {args.rounds} --seed {args.seed}`: "
             f"test accuracy, breast cancer, {args.sites} sites α=0.5, SecAgg+, no watermark; plot in "
             "`benchmarks/privacy_accuracy.png`.\n\n" + "\n".join(lines) + "\n"
-        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +47,8 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
 
 from privacy.secagg import SecAggConfig  # noqa: E402
 from privacy.secagg.mod import secaggplus_mod  # noqa: E402
@@ -230,18 +231,15 @@ def main() -> None:
     print(f"mask generation (AES-256-CTR, one core): {gbps:.2f} GB/s (goal ≥ 4)")
     if args.no_results:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    results = HERE / "RESULTS.md"
-    with results.open("a") as handle:
-        for label, plain, ours4, ours, legacy_plain, legacy in rows:
-            handle.write(
+    for label, plain, ours4, ours, legacy_plain, legacy in rows:
+        append_row(
                 f"| {time.strftime('%Y-%m-%d')} | secagg | SecAgg+ round ÷ plaintext round, in-process grid "
                 f"({n} sites, {d} params, {label}, {args.repeats} runs) | {ours4 / plain:.2f}x (k=4,t=3); "
                 f"{ours / plain:.2f}x (k={recommended.num_neighbours},t={recommended.threshold}) "
                 f"| Flower legacy SecAgg+ {legacy / legacy_plain:.2f}x | {ours4 / plain:.2f}x vs "
                 f"{legacy / legacy_plain:.2f}x | plain {plain * 1e3:.0f} ms, ours {ours4 * 1e3:.0f}/{ours * 1e3:.0f} ms, "
-                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms; masks {gbps:.1f} GB/s | {machine} |\n"
-            )
+                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms; masks {gbps:.1f} GB/s | {machine()} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
 
 HERE = Path(__file__).resolve().parent
 FEDGUARD = shutil.which("fedguard") or str(Path(sys.executable).with_name("fedguard"))
@@ -69,17 +70,11 @@ def main() -> None:
           f"accuracy {acc_plain:.3f}")
     print(f"ratio fedguard / plain Flower: {t_ours / t_plain:.2f}x (defaults), {t_clear / t_plain:.2f}x "
           f"(--secure-agg none)  ({args.repeats} runs each, {args.sites} sites, {args.rounds} rounds)")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     row = (f"| {time.strftime('%Y-%m-%d')} | simulation | fedguard simulate (defaults, SecAgg+) vs plain Flower "
            f"FedAvg ({args.sites} sites, {args.rounds} rounds, {args.repeats} runs) | {t_ours:.1f} s | {t_plain:.1f} s "
            f"| {t_ours / t_plain:.2f}x | --secure-agg none: {t_clear:.1f} s = {t_clear / t_plain:.2f}x; "
-           f"acc {acc_ours:.3f} vs {acc_plain:.3f} | {machine} |\n")
-    results = HERE / "RESULTS.md"
-    if not results.exists():
-        results.write_text("# Benchmark results\n\n| date | benchmark | what | ours | baseline | ratio | notes | machine |\n"
-                           "|---|---|---|---|---|---|---|---|\n")
-    with results.open("a") as handle:
-        handle.write(row)
+           f"acc {acc_ours:.3f} vs {acc_plain:.3f} | {machine()} |")
+    append_row(row)
 
 
 if __name__ == "__main__":
