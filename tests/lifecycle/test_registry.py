@@ -14,14 +14,6 @@ from lifecycle.settings import Settings
 from tests.conftest import make_publication
 
 
-def test_versions_increment_and_resolve(published: VersionRecord, registry: Registry) -> None:
-    second = publish_model(registry, make_publication(seed=1))
-    assert (published.version, second.version) == (1, 2)
-    assert registry.resolve("demo").version == 2
-    assert registry.resolve("demo:1").artifact.digest == published.artifact.digest
-    assert [r.ref for r in registry.latest_versions()] == ["demo:2"]
-
-
 def test_lineage_is_recorded(published: VersionRecord) -> None:
     assert [s.site for s in published.sites] == ["site-0", "site-1"]
     assert all(s.epsilon == 1.5 and s.delta == 1e-5 for s in published.sites)
@@ -89,8 +81,3 @@ def test_home_that_is_a_file(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateError, match="not writable"):
         Registry.open(Settings(home=blocker))
-
-
-def test_reopening_keeps_data(published: VersionRecord, fedguard_home: Path) -> None:
-    again = Registry.open(Settings(home=fedguard_home))
-    assert again.resolve("demo").artifact.digest == published.artifact.digest
