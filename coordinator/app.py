@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ from coordinator.evaluation import evaluate
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
-from coordinator.strategy import RoundReport
+from coordinator.strategy import RoundReport, TrackedStrategy
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
 from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
 from privacy.ledger import coordinator_ledger
+from privacy.site_dp import SiteDPPlan
 
 Observer = Callable[[str, Mapping[str, Any]], None]
 
@@ -63,6 +65,37 @@ def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -
     return model
 
 
+@dataclass
+class RoundProgress:
+    """Central evaluation after each round, reported to the observer with ε so far."""
+
+    spec: ModelSpec
+    test: TabularData
+    cfg: CoordinatorConfig
+    strategy: TrackedStrategy
+    observer: Observer
+    site_series: list[float]
+    reports: dict[int, RoundReport] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        candidate = build_model(self.spec)
+        candidate.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(candidate, self.test)
+        if server_round > 0:
+            report = self.reports.get(server_round)
+            eps = [s.dp["epsilon"] for s in self.strategy.sites.values() if "epsilon" in s.dp]
+            entry = {
+                "round": server_round, "rounds": self.cfg.num_server_rounds, "accuracy": result.accuracy,
+                "loss": result.loss, "epsilon_max": max(eps) if eps else None,
+                "site_epsilon": self.site_series[server_round - 1] if self.site_series else None,
+                "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
+            }
+            self.history.append(entry)
+            self.observer("round", entry)
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+
 def run_federation(
     grid: Grid, cfg: CoordinatorConfig, observer: Observer = _log_observer
 ) -> dict[str, Any]:
@@ -73,67 +106,57 @@ def run_federation(
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     registry = Registry.open()
-    run_id = uuid.uuid4().hex
     plan = site_dp_plan(cfg)
-    run_ledger = RunLedger(coordinator_ledger(registry), run_id, plan)
+    run_ledger = RunLedger(coordinator_ledger(registry), uuid.uuid4().hex, plan)
     reports: dict[int, RoundReport] = {}
     strategy = build_strategy(
         cfg, on_round=lambda r: reports.__setitem__(r.server_round, r),
         num_params=sum(p.numel() for p in model.parameters()), run_ledger=run_ledger,
         frozen_keys=[name for name, _ in model.named_buffers()],
     )
-    site_series = plan.epsilon_series() if plan is not None else []
-    history: list[dict[str, Any]] = []
-
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        candidate = build_model(spec)
-        candidate.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate(candidate, test)
-        if server_round > 0:
-            report = reports.get(server_round)
-            eps = [s.dp["epsilon"] for s in strategy.sites.values() if "epsilon" in s.dp]
-            entry = {
-                "round": server_round, "rounds": cfg.num_server_rounds, "accuracy": result.accuracy,
-                "loss": result.loss, "epsilon_max": max(eps) if eps else None,
-                "site_epsilon": site_series[server_round - 1] if site_series else None,
-                "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
-            }
-            history.append(entry)
-            observer("round", entry)
-        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
-
+    progress = RoundProgress(spec, test, cfg, strategy, observer,
+                             plan.epsilon_series() if plan is not None else [], reports)
     train_config = _train_config(cfg, schema)
     identified = identify_sites(grid, train_config, run_ledger, expected=cfg.required_sites,
                                 timeout=cfg.round_timeout)
     observer("stage", {"stage": "identified", "sites": identified})
     result = strategy.start(
         grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout, train_config=train_config, evaluate_fn=central_evaluation,
+        timeout=cfg.round_timeout, train_config=train_config, evaluate_fn=progress,
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     observer("stage", {"stage": "watermark"})
     model, mark = embed_watermark(model, spec, cfg, registry.home, test)
     final = evaluate(model, test)
-    metrics = {"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples}
     observer("stage", {"stage": "publish"})
     outcome = publish_run(
         registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
-        rounds=strategy.rounds_aggregated, run_id=run_id, metrics=metrics, mark=mark, site_plan=plan,
+        rounds=strategy.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
+        metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
         ledger=run_ledger.state(),
     )
-    outcome.update(
-        accuracy=final.accuracy, history=history,
-        epsilon={s.name: s.dp.get("epsilon") for s in sorted(strategy.sites.values(), key=lambda s: s.name)},
-        delta=cfg.dp_delta if cfg.dp_epsilon > 0 else None,
-        site_epsilon={s.name: site_level_epsilon(plan, s.rounds) for s in sorted(strategy.sites.values(), key=lambda s: s.name)},
-        site_delta=cfg.site_delta if plan is not None else None,
-        ledger=run_ledger.state(), secure_aggregation=cfg.secure_aggregation,
-        secure_rng=all(s.secure_rng for s in strategy.sites.values()),
-        watermark=mark.to_dict(), federation_seconds=time.monotonic() - started,
-    )
+    outcome.update(_privacy_outcome(cfg, strategy, plan, run_ledger))
+    outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
+                   federation_seconds=time.monotonic() - started)
     if cfg.result_path:
         Path(cfg.result_path).write_text(json.dumps(outcome, indent=2, default=str))
     return outcome
+
+
+def _privacy_outcome(
+    cfg: CoordinatorConfig, strategy: TrackedStrategy, plan: SiteDPPlan | None, run_ledger: RunLedger
+) -> dict[str, Any]:
+    """Both ε kinds per site, the ledger's state and the protection used, for the outcome."""
+    sites = sorted(strategy.sites.values(), key=lambda s: s.name)
+    return {
+        "epsilon": {s.name: s.dp.get("epsilon") for s in sites},
+        "delta": cfg.dp_delta if cfg.dp_epsilon > 0 else None,
+        "site_epsilon": {s.name: site_level_epsilon(plan, s.rounds) for s in sites},
+        "site_delta": cfg.site_delta if plan is not None else None,
+        "ledger": run_ledger.state(),
+        "secure_aggregation": cfg.secure_aggregation,
+        "secure_rng": all(s.secure_rng for s in sites),
+    }
 
 
 def make_server_app(
