@@ -12,6 +12,8 @@ parsed), and the exception handlers of :mod:`serving.errors`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from importlib import metadata
 
 from fastapi import FastAPI, HTTPException
@@ -22,14 +24,19 @@ from serving import logger
 from serving.auth import ServingState
 from serving.errors import error_response, install_error_handlers
 from serving.models import load_served_models
+from serving.outputs import check_policies
+from serving.quotas import QuotaStore, create_quota_store
 from serving.routes import router
 from serving.settings import ServingSettings, get_serving_settings
 
 DESCRIPTION = """\
-Label-only predictions from signed, registered fedguard models.
+Predictions from signed, registered fedguard models: labels by default, or
+rounded top-k scores or probabilities where the operator configured them.
 
 Every `/v1` route needs `Authorization: Bearer <key>` with a key from
-`fedguard keys create`. Errors have the shape `{"error": {"code": ..., "message": ...}}`.
+`fedguard keys create`. Each key has a per-model rate limit and a daily budget
+of instances: past either, predict answers 429 with `Retry-After` (seconds).
+Errors have the shape `{"error": {"code": ..., "message": ...}}`.
 """
 
 
@@ -81,7 +88,13 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(registry: Registry, settings: ServingSettings | None = None) -> FastAPI:
+def create_app(
+    registry: Registry,
+    settings: ServingSettings | None = None,
+    *,
+    quota_store: QuotaStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
     """Build the serving app for the newest version of every model in ``registry``.
 
     Parameters
@@ -91,6 +104,13 @@ def create_app(registry: Registry, settings: ServingSettings | None = None) -> F
     settings
         Limits and the trusted public key; defaults to the environment's
         (``FEDGUARD_SERVE_*``).
+    quota_store
+        Where quotas are counted; defaults to the one the settings configure
+        (:func:`serving.quotas.create_quota_store`). Replicas that share one
+        Redis store enforce one limit between them.
+    clock
+        Seconds since the epoch, read once per request for the quotas (tests
+        pass a fake one so that nothing sleeps).
 
     Raises
     ------
@@ -98,13 +118,17 @@ def create_app(registry: Registry, settings: ServingSettings | None = None) -> F
         A model's signature does not verify; the message names the model
         version and the file that differs. Nothing is served.
     StateError
-        An artifact or the trusted public key is missing, or a BOM is incoherent.
+        An artifact or the trusted public key is missing, a BOM is incoherent,
+        or the configured Redis quota store cannot be reached.
     ConfigurationError
-        A configured file (public key, TLS certificate) does not exist.
+        A configured file (public key, TLS certificate) does not exist, or an
+        output policy asks for more top-k labels than its model has classes.
     """
     settings = settings or get_serving_settings()
     settings.check_files()
     models = load_served_models(registry, settings.public_key)
+    check_policies(settings, models)
+    quotas = quota_store if quota_store is not None else create_quota_store(settings)
     app = FastAPI(
         title="fedguard serving",
         description=DESCRIPTION,
@@ -112,7 +136,9 @@ def create_app(registry: Registry, settings: ServingSettings | None = None) -> F
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.fedguard = ServingState(registry=registry, settings=settings, models=models)
+    app.state.fedguard = ServingState(
+        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)

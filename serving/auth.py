@@ -13,8 +13,9 @@ The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,6 +25,7 @@ from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from serving.keys import KeyInfo, authenticate, require_scope
 from serving.models import ServedModel
+from serving.quotas import QuotaStore
 from serving.settings import ServingSettings
 
 _bearer = HTTPBearer(
@@ -40,6 +42,8 @@ class ServingState:
     registry: Registry
     settings: ServingSettings
     models: dict[str, ServedModel]
+    quotas: QuotaStore
+    clock: Callable[[], float] = field(default=time.time)
 
 
 def get_state(request: Request) -> ServingState:

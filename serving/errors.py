@@ -16,6 +16,7 @@ ScopeError                           403     forbidden
 UnknownModelError, NotFoundError     404     not_found
 body over max_body_bytes             413     payload_too_large
 InputValidationError, bad JSON body  422     invalid_input
+QuotaExceeded                        429     rate_limited
 other ConfigurationError             400     bad_request
 StateError                           503     unavailable
 anything else                        500     internal
@@ -24,6 +25,7 @@ anything else                        500     internal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,10 +44,12 @@ from lifecycle.errors import (
 )
 from serving import logger
 from serving.keys import AuthenticationError, ScopeError
+from serving.quotas import QuotaExceeded
 
 REALM = 'Bearer realm="fedguard"'
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
+               429: "rate_limited"}
 
 
 class UnknownModelError(NotFoundError):
@@ -123,6 +127,20 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", message)
 
 
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` as whole seconds, rounded up and at least 1 (RFC 9110 §10.2.3)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+async def _quota(request: Request, exc: Exception) -> JSONResponse:
+    retry_after = exc.retry_after if isinstance(exc, QuotaExceeded) else 1.0
+    logger.warning("rate limited %s: %s", _where(request), exc)
+    return error_response(
+        429, "rate_limited", "this API key is over its request rate or daily quota; retry after Retry-After seconds",
+        {"Retry-After": retry_after_header(retry_after)},
+    )
+
+
 async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("bad request %s: %s", _where(request), exc)
     return error_response(400, "bad_request", "the request is not valid for this endpoint")
@@ -156,6 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
         UnknownModelError: _unknown_model,
         NotFoundError: _not_found,
         InputValidationError: _invalid_input,
+        QuotaExceeded: _quota,
         RequestValidationError: _request_validation,
         ConfigurationError: _bad_request,
         StateError: _unavailable,

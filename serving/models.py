@@ -46,6 +46,16 @@ class ServedModel:
     def num_features(self) -> int:
         return len(self.schema.features)
 
+    @property
+    def num_classes(self) -> int:
+        """Classes the model scores: its last linear layer's outputs (the schema's labels otherwise)."""
+        linear = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
+        return int(linear[-1].out_features) if linear else len(self.schema.labels)
+
+    def class_names(self) -> list[str] | list[int]:
+        """The schema's label names, or class indices when it has none."""
+        return list(self.schema.labels) if self.schema.labels else list(range(self.num_classes))
+
     def describe_features(self) -> str:
         """The feature names for an error message, shortened past a dozen."""
         names = list(self.schema.features[:_SHOWN_FEATURES])
@@ -85,12 +95,22 @@ class ServedModel:
             )
         return values.to(torch.float32)
 
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities for ``batch`` at full precision (callers round them).
+
+        Only :mod:`serving.outputs` should call this, and only for a model whose
+        operator configured a score-bearing output mode.
+        """
+        with torch.no_grad():
+            return torch.softmax(self.module(batch).to(torch.float64), dim=1)
+
     def predict(self, batch: torch.Tensor) -> list[str] | list[int]:
         """Labels for ``batch``: the schema's label names, or class indices without them.
 
         Only the winning label leaves the model: scores and probabilities help
         membership-inference and model-extraction attacks (Shokri et al. 2017;
-        Tramèr et al. 2016), so they are not returned.
+        Tramèr et al. 2016), so they are returned only through
+        :mod:`serving.outputs`, rounded, for a model configured to.
         """
         with torch.no_grad():
             classes: list[int] = self.module(batch).argmax(dim=1).tolist()

@@ -14,6 +14,8 @@ from serving import logger
 from serving.auth import AdminKey, PredictKey, State
 from serving.errors import UnknownModelError
 from serving.keys import is_key_id, revoke_key
+from serving.outputs import shape_output
+from serving.quotas import QuotaExceeded
 from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -44,27 +46,48 @@ def list_models(state: State, key: PredictKey) -> ModelList:
 @router.post(
     "/v1/models/{name}/predict",
     response_model=PredictResponse,
+    response_model_exclude_none=True,
     tags=["models"],
     responses={
         **_ERRORS,
         404: {"model": ErrorBody, "description": "No model of that name is served"},
         413: {"model": ErrorBody, "description": "The body exceeds the server's limit"},
         422: {"model": ErrorBody, "description": "An instance does not match the model's feature schema"},
+        429: {
+            "model": ErrorBody,
+            "description": "The key is over its rate limit or daily instance budget for this model",
+            "headers": {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}},
+        },
     },
 )
 def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> PredictResponse:
-    """Labels for a batch of instances; only labels, never scores or probabilities.
+    """Labels for a batch of instances; scores only where the operator configured them.
+
+    By default only labels leave the server. A model configured with output
+    mode ``top-k`` or ``probabilities`` also returns softmax scores rounded to
+    its configured precision (see ``PredictResponse``).
 
     Each instance must hold exactly one finite number per feature, in the
-    order that ``GET /v1/models`` lists.
+    order that ``GET /v1/models`` lists. A valid request takes one token of the
+    key's rate limit and one unit of its daily budget per instance; past
+    either, the answer is 429 with ``Retry-After``.
     """
     model = state.models.get(name)
     if model is None:
         raise UnknownModelError(f"key {key.key_id} asked for unserved model {name[:128]!r}")
     batch = model.to_batch(body.instances, state.settings.max_instances)
-    predictions = model.predict(batch)
-    logger.info("key %s: %d predictions from %s:%d", key.key_id, len(predictions), model.name, model.version)
-    return PredictResponse(predictions=predictions, model=model.name, version=model.version)
+    decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
+    if not decision.allowed:
+        raise QuotaExceeded(
+            f"key {key.key_id} refused on {model.name}: {len(body.instances)} instance(s), "
+            f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
+            retry_after=decision.retry_after,
+        )
+    policy = state.settings.output_policy(model.name)
+    fields = shape_output(model, batch, policy)
+    logger.info("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
+                policy.output_mode, model.name, model.version)
+    return PredictResponse(model=model.name, version=model.version, **fields)
 
 
 @router.post(

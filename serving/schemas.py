@@ -31,12 +31,47 @@ class PredictRequest(BaseModel):
     )
 
 
+class ScoredLabel(BaseModel):
+    """A label and its rounded probability."""
+
+    label: str | int
+    score: float
+
+
 class PredictResponse(BaseModel):
-    """One label per instance: the schema's label names, or class indices when it has none."""
+    """One label per instance, plus rounded scores where the model's output mode allows them.
+
+    ``predictions`` holds the schema's label names, or class indices when it
+    has none. The server's per-model output mode decides the rest: ``label``
+    (the default) adds nothing; ``top-k`` adds ``top_k``; ``probabilities``
+    adds ``classes`` and ``probabilities``. Scores are rounded to the
+    configured number of decimals.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"predictions": ["yes", "no"], "model": "demo", "version": 1},
+                {"predictions": ["yes"], "model": "demo", "version": 1,
+                 "top_k": [[{"label": "yes", "score": 0.82}, {"label": "no", "score": 0.18}]]},
+                {"predictions": ["yes"], "model": "demo", "version": 1,
+                 "classes": ["no", "yes"], "probabilities": [[0.18, 0.82]]},
+            ]
+        }
+    )
 
     predictions: list[str] | list[int]
     model: str
     version: int
+    top_k: list[list[ScoredLabel]] | None = Field(
+        default=None, description="Output mode 'top-k' only: per instance, the k likeliest labels, best first."
+    )
+    classes: list[str] | list[int] | None = Field(
+        default=None, description="Output mode 'probabilities' only: the order of each probabilities row."
+    )
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Output mode 'probabilities' only: per instance, one probability per class."
+    )
 
 
 class ModelInfo(BaseModel):

@@ -14,14 +14,38 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.errors import ConfigurationError
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class OutputPolicy(BaseModel):
+    """What a model's predict route returns besides the labels (see :mod:`serving.outputs`).
+
+    ``precision`` is the number of decimals scores are rounded to; ``null``
+    (JSON) sends them at full precision, which only an explicit setting does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_mode: Literal["label", "top-k", "probabilities"] = "label"
+    top_k: int = Field(default=3, ge=1)
+    precision: int | None = Field(default=2, ge=0, le=8)
+
+
+class QuotaOverride(BaseModel):
+    """Per-model or per-key quota limits; a field left out keeps the broader value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    burst: int | None = Field(default=None, ge=1)
+    daily_budget: int | None = Field(default=None, ge=0)
 
 
 class ServingSettings(BaseSettings):
@@ -42,6 +66,21 @@ class ServingSettings(BaseSettings):
         the registry's own signing key (``FEDGUARD_HOME/keys``).
     ssl_certfile, ssl_keyfile
         Passed to uvicorn to terminate TLS in-process.
+    quota_backend
+        ``memory`` (per process, the default) or ``redis`` (shared by replicas).
+    redis_url, quota_prefix
+        Where the Redis backend keeps its counters.
+    quota_rate, quota_burst, quota_daily_budget
+        Default limits of every (key, model) pair: requests per second,
+        requests back to back, instances predicted per UTC day.
+    model_quotas, key_quotas
+        Overrides by model name and by key id (JSON objects in the
+        environment, e.g. ``{"demo": {"daily_budget": 500}}``); a key's
+        override wins over its model's.
+    outputs
+        Output policy by model name (a JSON object in the environment, e.g.
+        ``{"demo": {"output_mode": "top-k", "top_k": 2, "precision": 3}}``);
+        a model not listed returns labels only.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -53,6 +92,15 @@ class ServingSettings(BaseSettings):
     public_key: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    quota_backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    quota_prefix: str = "fedguard:quota:"
+    quota_rate: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    quota_burst: int = Field(default=20, ge=1)
+    quota_daily_budget: int = Field(default=100_000, ge=0)
+    model_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
+    key_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
+    outputs: dict[str, OutputPolicy] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:
@@ -64,6 +112,10 @@ class ServingSettings(BaseSettings):
     def tls(self) -> bool:
         """Whether uvicorn terminates TLS itself."""
         return self.ssl_certfile is not None
+
+    def output_policy(self, model: str) -> OutputPolicy:
+        """The output policy of ``model`` (labels only unless configured)."""
+        return self.outputs.get(model) or OutputPolicy()
 
     def check_files(self) -> None:
         """Fail early, with the path, if a configured key or certificate is missing.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from lifecycle.artifacts import WEIGHTS_NAME
-from lifecycle.errors import ConfigurationError, NotFoundError, SignatureError
+from lifecycle.errors import ConfigurationError, NotFoundError, SignatureError, StateError
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.registry.tables import ApiKey
 from serving import cli
@@ -130,3 +131,25 @@ def test_serve_rejects_bad_options(
 ) -> None:
     result = runner.invoke(app, ["serve", *args])
     assert isinstance(result.exception, ConfigurationError) and uvicorn_calls == []
+
+
+def test_serve_refuses_an_unreachable_redis_quota_store_before_binding(
+    published: VersionRecord, uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FEDGUARD_SERVE_QUOTA_BACKEND", "redis")
+    monkeypatch.setenv("FEDGUARD_SERVE_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    result = runner.invoke(app, ["serve"])
+    assert isinstance(result.exception, StateError) and result.exception.exit_code == 3
+    assert uvicorn_calls == []
+
+
+def test_serve_refuses_a_top_k_above_the_classes(
+    published: VersionRecord, uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDGUARD_SERVE_OUTPUTS", '{"demo": {"output_mode": "top-k", "top_k": 5}}')
+    result = runner.invoke(app, ["serve"])
+    assert isinstance(result.exception, ConfigurationError) and result.exception.exit_code == 2
+    assert uvicorn_calls == []
