@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lifecycle.errors import FedguardError
+from lifecycle.errors import ConfigurationError, FedguardError
 
 DAY_SECONDS = 86_400
 
@@ -53,7 +53,9 @@ class QuotaLimits:
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)) or self.burst < 1 or self.daily_budget < 0:
-            raise ValueError(f"invalid quota limits {self}: need rate > 0, burst >= 1, daily_budget >= 0")
+            raise ConfigurationError(
+                f"invalid quota limits {self}: need rate > 0, burst >= 1, daily_budget >= 0"
+            )
 
 
 @dataclass(frozen=True)
