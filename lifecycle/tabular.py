@@ -11,8 +11,8 @@ with the row and column at fault instead of silently training on garbage.
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path

@@ -7,7 +7,9 @@ socket is opened, and tests see the error without running a server.
 
 Around the routes sit two guards: a body-size limit enforced while the body
 streams in (so an oversized request is refused before it is buffered or
-parsed), and the exception handlers of :mod:`serving.errors`.
+parsed), and the exception handlers of :mod:`serving.errors`. Outside both,
+:class:`serving.metrics.MetricsMiddleware` counts, times and access-logs every
+request into the app's own Prometheus registry (``GET /metrics``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lifecycle.registry import Registry
 from serving import logger
 from serving.auth import ServingState
 from serving.errors import error_response, install_error_handlers
+from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.models import load_served_models
 from serving.outputs import check_policies
 from serving.quotas import QuotaStore, create_quota_store
@@ -136,11 +139,17 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    metrics = ServingMetrics()
+    metrics.models_served.set(len(models))
     app.state.fedguard = ServingState(
-        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock
+        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
+    # Added last, so outermost: it also sees what the body limit refuses.
+    app.add_middleware(
+        MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=frozenset(models)
+    )
     logger.info("serving app ready with %d model(s): %s", len(models), ", ".join(sorted(models)) or "none")
     return app

@@ -3,7 +3,8 @@
 Routes declare what they need as a type, ``key: PredictKey`` or
 ``key: AdminKey``, and receive the caller's :class:`~serving.keys.KeyInfo`.
 The dependency looks the key up on every request (one indexed query), so a
-revocation takes effect immediately on every replica sharing the registry.
+revocation takes effect immediately on every replica sharing the registry;
+expiry is checked against the app's injected clock.
 
 The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 ``/docs`` offers an *Authorize* button; it is created with
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from serving.keys import KeyInfo, authenticate, require_scope
+from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
 from serving.quotas import QuotaStore
 from serving.settings import ServingSettings
@@ -44,6 +47,7 @@ class ServingState:
     models: dict[str, ServedModel]
     quotas: QuotaStore
     clock: Callable[[], float] = field(default=time.time)
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
 
 
 def get_state(request: Request) -> ServingState:
@@ -63,16 +67,19 @@ def require(scope: str) -> Callable[..., KeyInfo]:
     Raises
     ------
     AuthenticationError
-        No, malformed, unknown or revoked key: HTTP 401.
+        No, malformed, unknown, revoked or expired key: HTTP 401.
     ScopeError
         A valid key without ``scope``: HTTP 403.
     """
 
     def dependency(
+        request: Request,
         state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
-        info = authenticate(state.registry, credentials.credentials if credentials else None)
+        now = datetime.fromtimestamp(state.clock(), UTC)
+        info = authenticate(state.registry, credentials.credentials if credentials else None, now=now)
+        note_key_id(request.scope, info.key_id)
         return require_scope(info, scope)
 
     dependency.__name__ = f"require_{scope}_key"

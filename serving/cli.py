@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +33,7 @@ from rich.table import Table
 from lifecycle.errors import NotFoundError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
-from serving.keys import KeyInfo, create_key, list_keys, revoke_key
+from serving.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
 from serving.settings import ServingSettings, build_settings, is_loopback
 
 console = Console()
@@ -70,7 +71,12 @@ def _emit_json(data: Any) -> None:
 
 def _key_dict(info: KeyInfo) -> dict[str, Any]:
     return {"key_id": info.key_id, "scope": info.scope, "name": info.name, "revoked": info.revoked,
-            "created_at": info.created_at.isoformat()}
+            "created_at": info.created_at.isoformat(),
+            "expires_at": info.expires_at.isoformat() if info.expires_at else None}
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @keys_app.command("create")
@@ -78,10 +84,13 @@ def create(
     scope: Annotated[Scope, typer.Option(help="What the key may do: 'predict', or 'admin' (implies predict).")]
     = Scope.predict,
     name: Annotated[str, typer.Option(help="A label to recognise the key by (who or what uses it).")] = "",
+    expires_in: Annotated[str | None, typer.Option(
+        help="Lifetime of the key: e.g. 30d, 12h or 90m (days, hours, minutes). Default: never expires.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new key as JSON on stdout.")] = False,
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
-    created = create_key(_registry(), scope.value, name, actor=_actor())
+    lifetime = parse_duration(expires_in) if expires_in is not None else None
+    created = create_key(_registry(), scope.value, name, actor=_actor(), expires_in=lifetime)
     warning = "Store this key now: it cannot be shown again (fedguard keeps only its hash)."
     if as_json:
         _emit_json({**_key_dict(created.info), "key": created.key})
@@ -90,6 +99,8 @@ def create(
     console.print(f"Created API key [bold]{created.info.key_id}[/bold] with scope '{scope.value}'"
                   + (f" ({escape(name)})" if name else "") + ":", markup=True, highlight=False)
     console.print(created.key, soft_wrap=True, markup=False, highlight=False)
+    if created.info.expires_at is not None:
+        console.print(f"It expires at {_when(created.info.expires_at)}.", highlight=False)
     err_console.print(f"[yellow]{warning}[/yellow]")
 
 
@@ -97,15 +108,20 @@ def create(
 def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON on stdout.")] = False,
 ) -> None:
-    """List API keys (ids, scopes, names, revocation); secrets are never stored."""
+    """List API keys (ids, scopes, names, revocation, expiry); secrets are never stored."""
     infos = list_keys(_registry())
     if as_json:
         _emit_json([_key_dict(info) for info in infos])
         return
-    table = Table("key id", "scope", "name", "revoked", "created")
+    table = Table("key id", "scope", "name", "revoked", "created", "expires")
+    now = datetime.now(UTC)
     for info in infos:
+        if info.expires_at is None:
+            expires = "never"
+        else:
+            expires = _when(info.expires_at) + (" (expired)" if info.expired(now) else "")
         table.add_row(info.key_id, info.scope, escape(info.name), "yes" if info.revoked else "no",
-                      info.created_at.strftime("%Y-%m-%d %H:%M"))
+                      info.created_at.strftime("%Y-%m-%d %H:%M"), expires)
     console.print(table)
 
 
@@ -126,7 +142,9 @@ def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
     """Keyword arguments for :func:`uvicorn.run` / :class:`uvicorn.Config` from ``settings``.
 
     The ``Server`` header is off: naming the server software only helps an
-    attacker pick exploits.
+    attacker pick exploits. Uvicorn's access log is off too: the app writes
+    its own (``fedguard.serving.access``), with path templates instead of raw
+    paths.
     """
     return {
         "host": settings.host,
@@ -135,6 +153,7 @@ def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         "server_header": False,
         "log_level": "info",
+        "access_log": False,
     }
 
 

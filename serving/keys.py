@@ -7,6 +7,11 @@ URL-safe base64) never touches the database: only its SHA-256 does, so a copy
 of the registry grants no access. Creation and revocation write their audit
 event in the same transaction as the row (DESIGN.md §6).
 
+A key may carry an expiry (``expires_at``, UTC); from that instant on it is
+refused exactly like a revoked one: the caller sees the same generic 401, and
+only the operator log says "expired". Expiry is checked against an injected
+clock (``now=``), so tests never sleep.
+
 Scopes are ordered: ``admin`` implies ``predict``. A key lacking the scope a
 route needs is *authenticated but forbidden* (HTTP 403), which is a different
 answer from *unknown* (HTTP 401).
@@ -29,7 +34,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -49,6 +54,9 @@ _KEY = re.compile(r"fgk_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _DUMMY_HASH = hashlib.sha256(b"fedguard-no-such-key").hexdigest()
 MAX_NAME = 128
+_DURATION = re.compile(r"([0-9]{1,6})([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+MAX_EXPIRES_IN = timedelta(days=3650)
 
 
 class AuthenticationError(AuthError):
@@ -76,6 +84,11 @@ class KeyInfo:
     name: str
     revoked: bool
     created_at: datetime
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the key has expired at ``now`` (a key without expiry never does)."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def allows(self, scope: str) -> bool:
         """Whether this key's scope covers ``scope`` (``admin`` implies ``predict``)."""
@@ -99,8 +112,35 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _aware(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (SQLite hands back naive UTC ones)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(row.key_id, row.scope, row.name, row.revoked, row.created_at)
+    expires_at = _aware(row.expires_at) if row.expires_at is not None else None
+    return KeyInfo(row.key_id, row.scope, row.name, row.revoked, row.created_at, expires_at)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h`` or ``90m`` as a :class:`~datetime.timedelta`.
+
+    Raises
+    ------
+    ConfigurationError
+        Not a positive whole number followed by ``d``, ``h`` or ``m``, or
+        longer than ten years.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigurationError(
+            f"cannot read the duration {text!r}: use a positive whole number followed by "
+            "'d' (days), 'h' (hours) or 'm' (minutes), e.g. 30d, 12h or 90m"
+        )
+    delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if delta > MAX_EXPIRES_IN:
+        raise ConfigurationError(f"the duration {text!r} is over ten years; use at most 3650d")
+    return delta
 
 
 def is_key_id(value: str) -> bool:
@@ -126,23 +166,46 @@ def key_id_of(value: str) -> str:
     )
 
 
-def create_key(registry: Registry, scope: str, name: str = "", *, actor: str = "cli") -> CreatedKey:
+def create_key(
+    registry: Registry,
+    scope: str,
+    name: str = "",
+    *,
+    actor: str = "cli",
+    expires_in: timedelta | None = None,
+    now: datetime | None = None,
+) -> CreatedKey:
     """Create a key with ``scope``; return it in plaintext, once.
+
+    Parameters
+    ----------
+    expires_in
+        Lifetime of the key from ``now``; ``None`` (the default): it never expires.
+    now
+        The creation instant (aware); defaults to the current UTC time.
 
     Raises
     ------
     ConfigurationError
-        Unknown scope or a name over 128 characters.
+        Unknown scope, a name over 128 characters, or ``expires_in`` not positive.
     """
     if scope not in SCOPES:
         raise ConfigurationError(f"unknown scope '{scope}'; use one of: {', '.join(SCOPES)}")
     if len(name) > MAX_NAME:
         raise ConfigurationError(f"key name is {len(name)} characters long; use at most {MAX_NAME}")
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ConfigurationError("a key's lifetime must be positive; omit it for a key that never expires")
+    created_at = _aware(now) if now is not None else datetime.now(UTC)
+    expires_at = created_at + expires_in if expires_in is not None else None
+    details: dict[str, str] = {"scope": scope, "name": name}
+    if expires_at is not None:
+        details["expires_at"] = expires_at.isoformat()
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     with registry.transaction() as session:
-        row = ApiKey(key_id=key_id, key_hash=hash_secret(secret), scope=scope, name=name)
+        row = ApiKey(key_id=key_id, key_hash=hash_secret(secret), scope=scope, name=name,
+                     created_at=created_at, expires_at=expires_at)
         session.add(row)
-        audit.record(session, "apikey.created", actor=actor, subject=key_id, details={"scope": scope, "name": name})
+        audit.record(session, "apikey.created", actor=actor, subject=key_id, details=details)
     return CreatedKey(info=_info(row), key=f"{PREFIX}{key_id}_{secret}")
 
 
@@ -172,14 +235,19 @@ def list_keys(registry: Registry) -> list[KeyInfo]:
         return [_info(row) for row in session.exec(select(ApiKey).order_by(col(ApiKey.id))).all()]
 
 
-def authenticate(registry: Registry, presented: str | None) -> KeyInfo:
-    """Return the key ``presented`` belongs to, if it is known, intact and not revoked.
+def authenticate(registry: Registry, presented: str | None, *, now: datetime | None = None) -> KeyInfo:
+    """Return the key ``presented`` belongs to, if it is known, intact, not revoked and not expired.
+
+    Parameters
+    ----------
+    now
+        The instant to check expiry against (aware); defaults to the current UTC time.
 
     Raises
     ------
     AuthenticationError
-        Missing, malformed, unknown, wrong secret or revoked (the message says
-        which, for the log).
+        Missing, malformed, unknown, wrong secret, revoked or expired (the
+        message says which, for the log).
     StateError
         The registry cannot be read.
     """
@@ -199,7 +267,12 @@ def authenticate(registry: Registry, presented: str | None) -> KeyInfo:
         raise AuthenticationError(f"unknown API key id {key_id} or wrong secret")
     if row.revoked:
         raise AuthenticationError(f"API key {key_id} is revoked")
-    return _info(row)
+    info = _info(row)
+    when = _aware(now) if now is not None else datetime.now(UTC)
+    if info.expired(when):
+        expires_at = info.expires_at.isoformat() if info.expires_at else "?"
+        raise AuthenticationError(f"API key {key_id} expired at {expires_at}")
+    return info
 
 
 def require_scope(info: KeyInfo, scope: str) -> KeyInfo:

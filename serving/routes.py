@@ -7,19 +7,20 @@ Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from lifecycle.errors import NotFoundError
 from serving import logger
 from serving.auth import AdminKey, PredictKey, State
 from serving.errors import UnknownModelError
 from serving.keys import is_key_id, revoke_key
+from serving.metrics import CONTENT_TYPE
 from serving.outputs import shape_output
 from serving.quotas import QuotaExceeded
 from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "No API key, or an unknown or revoked one"},
+    401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
     403: {"model": ErrorBody, "description": "The API key lacks the needed scope"},
 }
 
@@ -30,6 +31,14 @@ router = APIRouter()
 def healthz() -> Health:
     """Liveness. Needs no key and reveals nothing: the server only starts once every model verified."""
     return Health()
+
+
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+def metrics(state: State) -> Response:
+    """Prometheus metrics of this server. Needs no key: counts by route, model and status only,
+    never key ids or request values."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
@@ -78,6 +87,7 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     batch = model.to_batch(body.instances, state.settings.max_instances)
     decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
     if not decision.allowed:
+        state.metrics.quota_refusals.labels(model.name).inc()
         raise QuotaExceeded(
             f"key {key.key_id} refused on {model.name}: {len(body.instances)} instance(s), "
             f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",

@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-
 SECURE_RNG_NOTE = (
     "note: Opacus' secure RNG is OFF (torchcsprng is not installed): DP noise comes from torch's "
     "default PRNG — fine for research, not a cryptographic guarantee"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -105,3 +105,4 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(default="", max_length=128)
     revoked: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))

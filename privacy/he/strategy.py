@@ -40,8 +40,8 @@ from privacy import logger
 from privacy.he.backend import Ciphertext, create_backend
 from privacy.he.codec import ciphertext_record, read_ciphertext, read_sum
 from privacy.he.errors import HEAggregationError, HEPayloadError
-from privacy.he.mod import SECRET_CONTEXT_KEY
 from privacy.he.instruction import CIPHERTEXT_RECORD, HE_RECORD, SUM_RECORD, HEInstruction, Weighting
+from privacy.he.mod import SECRET_CONTEXT_KEY
 from privacy.updates import apply_payload_sum, layout_of
 
 RepliesCallback = Callable[[int, list[Message]], None]

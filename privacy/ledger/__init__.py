@@ -18,7 +18,7 @@ from privacy.ledger.base import (
     Projection,
 )
 from privacy.ledger.factory import SiteLedger, coordinator_ledger, ledger_for
-from privacy.ledger.sql import PostgresLedger, SqlLedger, SQLiteLedger
+from privacy.ledger.sql import PostgresLedger, SQLiteLedger, SqlLedger
 from privacy.ledger.tables import LedgerEntry, SiteCap
 
 __all__ = [

@@ -11,7 +11,7 @@ from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from lifecycle.registry.database import create_registry_engine
 from lifecycle.registry.tables import AuditEvent
-from privacy.ledger.sql import PostgresLedger, SqlLedger, SQLiteLedger
+from privacy.ledger.sql import PostgresLedger, SQLiteLedger, SqlLedger
 from privacy.ledger.tables import LedgerEntry, SiteCap
 
 

@@ -8,7 +8,11 @@ run it over Flower's Message API. See ``docs/secure-aggregation.md``.
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import (
-    SecAggAbortedError, SecAggAuthenticationError, SecAggConfigError, SecAggProtocolError, SecAggRequiredError,
+    SecAggAbortedError,
+    SecAggAuthenticationError,
+    SecAggConfigError,
+    SecAggProtocolError,
+    SecAggRequiredError,
 )
 from privacy.secagg.server import SecAggServer
 

@@ -33,8 +33,22 @@ from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggProtocolError
 from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.messages import (
-    MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, Header, MaskedInputReply, MaskedInputRequest, SetupReply,
-    SetupRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest, _Message, pack_ids, unpack_ids,
+    MASKED_INPUT,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    Header,
+    MaskedInputReply,
+    MaskedInputRequest,
+    SetupReply,
+    SetupRequest,
+    ShareKeysReply,
+    ShareKeysRequest,
+    UnmaskReply,
+    UnmaskRequest,
+    _Message,
+    pack_ids,
+    unpack_ids,
 )
 from privacy.secagg.prg import MaskExpander
 from privacy.secagg.quantization import quantize

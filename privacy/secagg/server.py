@@ -36,8 +36,20 @@ from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggAuthenticationError, SecAggProtocolError
 from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.messages import (
-    MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, Header, MaskedInputReply, MaskedInputRequest, SetupReply,
-    SetupRequest, ShareKeysReply, ShareKeysRequest, UnmaskReply, UnmaskRequest, _Message,
+    MASKED_INPUT,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    Header,
+    MaskedInputReply,
+    MaskedInputRequest,
+    SetupReply,
+    SetupRequest,
+    ShareKeysReply,
+    ShareKeysRequest,
+    UnmaskReply,
+    UnmaskRequest,
+    _Message,
 )
 from privacy.secagg.prg import MaskExpander
 from privacy.secagg.quantization import dequantize

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lifecycle.errors import TrainingError
+from lifecycle.home import Home
 from lifecycle.registry import Registry
 from simulations.federation import SimulationConfig, _engine_environment, _simulate, prepare_data
-from lifecycle.home import Home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

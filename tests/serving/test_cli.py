@@ -1,4 +1,4 @@
-"""`fedguard keys ...` and `fedguard serve`, mounted in a local Typer app as the lead will."""
+"""`fedguard keys ...` and `fedguard serve`, mounted in a local Typer app exactly as ``fedguard.cli`` mounts them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,126 @@
+"""Prometheus metrics and the access log of the serving tier.
+
+Each app owns a :class:`prometheus_client.CollectorRegistry` (never the
+process-global one), so several apps in one process, or one per test, keep
+separate counts. ``GET /metrics`` exposes it without a key, so it holds
+nothing secret: labels are the route template, the served model's name (only
+names the server actually serves, so a prober cannot mint label values) and
+the status code; never a key id, a key, or a request value.
+
+:class:`MetricsMiddleware` times every request, counts it, and writes one line
+to the ``fedguard.serving.access`` logger: method, path *template*, status,
+duration in milliseconds, and the id of the authenticated key (``-`` when
+none). The key id reaches it through a per-request dict that the
+authentication dependency fills (:func:`note_key_id`); bodies and the key
+itself are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("fedguard.serving.access")
+ACCESS_KEY = "fedguard.access"
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+UNMATCHED = "<unmatched>"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class ServingMetrics:
+    """The metrics of one app, registered in a registry of its own."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    requests: Counter = field(init=False)
+    predict_latency: Histogram = field(init=False)
+    quota_refusals: Counter = field(init=False)
+    models_served: Gauge = field(init=False)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "requests", Counter(
+            "fedguard_requests", "HTTP requests answered, by route template, served model and status code",
+            ("route", "model", "status"), registry=self.registry))
+        put(self, "predict_latency", Histogram(
+            "fedguard_predict_duration_seconds", "Time to answer a predict request, by served model",
+            ("model",), buckets=_BUCKETS, registry=self.registry))
+        put(self, "quota_refusals", Counter(
+            "fedguard_quota_refusals", "Predict requests refused by the rate limit or daily budget, by model",
+            ("model",), registry=self.registry))
+        put(self, "models_served", Gauge(
+            "fedguard_models_served", "Number of models this server serves", registry=self.registry))
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def note_key_id(scope: Mapping[str, Any], key_id: str) -> None:
+    """Record the authenticated key's id for the access log line of this request."""
+    access = scope.get(ACCESS_KEY)
+    if isinstance(access, dict):
+        access["key_id"] = key_id
+
+
+def route_template(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The path template the request matches (or ``<unmatched>``) and its path parameters."""
+    partial: tuple[str, dict[str, Any]] | None = None
+    for route in routes:
+        match, child = route.matches(scope)
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            continue
+        if match == Match.FULL:
+            return path, dict(child.get("path_params", {}))
+        if match == Match.PARTIAL and partial is None:
+            partial = (path, dict(child.get("path_params", {})))
+    return partial if partial is not None else (UNMATCHED, {})
+
+
+class MetricsMiddleware:
+    """Count, time and access-log every HTTP request (outermost user middleware)."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: ServingMetrics, routes: list[BaseRoute], models: frozenset[str]
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        self.models = models
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        template, params = route_template(self.routes, scope)
+        name = params.get("name")
+        model = name if isinstance(name, str) and name in self.models else ""
+        access: dict[str, str] = {}
+        scope[ACCESS_KEY] = access
+        status = 500
+        started = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(template, model, str(status)).inc()
+            if template == PREDICT_ROUTE and model:
+                self.metrics.predict_latency.labels(model).observe(elapsed)
+            access_logger.info("%s %s %d %.1fms key=%s", scope.get("method", "?"), template, status,
+                               elapsed * 1000.0, access.get("key_id", "-"))
