@@ -129,13 +129,14 @@ def run_federation(
     model, mark = embed_watermark(model, spec, cfg, registry.home, test)
     final = evaluate(model, test)
     observer("stage", {"stage": "publish"})
+    ledger_state = run_ledger.state()
     outcome = publish_run(
         registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
         rounds=strategy.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
         metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
-        ledger=run_ledger.state(),
+        ledger=ledger_state,
     )
-    outcome.update(_privacy_outcome(cfg, strategy, plan, run_ledger))
+    outcome.update(_privacy_outcome(cfg, strategy, plan, ledger_state))
     outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
                    federation_seconds=time.monotonic() - started)
     if cfg.result_path:
@@ -144,7 +145,7 @@ def run_federation(
 
 
 def _privacy_outcome(
-    cfg: CoordinatorConfig, strategy: TrackedStrategy, plan: SiteDPPlan | None, run_ledger: RunLedger
+    cfg: CoordinatorConfig, strategy: TrackedStrategy, plan: SiteDPPlan | None, ledger: dict[str, Any]
 ) -> dict[str, Any]:
     """Both ε kinds per site, the ledger's state and the protection used, for the outcome."""
     sites = sorted(strategy.sites.values(), key=lambda s: s.name)
@@ -153,7 +154,7 @@ def _privacy_outcome(
         "delta": cfg.dp_delta if cfg.dp_epsilon > 0 else None,
         "site_epsilon": {s.name: site_level_epsilon(plan, s.rounds) for s in sites},
         "site_delta": cfg.site_delta if plan is not None else None,
-        "ledger": run_ledger.state(),
+        "ledger": ledger,
         "secure_aggregation": cfg.secure_aggregation,
         "secure_rng": all(s.secure_rng for s in sites),
     }

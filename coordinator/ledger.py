@@ -26,11 +26,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
-from coordinator.strategy import StrategyWrapper
 from lifecycle.errors import TrainingError
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.site_dp import SiteDPPlan
+from privacy.strategy_wrapper import StrategyWrapper
 
 
 @dataclass

@@ -27,7 +27,6 @@ from coordinator.config import CoordinatorConfig
 from coordinator.ledger import AdmissionStrategy, RunLedger
 from coordinator.strategy import (
     RoundReport,
-    StrategyWrapper,
     TrackedStrategy,
     create_aggregation,
 )
@@ -40,6 +39,7 @@ from privacy.site_dp import (
     SiteDPPlan,
     require_min_contributions,
 )
+from privacy.strategy_wrapper import StrategyWrapper
 
 
 def protection_bound(cfg: CoordinatorConfig, noise_std: float, num_params: int) -> float:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from coordinator import logger
 from lifecycle.errors import ConfigurationError, TrainingError
+from privacy.strategy_wrapper import StrategyWrapper
 
 AGGREGATIONS: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg,
@@ -65,34 +65,6 @@ class RoundReport:
     server_round: int
     succeeded: tuple[str, ...]
     failed: tuple[str, ...]
-
-
-class StrategyWrapper(Strategy):
-    """Delegates every call to ``inner``; subclasses override only what they change."""
-
-    def __init__(self, inner: Strategy) -> None:
-        self.inner = inner
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 class TrackedStrategy(StrategyWrapper):

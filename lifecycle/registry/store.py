@@ -180,8 +180,7 @@ class Registry:
             )
         return VersionRecord(
             name=model.name, version=row.version,
-            artifact=self.store.get(row.artifact_digest) if (self.store.root / row.artifact_digest).exists()
-            else StoredArtifact(row.artifact_digest, self.store.root / row.artifact_digest),
+            artifact=StoredArtifact(row.artifact_digest, self.store.root / row.artifact_digest),
             run_id=row.run_id, signer_fingerprint=row.signer_fingerprint,
             metrics=json.loads(row.metrics_json), watermark=json.loads(row.watermark_json),
             stage=row.stage, created_at=row.created_at, sites=sites,

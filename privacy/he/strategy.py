@@ -42,12 +42,13 @@ from privacy.he.codec import ciphertext_record, read_ciphertext, read_sum
 from privacy.he.errors import HEAggregationError, HEPayloadError
 from privacy.he.instruction import CIPHERTEXT_RECORD, HE_RECORD, SUM_RECORD, HEInstruction, Weighting
 from privacy.he.mod import SECRET_CONTEXT_KEY
+from privacy.strategy_wrapper import StrategyWrapper
 from privacy.updates import apply_payload_sum, layout_of
 
 RepliesCallback = Callable[[int, list[Message]], None]
 
 
-class CKKSStrategy(Strategy):
+class CKKSStrategy(StrategyWrapper):
     """Aggregate CKKS-encrypted payloads; let ``inner`` do sampling, evaluation and the update rule.
 
     Parameters
@@ -82,7 +83,7 @@ class CKKSStrategy(Strategy):
         max_weight: float = 1_000_000.0, weighting: Weighting = "examples", decryptors: int = 1,
         on_replies: RepliesCallback | None = None, timeout: float = 600.0, backend: str = "ckks",
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.backend = create_backend(backend, Path(public_context_path), role="coordinator")
         if decryptors < 1 or min_sites < 1:
             raise HEPayloadError("decryptors and min_sites must be at least 1")
@@ -145,13 +146,6 @@ class CKKSStrategy(Strategy):
                             dst_node_id=0, message_type=MessageType.TRAIN, group_id=str(server_round))
         return self.inner.aggregate_train(server_round, [synthetic])
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def _collect(self, server_round: int, replies: list[Message], length: int) -> tuple[list[Message], list[Ciphertext]]:
         valid, ciphertexts = [], []

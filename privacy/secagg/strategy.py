@@ -38,6 +38,7 @@ from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, decode
 from privacy.secagg.server import SecAggServer
+from privacy.strategy_wrapper import StrategyWrapper
 
 logger = logging.getLogger("privacy.secagg")
 
@@ -50,7 +51,7 @@ class _Round:
     grid: Grid
 
 
-class SecAggPlusStrategy(Strategy):
+class SecAggPlusStrategy(StrategyWrapper):
     """Wrap a Message-API strategy so its training rounds aggregate through SecAgg+.
 
     Parameters
@@ -77,7 +78,7 @@ class SecAggPlusStrategy(Strategy):
         self, inner: Strategy, config: SecAggConfig, *,
         on_replies: Callable[[int, list[Message]], None] | None = None, timeout: float = 600.0,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.config = config.validate()
         self.on_replies = on_replies
         self.timeout = timeout
@@ -159,14 +160,6 @@ class SecAggPlusStrategy(Strategy):
                     values[name] = float(np.average(np.array(column, dtype=float), weights=weights))
         return MetricRecord(values)
 
-    # -------------------------------------------------------------- evaluate
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     # ------------------------------------------------------------- transport
     def _exchange(self, grid: Grid, server: SecAggServer, stage: str, requests: Mapping[int, _Message]) -> Any:
