@@ -49,7 +49,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
             "batch-size": cfg.batch_size, "lr": cfg.lr, "dp-epsilon": cfg.dp_epsilon,
             "dp-delta": cfg.dp_delta, "max-grad-norm": cfg.max_grad_norm,
             "features": list(schema.features), "target": schema.target,
-            "num-classes": len(schema.labels), "hidden": list(cfg.hidden_sizes),
+            "num-classes": len(schema.labels), "labels": list(schema.labels), "hidden": list(cfg.hidden_sizes),
             "seed": cfg.seed, "data-dir": cfg.data_dir,
             **({"he-secret-context": cfg.sim_he_secret_context} if cfg.sim_he_secret_context else {}),
         }
