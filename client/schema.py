@@ -185,9 +185,12 @@ def parse_cell(column: Column, value: object) -> tuple[float, str | None]:
     return number, None
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "a boolean"}
+
+
 def _detail(column: Column, kind: str) -> str:
     return {
-        "type": f"not {'an integer' if column.type == 'int' else 'a finite number' if column.type == 'float' else 'a boolean'}",
+        "type": f"not {_TYPE_NAMES.get(column.type, column.type)}",
         "below-min": f"below min {column.min:g}" if column.min is not None else "below min",
         "above-max": f"above max {column.max:g}" if column.max is not None else "above max",
         "not-allowed": f"not one of the {len(column.values)} allowed values",

@@ -4,7 +4,9 @@ One bad reply must not poison a round, nor abort it. :class:`UpdateValidationStr
 wraps the run's strategy (outermost, around the lineage tracker) and checks
 each training reply against the global model the round started from:
 
-* **clear updates** (``secure-aggregation none``): the arrays have exactly
+* **clear updates** (``secure-aggregation none``; the bound is also sent in
+  the train config as ``clip-norm``, and sites clip to it,
+  ``client.protection``): the arrays have exactly
   the global model's names, shapes and dtypes, every value is finite, the
   update ``local − global`` has L2 norm at most the configured clipping bound
   (``clip-norm``; with site-level DP the bound that leaves room for the
@@ -57,6 +59,7 @@ UPDATE_REJECTED = 4001
 """Error code of a reply the coordinator rejected (outside Flower's own ``ErrorCode`` range)."""
 REJECTED_PREFIX = "update rejected by the coordinator: "
 MODES = ("none", "secagg+", "ckks")
+CLIP_KEY = "clip-norm"
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class UpdateValidationStrategy(StrategyWrapper):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._global = arrays
+        if self.validator.mode == "none":  # sites clip clear updates to the bound checked here
+            config = ConfigRecord({**dict(config), CLIP_KEY: self.validator.clip_norm})
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(

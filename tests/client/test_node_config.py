@@ -15,7 +15,8 @@ from client.data import PUBLIC_REASON
 from privacy.ledger.guard import default_site_ledger
 from tests.privacy.secagg.harness import LocalGrid
 
-SCHEMA = 'label = "y"\nlabel-values = ["no", "yes"]\n\n[columns]\na = { type = "float", min = 0 }\nb = { type = "int" }\n'
+SCHEMA = ('label = "y"\nlabel-values = ["no", "yes"]\n\n[columns]\n'
+          'a = { type = "float", min = 0 }\nb = { type = "int" }\n')
 
 
 def _config(**extra: object) -> ConfigRecord:
@@ -82,3 +83,26 @@ def test_simulation_fallback_uses_the_partition_file(tmp_path: Path) -> None:
     site = SiteIdentity.from_context(context, cfg)
     assert (site.name, site.data_path, site.schema_path) == ("site-3", tmp_path / "site-3.csv", None)
     assert cfg.labels == ("no", "yes")
+
+
+def test_a_clear_update_is_clipped_to_the_coordinators_bound(tmp_path: Path) -> None:
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    from client.protection import make_protection_mod
+
+    grid = LocalGrid(make_client_app(), 1)  # for the task identity and a node id
+    node = grid.get_node_ids()[0]
+    start = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32)), "b": Array(np.ones(2, dtype=np.float32))})
+    msg = Message(RecordDict({"arrays": start, "config": _config(**{"clip-norm": 1.0})}), dst_node_id=node,
+                  message_type=MessageType.TRAIN)
+
+    def app(m: Message, c: Context) -> Message:
+        moved = {"w": Array(np.full(4, 3.0, dtype=np.float32)), "b": Array(np.ones(2, dtype=np.float32))}
+        return Message(RecordDict({"arrays": ArrayRecord(moved), "metrics": MetricRecord({"num-examples": 2})}),
+                       reply_to=m)
+
+    reply = make_protection_mod(require_protection=False)(msg, grid.contexts[node], app)
+    w = reply.content["arrays"]["w"].numpy()
+    assert np.allclose(w, 0.5) and np.allclose(reply.content["arrays"]["b"].numpy(), 1.0)  # ‖Δ‖ = 1, same direction
+    assert reply.content["metrics"]["num-examples"] == 2

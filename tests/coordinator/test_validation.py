@@ -72,7 +72,7 @@ def test_a_malformed_clear_update_is_rejected_audited_and_the_round_continues(
     strategy = UpdateValidationStrategy(tracked, UpdateValidator("none", clip_norm=1.0, max_weight=1000),
                                         on_reject=audit_rejections(registry, "run-1"))
     requests = list(strategy.configure_train(1, _arrays(GLOBAL), ConfigRecord({}), grid))
-    assert len(requests) == 4
+    assert len(requests) == 4 and requests[0].content["config"]["clip-norm"] == 1.0  # sites clip to what is checked
     values, weight, reason = BAD[kind]
     replies = [_reply(r, _good(0.1 * (i + 1)), f"site-{i}") for i, r in enumerate(requests[:3])]
     replies.append(_reply(requests[3], values(), "mallory", weight))
@@ -149,7 +149,8 @@ def test_ckks_payload_checks(grid: LocalGrid) -> None:
     assert validator.check(_ckks_reply(request, length=size, chunks=ok), _arrays(GLOBAL)) is None
     cases = [
         (_ckks_reply(request, length=size + 1, chunks=ok), "another model size"),
-        (_ckks_reply(request, length=size, chunks={"chunk-00000": np.zeros(4, dtype=np.float32)}), "not a non-empty uint8"),
+        (_ckks_reply(request, length=size, chunks={"chunk-00000": np.zeros(4, dtype=np.float32)}),
+         "not a non-empty uint8"),
         (_ckks_reply(request, length=size, chunks=ok, clear=True), "clear weights"),
     ]
     for reply, reason in cases:
