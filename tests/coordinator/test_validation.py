@@ -208,3 +208,43 @@ def test_a_simulated_site_sending_nan_is_rejected_and_the_run_completes(fedguard
     registry.verify_audit_chain()
     poisoned = [json.loads(line) for line in (fedguard_home / "site-audit" / "site-0.jsonl").read_text().splitlines()]
     assert [line["kind"] for line in poisoned].count("train") == 2  # the site's own log shows what it sent
+
+
+def test_ckks_ciphertext_of_the_wrong_dtype_is_rejected_and_the_others_aggregate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from privacy.he import CKKSStrategy, create_federation_keys
+    from privacy.updates import flatten
+    from tests.privacy.he.conftest import InProcessGrid, global_arrays, node_context
+    from tests.privacy.he.test_strategy import plain_fedavg
+
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+    secret, public = create_federation_keys(tmp_path / "site", tmp_path / "coordinator")
+    grid = InProcessGrid({n: node_context(n, secret) for n in range(1, 5)})
+    original = grid.send_and_receive
+
+    def tamper(messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = original(messages, timeout=timeout)
+        for reply in replies:
+            if reply.metadata.src_node_id == 2 and CIPHERTEXT_RECORD in reply.content:
+                chunks = reply.content[CIPHERTEXT_RECORD]
+                reply.content[CIPHERTEXT_RECORD] = _arrays({k: chunks[k].numpy().astype(np.float32)
+                                                            for k in chunks.keys()})
+        return replies
+
+    grid.send_and_receive = tamper  # type: ignore[method-assign]
+    rejected: list[Rejection] = []
+    inner = CKKSStrategy(FedAvg(fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4), public,
+                         min_sites=3, clip_norm=10.0, max_weight=1000.0)
+    strategy = UpdateValidationStrategy(inner, UpdateValidator("ckks", clip_norm=10.0, max_weight=1000.0),
+                                        on_reject=rejected.append)
+    arrays = global_arrays()
+    messages = strategy.configure_train(1, arrays, ConfigRecord({}), grid)  # type: ignore[arg-type]
+    new, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert [(r.node_id, r.site) for r in rejected] == [(2, "site-2")] and "uint8" in rejected[0].reason
+    assert new is not None
+    assert np.allclose(flatten(new)[0], plain_fedavg(arrays, [1, 3, 4], 1), rtol=1e-6, atol=1e-6)
