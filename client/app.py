@@ -2,7 +2,8 @@
 
 Runs unchanged under the simulation engine (one virtual site per Ray actor
 call) and in a deployed SuperNode. Per round it: validates the local file
-against the federation's schema, trains (DP-SGD when a target ε is set),
+against the site's schema (node config ``data-path``, ``schema-path``;
+docs/site-data.md), trains (DP-SGD when a target ε is set),
 and replies with the new weights, the example count, and a ``site`` record
 holding the data manifest and the ε its accountant has spent so far. Its
 privacy state (steps taken, σ, sample rate) lives in the node's ``Context``
