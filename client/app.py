@@ -2,7 +2,8 @@
 
 Runs unchanged under the simulation engine (one virtual site per Ray actor
 call) and in a deployed SuperNode. Per round it: validates the local file
-against the federation's schema, trains (DP-SGD when a target ε is set),
+against the site's schema (node config ``data-path``, ``schema-path``;
+docs/site-data.md), trains (DP-SGD when a target ε is set),
 and replies with the new weights, the example count, and a ``site`` record
 holding the data manifest and the ε its accountant has spent so far. Its
 privacy state (steps taken, σ, sample rate) lives in the node's ``Context``
@@ -11,19 +12,24 @@ state, so ε composes correctly across rounds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from torch import nn
 
 from client import logger
+from client.audit import site_audit_mod
 from client.config import SiteIdentity, TrainConfig
+from client.data import load_site_data, site_data_mod
 from client.protection import make_protection_mod
+from client.schema import SiteSchema
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
-from lifecycle.tabular import TabularData, load_csv
+from lifecycle.tabular import TabularData
 from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.guard import ledger_mod
 from privacy.site_dp import site_dp_mod
@@ -57,12 +63,19 @@ def _save_plan(context: Context, plan: DPPlan, steps: int) -> None:
     )
 
 
+def _site_data(site: SiteIdentity, cfg: TrainConfig) -> TabularData:
+    """The site's file checked against its schema file (deployment) or the implicit schema (simulation)."""
+    schema = (SiteSchema.load(site.schema_path) if site.schema_path is not None
+              else SiteSchema.implicit(cfg.features, cfg.target, cfg.spec.num_classes))
+    return load_site_data(site.data_path, schema, cfg.features, cfg.target, cfg.spec.num_classes, cfg.labels)
+
+
 def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:
     """Parse the instructions, load and validate the local file, and load the global weights."""
     torch.set_num_threads(1)  # one Ray actor per core: no oversubscription
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)
-    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
+    data = _site_data(site, cfg)
     model = build_model(cfg.spec)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return cfg, site, data, model
@@ -126,7 +139,7 @@ def identify(msg: Message, context: Context) -> Message:
     """
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)
-    data = load_csv(site.data_path, list(cfg.features), cfg.target, cfg.spec.num_classes)
+    data = _site_data(site, cfg)
     record: dict[str, Any] = {"name": site.name, "manifest": data.manifest, "num-examples": data.num_examples}
     if cfg.dp_enabled:
         plan, steps = _restore_plan(context, cfg, data)
@@ -139,14 +152,16 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"site": ConfigRecord(record)}), reply_to=msg)
 
 
-def make_client_app(*, require_protection: bool = True) -> ClientApp:
+def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()) -> ClientApp:
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
-    Mod order on the train path (outermost first): protection routing
-    (SecAgg+ or CKKS), the site's own privacy ledger (veto), site-level DP
-    noise, then local training.
+    Mod order on the train path (outermost first): the site's audit log
+    (sees every final reply), the data check (a bad file becomes a generic
+    error reply), any extra ``mods`` (tests), protection routing (SecAgg+ or
+    CKKS), the site's own privacy ledger (veto), site-level DP noise, then
+    local training.
     """
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[site_audit_mod, site_data_mod, *mods])
     protection = make_protection_mod(require_protection=require_protection)
     client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)

@@ -8,6 +8,7 @@ as a ``KeyError`` deep in training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class TrainConfig:
     spec: ModelSpec
     seed: int
     data_dir: str = ""
+    labels: tuple[str, ...] = ()
 
     @property
     def dp_enabled(self) -> bool:
@@ -66,25 +68,43 @@ class TrainConfig:
             ),
             seed=int(get("seed")),
             data_dir=str(record.get("data-dir", "")),
+            labels=tuple(str(v) for v in record.get("labels", [])),  # type: ignore[union-attr]
         )
+
+
+NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap")
+"""The SuperNode node-config keys a deployed site sets (docs/site-data.md)."""
+
+
+def site_name(node_config: Mapping[str, Any], node_id: int = 0) -> str:
+    """The site's name: ``site-name``, else the data file's stem, else ``site-<partition>`` (simulation)."""
+    if "site-name" in node_config:
+        return str(node_config["site-name"])
+    if "data-path" in node_config:
+        return Path(str(node_config["data-path"])).stem
+    if "partition-id" in node_config:
+        return f"site-{int(node_config['partition-id'])}"
+    return f"node-{node_id}"
 
 
 @dataclass(frozen=True)
 class SiteIdentity:
-    """Who this site is and where its data lives (from the SuperNode's node config)."""
+    """Who this site is, where its data and schema live (from the SuperNode's node config)."""
 
     name: str
     data_path: Path
+    schema_path: Path | None = None
 
     @classmethod
     def from_context(cls, context: Context, cfg: TrainConfig) -> SiteIdentity:
         node = context.node_config
+        schema = Path(str(node["schema-path"])) if node.get("schema-path") else None
         if "data-path" in node:
-            path = Path(str(node["data-path"]))
-            return cls(str(node.get("site-name", path.stem)), path)
+            return cls(site_name(node), Path(str(node["data-path"])), schema)
         if "partition-id" in node and cfg.data_dir:
             pid = int(node["partition-id"])
-            return cls(str(node.get("site-name", f"site-{pid}")), Path(cfg.data_dir) / f"site-{pid}.csv")
+            return cls(site_name(node), Path(cfg.data_dir) / f"site-{pid}.csv", schema)
         raise ConfigurationError(
-            "this site has no data: start the SuperNode with --node-config \"data-path='<your.csv>'\""
+            "this site has no data: start the SuperNode with --node-config \"data-path='<your.csv>' "
+            "schema-path='<schema.toml>'\""
         )

@@ -8,13 +8,18 @@ when the site requires protection (the default for a deployed site agent):
 a site never sends a clear update because a coordinator asked for one.
 Site-level DP (``privacy.site_dp.site_dp_mod``) sits *inside* this mod, so
 noise is added before masking or encryption.
+
+A clear update (only where the site allows it) is clipped to the bound the
+coordinator declares in the train config (``clip-norm``), as the secure mods
+clip theirs: the coordinator rejects clear updates above that bound
+(``coordinator.validation``), so an honest site never is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from lifecycle.errors import AuthError
@@ -22,12 +27,14 @@ from privacy.he import ckks_mod
 from privacy.he.instruction import HE_RECORD
 from privacy.secagg.messages import RECORD_KEY as SECAGG_RECORD
 from privacy.secagg.mod import secaggplus_mod
+from privacy.updates import clip, flatten, model_delta, unflatten
 
 MECHANISMS: dict[str, Callable[[Message, Context, ClientAppCallable], Message]] = {
     SECAGG_RECORD: secaggplus_mod,
     HE_RECORD: ckks_mod,
 }
 REQUIRE_KEY = "require-secure-aggregation"
+CLIP_KEY = "clip-norm"
 
 
 class UnprotectedUpdateRefused(AuthError):
@@ -49,6 +56,22 @@ def make_protection_mod(*, require_protection: bool) -> Mod:
                 "the coordinator asked for an unprotected update; this site sends only masked or "
                 "encrypted updates (set secure-aggregation to secagg+ or ckks)"
             )
-        return call_next(msg, context)
+        return clip_clear_update(msg, call_next(msg, context))
 
     return protection_mod
+
+
+def clip_clear_update(msg: Message, reply: Message) -> Message:
+    """Scale a clear reply's update ``local − global`` to the train config's ``clip-norm``, if it names one."""
+    config = msg.content.config_records.get("config")
+    if reply.has_error() or config is None or CLIP_KEY not in config or "arrays" not in reply.content:
+        return reply
+    global_arrays = msg.content.array_records["arrays"]
+    clipped, norm = clip(model_delta(reply.content.array_records["arrays"], global_arrays),
+                         float(config[CLIP_KEY]))  # type: ignore[arg-type]
+    if norm <= float(config[CLIP_KEY]):  # type: ignore[arg-type]
+        return reply
+    base, layout = flatten(global_arrays)
+    content = RecordDict(dict(reply.content.items()))
+    content["arrays"] = unflatten(base + clipped, layout)
+    return Message(content=content, reply_to=msg)

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.ledger import RunLedger, identify_sites
-from coordinator.protection import build_strategy, site_dp_plan
+from coordinator.protection import build_strategy, protection_bound, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
 from coordinator.strategy import RoundReport, TrackedStrategy
+from coordinator.validation import UpdateValidationStrategy, UpdateValidator, audit_rejections
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
 from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
@@ -49,7 +50,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
             "batch-size": cfg.batch_size, "lr": cfg.lr, "dp-epsilon": cfg.dp_epsilon,
             "dp-delta": cfg.dp_delta, "max-grad-norm": cfg.max_grad_norm,
             "features": list(schema.features), "target": schema.target,
-            "num-classes": len(schema.labels), "hidden": list(cfg.hidden_sizes),
+            "num-classes": len(schema.labels), "labels": list(schema.labels), "hidden": list(cfg.hidden_sizes),
             "seed": cfg.seed, "data-dir": cfg.data_dir,
             **({"he-secret-context": cfg.sim_he_secret_context} if cfg.sim_he_secret_context else {}),
         }
@@ -90,6 +91,7 @@ class RoundProgress:
                 "loss": result.loss, "epsilon_max": max(eps) if eps else None,
                 "site_epsilon": self.site_series[server_round - 1] if self.site_series else None,
                 "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
+                "rejected": len(report.rejected) if report else 0,
             }
             self.history.append(entry)
             self.observer("round", entry)
@@ -120,7 +122,11 @@ def run_federation(
     identified = identify_sites(grid, train_config, run_ledger, expected=cfg.required_sites,
                                 timeout=cfg.round_timeout)
     observer("stage", {"stage": "identified", "sites": identified})
-    result = strategy.start(
+    bound = protection_bound(cfg, plan.noise_std if plan is not None else 0.0,
+                             sum(p.numel() for p in model.parameters()))
+    validated = UpdateValidationStrategy(strategy, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
+                                         on_reject=audit_rejections(registry, run_ledger.run_id))
+    result = validated.start(
         grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout, train_config=train_config, evaluate_fn=progress,
     )
@@ -138,7 +144,8 @@ def run_federation(
     )
     outcome.update(_privacy_outcome(cfg, strategy, plan, ledger_state))
     outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
-                   federation_seconds=time.monotonic() - started)
+                   federation_seconds=time.monotonic() - started,
+                   rejected_updates=[asdict(r) for r in validated.rejections])
     if cfg.result_path:
         Path(cfg.result_path).write_text(json.dumps(outcome, indent=2, default=str))
     return outcome

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from coordinator import logger
+from coordinator.validation import UPDATE_REJECTED
 from lifecycle.errors import ConfigurationError, TrainingError
 from privacy.strategy_wrapper import StrategyWrapper
 
@@ -65,6 +66,7 @@ class RoundReport:
     server_round: int
     succeeded: tuple[str, ...]
     failed: tuple[str, ...]
+    rejected: tuple[str, ...] = ()  # among ``failed``: malformed updates the coordinator refused
 
 
 class TrackedStrategy(StrategyWrapper):
@@ -85,6 +87,8 @@ class TrackedStrategy(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failed = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        rejected = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies
+                    if m.has_error() and m.error.code == UPDATE_REJECTED]
         succeeded = [self._record(m) for m in replies if not m.has_error()]
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, replies)
@@ -104,7 +108,7 @@ class TrackedStrategy(StrategyWrapper):
         for message in failed:
             logger.warning("round %d: %s", server_round, message)
         if self.on_round is not None:
-            self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed)))
+            self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed), tuple(rejected)))
         return arrays, metrics
 
     def _record(self, message: Message) -> str:

@@ -98,6 +98,27 @@ def _parse_row(row: list[str], columns: list[int], line: int, header: list[str])
     return values
 
 
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (stripped) and the non-empty rows of a CSV, each with its line number.
+
+    The one CSV reader of fedguard: :func:`load_csv` parses its cells as
+    numbers, the site agent (``client.data``) validates them against the
+    site's schema.
+
+    Raises
+    ------
+    ConfigurationError
+        The file does not exist.
+    """
+    if not path.is_file():
+        raise ConfigurationError(f"data file '{path}' does not exist; pass the path of your CSV")
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        rows = [(line, row) for line, row in enumerate(reader, start=2) if row]
+    return header, rows
+
+
 def load_csv(path: Path, features: list[str], target: str, num_classes: int) -> TabularData:
     """Read and validate a CSV (header row; feature columns; integer label column).
 
@@ -108,30 +129,24 @@ def load_csv(path: Path, features: list[str], target: str, num_classes: int) -> 
     InputValidationError
         A value is not a finite number or a label is out of range (names line and column).
     """
-    if not path.is_file():
-        raise ConfigurationError(f"data file '{path}' does not exist; pass the path of your CSV")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [name for name in [*features, target] if name not in header]
-        if missing:
-            raise ConfigurationError(
-                f"'{path}' lacks columns {missing[:5]}{'…' if len(missing) > 5 else ''}; "
-                f"the federation's schema needs {len(features)} features and label column '{target}'"
+    header, data_rows = read_csv_rows(path)
+    missing = [name for name in [*features, target] if name not in header]
+    if missing:
+        raise ConfigurationError(
+            f"'{path}' lacks columns {missing[:5]}{'…' if len(missing) > 5 else ''}; "
+            f"the federation's schema needs {len(features)} features and label column '{target}'"
+        )
+    columns = [header.index(name) for name in features]
+    label_col = header.index(target)
+    rows, labels = [], []
+    for line, row in data_rows:
+        rows.append(_parse_row(row, columns, line, header))
+        label = _parse_row(row, [label_col], line, header)[0]
+        if label != int(label) or not 0 <= label < num_classes:
+            raise InputValidationError(
+                f"line {line}: label {label:g} is not a class index in 0..{num_classes - 1}"
             )
-        columns = [header.index(name) for name in features]
-        label_col = header.index(target)
-        rows, labels = [], []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            rows.append(_parse_row(row, columns, line, header))
-            label = _parse_row(row, [label_col], line, header)[0]
-            if label != int(label) or not 0 <= label < num_classes:
-                raise InputValidationError(
-                    f"line {line}: label {label:g} is not a class index in 0..{num_classes - 1}"
-                )
-            labels.append(int(label))
+        labels.append(int(label))
     if not rows:
         raise InputValidationError(f"'{path}' has no data rows")
     return TabularData(

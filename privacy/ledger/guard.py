@@ -116,13 +116,13 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     """The site's ledger named by its node config, opened once per process, caps applied.
 
-    Node config keys: ``privacy-ledger`` (path; default
-    ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (both DP
+    Node config keys: ``ledger-path`` (or its older name ``privacy-ledger``;
+    default ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (both DP
     levels), ``record-epsilon-cap``, ``site-epsilon-cap`` and ``cap-delta``
     (default 1e-5).
     """
     node = context.node_config
-    path = str(node.get("privacy-ledger") or
+    path = str(node.get("ledger-path") or node.get("privacy-ledger") or
                get_settings().home / "site-ledgers" / f"{_SAFE.sub('_', site)}.db")
     ledger = _LEDGERS.get(path)
     if ledger is None:

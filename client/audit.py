@@ -1,0 +1,205 @@
+"""The site's local audit log: one hash-chained JSON line per message the site sent, never the content.
+
+Each outgoing reply (train, evaluate, query; content or error) is recorded by
+:func:`site_audit_mod`, the outermost mod of the ClientApp, so it sees the
+final bytes after secure aggregation and every other mod: time, run id,
+round, message kind, record names, size in bytes and SHA-256 of the reply's
+protobuf serialization (``RecordDict`` or ``Error``, deterministic). A site
+operator can then prove what left the site and when, and compare digests
+with the coordinator's side, without the log holding any update or record.
+
+Every line carries the hash of its predecessor and its own hash over its
+canonical JSON (a linked timestamping chain, Haber & Stornetta 1991), so an
+edited, removed or reordered line is detected by :func:`verify_log`. Lines
+are appended under an exclusive lock and fsynced before the reply is handed
+to Flower: a message that cannot be logged is not sent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import recorddict_to_proto
+from flwr.common.serde_utils import error_to_proto
+
+from client import logger
+from client.config import site_name
+from lifecycle.errors import StateError, VerificationError
+from lifecycle.settings import get_settings
+
+GENESIS = "0" * 64
+AUDIT_PATH_KEY = "audit-path"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+Clock = Callable[[], datetime]
+
+
+class AuditLogError(VerificationError):
+    """The site's audit log does not verify: a line was altered, removed or reordered."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def wire_bytes(reply: Message | Error) -> bytes:
+    """The reply as Flower serializes it: its ``RecordDict`` (or ``Error``) protobuf, deterministic."""
+    if isinstance(reply, Error):
+        return bytes(error_to_proto(reply).SerializeToString(deterministic=True))
+    if reply.has_error():
+        return wire_bytes(reply.error)
+    return bytes(recorddict_to_proto(reply.content).SerializeToString(deterministic=True))
+
+
+def _line_hash(entry: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in entry.items() if k != "hash"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _round_of(msg: Message) -> int | None:
+    config = msg.content.config_records.get("config") if msg.has_content() else None
+    if config is not None and "server-round" in config:
+        return int(config["server-round"])  # type: ignore[arg-type]
+    group = str(msg.metadata.group_id)
+    return int(group) if group.isdigit() else None
+
+
+class SiteAuditLog:
+    """An append-only JSON-lines file with a hash chain; ``now`` is injectable for tests."""
+
+    def __init__(self, path: Path, *, now: Clock = _utcnow) -> None:
+        self.path = Path(path)
+        self.now = now
+
+    def append(self, request: Message, reply: Message | Error) -> dict[str, Any]:
+        """Record that ``reply`` (answering ``request``) is about to leave the site; return the line."""
+        blob = wire_bytes(reply)
+        failed = isinstance(reply, Error) or reply.has_error()
+        entry: dict[str, Any] = {
+            "at": self.now().isoformat(),
+            "run-id": int(request.metadata.run_id),
+            "round": _round_of(request),
+            "kind": str(request.metadata.message_type),
+            "error": failed,
+            "records": [] if isinstance(reply, Error) or failed else sorted(reply.content.keys()),
+            "size": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the site audit log '{self.path}' ({exc.strerror}); the reply was "
+                             "not sent: fix the node config's audit-path or its permissions") from None
+        with os.fdopen(fd, "r+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            last = _last_line(handle)
+            entry["seq"] = int(last["seq"]) + 1 if last else 1
+            entry["prev"] = str(last["hash"]) if last else GENESIS
+            entry["hash"] = _line_hash(entry)
+            handle.write((json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        return entry
+
+
+def _last_line(handle: Any) -> dict[str, Any] | None:
+    """The last complete JSON line of the file (reads only its tail)."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return None
+    window = 4096
+    while True:
+        start = max(0, size - window)
+        handle.seek(start)
+        tail = handle.read(size - start)
+        lines = tail.rstrip(b"\n").split(b"\n")
+        if len(lines) > 1 or start == 0:
+            try:
+                loaded: dict[str, Any] = json.loads(lines[-1])
+            except json.JSONDecodeError:
+                raise AuditLogError(f"the site audit log '{handle.name}' ends with a damaged line; "
+                                    "run 'fedguard client audit --verify' and keep the file for inspection") from None
+            return loaded
+        window *= 4
+
+
+def read_log(path: Path) -> Iterator[dict[str, Any]]:
+    """The lines of a site audit log, parsed (no verification)."""
+    try:
+        with Path(path).open() as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    raise AuditLogError(f"line {number} of '{path}' is not valid JSON: the log was damaged") from None
+    except FileNotFoundError:
+        raise StateError(f"site audit log '{path}' does not exist") from None
+
+
+def verify_log(path: Path) -> int:
+    """Recompute the chain; return the number of lines.
+
+    Raises
+    ------
+    AuditLogError
+        Naming the first line whose link, sequence number or hash does not verify.
+    """
+    prev, count = GENESIS, 0
+    for number, entry in enumerate(read_log(path), start=1):
+        if entry.get("prev") != prev or entry.get("seq") != number:
+            raise AuditLogError(f"line {number} of '{path}' does not follow line {number - 1}: a line was "
+                                "removed, inserted or reordered")
+        if _line_hash(entry) != entry.get("hash"):
+            raise AuditLogError(f"line {number} of '{path}' was altered after it was written")
+        prev, count = str(entry["hash"]), count + 1
+    return count
+
+
+def default_audit_path(context: Context) -> Path:
+    """Node config ``audit-path``, else ``$FEDGUARD_HOME/site-audit/<site>.jsonl``."""
+    node = context.node_config
+    if node.get(AUDIT_PATH_KEY):
+        return Path(str(node[AUDIT_PATH_KEY]))
+    name = _SAFE.sub("_", site_name(node, context.node_id))
+    return get_settings().home / "site-audit" / f"{name}.jsonl"
+
+
+def make_audit_mod(open_log: Callable[[Context], SiteAuditLog] = lambda c: SiteAuditLog(default_audit_path(c))) -> Mod:
+    """A client mod recording every reply the app sends; install it first (outermost) on the ClientApp.
+
+    An exception from the app is recorded as the error reply Flower's runtime
+    builds from it (same code and reason format) and re-raised unchanged.
+    """
+
+    def site_audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        try:
+            reply = call_next(msg, context)
+        except Exception as exc:
+            reason = str(type(exc)) + ":<'" + str(exc) + "'>"  # as flwr.supernode.runtime.run_clientapp
+            _record(open_log(context), msg, Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason))
+            raise
+        _record(open_log(context), msg, reply)
+        return reply
+
+    return site_audit_mod
+
+
+def _record(log: SiteAuditLog, msg: Message, reply: Message | Error) -> None:
+    entry = log.append(msg, reply)
+    logger.debug("audit: %s reply for round %s, %d bytes, sha256 %s", entry["kind"], entry["round"],
+                 entry["size"], entry["sha256"][:16])
+
+
+site_audit_mod: Mod = make_audit_mod()
+"""The default audit mod (log path from the node config)."""
