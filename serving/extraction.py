@@ -175,6 +175,15 @@ class ExtractionGuard:
             self._throttle(signals, now)
         return signals
 
+    def signals(self, key_id: str, model: str, now: float) -> ExtractionSignals | None:
+        """The pair's current signals (``None`` if the key never queried ``model`` here)."""
+        with self.lock:
+            window = self.windows.get((key_id, model))
+            if window is None:
+                return None
+            window.expire(now - self.settings.extraction_window_seconds)
+            return self._signals(key_id, model, window)
+
     def _features(self, model: ServedModel, batch: torch.Tensor) -> tuple[list[int], list[bool]]:
         with torch.no_grad():
             probabilities = torch.softmax(model.module(batch).to(torch.float64), dim=1)
