@@ -143,7 +143,7 @@ class ExtractionGuard:
         metrics_registry: CollectorRegistry | None = None,
         models: dict[str, ServedModel] | None = None,
     ) -> None:
-        self.settings = settings or ServingSettings()
+        self.settings = settings or ServingSettings.model_construct()  # defaults, not the environment
         self.quotas, self.registry = quotas, registry
         self.enabled = self.settings.extraction_guard and quotas is not None
         self.grids = {name: coarse_edges(m.reference, self.settings.extraction_grid_bins)

@@ -18,21 +18,25 @@ window holds ``drift_min_instances``), the monitor logs one WARNING naming the
 model and the features, counts the alert in ``fedguard_drift_alerts_total``
 and calls every callback in :attr:`DriftMonitors.on_drift_alert` with the
 model's name and the :class:`DriftReport` (the kill switch hooks in there).
-It logs once more, at INFO, when the state turns off again. Scores are
-exported as gauges on every request that changes them.
+It logs once more, at INFO, when the state turns off again. The window is
+scored each time about 1% of it is new (every request carrying that many),
+and the latest scores are read into the ``fedguard_drift_psi``/``_ks``/``_alert``
+gauges when ``/metrics`` is scraped, so the predict path sets no gauge.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Metric
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from lifecycle.reference import ReferenceStats, bin_indices, padded_edges
 from serving import logger
@@ -161,6 +165,8 @@ class ModelDrift:
         self.lock = threading.Lock()
         self.alerting = False
         self.alerts = 0
+        self.check_every = max(1, settings.drift_window // 100)  # score every ~1% of the window
+        self.pending = 0
         self.last: DriftReport = self._report("warming-up")
 
     def observe(self, batch: torch.Tensor) -> tuple[DriftReport, bool]:
@@ -173,6 +179,10 @@ class ModelDrift:
         classes = np.bincount(predicted, minlength=len(self.ref_classes))[: len(self.ref_classes)]
         with self.lock:
             self.window.add(counts, classes, len(values))
+            self.pending += len(values)
+            if self.pending < self.check_every:
+                return self.last, False
+            self.pending = 0
             report = self._score()
             raised = report.alert and not self.alerting
             if raised:
@@ -221,17 +231,12 @@ class DriftMonitors:
     """
 
     def __init__(self, settings: ServingSettings | None = None, registry: CollectorRegistry | None = None) -> None:
-        self.settings = settings or ServingSettings()
+        self.settings = settings or ServingSettings.model_construct()  # defaults, not the environment
         self.monitors: dict[str, ModelDrift] = {}
         self.no_reference: dict[str, ServedModel] = {}
         self.on_drift_alert: list[DriftCallback] = []
         self.registry = registry or CollectorRegistry()
-        self.psi_gauge = Gauge("fedguard_drift_psi", "PSI of the live window against the training reference",
-                               ("model", "feature"), registry=self.registry)
-        self.ks_gauge = Gauge("fedguard_drift_ks", "Binned Kolmogorov-Smirnov distance of the live window",
-                              ("model", "feature"), registry=self.registry)
-        self.alert_gauge = Gauge("fedguard_drift_alert", "1 while a model's drift alert is on",
-                                 ("model",), registry=self.registry)
+        self.registry.register(_ScoreCollector(self))
         self.alert_counter = Counter("fedguard_drift_alerts", "Times a model's drift alert turned on",
                                      ("model",), registry=self.registry)
 
@@ -243,7 +248,6 @@ class DriftMonitors:
             self.no_reference[model.name] = model
             return
         self.monitors[model.name] = ModelDrift(model, model.reference, self.settings)
-        self.alert_gauge.labels(model.name).set(0)
         self.alert_counter.labels(model.name)
 
     def observe(self, model: ServedModel, batch: torch.Tensor) -> None:
@@ -252,7 +256,6 @@ class DriftMonitors:
         if monitor is None:
             return
         report, raised = monitor.observe(batch)
-        self._export(report)
         if raised:
             self._alert(report)
 
@@ -265,12 +268,6 @@ class DriftMonitors:
         return DriftReport(model.name, model.version, "no-reference", 0, s.drift_min_instances,
                            s.drift_psi_threshold, s.drift_ks_threshold)
 
-    def _export(self, report: DriftReport) -> None:
-        for scored in (*report.features, *([report.prediction] if report.prediction else [])):
-            self.psi_gauge.labels(report.model, scored.name).set(scored.psi)
-            self.ks_gauge.labels(report.model, scored.name).set(scored.ks)
-        self.alert_gauge.labels(report.model).set(1 if report.alert else 0)
-
     def _alert(self, report: DriftReport) -> None:
         self.alert_counter.labels(report.model).inc()
         logger.warning("drift alert on model %s:%d: %d instance(s) in window; over PSI %.3g or KS %.3g in %s",
@@ -281,3 +278,25 @@ class DriftMonitors:
                 callback(report.model, report)
             except Exception:  # a broken hook must not fail the request that noticed the drift
                 logger.exception("drift alert callback %r failed for model %s", callback, report.model)
+
+
+class _ScoreCollector(Collector):
+    """Exports the latest scores when ``/metrics`` is scraped, so the predict path sets no gauge."""
+
+    def __init__(self, monitors: DriftMonitors) -> None:
+        self.monitors = monitors
+
+    def collect(self) -> Iterator[Metric]:
+        psi_family = GaugeMetricFamily("fedguard_drift_psi", "PSI of the live window against the training "
+                                       "reference", labels=("model", "feature"))
+        ks_family = GaugeMetricFamily("fedguard_drift_ks", "Binned Kolmogorov-Smirnov distance of the live "
+                                      "window from the training reference", labels=("model", "feature"))
+        alert_family = GaugeMetricFamily("fedguard_drift_alert", "1 while a model's drift alert is on",
+                                         labels=("model",))
+        for name, monitor in sorted(self.monitors.monitors.items()):
+            report = monitor.last
+            for scored in (*report.features, *([report.prediction] if report.prediction else [])):
+                psi_family.add_metric((name, scored.name), scored.psi)
+                ks_family.add_metric((name, scored.name), scored.ks)
+            alert_family.add_metric((name,), 1.0 if report.alert else 0.0)
+        yield from (psi_family, ks_family, alert_family)
