@@ -10,6 +10,7 @@ points. With the guards on, its key is throttled after the first
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_the_throttle_reaches_a_second_replica_through_redis(served: Registry) -
     from tests.serving.quotas.conftest import REDIS_URL
 
     settings = GUARDED.model_copy(update={"quota_backend": "redis", "redis_url": REDIS_URL})
-    prefix = f"fedguard-test:{np.random.default_rng().integers(1 << 62):x}:"
+    prefix = f"fedguard-test:{uuid.uuid4().hex}:"
     stores = [RedisQuotaStore(limits_resolver(settings), REDIS_URL, prefix) for _ in range(2)]
     key = create_key(served, "predict", "attacker", actor="test")
     clock = Clock()
