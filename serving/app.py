@@ -10,6 +10,10 @@ streams in (so an oversized request is refused before it is buffered or
 parsed), and the exception handlers of :mod:`serving.errors`. Outside both,
 :class:`serving.metrics.MetricsMiddleware` counts, times and access-logs every
 request into the app's own Prometheus registry (``GET /metrics``).
+
+Every answered predict request also feeds the model's drift monitor
+(:mod:`serving.drift`, ``state.drift``) and the per-key extraction guard
+(:mod:`serving.extraction`, ``state.extraction``), both built here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from lifecycle.errors import ConfigurationError
+from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.registry import Registry
 from serving.app import create_app
 from serving.drift import DriftReport
@@ -118,3 +118,17 @@ def test_thresholds_come_from_the_environment_and_are_checked(monkeypatch: pytes
     monkeypatch.setenv("FEDGUARD_SERVE_DRIFT_KS_THRESHOLD", "1.5")
     with pytest.raises(ConfigurationError, match="drift_ks_threshold"):
         build_settings()
+
+
+def test_a_reference_for_other_features_stops_the_server(registry: Registry) -> None:
+    from dataclasses import replace
+
+    from lifecycle.packaging import publish_model
+    from tests.conftest import make_publication
+    from tests.serving.trained import _trained
+
+    reference = dict(_trained()[1])
+    reference["features"] = ["a", "b", "c", "d"]
+    publish_model(registry, replace(make_publication(), reference=reference))
+    with pytest.raises(StateError, match="reference statistics name other features"):
+        create_app(registry, SETTINGS)
