@@ -29,6 +29,7 @@ from client.protection import make_protection_mod
 from client.schema import SiteSchema
 from client.training import plan_for, train_locally
 from lifecycle.architecture import build_model
+from lifecycle.reference import site_counts
 from lifecycle.tabular import TabularData
 from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.guard import ledger_mod
@@ -135,12 +136,15 @@ def identify(msg: Message, context: Context) -> Message:
 
     Public metadata only (the same the site sends with every update), so that
     the coordinator can check each site against its privacy cap before the
-    first round instead of after it.
+    first round instead of after it; plus, when the query carries reference
+    bin edges, the counts of the site's records per feature and bin (never a
+    record: see :mod:`lifecycle.reference` for what they disclose).
     """
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     record: dict[str, Any] = {"name": site.name, "manifest": data.manifest, "num-examples": data.num_examples}
+    record.update(site_counts(msg.content.config_records["config"], data.features))  # histogram counts only
     if cfg.dp_enabled:
         plan, steps = _restore_plan(context, cfg, data)
         _save_plan(context, plan, steps)  # calibrated once: the first round reuses it

@@ -28,6 +28,7 @@ from coordinator.evaluation import evaluate
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, protection_bound, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
+from coordinator.reference import ReferenceCollector
 from coordinator.strategy import RoundReport, TrackedStrategy
 from coordinator.validation import UpdateValidationStrategy, UpdateValidator, audit_rejections
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
@@ -119,8 +120,9 @@ def run_federation(
     progress = RoundProgress(spec, test, cfg, strategy, observer,
                              plan.epsilon_series() if plan is not None else [], reports)
     train_config = _train_config(cfg, schema)
-    identified = identify_sites(grid, train_config, run_ledger, expected=cfg.required_sites,
-                                timeout=cfg.round_timeout)
+    reference = ReferenceCollector.from_held_out(test)
+    identified = identify_sites(grid, reference.query(train_config), run_ledger, expected=cfg.required_sites,
+                                timeout=cfg.round_timeout, on_site=reference.add)
     observer("stage", {"stage": "identified", "sites": identified})
     bound = protection_bound(cfg, plan.noise_std if plan is not None else 0.0,
                              sum(p.numel() for p in model.parameters()))
@@ -140,7 +142,7 @@ def run_federation(
         registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
         rounds=strategy.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
         metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
-        ledger=ledger_state,
+        ledger=ledger_state, reference=reference.section(model, schema, test),
     )
     outcome.update(_privacy_outcome(cfg, strategy, plan, ledger_state))
     outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),

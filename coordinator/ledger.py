@@ -17,7 +17,7 @@ coordinator re-recording a round does not double count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,11 +145,14 @@ class AdmissionStrategy(StrategyWrapper):
 
 
 def identify_sites(
-    grid: Grid, config: ConfigRecord, run_ledger: RunLedger, *, expected: int, timeout: float
+    grid: Grid, config: ConfigRecord, run_ledger: RunLedger, *, expected: int, timeout: float,
+    on_site: Callable[[ConfigRecord], None] | None = None,
 ) -> int:
     """Ask every connected site for its identity (a QUERY message); return how many answered.
 
     Waits up to ``timeout`` seconds for ``expected`` sites to connect.
+    ``on_site`` also receives each answering site's record (the reference
+    histograms are collected that way).
     """
     deadline = time.monotonic() + timeout
     node_ids = list(grid.get_node_ids())
@@ -169,5 +172,7 @@ def identify_sites(
                            reply.error.reason if reply.has_error() else "no site record")
             continue
         run_ledger.learn(reply.metadata.src_node_id, site)
+        if on_site is not None:
+            on_site(site)
         answered += 1
     return answered

@@ -5,7 +5,9 @@ the main libraries), with a ``fedguard`` section that carries the lineage a
 regulator or auditor asks for: architecture and feature schema, sites and the
 SHA-256 manifest of each site's data (never the data), rounds, DP parameters
 and ε per site, aggregation rule, secure-aggregation mode, watermark scheme and
-commitment, metrics, code version and dependency versions.
+commitment, metrics, code version and dependency versions, and, where the
+coordinator collected them, the ``reference`` statistics of the training data
+(summed per-feature histograms; see :mod:`lifecycle.reference`).
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ def make_bom(
     watermark: dict[str, Any],
     metrics: dict[str, Any],
     now: datetime | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the ML-BOM document (a plain, JSON-serialisable dict)."""
+    """Assemble the ML-BOM document (a plain, JSON-serialisable dict).
+
+    ``reference``, when given, is the training data's summed per-feature
+    histograms (:class:`lifecycle.reference.ReferenceStats`), which serving's
+    drift monitor compares live traffic with.
+    """
     deps = dependency_versions()
-    return {
+    bom: dict[str, Any] = {
         "bomFormat": "CycloneDX",
         "specVersion": "1.6",
         "serialNumber": f"urn:uuid:{uuid.uuid4()}",
@@ -94,6 +102,9 @@ def make_bom(
             "dependencies": deps,
         },
     }
+    if reference is not None:
+        bom["fedguard"]["reference"] = reference
+    return bom
 
 
 def write_bom(bom: dict[str, Any], model_dir: Path) -> Path:

@@ -40,6 +40,7 @@ class Publication:
     metrics: dict[str, Any]
     actor: str = "coordinator"
     mode: str = "simulation"
+    reference: dict[str, Any] | None = None
 
 
 def model_card(bom: dict[str, Any]) -> str:
@@ -88,6 +89,7 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
             model_name=pub.name, spec=pub.spec, schema=pub.schema,
             weights_sha256=file_sha256(model_dir / WEIGHTS_NAME),
             training=pub.training, watermark=pub.watermark, metrics=pub.metrics,
+            reference=pub.reference,
         )
         write_bom(bom, model_dir)
         (model_dir / CARD_NAME).write_text(model_card(bom))

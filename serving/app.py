@@ -10,6 +10,10 @@ streams in (so an oversized request is refused before it is buffered or
 parsed), and the exception handlers of :mod:`serving.errors`. Outside both,
 :class:`serving.metrics.MetricsMiddleware` counts, times and access-logs every
 request into the app's own Prometheus registry (``GET /metrics``).
+
+Every answered predict request also feeds the model's drift monitor
+(:mod:`serving.drift`, ``state.drift``) and the per-key extraction guard
+(:mod:`serving.extraction`, ``state.extraction``), both built here.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.registry import Registry
 from serving import logger
 from serving.auth import ServingState
+from serving.drift import DriftMonitors
+from serving.drift.routes import router as drift_router
 from serving.errors import error_response, install_error_handlers
+from serving.extraction import ExtractionGuard
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.models import load_served_models
 from serving.outputs import check_policies
@@ -141,12 +148,18 @@ def create_app(
     )
     metrics = ServingMetrics()
     metrics.models_served.set(len(models))
+    drift = DriftMonitors(settings, metrics.registry)
+    for model in models.values():
+        drift.add(model)
+    extraction = ExtractionGuard(settings, quotas, registry, metrics.registry, models)
     app.state.fedguard = ServingState(
-        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics
+        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics,
+        drift=drift, extraction=extraction,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(drift_router)
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=frozenset(models)

@@ -25,6 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
+from serving.drift import DriftMonitors
+from serving.extraction import ExtractionGuard
 from serving.keys import KeyInfo, authenticate, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
@@ -48,6 +50,8 @@ class ServingState:
     quotas: QuotaStore
     clock: Callable[[], float] = field(default=time.time)
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    drift: DriftMonitors = field(default_factory=DriftMonitors)
+    extraction: ExtractionGuard = field(default_factory=ExtractionGuard)
 
 
 def get_state(request: Request) -> ServingState:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ from torch import nn
 from lifecycle.architecture import FeatureSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
-from lifecycle.errors import InputValidationError, SignatureError, StateError
+from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
+from lifecycle.reference import ReferenceStats, bom_reference
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger
@@ -41,6 +43,7 @@ class ServedModel:
     digest: str
     module: nn.Module
     schema: FeatureSchema
+    reference: ReferenceStats | None = None  # training-data histograms (drift, extraction grid)
 
     @property
     def num_features(self) -> int:
@@ -161,7 +164,19 @@ def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
             f"{spec.num_classes} classes; re-publish the model"
         )
     logger.info("serving %s (artifact %s, %d features)", record.ref, artifact.digest[:12], len(schema.features))
-    return ServedModel(record.name, record.version, artifact.digest, module, schema)
+    return ServedModel(record.name, record.version, artifact.digest, module, schema, _reference(record, bom, schema))
+
+
+def _reference(record: VersionRecord, bom: dict[str, Any], schema: FeatureSchema) -> ReferenceStats | None:
+    """The BOM's reference statistics, checked against the schema (``None`` if it has none)."""
+    try:
+        reference = bom_reference(bom)
+    except ConfigurationError as exc:
+        raise StateError(f"{record.ref}: {exc}") from exc
+    if reference is not None and reference.features != schema.features:
+        raise StateError(f"{record.ref}: the BOM's reference statistics name other features than its schema; "
+                         "re-publish the model")
+    return reference
 
 
 def load_served_models(registry: Registry, public_key: Path | None = None) -> dict[str, ServedModel]:

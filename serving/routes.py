@@ -93,6 +93,8 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
             f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
             retry_after=decision.retry_after,
         )
+    state.drift.observe(model, batch)
+    state.extraction.observe(key.key_id, model, batch, state.clock())
     policy = state.settings.output_policy(model.name)
     fields = shape_output(model, batch, policy)
     logger.info("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),

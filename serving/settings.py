@@ -81,6 +81,29 @@ class ServingSettings(BaseSettings):
         Output policy by model name (a JSON object in the environment, e.g.
         ``{"demo": {"output_mode": "top-k", "top_k": 2, "precision": 3}}``);
         a model not listed returns labels only.
+    drift_window, drift_min_instances
+        Live window of the drift monitor (about the last ``drift_window``
+        instances per model, kept as bin counts) and how many it needs before
+        it scores (PSI and KS are noisy on a few instances).
+    drift_psi_threshold, drift_ks_threshold
+        A feature (or the predicted-class distribution) whose PSI or binned
+        KS distance exceeds these raises the model's drift alert.
+    extraction_guard
+        Whether per-key extraction signals are tracked and acted on.
+    extraction_window_seconds, extraction_min_queries
+        Window of the per-(key, model) signals and the instances it needs
+        before a key can be judged.
+    extraction_max_rate, extraction_max_cells, extraction_max_boundary_share
+        Thresholds of the three signals: instances per second over the
+        window, distinct cells of the coarse grid visited, and the share of
+        instances whose top-two probability margin is below
+        ``extraction_boundary_margin``.
+    extraction_grid_bins
+        Quantile bins per feature of the coarse grid (from the reference).
+    extraction_min_signals
+        How many signals must cross their threshold for a key to be throttled.
+    extraction_throttle_rate, extraction_throttle_burst, extraction_throttle_seconds
+        The lowered limits a flagged key gets, and for how long.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -101,6 +124,22 @@ class ServingSettings(BaseSettings):
     model_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
     key_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
     outputs: dict[str, OutputPolicy] = Field(default_factory=dict)
+    drift_window: int = Field(default=1000, ge=10, le=10_000_000)
+    drift_min_instances: int = Field(default=200, ge=1)
+    drift_psi_threshold: float = Field(default=0.25, gt=0, allow_inf_nan=False)
+    drift_ks_threshold: float = Field(default=0.2, gt=0, le=1)
+    extraction_guard: bool = True
+    extraction_window_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    extraction_min_queries: int = Field(default=1000, ge=1)
+    extraction_max_rate: float = Field(default=20.0, gt=0, allow_inf_nan=False)
+    extraction_max_cells: int = Field(default=500, ge=1)
+    extraction_grid_bins: int = Field(default=4, ge=2, le=64)
+    extraction_boundary_margin: float = Field(default=0.1, gt=0, le=1)
+    extraction_max_boundary_share: float = Field(default=0.5, gt=0, le=1)
+    extraction_min_signals: int = Field(default=2, ge=1, le=3)
+    extraction_throttle_rate: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+    extraction_throttle_burst: int = Field(default=1, ge=1)
+    extraction_throttle_seconds: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

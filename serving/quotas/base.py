@@ -128,5 +128,21 @@ class QuotaStore(ABC):
             The backing store cannot be reached (HTTP 503).
         """
 
+    @abstractmethod
+    def throttle(self, key_id: str, rate: float, burst: int, until: float) -> None:
+        """Lower ``key_id``'s limits on every model to at most ``rate``/``burst`` until ``until``.
+
+        Used by the extraction guard (:mod:`serving.extraction`). The lowered
+        limits apply from the next :meth:`consume` at a ``now`` before
+        ``until``; a bucket holding more than ``burst`` tokens is cut to
+        ``burst``. The daily budget is unchanged. A later call replaces an
+        earlier one.
+
+        Raises
+        ------
+        StateError
+            The backing store cannot be reached.
+        """
+
     def close(self) -> None:
         """Release connections, if any."""

@@ -130,3 +130,19 @@ def test_never_more_than_burst_plus_refill_and_budget(
             assert decision.retry_after > 0
     assert allowed <= burst + rate * (now - start) + 1e-9
     assert spent <= budget
+
+
+def test_throttle_lowers_a_keys_rate_and_burst_until_it_ends(make_store: MakeStore) -> None:
+    store = make_store(fixed(rate=100.0, burst=50, daily_budget=1_000))
+    other = "fedcba9876543210"
+    assert store.consume(K, M, 1, NOW).allowed
+    store.throttle(K, rate=0.5, burst=1, until=NOW + 100.0)
+    assert store.consume(K, M, 1, NOW).allowed  # the bucket is cut to the lowered burst (1 token)
+    refused = store.consume(K, M, 1, NOW)
+    assert not refused.allowed and refused.retry_after == pytest.approx(2.0)
+    assert store.consume(K, "other-model", 1, NOW).allowed  # every model of the key: 1 token there too
+    assert not store.consume(K, "other-model", 1, NOW).allowed
+    assert all(store.consume(other, M, 1, NOW).allowed for _ in range(10))  # other keys keep their limits
+    assert store.consume(K, M, 1, NOW + 2.0).allowed and not store.consume(K, M, 1, NOW + 2.0).allowed
+    after = NOW + 100.0  # ended: the normal rate refills again
+    assert [store.consume(K, M, 1, after + 1.0).allowed for _ in range(20)] == [True] * 20
