@@ -36,7 +36,8 @@ from tests.privacy.secagg.harness import LocalGrid
 
 SITES = 3
 SITE_RECORD_KEYS = {"name", "manifest", "secure-rng", "num-examples", "epsilon", "delta", "noise-multiplier",
-                    "sample-rate", "steps", "steps-per-round", "max-grad-norm", "accountant", "ledger-epsilon-record"}
+                    "sample-rate", "steps", "steps-per-round", "max-grad-norm", "accountant", "ledger-epsilon-record",
+                    "reference-counts"}  # per-feature histogram counts over the coordinator's bin edges (drift reference)
 
 
 @dataclass(frozen=True)
