@@ -81,6 +81,23 @@ class ServingSettings(BaseSettings):
         Output policy by model name (a JSON object in the environment, e.g.
         ``{"demo": {"output_mode": "top-k", "top_k": 2, "precision": 3}}``);
         a model not listed returns labels only.
+    deploy_refresh_seconds
+        How often a replica re-reads the deployment state from the registry
+        (one single-row-per-model query): a kill or a rollout reaches every
+        replica within this interval plus one request.
+    kill_error_rate, kill_min_requests, kill_window_seconds
+        Automatic cut-out: when at least ``kill_min_requests`` predictions of a
+        model in the last ``kill_window_seconds`` include a share of failures
+        (model errors, 500s) of ``kill_error_rate`` or more, the replica trips
+        the kill switch for every replica (source ``error-rate``); ``null``
+        turns the cut-out off.
+    kill_pins
+        Version to pin per model when the cut-out trips (a JSON object, e.g.
+        ``{"demo": 3}``): it must be signed and verify, else the model answers
+        503. A model not listed answers 503.
+    shadow_max_pending
+        Most shadow predictions queued behind live traffic; past it, copies
+        are dropped (and counted) rather than slowing answers.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -101,6 +118,12 @@ class ServingSettings(BaseSettings):
     model_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
     key_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
     outputs: dict[str, OutputPolicy] = Field(default_factory=dict)
+    deploy_refresh_seconds: float = Field(default=0.25, gt=0, le=0.9)
+    kill_error_rate: float | None = Field(default=0.5, gt=0, le=1)
+    kill_min_requests: int = Field(default=20, ge=1)
+    kill_window_seconds: float = Field(default=60.0, gt=0)
+    kill_pins: dict[str, int] = Field(default_factory=dict)
+    shadow_max_pending: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:
