@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifecycle.errors import SignatureError
 from lifecycle.registry import DeploymentState
-from lifecycle.registry.deployments import DeploymentConflict
+from lifecycle.registry.deployments import DeploymentConflict, verify_version
 from serving import logger
 from serving.auth import AdminKey, ServingState, State
 from serving.errors import error_response
-from serving.rollout import verify_version
 from serving.schemas import ErrorBody
 
 deploy_router = APIRouter(prefix="/v1/admin/models/{name}", tags=["deployments"])

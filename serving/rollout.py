@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +41,6 @@ from prometheus_client.registry import Collector
 
 from lifecycle.errors import FedguardError
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
-from lifecycle.signing import verify_model
 from serving import logger
 from serving.errors import UnknownModelError
 from serving.killswitch import ErrorWindow, ModelKilled
@@ -61,21 +59,6 @@ def canary_bucket(key_id: str, model: str, rollout_id: int) -> float:
     """
     digest = hashlib.sha256(f"{key_id}|{model}|{rollout_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / _HASH_SPACE * 100.0
-
-
-def verify_version(registry: Registry, name: str, version: int, public_key: Path | None = None) -> None:
-    """Check ``name:version`` exists and its signature verifies, before any deployment points at it.
-
-    Raises
-    ------
-    NotFoundError
-        No such model or version.
-    SignatureError
-        The artifact differs from what was signed (the message names the file).
-    """
-    record = registry.get_version(name, version)
-    verify_model(record.artifact.model_dir, record.artifact.signature_path,
-                 public_key or registry.public_key_path())
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -129,6 +130,25 @@ def _state(name: str, row: Deployment) -> DeploymentState:
         rollout_id=row.rollout_id, killed=row.killed, kill_mode=row.kill_mode, pinned_version=row.pinned_version,
         kill_reason=row.kill_reason, updated_at=_aware(row.updated_at),
     )
+
+
+def verify_version(registry: Registry, name: str, version: int, public_key: Path | None = None) -> None:
+    """Check ``name:version`` exists and its signature verifies, before a deployment points at it.
+
+    Raises
+    ------
+    NotFoundError
+        No such model or version.
+    SignatureError
+        The artifact differs from what was signed (the message names the file).
+    StateError
+        The public key is missing.
+    """
+    from lifecycle.signing import verify_model
+
+    record = registry.get_version(name, version)
+    verify_model(record.artifact.model_dir, record.artifact.signature_path,
+                 public_key or registry.public_key_path())
 
 
 class DeploymentStore:
