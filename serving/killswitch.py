@@ -28,7 +28,7 @@ from threading import Lock
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from lifecycle.errors import StateError
+from lifecycle.errors import FedguardError, StateError
 from serving import logger
 
 KILLED_MESSAGE = "this model is switched off for now; try again later"
@@ -36,6 +36,10 @@ KILLED_MESSAGE = "this model is switched off for now; try again later"
 
 class ModelKilled(StateError):
     """The model's kill switch is engaged (or its pinned version could not be verified): HTTP 503."""
+
+
+class ModelFailure(FedguardError, RuntimeError):
+    """A model version's forward pass raised: HTTP 500 (counted by the cut-out; the cause is chained)."""
 
 
 async def killed_response(request: Request, exc: Exception) -> JSONResponse:

@@ -43,7 +43,7 @@ from lifecycle.errors import FedguardError
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from serving import logger
 from serving.errors import UnknownModelError
-from serving.killswitch import ErrorWindow, ModelKilled
+from serving.killswitch import ErrorWindow, ModelFailure, ModelKilled
 from serving.models import ServedModel, load_version
 from serving.outputs import shape_output
 from serving.settings import OutputPolicy, ServingSettings
@@ -216,9 +216,9 @@ class Router:
             fields = shape_output(model, batch, policy)
         except FedguardError:
             raise
-        except Exception:
+        except Exception as exc:
             self._outcome(model.name, failed=True)
-            raise
+            raise ModelFailure(f"{model.name}:{model.version} failed to predict: {type(exc).__name__}: {exc}") from exc
         self._outcome(model.name, failed=False)
         self.metrics.served.labels(model.name, str(model.version), route.role).inc()
         if route.shadow is not None:
