@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
-from lifecycle.registry.deployments import verify_version
+from lifecycle.registry.deployments import MAX_VERSION, verify_version
 from lifecycle.settings import get_settings
 from serving.cli import _actor
 from serving.settings import build_settings
@@ -92,7 +92,7 @@ def status(
 @deploy_app.command("canary")
 def canary(
     model: ModelArg,
-    version: Annotated[int, typer.Argument(help="The candidate version.", min=1)],
+    version: Annotated[int, typer.Argument(help="The candidate version.", min=1, max=MAX_VERSION)],
     weight: Annotated[float, typer.Option(help="Percent of API keys (sticky) answered by the candidate.",
                                           min=0.0, max=100.0)] = 10.0,
     as_json: JsonOption = False,
@@ -106,7 +106,7 @@ def canary(
 @deploy_app.command("shadow")
 def shadow(
     model: ModelArg,
-    version: Annotated[int, typer.Argument(help="The candidate version.", min=1)],
+    version: Annotated[int, typer.Argument(help="The candidate version.", min=1, max=MAX_VERSION)],
     as_json: JsonOption = False,
 ) -> None:
     """Send VERSION a copy of live traffic; its answers are compared (metrics, log), never returned."""
@@ -119,7 +119,7 @@ def shadow(
 def promote(
     model: ModelArg,
     version: Annotated[int | None, typer.Option(help="Switch straight to this version (blue/green without a "
-                                                     "candidate); default: the current candidate.", min=1)] = None,
+                                                     "candidate); default: the current candidate.", min=1, max=MAX_VERSION)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Blue/green: the candidate (or --version) becomes stable in one step; the old stable is kept for rollback."""
@@ -145,7 +145,7 @@ def abort(model: ModelArg, as_json: JsonOption = False) -> None:
 def kill(
     model: ModelArg,
     pin: Annotated[int | None, typer.Option(help="Serve only this signed, verified version instead of 503.",
-                                            min=1)] = None,
+                                            min=1, max=MAX_VERSION)] = None,
     reason: Annotated[str, typer.Option(help="Why, for the history and the audit trail.")] = "",
     as_json: JsonOption = False,
 ) -> None:

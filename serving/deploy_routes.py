@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifecycle.errors import SignatureError
 from lifecycle.registry import DeploymentState
-from lifecycle.registry.deployments import DeploymentConflict, verify_version
+from lifecycle.registry.deployments import MAX_VERSION, DeploymentConflict, verify_version
 from serving import logger
 from serving.auth import AdminKey, ServingState, State
 from serving.errors import error_response
@@ -83,27 +83,27 @@ class Deployments(BaseModel):
 class CanaryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2, "weight": 10}]})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     weight: float = Field(gt=0, le=100, description="Percent of API keys sent to the candidate")
 
 
 class VersionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1, description="Switch straight to this version (blue/green); "
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION, description="Switch straight to this version (blue/green); "
                                 "default: the current candidate")
 
 
 class KillRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pin": 1, "reason": "bad answers"}]})
 
-    pin: int | None = Field(default=None, ge=1, description="Serve only this signed version instead of 503")
+    pin: int | None = Field(default=None, ge=1, le=MAX_VERSION, description="Serve only this signed version instead of 503")
     reason: str = Field(default="", max_length=256)
 
 

@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
-from lifecycle.registry.store import Registry
+from lifecycle.registry.store import _NAME, Registry
 from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
 
 class DeploymentConflict(ConfigurationError):
@@ -44,6 +44,7 @@ class DeploymentConflict(ConfigurationError):
 KILL_MODES: tuple[str, ...] = ("503", "pinned")
 CANDIDATE_MODES: tuple[str, ...] = ("canary", "shadow")
 MAX_REASON = 256
+MAX_VERSION = 2**31 - 1  # the registry's integer columns
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ def _shares(stable: int, candidate: int | None, mode: str | None, weight: float,
     if candidate is not None and mode == "canary":
         return {str(stable): round(100.0 - weight, 6), str(candidate): round(weight, 6)}
     return {str(stable): 100.0}
+
+
+def _clean(reason: str) -> str:
+    """A reason fit for the history: printable characters only (PostgreSQL refuses NUL), at most 256."""
+    return "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -282,7 +288,7 @@ class DeploymentStore:
             if pin is not None:
                 self._check_version(session, row.model_id, name, pin)
             row.killed, row.kill_mode, row.pinned_version = True, "pinned" if pin is not None else "503", pin
-            row.kill_reason = reason[:MAX_REASON]
+            row.kill_reason = _clean(reason)
             return {"mode": row.kill_mode, "pinned": pin, "reason": row.kill_reason}
 
         return self._apply(name, "kill", actor, source, reason, change)
@@ -323,6 +329,8 @@ class DeploymentStore:
 
     @staticmethod
     def _model(session: Session, name: str) -> RegisteredModel:
+        if not _NAME.fullmatch(name):  # never send a malformed name (NUL bytes, 10k characters) to the database
+            raise NotFoundError(f"no model named {name[:128]!r}; see 'fedguard models list'")
         model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
         if model is None:
             raise NotFoundError(f"no model named '{name[:128]}'; see 'fedguard models list'")
@@ -347,6 +355,8 @@ class DeploymentStore:
 
     @staticmethod
     def _check_version(session: Session, model_id: int, name: str, version: int) -> None:
+        if not 1 <= version <= MAX_VERSION:
+            raise NotFoundError(f"model '{name}' has no version {version}; versions count from 1")
         found = session.exec(
             select(ModelVersion.id).where(ModelVersion.model_id == model_id, ModelVersion.version == version)
         ).first()
@@ -369,7 +379,7 @@ class DeploymentStore:
                              row.killed, row.pinned_version)
             session.add(DeploymentEvent(
                 model_id=model.id, revision=row.revision, action=action, actor=actor[:128], source=source,
-                reason=reason[:MAX_REASON], stable_version=row.stable_version,
+                reason=_clean(reason), stable_version=row.stable_version,
                 candidate_version=row.candidate_version, candidate_mode=row.candidate_mode,
                 canary_weight=row.canary_weight, killed=row.killed, kill_mode=row.kill_mode,
                 pinned_version=row.pinned_version, shares_json=json.dumps(shares, sort_keys=True),

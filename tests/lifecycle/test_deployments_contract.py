@@ -94,6 +94,7 @@ def test_shadow_then_blue_green_by_version(store: DeploymentStore) -> None:
 
 def test_kill_pin_trip_and_revive(store: DeploymentStore) -> None:
     killed = store.kill("demo", actor="ops", reason="bad answers")
+    assert store.kill("demo", actor="ops", reason="a\0b" + "c" * 300).kill_reason == "a b" + "c" * 253
     assert (killed.killed, killed.kill_mode, killed.shares(), killed.kill_reason) == (True, "503", {}, "bad answers")
     assert store.trip("demo", pin=None, actor="serve:error-rate", source="error-rate", reason="x") is None
     pinned = store.kill("demo", pin=1, actor="ops")
@@ -105,7 +106,8 @@ def test_kill_pin_trip_and_revive(store: DeploymentStore) -> None:
     last = store.history("demo")[-1]
     assert (last.action, last.source, last.reason, last.actor) == ("kill", "error-rate", "9 of 10 failed",
                                                                      "serve:error-rate")
-    assert deployment_audit(store) == ["deployment.kill", "deployment.kill", "deployment.revive", "deployment.kill"]
+    assert deployment_audit(store) == ["deployment.kill", "deployment.kill", "deployment.kill", "deployment.revive",
+                                       "deployment.kill"]
 
 
 def test_refused_actions_change_nothing(store: DeploymentStore) -> None:
@@ -122,6 +124,11 @@ def test_refused_actions_change_nothing(store: DeploymentStore) -> None:
         store.revive("demo", actor="ops")
     with pytest.raises(DeploymentConflict, match="abort"):
         store.abort("demo", actor="ops")
+    with pytest.raises(NotFoundError):
+        store.kill("demo", pin=2**63, actor="ops")  # beyond the integer column: refused before SQL
+    for odd in ("demo\n", "de\0mo", "x" * 10_000, "Demo"):
+        with pytest.raises(NotFoundError):
+            store.state(odd)
     assert store.state("demo").revision == 1
     assert [e.action for e in store.history("demo")] == ["adopt"]
     assert deployment_audit(store) == ["deployment.adopt"]
