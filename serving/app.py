@@ -24,12 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.registry import Registry
 from serving import logger
 from serving.auth import ServingState
+from serving.deploy_routes import DeploymentConflict, conflict_response, deploy_router
 from serving.errors import error_response, install_error_handlers
+from serving.killswitch import ModelKilled, killed_response
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.outputs import check_policies
 from serving.quotas import QuotaStore, create_quota_store
-from serving.deploy_routes import DeploymentConflict, conflict_response, deploy_router
-from serving.killswitch import ModelKilled, killed_response
 from serving.rollout import Router
 from serving.routes import router
 from serving.settings import ServingSettings, get_serving_settings

@@ -276,7 +276,7 @@ class Router:
     def _compare(self, shadow: ServedModel, batch: torch.Tensor, returned: list[Any], primary: ServedModel) -> None:
         try:
             labels = shadow.predict(batch)
-        except Exception as exc:  # a broken candidate must never affect live traffic
+        except Exception as exc:  # noqa: BLE001 - a broken candidate must never affect live traffic
             self.metrics.shadow_dropped.labels(shadow.name, "shadow-failed").inc()
             logger.warning("shadow %s:%d failed: %s: %s", shadow.name, shadow.version, type(exc).__name__, exc)
             return

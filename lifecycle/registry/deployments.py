@@ -37,6 +37,7 @@ from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry.store import _NAME, Registry
 from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
 
+
 class DeploymentConflict(ConfigurationError):
     """The action does not fit the model's current deployment (nothing to promote, already stable, ...)."""
 

@@ -17,7 +17,7 @@ from lifecycle.artifacts import WEIGHTS_NAME
 from lifecycle.packaging import publish_model
 from lifecycle.registry import DeploymentStore, Registry, VersionRecord
 from serving.app import create_app
-from serving.keys import CreatedKey, create_key
+from serving.keys import create_key
 from serving.rollout import Router, canary_bucket
 from serving.settings import ServingSettings
 from tests.conftest import make_publication
