@@ -41,7 +41,7 @@ def metrics(state: State) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
 def list_models(state: State, key: PredictKey) -> ModelList:
-    """The models served (newest registered version of each) and the features they expect."""
+    """The models served (the stable version of each) and the features they expect."""
     return ModelList(
         models=[
             ModelInfo(name=m.name, version=m.version, num_features=m.num_features, features=list(m.schema.features))

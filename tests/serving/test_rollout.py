@@ -223,7 +223,7 @@ def test_kill_answers_503_or_the_pinned_version_then_revive(http: TestClient, ad
     assert metric(http, "fedguard_served_predictions_total", model="demo", version="2", role="pinned") == 1
     assert http.post("/v1/admin/models/demo/revive", headers=admin).status_code == 200
     assert http.post("/v1/models/demo/predict", json=BODY, headers=key).json()["version"] == 1
-    assert metric(http, "fedguard_kill_switch_engaged", model="demo", mode="") == 0
+    assert 'fedguard_kill_switch_engaged{mode="",model="demo"} 0.0' in http.get("/metrics").text.splitlines()
 
 
 def test_a_change_by_another_replica_arrives_after_the_refresh_interval(
@@ -236,8 +236,11 @@ def test_a_change_by_another_replica_arrives_after_the_refresh_interval(
     clock.now += 0.2  # past deploy_refresh_seconds (0.25)
     assert http.post("/v1/models/demo/predict", json=BODY, headers=key).status_code == 503
     store.revive("demo", actor="other-replica")
+    clock.now += 0.3  # an idle replica's scrape refreshes too: the gauge is current without a predict
+    assert 'fedguard_kill_switch_engaged{mode="",model="demo"} 0.0' in http.get("/metrics").text.splitlines()
+    store.kill("demo", actor="other-replica")
     clock.now -= 3600  # a clock stepped back must not stall the refresh
-    assert http.post("/v1/models/demo/predict", json=BODY, headers=key).status_code == 200
+    assert metric(http, "fedguard_kill_switch_engaged", model="demo", mode="503") == 1
 
 
 def break_stable(app: FastAPI) -> None:
