@@ -25,6 +25,7 @@ from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
 from privacy.cli import privacy_app
 from serving.cli import keys_app, serve
+from serving.deploy_cli import deploy_app
 from simulations.cli import simulate
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ models_app.command("verify")(verify)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(deploy_app, name="deploy")
 app.command("serve")(serve)
 app.add_typer(client_app, name="client")
 

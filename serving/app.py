@@ -32,10 +32,12 @@ from serving.drift import DriftMonitors
 from serving.drift.routes import router as drift_router
 from serving.errors import error_response, install_error_handlers
 from serving.extraction import ExtractionGuard
+from serving.deploy_routes import DeploymentConflict, conflict_response, deploy_router
+from serving.killswitch import ModelKilled, killed_response
 from serving.metrics import MetricsMiddleware, ServingMetrics
-from serving.models import load_served_models
 from serving.outputs import check_policies
 from serving.quotas import QuotaStore, create_quota_store
+from serving.rollout import Router
 from serving.routes import router
 from serving.settings import ServingSettings, get_serving_settings
 
@@ -105,7 +107,11 @@ def create_app(
     quota_store: QuotaStore | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """Build the serving app for the newest version of every model in ``registry``.
+    """Build the serving app for every model in ``registry``, as its deployment state says.
+
+    Each model is served at its deployed stable version (its newest one if it
+    was never deployed, recorded then as stable), with its canary, shadow or
+    pinned version when set (:class:`serving.rollout.Router`).
 
     Parameters
     ----------
@@ -119,8 +125,9 @@ def create_app(
         (:func:`serving.quotas.create_quota_store`). Replicas that share one
         Redis store enforce one limit between them.
     clock
-        Seconds since the epoch, read once per request for the quotas (tests
-        pass a fake one so that nothing sleeps).
+        Seconds since the epoch, read once per request for the quotas, and by
+        the router for its refresh interval and error window (tests pass a
+        fake one so that nothing sleeps).
 
     Raises
     ------
@@ -136,7 +143,9 @@ def create_app(
     """
     settings = settings or get_serving_settings()
     settings.check_files()
-    models = load_served_models(registry, settings.public_key)
+    metrics = ServingMetrics()
+    deployments = Router.open(registry, settings, metrics=metrics.registry, monotonic=clock)
+    models = deployments.models
     check_policies(settings, models)
     quotas = quota_store if quota_store is not None else create_quota_store(settings)
     app = FastAPI(
@@ -146,20 +155,25 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    metrics = ServingMetrics()
     metrics.models_served.set(len(models))
     drift = DriftMonitors(settings, metrics.registry)
     for model in models.values():
         drift.add(model)
     extraction = ExtractionGuard(settings, quotas, registry, metrics.registry, models)
+    if settings.kill_on_drift:  # the automatic cut-out on drift: every replica stops serving the model
+        drift.on_drift_alert.append(lambda name, report: deployments.trip(name, report.summary(), "drift"))
     app.state.fedguard = ServingState(
         registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics,
         drift=drift, extraction=extraction,
+        deployments=deployments,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    app.add_exception_handler(ModelKilled, killed_response)
+    app.add_exception_handler(DeploymentConflict, conflict_response)
     app.include_router(router)
     app.include_router(drift_router)
+    app.include_router(deploy_router)
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=frozenset(models)

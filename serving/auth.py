@@ -31,6 +31,7 @@ from serving.keys import KeyInfo, authenticate, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
 from serving.quotas import QuotaStore
+from serving.rollout import Router
 from serving.settings import ServingSettings
 
 _bearer = HTTPBearer(
@@ -52,6 +53,13 @@ class ServingState:
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     drift: DriftMonitors = field(default_factory=DriftMonitors)
     extraction: ExtractionGuard = field(default_factory=ExtractionGuard)
+    # Rollouts and the kill switch (serving.rollout); built from ``models`` when not given.
+    deployments: Router = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.deployments is None:
+            object.__setattr__(self, "deployments", Router.for_models(self.registry, self.settings, self.models,
+                                                                      metrics=self.metrics.registry))
 
 
 def get_state(request: Request) -> ServingState:

@@ -172,7 +172,10 @@ def serve(
     ssl_certfile: Annotated[Path | None, typer.Option(help="PEM certificate: terminate TLS in uvicorn.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="PEM private key of --ssl-certfile.")] = None,
 ) -> None:
-    """Serve the newest registered version of every model, after verifying each signature.
+    """Serve every registered model as deployed, after verifying each signature.
+
+    A model never deployed before is served at its newest version, recorded
+    as stable; 'fedguard deploy' changes what is served from then on.
 
     A model whose signature does not verify stops the command before it binds
     (exit code 5, naming the file that differs).

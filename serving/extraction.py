@@ -154,11 +154,18 @@ class ExtractionGuard:
         self.throttles = Counter("fedguard_extraction_throttles", "API keys throttled by the extraction guard",
                                  ("model",), registry=metrics_registry or CollectorRegistry())
 
-    def observe(self, key_id: str, model: ServedModel, batch: torch.Tensor, now: float) -> ExtractionSignals | None:
-        """Add an answered ``batch`` to the pair's window; throttle the key if it crosses. Returns the signals."""
+    def observe(
+        self, key_id: str, model: ServedModel, batch: torch.Tensor, now: float,
+        probabilities: torch.Tensor | None = None,
+    ) -> ExtractionSignals | None:
+        """Add an answered ``batch`` to the pair's window; throttle the key if it crosses. Returns the signals.
+
+        ``probabilities`` are the softmax scores the route already computed;
+        without them the model is run here.
+        """
         if not self.enabled:
             return None
-        cells, near = self._features(model, batch)
+        cells, near = self._features(model, batch, probabilities)
         with self.lock:
             window = self.windows.setdefault((key_id, model.name), _PairWindow())
             window.expire(now - self.settings.extraction_window_seconds)
@@ -184,9 +191,11 @@ class ExtractionGuard:
             window.expire(now - self.settings.extraction_window_seconds)
             return self._signals(key_id, model, window)
 
-    def _features(self, model: ServedModel, batch: torch.Tensor) -> tuple[list[int], list[bool]]:
-        with torch.no_grad():
-            probabilities = torch.softmax(model.module(batch).to(torch.float64), dim=1)
+    def _features(
+        self, model: ServedModel, batch: torch.Tensor, probabilities: torch.Tensor | None
+    ) -> tuple[list[int], list[bool]]:
+        if probabilities is None:
+            probabilities = model.probabilities(batch)
         top = probabilities.topk(2, dim=1).values
         near = ((top[:, 0] - top[:, 1]) < self.settings.extraction_boundary_margin).tolist()
         grid = self.grids.get(model.name)

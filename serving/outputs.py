@@ -59,14 +59,24 @@ def check_policies(settings: ServingSettings, models: dict[str, ServedModel]) ->
             )
 
 
-def shape_output(model: ServedModel, batch: torch.Tensor, policy: OutputPolicy) -> dict[str, Any]:
-    """The response fields for ``batch`` under ``policy``: ``predictions`` and the mode's extras."""
-    if policy.output_mode == "label":
-        return {"predictions": model.predict(batch)}
-    probabilities = model.probabilities(batch)
+def shape_output(
+    model: ServedModel, batch: torch.Tensor, policy: OutputPolicy, probabilities: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """The response fields for ``batch`` under ``policy``: ``predictions`` and the mode's extras.
+
+    ``probabilities`` are the model's full-precision scores for ``batch`` when
+    the caller already computed them (the predict route does, once, and hands
+    them to the drift and extraction monitors too); they never leave unrounded.
+    """
+    if probabilities is None:
+        if policy.output_mode == "label":
+            return {"predictions": model.predict(batch)}
+        probabilities = model.probabilities(batch)
     names = model.class_names()
     labels = [names[int(c)] for c in probabilities.argmax(dim=1).tolist()]
     fields: dict[str, Any] = {"predictions": labels}
+    if policy.output_mode == "label":
+        return fields
     if policy.output_mode == "top-k":
         scores, indices = probabilities.topk(policy.top_k, dim=1)
         fields["top_k"] = [

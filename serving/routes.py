@@ -12,10 +12,8 @@ from fastapi import APIRouter, Response
 from lifecycle.errors import NotFoundError
 from serving import logger
 from serving.auth import AdminKey, PredictKey, State
-from serving.errors import UnknownModelError
 from serving.keys import is_key_id, revoke_key
 from serving.metrics import CONTENT_TYPE
-from serving.outputs import shape_output
 from serving.quotas import QuotaExceeded
 from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
 
@@ -43,7 +41,7 @@ def metrics(state: State) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
 def list_models(state: State, key: PredictKey) -> ModelList:
-    """The models served (newest registered version of each) and the features they expect."""
+    """The models served (the stable version of each) and the features they expect."""
     return ModelList(
         models=[
             ModelInfo(name=m.name, version=m.version, num_features=m.num_features, features=list(m.schema.features))
@@ -60,6 +58,7 @@ def list_models(state: State, key: PredictKey) -> ModelList:
     responses={
         **_ERRORS,
         404: {"model": ErrorBody, "description": "No model of that name is served"},
+        503: {"model": ErrorBody, "description": "The model is switched off (kill switch) or unavailable"},
         413: {"model": ErrorBody, "description": "The body exceeds the server's limit"},
         422: {"model": ErrorBody, "description": "An instance does not match the model's feature schema"},
         429: {
@@ -81,9 +80,8 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
     """
-    model = state.models.get(name)
-    if model is None:
-        raise UnknownModelError(f"key {key.key_id} asked for unserved model {name[:128]!r}")
+    route = state.deployments.route(name, key.key_id)
+    model = route.model
     batch = model.to_batch(body.instances, state.settings.max_instances)
     decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
     if not decision.allowed:
@@ -93,10 +91,10 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
             f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
             retry_after=decision.retry_after,
         )
-    state.drift.observe(model, batch)
-    state.extraction.observe(key.key_id, model, batch, state.clock())
     policy = state.settings.output_policy(model.name)
-    fields = shape_output(model, batch, policy)
+    fields, probabilities = route.answer(batch, policy)
+    state.drift.observe(model, batch, probabilities)
+    state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
     logger.info("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                 policy.output_mode, model.name, model.version)
     return PredictResponse(model=model.name, version=model.version, **fields)

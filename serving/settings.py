@@ -104,6 +104,28 @@ class ServingSettings(BaseSettings):
         How many signals must cross their threshold for a key to be throttled.
     extraction_throttle_rate, extraction_throttle_burst, extraction_throttle_seconds
         The lowered limits a flagged key gets, and for how long.
+    deploy_refresh_seconds
+        How often a replica re-reads the deployment state from the registry
+        (one single-row-per-model query): a kill or a rollout reaches every
+        replica within this interval plus one request.
+    kill_error_rate, kill_min_requests, kill_window_seconds
+        Automatic cut-out: when at least ``kill_min_requests`` predictions of a
+        model in the last ``kill_window_seconds`` include a share of failures
+        (model errors, 500s) of ``kill_error_rate`` or more, the replica trips
+        the kill switch for every replica (source ``error-rate``); ``null``
+        turns the cut-out off.
+    kill_on_drift
+        Whether a model's drift alert (see ``drift_psi_threshold``) trips its
+        kill switch like the error-rate cut-out does (source ``drift``). Off by
+        default: drift means the world changed, not that the model broke, so
+        cutting traffic on it is the operator's call.
+    kill_pins
+        Version to pin per model when the cut-out trips (a JSON object, e.g.
+        ``{"demo": 3}``): it must be signed and verify, else the model answers
+        503. A model not listed answers 503.
+    shadow_max_pending
+        Most shadow predictions queued behind live traffic; past it, copies
+        are dropped (and counted) rather than slowing answers.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -140,6 +162,13 @@ class ServingSettings(BaseSettings):
     extraction_throttle_rate: float = Field(default=0.1, gt=0, allow_inf_nan=False)
     extraction_throttle_burst: int = Field(default=1, ge=1)
     extraction_throttle_seconds: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    deploy_refresh_seconds: float = Field(default=0.25, gt=0, le=0.9)
+    kill_error_rate: float | None = Field(default=0.5, gt=0, le=1)
+    kill_min_requests: int = Field(default=20, ge=1)
+    kill_window_seconds: float = Field(default=60.0, gt=0)
+    kill_on_drift: bool = False
+    kill_pins: dict[str, int] = Field(default_factory=dict)
+    shadow_max_pending: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

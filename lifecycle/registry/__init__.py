@@ -1,5 +1,7 @@
 """The model registry (SQLModel on SQLite by default, PostgreSQL by URL)."""
 
+from lifecycle.registry.deployments import DeploymentRecord, DeploymentState, DeploymentStore
 from lifecycle.registry.store import Registry, SiteRecord, VersionRecord, parse_ref, validate_model_name
 
-__all__ = ["Registry", "SiteRecord", "VersionRecord", "parse_ref", "validate_model_name"]
+__all__ = ["DeploymentRecord", "DeploymentState", "DeploymentStore", "Registry", "SiteRecord", "VersionRecord",
+           "parse_ref", "validate_model_name"]

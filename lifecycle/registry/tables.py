@@ -106,3 +106,61 @@ class ApiKey(SQLModel, table=True):
     revoked: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class Deployment(SQLModel, table=True):
+    """How one model is served now: its stable version, a candidate, the kill switch.
+
+    One row per model, rewritten in place by each deployment action; the
+    ``revision`` grows by one with every change, so a serving replica polls
+    ``(model_id, revision)`` pairs and reloads only what changed. A model
+    without a row serves its newest version (what ``fedguard serve`` did
+    before deployments existed).
+    """
+
+    __tablename__ = "deployment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="registered_model.id", unique=True)
+    revision: int = 0
+    stable_version: int
+    previous_version: int | None = None
+    candidate_version: int | None = None
+    candidate_mode: str | None = Field(default=None, max_length=16)
+    canary_weight: float = 0.0
+    rollout_id: int = 0
+    killed: bool = False
+    kill_mode: str | None = Field(default=None, max_length=16)
+    pinned_version: int | None = None
+    kill_reason: str = Field(default="", max_length=256)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class DeploymentEvent(SQLModel, table=True):
+    """One append-only entry of a model's deployment history.
+
+    It stores who did what, when, and the state that followed, including
+    which version serves which share of the traffic (``shares_json``, percent
+    by version), so "what served this model at time T" is the latest event
+    before T. Written in the same transaction as the row change and its audit
+    event.
+    """
+
+    __tablename__ = "deployment_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="registered_model.id", index=True)
+    revision: int
+    action: str = Field(max_length=32)
+    actor: str = Field(max_length=128)
+    source: str = Field(default="operator", max_length=32)
+    reason: str = Field(default="", max_length=256)
+    stable_version: int
+    candidate_version: int | None = None
+    candidate_mode: str | None = Field(default=None, max_length=16)
+    canary_weight: float = 0.0
+    killed: bool = False
+    kill_mode: str | None = Field(default=None, max_length=16)
+    pinned_version: int | None = None
+    shares_json: str = "{}"
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))

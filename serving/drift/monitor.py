@@ -169,13 +169,19 @@ class ModelDrift:
         self.pending = 0
         self.last: DriftReport = self._report("warming-up")
 
-    def observe(self, batch: torch.Tensor) -> tuple[DriftReport, bool]:
-        """Add ``batch`` to the window; return the new report and whether the alert just turned on."""
+    def observe(self, batch: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[DriftReport, bool]:
+        """Add ``batch`` to the window; return the new report and whether the alert just turned on.
+
+        ``scores`` are the model's outputs for ``batch`` when the caller has
+        them (the predict route does); otherwise the model is run here.
+        """
         values = batch.detach().to(torch.float64).numpy()
         index = bin_indices(values, self.padded) + self.offsets
         counts = np.bincount(index.ravel(), minlength=self.ref_counts.size).reshape(self.ref_counts.shape)
-        with torch.no_grad():
-            predicted = self.model.module(batch).argmax(dim=1).numpy()
+        if scores is None:
+            with torch.no_grad():
+                scores = self.model.module(batch)
+        predicted = scores.argmax(dim=1).numpy()
         classes = np.bincount(predicted, minlength=len(self.ref_classes))[: len(self.ref_classes)]
         with self.lock:
             self.window.add(counts, classes, len(values))
@@ -250,12 +256,12 @@ class DriftMonitors:
         self.monitors[model.name] = ModelDrift(model, model.reference, self.settings)
         self.alert_counter.labels(model.name)
 
-    def observe(self, model: ServedModel, batch: torch.Tensor) -> None:
+    def observe(self, model: ServedModel, batch: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Score ``batch`` of answered instances against ``model``'s reference (no-op without one)."""
         monitor = self.monitors.get(model.name)
         if monitor is None:
             return
-        report, raised = monitor.observe(batch)
+        report, raised = monitor.observe(batch, scores)
         if raised:
             self._alert(report)
 

@@ -132,3 +132,22 @@ def test_a_reference_for_other_features_stops_the_server(registry: Registry) -> 
     publish_model(registry, replace(make_publication(), reference=reference))
     with pytest.raises(StateError, match="reference statistics name other features"):
         create_app(registry, SETTINGS)
+
+
+def test_a_drift_alert_trips_the_kill_switch_when_configured(
+    registry: Registry, predict_key: CreatedKey, admin_key: CreatedKey
+) -> None:
+    publish_trained(registry)
+    settings = SETTINGS.model_copy(update={"kill_on_drift": True})
+    with TestClient(create_app(registry, settings)) as client:
+        _send(client, predict_key, sample(600, seed=10)[0])
+        assert client.app.state.fedguard.deployments.store.state("demo").killed is False  # type: ignore[attr-defined]
+        shifted = sample(1000, seed=11, shift=np.array([0.0, 0.0, 0.0, 4.0]))[0]
+        refused = 0
+        for start in range(0, len(shifted), 100):
+            response = client.post("/v1/models/demo/predict", headers=bearer(predict_key),
+                                   json={"instances": shifted[start:start + 100].tolist()})
+            refused += response.status_code == 503
+        assert refused > 0  # once the alert fired, the model was switched off
+        history = client.get("/v1/admin/models/demo/deployments", headers=bearer(admin_key)).json()
+        assert "drift" in str(history)

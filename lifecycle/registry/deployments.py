@@ -1,0 +1,391 @@
+"""Deployment state of each model: stable, candidate (canary or shadow), kill switch, history.
+
+The registry is the one source of truth that every serving replica reads, so a
+rollout or a kill decided on one machine (``fedguard deploy ...`` or an admin
+route) reaches them all. Each action rewrites the model's single
+:class:`~lifecycle.registry.tables.Deployment` row, bumps its ``revision``
+(what replicas poll), appends a
+:class:`~lifecycle.registry.tables.DeploymentEvent` and writes an audit event,
+all in one transaction (DESIGN.md §6): the history can never disagree with
+the state or with the audit trail.
+
+A model with no row yet serves its newest version (revision 0); its first
+action creates the row with that version as stable.
+
+Notes
+-----
+Canary, shadow and blue/green are the progressive-delivery patterns of
+continuous-deployment practice (Humble & Farley, *Continuous Delivery*, 2010,
+ch. 10; Sato, "CanaryRelease", 2014): a canary exposes a small, sticky share of
+callers to the candidate, a shadow mirrors live traffic to it without exposing
+any answer, and blue/green swaps the whole traffic in one step with the old
+version kept for an instant rollback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from lifecycle import audit
+from lifecycle.errors import ConfigurationError, NotFoundError, StateError
+from lifecycle.registry.store import _NAME, Registry
+from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
+
+
+class DeploymentConflict(ConfigurationError):
+    """The action does not fit the model's current deployment (nothing to promote, already stable, ...)."""
+
+
+KILL_MODES: tuple[str, ...] = ("503", "pinned")
+CANDIDATE_MODES: tuple[str, ...] = ("canary", "shadow")
+MAX_REASON = 256
+MAX_VERSION = 2**31 - 1  # the registry's integer columns
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """How a model is served now (a value; read it again to see later changes)."""
+
+    model: str
+    revision: int
+    stable_version: int
+    previous_version: int | None = None
+    candidate_version: int | None = None
+    candidate_mode: str | None = None
+    canary_weight: float = 0.0
+    rollout_id: int = 0
+    killed: bool = False
+    kill_mode: str | None = None
+    pinned_version: int | None = None
+    kill_reason: str = ""
+    updated_at: datetime | None = None
+
+    def shares(self) -> dict[str, float]:
+        """Percent of live answers by version (a shadow answers no one, so it has no share)."""
+        return _shares(self.stable_version, self.candidate_version, self.candidate_mode, self.canary_weight,
+                       self.killed, self.pinned_version)
+
+    def versions_needed(self) -> set[int]:
+        """Every version a replica must hold loaded to serve this state (and to revive it)."""
+        needed = {self.stable_version}
+        needed |= {v for v in (self.candidate_version, self.pinned_version) if v is not None}
+        return needed
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
+        data["shares"] = self.shares()
+        return data
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """One history entry: the action, who or what took it, and the state it left."""
+
+    id: int
+    model: str
+    revision: int
+    action: str
+    actor: str
+    source: str
+    reason: str
+    stable_version: int
+    candidate_version: int | None
+    candidate_mode: str | None
+    canary_weight: float
+    killed: bool
+    kill_mode: str | None
+    pinned_version: int | None
+    shares: dict[str, float]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+
+def _shares(stable: int, candidate: int | None, mode: str | None, weight: float, killed: bool,
+            pinned: int | None) -> dict[str, float]:
+    if killed:
+        return {str(pinned): 100.0} if pinned is not None else {}
+    if candidate is not None and mode == "canary":
+        return {str(stable): round(100.0 - weight, 6), str(candidate): round(weight, 6)}
+    return {str(stable): 100.0}
+
+
+def _clean(reason: str) -> str:
+    """A reason fit for the history: printable characters only (PostgreSQL refuses NUL), at most 256."""
+    return "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; every one stored here is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _state(name: str, row: Deployment) -> DeploymentState:
+    return DeploymentState(
+        model=name, revision=row.revision, stable_version=row.stable_version, previous_version=row.previous_version,
+        candidate_version=row.candidate_version, candidate_mode=row.candidate_mode, canary_weight=row.canary_weight,
+        rollout_id=row.rollout_id, killed=row.killed, kill_mode=row.kill_mode, pinned_version=row.pinned_version,
+        kill_reason=row.kill_reason, updated_at=_aware(row.updated_at),
+    )
+
+
+def verify_version(registry: Registry, name: str, version: int, public_key: Path | None = None) -> None:
+    """Check ``name:version`` exists and its signature verifies, before a deployment points at it.
+
+    Raises
+    ------
+    NotFoundError
+        No such model or version.
+    SignatureError
+        The artifact differs from what was signed (the message names the file).
+    StateError
+        The public key is missing.
+    """
+    from lifecycle.signing import verify_model
+
+    record = registry.get_version(name, version)
+    verify_model(record.artifact.model_dir, record.artifact.signature_path,
+                 public_key or registry.public_key_path())
+
+
+class DeploymentStore:
+    """Reads and audited writes of deployment state, over one :class:`Registry`."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # ----------------------------------------------------------------- reads
+    def state(self, name: str) -> DeploymentState:
+        """The current state of ``name`` (its newest version as stable if never deployed).
+
+        Raises
+        ------
+        NotFoundError
+            No model of that name, or it has no version.
+        """
+        with Session(self.registry.engine) as session:
+            model = self._model(session, name)
+            row = self._row(session, model)
+            if row is not None:
+                return _state(name, row)
+            return DeploymentState(model=name, revision=0, stable_version=self._newest(session, model))
+
+    def revisions(self) -> dict[str, int]:
+        """``{model name: revision}`` of every deployed model: one cheap query that replicas poll."""
+        with Session(self.registry.engine) as session:
+            rows = session.exec(
+                select(RegisteredModel.name, Deployment.revision).join(
+                    Deployment, col(Deployment.model_id) == col(RegisteredModel.id))
+            ).all()
+            return {name: revision for name, revision in rows}
+
+    def history(self, name: str, limit: int | None = None) -> list[DeploymentRecord]:
+        """The deployment events of ``name``, oldest first (the last ``limit`` if given)."""
+        with Session(self.registry.engine) as session:
+            model = self._model(session, name)
+            query = select(DeploymentEvent).where(DeploymentEvent.model_id == model.id)
+            query = query.order_by(col(DeploymentEvent.id).desc())
+            if limit is not None:
+                query = query.limit(limit)
+            rows = list(reversed(session.exec(query).all()))
+            return [
+                DeploymentRecord(
+                    id=int(e.id or 0), model=name, revision=e.revision, action=e.action, actor=e.actor,
+                    source=e.source, reason=e.reason, stable_version=e.stable_version,
+                    candidate_version=e.candidate_version, candidate_mode=e.candidate_mode,
+                    canary_weight=e.canary_weight, killed=e.killed, kill_mode=e.kill_mode,
+                    pinned_version=e.pinned_version, shares=json.loads(e.shares_json), created_at=_aware(e.created_at),
+                )
+                for e in rows
+            ]
+
+    # ---------------------------------------------------------------- writes
+    def adopt(self, name: str, *, actor: str) -> DeploymentState:
+        """Make the served state explicit: a never-deployed model gets its newest version as stable.
+
+        ``create_app`` calls this for every model it serves, so that a version
+        published later is not served until an operator deploys it. Two
+        replicas starting together may race; the loser reads the winner's row.
+        """
+        current = self.state(name)
+        if current.revision > 0:
+            return current
+        try:
+            return self._apply(name, "adopt", actor, "serve", "", lambda row, session: {})
+        except StateError:
+            adopted = self.state(name)
+            if adopted.revision == 0:
+                raise
+            return adopted
+
+    def canary(self, name: str, version: int, weight: float, *, actor: str) -> DeploymentState:
+        """Send ``weight`` percent of callers (sticky per key) to ``version``; the rest stay on stable."""
+        if not 0.0 < weight <= 100.0:
+            raise ConfigurationError(f"canary weight {weight} is out of range; give a percentage in (0, 100]")
+        return self._candidate(name, version, "canary", float(weight), actor)
+
+    def shadow(self, name: str, version: int, *, actor: str) -> DeploymentState:
+        """Mirror live traffic to ``version``; its answers are compared and logged, never returned."""
+        return self._candidate(name, version, "shadow", 0.0, actor)
+
+    def abort(self, name: str, *, actor: str) -> DeploymentState:
+        """Drop the candidate; stable keeps all the traffic."""
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            if row.candidate_version is None:
+                raise DeploymentConflict(f"model '{name}' has no canary or shadow to abort; see 'fedguard deploy status'")
+            dropped = row.candidate_version
+            self._clear_candidate(row)
+            return {"dropped": dropped}
+
+        return self._apply(name, "abort", actor, "operator", "", change)
+
+    def promote(self, name: str, version: int | None = None, *, actor: str) -> DeploymentState:
+        """Blue/green: make the candidate (or ``version``) stable in one step; the old stable is kept for rollback."""
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            target = version if version is not None else row.candidate_version
+            if target is None:
+                raise DeploymentConflict(
+                    f"model '{name}' has no candidate to promote; start one with 'fedguard deploy canary' "
+                    "or name the version: 'fedguard deploy promote MODEL --version N'"
+                )
+            self._check_version(session, row.model_id, name, target)
+            if target == row.stable_version:
+                raise DeploymentConflict(f"{name}:{target} is already stable")
+            row.previous_version, row.stable_version = row.stable_version, target
+            self._clear_candidate(row)
+            return {"from": row.previous_version, "to": target}
+
+        return self._apply(name, "promote", actor, "operator", "", change)
+
+    def rollback(self, name: str, *, actor: str) -> DeploymentState:
+        """Make the previous stable version stable again (and drop any candidate)."""
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            if row.previous_version is None:
+                raise DeploymentConflict(f"model '{name}' has no previous stable version to roll back to")
+            row.previous_version, row.stable_version = row.stable_version, row.previous_version
+            self._clear_candidate(row)
+            return {"from": row.previous_version, "to": row.stable_version}
+
+        return self._apply(name, "rollback", actor, "operator", "", change)
+
+    def kill(self, name: str, *, pin: int | None = None, actor: str, source: str = "operator",
+             reason: str = "") -> DeploymentState:
+        """Engage the kill switch: every replica answers 503, or serves only ``pin`` if given.
+
+        The caller must have verified ``pin``'s signature (serving does, before
+        calling); this layer checks that the version exists.
+        """
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            if pin is not None:
+                self._check_version(session, row.model_id, name, pin)
+            row.killed, row.kill_mode, row.pinned_version = True, "pinned" if pin is not None else "503", pin
+            row.kill_reason = _clean(reason)
+            return {"mode": row.kill_mode, "pinned": pin, "reason": row.kill_reason}
+
+        return self._apply(name, "kill", actor, source, reason, change)
+
+    def trip(self, name: str, *, pin: int | None, actor: str, source: str, reason: str) -> DeploymentState | None:
+        """Kill ``name`` unless it is killed already (automatic cut-outs call this; ``None`` if no change)."""
+        if self.state(name).killed:
+            return None
+        return self.kill(name, pin=pin, actor=actor, source=source, reason=reason)
+
+    def revive(self, name: str, *, actor: str) -> DeploymentState:
+        """Release the kill switch: the model serves its stable (and candidate) again."""
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            if not row.killed:
+                raise DeploymentConflict(f"model '{name}' is not killed; nothing to revive")
+            was = {"mode": row.kill_mode, "pinned": row.pinned_version}
+            row.killed, row.kill_mode, row.pinned_version, row.kill_reason = False, None, None, ""
+            return was
+
+        return self._apply(name, "revive", actor, "operator", "", change)
+
+    # --------------------------------------------------------------- helpers
+    def _candidate(self, name: str, version: int, mode: str, weight: float, actor: str) -> DeploymentState:
+        def change(row: Deployment, session: Session) -> dict[str, Any]:
+            self._check_version(session, row.model_id, name, version)
+            if version == row.stable_version:
+                raise DeploymentConflict(f"{name}:{version} is the stable version; a {mode} needs another version")
+            if (row.candidate_version, row.candidate_mode) != (version, mode):
+                row.rollout_id = row.revision + 1  # a new rollout re-draws who is in the canary
+            row.candidate_version, row.candidate_mode, row.canary_weight = version, mode, weight
+            return {"version": version, "mode": mode, "weight": weight}
+
+        return self._apply(name, mode, actor, "operator", "", change)
+
+    @staticmethod
+    def _clear_candidate(row: Deployment) -> None:
+        row.candidate_version, row.candidate_mode, row.canary_weight = None, None, 0.0
+
+    @staticmethod
+    def _model(session: Session, name: str) -> RegisteredModel:
+        if not _NAME.fullmatch(name):  # never send a malformed name (NUL bytes, 10k characters) to the database
+            raise NotFoundError(f"no model named {name[:128]!r}; see 'fedguard models list'")
+        model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+        if model is None:
+            raise NotFoundError(f"no model named '{name[:128]}'; see 'fedguard models list'")
+        return model
+
+    @staticmethod
+    def _newest(session: Session, model: RegisteredModel) -> int:
+        newest = session.exec(
+            select(ModelVersion.version).where(ModelVersion.model_id == model.id)
+            .order_by(col(ModelVersion.version).desc()).limit(1)
+        ).first()
+        if newest is None:
+            raise NotFoundError(f"model '{model.name}' has no version yet; publish one first")
+        return int(newest)
+
+    @staticmethod
+    def _row(session: Session, model: RegisteredModel, lock: bool = False) -> Deployment | None:
+        query = select(Deployment).where(Deployment.model_id == model.id)
+        if lock:
+            query = query.with_for_update()  # PostgreSQL: serialise two operators; SQLite ignores it
+        return session.exec(query).first()
+
+    @staticmethod
+    def _check_version(session: Session, model_id: int, name: str, version: int) -> None:
+        if not 1 <= version <= MAX_VERSION:
+            raise NotFoundError(f"model '{name}' has no version {version}; versions count from 1")
+        found = session.exec(
+            select(ModelVersion.id).where(ModelVersion.model_id == model_id, ModelVersion.version == version)
+        ).first()
+        if found is None:
+            raise NotFoundError(f"model '{name}' has no version {version}; see 'fedguard models show {name}'")
+
+    def _apply(self, name: str, action: str, actor: str, source: str, reason: str, change: Any) -> DeploymentState:
+        """Run ``change(row, session)`` on the locked row, then bump, log and audit it, atomically."""
+        with self.registry.transaction() as session:
+            model = self._model(session, name)
+            assert model.id is not None
+            row = self._row(session, model, lock=True)
+            if row is None:
+                row = Deployment(model_id=model.id, stable_version=self._newest(session, model))
+            details = change(row, session)
+            row.revision += 1
+            row.updated_at = utcnow()
+            session.add(row)
+            shares = _shares(row.stable_version, row.candidate_version, row.candidate_mode, row.canary_weight,
+                             row.killed, row.pinned_version)
+            session.add(DeploymentEvent(
+                model_id=model.id, revision=row.revision, action=action, actor=actor[:128], source=source,
+                reason=_clean(reason), stable_version=row.stable_version,
+                candidate_version=row.candidate_version, candidate_mode=row.candidate_mode,
+                canary_weight=row.canary_weight, killed=row.killed, kill_mode=row.kill_mode,
+                pinned_version=row.pinned_version, shares_json=json.dumps(shares, sort_keys=True),
+            ))
+            audit.record(session, f"deployment.{action}", actor=actor[:128], subject=name,
+                         details={**details, "source": source, "revision": row.revision, "shares": shares})
+            session.flush()
+            return _state(name, row)
