@@ -52,8 +52,7 @@ class Forwarder:
                  loopback_ctx: ssl.SSLContext, port: int = 0) -> None:
         self.gateway = (gateway_host, gateway_port)
         self._gateway_ctx = gateway_ctx
-        self._loopback_ctx = loopback_ctx
-        self.server = RelayServer("forwarder", "127.0.0.1", port, self._handle)
+        self.server = RelayServer("forwarder", "127.0.0.1", port, self._handle, tls=lambda: loopback_ctx)
 
     @property
     def port(self) -> int:
@@ -61,7 +60,6 @@ class Forwarder:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.wait_for(writer.start_tls(self._loopback_ctx), CONNECT_TIMEOUT)
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.gateway, ssl=self._gateway_ctx, server_hostname=self.gateway[0],
                                         limit=1 << 20), CONNECT_TIMEOUT)

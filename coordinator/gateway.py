@@ -188,7 +188,8 @@ class Gateway:
         self._ctx: ssl.SSLContext | None = None
         self._crl_stamp: tuple[int, int] | None = None
         self._upstream_ctx = upstream_context(tls.ca_cert)
-        self.server = RelayServer("gateway", host, port, self._handle)
+        self.server = RelayServer("gateway", host, port, self._handle, tls=self.context,
+                                  handshake_timeout=HANDSHAKE_TIMEOUT)
 
     @property
     def port(self) -> int:
@@ -205,11 +206,6 @@ class Gateway:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        try:
-            await asyncio.wait_for(writer.start_tls(self.context()), HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            logger.warning("gateway: TLS handshake from %s refused: %s", peer, getattr(exc, "reason", None) or exc)
-            return
         serial, name = peer_serial(writer)
         state = self.lookup(serial) if serial else None
         if state is None or state[1] != "active":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.authority import create_ca, issue_site_certificate
-from lifecycle.bundle import SiteBundle, read_bundle
+from lifecycle.bundle import SiteBundle
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings
 from lifecycle.streams import RelayServer
@@ -82,7 +82,6 @@ def fake_superlink(layout: FederationLayout) -> RelayServer:
     ctx.load_cert_chain(layout.server_cert, layout.server_key)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await writer.start_tls(ctx)
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -94,5 +93,7 @@ def fake_superlink(layout: FederationLayout) -> RelayServer:
             reply = lines[0].split(" ")[1].encode() + b" " + body
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
             await writer.drain()
+            if b"connection: close" in head.lower():
+                return
 
-    return RelayServer("fake-superlink", "127.0.0.1", 0, handle)
+    return RelayServer("fake-superlink", "127.0.0.1", 0, handle, tls=lambda: ctx)
