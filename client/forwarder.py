@@ -19,14 +19,45 @@ TLS so Flower runs with TLS on, as it expects.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from lifecycle.streams import RelayServer, pump
 
 logger = logging.getLogger("client")
 CONNECT_TIMEOUT = 15.0
+
+
+def loopback_certificate(*, now: datetime | None = None) -> tuple[bytes, bytes]:
+    """A throw-away self-signed P-256 certificate for 127.0.0.1/localhost: ``(cert_pem, key_pem)``.
+
+    It protects only the hop from the SuperNode to this forwarder on the same
+    machine and lives as long as the agent.
+    """
+    now = now or datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedguard site loopback")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def gateway_context(ca_cert: Path, site_cert: Path, site_key: Path) -> ssl.SSLContext:

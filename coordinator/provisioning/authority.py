@@ -178,23 +178,6 @@ def issue_site_certificate(ca: KeyPair, federation: str, site: str, *, now: date
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def self_signed_loopback(*, now: datetime | None = None) -> KeyPair:
-    """A throw-away certificate for 127.0.0.1, used on one machine's loopback for one process's life."""
-    now = now or datetime.now(UTC)
-    key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedguard loopback")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.SubjectAlternativeName(_alt_names((), ())), critical=False)
-        .sign(key, hashes.SHA384())
-    )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
 def create_node_key() -> NodeKey:
     """A fresh P-384 key pair for Flower's SuperNode authentication."""
     key = _new_key()

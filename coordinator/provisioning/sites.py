@@ -150,6 +150,15 @@ class SiteRegistry:
                 query = query.where(SiteCredential.status == status)
             return list(session.exec(query.order_by(col(SiteCredential.id))).all())
 
+    def node_keys(self) -> list[tuple[str, bool, str]]:
+        """``(site, active, node public key PEM)`` for every credential ever issued."""
+        with Session(self.registry.engine) as session:
+            rows = session.exec(select(SiteCredential, FederationSite)
+                                .where(SiteCredential.site_id == FederationSite.id)
+                                .order_by(col(SiteCredential.id))).all()
+            return [(site.name, credential.status == ACTIVE and site.status == ACTIVE, credential.node_public_key)
+                    for credential, site in rows]
+
     def credential_state(self, serial: str) -> tuple[str, str] | None:
         """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it."""
         with Session(self.registry.engine) as session:
