@@ -1,5 +1,9 @@
 """The running coordinator: SuperLink + mTLS gateway + node-key sync, started and stopped as one.
 
+With ``insecure`` (loopback only, refused otherwise) there is no TLS, no
+gateway and no node authentication: the SuperLink alone on 127.0.0.1, for a
+developer's machine.
+
 ``fedguard coordinator start`` builds a :class:`CoordinatorService` and keeps
 it in the foreground. Start order: SuperLink (loopback, TLS, node auth,
 persistent state) → wait for its Control API → register the node keys of
@@ -57,9 +61,10 @@ class CoordinatorService:
         try:
             client = self._client()
             wait_ready(lambda: registered_keys(client), self.superlink)
-            if not self.insecure:
-                added, removed = sync_nodes(client, self.sites)
-                logger.info("node keys registered for %s; unregistered for %s", added or "none", removed or "none")
+            if self.insecure:  # no TLS anywhere: SuperNodes dial the loopback SuperLink directly
+                return self
+            added, removed = sync_nodes(client, self.sites)
+            logger.info("node keys registered for %s; unregistered for %s", added or "none", removed or "none")
             self.gateway = Gateway(
                 GatewayTls(self.layout.ca_cert, self.layout.server_cert, self.layout.server_key, self.layout.crl),
                 host=self.config.gateway_address, port=self.config.gateway_port, upstream_host=LOOPBACK,
@@ -67,10 +72,8 @@ class CoordinatorService:
         except BaseException:
             self.stop()
             raise
-        if not self.insecure:
-            self._sync_thread = threading.Thread(target=self._sync_loop, args=(client,), name="node-sync",
-                                                 daemon=True)
-            self._sync_thread.start()
+        self._sync_thread = threading.Thread(target=self._sync_loop, args=(client,), name="node-sync", daemon=True)
+        self._sync_thread.start()
         return self
 
     def _client(self) -> object:
@@ -90,6 +93,9 @@ class CoordinatorService:
 
     @property
     def gateway_port(self) -> int:
+        """The port sites dial: the gateway's, or in ``--insecure`` mode the SuperLink's on loopback."""
+        if self.insecure:
+            return self.config.superlink_port
         return self.gateway.port if self.gateway is not None else self.config.gateway_port
 
     def alive(self) -> bool:
