@@ -8,7 +8,12 @@ refuses the site's certificate.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import ssl
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +22,7 @@ import pytest
 
 from client.supernode import SiteAgent, free_port
 from coordinator.deployment import CoordinatorService
+from coordinator.provisioning import FederationLayout
 from coordinator.superlink import control_client
 from tests.coordinator.federation_fixtures import client_context, credential_files, https_request, make_federation
 
@@ -53,3 +59,45 @@ def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_
             ca, cert, key = credential_files(bundle, tmp_path / "creds")
             with pytest.raises(ssl.SSLError, match="(?i)revoked"):
                 https_request(client_context(ca, cert, key), service.gateway_port)
+
+
+def _start_coordinator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "fedguard.cli", "coordinator", "start"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "the coordinator did not open its gateway in time"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+
+
+def test_coordinator_start_runs_in_foreground_stops_on_sigterm_and_keeps_state(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path)
+    fed.enroll("st-marys")
+    config = replace(fed.layout.read_config(), gateway_address="127.0.0.1", gateway_port=free_port(),
+                     superlink_port=free_port())
+    fed.layout.write_config(config)
+    env = {**os.environ, "FEDGUARD_HOME": str(fed.home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    log = tmp_path / "coordinator.out"
+    process = _start_coordinator(env, log)
+    try:
+        _wait_for_port(config.gateway_port, process, log)
+        assert _nodes(config.superlink_port, fed.layout.ca_cert) == {"st-marys": ("registered", "")}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-2000:]
+    assert "coordinator stopped" in log.read_text()
+    with pytest.raises(OSError):  # the SuperLink went down with it
+        socket.create_connection(("127.0.0.1", config.superlink_port), timeout=1).close()
+    # a restart reads superlink.db: the node is already registered, and only once
+    with CoordinatorService(fed.layout, config, fed.sites, sync_interval=3600) as service:
+        assert service.sync_now() == ([], [])
+        assert _nodes(config.superlink_port, fed.layout.ca_cert) == {"st-marys": ("registered", "")}
