@@ -141,3 +141,23 @@ def test_errors_name_the_fix(fed: Federation) -> None:
         fed.sites.revoke("nobody")
     with pytest.raises(ConfigurationError, match="invalid site name"):
         fed.enroll("St Mary's")
+
+
+@pytest.mark.postgres
+def test_site_registry_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    home = tmp_path / "home"
+    layout = init_federation(home, "cardio")
+    sites = SiteRegistry(Registry.open(Settings(home=home, database_url=pg_url)), layout)
+    try:
+        first = sites.enroll("st-marys", tmp_path / "a.bundle")
+        sites.enroll("guys", tmp_path / "b.bundle")
+        second = sites.rotate("st-marys", tmp_path / "c.bundle")
+        sites.revoke("guys")
+        assert sites.credential_state(format(_cert(first.site_cert).serial_number, "x")) == ("st-marys", "revoked")
+        assert sites.credential_state(format(_cert(second.site_cert).serial_number, "x")) == ("st-marys", "active")
+        assert {i.name: i.status for i in sites.sites()} == {"guys": "revoked", "st-marys": "active"}
+        assert len(x509.load_pem_x509_crl(layout.crl.read_bytes())) == 2
+        with Session(sites.registry.engine) as session:
+            assert verify_chain(session) == 4
+    finally:
+        sites.registry.engine.dispose()
