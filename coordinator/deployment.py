@@ -55,6 +55,8 @@ class CoordinatorService:
     def start(self) -> CoordinatorService:
         if self.insecure:
             check_insecure([self.config.gateway_address, LOOPBACK])
+        else:
+            self.sites.write_crl()  # from the registry: a crash between a revoke's commit and its CRL heals here
         argv = superlink_argv(self.layout, self.config, insecure=self.insecure, extra=self.superlink_extra)
         self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log",
                                         flower_env(self.layout)).start()
@@ -82,6 +84,8 @@ class CoordinatorService:
     def _sync_loop(self, client: object) -> None:
         while not self._stop.wait(self.sync_interval):
             try:
+                if self.sites.refresh_crl():
+                    logger.info("CRL re-signed (daily refresh)")
                 added, removed = sync_nodes(client, self.sites)
                 if added or removed:
                     logger.info("node keys registered for %s; unregistered for %s", added, removed)

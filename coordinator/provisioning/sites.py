@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from sqlmodel import Session, col, select
 
 from coordinator.provisioning.authority import (
@@ -32,6 +35,7 @@ from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry import Registry
 
 logger = logging.getLogger("coordinator")
+CRL_REFRESH = timedelta(days=1)
 _SITE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -72,7 +76,7 @@ class SiteRegistry:
                now: datetime | None = None) -> SiteBundle:
         """Create a site, issue its first credentials and write its bundle to ``out`` (0600)."""
         validate_site_name(name)
-        with self.registry.transaction() as session:
+        with self._bundle_guard(out), self.registry.transaction() as session:
             if session.exec(select(FederationSite).where(FederationSite.name == name)).first() is not None:
                 raise ConfigurationError(f"site '{name}' is already enrolled; use 'fedguard site rotate {name}' "
                                          "for new credentials")
@@ -92,7 +96,7 @@ class SiteRegistry:
                now: datetime | None = None) -> SiteBundle:
         """Issue new credentials for ``name`` only; its previous ones are revoked."""
         now = now or datetime.now(UTC)
-        with self.registry.transaction() as session:
+        with self._bundle_guard(out), self.registry.transaction() as session:
             site = self._site(session, name)
             if site.status != ACTIVE:
                 raise StateError(f"site '{name}' was revoked for good; enrol it under a new name if it must return")
@@ -119,6 +123,23 @@ class SiteRegistry:
             audit.record(session, "site.revoked", actor=actor, subject=name,
                          details={"serials": serials, "reason": reason})
         self.write_crl()
+
+    def refresh_crl(self, *, max_age: timedelta = CRL_REFRESH, now: datetime | None = None) -> bool:
+        """Re-sign the CRL if it is missing or older than ``max_age``; return whether it was rewritten.
+
+        A CRL past its ``nextUpdate`` makes OpenSSL refuse *every* client
+        (``CRL has expired``), so a running coordinator refreshes it daily,
+        well inside the CRL's 7-day lifetime.
+        """
+        now = now or datetime.now(UTC)
+        try:
+            crl = x509.load_pem_x509_crl(self.layout.crl.read_bytes())
+            if now - crl.last_update_utc < max_age:
+                return False
+        except (OSError, ValueError):
+            pass
+        self.write_crl(now=now)
+        return True
 
     def write_crl(self, *, now: datetime | None = None) -> bytes:
         """Re-sign the CRL from every revoked serial and write it atomically."""
@@ -173,6 +194,18 @@ class SiteRegistry:
 
     # -- helpers ---------------------------------------------------------------
     @staticmethod
+    @contextmanager
+    def _bundle_guard(out: Path) -> Iterator[None]:
+        """Delete a bundle written by a transaction that then failed (no credentials without a record)."""
+        existed = out.exists()
+        try:
+            yield
+        except BaseException:
+            if not existed:
+                out.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
     def _site(session: Session, name: str) -> FederationSite:
         site = session.exec(select(FederationSite).where(FederationSite.name == name)).first()
         if site is None:
@@ -210,6 +243,7 @@ class SiteRegistry:
 
     @staticmethod
     def _write(out: Path, bundle: SiteBundle) -> None:
+        """Write the bundle inside the caller's transaction; removed again if the commit fails."""
         try:
             write_bundle(out, bundle)
         except OSError as exc:

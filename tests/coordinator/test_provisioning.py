@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,26 @@ def test_site_registry_on_postgresql(tmp_path: Path, pg_url: str) -> None:
             assert verify_chain(session) == 4
     finally:
         sites.registry.engine.dispose()
+
+
+def test_crl_is_re_signed_before_it_expires(fed: Federation) -> None:
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    fed.sites.write_crl(now=t0)
+    assert not fed.sites.refresh_crl(now=t0 + timedelta(hours=20))
+    assert fed.sites.refresh_crl(now=t0 + timedelta(days=2))
+    crl = x509.load_pem_x509_crl(fed.layout.crl.read_bytes())
+    assert crl.next_update_utc is not None and crl.next_update_utc > t0 + timedelta(days=8)
+
+
+def test_a_failed_enrolment_leaves_no_bundle(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def boom(self: Session) -> None:
+        raise SQLAlchemyError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Session, "commit", boom)
+        with pytest.raises(StateError, match="rolled back"):
+            fed.enroll("st-marys")
+    assert not (fed.home.parent / "st-marys.bundle").exists()
+    assert fed.sites.sites() == []
