@@ -42,6 +42,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,13 @@ def allowed(path: str) -> bool:
 
 
 async def forward_requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           client: asyncio.StreamWriter, site: str) -> None:
-    """Copy HTTP/1.1 requests from ``reader`` to the upstream ``writer``, refusing any outside the Fleet API."""
+                           client: asyncio.StreamWriter, site: str,
+                           still_allowed: Callable[[], bool] = lambda: True) -> None:
+    """Copy HTTP/1.1 requests from ``reader`` to the upstream ``writer``, refusing any outside the Fleet API.
+
+    ``still_allowed`` is asked before each request, so a keep-alive connection
+    opened before a revocation does not outlive it.
+    """
     try:
         while True:
             try:
@@ -152,6 +158,10 @@ async def forward_requests(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 client.write(BAD_REQUEST)
                 return
             method, path, length = parsed
+            if not still_allowed():
+                logger.warning("gateway: site %s was revoked while connected; connection closed", site)
+                client.write(FORBIDDEN)
+                return
             if not allowed(path):
                 logger.warning("gateway: site %s asked for %s %s outside the Fleet API; refused", site, method,
                                path[:120])
@@ -178,11 +188,16 @@ class Gateway:
     lookup
         ``serial_hex → (site, status) | None``; normally
         :meth:`coordinator.provisioning.SiteRegistry.credential_state`.
+    recheck_interval
+        Seconds between re-checks of an open connection's certificate
+        against the registry (before a request), so revocation also ends
+        keep-alive connections.
     """
 
     def __init__(self, tls: GatewayTls, *, host: str, port: int, upstream_host: str, upstream_port: int,
-                 lookup: Lookup) -> None:
+                 lookup: Lookup, recheck_interval: float = 2.0) -> None:
         self.tls = tls
+        self.recheck_interval = recheck_interval
         self.upstream = (upstream_host, upstream_port)
         self.lookup = lookup
         self._ctx: ssl.SSLContext | None = None
@@ -221,7 +236,17 @@ class Gateway:
             logger.error("gateway: cannot reach the SuperLink at %s:%d: %s", *self.upstream, exc)
             return
         logger.info("gateway: site %s connected from %s", site, peer)
-        await asyncio.gather(forward_requests(reader, up_writer, writer, site), pump(up_reader, writer))
+        checked = [time.monotonic()]
+
+        def still_allowed() -> bool:
+            if time.monotonic() - checked[0] < self.recheck_interval:
+                return True
+            checked[0] = time.monotonic()
+            current = self.lookup(serial)
+            return current is not None and current[1] == "active"
+
+        await asyncio.gather(forward_requests(reader, up_writer, writer, site, still_allowed),
+                             pump(up_reader, writer))
 
     def start(self) -> Gateway:
         self.context()

@@ -9,6 +9,7 @@ tests/integration/test_site_transport.py).
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     layout = fed.layout
     gateway = Gateway(GatewayTls(layout.ca_cert, layout.server_cert, layout.server_key, layout.crl),
                       host="127.0.0.1", port=0, upstream_host="127.0.0.1", upstream_port=upstream.port,
-                      lookup=fed.sites.credential_state).start()
+                      lookup=fed.sites.credential_state, recheck_interval=0.0).start()
     yield {"fed": fed, "root": root, "valid": valid, "revoked": revoked, "foreign": foreign, "gateway": gateway}
     gateway.stop()
     upstream.stop()
@@ -124,3 +125,18 @@ def test_request_heads_that_could_smuggle_are_refused() -> None:
     assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n") is None
     assert parse_head(b"POST /v1/fleet/x HTTP/1.0\r\n\r\n") is None
     assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\n folded: x\r\n\r\n") is None
+
+
+def test_revocation_ends_an_open_keep_alive_connection(world: dict[str, object]) -> None:
+    fed = world["fed"]
+    root = world["root"]
+    assert isinstance(fed, Federation) and isinstance(root, Path)
+    ca, cert, key = credential_files(fed.enroll("kings"), root / "kings")
+    request = b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", _port(world)), timeout=10) as raw:
+        with client_context(ca, cert, key).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            fed.sites.revoke("kings")
+            tls.sendall(request)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 403")
