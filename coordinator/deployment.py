@@ -1,23 +1,24 @@
 """The running coordinator: SuperLink + mTLS gateway + node-key sync, started and stopped as one.
 
+``fedguard coordinator start`` builds a :class:`CoordinatorService` and keeps
+it in the foreground. Start order: CRL re-signed from the registry →
+SuperLink (loopback, TLS, node auth, persistent state) → wait for its Control
+API → register the node keys of active sites and unregister revoked ones →
+gateway on the public address. While running, node keys are re-synchronised
+(and the CRL refreshed when a day old) every ``sync_interval`` seconds, so
+``fedguard site rotate|revoke`` in another shell reaches Flower's layer too;
+the gateway already enforces the new CRL at the next handshake.
+
 With ``insecure`` (loopback only, refused otherwise) there is no TLS, no
 gateway and no node authentication: the SuperLink alone on 127.0.0.1, for a
 developer's machine.
-
-``fedguard coordinator start`` builds a :class:`CoordinatorService` and keeps
-it in the foreground. Start order: SuperLink (loopback, TLS, node auth,
-persistent state) → wait for its Control API → register the node keys of
-active sites and unregister revoked ones → gateway on the public address.
-While running, the node keys are re-synchronised every ``sync_interval``
-seconds, so ``fedguard site rotate|revoke`` in another shell reaches Flower's
-layer too; the gateway already enforces the new CRL at the next handshake.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.gateway import Gateway, GatewayTls
@@ -46,11 +47,13 @@ class CoordinatorService:
     sites: SiteRegistry
     insecure: bool = False
     superlink_extra: Sequence[str] = ()
+    superlink_env: Mapping[str, str] = field(default_factory=dict)
     sync_interval: float = 5.0
     superlink: ManagedProcess | None = None
     gateway: Gateway | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
+    _control: object | None = None
 
     def start(self) -> CoordinatorService:
         if self.insecure:
@@ -59,9 +62,9 @@ class CoordinatorService:
             self.sites.write_crl()  # from the registry: a crash between a revoke's commit and its CRL heals here
         argv = superlink_argv(self.layout, self.config, insecure=self.insecure, extra=self.superlink_extra)
         self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log",
-                                        flower_env(self.layout)).start()
+                                        {**flower_env(self.layout), **self.superlink_env}).start()
         try:
-            client = self._client()
+            client = self._control = self._client()
             wait_ready(lambda: registered_keys(client), self.superlink)
             if self.insecure:  # no TLS anywhere: SuperNodes dial the loopback SuperLink directly
                 return self
@@ -93,7 +96,12 @@ class CoordinatorService:
                 logger.warning("node-key sync with the SuperLink failed (will retry): %s", exc)
 
     def sync_now(self) -> tuple[list[str], list[str]]:
-        return sync_nodes(self._client(), self.sites)
+        """Synchronise node keys right away (the loop does it every ``sync_interval`` seconds)."""
+        client = self._client()
+        try:
+            return sync_nodes(client, self.sites)
+        finally:
+            client.close()  # type: ignore[attr-defined]
 
     @property
     def gateway_port(self) -> int:
@@ -113,6 +121,9 @@ class CoordinatorService:
             self.superlink.stop()
         if self._sync_thread is not None:
             self._sync_thread.join(timeout=5)
+        close = getattr(self._control, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> CoordinatorService:
         return self.start()
