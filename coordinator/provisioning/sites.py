@@ -45,6 +45,16 @@ def validate_site_name(name: str) -> str:
     return name
 
 
+def check_endpoint(endpoint: str | None) -> None:
+    """Refuse an ``--endpoint`` that is not ``host:port`` (``[v6]:port`` for IPv6)."""
+    if endpoint is None:
+        return
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise ConfigurationError(f"invalid endpoint '{endpoint}': use host:port, e.g. fl.example.org:9443 "
+                                 "or [2001:db8::1]:9443")
+
+
 @dataclass(frozen=True)
 class SiteInfo:
     """What the registry knows about a site (public material only)."""
@@ -76,6 +86,7 @@ class SiteRegistry:
                now: datetime | None = None) -> SiteBundle:
         """Create a site, issue its first credentials and write its bundle to ``out`` (0600)."""
         validate_site_name(name)
+        check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
             if session.exec(select(FederationSite).where(FederationSite.name == name)).first() is not None:
                 raise ConfigurationError(f"site '{name}' is already enrolled; use 'fedguard site rotate {name}' "
@@ -96,6 +107,7 @@ class SiteRegistry:
                now: datetime | None = None) -> SiteBundle:
         """Issue new credentials for ``name`` only; its previous ones are revoked."""
         now = now or datetime.now(UTC)
+        check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
             site = self._site(session, name)
             if site.status != ACTIVE:

@@ -142,6 +142,10 @@ def test_errors_name_the_fix(fed: Federation) -> None:
         fed.sites.revoke("nobody")
     with pytest.raises(ConfigurationError, match="invalid site name"):
         fed.enroll("St Mary's")
+    for endpoint in ("fl.example.org", "::1:9443", "host:0"):
+        with pytest.raises(ConfigurationError, match="invalid endpoint"):
+            fed.sites.enroll("kings", fed.home.parent / "k.bundle", endpoint=endpoint)
+    assert fed.sites.enroll("kings", fed.home.parent / "k.bundle", endpoint="[::1]:9443").port == 9443
 
 
 @pytest.mark.postgres
