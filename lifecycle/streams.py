@@ -100,8 +100,8 @@ class _Held(asyncio.Protocol):
         transport.pause_reading()
         self.relay._spawn(transport)
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
+    def data_received(self, data: bytes) -> None:  # never called: reading stays paused until replaced
+        raise AssertionError("the relay read a connection before choosing its protocol")
 
 
 class RelayServer:
@@ -148,6 +148,8 @@ class RelayServer:
                 transport.close()
                 return
             transport = wrapped  # type: ignore[assignment]
+        else:
+            transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if self._tls is None:
             transport.resume_reading()
@@ -180,9 +182,11 @@ class RelayServer:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.sleep(0)
+        if tasks:  # let each connection run its clean-up before the loop stops
+            await asyncio.wait(tasks, timeout=3)
 
     def stop(self) -> None:
         if not self._thread.is_alive():
