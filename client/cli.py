@@ -1,5 +1,11 @@
 """``fedguard client ...``: the site agent's commands.
 
+``start`` runs the site agent (forwarder + SuperNode) from the site's bundle.
+The site opens no inbound port: the forwarder listens on 127.0.0.1 only and
+dials the coordinator's gateway. The data file and schema stay here; their
+paths reach the ClientApp through ``--node-config`` (keys in
+:data:`client.supernode.NODE_CONFIG_KEYS`).
+
 ``check`` validates the site's data file against its schema offline (every
 problem at once; exit 2 when any), so an operator can fix a file before the
 site ever joins a run. ``audit`` shows or verifies the site's local audit log
@@ -9,19 +15,86 @@ of outgoing messages (docs/site-data.md).
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from client.audit import read_log, verify_log
 from client.data import check_file
 from client.schema import SiteSchema
+from client.supernode import SiteAgent
+from lifecycle.bundle import read_bundle
+from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.settings import get_settings
 
-client_app = typer.Typer(help="The site agent: check the site's data, inspect its audit log.", no_args_is_help=True)
+client_app = typer.Typer(help="The site agent: run it, check the site's data, inspect its audit log.",
+                         no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ConfigurationError(f"the {what} {path} does not exist or is not a file; pass the right path")
+    return path.resolve()
+
+
+def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledger: Path,
+                     epsilon_cap: float | None) -> dict[str, str | float]:
+    """The ``--node-config`` values the ClientApp reads (absolute paths: the ClientApp runs elsewhere)."""
+    values: dict[str, str | float] = {"site-name": site, "data-path": str(data), "schema-path": str(schema),
+                                      "audit-path": str(audit_log.resolve()), "ledger-path": str(ledger.resolve())}
+    if epsilon_cap is not None:
+        if not epsilon_cap > 0:
+            raise ConfigurationError(f"--epsilon-cap must be positive, got {epsilon_cap}")
+        values["epsilon-cap"] = float(epsilon_cap)
+    return values
+
+
+@client_app.command("start")
+def start(
+    bundle: Annotated[Path, typer.Option("--bundle", help="This site's bundle from 'fedguard site enroll' (0600).")],
+    data: Annotated[Path, typer.Option("--data", help="The site's CSV or Parquet file (never leaves this machine).")],
+    schema: Annotated[Path, typer.Option("--schema", help="Schema TOML the data is validated against.")],
+    audit_log: Annotated[Path | None, typer.Option(help="Local audit log [FEDGUARD_HOME/site/SITE/audit.jsonl].")]
+    = None,
+    ledger: Annotated[Path | None, typer.Option(help="Local privacy ledger [FEDGUARD_HOME/site/SITE/ledger.db].")]
+    = None,
+    epsilon_cap: Annotated[float | None, typer.Option(help="This site's own ε cap (its veto).")] = None,
+) -> None:
+    """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
+    site_bundle = read_bundle(bundle)
+    state = get_settings().home / "site" / site_bundle.site
+    state.mkdir(parents=True, exist_ok=True)
+    config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
+                              audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap)
+    log = logging.getLogger("client")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(RichHandler(console=err_console, show_path=False))
+    agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.start()
+    try:
+        err_console.print(f"site [bold]{site_bundle.site}[/bold] of federation {site_bundle.federation} → "
+                          f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state / 'supernode.log'}; "
+                          "stop with Ctrl-C or SIGTERM", highlight=False)
+        while not stop.wait(0.5):
+            if not agent.alive():
+                raise StateError(f"the SuperNode exited; see {state / 'supernode.log'} (a refused certificate "
+                                 "shows there as 'could not establish a connection')")
+    finally:
+        agent.stop()
+        err_console.print("site agent stopped")
 
 
 @client_app.command("check")

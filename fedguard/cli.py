@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from client.cli import client_app
+from coordinator.cli import coordinator_app, site_app
 from fedguard.verify import verify
 from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
@@ -42,6 +43,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(deploy_app, name="deploy")
 app.command("serve")(serve)
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(site_app, name="site")
 app.add_typer(client_app, name="client")
 
 

@@ -1,0 +1,162 @@
+"""The site agent's processes: the forwarder and a Flower SuperNode started from the site's bundle.
+
+:func:`supernode_argv` is pure (tested without starting anything): the
+SuperNode dials the forwarder on loopback over TLS (``--root-certificates``
+the forwarder's throw-away loopback certificate), signs its requests with the
+bundle's node key (``--auth-supernode-private-key``), and receives the site's
+settings as ``--node-config`` (``site-name``, ``data-path``, ``schema-path``,
+``audit-path``, ``ledger-path``, ``epsilon-cap``; the ClientApp reads them).
+
+Private keys are written only into a 0700 temporary folder (``mkdtemp``)
+that lives as long as the agent and is deleted when it stops: Flower reads
+its node key from a file and Python's ``ssl`` its certificate key too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.forwarder import Forwarder, gateway_context, loopback_certificate, loopback_context
+from lifecycle.bundle import SiteBundle
+from lifecycle.errors import StateError
+from lifecycle.home import write_private
+
+logger = logging.getLogger("client")
+NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap")
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """Where one agent's credentials live for its life (a 0700 temporary folder)."""
+
+    root: Path
+
+    ca_cert = property(lambda self: self.root / "ca.crt")
+    site_cert = property(lambda self: self.root / "site.crt")
+    site_key = property(lambda self: self.root / "site.key")
+    node_key = property(lambda self: self.root / "node.key")
+    loopback_cert = property(lambda self: self.root / "loopback.crt")
+    loopback_key = property(lambda self: self.root / "loopback.key")
+
+
+def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -> SiteFiles:
+    """Write the bundle's certificates and keys (keys 0600) into a fresh 0700 temporary folder."""
+    files = SiteFiles(Path(tempfile.mkdtemp(prefix="fedguard-site-")))
+    os.chmod(files.root, 0o700)
+    files.ca_cert.write_text(bundle.ca_cert)
+    files.site_cert.write_text(bundle.site_cert)
+    files.loopback_cert.write_bytes(loopback_cert)
+    write_private(files.site_key, bundle.site_key.encode())
+    write_private(files.node_key, bundle.node_key.encode())
+    write_private(files.loopback_key, loopback_key)
+    return files
+
+
+def node_config(values: Mapping[str, str | float | int]) -> str:
+    """``--node-config`` text: space-separated ``key=value`` pairs, strings quoted (TOML basic strings)."""
+    parts = []
+    for key, value in values.items():
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, str | float | int], *,
+                   runtime_port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The ``flower-supernode`` command line for this site (``extra``: runtime options appended)."""
+    executable = Path(sys.executable).with_name("flower-supernode")
+    return [str(executable) if executable.exists() else "flower-supernode",
+            "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
+            "--auth-supernode-private-key", str(files.node_key), "--node-config", node_config(config),
+            "--host", "127.0.0.1", "--port", str(runtime_port), *extra]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for the SuperNode's own loopback Runtime API)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SiteAgent:
+    """Forwarder + SuperNode for one site; ``stop()`` ends both and deletes the key folder.
+
+    The forwarder runs in this process (a thread); the SuperNode is a child
+    process whose output goes to ``log_path``.
+    """
+
+    def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,
+                 extra: Sequence[str] = (), runtime_port: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.bundle = bundle
+        self.config = dict(config)
+        self.log_path = log_path
+        self.extra = list(extra)
+        self.runtime_port = runtime_port
+        self.env = dict(env if env is not None else os.environ)
+        self.files: SiteFiles | None = None
+        self.forwarder: Forwarder | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SiteAgent:
+        cert, key = loopback_certificate()
+        self.files = files = materialize(self.bundle, cert, key)
+        try:
+            self.forwarder = Forwarder(
+                gateway_host=self.bundle.host, gateway_port=self.bundle.port,
+                gateway_ctx=gateway_context(files.ca_cert, files.site_cert, files.site_key),
+                loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key)).start()
+            argv = supernode_argv(files, self.forwarder.port, self.config,
+                                  runtime_port=self.runtime_port or free_port(), extra=self.extra)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                env = {**self.env, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("site %s: SuperNode pid %d via forwarder 127.0.0.1:%d → %s, log %s", self.bundle.site,
+                    self.process.pid, self.forwarder.port, self.bundle.endpoint, self.log_path)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self) -> int:
+        if self.process is None:
+            raise StateError("the site agent was not started")
+        return self.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+            except ProcessLookupError:
+                pass
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        if self.files is not None:
+            shutil.rmtree(self.files.root, ignore_errors=True)
+            self.files = None
+
+    def __enter__(self) -> SiteAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

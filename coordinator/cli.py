@@ -1,0 +1,215 @@
+"""``fedguard coordinator init|start`` and ``fedguard site enroll|rotate|revoke|list``.
+
+Mounted by ``fedguard/cli.py``::
+
+    app.add_typer(coordinator_app, name="coordinator")
+    app.add_typer(site_app, name="site")
+
+Errors propagate as :class:`~lifecycle.errors.FedguardError` to the top-level
+CLI (one line, documented exit code). Anything a script reads (``--json``)
+goes to stdout; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import signal
+import threading
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
+from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
+from lifecycle.errors import StateError
+from lifecycle.registry import Registry
+from lifecycle.settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+coordinator_app = typer.Typer(help="Create and run a federation's coordinator (SuperLink behind a mutual-TLS gateway).",
+                              no_args_is_help=True)
+site_app = typer.Typer(help="Enrol sites, rotate or revoke their credentials, list them.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _layout() -> FederationLayout:
+    return FederationLayout.under(get_settings().home)
+
+
+def _sites() -> SiteRegistry:
+    layout = _layout()
+    layout.read_config()  # a clear error when there is no federation yet
+    return SiteRegistry(Registry.open(get_settings()), layout)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+@coordinator_app.command("init")
+def init(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name (goes into every certificate).")],
+    host: Annotated[list[str] | None, typer.Option("--host", help="Host name sites dial (repeatable).")] = None,
+    address: Annotated[list[str] | None, typer.Option("--address", help="IP address sites dial (repeatable).")]
+    = None,
+    gateway_address: Annotated[str, typer.Option(help="Address the gateway binds.")] = "0.0.0.0",
+    gateway_port: Annotated[int, typer.Option(help="The one port open to sites.")] = DEFAULT_GATEWAY_PORT,
+    superlink_port: Annotated[int, typer.Option(help="The SuperLink's port on 127.0.0.1.")] = DEFAULT_SUPERLINK_PORT,
+    endpoint: Annotated[str | None, typer.Option(help="host:port written into bundles [first --host/--address].")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing federation (sites must re-enrol).")]
+    = False,
+) -> None:
+    """Create the federation CA, the coordinator's TLS certificate and config.toml under FEDGUARD_HOME/federation."""
+    layout = init_federation(get_settings().home, federation, hosts=tuple(host or ()), addresses=tuple(address or ()),
+                             gateway_address=gateway_address, gateway_port=gateway_port,
+                             superlink_port=superlink_port, endpoint=endpoint, force=force)
+    Registry.open(get_settings())  # create/migrate the registry that will hold the sites
+    config = layout.read_config()
+    err_console.print(f"federation [bold]{config.federation}[/bold] created in {layout.root}\n"
+                      f"  CA certificate  {layout.ca_cert}\n  TLS certificate {layout.server_cert}\n"
+                      f"  sites will dial {config.endpoint}; open TCP {config.gateway_port} inbound, nothing else",
+                      highlight=False)
+
+
+def _attach_log_handler(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("coordinator", "lifecycle"):
+        log = logging.getLogger(name)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        log.addHandler(handler)
+        log.addHandler(RichHandler(console=err_console, show_path=False, level=logging.WARNING))
+
+
+@coordinator_app.command("start")
+def start(
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only, for development.")]
+    = False,
+    gateway_address: Annotated[str | None, typer.Option(help="Override the gateway's bind address.")] = None,
+    gateway_port: Annotated[int | None, typer.Option(help="Override the gateway's port.")] = None,
+    superlink_port: Annotated[int | None, typer.Option(help="Override the SuperLink's loopback port.")] = None,
+) -> None:
+    """Run the SuperLink (TLS, node auth, state in superlink.db) behind the mutual-TLS gateway until SIGTERM/Ctrl-C."""
+    from coordinator.deployment import CoordinatorService
+    from coordinator.superlink import check_insecure
+
+    sites = _sites()
+    layout = sites.layout
+    config = layout.read_config()
+    config = replace(config, gateway_address=gateway_address or config.gateway_address,
+                     gateway_port=gateway_port or config.gateway_port,
+                     superlink_port=superlink_port or config.superlink_port)
+    if insecure:
+        check_insecure([config.gateway_address, "127.0.0.1"])
+        err_console.print("[bold yellow]Warning:[/bold yellow] --insecure: no TLS, no client certificates and no "
+                          "SuperNode authentication; anything on this machine can join. Development only.",
+                          highlight=False)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    _attach_log_handler(layout.logs / "gateway.log")
+    service = CoordinatorService(layout, config, sites, insecure=insecure)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    try:
+        where = (f"SuperLink on 127.0.0.1:{config.superlink_port} (insecure)" if insecure else
+                 f"gateway on {config.gateway_address}:{service.gateway_port} → SuperLink 127.0.0.1:"
+                 f"{config.superlink_port}")
+        err_console.print(f"coordinator of [bold]{config.federation}[/bold] running: {where}\n"
+                          f"  logs {layout.logs}/superlink.log, gateway.log · state {layout.superlink_db}\n"
+                          "  stop with Ctrl-C or SIGTERM", highlight=False)
+        while not stop.wait(0.5):
+            if not service.alive():
+                raise StateError(f"the SuperLink exited; see {layout.logs / 'superlink.log'}")
+    finally:
+        service.stop()
+        err_console.print("coordinator stopped")
+
+
+def _site_row(info: Any) -> dict[str, Any]:
+    row = asdict(info)
+    for key in ("issued_at", "not_after", "revoked_at"):
+        row[key] = row[key].isoformat() if row[key] is not None else None
+    return row
+
+
+@site_app.command("enroll")
+def enroll(
+    name: Annotated[str, typer.Argument(help="Site name (CN of its certificate).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write (0600).")],
+    endpoint: Annotated[str | None, typer.Option(help="host:port the site dials [the federation's endpoint].")]
+    = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue a site's certificate and node key, register it, and write its one-file bundle."""
+    sites = _sites()
+    bundle = sites.enroll(name, out, endpoint=endpoint, actor=_actor())
+    info = next(i for i in sites.sites() if i.name == name)
+    if as_json:
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "endpoint": bundle.endpoint}))
+    else:
+        err_console.print(f"site [bold]{name}[/bold] enrolled; bundle {out} (0600, holds private keys: hand it "
+                          f"over out of band)\n  certificate serial {info.cert_serial}, dials {bundle.endpoint}",
+                          highlight=False)
+
+
+@site_app.command("rotate")
+def rotate(
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    out: Annotated[Path, typer.Option("--out", help="New bundle file to write (0600).")],
+    endpoint: Annotated[str | None, typer.Option(help="host:port the site dials [the federation's endpoint].")]
+    = None,
+    as_json: JsonOption = False,
+) -> None:
+    """New credentials for one site; its old certificate and node key are revoked, other sites are untouched."""
+    sites = _sites()
+    sites.rotate(name, out, endpoint=endpoint, actor=_actor())
+    info = next(i for i in sites.sites() if i.name == name)
+    if as_json:
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out)}))
+    else:
+        err_console.print(f"site [bold]{name}[/bold] rotated; new bundle {out}; the old one is refused from now on",
+                          highlight=False)
+
+
+@site_app.command("revoke")
+def revoke(
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    reason: Annotated[str, typer.Option(help="Recorded in the audit trail.")] = "revoked",
+) -> None:
+    """Revoke a site for good: its certificates go on the CRL and its node key is unregistered."""
+    _sites().revoke(name, actor=_actor(), reason=reason)
+    err_console.print(f"site [bold]{name}[/bold] revoked: refused at the gateway's next handshake; a running "
+                      "coordinator unregisters its node key within seconds", highlight=False)
+
+
+@site_app.command("list")
+def list_sites(as_json: JsonOption = False) -> None:
+    """List enrolled sites: status, current certificate serial and fingerprint, node key fingerprint."""
+    infos = _sites().sites()
+    if as_json:
+        typer.echo(json.dumps([_site_row(i) for i in infos]))
+        return
+    if not infos:
+        console.print("no site enrolled yet; see 'fedguard site enroll --help'")
+        return
+    table = Table("site", "status", "serial", "cert sha256", "node key sha256", "issued", "expires", "issues")
+    for i in infos:
+        table.add_row(i.name, i.status, i.cert_serial[:16], i.cert_fingerprint[:16], i.node_key_fingerprint[:16],
+                      i.issued_at.date().isoformat(), i.not_after.date().isoformat(), str(i.credentials_issued))
+    console.print(table)

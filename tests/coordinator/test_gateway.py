@@ -1,0 +1,142 @@
+"""Point 5c: the mutual-TLS gateway refuses revoked, foreign and certificate-less clients at the TLS layer.
+
+Each refusal is checked with Python's ``ssl`` and with ``openssl s_client``
+against a real gateway on loopback forwarding to a TLS stand-in for the
+SuperLink (the real SuperLink behind the gateway is in
+tests/integration/test_site_transport.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.gateway import Gateway, GatewayTls, parse_head
+from tests.coordinator.federation_fixtures import (
+    Federation,
+    client_context,
+    credential_files,
+    fake_superlink,
+    foreign_credentials,
+    https_request,
+    make_federation,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("gateway")
+    fed = make_federation(root)
+    valid = credential_files(fed.enroll("st-marys"), root / "st-marys")
+    revoked = credential_files(fed.enroll("guys"), root / "guys")
+    fed.sites.revoke("guys")
+    foreign = foreign_credentials(root / "foreign")
+    upstream = fake_superlink(fed.layout).start()
+    layout = fed.layout
+    gateway = Gateway(GatewayTls(layout.ca_cert, layout.server_cert, layout.server_key, layout.crl),
+                      host="127.0.0.1", port=0, upstream_host="127.0.0.1", upstream_port=upstream.port,
+                      lookup=fed.sites.credential_state, recheck_interval=0.0).start()
+    yield {"fed": fed, "root": root, "valid": valid, "revoked": revoked, "foreign": foreign, "gateway": gateway}
+    gateway.stop()
+    upstream.stop()
+
+
+def _port(world: dict[str, object]) -> int:
+    gateway = world["gateway"]
+    assert isinstance(gateway, Gateway)
+    return gateway.port
+
+
+def test_valid_site_certificate_reaches_the_fleet_api(world: dict[str, object]) -> None:
+    ca, cert, key = world["valid"]  # type: ignore[misc]
+    response = https_request(client_context(ca, cert, key), _port(world), "/v1/fleet/pull-messages", b"abc")
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"/v1/fleet/pull-messages abc")
+
+
+def test_control_and_runtime_apis_are_not_reachable_through_the_gateway(world: dict[str, object]) -> None:
+    ca, cert, key = world["valid"]  # type: ignore[misc]
+    for path in ("/v1/control/register-node", "/v1/fleet/../control/list-nodes", "/docs"):
+        assert https_request(client_context(ca, cert, key), _port(world), path).startswith(b"HTTP/1.1 403")
+
+
+@pytest.mark.parametrize("case, reason", [("revoked", "REVOKED"), ("foreign", "UNKNOWN_CA"),
+                                          ("none", "CERTIFICATE_REQUIRED")])
+def test_refused_at_the_tls_layer_with_python_ssl(world: dict[str, object], case: str, reason: str) -> None:
+    ca = world["valid"][0]  # type: ignore[index]
+    if case == "revoked":
+        ctx = client_context(*world["revoked"])  # type: ignore[misc]
+    elif case == "foreign":
+        ctx = client_context(ca, *world["foreign"])  # type: ignore[misc]
+    else:
+        ctx = client_context(ca)
+    with pytest.raises(ssl.SSLError) as info:
+        https_request(ctx, _port(world))
+    assert reason in str(info.value).upper()
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_openssl_s_client_agrees(world: dict[str, object], version: str) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed for this check (it is on the reference machine)")
+    ca, cert, key = world["valid"]  # type: ignore[misc]
+    _, rcert, rkey = world["revoked"]  # type: ignore[misc]
+    fcert, fkey = world["foreign"]  # type: ignore[misc]
+    request = b"POST /v1/fleet/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    def s_client(*extra: object) -> str:
+        done = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{_port(world)}", "-CAfile", str(ca),
+                               "-verify_return_error", "-ign_eof", version, *map(str, extra)],
+                              input=request, capture_output=True, timeout=30)
+        return (done.stdout + done.stderr).decode(errors="replace")
+
+    assert "HTTP/1.1 200 OK" in s_client("-cert", cert, "-key", key)
+    for out, alert in ((s_client("-cert", rcert, "-key", rkey), "certificate revoked"),
+                       (s_client("-cert", fcert, "-key", fkey), "unknown ca"),
+                       (s_client(), "certificate required" if version == "-tls1_3" else "handshake failure")):
+        assert alert in out and "HTTP/1.1" not in out, out[-600:]
+
+
+def test_rotation_takes_effect_without_restarting_the_gateway(world: dict[str, object]) -> None:
+    fed = world["fed"]
+    assert isinstance(fed, Federation)
+    root = world["root"]
+    assert isinstance(root, Path)
+    old = credential_files(fed.enroll("barts"), root / "barts-old")
+    assert https_request(client_context(*old), _port(world)).startswith(b"HTTP/1.1 200")
+    new = credential_files(fed.sites.rotate("barts", root / "barts-2.bundle"), root / "barts-new")
+    with pytest.raises(ssl.SSLError, match="(?i)revoked"):
+        https_request(client_context(*old), _port(world))
+    assert https_request(client_context(*new), _port(world)).startswith(b"HTTP/1.1 200")
+    ca, cert, key = world["valid"]  # type: ignore[misc]
+    assert https_request(client_context(ca, cert, key), _port(world)).startswith(b"HTTP/1.1 200")
+
+
+def test_request_heads_that_could_smuggle_are_refused() -> None:
+    assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\nContent-Length: 3\r\n\r\n") == ("POST", "/v1/fleet/x", 3)
+    assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") is None
+    assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n") is None
+    assert parse_head(b"POST /v1/fleet/x HTTP/1.0\r\n\r\n") is None
+    assert parse_head(b"POST /v1/fleet/x HTTP/1.1\r\n folded: x\r\n\r\n") is None
+
+
+def test_revocation_ends_an_open_keep_alive_connection(world: dict[str, object]) -> None:
+    fed = world["fed"]
+    root = world["root"]
+    assert isinstance(fed, Federation) and isinstance(root, Path)
+    ca, cert, key = credential_files(fed.enroll("kings"), root / "kings")
+    request = b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", _port(world)), timeout=10) as raw:
+        with client_context(ca, cert, key).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            fed.sites.revoke("kings")
+            tls.sendall(request)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 403")
