@@ -29,6 +29,7 @@ from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.models import load_served_models
 from serving.outputs import check_policies
 from serving.quotas import QuotaStore, create_quota_store
+from serving.ranges import build_ranges
 from serving.routes import router
 from serving.settings import ServingSettings, get_serving_settings
 
@@ -124,13 +125,15 @@ def create_app(
         An artifact or the trusted public key is missing, a BOM is incoherent,
         or the configured Redis quota store cannot be reached.
     ConfigurationError
-        A configured file (public key, TLS certificate) does not exist, or an
-        output policy asks for more top-k labels than its model has classes.
+        A configured file (public key, TLS certificate) does not exist, an
+        output policy asks for more top-k labels than its model has classes,
+        or a configured feature range names a model or feature not served.
     """
     settings = settings or get_serving_settings()
     settings.check_files()
     models = load_served_models(registry, settings.public_key)
     check_policies(settings, models)
+    ranges = build_ranges(settings.feature_ranges, models)
     quotas = quota_store if quota_store is not None else create_quota_store(settings)
     app = FastAPI(
         title="fedguard serving",
@@ -142,7 +145,8 @@ def create_app(
     metrics = ServingMetrics()
     metrics.models_served.set(len(models))
     app.state.fedguard = ServingState(
-        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics
+        registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics,
+        ranges=ranges,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)

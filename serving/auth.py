@@ -29,6 +29,7 @@ from serving.keys import KeyInfo, authenticate, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
 from serving.quotas import QuotaStore
+from serving.ranges import FeatureRanges
 from serving.settings import ServingSettings
 
 _bearer = HTTPBearer(
@@ -48,6 +49,7 @@ class ServingState:
     quotas: QuotaStore
     clock: Callable[[], float] = field(default=time.time)
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    ranges: FeatureRanges = field(default_factory=FeatureRanges)
 
 
 def get_state(request: Request) -> ServingState:

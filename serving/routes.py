@@ -77,7 +77,8 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     its configured precision (see ``PredictResponse``).
 
     Each instance must hold exactly one finite number per feature, in the
-    order that ``GET /v1/models`` lists. A valid request takes one token of the
+    order that ``GET /v1/models`` lists, inside the ranges the operator
+    configured for the model (if any). A valid request takes one token of the
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
     """
@@ -85,6 +86,7 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     if model is None:
         raise UnknownModelError(f"key {key.key_id} asked for unserved model {name[:128]!r}")
     batch = model.to_batch(body.instances, state.settings.max_instances)
+    state.ranges.check(model.name, batch)
     decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
     if not decision.allowed:
         state.metrics.quota_refusals.labels(model.name).inc()

@@ -19,6 +19,7 @@ from tests.serving.conftest import bearer
 from tests.serving.test_models import tamper
 
 PREDICT = "/v1/models/demo/predict"
+NOT_A_NUMBER = "instance 0 value 1 (feature 'f1') is not a number; send JSON numbers only"
 GOOD = {"instances": [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]}
 
 
@@ -122,9 +123,9 @@ def test_admin_key_revokes_through_the_api(
          "instance 1 has 3 values; the model expects 4 (features: f0, f1, f2, f3)"),
         ({"instances": []}, "'instances' is empty; send at least one instance"),
         ({"instances": [[1.0, 2.0, 3.0, 4.0]] * 9}, "9 instances in one request; the limit is 8: split the batch"),
-        ({"instances": [[1.0, "2", 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
-        ({"instances": [[1.0, True, 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
-        ({"instances": [[1.0, None, 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
+        ({"instances": [[1.0, "2", 3.0, 4.0]]}, NOT_A_NUMBER),
+        ({"instances": [[1.0, True, 3.0, 4.0]]}, NOT_A_NUMBER),
+        ({"instances": [[1.0, None, 3.0, 4.0]]}, NOT_A_NUMBER),
         ({"instances": [1.0, 2.0]}, "instance 0 is not a list of numbers"),
         ({"instances": "all"}, "'instances' must be a list of lists of numbers"),
         ({"instances": [[1.0, 2.0, 3.0, 4.0]], "scores": True},
