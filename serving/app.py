@@ -25,6 +25,7 @@ from lifecycle.registry import Registry
 from serving import logger
 from serving.auth import ServingState
 from serving.errors import error_response, install_error_handlers
+from serving.keycache import KeyCache
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.models import load_served_models
 from serving.outputs import check_policies
@@ -146,7 +147,7 @@ def create_app(
     metrics.models_served.set(len(models))
     app.state.fedguard = ServingState(
         registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics,
-        ranges=ranges,
+        ranges=ranges, key_cache=KeyCache(settings.auth_cache_seconds),
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)

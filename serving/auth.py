@@ -2,9 +2,13 @@
 
 Routes declare what they need as a type, ``key: PredictKey`` or
 ``key: AdminKey``, and receive the caller's :class:`~serving.keys.KeyInfo`.
-The dependency looks the key up on every request (one indexed query), so a
-revocation takes effect immediately on every replica sharing the registry;
-expiry is checked against the app's injected clock.
+The dependency looks the key up in the registry (one indexed query, in the
+thread pool) unless :class:`~serving.keycache.KeyCache` accepted the same key
+less than ``auth_cache_seconds`` ago (1 s by default), so a revocation takes
+effect on every replica sharing the registry within that bound, and at once on
+the replica that revoked it; expiry is checked against the app's injected
+clock on every request. Both dependencies are ``async``: neither costs a
+thread-pool hop when the key is cached.
 
 The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 ``/docs`` offers an *Authorize* button; it is created with
@@ -21,10 +25,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
+from serving.keycache import KeyCache
 from serving.keys import KeyInfo, authenticate, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
@@ -50,9 +56,10 @@ class ServingState:
     clock: Callable[[], float] = field(default=time.time)
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     ranges: FeatureRanges = field(default_factory=FeatureRanges)
+    key_cache: KeyCache = field(default_factory=KeyCache)
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     """The :class:`ServingState` that :func:`serving.app.create_app` attached to the app."""
     state = getattr(request.app.state, "fedguard", None)
     if not isinstance(state, ServingState):
@@ -74,13 +81,18 @@ def require(scope: str) -> Callable[..., KeyInfo]:
         A valid key without ``scope``: HTTP 403.
     """
 
-    def dependency(
+    async def dependency(
         request: Request,
         state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
-        now = datetime.fromtimestamp(state.clock(), UTC)
-        info = authenticate(state.registry, credentials.credentials if credentials else None, now=now)
+        presented = credentials.credentials if credentials else None
+        instant = state.clock()
+        info = state.key_cache.lookup(presented, instant)
+        if info is None:
+            now = datetime.fromtimestamp(instant, UTC)
+            info = await run_in_threadpool(authenticate, state.registry, presented, now=now)
+            state.key_cache.remember(presented or "", info, instant)
         note_key_id(request.scope, info.key_id)
         return require_scope(info, scope)
 

@@ -97,8 +97,8 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
         )
     policy = state.settings.output_policy(model.name)
     fields = shape_output(model, batch, policy)
-    logger.info("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
-                policy.output_mode, model.name, model.version)
+    logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
+                 policy.output_mode, model.name, model.version)
     return PredictResponse(model=model.name, version=model.version, **fields)
 
 
@@ -117,5 +117,6 @@ def revoke(key_id: str, state: State, key: AdminKey) -> KeyRevoked:
     if not is_key_id(key_id):
         raise NotFoundError(f"key {key.key_id} tried to revoke a malformed key id")
     info = revoke_key(state.registry, key_id, actor=f"apikey:{key.key_id}")
+    state.key_cache.forget(info.key_id)
     logger.warning("key %s revoked key %s", key.key_id, info.key_id)
     return KeyRevoked(key_id=info.key_id, revoked=info.revoked)

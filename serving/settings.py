@@ -87,6 +87,10 @@ class ServingSettings(BaseSettings):
         environment, e.g. ``{"demo": {"f0": [0, 50], "f3": [null, 10]}}``;
         ``null`` leaves a side open); a value outside is refused with 422
         (:mod:`serving.ranges`).
+    auth_cache_seconds
+        How long a server trusts a key it authenticated before asking the
+        registry again (:mod:`serving.keycache`): the bound on how late a
+        revocation made elsewhere reaches this server. ``0`` asks every time.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -108,6 +112,7 @@ class ServingSettings(BaseSettings):
     key_quotas: dict[str, QuotaOverride] = Field(default_factory=dict)
     outputs: dict[str, OutputPolicy] = Field(default_factory=dict)
     feature_ranges: dict[str, dict[str, tuple[FiniteBound, FiniteBound]]] = Field(default_factory=dict)
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

@@ -92,10 +92,13 @@ def test_auth_is_checked_before_the_body(client: TestClient) -> None:
     assert client.post(PREDICT, json={"instances": [["x"]]}).status_code == 401
 
 
-def test_revoked_key_is_refused_at_once(client: TestClient, registry: Registry, predict_key: CreatedKey) -> None:
-    assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
-    revoke_key(registry, predict_key.info.key_id)
-    assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
+def test_revoked_key_is_refused_at_once_without_the_key_cache(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    with TestClient(create_app(registry, ServingSettings(auth_cache_seconds=0))) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        revoke_key(registry, predict_key.info.key_id)
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
 
 
 def test_403_for_a_predict_key_on_an_admin_route(client: TestClient, predict_key: CreatedKey) -> None:
