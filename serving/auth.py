@@ -59,12 +59,17 @@ class ServingState:
     key_cache: KeyCache = field(default_factory=KeyCache)
 
 
-async def get_state(request: Request) -> ServingState:
+def state_of(request: Request) -> ServingState:
     """The :class:`ServingState` that :func:`serving.app.create_app` attached to the app."""
     state = getattr(request.app.state, "fedguard", None)
     if not isinstance(state, ServingState):
         raise StateError("the serving app was not built by serving.app.create_app")
     return state
+
+
+async def get_state(request: Request) -> ServingState:
+    """The app's :class:`ServingState`, as a dependency (``state: State``)."""
+    return state_of(request)
 
 
 State = Annotated[ServingState, Depends(get_state)]
@@ -83,9 +88,9 @@ def require(scope: str) -> Callable[..., KeyInfo]:
 
     async def dependency(
         request: Request,
-        state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
+        state = state_of(request)  # not a sub-dependency: each one costs FastAPI tens of µs
         presented = credentials.credentials if credentials else None
         instant = state.clock()
         info = state.key_cache.lookup(presented, instant)
