@@ -22,9 +22,17 @@ repeat, interleaved (bare, guarded, guarded, bare, ...):
    ``--seconds``; p50 and p99 latency from the moment each request is written
    until its whole response is read.
 
+Around each load run the server's own CPU time (``/proc/<pid>/stat``) is read,
+giving **CPU per request**: with other jobs sharing the cores, wall-clock rates
+swing several-fold between runs, while CPU per request barely moves, and its
+ratio (bare ÷ guarded) is the throughput ratio the two would reach on a
+dedicated core.
+
 Prints the medians over ``--repeats`` and the ratios, and appends one row to
 ``benchmarks/RESULTS.md``. Goals (issue 5, point 11): throughput ratio ≥ 0.9,
 guarded p99 ≤ 5 ms at 1k requests/s. Every process runs torch with one thread.
+``--code DIR`` serves the guarded side from another checkout, for before/after
+comparisons of the serving code.
 """
 
 from __future__ import annotations
@@ -104,9 +112,15 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[None]:
-    """Run a server process until its /healthz answers; stop it afterwards."""
+def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[int]:
+    """Run a server process until its /healthz answers; yield its pid; stop it afterwards."""
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
@@ -121,7 +135,7 @@ def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterat
                             break
                 except OSError:
                     time.sleep(0.1)
-            yield
+            yield process.pid
         finally:
             process.terminate()
             try:
@@ -131,14 +145,21 @@ def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterat
                 process.wait()
 
 
-def load(port: int, path: str, key: str | None, args: argparse.Namespace) -> dict[str, float]:
-    """Run the load generator in its own process against one server; return its JSON result."""
+def load(port: int, pid: int, path: str, key: str | None, args: argparse.Namespace) -> dict[str, float]:
+    """Run the load generator in its own process against one server; return its JSON result.
+
+    Adds ``cpu_us``: the server's CPU time per request answered over the whole
+    run, which other jobs on the machine disturb far less than wall-clock rates.
+    """
     argv = [sys.executable, str(Path(__file__).resolve()), "load", "--port", str(port), "--path", path,
             "--seconds", str(args.seconds), "--rate", str(args.rate), "--connections", str(args.connections)]
     if key:
         argv += ["--key", key]
+    before = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    used = cpu_seconds(pid) - before
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cpu_us"] = 1e6 * used / result["requests"]
     return result
 
 
@@ -245,7 +266,7 @@ def load_main(args: argparse.Namespace) -> None:
     auth = f"Authorization: Bearer {args.key}\r\n" if args.key else ""
     request = (f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
                f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
-    asyncio.run(_closed_loop(args.port, request, 0.5, args.connections))  # warm-up
+    warm, _ = asyncio.run(_closed_loop(args.port, request, 0.5, args.connections))
     done, failed_max = asyncio.run(_closed_loop(args.port, request, args.seconds, args.connections))
     latencies, failed_rate = asyncio.run(_open_loop(args.port, request, args.seconds, args.rate, 32))
     latencies.sort()
@@ -254,6 +275,7 @@ def load_main(args: argparse.Namespace) -> None:
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "failed": failed_max + failed_rate,
+        "requests": warm + done + len(latencies),
     }))
 
 
@@ -277,6 +299,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-record", action="store_true", help="Print only; do not append to RESULTS.md.")
     parser.add_argument("--note", default="", help="Appended to the row's notes (e.g. shared cores).")
+    parser.add_argument("--code", type=Path, default=None,
+                        help="Serve the guarded app from another checkout (e.g. `git archive <commit>` unpacked), "
+                             "for before/after comparisons; the bare baseline always runs from this one.")
     args = parser.parse_args()
     if args.command == "bare":
         bare_main(args.model_dir, args.port)
@@ -297,27 +322,32 @@ def run(args: argparse.Namespace) -> None:
         guarded_argv = [FEDGUARD, "serve", "--port", str(guarded_port)]
         bare_argv = [sys.executable, str(Path(__file__).resolve()), "bare", "--model-dir", str(model_dir),
                      "--port", str(bare_port)]
-        with server(guarded_argv, env, guarded_port, Path(tmp) / "guarded.log"), \
-                server(bare_argv, env, bare_port, Path(tmp) / "bare.log"):
+        guarded_env = {**env, "PYTHONPATH": str(args.code.resolve())} if args.code else env
+        with server(guarded_argv, guarded_env, guarded_port, Path(tmp) / "guarded.log") as guarded_pid, \
+                server(bare_argv, env, bare_port, Path(tmp) / "bare.log") as bare_pid:
             for i in range(args.repeats):
                 order = ("bare", "guarded") if i % 2 == 0 else ("guarded", "bare")
                 for name in order:
                     if name == "guarded":
-                        result = load(guarded_port, "/v1/models/bench/predict", key, args)
+                        result = load(guarded_port, guarded_pid, "/v1/models/bench/predict", key, args)
                     else:
-                        result = load(bare_port, "/predict", None, args)
+                        result = load(bare_port, bare_pid, "/predict", None, args)
                     results[name].append(result)
                     print(f"run {i + 1} {name:8s} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
-                          f"p99 {result['p99_ms']:.2f} ms  failed {result['failed']:.0f}", flush=True)
+                          f"p99 {result['p99_ms']:.2f} ms  server CPU {result['cpu_us']:.0f} µs/request  "
+                          f"failed {result['failed']:.0f}", flush=True)
     report(results, args)
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
-    med = {name: {m: statistics.median(r[m] for r in runs) for m in ("rps", "p50_ms", "p99_ms", "failed")}
-           for name, runs in results.items()}
+    metrics = ("rps", "p50_ms", "p99_ms", "failed", "cpu_us")
+    med = {name: {m: statistics.median(r[m] for r in runs) for m in metrics} for name, runs in results.items()}
     g, b = med["guarded"], med["bare"]
     ratio = g["rps"] / b["rps"]
+    cpu_ratio = b["cpu_us"] / g["cpu_us"]
     print(f"max throughput: guarded {g['rps']:.0f} req/s, bare {b['rps']:.0f} req/s, ratio {ratio:.2f} (goal >= 0.9)")
+    print(f"server CPU per request: guarded {g['cpu_us']:.0f} µs, bare {b['cpu_us']:.0f} µs: throughput ratio on a "
+          f"dedicated core {cpu_ratio:.2f}")
     print(f"at {args.rate:.0f} req/s: guarded p50 {g['p50_ms']:.2f} ms p99 {g['p99_ms']:.2f} ms (goal p99 <= 5 ms); "
           f"bare p50 {b['p50_ms']:.2f} ms p99 {b['p99_ms']:.2f} ms")
     if args.no_record:
@@ -330,7 +360,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     spec.loader.exec_module(results_module)
     append_row, machine = results_module.append_row, results_module.machine
 
-    notes = (f"at {args.rate:.0f} req/s offered: guarded p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms; bare p50 "
+    notes = (f"server CPU per request {g['cpu_us']:.0f} µs vs {b['cpu_us']:.0f} µs (ratio {cpu_ratio:.2f}); "
+             f"at {args.rate:.0f} req/s offered: guarded p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms; bare p50 "
              f"{b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms; {args.connections} connections, 1 instance of "
              f"{FEATURES} features per request; failed {g['failed'] + b['failed']:.0f}"
              + (f"; {args.note}" if args.note else ""))
