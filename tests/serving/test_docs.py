@@ -49,8 +49,7 @@ STATUS_MARK = "fedguard-docs-status:"
 PRELUDE = (
     "curl() { command curl -sS --write-out '%{stderr}" + STATUS_MARK + "%{http_code}\\n' \"$@\"; }\n"
 )
-DOCS_SETTINGS = ServingSettings(feature_ranges={"demo": {"f0": (-100.0, 100.0)}}, quota_burst=1000,
-                                quota_rate=1000.0)
+DOCS_RANGES = {"demo": {"f0": (-100.0, 100.0)}}
 
 
 @dataclass(frozen=True)
@@ -114,11 +113,19 @@ def run_block(code: str, env: dict[str, str], timeout: float = 60) -> Outcome:
 
 
 @pytest.fixture
-def docs_server(registry: Registry, published: VersionRecord) -> Iterator[dict[str, str]]:
+def docs_settings() -> ServingSettings:
+    """The server configuration the examples assume (add what a new section's examples need here)."""
+    return ServingSettings(feature_ranges=DOCS_RANGES, quota_burst=1000, quota_rate=1000.0)
+
+
+@pytest.fixture
+def docs_server(
+    registry: Registry, published: VersionRecord, docs_settings: ServingSettings
+) -> Iterator[dict[str, str]]:
     """A real server for the examples, and the environment the blocks see."""
     predict = create_key(registry, "predict", "docs", actor="test")
     admin = create_key(registry, "admin", "docs-admin", actor="test")
-    with running(registry, DOCS_SETTINGS) as port:
+    with running(registry, docs_settings) as port:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDGUARD_SERVE_")}
         env.pop("FEDGUARD_DATABASE_URL", None)
         env.update(URL=f"http://127.0.0.1:{port}", KEY=predict.key, ADMIN_KEY=admin.key,
