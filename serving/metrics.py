@@ -98,6 +98,9 @@ class MetricsMiddleware:
         self.routes = routes
         self.models = models
         self._memo: dict[tuple[str, str], tuple[str, str]] = {}
+        # Bounded: templates, served models and status codes are finite sets.
+        self._children: dict[tuple[str, str, int], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
 
     def _label(self, scope: Scope) -> tuple[str, str]:
         """The route template and served-model label of a request, memoised per (method, path).
@@ -116,6 +119,22 @@ class MetricsMiddleware:
                 self._memo.clear()
             self._memo[cache_key] = labels
         return labels
+
+    def _counter(self, template: str, model: str, status: int) -> Counter:
+        """The request counter's child for these labels (looked up once: ``labels()`` costs µs per call)."""
+        key = (template, model, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.metrics.requests.labels(template, model, str(status))
+            self._children[key] = child
+        return child
+
+    def _latency(self, model: str) -> Histogram:
+        child = self._latencies.get(model)
+        if child is None:
+            child = self.metrics.predict_latency.labels(model)
+            self._latencies[model] = child
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,8 +156,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(template, model, str(status)).inc()
+            self._counter(template, model, status).inc()
             if template == PREDICT_ROUTE and model:
-                self.metrics.predict_latency.labels(model).observe(elapsed)
+                self._latency(model).observe(elapsed)
             access_logger.info("%s %s %d %.1fms key=%s", scope.get("method", "?"), template, status,
                                elapsed * 1000.0, access.get("key_id", "-"))
