@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
 from serving.keycache import KeyCache
 from serving.keys import AuthenticationError, CreatedKey, create_key, revoke_key
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, build_settings
 from tests.serving.conftest import bearer
 
 PREDICT = "/v1/models/demo/predict"
@@ -95,3 +96,13 @@ def test_an_expired_cached_key_raises(registry: Registry) -> None:
     with pytest.raises(AuthenticationError, match="expired"):
         cache.lookup(created.key, T0 + 61)
     assert cache.lookup(created.key, T0 + 1) is None  # forgotten once expired
+
+
+def test_the_bound_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_settings().auth_cache_seconds == 1.0
+    monkeypatch.setenv("FEDGUARD_SERVE_AUTH_CACHE_SECONDS", "0")
+    assert build_settings().auth_cache_seconds == 0.0
+    for bad in ("-1", "61", "nan"):
+        monkeypatch.setenv("FEDGUARD_SERVE_AUTH_CACHE_SECONDS", bad)
+        with pytest.raises(ConfigurationError, match="auth_cache_seconds"):
+            build_settings()
