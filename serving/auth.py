@@ -2,9 +2,13 @@
 
 Routes declare what they need as a type, ``key: PredictKey`` or
 ``key: AdminKey``, and receive the caller's :class:`~serving.keys.KeyInfo`.
-The dependency looks the key up on every request (one indexed query), so a
-revocation takes effect immediately on every replica sharing the registry;
-expiry is checked against the app's injected clock.
+The dependency looks the key up in the registry (one indexed query, in the
+thread pool) unless :class:`~serving.keycache.KeyCache` accepted the same key
+less than ``auth_cache_seconds`` ago (1 s by default), so a revocation takes
+effect on every replica sharing the registry within that bound, and at once on
+the replica that revoked it; expiry is checked against the app's injected
+clock on every request. Both dependencies are ``async``: neither costs a
+thread-pool hop when the key is cached.
 
 The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 ``/docs`` offers an *Authorize* button; it is created with
@@ -21,17 +25,20 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from serving.drift import DriftMonitors
 from serving.extraction import ExtractionGuard
+from serving.keycache import KeyCache
 from serving.keys import KeyInfo, authenticate, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
 from serving.quotas import QuotaStore
 from serving.rollout import Router
+from serving.ranges import FeatureRanges
 from serving.settings import ServingSettings
 
 _bearer = HTTPBearer(
@@ -53,6 +60,8 @@ class ServingState:
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     drift: DriftMonitors = field(default_factory=DriftMonitors)
     extraction: ExtractionGuard = field(default_factory=ExtractionGuard)
+    ranges: FeatureRanges = field(default_factory=FeatureRanges)
+    key_cache: KeyCache = field(default_factory=KeyCache)
     # Rollouts and the kill switch (serving.rollout); built from ``models`` when not given.
     deployments: Router = field(default=None)  # type: ignore[assignment]
 
@@ -62,12 +71,17 @@ class ServingState:
                                                                       metrics=self.metrics.registry))
 
 
-def get_state(request: Request) -> ServingState:
+def state_of(request: Request) -> ServingState:
     """The :class:`ServingState` that :func:`serving.app.create_app` attached to the app."""
     state = getattr(request.app.state, "fedguard", None)
     if not isinstance(state, ServingState):
         raise StateError("the serving app was not built by serving.app.create_app")
     return state
+
+
+async def get_state(request: Request) -> ServingState:
+    """The app's :class:`ServingState`, as a dependency (``state: State``)."""
+    return state_of(request)
 
 
 State = Annotated[ServingState, Depends(get_state)]
@@ -84,13 +98,18 @@ def require(scope: str) -> Callable[..., KeyInfo]:
         A valid key without ``scope``: HTTP 403.
     """
 
-    def dependency(
+    async def dependency(
         request: Request,
-        state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
-        now = datetime.fromtimestamp(state.clock(), UTC)
-        info = authenticate(state.registry, credentials.credentials if credentials else None, now=now)
+        state = state_of(request)  # not a sub-dependency: each one costs FastAPI tens of µs
+        presented = credentials.credentials if credentials else None
+        instant = state.clock()
+        info = state.key_cache.lookup(presented, instant)
+        if info is None:
+            now = datetime.fromtimestamp(instant, UTC)
+            info = await run_in_threadpool(authenticate, state.registry, presented, now=now)
+            state.key_cache.remember(presented or "", info, instant)
         note_key_id(request.scope, info.key_id)
         return require_scope(info, scope)
 

@@ -66,8 +66,12 @@ def _where(request: Request) -> str:
     return f"{request.method} {request.url.path} from {client}"
 
 
-def describe_validation(errors: Sequence[Any]) -> str:
-    """A caller-facing sentence for the first request-parsing error (no input echoed)."""
+def describe_validation(errors: Sequence[Any], features: Sequence[str] = ()) -> str:
+    """A caller-facing sentence for the first request-parsing error (no input echoed).
+
+    ``features`` are the served model's feature names, when the path names
+    one, so that a value of the wrong type is named by its feature too.
+    """
     first = errors[0] if errors else {}
     loc = [part for part in first.get("loc", ()) if part != "body"]
     kind = str(first.get("type", ""))
@@ -80,7 +84,9 @@ def describe_validation(errors: Sequence[Any]) -> str:
     if kind == "missing":
         return f"the body lacks '{loc[0]}'; send {{\"instances\": [[...], ...]}}"
     if len(loc) >= 3 and loc[0] == "instances":
-        return f"instance {loc[1]} value {loc[2]} is not a number; send JSON numbers only"
+        value = loc[2]
+        named = f" (feature '{features[value]}')" if isinstance(value, int) and 0 <= value < len(features) else ""
+        return f"instance {loc[1]} value {value}{named} is not a number; send JSON numbers only"
     if len(loc) == 2 and loc[0] == "instances":
         return f"instance {loc[1]} is not a list of numbers"
     if loc == ["instances"]:
@@ -120,9 +126,17 @@ async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", str(exc))
 
 
+def _features_of(request: Request) -> Sequence[str]:
+    """The feature names of the served model the path names, or none."""
+    state = getattr(request.app.state, "fedguard", None)
+    name = request.path_params.get("name")
+    model = getattr(state, "models", {}).get(name) if isinstance(name, str) else None
+    return tuple(model.schema.features) if model is not None else ()
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    message = describe_validation(errors)
+    message = describe_validation(errors, _features_of(request))
     logger.info("invalid input %s: %s", _where(request), message)
     return error_response(422, "invalid_input", message)
 

@@ -51,6 +51,7 @@ _IMPLIED: dict[str, frozenset[str]] = {
     "admin": frozenset({"predict", "admin"}),
 }
 _KEY = re.compile(r"fgk_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
+KEY_PATTERN = _KEY  # a whole key: groups (key_id, secret)
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _DUMMY_HASH = hashlib.sha256(b"fedguard-no-such-key").hexdigest()
 MAX_NAME = 128

@@ -32,6 +32,7 @@ ACCESS_KEY = "fedguard.access"
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 UNMATCHED = "<unmatched>"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+_MEMO_SIZE = 4096
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -96,14 +97,50 @@ class MetricsMiddleware:
         self.metrics = metrics
         self.routes = routes
         self.models = models
+        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
+        # Bounded: templates, served models and status codes are finite sets.
+        self._children: dict[tuple[str, str, int], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
+
+    def _label(self, scope: Scope) -> tuple[str, str]:
+        """The route template and served-model label of a request, memoised per (method, path).
+
+        Matching every route costs tens of microseconds per request; the memo is
+        bounded (cleared past :data:`_MEMO_SIZE` entries) so that probing random
+        paths cannot grow it.
+        """
+        cache_key = (scope.get("method", ""), scope.get("path", ""))
+        labels = self._memo.get(cache_key)
+        if labels is None:
+            template, params = route_template(self.routes, scope)
+            name = params.get("name")
+            labels = (template, name if isinstance(name, str) and name in self.models else "")
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[cache_key] = labels
+        return labels
+
+    def _counter(self, template: str, model: str, status: int) -> Counter:
+        """The request counter's child for these labels (looked up once: ``labels()`` costs µs per call)."""
+        key = (template, model, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.metrics.requests.labels(template, model, str(status))
+            self._children[key] = child
+        return child
+
+    def _latency(self, model: str) -> Histogram:
+        child = self._latencies.get(model)
+        if child is None:
+            child = self.metrics.predict_latency.labels(model)
+            self._latencies[model] = child
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        template, params = route_template(self.routes, scope)
-        name = params.get("name")
-        model = name if isinstance(name, str) and name in self.models else ""
+        template, model = self._label(scope)
         access: dict[str, str] = {}
         scope[ACCESS_KEY] = access
         status = 500
@@ -119,8 +156,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(template, model, str(status)).inc()
+            self._counter(template, model, status).inc()
             if template == PREDICT_ROUTE and model:
-                self.metrics.predict_latency.labels(model).observe(elapsed)
+                self._latency(model).observe(elapsed)
             access_logger.info("%s %s %d %.1fms key=%s", scope.get("method", "?"), template, status,
                                elapsed * 1000.0, access.get("key_id", "-"))

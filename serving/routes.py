@@ -76,13 +76,15 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     its configured precision (see ``PredictResponse``).
 
     Each instance must hold exactly one finite number per feature, in the
-    order that ``GET /v1/models`` lists. A valid request takes one token of the
+    order that ``GET /v1/models`` lists, inside the ranges the operator
+    configured for the model (if any). A valid request takes one token of the
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
     """
     route = state.deployments.route(name, key.key_id)
     model = route.model
     batch = model.to_batch(body.instances, state.settings.max_instances)
+    state.ranges.check(model.name, batch)
     decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
     if not decision.allowed:
         state.metrics.quota_refusals.labels(model.name).inc()
@@ -95,8 +97,8 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     fields, probabilities = route.answer(batch, policy)
     state.drift.observe(model, batch, probabilities)
     state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
-    logger.info("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
-                policy.output_mode, model.name, model.version)
+    logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
+                 policy.output_mode, model.name, model.version)
     return PredictResponse(model=model.name, version=model.version, **fields)
 
 
@@ -115,5 +117,6 @@ def revoke(key_id: str, state: State, key: AdminKey) -> KeyRevoked:
     if not is_key_id(key_id):
         raise NotFoundError(f"key {key.key_id} tried to revoke a malformed key id")
     info = revoke_key(state.registry, key_id, actor=f"apikey:{key.key_id}")
+    state.key_cache.forget(info.key_id)
     logger.warning("key %s revoked key %s", key.key_id, info.key_id)
     return KeyRevoked(key_id=info.key_id, revoked=info.revoked)

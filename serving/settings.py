@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lifecycle.errors import ConfigurationError
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+FiniteBound = Annotated[float, Field(allow_inf_nan=False)] | None
 
 
 class OutputPolicy(BaseModel):
@@ -126,6 +127,15 @@ class ServingSettings(BaseSettings):
     shadow_max_pending
         Most shadow predictions queued behind live traffic; past it, copies
         are dropped (and counted) rather than slowing answers.
+    feature_ranges
+        Inclusive ``[min, max]`` per model and feature (a JSON object in the
+        environment, e.g. ``{"demo": {"f0": [0, 50], "f3": [null, 10]}}``;
+        ``null`` leaves a side open); a value outside is refused with 422
+        (:mod:`serving.ranges`).
+    auth_cache_seconds
+        How long a server trusts a key it authenticated before asking the
+        registry again (:mod:`serving.keycache`): the bound on how late a
+        revocation made elsewhere reaches this server. ``0`` asks every time.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -169,11 +179,21 @@ class ServingSettings(BaseSettings):
     kill_on_drift: bool = False
     kill_pins: dict[str, int] = Field(default_factory=dict)
     shadow_max_pending: int = Field(default=32, ge=1)
+    feature_ranges: dict[str, dict[str, tuple[FiniteBound, FiniteBound]]] = Field(default_factory=dict)
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise ValueError("ssl_keyfile needs ssl_certfile (the certificate it belongs to)")
+        return self
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> ServingSettings:
+        for model, features in self.feature_ranges.items():
+            for feature, (low, high) in features.items():
+                if low is not None and high is not None and low > high:
+                    raise ValueError(f"the range of {model}.{feature} has min {low:g} above max {high:g}")
         return self
 
     @property

@@ -19,6 +19,7 @@ from tests.serving.conftest import bearer
 from tests.serving.test_models import tamper
 
 PREDICT = "/v1/models/demo/predict"
+NOT_A_NUMBER = "instance 0 value 1 (feature 'f1') is not a number; send JSON numbers only"
 GOOD = {"instances": [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]}
 
 
@@ -91,10 +92,13 @@ def test_auth_is_checked_before_the_body(client: TestClient) -> None:
     assert client.post(PREDICT, json={"instances": [["x"]]}).status_code == 401
 
 
-def test_revoked_key_is_refused_at_once(client: TestClient, registry: Registry, predict_key: CreatedKey) -> None:
-    assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
-    revoke_key(registry, predict_key.info.key_id)
-    assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
+def test_revoked_key_is_refused_at_once_without_the_key_cache(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    with TestClient(create_app(registry, ServingSettings(auth_cache_seconds=0))) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        revoke_key(registry, predict_key.info.key_id)
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
 
 
 def test_403_for_a_predict_key_on_an_admin_route(client: TestClient, predict_key: CreatedKey) -> None:
@@ -122,9 +126,9 @@ def test_admin_key_revokes_through_the_api(
          "instance 1 has 3 values; the model expects 4 (features: f0, f1, f2, f3)"),
         ({"instances": []}, "'instances' is empty; send at least one instance"),
         ({"instances": [[1.0, 2.0, 3.0, 4.0]] * 9}, "9 instances in one request; the limit is 8: split the batch"),
-        ({"instances": [[1.0, "2", 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
-        ({"instances": [[1.0, True, 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
-        ({"instances": [[1.0, None, 3.0, 4.0]]}, "instance 0 value 1 is not a number; send JSON numbers only"),
+        ({"instances": [[1.0, "2", 3.0, 4.0]]}, NOT_A_NUMBER),
+        ({"instances": [[1.0, True, 3.0, 4.0]]}, NOT_A_NUMBER),
+        ({"instances": [[1.0, None, 3.0, 4.0]]}, NOT_A_NUMBER),
         ({"instances": [1.0, 2.0]}, "instance 0 is not a list of numbers"),
         ({"instances": "all"}, "'instances' must be a list of lists of numbers"),
         ({"instances": [[1.0, 2.0, 3.0, 4.0]], "scores": True},

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,9 +32,9 @@ BODY = {"instances": [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]}
 
 
 @contextmanager
-def running(registry: Registry, settings: ServingSettings) -> Iterator[int]:
+def running(registry: Registry, settings: ServingSettings, clock: Callable[[], float] = time.time) -> Iterator[int]:
     """Serve on a socket bound to port 0 (the OS picks a free port: safe under -n auto); yield the port."""
-    app = create_app(registry, settings)
+    app = create_app(registry, settings, clock=clock)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     options = {**uvicorn_options(settings), "log_level": "warning"}

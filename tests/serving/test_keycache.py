@@ -1,0 +1,108 @@
+"""The per-process key cache: what it may answer, and how late a revocation made elsewhere arrives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lifecycle.errors import ConfigurationError
+from lifecycle.registry import Registry, VersionRecord
+from serving.app import create_app
+from serving.keycache import KeyCache
+from serving.keys import AuthenticationError, CreatedKey, create_key, revoke_key
+from serving.settings import ServingSettings, build_settings
+from tests.serving.conftest import bearer
+
+PREDICT = "/v1/models/demo/predict"
+GOOD = {"instances": [[0.5, -1.0, 2.0, 0.0]]}
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """A settable clock for create_app(clock=...)."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_revocation_elsewhere_is_honoured_within_the_cache_bound(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    clock = Clock()
+    settings = ServingSettings(auth_cache_seconds=1.0, quota_burst=100)
+    with TestClient(create_app(registry, settings, clock=clock)) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        revoke_key(registry, predict_key.info.key_id)  # e.g. the CLI, or another replica
+        clock.now += 0.5
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        clock.now += 0.5  # exactly auth_cache_seconds after the look-up
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
+
+
+def test_revocation_through_this_server_is_at_once(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey, admin_key: CreatedKey
+) -> None:
+    with TestClient(create_app(registry, ServingSettings(auth_cache_seconds=60), clock=Clock())) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        revoked = client.post(f"/v1/admin/keys/{predict_key.info.key_id}/revoke", headers=bearer(admin_key))
+        assert revoked.status_code == 200
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401
+
+
+def test_a_wrong_secret_is_never_answered_from_the_cache(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    with TestClient(create_app(registry, ServingSettings(auth_cache_seconds=60), clock=Clock())) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        forged = predict_key.key[:-4] + ("AAAA" if not predict_key.key.endswith("AAAA") else "BBBB")
+        assert client.post(PREDICT, json=GOOD, headers=bearer(forged)).status_code == 401
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+
+
+def test_expiry_is_checked_on_every_hit(registry: Registry, published: VersionRecord) -> None:
+    created = create_key(registry, "predict", "short", expires_in=timedelta(minutes=1),
+                         now=datetime.fromtimestamp(T0, UTC))
+    clock = Clock(T0 + 59.5)
+    with TestClient(create_app(registry, ServingSettings(auth_cache_seconds=60), clock=clock)) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(created)).status_code == 200
+        clock.now = T0 + 60
+        assert client.post(PREDICT, json=GOOD, headers=bearer(created)).status_code == 401
+
+
+def test_cache_unit_bounds_and_disabling(registry: Registry) -> None:
+    keys = [create_key(registry, "predict", f"k{i}") for i in range(3)]
+    cache = KeyCache(ttl=10, max_entries=2)
+    for key in keys:
+        cache.remember(key.key, key.info, T0)
+    assert cache.lookup(keys[0].key, T0) is None  # the oldest was dropped past max_entries
+    assert cache.lookup(keys[2].key, T0 + 9.9) == keys[2].info
+    assert cache.lookup(keys[2].key, T0 + 10) is None
+    assert cache.lookup(keys[2].key, T0 - 1) is None  # a clock that went back does not extend trust
+    assert cache.lookup("not-a-key", T0) is None and cache.lookup(None, T0) is None
+    off = KeyCache(ttl=0)
+    off.remember(keys[1].key, keys[1].info, T0)
+    assert off.lookup(keys[1].key, T0) is None
+
+
+def test_an_expired_cached_key_raises(registry: Registry) -> None:
+    created = create_key(registry, "predict", "e", expires_in=timedelta(minutes=1), now=datetime.fromtimestamp(T0, UTC))
+    cache = KeyCache(ttl=600)
+    cache.remember(created.key, created.info, T0)
+    with pytest.raises(AuthenticationError, match="expired"):
+        cache.lookup(created.key, T0 + 61)
+    assert cache.lookup(created.key, T0 + 1) is None  # forgotten once expired
+
+
+def test_the_bound_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_settings().auth_cache_seconds == 1.0
+    monkeypatch.setenv("FEDGUARD_SERVE_AUTH_CACHE_SECONDS", "0")
+    assert build_settings().auth_cache_seconds == 0.0
+    for bad in ("-1", "61", "nan"):
+        monkeypatch.setenv("FEDGUARD_SERVE_AUTH_CACHE_SECONDS", bad)
+        with pytest.raises(ConfigurationError, match="auth_cache_seconds"):
+            build_settings()
