@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from lifecycle.errors import ConfigurationError
 from privacy.accountants import GaussianHistory, calibrate_noise
 from privacy import logger
-from privacy.fused_clipping import FusedDPOptimizer, LinearClipping, unsupported_layers
+from privacy.fused_clipping import FusedClippingModule, FusedDPOptimizer, unsupported_layers
 
 
 class PrivacyPlanError(ConfigurationError):
@@ -137,7 +137,8 @@ def make_private(
         grad_sample_mode="no_op" if fused else "ew",
     )
     if fused:
-        private_opt = _fused_optimizer(private_opt, model)
+        private_model = FusedClippingModule(model)
+        private_opt = _fused_optimizer(private_opt, private_model)
     if len(private_loader) != plan.steps_per_epoch:
         raise PrivacyPlanError(
             f"the loader takes {len(private_loader)} steps per epoch but the DP plan assumed "
@@ -146,10 +147,10 @@ def make_private(
     return private_model, private_opt, private_loader, engine
 
 
-def _fused_optimizer(opacus: DPOptimizer, model: nn.Module) -> FusedDPOptimizer:
+def _fused_optimizer(opacus: DPOptimizer, module: FusedClippingModule) -> FusedDPOptimizer:
     """The same DP optimizer Opacus built (σ, C, expected batch size, generator, accountant hook), fused."""
     fused = FusedDPOptimizer(
-        opacus.original_optimizer, clipping=LinearClipping(model),
+        opacus.original_optimizer, clipping=module,
         noise_multiplier=opacus.noise_multiplier, max_grad_norm=opacus.max_grad_norm,
         expected_batch_size=opacus.expected_batch_size, loss_reduction=opacus.loss_reduction,
         generator=opacus.generator, secure_mode=opacus.secure_mode,

@@ -16,8 +16,10 @@ its loss at the layer's output. Hence, without materializing it,
 * the *clipped sum* over the batch is one matmul, ``(c ⊙ g)ᵀ a`` with
   ``c_i = min(1, C / (‖∇_i‖ + 1e-6))`` (Opacus' own clip factor).
 
-One forward hook per linear layer keeps its input and a tensor hook its
-output gradient from the ordinary backward pass; nothing runs twice.
+:class:`FusedClippingModule` runs the model's layers itself, keeps each
+linear layer's input and asks autograd to retain the gradient at its output
+(``retain_grad``, no Python hook during the backward pass); the ordinary
+backward pass does the rest and nothing runs twice.
 
 What is kept from Opacus (wrap, never fork): the ``PrivacyEngine`` still
 validates the model, builds the Poisson-sampling ``DPDataLoader``, the
@@ -34,8 +36,12 @@ accepted): a layer that mixes examples of a batch (batch norm, attention
 over the batch) or whose per-example gradient is not an outer product (a
 linear layer applied to 3-D inputs or twice in one step). Such models are
 refused by :func:`unsupported_layers` and train with Opacus' ``ew`` mode
-instead; a linear layer applied twice or to non-2-D input raises at run
-time. Virtual steps (``signal_skip_step``) are not supported.
+instead, as are in-place activations (they would overwrite the retained
+output gradient's tensor); a non-2-D input to a linear layer, or two
+forward passes before one step, raise at run time. Virtual steps
+(``signal_skip_step``) are not supported. Forward hooks registered on the
+inner linear layers do not run in training (the wrapper calls
+``F.linear``).
 
 Notes
 -----
@@ -47,15 +53,14 @@ layers from activations and output gradients); Yousefpour et al. (2021),
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
-from torch.utils.hooks import RemovableHandle
+from torch.nn import functional as F  # noqa: N812
 
 from lifecycle.architecture import Standardize
 from lifecycle.errors import ConfigurationError
@@ -80,14 +85,14 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     """Names (``name: Type``) of the submodules that rule the fused path out; empty when it applies.
 
     A module qualifies if it is an ``nn.Linear`` whose parameters all train,
-    or one of :data:`PER_EXAMPLE_LAYERS` without parameters; and no module
-    may appear twice (weight sharing).
+    or one of :data:`PER_EXAMPLE_LAYERS` without parameters and not in
+    place; and no layer may appear twice (weight sharing).
     """
     found: list[str] = []
     seen: set[int] = set()
     for name, module in model.named_modules(remove_duplicate=False):
         label = f"{name or '<root>'}: {type(module).__name__}"
-        if id(module) in seen and not isinstance(module, PER_EXAMPLE_LAYERS[1:]):
+        if id(module) in seen and list(module.parameters()):
             found.append(f"{label} (used twice)")
             continue
         seen.add(id(module))
@@ -97,16 +102,37 @@ def unsupported_layers(model: nn.Module) -> list[str]:
                 found.append(f"{label} (partly frozen)")
         elif type(module) not in PER_EXAMPLE_LAYERS or own:
             found.append(label)
+        elif getattr(module, "inplace", False):
+            found.append(f"{label} (in place)")
     return found
 
 
-class LinearClipping:
-    """Keeps each linear layer's input and output gradient for one step, and forms the noised clipped sum.
+def _flat_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """The layers in the order ``nn.Sequential`` runs them (nested containers unrolled)."""
+    if type(module) is nn.Sequential:
+        for child in module:
+            yield from _flat_layers(child)
+    else:
+        yield module
+
+
+class FusedClippingModule(nn.Module):
+    """Runs a Linear-only model exactly as ``nn.Sequential`` does, keeping what fused clipping needs.
+
+    In training (module in train mode, gradients enabled) it keeps, for
+    every forward pass, each linear layer's input ``a`` and output ``y``
+    (``y.retain_grad()``, or ``y`` is a leaf for the first layer), so that
+    after ``backward()`` the output gradient ``g = y.grad`` is there. The
+    parameters enter the graph detached, so ``backward()`` computes output
+    gradients only and leaves ``p.grad`` alone; :meth:`write_noised_grads`
+    (called by ``FusedDPOptimizer.step``) then sets ``p.grad`` to the
+    clipped, noised gradient. In evaluation it simply calls the model.
 
     Parameters
     ----------
     model
-        A model for which :func:`unsupported_layers` is empty.
+        A model for which :func:`unsupported_layers` is empty (raises
+        :class:`FusedClippingError` otherwise).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -116,51 +142,54 @@ class LinearClipping:
                 f"fused clipping supports only nn.Linear and per-example parameter-free layers; "
                 f"found {', '.join(problems)}: use Opacus' per-sample gradients (clipping='opacus')"
             )
-        self.layers: list[nn.Linear] = [m for m in model.modules() if type(m) is nn.Linear]
-        self.inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        self.grads: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        self._keep: list[Callable[[tuple[torch.Tensor, ...]], None]] = [
-            partial(_keep_first, grads) for grads in self.grads
-        ]
-        self._handles: list[RemovableHandle] = [
-            layer.register_forward_hook(partial(self._capture, index)) for index, layer in enumerate(self.layers)
-        ]
+        super().__init__()
+        self._module = model
+        self.linears: list[nn.Linear] = [m for m in model.modules() if type(m) is nn.Linear]
+        self._layers: list[nn.Module] = list(_flat_layers(model))
+        self._kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
-    def _capture(self, index: int, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        if not (module.training and torch.is_grad_enabled()) or output.grad_fn is None:
-            return  # evaluation or frozen: nothing to clip (Opacus also captures only in training)
-        activation = inputs[0]
-        if activation.dim() != 2:
-            raise FusedClippingError(
-                f"fused clipping needs 2-D inputs (batch, features) to linear layers, got shape "
-                f"{tuple(activation.shape)}; flatten first or use Opacus' per-sample gradients"
-            )
-        self.inputs[index].append(activation.detach())
-        # a pre-hook on the layer's own autograd node sees the gradient at its output, even when a
-        # later in-place op (ReLU(inplace=True)) rewrites the output tensor; cheaper than Tensor.register_hook
-        output.grad_fn.register_prehook(self._keep[index])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return self._module(x)  # type: ignore[no-any-return]
+        kept = []
+        for layer in self._layers:
+            if type(layer) is nn.Linear:
+                if x.dim() != 2:
+                    raise FusedClippingError(
+                        f"fused clipping needs 2-D inputs (batch, features) to linear layers, got shape "
+                        f"{tuple(x.shape)}; flatten first or use Opacus' per-sample gradients"
+                    )
+                bias = layer.bias
+                # the parameters enter detached: backward computes only the output gradients clipping needs,
+                # and step() forms each parameter's gradient once, already clipped (no wasted weight grads)
+                y = F.linear(x, layer.weight.detach(), None if bias is None else bias.detach())
+                if y.requires_grad:
+                    y.retain_grad()
+                else:
+                    y.requires_grad_()  # the first linear layer's output: a leaf whose .grad is g
+                kept.append((x.detach() if x.requires_grad else x, y))
+                x = y
+            else:
+                x = layer(x)
+        self._kept.append(kept)
+        return x
 
     def clear(self) -> None:
-        """Forget the captured activations and gradients (called by ``zero_grad`` and after each step)."""
-        for kept in (*self.inputs, *self.grads):
-            kept.clear()
-
-    def remove(self) -> None:
-        """Detach the hooks from the model."""
-        for handle in self._handles:
-            handle.remove()
-        self.clear()
+        """Forget what the last forward pass kept (``zero_grad`` and every step call this)."""
+        self._kept.clear()
 
     def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(input, output gradient) per linear layer, from exactly one forward and its backward."""
+        if len(self._kept) != 1:
+            raise FusedClippingError(
+                f"fused clipping needs exactly one training forward pass per step, got {len(self._kept)}; "
+                "call zero_grad, forward, backward and step once per batch (no gradient accumulation)"
+            )
         pairs = []
-        for layer, inputs, grads in zip(self.layers, self.inputs, self.grads, strict=True):
-            if len(inputs) != 1 or len(grads) != 1:
-                raise FusedClippingError(
-                    f"fused clipping needs exactly one forward and one backward of each linear layer per "
-                    f"step, got {len(inputs)} forward(s) and {len(grads)} backward(s) of {layer}; call "
-                    "zero_grad, forward, backward and step once per batch (no gradient accumulation)"
-                )
-            pairs.append((inputs[0], grads[0]))
+        for x, y in self._kept[0]:
+            if y.grad is None:
+                raise FusedClippingError("no gradient reached a linear layer's output: call backward() before step()")
+            pairs.append((x, y.grad))
         return pairs
 
     def write_noised_grads(
@@ -181,30 +210,30 @@ class LinearClipping:
         finally:
             self.clear()  # a refused step must not leak into the next one
         batch = pairs[0][0].shape[0]
-        sq_norms = torch.zeros(batch)
-        for (activation, grad), layer in zip(pairs, self.layers, strict=True):
-            act_sq = torch.linalg.vecdot(activation, activation)
-            sq_norms.addcmul_(torch.linalg.vecdot(grad, grad), act_sq if layer.bias is None else act_sq.add_(1.0))
-        # Opacus' factor min(1, C / (‖∇_i‖ + 1e-6)) with ∇_i = batch · (output gradient) for a mean loss,
-        # times batch · scale so that the weighted output gradients sum to the scaled clipped sum
-        per_batch = float(batch) if mean_loss else 1.0
-        factor = sq_norms.sqrt_().mul_(per_batch).add_(_CLIP_EPS).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)
-        weights = factor.mul_(per_batch * scale).unsqueeze(1)
+        sq_norms: torch.Tensor | None = None
+        for (x, g), layer in zip(pairs, self.linears, strict=True):
+            g_sq, x_sq = torch.linalg.vecdot(g, g), torch.linalg.vecdot(x, x)
+            # ‖g_i a_iᵀ‖² + ‖g_i‖² (bias) = ‖g_i‖² (‖a_i‖² + 1)
+            term = torch.addcmul(g_sq, g_sq, x_sq) if layer.bias is not None else g_sq.mul_(x_sq)
+            sq_norms = term if sq_norms is None else sq_norms.add_(term)
+        assert sq_norms is not None
+        # k · min(1, C / (‖∇_i‖ + 1e-6)) with ‖∇_i‖ = m·‖per-example output-gradient term‖ (m = batch for a
+        # mean loss, as Opacus' grad samplers scale) and k = m · scale, so that Σ_i factor_i g_i a_iᵀ is the
+        # scaled clipped sum; C / (m·n + ε) is written C/m / (n + ε/m)
+        m = float(batch) if mean_loss else 1.0
+        k = m * scale
+        factor = sq_norms.sqrt_().add_(_CLIP_EPS / max(m, 1.0)).reciprocal_().mul_(max_grad_norm * k / max(m, 1.0))
+        factor.clamp_(max=k)
         std = noise_std * scale
-        for (activation, grad), layer in zip(pairs, self.layers, strict=True):
-            weighted = grad * weights
-            layer.weight.grad = noise(std, layer.weight).addmm_(weighted.t(), activation)
+        for (x, g), layer in zip(pairs, self.linears, strict=True):
+            g_t = g.t()
+            layer.weight.grad = noise(std, layer.weight).addmm_(g_t * factor, x)
             if layer.bias is not None:
-                layer.bias.grad = noise(std, layer.bias).add_(weighted.sum(0))
-
-
-def _keep_first(kept: list[torch.Tensor], grad_outputs: tuple[torch.Tensor, ...]) -> None:
-    """Autograd pre-hook: keep the gradient at a linear layer's output (changes nothing)."""
-    kept.append(grad_outputs[0])
+                layer.bias.grad = noise(std, layer.bias).addmv_(g_t, factor)
 
 
 class FusedDPOptimizer(DPOptimizer):
-    """Opacus' ``DPOptimizer`` with the clipped sum formed by :class:`LinearClipping`.
+    """Opacus' ``DPOptimizer`` with the clipped sum formed by :class:`FusedClippingModule`.
 
     Same constructor as ``DPOptimizer`` plus ``clipping``; noise, scaling,
     the accountant's step hook and the wrapped optimizer's step are
@@ -212,13 +241,13 @@ class FusedDPOptimizer(DPOptimizer):
     the same generator as ``DPOptimizer.add_noise``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, clipping: LinearClipping, **kwargs: Any) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, *, clipping: FusedClippingModule, **kwargs: Any) -> None:
         super().__init__(optimizer, **kwargs)
         self.clipping = clipping
-        layer_params = {id(p) for layer in clipping.layers for p in layer.parameters()}
-        if {id(p) for p in self.params} != layer_params:
+        layer_params = [p for layer in clipping.linears for p in layer.parameters()]
+        if [id(p) for p in self.params] != [id(p) for p in layer_params]:
             raise FusedClippingError(
-                "the optimizer's parameters are not exactly the model's linear layers' parameters; "
+                "the optimizer's parameters are not the model's linear layers' parameters in order; "
                 "pass model.parameters() to the optimizer"
             )
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lifecycle.architecture import ModelSpec, build_model
 from privacy.dp_sgd import FUSED, OPACUS_EW, DPPlan, PrivacyPlanError, clipping_path, make_private
-from privacy.fused_clipping import FusedClippingError, FusedDPOptimizer, LinearClipping, unsupported_layers
+from privacy.fused_clipping import FusedClippingError, FusedClippingModule, FusedDPOptimizer, unsupported_layers
 
 SIGMA, CLIP = 1.3, 0.5
 
@@ -53,8 +53,8 @@ def _opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip
 
 def _fused_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> list[torch.Tensor]:
     model = copy.deepcopy(model)
-    clipping = LinearClipping(model)
-    nn.functional.cross_entropy(model(x), y).backward()
+    clipping = FusedClippingModule(model)
+    nn.functional.cross_entropy(clipping(x), y).backward()
     clipping.write_noised_grads(max_grad_norm=clip, noise_std=0.0, scale=1.0, mean_loss=True,
                                 noise=lambda std, ref: torch.zeros_like(ref))
     return [p.grad for p in model.parameters()]  # type: ignore[misc]
@@ -109,13 +109,13 @@ def test_noise_std_is_sigma_c_over_expected_batch() -> None:
     exact = [g / 32 for g in _fused_clipped_sum(model, x, y, CLIP)]
     model = copy.deepcopy(model)
     loader = DataLoader(TensorDataset(*_batch(model, 64, 99)), batch_size=32)
-    _, optimizer, _, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _plan(64, 32),
+    private, optimizer, _, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _plan(64, 32),
                                       noise_generator=torch.Generator().manual_seed(0))
     assert optimizer.expected_batch_size == 32
     noise = []
     for _ in range(40):  # 40 × 1,122 coordinates
         optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(private(x), y).backward()
         optimizer.step()
         noise += [(p.grad - e).flatten() for p, e in zip(model.parameters(), exact, strict=True)]  # type: ignore[operator]
     sample = torch.cat(noise)
@@ -166,26 +166,37 @@ def test_unsupported_layer_falls_back_to_opacus_and_says_so(caplog: pytest.LogCa
         (lambda: (lin := nn.Linear(3, 3), nn.Sequential(lin, nn.ReLU(), lin))[1], "2: Linear (used twice)"),
         (lambda: nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, affine=False)), "1: BatchNorm1d"),
         (lambda: nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=0)), "1: Softmax"),  # mixes examples
+        (lambda: nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True)), "1: ReLU (in place)"),
     ],
 )
 def test_layers_that_break_the_identity_are_refused(build: Any, problem: str) -> None:
     model = build()
     assert problem in unsupported_layers(model)
     with pytest.raises(FusedClippingError, match="fused clipping supports only"):
-        LinearClipping(model)
+        FusedClippingModule(model)
 
 
 def test_misuse_at_run_time_raises() -> None:
     model = _models()[0]
-    clipping = LinearClipping(model)
+    clipping = FusedClippingModule(model)
     x, y = _batch(model, 8, 1)
-    for _ in range(2):  # two backward passes before one step: gradient accumulation
-        nn.functional.cross_entropy(model(x), y).backward()
-    with pytest.raises(FusedClippingError, match="exactly one forward and one backward"):
+
+    def write() -> None:
         clipping.write_noised_grads(max_grad_norm=1.0, noise_std=0.0, scale=1.0, mean_loss=True,
                                     noise=lambda std, ref: torch.zeros_like(ref))
+
+    for _ in range(2):  # two forward/backward passes before one step: gradient accumulation
+        nn.functional.cross_entropy(clipping(x), y).backward()
+    with pytest.raises(FusedClippingError, match="exactly one training forward pass"):
+        write()
+    clipping(x)
+    with pytest.raises(FusedClippingError, match="call backward"):
+        write()
     with pytest.raises(FusedClippingError, match="2-D inputs"):
-        model(torch.randn(2, 4, 30))
+        clipping(torch.randn(2, 4, 30))
+    clipping.clear()
     with torch.no_grad():
-        model(x)  # evaluation is not captured
-    assert all(not kept for kept in clipping.inputs)
+        clipping(x)  # evaluation is not kept
+    clipping.eval()
+    clipping(x)
+    assert not clipping._kept
