@@ -145,32 +145,37 @@ class FusedClippingModule(nn.Module):
         super().__init__()
         self._module = model
         self.linears: list[nn.Linear] = [m for m in model.modules() if type(m) is nn.Linear]
-        self._layers: list[nn.Module] = list(_flat_layers(model))
+        # (weight, bias) for a linear layer, the module itself otherwise, in nn.Sequential's order; the
+        # parameter objects are those the optimizer holds and updates in place
+        self._steps: list[tuple[nn.Parameter, nn.Parameter | None] | nn.Module] = [
+            (layer.weight, layer.bias) if type(layer) is nn.Linear else layer for layer in _flat_layers(model)
+        ]
+        self._params: list[tuple[nn.Parameter, nn.Parameter | None]] = [(m.weight, m.bias) for m in self.linears]
         self._kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):
             return self._module(x)  # type: ignore[no-any-return]
         kept = []
-        for layer in self._layers:
-            if type(layer) is nn.Linear:
-                if x.dim() != 2:
-                    raise FusedClippingError(
-                        f"fused clipping needs 2-D inputs (batch, features) to linear layers, got shape "
-                        f"{tuple(x.shape)}; flatten first or use Opacus' per-sample gradients"
-                    )
-                bias = layer.bias
-                # the parameters enter detached: backward computes only the output gradients clipping needs,
-                # and step() forms each parameter's gradient once, already clipped (no wasted weight grads)
-                y = F.linear(x, layer.weight.detach(), None if bias is None else bias.detach())
-                if y.requires_grad:
-                    y.retain_grad()
-                else:
-                    y.requires_grad_()  # the first linear layer's output: a leaf whose .grad is g
-                kept.append((x.detach() if x.requires_grad else x, y))
-                x = y
+        for step in self._steps:
+            if type(step) is not tuple:
+                x = step(x)
+                continue
+            if x.dim() != 2:
+                raise FusedClippingError(
+                    f"fused clipping needs 2-D inputs (batch, features) to linear layers, got shape "
+                    f"{tuple(x.shape)}; flatten first or use Opacus' per-sample gradients"
+                )
+            weight, bias = step
+            # the parameters enter detached: backward computes only the output gradients clipping needs,
+            # and step() forms each parameter's gradient once, already clipped (no wasted weight grads)
+            y = F.linear(x, weight.detach(), None if bias is None else bias.detach())
+            if y.requires_grad:
+                y.retain_grad()
             else:
-                x = layer(x)
+                y.requires_grad_()  # the first linear layer's output: a leaf whose .grad is g
+            kept.append((x.detach() if x.requires_grad else x, y))
+            x = y
         self._kept.append(kept)
         return x
 
@@ -180,56 +185,56 @@ class FusedClippingModule(nn.Module):
 
     def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(input, output gradient) per linear layer, from exactly one forward and its backward."""
-        if len(self._kept) != 1:
+        kept = self._kept
+        passes = len(kept)
+        last = kept.pop() if passes else []
+        kept.clear()  # a refused step must not leak into the next one
+        if passes != 1:
             raise FusedClippingError(
-                f"fused clipping needs exactly one training forward pass per step, got {len(self._kept)}; "
+                f"fused clipping needs exactly one training forward pass per step, got {passes}; "
                 "call zero_grad, forward, backward and step once per batch (no gradient accumulation)"
             )
         pairs = []
-        for x, y in self._kept[0]:
-            if y.grad is None:
+        for x, y in last:
+            g = y.grad
+            if g is None:
                 raise FusedClippingError("no gradient reached a linear layer's output: call backward() before step()")
-            pairs.append((x, y.grad))
+            pairs.append((x, g))
         return pairs
 
     def write_noised_grads(
         self, *, max_grad_norm: float, noise_std: float, scale: float, mean_loss: bool,
-        noise: Callable[[float, torch.Tensor], torch.Tensor],
+        noise: Callable[[float, torch.Size], torch.Tensor],
     ) -> None:
         """Set each parameter's ``.grad`` to ``(Σ_i clip_C(∇_i) + N(0, noise_std²)) · scale``.
 
         ``∇_i`` is example i's gradient (the output gradients times the batch
         size when the loss is a batch mean, as Opacus' grad samplers do), and
-        ``noise(std, reference)`` draws Gaussian noise shaped like ``reference``,
-        called in the optimizer's parameter order (weight, bias, per layer).
-        Every operation is batched over examples: a handful of kernels per
-        layer, whatever the batch size.
+        ``noise(std, shape)`` draws Gaussian noise of that shape, called in
+        the optimizer's parameter order (weight, bias, per layer). Every
+        operation is batched over examples: a handful of kernels per layer,
+        whatever the batch size.
         """
-        try:
-            pairs = self._pairs()
-        finally:
-            self.clear()  # a refused step must not leak into the next one
-        batch = pairs[0][0].shape[0]
+        pairs = self._pairs()
         sq_norms: torch.Tensor | None = None
-        for (x, g), layer in zip(pairs, self.linears, strict=True):
+        for (x, g), (_, bias) in zip(pairs, self._params):
             g_sq, x_sq = torch.linalg.vecdot(g, g), torch.linalg.vecdot(x, x)
             # ‖g_i a_iᵀ‖² + ‖g_i‖² (bias) = ‖g_i‖² (‖a_i‖² + 1)
-            term = torch.addcmul(g_sq, g_sq, x_sq) if layer.bias is not None else g_sq.mul_(x_sq)
+            term = torch.addcmul(g_sq, g_sq, x_sq) if bias is not None else g_sq.mul_(x_sq)
             sq_norms = term if sq_norms is None else sq_norms.add_(term)
         assert sq_norms is not None
-        # k · min(1, C / (‖∇_i‖ + 1e-6)) with ‖∇_i‖ = m·‖per-example output-gradient term‖ (m = batch for a
-        # mean loss, as Opacus' grad samplers scale) and k = m · scale, so that Σ_i factor_i g_i a_iᵀ is the
-        # scaled clipped sum; C / (m·n + ε) is written C/m / (n + ε/m)
-        m = float(batch) if mean_loss else 1.0
+        # k · min(1, C / (‖∇_i‖ + 1e-6)) with ‖∇_i‖ = m·n_i (m = batch for a mean loss, as Opacus' grad
+        # samplers scale; n_i from the output gradients) and k = m · scale, so that Σ_i factor_i g_i a_iᵀ
+        # is the scaled clipped sum; C / (m·n_i + ε) is computed as (C/m) / (n_i + ε/m)
+        m = max(float(pairs[0][0].shape[0]), 1.0) if mean_loss else 1.0
         k = m * scale
-        factor = sq_norms.sqrt_().add_(_CLIP_EPS / max(m, 1.0)).reciprocal_().mul_(max_grad_norm * k / max(m, 1.0))
-        factor.clamp_(max=k)
+        factor = sq_norms.sqrt_().add_(_CLIP_EPS / m).reciprocal_().mul_(max_grad_norm * k / m).clamp_(max=k)
         std = noise_std * scale
-        for (x, g), layer in zip(pairs, self.linears, strict=True):
+        for (x, g), (weight, bias) in zip(pairs, self._params):
             g_t = g.t()
-            layer.weight.grad = noise(std, layer.weight).addmm_(g_t * factor, x)
-            if layer.bias is not None:
-                layer.bias.grad = noise(std, layer.bias).addmv_(g_t, factor)
+            weight.grad = noise(std, weight.shape).addmm_(g_t * factor, x)
+            if bias is not None:
+                bias.grad = noise(std, bias.shape).addmv_(g_t, factor)
 
 
 class FusedDPOptimizer(DPOptimizer):
@@ -244,6 +249,11 @@ class FusedDPOptimizer(DPOptimizer):
     def __init__(self, optimizer: torch.optim.Optimizer, *, clipping: FusedClippingModule, **kwargs: Any) -> None:
         super().__init__(optimizer, **kwargs)
         self.clipping = clipping
+        self._all_params = [p for group in self.param_groups for p in group["params"]]
+        self._device = self.params[0].device if self.params else torch.device("cpu")
+        self._noise_kwargs: dict[str, Any] = {} if self._device.type == "cpu" else {"device": self._device}
+        if self.generator is not None:
+            self._noise_kwargs["generator"] = self.generator
         layer_params = [p for layer in clipping.linears for p in layer.parameters()]
         if [id(p) for p in self.params] != [id(p) for p in layer_params]:
             raise FusedClippingError(
@@ -256,11 +266,11 @@ class FusedDPOptimizer(DPOptimizer):
         """Always 1: with Poisson sampling Opacus forbids accumulating batches, and so does this path."""
         return 1
 
-    def _noise(self, std: float, reference: torch.Tensor) -> torch.Tensor:
+    def _noise(self, std: float, shape: torch.Size) -> torch.Tensor:
         if self.secure_mode:
-            return _generate_noise(std, reference, self.generator, secure_mode=True)
+            return _generate_noise(std, torch.empty(shape, device=self._device), self.generator, secure_mode=True)
         # the non-secure branch of Opacus' _generate_noise, without its unused zeros tensor
-        return torch.normal(0.0, std, reference.shape, generator=self.generator, device=reference.device)
+        return torch.normal(0.0, std, shape, **self._noise_kwargs)
 
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
         """Clip, noise and scale into ``p.grad`` (Opacus' ``clip_and_accumulate``, ``add_noise``, ``scale_grad``)."""
@@ -278,5 +288,10 @@ class FusedDPOptimizer(DPOptimizer):
         return True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the kept activations and clear ``p.grad`` (the backward pass never writes it on this path)."""
         self.clipping.clear()
-        self.original_optimizer.zero_grad(set_to_none)
+        if set_to_none:  # what Optimizer.zero_grad(set_to_none=True) does, minus its profiler scaffolding
+            for p in self._all_params:
+                p.grad = None
+        else:
+            self.original_optimizer.zero_grad(False)

@@ -56,7 +56,7 @@ def _fused_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip:
     clipping = FusedClippingModule(model)
     nn.functional.cross_entropy(clipping(x), y).backward()
     clipping.write_noised_grads(max_grad_norm=clip, noise_std=0.0, scale=1.0, mean_loss=True,
-                                noise=lambda std, ref: torch.zeros_like(ref))
+                                noise=lambda std, shape: torch.zeros(shape))
     return [p.grad for p in model.parameters()]  # type: ignore[misc]
 
 
@@ -183,7 +183,7 @@ def test_misuse_at_run_time_raises() -> None:
 
     def write() -> None:
         clipping.write_noised_grads(max_grad_norm=1.0, noise_std=0.0, scale=1.0, mean_loss=True,
-                                    noise=lambda std, ref: torch.zeros_like(ref))
+                                    noise=lambda std, shape: torch.zeros(shape))
 
     for _ in range(2):  # two forward/backward passes before one step: gradient accumulation
         nn.functional.cross_entropy(clipping(x), y).backward()
