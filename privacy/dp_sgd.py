@@ -39,8 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lifecycle.errors import ConfigurationError
-from privacy.accountants import GaussianHistory, calibrate_noise
 from privacy import logger
+from privacy.accountants import GaussianHistory, calibrate_noise
 from privacy.fused_clipping import FusedClippingModule, FusedDPOptimizer, unsupported_layers
 
 

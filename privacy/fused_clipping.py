@@ -60,7 +60,7 @@ import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from lifecycle.architecture import Standardize
 from lifecycle.errors import ConfigurationError
@@ -147,10 +147,10 @@ class FusedClippingModule(nn.Module):
         self.linears: list[nn.Linear] = [m for m in model.modules() if type(m) is nn.Linear]
         # (weight, bias) for a linear layer, the module itself otherwise, in nn.Sequential's order; the
         # parameter objects are those the optimizer holds and updates in place
-        self._steps: list[tuple[nn.Parameter, nn.Parameter | None] | nn.Module] = [
+        self._steps: list[tuple[torch.Tensor, torch.Tensor | None] | nn.Module] = [
             (layer.weight, layer.bias) if type(layer) is nn.Linear else layer for layer in _flat_layers(model)
         ]
-        self._params: list[tuple[nn.Parameter, nn.Parameter | None]] = [(m.weight, m.bias) for m in self.linears]
+        self._params: list[tuple[torch.Tensor, torch.Tensor | None]] = [(m.weight, m.bias) for m in self.linears]
         self._kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ class FusedClippingModule(nn.Module):
             return self._module(x)  # type: ignore[no-any-return]
         kept = []
         for step in self._steps:
-            if type(step) is not tuple:
+            if not isinstance(step, tuple):
                 x = step(x)
                 continue
             if x.dim() != 2:
@@ -237,7 +237,7 @@ class FusedClippingModule(nn.Module):
                 bias.grad = noise(std, bias.shape).addmv_(g_t, factor)
 
 
-class FusedDPOptimizer(DPOptimizer):
+class FusedDPOptimizer(DPOptimizer):  # type: ignore[misc]  # opacus is untyped
     """Opacus' ``DPOptimizer`` with the clipped sum formed by :class:`FusedClippingModule`.
 
     Same constructor as ``DPOptimizer`` plus ``clipping``; noise, scaling,
@@ -268,7 +268,9 @@ class FusedDPOptimizer(DPOptimizer):
 
     def _noise(self, std: float, shape: torch.Size) -> torch.Tensor:
         if self.secure_mode:
-            return _generate_noise(std, torch.empty(shape, device=self._device), self.generator, secure_mode=True)
+            noise: torch.Tensor = _generate_noise(std, torch.empty(shape, device=self._device), self.generator,
+                                                  secure_mode=True)
+            return noise
         # the non-secure branch of Opacus' _generate_noise, without its unused zeros tensor
         return torch.normal(0.0, std, shape, **self._noise_kwargs)
 
