@@ -32,6 +32,7 @@ and appends one row (the fastest mode, all ratios in the notes) to
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -168,6 +169,9 @@ def main() -> None:
     print(f"fastest: {best} at {ratios[best]:.2f}x plain (goal ≤ 1.5x); same σ={SIGMA}, C={CLIP}, Poisson sampling")
     notes = ", ".join(f"{m} {r:.2f}x" for m, r in ratios.items()) + "".join(f", {m} failed" for m in failed)
     notes += f"; {args.clock} time" + (" (thread CPU time)" if args.clock == "cpu" else "")
+    load = os.getloadavg()[0]
+    if load > 1.5:  # this benchmark's own thread accounts for about 1
+        notes += f"; measured while other jobs shared the {os.cpu_count()} cores (load average {load:.1f})"
     row = (f"| {time.strftime('%Y-%m-%d')} | dp_sgd | DP-SGD step ({best}) vs plain SGD step, MLP 30-32-2, batch "
            f"{BATCH}, {args.threads} thread(s), median of {args.repeats}×{args.steps} | "
            f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | {machine()}, torch {torch.__version__} |")
