@@ -18,8 +18,11 @@ its loss at the layer's output. Hence, without materializing it,
 
 :class:`FusedClippingModule` runs the model's layers itself, keeps each
 linear layer's input and asks autograd to retain the gradient at its output
-(``retain_grad``, no Python hook during the backward pass); the ordinary
-backward pass does the rest and nothing runs twice.
+(``retain_grad``, no Python hook during the backward pass). The parameters
+enter the graph detached, so the ordinary backward pass computes output
+gradients only (no weight gradients that clipping would throw away) and
+``p.grad`` is only ever what ``step()`` writes: the clipped, noised
+gradient. Nothing runs twice.
 
 What is kept from Opacus (wrap, never fork): the ``PrivacyEngine`` still
 validates the model, builds the Poisson-sampling ``DPDataLoader``, the
@@ -34,7 +37,7 @@ Opacus' per-sample gradients in ``tests/privacy/test_fused_clipping.py``.
 What voids the guarantee (each raises or is refused, never silently
 accepted): a layer that mixes examples of a batch (batch norm, attention
 over the batch) or whose per-example gradient is not an outer product (a
-linear layer applied to 3-D inputs or twice in one step). Such models are
+linear layer applied to 3-D inputs, or shared by two places of the model). Such models are
 refused by :func:`unsupported_layers` and train with Opacus' ``ew`` mode
 instead, as are in-place activations (they would overwrite the retained
 output gradient's tensor); a non-2-D input to a linear layer, or two
