@@ -76,6 +76,8 @@ PER_EXAMPLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Dropout,
 )
 
+_vector_norm, _hypot = torch.linalg.vector_norm, torch.hypot
+
 #: Opacus' clip factor: ``C / (norm + 1e-6)``, at most 1 (``DPOptimizer.clip_and_accumulate``).
 _CLIP_EPS = 1e-6
 
@@ -155,6 +157,7 @@ class FusedClippingModule(nn.Module):
         ]
         self._params: list[tuple[torch.Tensor, torch.Tensor | None]] = [(m.weight, m.bias) for m in self.linears]
         self._kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        self._one = torch.ones(())  # for hypot(‖a‖, 1); a 0-d CPU tensor also broadcasts on other devices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):
@@ -219,19 +222,19 @@ class FusedClippingModule(nn.Module):
         whatever the batch size.
         """
         pairs = self._pairs()
-        sq_norms: torch.Tensor | None = None
+        norm: torch.Tensor | None = None
         for (x, g), (_, bias) in zip(pairs, self._params):
-            g_sq, x_sq = torch.linalg.vecdot(g, g), torch.linalg.vecdot(x, x)
-            # ‖g_i a_iᵀ‖² + ‖g_i‖² (bias) = ‖g_i‖² (‖a_i‖² + 1)
-            term = torch.addcmul(g_sq, g_sq, x_sq) if bias is not None else g_sq.mul_(x_sq)
-            sq_norms = term if sq_norms is None else sq_norms.add_(term)
-        assert sq_norms is not None
+            # ‖g_i a_iᵀ‖² + ‖g_i‖² (bias) = ‖g_i‖² (‖a_i‖² + 1): the layer's per-example norm
+            x_norm = _vector_norm(x, dim=1)
+            layer = _vector_norm(g, dim=1).mul_(_hypot(x_norm, self._one) if bias is not None else x_norm)
+            norm = layer if norm is None else _hypot(norm, layer)
+        assert norm is not None
         # k · min(1, C / (‖∇_i‖ + 1e-6)) with ‖∇_i‖ = m·n_i (m = batch for a mean loss, as Opacus' grad
         # samplers scale; n_i from the output gradients) and k = m · scale, so that Σ_i factor_i g_i a_iᵀ
         # is the scaled clipped sum; C / (m·n_i + ε) is computed as (C/m) / (n_i + ε/m)
         m = max(float(pairs[0][0].shape[0]), 1.0) if mean_loss else 1.0
         k = m * scale
-        factor = sq_norms.sqrt_().add_(_CLIP_EPS / m).reciprocal_().mul_(max_grad_norm * k / m).clamp_(max=k)
+        factor = norm.add_(_CLIP_EPS / m).reciprocal_().mul_(max_grad_norm * k / m).clamp_(max=k)
         std = noise_std * scale
         for (x, g), (weight, bias) in zip(pairs, self._params):
             g_t = g.t()
