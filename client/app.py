@@ -102,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
                 "epsilon": plan.history(steps).epsilon(), "delta": plan.delta,
                 "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
                 "steps": steps, "max-grad-norm": plan.max_grad_norm, "accountant": plan.accountant,
+                "clipping": result.clipping,
             }
         )
     else:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.config import TrainConfig
 from lifecycle.tabular import TabularData
-from privacy.dp_sgd import DPPlan, make_private
+from privacy.dp_sgd import FUSED, DPPlan, clipping_path, make_private
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class LocalResult:
     num_examples: int
     train_loss: float
     steps: int
+    clipping: str = "none"  # DP-SGD per-example clipping path (privacy.dp_sgd.clipping_path), "none" without DP
 
 
 def plan_for(cfg: TrainConfig, data: TabularData) -> DPPlan:
@@ -40,23 +41,26 @@ def train_locally(
     loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, generator=generator)
     optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     module: nn.Module = model
+    clipping = "none"
     if plan is not None:
         module, optimizer, loader, _ = make_private(model, optimizer, loader, plan)
+        clipping = clipping_path(optimizer)
     module.train()
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     loss_fn = nn.CrossEntropyLoss()
     total, count, steps = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for features, labels in loader:
-            if len(labels) == 0:  # Poisson sampling can draw an empty batch
-                continue
+            if len(labels) == 0 and clipping != FUSED:  # Poisson sampling can draw an empty batch;
+                continue  # Opacus' ew mode cannot run one (the fused path takes Opacus' pure-noise step)
             optimizer.zero_grad()
             loss = loss_fn(module(features), labels)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
+            if len(labels):
+                total += loss.item() * len(labels)
+                count += len(labels)
             steps += 1
     if plan is not None:
         steps = plan.steps_per_epoch * cfg.local_epochs  # every sampled step counts, empty or not
-    return LocalResult(data.num_examples, total / max(count, 1), steps)
+    return LocalResult(data.num_examples, total / max(count, 1), steps, clipping)

@@ -160,6 +160,7 @@ def _privacy_outcome(
     sites = sorted(strategy.sites.values(), key=lambda s: s.name)
     return {
         "epsilon": {s.name: s.dp.get("epsilon") for s in sites},
+        "dp_clipping": {s.name: s.dp.get("clipping") for s in sites},  # DP-SGD path: fused or opacus-ew
         "delta": cfg.dp_delta if cfg.dp_epsilon > 0 else None,
         "site_epsilon": {s.name: site_level_epsilon(plan, s.rounds) for s in sites},
         "site_delta": cfg.site_delta if plan is not None else None,

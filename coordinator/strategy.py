@@ -125,7 +125,8 @@ class TrackedStrategy(StrategyWrapper):
             ledger.secure_rng = bool(site.get("secure-rng", False))
             ledger.dp = {
                 key: site[key] for key in
-                ("epsilon", "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "accountant")
+                ("epsilon", "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "accountant",
+                 "clipping")
                 if key in site
             }
             ledger.site_dp = {

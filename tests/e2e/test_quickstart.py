@@ -78,7 +78,10 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     model, _ = load_model(Path(outcome["artifact"]))
     with torch.no_grad():
         expected = model(torch.tensor(rows)).argmax(1).tolist()
-    labels = json.loads((Path(outcome["artifact"]) / "bom.json").read_text())["fedguard"]["feature_schema"]["labels"]
+    bom = json.loads((Path(outcome["artifact"]) / "bom.json").read_text())["fedguard"]
+    labels = bom["feature_schema"]["labels"]
+    assert {site["dp"]["clipping"] for site in bom["training"]["sites"]} == {"fused"}  # the default MLP's path
+    assert set(outcome["dp_clipping"].values()) == {"fused"}
 
     port = _free_port()
     proc = _serve(cli_home, port)
