@@ -69,8 +69,8 @@ def protected_payload(instruction: Message, reply: Message, cfg: SecAggConfig) -
     """``[w·clip(local − global, C), w]`` from the app's train reply (``privacy.updates``)."""
     global_arrays = _only_array_record(instruction.content, "the train instruction")
     local_arrays = _only_array_record(reply.content, "the ClientApp's train reply")
-    delta, _ = updates.clip(updates.model_delta(local_arrays, global_arrays), cfg.clip_norm)
-    return updates.weighted_payload(delta, _weight(reply, cfg))
+    payload, _ = updates.clipped_payload(local_arrays, global_arrays, cfg.clip_norm, _weight(reply, cfg))
+    return payload
 
 
 def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -90,7 +90,7 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        masked = client.masked_input(request, protected_payload(msg, reply, client.config))
+        masked = client.masked_input(request, protected_payload(msg, reply, client.config), consume=True)
         answer: _Message = masked
         content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: Array(masked.masked)})})
         for key, metrics in reply.content.metric_records.items():
