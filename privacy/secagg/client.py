@@ -20,6 +20,7 @@ shares and pairwise masks only with the k graph neighbours.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable
@@ -102,7 +103,9 @@ class SecAggClient:
     def config(self) -> SecAggConfig:
         """The round's parameters (validated once per message, then reused)."""
         if self._config is None:
-            self._config = SecAggConfig.from_record_dict(self._state)
+            if "config" not in self._state:
+                raise SecAggProtocolError("this site has no SecAgg+ round in progress (no parameters in its state)")
+            self._config = SecAggConfig.from_record_dict(json.loads(self._state["config"]))
         return self._config
 
     def check(self, request: _Message) -> None:
@@ -143,10 +146,12 @@ class SecAggClient:
         neighbours = neighbour_graph(request.nodes, cfg.num_neighbours, h.round_id)[self.node_id]
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
         self._config = cfg
+        # The state keeps only what later stages need, each secret until its last use
+        # (fewer fields also make the per-message ConfigRecord cheaper).
         self._state = {
-            **cfg.to_record_dict(), "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
-            "nodes": pack_ids(request.nodes), "neighbours": pack_ids(neighbours), "channel-sk": channel.private,
-            "mask-sk": mask.private, "seed": seed, "mask-pk": mask.public,
+            "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
+            "config": json.dumps(cfg.to_record_dict(), sort_keys=True), "nodes": pack_ids(request.nodes),
+            "neighbours": pack_ids(neighbours), "channel-sk": channel.private, "mask-sk": mask.private, "seed": seed,
         }
         return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
                           seed_commitment(h.round_id, self.node_id, seed))
@@ -180,9 +185,10 @@ class SecAggClient:
             ciphertexts[j] = keys.seal(channel[j], plaintext, aad)
         # The derived channel keys are kept (site-local, like channel-sk) so the next stage opens
         # its neighbours' shares without agreeing them a second time.
-        s.update({"stage": SHARE_KEYS, "live": pack_ids(live),
-                  "peer-channel-key": [channel[j] for j in live],
-                  "peer-mask": [request.mask_keys[j] for j in live]})
+        self._state = {key: s[key] for key in ("round-id", "server-round", "config", "mask-sk", "seed")}
+        self._state.update({"stage": SHARE_KEYS, "live": pack_ids(live),
+                            "peer-channel-key": [channel[j] for j in live],
+                            "peer-mask": [request.mask_keys[j] for j in live]})
         return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts)
 
     def masked_input(
@@ -221,7 +227,9 @@ class SecAggClient:
         expander.add(encoded, s["seed"])
         for j in senders:
             (expander.add if self.node_id < j else expander.subtract)(encoded, seeds[j])
-        s.update({"stage": MASKED_INPUT, "senders": pack_ids(senders), "held-seed": held_seed, "held-key": held_key})
+        self._state = {"stage": MASKED_INPUT, "round-id": s["round-id"], "server-round": s["server-round"],
+                       "config": s["config"], "senders": pack_ids(senders), "held-seed": held_seed,
+                       "held-key": held_key}
         return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:

@@ -19,6 +19,7 @@ agreements here); HKDF is RFC 5869.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
@@ -26,10 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privacy.secagg.errors import SecAggAuthenticationError
 
@@ -74,7 +74,21 @@ def _agree(key: X25519PrivateKey, peer_public: bytes, purpose: bytes, context: b
         shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as error:
         raise SecAggAuthenticationError(f"X25519 key agreement refused a peer public key: {error}") from None
-    return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=PROTOCOL + b"/" + purpose + b"/" + context).derive(shared)
+    return hkdf_sha256(shared, PROTOCOL + b"/" + purpose + b"/" + context)
+
+
+_NO_SALT = bytes(hashlib.sha256().digest_size)
+
+
+def hkdf_sha256(secret: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt and a 32-byte output, from two HMAC-SHA256 calls.
+
+    Byte-for-byte ``HKDF(SHA256(), 32, salt=None, info=info).derive(secret)`` of ``cryptography``
+    (checked by a test), without building a KDF object per derivation (it costs several times
+    the two HMACs, and a site derives ``2k`` keys per round).
+    """
+    prk = hmac.digest(_NO_SALT, secret, "sha256")        # extract: salt = HashLen zero bytes
+    return hmac.digest(prk, info + b"\x01", "sha256")    # expand: T(1), one block = 32 bytes
 
 
 def _agree_all(
