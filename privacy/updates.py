@@ -19,6 +19,7 @@ fixed-point quantization and site-level DP possible (McMahan et al. 2018,
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,32 @@ class Layout:
         return int(sum(int(np.prod(s)) for s in self.shapes))
 
 
+def array_view(array: Array) -> np.ndarray:
+    """``array.numpy()`` without the copy: a read-only view of the Array's ``.npy`` bytes.
+
+    Flower's ``Array.numpy()`` runs ``np.load`` on a stream, which copies the data into a
+    fresh allocation; a vector-sized allocation costs more than the copy (page faults).
+    Only the header is parsed (numpy's own parser, no pickle: object dtypes go to
+    ``Array.numpy()``, which refuses them); anything unusual falls back to ``Array.numpy()``.
+    """
+    if array.stype != "numpy.ndarray":
+        return array.numpy()
+    stream = io.BytesIO(array.data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return array.numpy()
+        shape, fortran_order, dtype = read_header(stream)
+        if dtype.hasobject:
+            return array.numpy()
+        view = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    except ValueError:
+        return array.numpy()  # raises numpy's own error for a malformed array
+    return view.reshape(shape, order="F" if fortran_order else "C")
+
+
 def layout_of(record: ArrayRecord) -> Layout:
     """The layout of ``record``, read from each Array's metadata (nothing is deserialized)."""
     arrays = [record[k] for k in record.keys()]
@@ -58,7 +85,7 @@ def flatten(record: ArrayRecord) -> tuple[np.ndarray, Layout]:
     (no per-array float64 copies, no concatenation pass).
     """
     keys = tuple(record.keys())
-    arrays = [record[k].numpy() for k in keys]
+    arrays = [array_view(record[k]) for k in keys]
     layout = Layout(keys, tuple(a.shape for a in arrays), tuple(str(a.dtype) for a in arrays))
     vector, offset = np.empty(layout.size, dtype=np.float64), 0
     for array in arrays:
@@ -90,7 +117,7 @@ def _delta_into(local: ArrayRecord, global_: ArrayRecord, out: np.ndarray) -> No
         raise UpdateError("the update's arrays do not match the global model's names and shapes")
     offset = 0
     for key, shape in zip(local_layout.keys, local_layout.shapes, strict=True):
-        mine, theirs = local[key].numpy(), global_[key].numpy()
+        mine, theirs = array_view(local[key]), array_view(global_[key])
         if mine.shape != shape or theirs.shape != shape:
             raise UpdateError(f"array '{key}' holds data of another shape than it declares; it was not used")
         target = out[offset:offset + mine.size]

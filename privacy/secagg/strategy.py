@@ -205,7 +205,7 @@ def _decode_reply(reply: Message, stage: str) -> _Message:
         arrays = reply.content.array_records
         if len(arrays) != 1 or len(next(iter(arrays.values()))) != 1:
             raise SecAggProtocolError("a masked-input reply must hold exactly one ArrayRecord with one array")
-        masked = next(iter(next(iter(arrays.values())).values())).numpy()
+        masked = updates.array_view(next(iter(next(iter(arrays.values())).values())))
         if masked.dtype != np.uint32 or masked.ndim != 1:
             raise SecAggProtocolError(f"a masked vector must be 1-D uint32, got {masked.dtype} {masked.shape}")
     elif reply.content.array_records:
