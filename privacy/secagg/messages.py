@@ -39,6 +39,12 @@ DIRECTIONS = ("request", "reply")
 _HEADER = struct.Struct(">BB16sqQ")
 
 
+def config_record(content: Mapping[str, Any], key: str) -> ConfigRecord | None:
+    """``content.config_records.get(key)`` of a RecordDict, without Flower building a filtered copy."""
+    record = content.get(key)
+    return record if isinstance(record, ConfigRecord) else None
+
+
 def pack_ids(ids: Any) -> bytes:
     ids = list(ids)
     return struct.pack(f">{len(ids)}Q", *ids)

@@ -37,7 +37,7 @@ from privacy import updates
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError, SecAggRequiredError
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, decode
+from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, config_record, decode
 
 STATE_KEY = "secagg"
 MASKED_KEY = "masked"
@@ -77,14 +77,14 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
     """Run fedguard's SecAgg+ for train messages (see the module docstring)."""
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
         return call_next(msg, context)
-    record = msg.content.config_records.get(RECORD_KEY)
+    record = config_record(msg.content, RECORD_KEY)
     if record is None:
         raise SecAggRequiredError(
             "this site runs the SecAgg+ mod and never sends an unmasked update, but the train message carries "
             "no 'secagg' record; run the coordinator with SecAggPlusStrategy (or remove the mod)"
         )
     request = decode(record)
-    client = SecAggClient(context.node_id, context.state.config_records.get(STATE_KEY))
+    client = SecAggClient(context.node_id, config_record(context.state, STATE_KEY))
     if isinstance(request, MaskedInputRequest):
         client.check(request)
         reply = call_next(msg, context)
@@ -95,7 +95,7 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: Array(masked.masked)})})
         for key, metrics in reply.content.metric_records.items():
             content[key] = metrics
-        site = reply.content.config_records.get("site")
+        site = config_record(reply.content, "site")
         if site is not None:
             content["site"] = site
     else:

@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from privacy import updates
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
-from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, decode
+from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, config_record, decode
 from privacy.secagg.server import SecAggServer
 from privacy.strategy_wrapper import StrategyWrapper
 
@@ -197,7 +197,7 @@ class SecAggPlusStrategy(StrategyWrapper):
 
 
 def _decode_reply(reply: Message, stage: str) -> _Message:
-    record = reply.content.config_records.get(RECORD_KEY)
+    record = config_record(reply.content, RECORD_KEY)
     if record is None:
         raise SecAggProtocolError("the reply carries no 'secagg' record (is the site's secaggplus_mod installed?)")
     masked = None
