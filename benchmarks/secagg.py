@@ -20,7 +20,9 @@ What is measured (one process, no Ray, no network; the same for all four variant
   4 shares, Flower's ``num_shares=5`` counts the site itself) and with the recommended
   ``SecAggConfig.recommended(n)`` (k = 10, t = 6 at n = 20);
 * mask generation: AES-256-CTR keystream written and added into a uint32 accumulator
-  (``privacy.secagg.prg.throughput``), in GB of mask per second on one core.
+  (``privacy.secagg.prg.throughput``), in GB of mask per second on one core;
+* the five variants are measured in turn within each repeat (medians per variant), so load
+  from other jobs on shared cores falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -194,9 +196,19 @@ def run_flower_legacy(n: int, d: int, steps: int, secure: bool) -> float:
     return elapsed
 
 
-def median_of(repeats: int, measure: Callable[[], float]) -> float:
-    measure()  # warm-up (imports, first allocations)
-    return statistics.median(measure() for _ in range(repeats))
+def interleaved_medians(repeats: int, measures: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Median time of each variant, measured in turn within every repeat.
+
+    Interleaving keeps a burst of load from other jobs on the shared cores from landing on one
+    variant only (each variant is warmed up once first: imports, first allocations).
+    """
+    for measure in measures.values():
+        measure()
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            times[name].append(measure())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -215,11 +227,15 @@ def main() -> None:
     rows = []
     for steps in sorted({args.train_steps, 0}, reverse=True):
         label = f"{steps} local steps" if steps else "no local training"
-        plain = median_of(args.repeats, lambda: run_message_api(n, d, steps, None))
-        ours4 = median_of(args.repeats, lambda: run_message_api(n, d, steps, like_flower))
-        ours = median_of(args.repeats, lambda: run_message_api(n, d, steps, recommended))
-        legacy_plain = median_of(args.repeats, lambda: run_flower_legacy(n, d, steps, False))
-        legacy = median_of(args.repeats, lambda: run_flower_legacy(n, d, steps, True))
+        medians = interleaved_medians(args.repeats, {
+            "plain": lambda: run_message_api(n, d, steps, None),
+            "ours4": lambda: run_message_api(n, d, steps, like_flower),
+            "ours": lambda: run_message_api(n, d, steps, recommended),
+            "legacy_plain": lambda: run_flower_legacy(n, d, steps, False),
+            "legacy": lambda: run_flower_legacy(n, d, steps, True),
+        })
+        plain, ours4, ours = medians["plain"], medians["ours4"], medians["ours"]
+        legacy_plain, legacy = medians["legacy_plain"], medians["legacy"]
         print(f"[{label}] n={n} sites, d={d} parameters, medians of {args.repeats}")
         print(f"  plaintext FedAvg (Message API)              {plain * 1e3:8.1f} ms")
         print(f"  fedguard SecAgg+ k=4 t=3 (like Flower's)    {ours4 * 1e3:8.1f} ms   ratio {ours4 / plain:.2f}x")
