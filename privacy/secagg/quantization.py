@@ -47,10 +47,11 @@ def quantize(values: np.ndarray, scale: float, bound: float, *, overwrite: bool 
         )
     in_place = overwrite and values.dtype == np.float64 and values.flags.writeable
     scaled = np.multiply(values, scale, out=values if in_place else None)
-    np.rint(scaled, out=scaled)
     if largest * scale < 2.0**31 - 1:  # always, under a validated configuration (n ≥ 3 sites share 2^32)
-        return scaled.astype(np.int32).view(np.uint32)  # exact: |round(x·scale)| < 2^31
-    return scaled.astype(np.int64).astype(np.uint32)
+        encoded = np.empty(scaled.shape, dtype=np.int32)
+        np.rint(scaled, out=encoded, casting="unsafe")  # exact: |round(x·scale)| < 2^31
+        return encoded.view(np.uint32)
+    return np.rint(scaled).astype(np.int64).astype(np.uint32)
 
 
 def dequantize(total: np.ndarray, scale: float) -> np.ndarray:
