@@ -42,9 +42,11 @@ class MaskExpander:
     def for_length(cls, length: int) -> MaskExpander:
         """This thread's expander for ``length`` words, reused across calls.
 
-        Every expansion overwrites the whole buffer, so reuse leaks nothing between
-        calls; reusing it spares allocating and page-faulting two vector-sized
-        buffers per masked input (one expander per thread: the buffer is not shared).
+        Every expansion overwrites the whole buffer, so reuse carries nothing from one
+        seed's mask into another's; reusing it spares allocating and page-faulting two
+        vector-sized buffers per masked input (one expander per thread: the buffer is not
+        shared). Like a freed buffer, it holds the last keystream until overwritten, in
+        the process that computed it.
         """
         cached: MaskExpander | None = getattr(_CACHE, "expander", None)
         if cached is None or cached.length != int(length):
