@@ -20,7 +20,9 @@ What is measured (one process, no Ray, no network; the same for all four variant
   4 shares, Flower's ``num_shares=5`` counts the site itself) and with the recommended
   ``SecAggConfig.recommended(n)`` (k = 10, t = 6 at n = 20);
 * mask generation: AES-256-CTR keystream written and added into a uint32 accumulator
-  (``privacy.secagg.prg.throughput``), in GB of mask per second on one core.
+  (``privacy.secagg.prg.throughput``), in GB of mask per second on one core;
+* the five variants are measured in turn within each repeat (medians per variant), so load
+  from other jobs on shared cores falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -145,17 +147,17 @@ def message_api_app(steps: int, protected: bool) -> ClientApp:
     return app
 
 
-def run_message_api(n: int, d: int, steps: int, config: SecAggConfig | None) -> float:
+def run_message_api(n: int, d: int, steps: int, config: SecAggConfig | None) -> tuple[float, float]:
     grid = InProcessGrid(message_api_app(steps, config is not None), n)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
     strategy = inner if config is None else SecAggPlusStrategy(inner, config)
     initial = ArrayRecord({"w": Array(np.zeros(d, np.float32))})
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-def run_flower_legacy(n: int, d: int, steps: int, secure: bool) -> float:
+def run_flower_legacy(n: int, d: int, steps: int, secure: bool) -> tuple[float, float]:
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod as flower_secaggplus_mod
     from flwr.common import ndarrays_to_parameters
@@ -187,16 +189,32 @@ def run_flower_legacy(n: int, d: int, steps: int, secure: bool) -> float:
     fit: Callable[[Any, Any], None] = (
         SecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3) if secure else default_fit_workflow
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     fit(grid, context)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     return elapsed
 
 
-def median_of(repeats: int, measure: Callable[[], float]) -> float:
-    measure()  # warm-up (imports, first allocations)
-    return statistics.median(measure() for _ in range(repeats))
+def interleaved_medians(
+    repeats: int, measures: dict[str, Callable[[], tuple[float, float]]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and process-CPU time of each variant, measured in turn within every repeat.
+
+    Interleaving keeps a burst of load from other jobs on the shared cores from landing on one
+    variant only (each variant is warmed up once first: imports, first allocations). The CPU
+    time (``time.process_time``: this process, all its threads) is reported beside the wall
+    time because it moves much less when other jobs share the cores.
+    """
+    for measure in measures.values():
+        measure()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            times[name].append(measure())
+    wall = {name: statistics.median(w for w, _ in values) for name, values in times.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
+    return wall, cpu
 
 
 def main() -> None:
@@ -212,14 +230,19 @@ def main() -> None:
     like_flower = SecAggConfig(num_sites=n, threshold=3, num_neighbours=4, clip_norm=1.0, max_weight=EXAMPLES)
     recommended = SecAggConfig.recommended(n, clip_norm=1.0, max_weight=EXAMPLES)
     gbps = statistics.median(throughput(1 << 20, 50) for _ in range(3))
+    load = os.getloadavg()[0]
     rows = []
     for steps in sorted({args.train_steps, 0}, reverse=True):
         label = f"{steps} local steps" if steps else "no local training"
-        plain = median_of(args.repeats, lambda: run_message_api(n, d, steps, None))
-        ours4 = median_of(args.repeats, lambda: run_message_api(n, d, steps, like_flower))
-        ours = median_of(args.repeats, lambda: run_message_api(n, d, steps, recommended))
-        legacy_plain = median_of(args.repeats, lambda: run_flower_legacy(n, d, steps, False))
-        legacy = median_of(args.repeats, lambda: run_flower_legacy(n, d, steps, True))
+        medians, cpu = interleaved_medians(args.repeats, {
+            "plain": lambda: run_message_api(n, d, steps, None),
+            "ours4": lambda: run_message_api(n, d, steps, like_flower),
+            "ours": lambda: run_message_api(n, d, steps, recommended),
+            "legacy_plain": lambda: run_flower_legacy(n, d, steps, False),
+            "legacy": lambda: run_flower_legacy(n, d, steps, True),
+        })
+        plain, ours4, ours = medians["plain"], medians["ours4"], medians["ours"]
+        legacy_plain, legacy = medians["legacy_plain"], medians["legacy"]
         print(f"[{label}] n={n} sites, d={d} parameters, medians of {args.repeats}")
         print(f"  plaintext FedAvg (Message API)              {plain * 1e3:8.1f} ms")
         print(f"  fedguard SecAgg+ k=4 t=3 (like Flower's)    {ours4 * 1e3:8.1f} ms   ratio {ours4 / plain:.2f}x")
@@ -227,18 +250,26 @@ def main() -> None:
               f"{ours * 1e3:8.1f} ms   ratio {ours / plain:.2f}x")
         print(f"  plaintext FedAvg (Flower legacy workflow)   {legacy_plain * 1e3:8.1f} ms")
         print(f"  Flower legacy SecAgg+ num_shares=5 t=3      {legacy * 1e3:8.1f} ms   ratio {legacy / legacy_plain:.2f}x")
-        rows.append((label, plain, ours4, ours, legacy_plain, legacy))
+        cpu_ratios = (f"CPU-time ratios {cpu['ours4'] / cpu['plain']:.2f}x (k=4,t=3), {cpu['ours'] / cpu['plain']:.2f}x "
+                      f"(k={recommended.num_neighbours},t={recommended.threshold}), Flower "
+                      f"{cpu['legacy'] / cpu['legacy_plain']:.2f}x (plain {cpu['plain'] * 1e3:.0f} ms CPU)")
+        print(f"  {cpu_ratios}")
+        rows.append((label, plain, ours4, ours, legacy_plain, legacy, cpu_ratios))
     print(f"mask generation (AES-256-CTR, one core): {gbps:.2f} GB/s (goal ≥ 4)")
+    cores = os.cpu_count() or 1
+    shared = (f"; load average {load:.1f} on {cores} cores at the start: other jobs shared the cores"
+              if load > cores / 2 else "")
     if args.no_results:
         return
-    for label, plain, ours4, ours, legacy_plain, legacy in rows:
+    for label, plain, ours4, ours, legacy_plain, legacy, cpu_ratios in rows:
         append_row(
                 f"| {time.strftime('%Y-%m-%d')} | secagg | SecAgg+ round ÷ plaintext round, in-process grid "
                 f"({n} sites, {d} params, {label}, {args.repeats} runs) | {ours4 / plain:.2f}x (k=4,t=3); "
                 f"{ours / plain:.2f}x (k={recommended.num_neighbours},t={recommended.threshold}) "
                 f"| Flower legacy SecAgg+ {legacy / legacy_plain:.2f}x | {ours4 / plain:.2f}x vs "
                 f"{legacy / legacy_plain:.2f}x | plain {plain * 1e3:.0f} ms, ours {ours4 * 1e3:.0f}/{ours * 1e3:.0f} ms, "
-                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms; masks {gbps:.1f} GB/s | {machine()} |"
+                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms; masks {gbps:.1f} GB/s; {cpu_ratios}{shared} "
+                f"| {machine()} |"
         )
 
 

@@ -19,6 +19,8 @@ fixed-point quantization and site-level DP possible (McMahan et al. 2018,
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,16 +46,52 @@ class Layout:
         return int(sum(int(np.prod(s)) for s in self.shapes))
 
 
+def array_view(array: Array) -> np.ndarray:
+    """``array.numpy()`` without the copy: a read-only view of the Array's ``.npy`` bytes.
+
+    Flower's ``Array.numpy()`` runs ``np.load`` on a stream, which copies the data into a
+    fresh allocation; a vector-sized allocation costs more than the copy (page faults).
+    Only the header is parsed (numpy's own parser, no pickle: object dtypes go to
+    ``Array.numpy()``, which refuses them); anything unusual falls back to ``Array.numpy()``.
+    """
+    if array.stype != "numpy.ndarray":
+        return array.numpy()
+    stream = io.BytesIO(array.data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return array.numpy()
+        shape, fortran_order, dtype = read_header(stream)
+        if dtype.hasobject:
+            return array.numpy()
+        view = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    except ValueError:
+        return array.numpy()  # raises numpy's own error for a malformed array
+    return view.reshape(shape, order="F" if fortran_order else "C")
+
+
 def layout_of(record: ArrayRecord) -> Layout:
-    arrays = [record[k].numpy() for k in record.keys()]
-    return Layout(tuple(record.keys()), tuple(a.shape for a in arrays), tuple(str(a.dtype) for a in arrays))
+    """The layout of ``record``, read from each Array's metadata (nothing is deserialized)."""
+    arrays = [record[k] for k in record.keys()]
+    return Layout(tuple(record.keys()), tuple(tuple(a.shape) for a in arrays), tuple(str(a.dtype) for a in arrays))
 
 
 def flatten(record: ArrayRecord) -> tuple[np.ndarray, Layout]:
-    """All arrays of ``record`` as one float64 vector, plus the layout to undo it."""
-    layout = layout_of(record)
-    parts = [record[k].numpy().astype(np.float64, copy=False).ravel() for k in layout.keys]
-    return (np.concatenate(parts) if parts else np.zeros(0)), layout
+    """All arrays of ``record`` as one float64 vector, plus the layout to undo it.
+
+    Each array is deserialized once and written straight into the output vector
+    (no per-array float64 copies, no concatenation pass).
+    """
+    keys = tuple(record.keys())
+    arrays = [array_view(record[k]) for k in keys]
+    layout = Layout(keys, tuple(a.shape for a in arrays), tuple(str(a.dtype) for a in arrays))
+    vector, offset = np.empty(layout.size, dtype=np.float64), 0
+    for array in arrays:
+        vector[offset:offset + array.size] = array.ravel()
+        offset += array.size
+    return vector, layout
 
 
 def unflatten(vector: np.ndarray, layout: Layout) -> ArrayRecord:
@@ -72,16 +110,54 @@ def _as_array(value: np.ndarray) -> Array:
     return Array(np.ascontiguousarray(value))
 
 
-def model_delta(local: ArrayRecord, global_: ArrayRecord) -> np.ndarray:
-    """``local − global`` as a flat vector; refuses mismatched or non-finite updates."""
-    local_vec, local_layout = flatten(local)
-    global_vec, global_layout = flatten(global_)
+def _delta_into(local: ArrayRecord, global_: ArrayRecord, out: np.ndarray) -> None:
+    """Write ``local − global`` (float64) into ``out``, array by array, without temporaries."""
+    local_layout, global_layout = layout_of(local), layout_of(global_)
     if local_layout.keys != global_layout.keys or local_layout.shapes != global_layout.shapes:
         raise UpdateError("the update's arrays do not match the global model's names and shapes")
-    delta: np.ndarray = local_vec - global_vec
+    offset = 0
+    for key, shape in zip(local_layout.keys, local_layout.shapes, strict=True):
+        mine, theirs = array_view(local[key]), array_view(global_[key])
+        if mine.shape != shape or theirs.shape != shape:
+            raise UpdateError(f"array '{key}' holds data of another shape than it declares; it was not used")
+        target = out[offset:offset + mine.size]
+        np.copyto(target, mine.ravel())
+        np.subtract(target, theirs.ravel(), out=target)
+        offset += mine.size
+
+
+def model_delta(local: ArrayRecord, global_: ArrayRecord) -> np.ndarray:
+    """``local − global`` as a flat vector; refuses mismatched or non-finite updates."""
+    delta = np.empty(layout_of(local).size, dtype=np.float64)
+    _delta_into(local, global_, delta)
     if not np.all(np.isfinite(delta)):
         raise UpdateError("the update contains NaN or infinite values; it was not sent")
     return delta
+
+
+def clipped_payload(local: ArrayRecord, global_: ArrayRecord, bound: float, weight: float) -> tuple[np.ndarray, float]:
+    """``weighted_payload(clip(model_delta(local, global_), bound), weight)`` in one buffer; and ‖Δ‖₂.
+
+    The same arithmetic as the three steps (so the same floats), computed in place in the
+    payload vector: one allocation instead of five vector-sized temporaries.
+    """
+    if bound <= 0:
+        raise ConfigurationError(f"clipping bound must be positive, got {bound}")
+    if weight <= 0:
+        raise UpdateError(f"an update needs a positive weight, got {weight}")
+    payload = np.empty(layout_of(local).size + 1, dtype=np.float64)
+    delta = payload[:-1]
+    _delta_into(local, global_, delta)
+    if not np.all(np.isfinite(delta)):
+        raise UpdateError("the update contains NaN or infinite values; it was not sent")
+    # Not np.linalg.norm: its BLAS dot hands a 100k vector to a second thread, which costs
+    # milliseconds whenever the cores are busy; einsum's own loop stays on this thread.
+    norm = math.sqrt(float(np.einsum("i,i->", delta, delta)))
+    factor = min(1.0, bound / norm) if norm > 0 else 1.0
+    np.multiply(delta, factor, out=delta)
+    np.multiply(delta, weight, out=delta)
+    payload[-1] = float(weight)
+    return payload, norm
 
 
 def clip(delta: np.ndarray, bound: float) -> tuple[np.ndarray, float]:

@@ -20,6 +20,7 @@ shares and pairwise masks only with the k graph neighbours.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class SecAggClient:
         self.node_id = node_id
         self._state: dict[str, Any] = dict(state) if state is not None else {}
         self._randbelow = randbelow
+        self._config: SecAggConfig | None = None
 
     # ------------------------------------------------------------------ state
     def to_record(self) -> ConfigRecord:
@@ -99,7 +101,12 @@ class SecAggClient:
 
     @property
     def config(self) -> SecAggConfig:
-        return SecAggConfig.from_record_dict(self._state)
+        """The round's parameters (validated once per message, then reused)."""
+        if self._config is None:
+            if "config" not in self._state:
+                raise SecAggProtocolError("this site has no SecAgg+ round in progress (no parameters in its state)")
+            self._config = SecAggConfig.from_record_dict(json.loads(self._state["config"]))
+        return self._config
 
     def check(self, request: _Message) -> None:
         """Refuse ``request`` unless it is the next stage of this site's current round."""
@@ -138,10 +145,13 @@ class SecAggClient:
         cfg.check_round(len(request.nodes))
         neighbours = neighbour_graph(request.nodes, cfg.num_neighbours, h.round_id)[self.node_id]
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
+        self._config = cfg
+        # The state keeps only what later stages need, each secret until its last use
+        # (fewer fields also make the per-message ConfigRecord cheaper).
         self._state = {
-            **cfg.to_record_dict(), "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
-            "nodes": pack_ids(request.nodes), "neighbours": pack_ids(neighbours), "channel-sk": channel.private,
-            "mask-sk": mask.private, "seed": seed, "mask-pk": mask.public,
+            "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
+            "config": json.dumps(cfg.to_record_dict(), sort_keys=True), "nodes": pack_ids(request.nodes),
+            "neighbours": pack_ids(neighbours), "channel-sk": channel.private, "mask-sk": mask.private, "seed": seed,
         }
         return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
                           seed_commitment(h.round_id, self.node_id, seed))
@@ -166,26 +176,33 @@ class SecAggClient:
         rand = {"randbelow": self._randbelow} if self._randbelow is not None else {}
         seed_shares = shamir.split(s["seed"], points, cfg.threshold, **rand)
         key_shares = shamir.split(s["mask-sk"], points, cfg.threshold, **rand)
+        channel = keys.channel_keys(s["channel-sk"], {j: request.channel_keys[j] for j in live}, h.round_id,
+                                    self.node_id)
         ciphertexts = {}
         for j, seed_share, key_share in zip(live, seed_shares, key_shares, strict=True):
-            key = keys.channel_key(s["channel-sk"], request.channel_keys[j], h.round_id, self.node_id, j)
             plaintext = struct.pack(">QQ", self.node_id, j) + seed_share.to_bytes() + key_share.to_bytes()
             aad = keys.associated_data(h.round_id, SHARE_KEYS, self.node_id, j)
-            ciphertexts[j] = keys.seal(key, plaintext, aad)
-        s.update({"stage": SHARE_KEYS, "live": pack_ids(live),
-                  "peer-channel": [request.channel_keys[j] for j in live],
-                  "peer-mask": [request.mask_keys[j] for j in live]})
+            ciphertexts[j] = keys.seal(channel[j], plaintext, aad)
+        # The derived channel keys are kept (site-local, like channel-sk) so the next stage opens
+        # its neighbours' shares without agreeing them a second time.
+        self._state = {key: s[key] for key in ("round-id", "server-round", "config", "mask-sk", "seed")}
+        self._state.update({"stage": SHARE_KEYS, "live": pack_ids(live),
+                            "peer-channel-key": [channel[j] for j in live],
+                            "peer-mask": [request.mask_keys[j] for j in live]})
         return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts)
 
-    def masked_input(self, request: MaskedInputRequest, payload: np.ndarray) -> MaskedInputReply:
+    def masked_input(
+        self, request: MaskedInputRequest, payload: np.ndarray, *, consume: bool = False
+    ) -> MaskedInputReply:
         """Stage 2: keep the neighbours' shares, then send ``quantize(payload) + masks`` mod 2^32.
 
         ``payload`` is ``[w·Δ, w]`` (``privacy.updates.weighted_payload``), within the configured bound.
+        With ``consume=True`` a float64 ``payload`` is scaled in place (the mod's own buffer) instead of copied.
         """
         self.check(request)
         h, cfg, s = request.header, self.config, self._state
         live = unpack_ids(s["live"])
-        peer_channel = dict(zip(live, s["peer-channel"], strict=True))
+        peer_channel = dict(zip(live, s["peer-channel-key"], strict=True))
         peer_mask = dict(zip(live, s["peer-mask"], strict=True))
         senders = sorted(request.ciphertexts)
         if not set(senders) <= set(live):
@@ -197,20 +214,22 @@ class SecAggClient:
             )
         held_seed, held_key = [], []
         for j in senders:
-            key = keys.channel_key(s["channel-sk"], peer_channel[j], h.round_id, self.node_id, j)
             aad = keys.associated_data(h.round_id, SHARE_KEYS, j, self.node_id)
-            plaintext = keys.open_sealed(key, request.ciphertexts[j], aad, f"the shares node {j} sent to node {self.node_id}")
+            plaintext = keys.open_sealed(peer_channel[j], request.ciphertexts[j], aad,
+                                         f"the shares node {j} sent to node {self.node_id}")
             if plaintext[:16] != struct.pack(">QQ", j, self.node_id):
                 raise SecAggProtocolError(f"secagg {h.describe()}: shares from node {j} name another sender or recipient")
             held_seed.append(plaintext[16:16 + 74])
             held_key.append(plaintext[16 + 74:])
-        encoded = quantize(payload, cfg.effective_scale, cfg.bound)
-        expander = MaskExpander(encoded.size)
+        encoded = quantize(payload, cfg.effective_scale, cfg.bound, overwrite=consume)
+        seeds = keys.mask_seeds(s["mask-sk"], {j: peer_mask[j] for j in senders}, h.round_id, self.node_id)
+        expander = MaskExpander.for_length(encoded.size)
         expander.add(encoded, s["seed"])
         for j in senders:
-            seed = keys.mask_seed(s["mask-sk"], peer_mask[j], h.round_id, self.node_id, j)
-            (expander.add if self.node_id < j else expander.subtract)(encoded, seed)
-        s.update({"stage": MASKED_INPUT, "senders": pack_ids(senders), "held-seed": held_seed, "held-key": held_key})
+            (expander.add if self.node_id < j else expander.subtract)(encoded, seeds[j])
+        self._state = {"stage": MASKED_INPUT, "round-id": s["round-id"], "server-round": s["server-round"],
+                       "config": s["config"], "senders": pack_ids(senders), "held-seed": held_seed,
+                       "held-key": held_key}
         return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -238,7 +257,7 @@ class SecAggClient:
                 key_shares[j] = key_share
             else:
                 raise SecAggProtocolError(f"secagg {h.describe()}: neighbour {j} is neither a survivor nor dropped")
-        self._state = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round}
+        self._state, self._config = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round}, None
         return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares)
 
     def handle(self, request: _Message, payload: np.ndarray | None = None) -> _Message:

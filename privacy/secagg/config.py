@@ -26,7 +26,7 @@ encoding and masking in ``Z_{2^32}`` follow Bonawitz et al. (2017),
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from privacy.secagg.errors import SecAggConfigError
@@ -174,7 +174,7 @@ class SecAggConfig:
 
     def to_record_dict(self) -> dict[str, Any]:
         """The protocol parameters as ConfigRecord values (hyphenated keys; scale resolved)."""
-        values = asdict(self)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # flat: no asdict deep copy
         values["scale"] = self.effective_scale
         return {key.replace("_", "-"): value for key, value in values.items()}
 

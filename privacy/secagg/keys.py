@@ -19,16 +19,17 @@ agreements here); HKDF is RFC 5869.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privacy.secagg.errors import SecAggAuthenticationError
 
@@ -49,7 +50,7 @@ class KeyPair:
     def generate(cls) -> KeyPair:
         key = X25519PrivateKey.generate()
         private = key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-        return cls(private, public_of(private))
+        return cls(private, key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw))
 
 
 def public_of(private: bytes) -> bytes:
@@ -65,11 +66,38 @@ def pair_context(round_id: bytes, a: int, b: int) -> bytes:
 
 def agree(private: bytes, peer_public: bytes, purpose: bytes, context: bytes) -> bytes:
     """``HKDF-SHA256(X25519(private, peer_public), info = protocol ‖ purpose ‖ context)``."""
+    return _agree(X25519PrivateKey.from_private_bytes(private), peer_public, purpose, context)
+
+
+def _agree(key: X25519PrivateKey, peer_public: bytes, purpose: bytes, context: bytes) -> bytes:
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+        shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as error:
         raise SecAggAuthenticationError(f"X25519 key agreement refused a peer public key: {error}") from None
-    return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=PROTOCOL + b"/" + purpose + b"/" + context).derive(shared)
+    return hkdf_sha256(shared, PROTOCOL + b"/" + purpose + b"/" + context)
+
+
+_NO_SALT = bytes(hashlib.sha256().digest_size)
+
+
+def hkdf_sha256(secret: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt and a 32-byte output, from two HMAC-SHA256 calls.
+
+    Byte-for-byte ``HKDF(SHA256(), 32, salt=None, info=info).derive(secret)`` of ``cryptography``
+    (checked by a test), without building a KDF object per derivation (it costs several times
+    the two HMACs, and a site derives ``2k`` keys per round).
+    """
+    prk = hmac.digest(_NO_SALT, secret, "sha256")        # extract: salt = HashLen zero bytes
+    return hmac.digest(prk, info + b"\x01", "sha256")    # expand: T(1), one block = 32 bytes
+
+
+def _agree_all(
+    private: bytes, peers: Mapping[int, bytes], purpose: bytes, round_id: bytes, me: int
+) -> dict[int, bytes]:
+    # Loading a raw X25519 private key costs a scalar multiplication (OpenSSL derives its public
+    # key), as much as the agreement itself: load it once for all of a site's neighbours.
+    key = X25519PrivateKey.from_private_bytes(private)
+    return {peer: _agree(key, public, purpose, pair_context(round_id, me, peer)) for peer, public in peers.items()}
 
 
 def mask_seed(private: bytes, peer_public: bytes, round_id: bytes, me: int, peer: int) -> bytes:
@@ -80,6 +108,16 @@ def mask_seed(private: bytes, peer_public: bytes, round_id: bytes, me: int, peer
 def channel_key(private: bytes, peer_public: bytes, round_id: bytes, me: int, peer: int) -> bytes:
     """The AES-256-GCM key protecting Shamir shares between ``me`` and ``peer`` in this round."""
     return agree(private, peer_public, b"share-channel", pair_context(round_id, me, peer))
+
+
+def mask_seeds(private: bytes, peers: Mapping[int, bytes], round_id: bytes, me: int) -> dict[int, bytes]:
+    """:func:`mask_seed` with every neighbour in ``peers`` (node id → mask public key), in one pass."""
+    return _agree_all(private, peers, b"pairwise-mask", round_id, me)
+
+
+def channel_keys(private: bytes, peers: Mapping[int, bytes], round_id: bytes, me: int) -> dict[int, bytes]:
+    """:func:`channel_key` with every neighbour in ``peers`` (node id → channel public key), in one pass."""
+    return _agree_all(private, peers, b"share-channel", round_id, me)
 
 
 def associated_data(round_id: bytes, stage: str, sender: int, recipient: int) -> bytes:

@@ -1,8 +1,12 @@
 """The protocol's stage messages, and their encoding as a Flower ``ConfigRecord``.
 
-Every message carries a header (stage, round id, server round, node id) so a
-receiver can refuse one that is out of order, for another round, replayed,
-or addressed to someone else. Node ids travel packed as big-endian uint64
+Every message carries a header (stage, direction, round id, server round,
+node id) so a receiver can refuse one that is out of order, for another
+round, replayed, or addressed to someone else. The header travels packed in
+one bytes field (``>BB16sqQ``: stage index, direction, round id, server
+round, node id), and the setup parameters as one JSON string: a record has a
+handful of fields, since Flower type-checks and serializes every field of a
+``ConfigRecord`` one by one. Node ids travel packed as big-endian uint64
 bytes (Flower node ids use the full 64 bits, which ConfigRecord integers do
 not); maps from node id to bytes travel as a packed id list plus a bytes list.
 The masked vector itself travels in an ``ArrayRecord`` beside the record.
@@ -16,6 +20,7 @@ Bell et al. (2020).
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +35,14 @@ from privacy.secagg.errors import SecAggProtocolError
 SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK = "setup", "share-keys", "masked-input", "unmask"
 STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 RECORD_KEY = "secagg"
+DIRECTIONS = ("request", "reply")
+_HEADER = struct.Struct(">BB16sqQ")
+
+
+def config_record(content: Mapping[str, Any], key: str) -> ConfigRecord | None:
+    """``content.config_records.get(key)`` of a RecordDict, without Flower building a filtered copy."""
+    record = content.get(key)
+    return record if isinstance(record, ConfigRecord) else None
 
 
 def pack_ids(ids: Any) -> bytes:
@@ -81,8 +94,8 @@ class _Message:
 
     def to_record(self) -> ConfigRecord:
         h = self.header
-        values: dict[str, Any] = {"stage": h.stage, "direction": self.direction, "round-id": h.round_id,
-                  "server-round": h.server_round, "node-id": pack_ids([h.node_id])}
+        values: dict[str, Any] = {"header": _HEADER.pack(STAGES.index(h.stage), DIRECTIONS.index(self.direction),
+                                                          h.round_id, h.server_round, h.node_id)}
         values.update(self._body())
         return ConfigRecord(values)
 
@@ -97,7 +110,7 @@ class SetupRequest(_Message):
     direction: ClassVar[str] = "request"
 
     def _body(self) -> dict[str, Any]:
-        return {"nodes": pack_ids(self.nodes), **self.config.to_record_dict()}
+        return {"nodes": pack_ids(self.nodes), "config": json.dumps(self.config.to_record_dict(), sort_keys=True)}
 
 
 @dataclass(frozen=True)
@@ -189,28 +202,41 @@ class UnmaskReply(_Message):
         return {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
 
 
+def _parse_header(record: Mapping[str, Any]) -> tuple[Header, str]:
+    try:
+        packed = record["header"]
+        stage, direction, round_id, server_round, node_id = _HEADER.unpack(packed)
+    except (KeyError, TypeError, struct.error) as error:
+        raise SecAggProtocolError(f"not a secagg message: its header is missing or malformed ({error})") from None
+    if stage >= len(STAGES):
+        raise SecAggProtocolError(f"unknown secagg stage index {stage} (expected one of {STAGES})")
+    if direction >= len(DIRECTIONS):
+        raise SecAggProtocolError(f"secagg message direction must be 'request' or 'reply', got index {direction}")
+    return Header(STAGES[stage], round_id, server_round, node_id), DIRECTIONS[direction]
+
+
 def header_of(record: Mapping[str, Any]) -> Header:
     """The header of an encoded message; refuses a record that is not one."""
+    return _parse_header(record)[0]
+
+
+def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
     try:
-        stage, round_id = str(record["stage"]), record["round-id"]
-        server_round, (node_id,) = int(record["server-round"]), unpack_ids(record["node-id"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise SecAggProtocolError(f"not a secagg message: its header is missing or malformed ({error})") from None
-    if stage not in STAGES:
-        raise SecAggProtocolError(f"unknown secagg stage {stage!r} (expected one of {STAGES})")
-    if not isinstance(round_id, bytes) or len(round_id) != 16:
-        raise SecAggProtocolError("a secagg message's round id must be 16 bytes")
-    return Header(stage, round_id, server_round, node_id)
+        values = json.loads(record["config"])
+    except (TypeError, ValueError) as error:
+        raise SecAggProtocolError(f"a secagg setup request's parameters are not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise SecAggProtocolError("a secagg setup request's parameters must be a JSON object")
+    return SecAggConfig.from_record_dict(values)
 
 
 def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Message:
     """Rebuild the message a record encodes (``masked``: the vector of a masked-input reply)."""
-    h = header_of(record)
-    direction = record.get("direction")
+    h, direction = _parse_header(record)
     try:
         if direction == "request":
             if h.stage == SETUP:
-                return SetupRequest(h, unpack_ids(record["nodes"]), SecAggConfig.from_record_dict(record))
+                return SetupRequest(h, unpack_ids(record["nodes"]), _config_of(record))
             if h.stage == SHARE_KEYS:
                 return ShareKeysRequest(h, _unpack_map(record, "channel-keys"), _unpack_map(record, "mask-keys"))
             if h.stage == MASKED_INPUT:

@@ -37,7 +37,7 @@ from privacy import updates
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError, SecAggRequiredError
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, decode
+from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, config_record, decode
 
 STATE_KEY = "secagg"
 MASKED_KEY = "masked"
@@ -69,33 +69,33 @@ def protected_payload(instruction: Message, reply: Message, cfg: SecAggConfig) -
     """``[w·clip(local − global, C), w]`` from the app's train reply (``privacy.updates``)."""
     global_arrays = _only_array_record(instruction.content, "the train instruction")
     local_arrays = _only_array_record(reply.content, "the ClientApp's train reply")
-    delta, _ = updates.clip(updates.model_delta(local_arrays, global_arrays), cfg.clip_norm)
-    return updates.weighted_payload(delta, _weight(reply, cfg))
+    payload, _ = updates.clipped_payload(local_arrays, global_arrays, cfg.clip_norm, _weight(reply, cfg))
+    return payload
 
 
 def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run fedguard's SecAgg+ for train messages (see the module docstring)."""
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
         return call_next(msg, context)
-    record = msg.content.config_records.get(RECORD_KEY)
+    record = config_record(msg.content, RECORD_KEY)
     if record is None:
         raise SecAggRequiredError(
             "this site runs the SecAgg+ mod and never sends an unmasked update, but the train message carries "
             "no 'secagg' record; run the coordinator with SecAggPlusStrategy (or remove the mod)"
         )
     request = decode(record)
-    client = SecAggClient(context.node_id, context.state.config_records.get(STATE_KEY))
+    client = SecAggClient(context.node_id, config_record(context.state, STATE_KEY))
     if isinstance(request, MaskedInputRequest):
         client.check(request)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        masked = client.masked_input(request, protected_payload(msg, reply, client.config))
+        masked = client.masked_input(request, protected_payload(msg, reply, client.config), consume=True)
         answer: _Message = masked
         content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: Array(masked.masked)})})
         for key, metrics in reply.content.metric_records.items():
             content[key] = metrics
-        site = reply.content.config_records.get("site")
+        site = config_record(reply.content, "site")
         if site is not None:
             content["site"] = site
     else:

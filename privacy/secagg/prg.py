@@ -17,6 +17,7 @@ Mersenne Twister, not cryptographic) with the key folded to 32 bits.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 SEED_BYTES = 32
 _IV = bytes(16)
 _BLOCK = 16
+_CACHE = threading.local()
 
 
 class MaskExpander:
@@ -35,6 +37,21 @@ class MaskExpander:
         self._zeros = bytes(4 * self.length)
         self._buffer = bytearray(4 * self.length + _BLOCK - 1)
         self._view = np.frombuffer(self._buffer, dtype=np.uint32, count=self.length)
+
+    @classmethod
+    def for_length(cls, length: int) -> MaskExpander:
+        """This thread's expander for ``length`` words, reused across calls.
+
+        Every expansion overwrites the whole buffer, so reuse carries nothing from one
+        seed's mask into another's; reusing it spares allocating and page-faulting two
+        vector-sized buffers per masked input (one expander per thread: the buffer is not
+        shared). Like a freed buffer, it holds the last keystream until overwritten, in
+        the process that computed it.
+        """
+        cached: MaskExpander | None = getattr(_CACHE, "expander", None)
+        if cached is None or cached.length != int(length):
+            cached = _CACHE.expander = cls(length)
+        return cached
 
     def _fill(self, seed: bytes) -> np.ndarray:
         if len(seed) != SEED_BYTES:

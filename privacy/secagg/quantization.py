@@ -20,7 +20,7 @@ import numpy as np
 from privacy.secagg.errors import SecAggConfigError
 
 
-def quantize(values: np.ndarray, scale: float, bound: float) -> np.ndarray:
+def quantize(values: np.ndarray, scale: float, bound: float, *, overwrite: bool = False) -> np.ndarray:
     """``round(values · scale)`` as uint32 (two's complement); refuses ``|values| > bound``.
 
     Parameters
@@ -31,17 +31,27 @@ def quantize(values: np.ndarray, scale: float, bound: float) -> np.ndarray:
         Fixed-point scale (``SecAggConfig.effective_scale``).
     bound : float
         ``B`` of the configuration; a larger entry would void the headroom check.
+    overwrite : bool
+        Scale a float64 ``values`` in place (the caller's buffer is consumed) instead of a copy.
     """
     values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
+    # max and min propagate NaN, and ±inf lands in one of them: two read-only passes check both
+    # finiteness and the bound, without a temporary |values| vector.
+    largest = max(float(values.max()), -float(values.min())) if values.size else 0.0
+    if not np.isfinite(largest):
         raise SecAggConfigError("cannot quantize a payload with NaN or infinite values")
-    largest = float(np.max(np.abs(values))) if values.size else 0.0
     if largest > bound * (1 + 1e-12):
         raise SecAggConfigError(
             f"payload coordinate {largest:.6g} exceeds the bound B = {bound:.6g} the headroom was sized for; "
             "the update was not sent (clip it, or lower its weight)"
         )
-    return np.rint(values * scale).astype(np.int64).astype(np.uint32)
+    in_place = overwrite and values.dtype == np.float64 and values.flags.writeable
+    scaled = np.multiply(values, scale, out=values if in_place else None)
+    if largest * scale < 2.0**31 - 1:  # always, under a validated configuration (n ≥ 3 sites share 2^32)
+        encoded = np.empty(scaled.shape, dtype=np.int32)
+        np.rint(scaled, out=encoded, casting="unsafe")  # exact: |round(x·scale)| < 2^31
+        return encoded.view(np.uint32)
+    return np.rint(scaled).astype(np.int64).astype(np.uint32)
 
 
 def dequantize(total: np.ndarray, scale: float) -> np.ndarray:

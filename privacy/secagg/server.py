@@ -230,7 +230,7 @@ class SecAggServer:
         mask_keys = {i: self._rebuild(i, accepted, "key") for i in self.dropped}
         assert self._sum is not None
         total, self._sum = self._sum, None
-        expander = MaskExpander(total.size)
+        expander = MaskExpander.for_length(total.size)
         for i in self.survivors:
             expander.subtract(total, seeds[i])
         for i in self.dropped:

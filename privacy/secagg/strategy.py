@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from privacy import updates
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
-from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, decode
+from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, config_record, decode
 from privacy.secagg.server import SecAggServer
 from privacy.strategy_wrapper import StrategyWrapper
 
@@ -197,7 +197,7 @@ class SecAggPlusStrategy(StrategyWrapper):
 
 
 def _decode_reply(reply: Message, stage: str) -> _Message:
-    record = reply.content.config_records.get(RECORD_KEY)
+    record = config_record(reply.content, RECORD_KEY)
     if record is None:
         raise SecAggProtocolError("the reply carries no 'secagg' record (is the site's secaggplus_mod installed?)")
     masked = None
@@ -205,7 +205,7 @@ def _decode_reply(reply: Message, stage: str) -> _Message:
         arrays = reply.content.array_records
         if len(arrays) != 1 or len(next(iter(arrays.values()))) != 1:
             raise SecAggProtocolError("a masked-input reply must hold exactly one ArrayRecord with one array")
-        masked = next(iter(next(iter(arrays.values())).values())).numpy()
+        masked = updates.array_view(next(iter(next(iter(arrays.values())).values())))
         if masked.dtype != np.uint32 or masked.ndim != 1:
             raise SecAggProtocolError(f"a masked vector must be 1-D uint32, got {masked.dtype} {masked.shape}")
     elif reply.content.array_records:

@@ -1,0 +1,131 @@
+"""The faster code paths give exactly what the straightforward ones gave.
+
+Known answers against ``cryptography``'s own HKDF, Flower's ``Array.numpy()`` and the three-step
+payload (``model_delta`` → ``clip`` → ``weighted_payload``); the int32 quantization against the
+int64 one; and the batched key agreements against the one-pair functions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flwr.app import Array, ArrayRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privacy import updates
+from privacy.secagg import SecAggConfigError, keys
+from privacy.secagg.messages import SetupRequest, decode, header_of
+from privacy.secagg.prg import MaskExpander
+from privacy.secagg.quantization import quantize
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+@SETTINGS
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=0, max_size=120))
+def test_hkdf_matches_cryptography(secret: bytes, info: bytes) -> None:
+    assert keys.hkdf_sha256(secret, info) == HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(secret)
+
+
+def test_batched_agreements_match_the_pairwise_ones() -> None:
+    me, round_id = 7, os.urandom(16)
+    mine = keys.KeyPair.generate()
+    peers = {j: keys.KeyPair.generate() for j in (3, 11, 12)}
+    assert mine.public == keys.public_of(mine.private)
+    seeds = keys.mask_seeds(mine.private, {j: p.public for j, p in peers.items()}, round_id, me)
+    channels = keys.channel_keys(mine.private, {j: p.public for j, p in peers.items()}, round_id, me)
+    for j, pair in peers.items():
+        assert seeds[j] == keys.mask_seed(mine.private, pair.public, round_id, me, j)
+        assert seeds[j] == keys.mask_seed(pair.private, mine.public, round_id, j, me)  # both ends agree
+        assert channels[j] == keys.channel_key(mine.private, pair.public, round_id, me, j) != seeds[j]
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.zeros(0, np.uint32), np.array(5.0), np.arange(10, dtype=">i4"), np.arange(7, dtype=np.uint32),
+])
+def test_array_view_equals_array_numpy_and_is_read_only(array: np.ndarray) -> None:
+    wrapped = Array(array)
+    view = updates.array_view(wrapped)
+    assert view.dtype == wrapped.numpy().dtype and view.shape == array.shape and np.array_equal(view, array)
+    assert not view.flags.writeable or view.size == 0
+
+
+def test_array_view_of_malformed_data_raises_like_numpy() -> None:
+    broken = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"not an npy file")
+    with pytest.raises(ValueError):
+        updates.array_view(broken)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.floats(0.01, 10.0), st.floats(0.5, 50.0))
+def test_clipped_payload_equals_the_three_steps(seed: int, bound: float, weight: float) -> None:
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (5, 3), "b": (3,)}
+    global_ = ArrayRecord({k: Array(rng.normal(size=s).astype(np.float32)) for k, s in shapes.items()})
+    local = ArrayRecord({k: Array((global_[k].numpy() + rng.normal(scale=rng.uniform(0.01, 5), size=s))
+                                  .astype(np.float32)) for k, s in shapes.items()})
+    expected = updates.weighted_payload(updates.clip(updates.model_delta(local, global_), bound)[0], weight)
+    payload, norm = updates.clipped_payload(local, global_, bound, weight)
+    assert np.allclose(payload, expected, rtol=1e-12, atol=0)
+    assert norm == pytest.approx(float(np.linalg.norm(updates.model_delta(local, global_))), rel=1e-12)
+
+
+def test_clipped_payload_refuses_what_the_steps_refuse() -> None:
+    good = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+    with pytest.raises(updates.UpdateError, match="NaN or infinite"):
+        updates.clipped_payload(ArrayRecord({"w": Array(np.array([0, np.nan, 0], np.float32))}), good, 1.0, 1.0)
+    with pytest.raises(updates.UpdateError, match="names and shapes"):
+        updates.clipped_payload(ArrayRecord({"v": Array(np.zeros(3, np.float32))}), good, 1.0, 1.0)
+    with pytest.raises(updates.UpdateError, match="positive weight"):
+        updates.clipped_payload(good, good, 1.0, 0.0)
+
+
+@SETTINGS
+@given(st.lists(st.floats(-1000, 1000, allow_nan=False), min_size=1, max_size=64), st.sampled_from([1.0, 2.0**10]))
+def test_int32_quantization_equals_the_int64_one(values: list[float], scale: float) -> None:
+    x = np.array(values)
+    reference = np.rint(x * scale).astype(np.int64).astype(np.uint32)
+    assert np.array_equal(quantize(x, scale, 1000.0), reference)
+    consumed = x.copy()
+    assert np.array_equal(quantize(consumed, scale, 1000.0, overwrite=True), reference)
+
+
+def test_quantize_refuses_infinities_and_keeps_the_caller_buffer_unless_asked() -> None:
+    with pytest.raises(SecAggConfigError, match="NaN or infinite"):
+        quantize(np.array([1.0, -np.inf]), 2.0, 10.0)
+    x = np.array([0.25, -0.5])
+    quantize(x, 4.0, 1.0)
+    assert np.array_equal(x, [0.25, -0.5])
+
+
+def test_cached_expander_gives_the_fresh_expanders_masks() -> None:
+    seed = os.urandom(32)
+    first = MaskExpander.for_length(1000).expand(seed)
+    MaskExpander.for_length(1000).expand(os.urandom(32))  # reuse overwrites the whole buffer
+    assert np.array_equal(MaskExpander.for_length(1000).expand(seed), first)
+    assert np.array_equal(MaskExpander(1000).expand(seed), first)
+    assert MaskExpander.for_length(33).length == 33
+
+
+def test_packed_header_round_trips_and_refuses_garbage() -> None:
+    from privacy.secagg import SecAggConfig
+    from privacy.secagg.errors import SecAggProtocolError
+    from privacy.secagg.messages import Header
+
+    config = SecAggConfig.recommended(20, clip_norm=1.0, max_weight=16)
+    request = SetupRequest(Header("setup", os.urandom(16), 3, 2**64 - 1), (1, 2, 2**64 - 1), config)
+    record = request.to_record()
+    decoded = decode(record)
+    assert isinstance(decoded, SetupRequest) and decoded.header == request.header == header_of(record)
+    assert decoded.nodes == request.nodes and decoded.config.to_record_dict() == config.to_record_dict()
+    for field, value in (("header", b"\x09" + bytes(41)), ("header", b"short"), ("config", "{not json")):
+        tampered = dict(record)
+        tampered[field] = value
+        with pytest.raises(SecAggProtocolError):
+            decode(tampered)
