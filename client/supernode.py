@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from client.forwarder import Forwarder, gateway_context, loopback_certificate, l
 from lifecycle.bundle import SiteBundle
 from lifecycle.errors import StateError
 from lifecycle.home import write_private
+from lifecycle.processes import stop_process_group
 
 logger = logging.getLogger("client")
 NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap")
@@ -140,15 +140,7 @@ class SiteAgent:
         return self.process.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-            except ProcessLookupError:
-                pass
+        stop_process_group(self.process, timeout)
         if self.forwarder is not None:
             self.forwarder.stop()
         if self.files is not None:

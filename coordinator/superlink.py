@@ -17,7 +17,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import IO
 
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
 from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.processes import stop_process_group
 
 logger = logging.getLogger("coordinator")
 LOOPBACK = "127.0.0.1"
@@ -114,15 +114,7 @@ class ManagedProcess:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-            except ProcessLookupError:
-                pass
+        stop_process_group(self.process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
 
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
@@ -32,12 +33,11 @@ BODY = {"instances": [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]}
 
 
 @contextmanager
-def running(registry: Registry, settings: ServingSettings, clock: Callable[[], float] = time.time) -> Iterator[int]:
-    """Serve on a socket bound to port 0 (the OS picks a free port: safe under -n auto); yield the port."""
-    app = create_app(registry, settings, clock=clock)
+def serving(app: FastAPI, settings: ServingSettings | None = None) -> Iterator[int]:
+    """Serve ``app`` with uvicorn on a socket bound to port 0 (the OS picks: safe under -n auto); yield the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    options = {**uvicorn_options(settings), "log_level": "warning"}
+    options = {**uvicorn_options(settings or ServingSettings()), "log_level": "warning"}
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -52,6 +52,13 @@ def running(registry: Registry, settings: ServingSettings, clock: Callable[[], f
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextmanager
+def running(registry: Registry, settings: ServingSettings, clock: Callable[[], float] = time.time) -> Iterator[int]:
+    """Build the app over ``registry`` and serve it (see :func:`serving`); yield the port."""
+    with serving(create_app(registry, settings, clock=clock), settings) as port:
+        yield port
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

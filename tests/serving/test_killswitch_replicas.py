@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,19 +20,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from lifecycle.packaging import publish_model
 from lifecycle.registry import DeploymentStore, Registry, VersionRecord
 from lifecycle.settings import Settings
 from serving.app import create_app
-from serving.cli import uvicorn_options
 from serving.keys import create_key
 from serving.rollout import Router
 from serving.settings import ServingSettings
 from tests.conftest import make_publication
 from tests.serving.conftest import bearer
+from tests.serving.test_integration import serving
 from tests.serving.test_rollout import Exploding
 
 pytestmark = pytest.mark.integration
@@ -47,23 +44,8 @@ LIMIT_S = 1.0
 @contextmanager
 def replica(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a loopback port chosen by the OS; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    options = {**uvicorn_options(ServingSettings()), "log_level": "warning"}
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def cli(home: Path, *args: str) -> None:
