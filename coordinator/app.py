@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
+from coordinator.grid import responsive
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
@@ -175,7 +176,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = CoordinatorConfig.from_mapping(dict(context.run_config), dict(overrides or {}))
-        result = run_federation(grid, cfg, observer)
+        result = run_federation(responsive(grid), cfg, observer)
         if outcome is not None:
             outcome.update(result)
 
