@@ -17,18 +17,18 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from coordinator.runtime_options import GRID_POLL_SECONDS
+from coordinator.runtime_options import grid_poll_seconds
 
 
 class ResponsiveGrid(Grid):
     """Delegates to ``inner``; ``send_and_receive`` pulls every ``poll`` seconds."""
 
     def __init__(
-        self, inner: Grid, *, poll: float = GRID_POLL_SECONDS, clock: Callable[[], float] = time.monotonic,
+        self, inner: Grid, *, poll: float | None = None, clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.inner = inner
-        self.poll = poll
+        self.poll = grid_poll_seconds() if poll is None else poll
         self._clock = clock
         self._sleep = sleep
 

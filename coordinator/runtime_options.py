@@ -20,6 +20,18 @@ from lifecycle.runtime_options import QUIET_ENV
 GRID_POLL_SECONDS = 0.05
 """How often the ServerApp pulls replies while it waits (Flower's HTTP grid: 3 s)."""
 
+GRID_POLL_ENV = "FEDGUARD_GRID_POLL_SECONDS"
+"""Overrides :data:`GRID_POLL_SECONDS` in the SuperLink's environment (the benchmark's baseline sets 3)."""
+
+
+def grid_poll_seconds() -> float:
+    """The ServerApp's reply polling interval: :data:`GRID_POLL_ENV` if set, else :data:`GRID_POLL_SECONDS`."""
+    raw = os.environ.get(GRID_POLL_ENV)
+    try:
+        return min(max(float(raw), 0.01), 60.0) if raw else GRID_POLL_SECONDS
+    except ValueError:
+        return GRID_POLL_SECONDS
+
 SUPEREXEC_POLL_SECONDS = 0.1
 """How often the SuperLink's SuperExec polls for a new ServerApp task (Flower's default: 1 s)."""
 

@@ -19,6 +19,7 @@ import traceback
 import typer
 from rich.console import Console
 
+from coordinator.run_cli import run_app
 from fedguard.verify import verify
 from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
@@ -39,6 +40,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
 app.command("serve")(serve)
+app.add_typer(run_app, name="run")
 
 
 def main() -> None:

@@ -134,8 +134,9 @@ class Federation:
     def _env(self, env: dict[str, str], flwr_home: Path) -> dict[str, str]:
         env.update(FEDGUARD_HOME=str(self.home), FLWR_HOME=str(flwr_home), PYTHONPATH=str(REPO))
         env.pop("FEDGUARD_DATABASE_URL", None)
-        if not self.fast:
+        if not self.fast:  # Flower out of the box
             env.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
+            env["FEDGUARD_GRID_POLL_SECONDS"] = "3"
         return env
 
     def start_superlink(self) -> None:
