@@ -87,7 +87,7 @@ def _charges(fed: Federation, run_id: str) -> list[tuple[str, int, str]]:
 def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Federation, Path],
                                                             tmp_path: Path) -> None:
     fed, data = federation
-    run_id = _fedguard(fed, "launch", str(_job(tmp_path, data, **{"num-server-rounds": 3})))["run_id"]
+    run_id = _fedguard(fed, "launch", str(_job(tmp_path, data)))["run_id"]
     _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
     fed.kill_superlink()  # SIGKILL: SuperLink, its SuperExec and the ServerApp, mid-round 2
     fed.start_superlink()
@@ -96,9 +96,9 @@ def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Fe
 
     outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
     assert outcome["resumed_after"] >= 1 and len(outcome["flower_runs"]) == 2
-    assert [h["round"] for h in outcome["history"]] == [1, 2, 3]  # each round once, none lost
+    assert [h["round"] for h in outcome["history"]] == [1, 2]  # each round once, none lost
     charges = _charges(fed, run_id)
-    assert len(charges) == len(set(charges)) == SITES * 3  # each site charged once per round
+    assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round
     registry = Registry.open(Settings(home=fed.home))
     assert registry.verify_audit_chain() > 0
     version = registry.get_version("cardio")
