@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from benchmarks.results import append_row, machine  # noqa: E402
+from results import append_row, machine  # noqa: E402  # benchmarks/results.py
 from coordinator.runs.launch import events  # noqa: E402
 from lifecycle.home import Home  # noqa: E402
 from tests.integration.deployment import Federation, prepare_sites  # noqa: E402

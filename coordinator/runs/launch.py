@@ -104,6 +104,8 @@ def resume_job(home: Home, run_id: str) -> Job:
     path = run_dir(home.runs, run_id) / JOB
     if not path.exists():
         raise ConfigurationError(f"no run '{run_id}' in {home.runs}; see 'fedguard run list'")
+    if (path.parent / "outcome.json").exists():
+        raise ConfigurationError(f"run '{run_id}' already finished and published its model; launch a new run")
     return Job.load(path)
 
 

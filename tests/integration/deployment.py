@@ -127,6 +127,9 @@ class Federation:
     def home(self) -> Path:
         return self.root / "home"
 
+    def site_home(self, index: int) -> Path:
+        return self.root / f"home-site-{index}"
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -154,6 +157,7 @@ class Federation:
         flwr_home = self.root / f"flwr-site-{index}"
         flwr_home.mkdir(exist_ok=True)
         env = self._env(supernode_env(), flwr_home)
+        env["FEDGUARD_HOME"] = str(self.site_home(index))  # the site's own state (its privacy ledger)
         program = supernode_command() if self.fast else plain_supernode_command()
         cmd = [*program, "--superlink", self.address, "--root-certificates", str(self.tls.ca),
                "--node-config", f"data-path='{data_path}' site-name='{name}'", *supernode_flags()]

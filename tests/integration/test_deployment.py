@@ -23,9 +23,11 @@ from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings
 from privacy.ledger import coordinator_ledger
+from privacy.ledger.factory import SiteLedger
 from tests.integration.deployment import Federation, prepare_sites
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.xdist_group("deployment")]  # one federation per worker (with --dist loadgroup: one)
 
 SITES = 4
 
@@ -99,6 +101,10 @@ def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Fe
     assert [h["round"] for h in outcome["history"]] == [1, 2]  # each round once, none lost
     charges = _charges(fed, run_id)
     assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round
+    for i in range(SITES):  # the sites' own ledgers: round 1 (done before the crash) was not run again
+        ledger = SiteLedger.open(fed.site_home(i) / "site-ledgers" / f"site-{i}.db")
+        rounds = [c.round for m in ledger.manifests(f"site-{i}") for c in ledger.charges(f"site-{i}", m, "record")]
+        assert rounds.count(1) == 1 and 2 in rounds, rounds
     registry = Registry.open(Settings(home=fed.home))
     assert registry.verify_audit_chain() > 0
     version = registry.get_version("cardio")
@@ -111,7 +117,10 @@ def test_site_killed_mid_round_round_completes_with_survivors(federation: tuple[
     run_id = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))["run_id"]
     _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
     fed.kill_supernode(SITES - 1)  # SIGKILL the site's SuperNode, executor and ClientApp, mid-round 2
-    seen = _until(fed, run_id, lambda e: e["event"] == "done")
+    try:
+        seen = _until(fed, run_id, lambda e: e["event"] == "done")
+    finally:  # the federation stays whole for the module's other tests
+        fed.start_supernode(SITES - 1, data / f"site-{SITES - 1}.csv", f"site-{SITES - 1}")
 
     last = next(e for e in seen if e["event"] == "round" and e["round"] == 2)
     assert last["sites"] == SITES - 1 and last["dropped"] == [f"site-{SITES - 1}"]

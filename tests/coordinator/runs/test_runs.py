@@ -169,3 +169,17 @@ def test_responsive_grid_polls_at_its_interval_and_honours_the_timeout() -> None
     slow = ResponsiveGrid(_FakeGrid([]), poll=0.05, clock=lambda: clock[0], sleep=sleep)  # type: ignore[arg-type]
     assert list(slow.send_and_receive([], timeout=1.0)) == []
     assert clock[0] == pytest.approx(0.1 + 1.0, abs=0.06)
+
+
+def test_resume_refuses_unknown_and_finished_runs(tmp_path: Path) -> None:
+    from coordinator.runs.launch import resume_job
+    from lifecycle.home import Home
+
+    home = Home(tmp_path)
+    with pytest.raises(ConfigurationError, match="no run"):
+        resume_job(home, "nope")
+    Job.from_mapping({"num-server-rounds": 2}).with_run_id("r1").dump(tmp_path / "runs" / "r1" / "job.toml")
+    assert resume_job(home, "r1").run_id == "r1"
+    (tmp_path / "runs" / "r1" / "outcome.json").write_text("{}")
+    with pytest.raises(ConfigurationError, match="already finished"):
+        resume_job(home, "r1")
