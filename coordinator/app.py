@@ -180,9 +180,11 @@ def run_federation(
                    federation_seconds=time.monotonic() - started, run_id=run_ledger.run_id, dropouts=dropouts)
     if run_state is not None:
         outcome.update(flower_runs=run_state.segments, resumed_after=done)
-    result_path = cfg.result_path or (str(run_state.directory / "outcome.json") if run_state is not None else "")
-    if result_path:
-        Path(result_path).write_text(json.dumps(outcome, indent=2, default=str))
+    paths = [cfg.result_path] if cfg.result_path else []
+    if run_state is not None:
+        paths.append(str(run_state.directory / "outcome.json"))  # marks the run finished (no resume)
+    for path in paths:
+        Path(path).write_text(json.dumps(outcome, indent=2, default=str))
     observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": final.accuracy})
     return outcome
 
