@@ -20,7 +20,11 @@
 
 The ClientApp that runs is the one installed at the site (preloaded), not
 code shipped in the run's FAB: a coordinator cannot make a site execute new
-code. The executor exits with the SuperNode (``--parent-pid``).
+code. The executor exits with the SuperNode (``--parent-pid``). The
+Runtime API is on loopback; with process isolation Flower can require an
+HMAC shared secret from whoever acquires tasks, and this entry point always
+sets one (a fresh random file, 0600, unless ``--superexec-auth-secret-file``
+is given), so another local process cannot take the site's messages.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
+from typing import Any
 
 from client import logger
 from lifecycle.runtime_options import EXECUTOR_POLL_SECONDS, PRELOAD_MODULES, SUPERNODE_POLL_SECONDS
@@ -73,19 +80,33 @@ def supernode_argv(argv: Sequence[str], port: int) -> list[str]:
     return out
 
 
+def _auth_secret(args: list[str]) -> str:
+    """The SuperExec auth secret file named in ``args``, or a fresh one (added to ``args``)."""
+    given = _option(args, "--superexec-auth-secret-file")
+    if given is not None:
+        return given
+    fd, path = tempfile.mkstemp(prefix="fedguard-superexec-", suffix=".secret")
+    with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
+        handle.write(secrets.token_bytes(32))
+    args += ["--superexec-auth-secret-file", path]
+    return path
+
+
 def run_supernode(argv: Sequence[str]) -> None:
     """Start the warm executor, then run Flower's SuperNode in this process (blocks)."""
     import flwr.supernode.start_client_internal as internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     args = supernode_argv(argv, _free_loopback_port())
+    own_secret = _option(args, "--superexec-auth-secret-file") is None
+    secret = _auth_secret(args)
     if _option(args, "--isolation") != "process":
         raise SystemExit("client.runtime needs --isolation process (its executor runs the ClientApp)")
     address = f"{_option(args, '--host')}:{_option(args, '--port')}"
     tls = ["--root-certificates", ca] if (ca := _option(args, "--ssl-ca-certfile")) else ["--insecure"]
     executor = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "client.runtime", "executor", "--runtime-api-address", address,
-         "--parent-pid", str(os.getpid()), *tls],
+         "--parent-pid", str(os.getpid()), "--superexec-auth-secret-file", secret, *tls],
     )
     logger.info("warm ClientApp executor pid %d on Runtime API %s", executor.pid, address)
     internal.time = SimpleNamespace(  # type: ignore[attr-defined]
@@ -97,6 +118,8 @@ def run_supernode(argv: Sequence[str]) -> None:
         flower_supernode()
     finally:
         executor.terminate()
+        if own_secret:
+            os.unlink(secret)
 
 
 class ForkExecutor:
@@ -159,11 +182,13 @@ class ForkExecutor:
 
 
 def serve_executor(address: str, *, insecure: bool, root_certificates: str | None, parent_pid: int | None,
-                   poll: float = EXECUTOR_POLL_SECONDS, preload: Sequence[str] = PRELOAD_MODULES) -> None:
+                   secret_file: str | None = None, poll: float = EXECUTOR_POLL_SECONDS,
+                   preload: Sequence[str] = PRELOAD_MODULES) -> None:
     """Preload ``preload``, then acquire ClientApp tasks from the Runtime API and fork one child each."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.app_utils import start_parent_process_monitor
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.auth import load_superexec_auth_secret
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
     from flwr.supercore.superexec.plugin import AutoExecPlugin
@@ -174,10 +199,15 @@ def serve_executor(address: str, *, insecure: bool, root_certificates: str | Non
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)
     executor = ForkExecutor()
+    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    secret = load_superexec_auth_secret(secret_file)
+    if secret:
+        interceptors.append(SuperExecAuthHttpInterceptor(
+            master_secret=secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
     client = RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure,
         root_certificates=validate_and_resolve_root_certificates(root_certificates, insecure),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        interceptors=interceptors,
         retry_invoker=make_simple_http_retry_invoker(),
     )
     plugin = AutoExecPlugin(runtime_api_address=address, insecure=insecure, root_certificates_path=root_certificates,
@@ -202,9 +232,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument("--insecure", action="store_true")
         parser.add_argument("--root-certificates")
         parser.add_argument("--parent-pid", type=int)
+        parser.add_argument("--superexec-auth-secret-file")
         ns = parser.parse_args(argv[1:])
         serve_executor(ns.runtime_api_address, insecure=ns.insecure, root_certificates=ns.root_certificates,
-                       parent_pid=ns.parent_pid)
+                       parent_pid=ns.parent_pid, secret_file=ns.superexec_auth_secret_file)
         return
     run_supernode(argv)
 

@@ -28,3 +28,19 @@ def test_executor_only_takes_clientapp_tasks_and_options_are_quiet() -> None:
     env = supernode_env({})
     assert env["FLWR_TELEMETRY_ENABLED"] == "0" and float(env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) < 1
     assert supernode_command("py") == ["py", "-m", "client.runtime"]
+
+
+def test_runtime_api_secret_is_fresh_private_and_passed_to_the_supernode() -> None:
+    import os
+    import stat
+
+    from client.runtime import _auth_secret
+
+    args = ["--superlink", "h:1"]
+    path = _auth_secret(args)
+    try:
+        assert args[-2:] == ["--superexec-auth-secret-file", path]
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and len(open(path, "rb").read()) == 32
+        assert _auth_secret(["--superexec-auth-secret-file", "mine"]) == "mine"
+    finally:
+        os.unlink(path)
