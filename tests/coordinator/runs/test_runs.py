@@ -183,3 +183,19 @@ def test_resume_refuses_unknown_and_finished_runs(tmp_path: Path) -> None:
     (tmp_path / "runs" / "r1" / "outcome.json").write_text("{}")
     with pytest.raises(ConfigurationError, match="already finished"):
         resume_job(home, "r1")
+
+
+def test_cli_refuses_bad_jobs_and_unknown_runs_with_exit_code_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    job = tmp_path / "job.toml"
+    job.write_text("rounds = 3\n")
+    env = {**os.environ, "FEDGUARD_HOME": str(tmp_path / "home")}
+    env.pop("FEDGUARD_DATABASE_URL", None)
+    for args, message in ((["launch", str(job), "--insecure"], "unknown run-config keys"),
+                          (["status", "nope"], "no run 'nope'")):
+        proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
