@@ -25,11 +25,15 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
+from coordinator.grid import responsive
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, protection_bound, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
 from coordinator.reference import ReferenceCollector
-from coordinator.strategy import RoundReport, TrackedStrategy
+from coordinator.runs import run_dir
+from coordinator.runs.progress import PROGRESS, ProgressLog
+from coordinator.runs.resume import RoundOffset, RunState
+from coordinator.strategy import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.validation import UpdateValidationStrategy, UpdateValidator, audit_rejections
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
@@ -79,6 +83,9 @@ class RoundProgress:
     site_series: list[float]
     reports: dict[int, RoundReport] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    expected: Callable[[], set[str]] = set
+    after_round: Callable[[int, ArrayRecord, dict[str, Any]], None] | None = None
+    total_dp: Callable[[str, SiteLedger], dict[str, Any]] = lambda name, site: site.dp
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         candidate = build_model(self.spec)
@@ -86,71 +93,127 @@ class RoundProgress:
         result = evaluate(candidate, self.test)
         if server_round > 0:
             report = self.reports.get(server_round)
-            eps = [s.dp["epsilon"] for s in self.strategy.sites.values() if "epsilon" in s.dp]
+            dps = [self.total_dp(name, site) for name, site in self.strategy.sites.items()]
+            eps = [dp["epsilon"] for dp in dps if "epsilon" in dp]
             entry = {
                 "round": server_round, "rounds": self.cfg.num_server_rounds, "accuracy": result.accuracy,
                 "loss": result.loss, "epsilon_max": max(eps) if eps else None,
                 "site_epsilon": self.site_series[server_round - 1] if self.site_series else None,
                 "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
                 "rejected": len(report.rejected) if report else 0,
+                "dropped": sorted(self.expected() - set(report.succeeded)) if report else [],
             }
             self.history.append(entry)
+            if self.after_round is not None:
+                self.after_round(server_round, arrays, entry)
             self.observer("round", entry)
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
 
 def run_federation(
-    grid: Grid, cfg: CoordinatorConfig, observer: Observer = _log_observer
+    grid: Grid, cfg: CoordinatorConfig, observer: Observer = _log_observer, *, flower_run: int | None = None,
 ) -> dict[str, Any]:
-    """Run all rounds, publish the model, and return the outcome (see module docstring)."""
+    """Run all rounds, publish the model, and return the outcome (see module docstring).
+
+    With a ``run-id`` in the run config (deployment), progress events go to
+    ``FEDGUARD_HOME/runs/<run-id>/progress.jsonl`` too, a checkpoint is
+    written after every round, and a run that finds a checkpoint resumes
+    after its round (``coordinator.runs.resume``).
+    """
     started = time.monotonic()
     schema = load_schema(cfg.data_path / "schema.json")
     test = load_csv(cfg.data_path / "test.csv", list(schema.features), schema.target, len(schema.labels))
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     registry = Registry.open()
+    run_state = RunState.open(registry.home.runs, cfg.run_id) if cfg.run_id else None
+    if run_state is not None:
+        observer = _both(observer, run_state.progress)
+        if flower_run is not None:
+            run_state.segments.append(flower_run)
     plan = site_dp_plan(cfg)
-    run_ledger = RunLedger(coordinator_ledger(registry), uuid.uuid4().hex, plan)
+    run_ledger = RunLedger(coordinator_ledger(registry), cfg.run_id or uuid.uuid4().hex, plan)
     reports: dict[int, RoundReport] = {}
-    strategy = build_strategy(
+    tracked = build_strategy(
         cfg, on_round=lambda r: reports.__setitem__(r.server_round, r),
         num_params=sum(p.numel() for p in model.parameters()), run_ledger=run_ledger,
         frozen_keys=[name for name, _ in model.named_buffers()],
     )
-    progress = RoundProgress(spec, test, cfg, strategy, observer,
-                             plan.epsilon_series() if plan is not None else [], reports)
+    progress = RoundProgress(spec, test, cfg, tracked, observer,
+                             plan.epsilon_series() if plan is not None else [], reports,
+                             expected=lambda: set(run_ledger.nodes.values()))
+    done = 0
+    if run_state is not None:
+        run_state.restore(model, tracked, progress.history)
+        done = run_state.completed
+        progress.after_round = lambda r, arrays, entry: _checkpoint(run_state, tracked, progress, r, arrays, entry)
+        progress.total_dp = run_state.total_dp
     train_config = _train_config(cfg, schema)
     reference = ReferenceCollector.from_held_out(test)
     identified = identify_sites(grid, reference.query(train_config), run_ledger, expected=cfg.required_sites,
                                 timeout=cfg.round_timeout, on_site=reference.add)
-    observer("stage", {"stage": "identified", "sites": identified})
+    observer("stage", {"stage": "identified", "sites": identified, "resumed_after": done})
     bound = protection_bound(cfg, plan.noise_std if plan is not None else 0.0,
                              sum(p.numel() for p in model.parameters()))
-    validated = UpdateValidationStrategy(strategy, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
+    validated = UpdateValidationStrategy(tracked, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
                                          on_reject=audit_rejections(registry, run_ledger.run_id))
-    result = validated.start(
-        grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout, train_config=train_config, evaluate_fn=progress,
-    )
-    model.load_state_dict(result.arrays.to_torch_state_dict())
+    arrays = ArrayRecord(model.state_dict())
+    if done < cfg.num_server_rounds:
+        # RoundOffset outermost: everything inside (validation, secure aggregation, ledger) sees true rounds.
+        strategy = RoundOffset(validated, done) if done else validated
+        result = strategy.start(
+            grid=grid, initial_arrays=arrays, num_rounds=cfg.num_server_rounds - done,
+            timeout=cfg.round_timeout, train_config=train_config,
+            evaluate_fn=lambda r, a: progress(r + done if r else 0, a),
+        )
+        arrays = result.arrays
+    model.load_state_dict(arrays.to_torch_state_dict())
+    if run_state is not None:
+        for name, site in tracked.sites.items():
+            site.dp = run_state.total_dp(name, site)
     observer("stage", {"stage": "watermark"})
     model, mark = embed_watermark(model, spec, cfg, registry.home, test)
     final = evaluate(model, test)
     observer("stage", {"stage": "publish"})
     ledger_state = run_ledger.state()
+    dropouts = run_state.dropouts if run_state is not None else [
+        {"round": e["round"], "sites": e["dropped"]} for e in progress.history if e.get("dropped")]
     outcome = publish_run(
-        registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=strategy.sites,
-        rounds=strategy.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
+        registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=tracked.sites,
+        rounds=tracked.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
         metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
         ledger=ledger_state, reference=reference.section(model, schema, test),
+        extra_training={"dropouts": dropouts} if dropouts else None,
     )
-    outcome.update(_privacy_outcome(cfg, strategy, plan, ledger_state))
+    outcome.update(_privacy_outcome(cfg, tracked, plan, ledger_state))
     outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
-                   federation_seconds=time.monotonic() - started,
+                   federation_seconds=time.monotonic() - started, run_id=run_ledger.run_id, dropouts=dropouts,
                    rejected_updates=[asdict(r) for r in validated.rejections])
-    if cfg.result_path:
-        Path(cfg.result_path).write_text(json.dumps(outcome, indent=2, default=str))
+    if run_state is not None:
+        outcome.update(flower_runs=run_state.segments, resumed_after=done)
+    paths = [cfg.result_path] if cfg.result_path else []
+    if run_state is not None:
+        paths.append(str(run_state.directory / "outcome.json"))  # marks the run finished (no resume)
+    for path in paths:
+        Path(path).write_text(json.dumps(outcome, indent=2, default=str))
+    observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": final.accuracy})
     return outcome
+
+
+def _both(first: Observer, second: Observer) -> Observer:
+    def observe(event: str, payload: Mapping[str, Any]) -> None:
+        first(event, payload)
+        second(event, payload)
+
+    return observe
+
+
+def _checkpoint(run_state: RunState, tracked: TrackedStrategy, progress: RoundProgress, server_round: int,
+                arrays: ArrayRecord, entry: dict[str, Any]) -> None:
+    """After a round's evaluation: note its dropouts, then checkpoint (the round is now complete)."""
+    if entry.get("dropped"):
+        run_state.dropouts.append({"round": server_round, "sites": entry["dropped"]})
+    run_state.save(server_round, arrays, tracked, progress.history)
 
 
 def _privacy_outcome(
@@ -185,11 +248,25 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = CoordinatorConfig.from_mapping(dict(context.run_config), dict(overrides or {}))
-        result = run_federation(grid, cfg, observer)
+        try:
+            result = run_federation(responsive(grid), cfg, observer, flower_run=int(context.run_id))
+        except Exception as exc:
+            if cfg.run_id:
+                _failed(cfg.run_id, exc)
+            raise
         if outcome is not None:
             outcome.update(result)
 
     return server_app
+
+
+def _failed(run_id: str, exc: Exception) -> None:
+    """Tell a follower (``fedguard run launch``) that the run failed, and why."""
+    try:
+        ProgressLog(run_dir(Registry.open().home.runs, run_id) / PROGRESS)(
+            "failed", {"error": f"{type(exc).__name__}: {exc}"})
+    except Exception:  # noqa: BLE001 - the original error matters more
+        logger.exception("could not record the failure of run %s", run_id)
 
 
 app = make_server_app()

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
     "result-path": "",
+    "run-id": "",  # deployment: a fedguard run id; progress and checkpoints under FEDGUARD_HOME/runs/<run-id>
 }
 
 
@@ -78,6 +79,7 @@ class CoordinatorConfig:
     sim_he_secret_context: str
     round_timeout: float
     result_path: str
+    run_id: str
 
     @classmethod
     def from_mapping(cls, *layers: Mapping[str, Any]) -> CoordinatorConfig:

@@ -141,19 +141,21 @@ def publish_run(
     *, registry: Registry, model: nn.Module, spec: ModelSpec, schema: DataSchema, cfg: CoordinatorConfig,
     sites: dict[str, SiteLedger], rounds: int, run_id: str, metrics: dict[str, Any], mark: WatermarkOutcome,
     site_plan: SiteDPPlan | None = None, ledger: dict[str, Any] | None = None,
-    reference: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None, extra_training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register the model and return the outcome (paths, checks) for the caller.
 
     ``reference`` (summed site histograms, :mod:`coordinator.reference`) goes
-    into the BOM, signed with the weights.
+    into the BOM, signed with the weights. ``extra_training`` adds keys to the
+    BOM's training section (e.g. the rounds' dropouts in a deployment).
     """
     version = publish_model(
         registry,
         Publication(
             name=cfg.model_name, model=model, spec=spec, schema=schema.feature_schema, run_id=run_id,
             run_config=cfg.as_dict(), rounds=rounds, sites=_site_records(sites),
-            training=training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
+            training={**training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
+                      **(extra_training or {})},
             watermark=mark.to_dict(), metrics=metrics, reference=reference,
         ),
     )

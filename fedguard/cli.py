@@ -21,6 +21,7 @@ from rich.console import Console
 
 from client.cli import client_app
 from coordinator.cli import coordinator_app, site_app
+from coordinator.run_cli import run_app
 from fedguard.verify import verify
 from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
@@ -46,6 +47,7 @@ app.command("serve")(serve)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(site_app, name="site")
 app.add_typer(client_app, name="client")
+app.add_typer(run_app, name="run")
 
 
 def main() -> None:

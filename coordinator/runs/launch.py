@@ -1,0 +1,121 @@
+"""Submitting a job to the SuperLink and following its progress.
+
+Submission goes through ``flwr run`` as a subprocess, with the connection
+written to a fedguard-owned ``FLWR_HOME`` (``FEDGUARD_HOME/flwr/config.toml``)
+rather than through Flower's Control API in-process: ``flwr run`` is the
+documented, versioned interface (it builds the FAB, authenticates, checks
+TLS), while the Control API's Python client is internal to Flower and has
+changed between releases. Progress does not come from Flower's log stream
+(free text) but from the ServerApp's own JSON-lines events in
+``FEDGUARD_HOME/runs/<run-id>/progress.jsonl`` (:mod:`coordinator.runs.progress`),
+which the coordinator machine shares with the SuperLink.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator import logger
+from coordinator.runs import run_dir
+from coordinator.runs.job import Job
+from coordinator.runs.progress import PROGRESS, follow
+from lifecycle.errors import ConfigurationError, TrainingError
+from lifecycle.home import Home
+
+APP_DIR = Path(__file__).resolve().parents[2]
+"""The Flower app (``pyproject.toml`` with ``[tool.flwr.app]``): the fedguard source tree."""
+
+JOB = "job.toml"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the SuperLink is and how to trust it (TLS by default)."""
+
+    name: str
+    address: str
+    root_certificates: Path | None = None
+    insecure: bool = False
+
+    def validate(self) -> Connection:
+        if not self.insecure and self.root_certificates is None:
+            raise ConfigurationError(
+                f"SuperLink {self.address}: give --root-certificates (the federation CA), or --insecure on loopback"
+            )
+        if self.insecure and self.address.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+            raise ConfigurationError(f"--insecure is only allowed for a SuperLink on loopback, not {self.address}")
+        if self.root_certificates is not None and not self.root_certificates.is_file():
+            raise ConfigurationError(f"root certificates '{self.root_certificates}' do not exist")
+        return self
+
+    def write(self, flwr_home: Path) -> Path:
+        """``config.toml`` in ``flwr_home`` naming this connection as the default."""
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = [f'[superlink]\ndefault = "{self.name}"\n', f"[superlink.{self.name}]",
+                 f'address = "{self.address}"']
+        if self.insecure:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.root_certificates.resolve()}"')  # type: ignore[union-attr]
+        path = flwr_home / "config.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def _flwr_env(home: Home) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FLWR_HOME=str((home.root / "flwr").resolve()), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_UPDATE_CHECK="1")
+    return env
+
+
+def submit(job: Job, home: Home, connection: Connection, *, app: Path = APP_DIR,
+           timeout: float = 300.0) -> tuple[str, int | None]:
+    """Submit ``job`` (a run id is assigned if it has none); return (run id, Flower run id)."""
+    run_id = job.run_id or uuid.uuid4().hex[:12]
+    job = job.with_run_id(run_id)
+    directory = run_dir(home.runs, run_id)
+    job.dump(directory / JOB)
+    connection.validate().write(home.root / "flwr")
+    cmd = [sys.executable, "-m", "flwr.cli.app", "run", str(app), connection.name,
+           "--run-config", job.run_config_arg()]
+    proc = subprocess.run(cmd, env=_flwr_env(home), capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise TrainingError(f"the SuperLink at {connection.address} refused the run: {' '.join(detail)}; "
+                            "check the address, the CA and that the coordinator is started")
+    match = re.search(r"run[ _]id[^0-9]*(\d+)", proc.stdout + proc.stderr, re.IGNORECASE)
+    flower_run = int(match.group(1)) if match else None
+    logger.info("run %s submitted as Flower run %s", run_id, flower_run)
+    return run_id, flower_run
+
+
+def resume_job(home: Home, run_id: str) -> Job:
+    """The job of an earlier run, to submit again with the same run id (it resumes from its checkpoint)."""
+    path = run_dir(home.runs, run_id) / JOB
+    if not path.exists():
+        raise ConfigurationError(f"no run '{run_id}' in {home.runs}; see 'fedguard run list'")
+    if (path.parent / "outcome.json").exists():
+        raise ConfigurationError(f"run '{run_id}' already finished and published its model; launch a new run")
+    return Job.load(path)
+
+
+def progress_path(home: Home, run_id: str) -> Path:
+    return run_dir(home.runs, run_id) / PROGRESS
+
+
+def events(home: Home, run_id: str, *, offset: int = 0, timeout: float | None = None,
+           now: Callable[[], float] = time.monotonic) -> Iterator[dict[str, Any]]:
+    """Follow the run's progress events (from byte ``offset``) until it is done or failed, or ``timeout``."""
+    deadline = None if timeout is None else now() + timeout
+    yield from follow(progress_path(home, run_id), offset=offset,
+                      stop=lambda: deadline is not None and now() > deadline)

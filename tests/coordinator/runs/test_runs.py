@@ -1,0 +1,201 @@
+"""Job files, progress logs, checkpoints, resume offsets and the responsive grid (no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from coordinator.grid import ResponsiveGrid
+from coordinator.runs import run_dir
+from coordinator.runs.checkpoint import Checkpoint
+from coordinator.runs.job import Job, parse_override
+from coordinator.runs.launch import Connection
+from coordinator.runs.progress import ProgressLog, follow, size
+from coordinator.runs.resume import RoundOffset, RunState
+from coordinator.strategy import SiteLedger, TrackedStrategy
+from lifecycle.errors import ConfigurationError, StateError
+from privacy.strategy_wrapper import StrategyWrapper
+
+
+def test_job_merges_overrides_as_toml_and_validates(tmp_path: Path) -> None:
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('num-server-rounds = 5\nmodel-name = "cardio"\ndata-dir = "ref"\n')
+    job = Job.load(job_file, ["num-server-rounds=2", "dp-epsilon=1.5", "model-name=heart"])
+    assert job.config["num-server-rounds"] == 2 and job.config["dp-epsilon"] == 1.5
+    assert job.config["model-name"] == "heart" and Path(job.config["data-dir"]).is_absolute()
+    assert 'model-name="heart"' in job.run_config_arg() and "num-server-rounds=2" in job.run_config_arg()
+    assert parse_override("hidden=\"32,16\"") == ("hidden", "32,16")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("rounds = 3\n", "unknown run-config keys"),
+    ("[table]\nx = 1\n", "keep it flat"),
+    ("num-server-rounds = 0\n", "at least 1"),
+    ("num-server-rounds = \n", "not valid TOML"),
+])
+def test_job_refuses_bad_files(tmp_path: Path, text: str, match: str) -> None:
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(text)
+    with pytest.raises(ConfigurationError, match=match):
+        Job.load(job_file)
+
+
+def test_run_ids_cannot_escape_the_runs_directory(tmp_path: Path) -> None:
+    assert run_dir(tmp_path, "ab12-cd") == tmp_path / "ab12-cd"
+    for bad in ("../x", "", "a/b"):
+        with pytest.raises(ConfigurationError):
+            run_dir(tmp_path, bad)
+
+
+def test_insecure_connection_only_on_loopback(tmp_path: Path) -> None:
+    Connection("f", "127.0.0.1:9", insecure=True).validate()
+    with pytest.raises(ConfigurationError, match="loopback"):
+        Connection("f", "10.0.0.1:9", insecure=True).validate()
+    with pytest.raises(ConfigurationError, match="root-certificates"):
+        Connection("f", "10.0.0.1:9").validate()
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem")
+    text = Connection("f", "coord:9", ca).validate().write(tmp_path / "flwr").read_text()
+    assert 'default = "f"' in text and f'root-certificates = "{ca.resolve()}"' in text and "insecure =" not in text
+
+
+def test_progress_follow_reads_from_offset_and_stops_at_terminal(tmp_path: Path) -> None:
+    log = ProgressLog(tmp_path / "p.jsonl", now=lambda: 1.0)
+    log("failed", {"error": "earlier attempt"})
+    offset = size(log.path)
+    log("round", {"round": 1})
+    log("done", {"model": "m"})
+    log("round", {"round": 9})  # after the terminal event: not read
+    seen = list(follow(log.path, offset=offset, stop=lambda: True, sleep=lambda s: None))
+    assert [e["event"] for e in seen] == ["round", "done"] and seen[0]["time"] == 1.0
+    with log.path.open("a") as handle:
+        handle.write('{"event": "torn')  # a torn last line is skipped by events()
+    assert len(log.events()) == 4
+
+
+def test_checkpoint_roundtrip_is_atomic_and_never_pickles(tmp_path: Path) -> None:
+    weights = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    assert Checkpoint.load(tmp_path / "ckpt") is None
+    Checkpoint(2, weights, {"history": [{"round": 1}, {"round": 2}]}).save(tmp_path / "ckpt")
+    Checkpoint(3, {"w": weights["w"] + 1}, {"history": []}).save(tmp_path / "ckpt")
+    loaded = Checkpoint.load(tmp_path / "ckpt")
+    assert loaded is not None and loaded.round == 3 and torch.equal(loaded.weights["w"], weights["w"] + 1)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["state.json", "weights.safetensors"]
+    (tmp_path / "ckpt" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(StateError, match="remove it to restart"):
+        Checkpoint.load(tmp_path / "ckpt")
+
+
+class _Recorder(StrategyWrapper):
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Any) -> Iterable[Message]:
+        self.rounds.append(server_round)
+        return []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[Any, Any]:
+        self.rounds.append(server_round)
+        return None, None
+
+
+def test_round_offset_gives_the_inner_strategy_true_round_numbers() -> None:
+    inner = _Recorder()
+    strategy = RoundOffset(inner, 2)
+    strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)  # type: ignore[arg-type]
+    strategy.aggregate_train(1, [])
+    assert inner.rounds == [3, 3]
+
+
+def test_run_state_restores_lineage_and_composes_dp_over_segments(tmp_path: Path) -> None:
+    tracked = TrackedStrategy(_Recorder())
+    tracked.sites["s"] = SiteLedger("s", 10, "m" * 64, 2, {"steps": 20, "noise-multiplier": 1.0, "sample-rate": 0.1,
+                                                              "delta": 1e-5, "epsilon": 1.0})
+    tracked.rounds_aggregated = 2
+    first = RunState.open(tmp_path, "run1")
+    first.dropouts.append({"round": 2, "sites": ["t"]})
+    first.save(2, ArrayRecord({"w": torch.ones(2)}), tracked, [{"round": 1}, {"round": 2}])
+
+    resumed = RunState.open(tmp_path, "run1")
+    assert resumed.completed == 2 and resumed.dropouts == [{"round": 2, "sites": ["t"]}]
+    again, history, model = TrackedStrategy(_Recorder()), [], torch.nn.Linear(1, 1, bias=False)
+    model_state = {"weight": torch.zeros(1, 1)}
+    resumed.checkpoint.weights.clear()  # type: ignore[union-attr]
+    resumed.checkpoint.weights.update(model_state)  # type: ignore[union-attr]
+    resumed.restore(model, again, history)
+    assert again.rounds_aggregated == 2 and history == [{"round": 1}, {"round": 2}]
+    site = again.sites["s"]
+    assert resumed.total_dp("s", site) is site.dp  # not reported since the resume: totals as stored
+    site.dp = {**site.dp, "steps": 10}  # the new segment's counter restarted: 10 more steps
+    total = resumed.total_dp("s", site)
+    assert total["steps"] == 30 and total["epsilon"] > 0
+
+
+class _FakeGrid:
+    def __init__(self, batches: list[list[Message]]) -> None:
+        self.batches = batches
+        self.pulls = 0
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return ["a", "b"]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        return self.batches.pop(0) if self.batches else []
+
+
+def _reply(to: str) -> Any:
+    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=to))
+
+
+def test_responsive_grid_polls_at_its_interval_and_honours_the_timeout() -> None:
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    grid = ResponsiveGrid(_FakeGrid([[], [_reply("a")], [_reply("b")]]), poll=0.05,  # type: ignore[arg-type]
+                          clock=lambda: clock[0], sleep=sleep)
+    assert len(list(grid.send_and_receive([], timeout=10))) == 2 and slept == [0.05, 0.05]
+    slow = ResponsiveGrid(_FakeGrid([]), poll=0.05, clock=lambda: clock[0], sleep=sleep)  # type: ignore[arg-type]
+    assert list(slow.send_and_receive([], timeout=1.0)) == []
+    assert clock[0] == pytest.approx(0.1 + 1.0, abs=0.06)
+
+
+def test_resume_refuses_unknown_and_finished_runs(tmp_path: Path) -> None:
+    from coordinator.runs.launch import resume_job
+    from lifecycle.home import Home
+
+    home = Home(tmp_path)
+    with pytest.raises(ConfigurationError, match="no run"):
+        resume_job(home, "nope")
+    Job.from_mapping({"num-server-rounds": 2}).with_run_id("r1").dump(tmp_path / "runs" / "r1" / "job.toml")
+    assert resume_job(home, "r1").run_id == "r1"
+    (tmp_path / "runs" / "r1" / "outcome.json").write_text("{}")
+    with pytest.raises(ConfigurationError, match="already finished"):
+        resume_job(home, "r1")
+
+
+def test_cli_refuses_bad_jobs_and_unknown_runs_with_exit_code_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    job = tmp_path / "job.toml"
+    job.write_text("rounds = 3\n")
+    env = {**os.environ, "FEDGUARD_HOME": str(tmp_path / "home")}
+    env.pop("FEDGUARD_DATABASE_URL", None)
+    for args, message in ((["launch", str(job), "--insecure"], "unknown run-config keys"),
+                          (["status", "nope"], "no run 'nope'")):
+        proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -1,0 +1,129 @@
+"""Runs over the real deployment runtime on loopback (issue 4, points 4, 5a, 5b, 8).
+
+One SuperLink (TLS, state in a database file) and four SuperNode processes
+(SecAgg+ with 4 sites tolerates one dropout: k=3, t=2; with 3 it tolerates
+none), shared by the tests of this module. Jobs go through the real
+``fedguard run launch|resume`` command; progress is read from the run's
+``progress.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.runs.launch import events
+from lifecycle.home import Home
+from lifecycle.registry import Registry
+from lifecycle.settings import Settings
+from privacy.ledger import coordinator_ledger
+from privacy.ledger.factory import SiteLedger
+from tests.integration.deployment import Federation, prepare_sites
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.xdist_group("deployment")]  # one federation per worker (with --dist loadgroup: one)
+
+SITES = 4
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Path]]:
+    root = tmp_path_factory.mktemp("federation")
+    data = prepare_sites(root, SITES)
+    fed = Federation(root, SITES, fast=True)
+    fed.start_superlink()
+    for i in range(SITES):
+        fed.start_supernode(i, data / f"site-{i}.csv", f"site-{i}")
+    try:
+        yield fed, data
+    finally:
+        fed.stop()
+
+
+def _fedguard(fed: Federation, *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedguard.cli", "run", *args, "--superlink", fed.address,
+         "--root-certificates", str(fed.tls.ca), "--no-follow", "--json"],
+        env=fed.client_env(), capture_output=True, text=True, timeout=180, cwd=fed.root, check=False,
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{fed.logs()}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _job(tmp_path: Path, data: Path, **extra: Any) -> Path:
+    values = {"num-server-rounds": 2, "num-sites": SITES, "local-epochs": 1, "data-dir": str(data),
+              "round-timeout": 40.0, "model-name": "cardio", **extra}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "job.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _until(fed: Federation, run_id: str, predicate: Any, timeout: float = 400) -> list[dict[str, Any]]:
+    seen = []
+    for event in events(Home(fed.home), run_id, timeout=timeout):
+        seen.append(event)
+        assert event["event"] != "failed", f"{event}\n{fed.logs()}"
+        if predicate(event):
+            return seen
+    raise AssertionError(f"run {run_id}: condition not reached; events {seen}\n{fed.logs()}")
+
+
+def _charges(fed: Federation, run_id: str) -> list[tuple[str, int, str]]:
+    registry = Registry.open(Settings(home=fed.home))
+    ledger = coordinator_ledger(registry)
+    keys = []
+    for i in range(SITES):
+        for manifest in ledger.manifests(f"site-{i}"):
+            keys += [(c.site, c.round, c.kind) for c in ledger.charges(f"site-{i}", manifest, "record")
+                     if c.run_id == run_id]
+    return keys
+
+
+def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Federation, Path],
+                                                            tmp_path: Path) -> None:
+    fed, data = federation
+    run_id = _fedguard(fed, "launch", str(_job(tmp_path, data)))["run_id"]
+    _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
+    fed.kill_superlink()  # SIGKILL: SuperLink, its SuperExec and the ServerApp, mid-round 2
+    fed.start_superlink()
+    _fedguard(fed, "resume", run_id)
+    _until(fed, run_id, lambda e: e["event"] == "done")
+
+    outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
+    assert outcome["resumed_after"] >= 1 and len(outcome["flower_runs"]) == 2
+    assert [h["round"] for h in outcome["history"]] == [1, 2]  # each round once, none lost
+    charges = _charges(fed, run_id)
+    assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round
+    for i in range(SITES):  # the sites' own ledgers: round 1 (done before the crash) was not run again
+        ledger = SiteLedger.open(fed.site_home(i) / "site-ledgers" / f"site-{i}.db")
+        rounds = [c.round for m in ledger.manifests(f"site-{i}") for c in ledger.charges(f"site-{i}", m, "record")]
+        assert rounds.count(1) == 1 and 2 in rounds, rounds
+    registry = Registry.open(Settings(home=fed.home))
+    assert registry.verify_audit_chain() > 0
+    version = registry.get_version("cardio")
+    assert {s.site for s in version.sites} == {f"site-{i}" for i in range(SITES)}
+
+
+def test_site_killed_mid_round_round_completes_with_survivors(federation: tuple[Federation, Path],
+                                                              tmp_path: Path) -> None:
+    fed, data = federation
+    run_id = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))["run_id"]
+    _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
+    fed.kill_supernode(SITES - 1)  # SIGKILL the site's SuperNode, executor and ClientApp, mid-round 2
+    try:
+        seen = _until(fed, run_id, lambda e: e["event"] == "done")
+    finally:  # the federation stays whole for the module's other tests
+        fed.start_supernode(SITES - 1, data / f"site-{SITES - 1}.csv", f"site-{SITES - 1}")
+
+    last = next(e for e in seen if e["event"] == "round" and e["round"] == 2)
+    assert last["sites"] == SITES - 1 and last["dropped"] == [f"site-{SITES - 1}"]
+    outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
+    assert outcome["dropouts"] == [{"round": 2, "sites": [f"site-{SITES - 1}"]}]
+    assert outcome["secure_aggregation"] == "secagg+"
