@@ -32,7 +32,7 @@ from flwr.app import ConfigRecord
 from privacy.secagg import keys, shamir
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggProtocolError
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbours_of
 from privacy.secagg.messages import (
     MASKED_INPUT,
     SETUP,
@@ -48,6 +48,7 @@ from privacy.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
     _Message,
+    config_from_json,
     pack_ids,
     unpack_ids,
 )
@@ -105,7 +106,7 @@ class SecAggClient:
         if self._config is None:
             if "config" not in self._state:
                 raise SecAggProtocolError("this site has no SecAgg+ round in progress (no parameters in its state)")
-            self._config = SecAggConfig.from_record_dict(json.loads(self._state["config"]))
+            self._config = config_from_json(self._state["config"])
         return self._config
 
     def check(self, request: _Message) -> None:
@@ -143,7 +144,7 @@ class SecAggClient:
         if self.node_id not in request.nodes:
             raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
         cfg.check_round(len(request.nodes))
-        neighbours = neighbour_graph(request.nodes, cfg.num_neighbours, h.round_id)[self.node_id]
+        neighbours = neighbours_of(request.nodes, cfg.num_neighbours, h.round_id, self.node_id)
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
         self._config = cfg
         # The state keeps only what later stages need, each secret until its last use

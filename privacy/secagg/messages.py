@@ -220,14 +220,34 @@ def header_of(record: Mapping[str, Any]) -> Header:
     return _parse_header(record)[0]
 
 
-def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
+_CONFIGS: dict[str, SecAggConfig] = {}
+
+
+def config_from_json(text: Any) -> SecAggConfig:
+    """The validated :class:`SecAggConfig` a setup request's ``config`` JSON names.
+
+    A federation sends the same parameters to every site in every round, and a site reads
+    them back from its state at every stage: each distinct text is parsed and validated
+    once per process and the (frozen) result reused.
+    """
+    config = _CONFIGS.get(text) if isinstance(text, str) else None
+    if config is not None:
+        return config
     try:
-        values = json.loads(record["config"])
+        values = json.loads(text)
     except (TypeError, ValueError) as error:
         raise SecAggProtocolError(f"a secagg setup request's parameters are not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise SecAggProtocolError("a secagg setup request's parameters must be a JSON object")
-    return SecAggConfig.from_record_dict(values)
+    config = SecAggConfig.from_record_dict(values)
+    if len(_CONFIGS) >= 64:  # bounded: a long-lived site meets only a few federations' parameters
+        _CONFIGS.clear()
+    _CONFIGS[text] = config
+    return config
+
+
+def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
+    return config_from_json(record["config"])
 
 
 def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Message:
