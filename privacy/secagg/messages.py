@@ -8,7 +8,8 @@ round, node id), and the setup parameters as one JSON string: a record has a
 handful of fields, since Flower type-checks and serializes every field of a
 ``ConfigRecord`` one by one. Node ids travel packed as big-endian uint64
 bytes (Flower node ids use the full 64 bits, which ConfigRecord integers do
-not); maps from node id to bytes travel as a packed id list plus a bytes list.
+not); maps from node id to bytes travel as a packed id list plus the values packed
+into one bytes field (each prefixed by its uint32 length).
 The masked vector itself travels in an ``ArrayRecord`` beside the record.
 
 Notes
@@ -56,17 +57,44 @@ def unpack_ids(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f">{len(data) // 8}Q", data)
 
 
+_LENGTH = struct.Struct(">I")
+
+
+def pack_values(values: Any) -> bytes:
+    """Byte strings as one: each prefixed by its big-endian uint32 length.
+
+    Flower type-checks and serializes every element of a list field on its own (construction,
+    protobuf encoding and decoding); one bytes field costs one check whatever it holds.
+    """
+    return b"".join(_LENGTH.pack(len(value)) + value for value in values)
+
+
+def unpack_values(data: Any) -> list[bytes]:
+    """Inverse of :func:`pack_values`; refuses anything else than a well-formed packed list."""
+    if not isinstance(data, bytes):
+        raise SecAggProtocolError(f"a packed value list must be bytes, got {type(data).__name__}")
+    values, offset, end = [], 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise SecAggProtocolError("a packed value list ends inside a length prefix")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise SecAggProtocolError("a packed value list is shorter than one of its lengths")
+        values.append(data[offset:offset + length])
+        offset += length
+    return values
+
+
 def _pack_map(prefix: str, mapping: Mapping[int, bytes]) -> dict[str, Any]:
     nodes = sorted(mapping)
-    return {f"{prefix}-nodes": pack_ids(nodes), prefix: [mapping[n] for n in nodes]}
+    return {f"{prefix}-nodes": pack_ids(nodes), prefix: pack_values(mapping[n] for n in nodes)}
 
 
 def _unpack_map(record: Mapping[str, Any], prefix: str) -> dict[int, bytes]:
-    nodes, values = unpack_ids(record[f"{prefix}-nodes"]), list(record[prefix])
+    nodes, values = unpack_ids(record[f"{prefix}-nodes"]), unpack_values(record[prefix])
     if len(nodes) != len(values) or len(set(nodes)) != len(nodes):
         raise SecAggProtocolError(f"the '{prefix}' map of a secagg message is malformed")
-    if not all(isinstance(v, bytes) for v in values):
-        raise SecAggProtocolError(f"the '{prefix}' map of a secagg message holds non-bytes values")
     return dict(zip(nodes, values, strict=True))
 
 

@@ -145,3 +145,20 @@ def test_parsed_parameters_are_reused_and_still_validated() -> None:
     for _ in range(2):
         with pytest.raises(SecAggConfigError, match="threshold"):
             config_from_json(json.dumps(broken))
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=12))
+def test_packed_value_lists_round_trip(values: list[bytes]) -> None:
+    from privacy.secagg.messages import pack_values, unpack_values
+
+    assert unpack_values(pack_values(values)) == values
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00\x00", b"\x00\x00\x00\x05abc", ["list", "of", "str"]])
+def test_malformed_packed_value_lists_are_refused(data: object) -> None:
+    from privacy.secagg.errors import SecAggProtocolError
+    from privacy.secagg.messages import unpack_values
+
+    with pytest.raises(SecAggProtocolError, match="packed value list"):
+        unpack_values(data)
