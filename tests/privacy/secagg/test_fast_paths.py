@@ -162,3 +162,13 @@ def test_malformed_packed_value_lists_are_refused(data: object) -> None:
 
     with pytest.raises(SecAggProtocolError, match="packed value list"):
         unpack_values(data)
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 12, 1000, 100_001])
+def test_mask_is_the_zero_iv_aes256_ctr_keystream(length: int) -> None:
+    """The GCM-computed keystream equals plain AES-256-CTR (key = seed, IV = 0), short vectors included."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = os.urandom(32)
+    ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(4 * length))
+    assert MaskExpander(length).expand(seed).tobytes() == ctr
