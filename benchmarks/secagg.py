@@ -298,9 +298,10 @@ def main() -> None:
                 f"{ours / plain:.2f}x (k={recommended.num_neighbours},t={recommended.threshold}) "
                 f"| Flower legacy SecAgg+ {legacy / legacy_plain:.2f}x | {ours4 / plain:.2f}x vs "
                 f"{legacy / legacy_plain:.2f}x | plain {plain * 1e3:.0f} ms, ours {ours4 * 1e3:.0f}/{ours * 1e3:.0f} ms, "
-                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms (wall medians); masks {gbps:.1f} GB/s median, {best:.1f} best "
-                f"(ChaCha20 {gbps_chacha:.1f}, {best_chacha:.1f}); local training on {os.environ['OPENBLAS_NUM_THREADS']} BLAS "
-                f"thread(s) in every variant; {cpu_ratios}{shared} "
+                f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms (wall medians); "
+                f"masks {gbps:.1f} GB/s median, {best:.1f} best (ChaCha20 {gbps_chacha:.1f}, {best_chacha:.1f}); "
+                f"local training on {os.environ['OPENBLAS_NUM_THREADS']} BLAS thread(s) in every variant; "
+                f"{cpu_ratios}{shared} "
                 f"| {machine()} |"
         )
 
