@@ -138,8 +138,11 @@ def model_delta(local: ArrayRecord, global_: ArrayRecord) -> np.ndarray:
 def clipped_payload(local: ArrayRecord, global_: ArrayRecord, bound: float, weight: float) -> tuple[np.ndarray, float]:
     """``weighted_payload(clip(model_delta(local, global_), bound), weight)`` in one buffer; and ‖Δ‖₂.
 
-    The same arithmetic as the three steps (so the same floats), computed in place in the
-    payload vector: one allocation instead of five vector-sized temporaries.
+    The same values as the three steps (to within one rounding: the clipping factor and the
+    weight are applied as one product), computed in place in the payload vector: one
+    allocation instead of five vector-sized temporaries, and one scaling pass instead of two.
+    Non-finite entries are detected through the norm (NaN and ±inf make it non-finite) and
+    confirmed element-wise only then, instead of in a separate pass.
     """
     if bound <= 0:
         raise ConfigurationError(f"clipping bound must be positive, got {bound}")
@@ -148,14 +151,14 @@ def clipped_payload(local: ArrayRecord, global_: ArrayRecord, bound: float, weig
     payload = np.empty(layout_of(local).size + 1, dtype=np.float64)
     delta = payload[:-1]
     _delta_into(local, global_, delta)
-    if not np.all(np.isfinite(delta)):
-        raise UpdateError("the update contains NaN or infinite values; it was not sent")
     # Not np.linalg.norm: its BLAS dot hands a 100k vector to a second thread, which costs
     # milliseconds whenever the cores are busy; einsum's own loop stays on this thread.
-    norm = math.sqrt(float(np.einsum("i,i->", delta, delta)))
+    squared = float(np.einsum("i,i->", delta, delta))
+    if not math.isfinite(squared) and not np.all(np.isfinite(delta)):  # (finite but overflowing: clipped to 0)
+        raise UpdateError("the update contains NaN or infinite values; it was not sent")
+    norm = math.sqrt(squared)
     factor = min(1.0, bound / norm) if norm > 0 else 1.0
-    np.multiply(delta, factor, out=delta)
-    np.multiply(delta, weight, out=delta)
+    np.multiply(delta, factor * weight, out=delta)
     payload[-1] = float(weight)
     return payload, norm
 

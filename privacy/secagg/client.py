@@ -32,7 +32,7 @@ from flwr.app import ConfigRecord
 from privacy.secagg import keys, shamir
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggProtocolError
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbours_of
 from privacy.secagg.messages import (
     MASKED_INPUT,
     SETUP,
@@ -48,8 +48,11 @@ from privacy.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
     _Message,
+    config_from_json,
     pack_ids,
+    pack_values,
     unpack_ids,
+    unpack_values,
 )
 from privacy.secagg.prg import MaskExpander
 from privacy.secagg.quantization import quantize
@@ -105,7 +108,7 @@ class SecAggClient:
         if self._config is None:
             if "config" not in self._state:
                 raise SecAggProtocolError("this site has no SecAgg+ round in progress (no parameters in its state)")
-            self._config = SecAggConfig.from_record_dict(json.loads(self._state["config"]))
+            self._config = config_from_json(self._state["config"])
         return self._config
 
     def check(self, request: _Message) -> None:
@@ -143,7 +146,7 @@ class SecAggClient:
         if self.node_id not in request.nodes:
             raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
         cfg.check_round(len(request.nodes))
-        neighbours = neighbour_graph(request.nodes, cfg.num_neighbours, h.round_id)[self.node_id]
+        neighbours = neighbours_of(request.nodes, cfg.num_neighbours, h.round_id, self.node_id)
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
         self._config = cfg
         # The state keeps only what later stages need, each secret until its last use
@@ -187,8 +190,8 @@ class SecAggClient:
         # its neighbours' shares without agreeing them a second time.
         self._state = {key: s[key] for key in ("round-id", "server-round", "config", "mask-sk", "seed")}
         self._state.update({"stage": SHARE_KEYS, "live": pack_ids(live),
-                            "peer-channel-key": [channel[j] for j in live],
-                            "peer-mask": [request.mask_keys[j] for j in live]})
+                            "peer-channel-key": pack_values(channel[j] for j in live),
+                            "peer-mask": pack_values(request.mask_keys[j] for j in live)})
         return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts)
 
     def masked_input(
@@ -202,8 +205,8 @@ class SecAggClient:
         self.check(request)
         h, cfg, s = request.header, self.config, self._state
         live = unpack_ids(s["live"])
-        peer_channel = dict(zip(live, s["peer-channel-key"], strict=True))
-        peer_mask = dict(zip(live, s["peer-mask"], strict=True))
+        peer_channel = dict(zip(live, unpack_values(s["peer-channel-key"]), strict=True))
+        peer_mask = dict(zip(live, unpack_values(s["peer-mask"]), strict=True))
         senders = sorted(request.ciphertexts)
         if not set(senders) <= set(live):
             raise SecAggProtocolError(f"secagg {h.describe()}: shares forwarded from nodes that are not live neighbours")
@@ -228,8 +231,8 @@ class SecAggClient:
         for j in senders:
             (expander.add if self.node_id < j else expander.subtract)(encoded, seeds[j])
         self._state = {"stage": MASKED_INPUT, "round-id": s["round-id"], "server-round": s["server-round"],
-                       "config": s["config"], "senders": pack_ids(senders), "held-seed": held_seed,
-                       "held-key": held_key}
+                       "config": s["config"], "senders": pack_ids(senders), "held-seed": pack_values(held_seed),
+                       "held-key": pack_values(held_key)}
         return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -250,7 +253,8 @@ class SecAggClient:
                 f"t={cfg.threshold}; this site refuses to help unmask so small a sum"
             )
         seed_shares, key_shares = {}, {}
-        for j, seed_share, key_share in zip(unpack_ids(s["senders"]), s["held-seed"], s["held-key"], strict=True):
+        for j, seed_share, key_share in zip(unpack_ids(s["senders"]), unpack_values(s["held-seed"]),
+                                             unpack_values(s["held-key"]), strict=True):
             if j in survivors:
                 seed_shares[j] = seed_share
             elif j in dropped:

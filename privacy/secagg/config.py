@@ -79,7 +79,26 @@ class SecAggConfig:
 
     @classmethod
     def recommended(cls, num_sites: int, clip_norm: float, max_weight: float, **kwargs: Any) -> SecAggConfig:
-        """``k ≈ 2⌈log₂ n⌉`` (even, capped at ``n−1``) and ``t = ⌊k/2⌋ + 1`` (Bell et al. 2020)."""
+        """``k ≈ 2⌈log₂ n⌉`` (even, capped at ``n−1``) and ``t = ⌊k/2⌋ + 1`` (Bell et al. 2020).
+
+        Notes
+        -----
+        Bell et al. (2020) need ``k = O(log n)`` neighbours for privacy and correctness
+        with probability ``1 − 2^−σ`` (resp. ``1 − 2^−η``) against a fraction γ of
+        corrupted and δ of dropped clients; the constants depend on σ, η, γ, δ. At small
+        ``n`` no statistical margin is left: each site's neighbours are a uniformly random
+        ``k``-subset of the others, so one colluder (or dropout) beyond what ``t`` tolerates
+        outright already fails with probability ~10⁻² per site at ``n = 20`` (hypergeometric
+        tail; see ``docs/secure-aggregation.md``). The guarantee that holds is therefore
+        the deterministic one: any ``t − 1`` colluding sites learn nothing, any ``k − t``
+        dropouts are survived, and the honest survivors stay connected while fewer than
+        ``k`` sites are corrupted or dropped (the graph is ``k``-connected). At ``n = 20``
+        this default (``k = 10``, ``t = 6``) tolerates 5 colluders (25 %) and 4 dropouts
+        (20 %); ``k = 4``, ``t = 3`` (Flower's five shares) only 2 and 1. A smaller ``k``
+        is cheaper (``k + 1`` mask expansions and ``2k`` key agreements per site) but
+        tolerates proportionally fewer: pass ``num_neighbours``/``threshold`` explicitly
+        to trade them, knowing the fractions given up.
+        """
         if num_sites < 3:
             raise SecAggConfigError(f"secure aggregation needs at least 3 sites, got {num_sites}")
         k = min(num_sites - 1, max(4, 2 * math.ceil(math.log2(num_sites))))

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from privacy.secagg.errors import SecAggConfigError
 
 
-def neighbour_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
-    """Every node's ``k`` neighbours (sorted), for the ring order drawn from ``seed``."""
+def _ring(nodes: Sequence[int], k: int, seed: bytes) -> tuple[list[int], set[int]]:
+    """The ring order drawn from ``seed`` and the ring offsets of a node's neighbours."""
     n = len(nodes)
     if len(set(nodes)) != n:
         raise SecAggConfigError("node ids of a round must be distinct")
@@ -36,7 +36,21 @@ def neighbour_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, tupl
     offsets = set(range(1, k // 2 + 1)) | {n - o for o in range(1, k // 2 + 1)}
     if k % 2:
         offsets.add(n // 2)
+    return ring, offsets
+
+
+def neighbour_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+    """Every node's ``k`` neighbours (sorted), for the ring order drawn from ``seed``."""
+    ring, offsets = _ring(nodes, k, seed)
+    n = len(ring)
     return {
         node: tuple(sorted(ring[(position + offset) % n] for offset in offsets))
         for position, node in enumerate(ring)
     }
+
+
+def neighbours_of(nodes: Sequence[int], k: int, seed: bytes, node: int) -> tuple[int, ...]:
+    """``neighbour_graph(nodes, k, seed)[node]`` without building the other nodes' lists (a site's view)."""
+    ring, offsets = _ring(nodes, k, seed)
+    position = ring.index(node)  # ValueError when node is not in the round (callers check first)
+    return tuple(sorted(ring[(position + offset) % len(ring)] for offset in offsets))

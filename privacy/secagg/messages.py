@@ -8,7 +8,8 @@ round, node id), and the setup parameters as one JSON string: a record has a
 handful of fields, since Flower type-checks and serializes every field of a
 ``ConfigRecord`` one by one. Node ids travel packed as big-endian uint64
 bytes (Flower node ids use the full 64 bits, which ConfigRecord integers do
-not); maps from node id to bytes travel as a packed id list plus a bytes list.
+not); maps from node id to bytes travel as a packed id list plus the values packed
+into one bytes field (each prefixed by its uint32 length).
 The masked vector itself travels in an ``ArrayRecord`` beside the record.
 
 Notes
@@ -56,17 +57,44 @@ def unpack_ids(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f">{len(data) // 8}Q", data)
 
 
+_LENGTH = struct.Struct(">I")
+
+
+def pack_values(values: Any) -> bytes:
+    """Byte strings as one: each prefixed by its big-endian uint32 length.
+
+    Flower type-checks and serializes every element of a list field on its own (construction,
+    protobuf encoding and decoding); one bytes field costs one check whatever it holds.
+    """
+    return b"".join(_LENGTH.pack(len(value)) + value for value in values)
+
+
+def unpack_values(data: Any) -> list[bytes]:
+    """Inverse of :func:`pack_values`; refuses anything else than a well-formed packed list."""
+    if not isinstance(data, bytes):
+        raise SecAggProtocolError(f"a packed value list must be bytes, got {type(data).__name__}")
+    values, offset, end = [], 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise SecAggProtocolError("a packed value list ends inside a length prefix")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise SecAggProtocolError("a packed value list is shorter than one of its lengths")
+        values.append(data[offset:offset + length])
+        offset += length
+    return values
+
+
 def _pack_map(prefix: str, mapping: Mapping[int, bytes]) -> dict[str, Any]:
     nodes = sorted(mapping)
-    return {f"{prefix}-nodes": pack_ids(nodes), prefix: [mapping[n] for n in nodes]}
+    return {f"{prefix}-nodes": pack_ids(nodes), prefix: pack_values(mapping[n] for n in nodes)}
 
 
 def _unpack_map(record: Mapping[str, Any], prefix: str) -> dict[int, bytes]:
-    nodes, values = unpack_ids(record[f"{prefix}-nodes"]), list(record[prefix])
+    nodes, values = unpack_ids(record[f"{prefix}-nodes"]), unpack_values(record[prefix])
     if len(nodes) != len(values) or len(set(nodes)) != len(nodes):
         raise SecAggProtocolError(f"the '{prefix}' map of a secagg message is malformed")
-    if not all(isinstance(v, bytes) for v in values):
-        raise SecAggProtocolError(f"the '{prefix}' map of a secagg message holds non-bytes values")
     return dict(zip(nodes, values, strict=True))
 
 
@@ -220,14 +248,34 @@ def header_of(record: Mapping[str, Any]) -> Header:
     return _parse_header(record)[0]
 
 
-def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
+_CONFIGS: dict[str, SecAggConfig] = {}
+
+
+def config_from_json(text: Any) -> SecAggConfig:
+    """The validated :class:`SecAggConfig` a setup request's ``config`` JSON names.
+
+    A federation sends the same parameters to every site in every round, and a site reads
+    them back from its state at every stage: each distinct text is parsed and validated
+    once per process and the (frozen) result reused.
+    """
+    config = _CONFIGS.get(text) if isinstance(text, str) else None
+    if config is not None:
+        return config
     try:
-        values = json.loads(record["config"])
+        values = json.loads(text)
     except (TypeError, ValueError) as error:
         raise SecAggProtocolError(f"a secagg setup request's parameters are not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise SecAggProtocolError("a secagg setup request's parameters must be a JSON object")
-    return SecAggConfig.from_record_dict(values)
+    config = SecAggConfig.from_record_dict(values)
+    if len(_CONFIGS) >= 64:  # bounded: a long-lived site meets only a few federations' parameters
+        _CONFIGS.clear()
+    _CONFIGS[text] = config
+    return config
+
+
+def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
+    return config_from_json(record["config"])
 
 
 def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Message:

@@ -5,6 +5,16 @@ little-endian uint32 words. The cipher writes straight into a reusable buffer
 (``update_into``), and the mask is added into an accumulator in place, so
 masking a vector costs one keystream pass and one vector add per seed.
 
+The keystream is computed through OpenSSL's AES-GCM encryption, which is AES-CTR
+keystream generation with the 32-bit counter layout of NIST SP 800-38D: with a
+zero 96-bit IV it encrypts the counter blocks ``0^96 ‖ i`` for ``i = 2, 3, …``,
+exactly blocks 2, 3, … of the zero-IV CTR keystream (while ``i < 2^32``). The
+first two blocks come from CTR itself, so the output is byte for byte the
+AES-256-CTR keystream (checked against CTR and ECB by tests); OpenSSL's GCM code
+path is the one with vectorised AES (VAES): about 1.6× the speed of its CTR path
+here, the GHASH it computes on the side included (its tag is never produced).
+Vectors of 2^32 blocks (64 GiB) or more use CTR alone.
+
 Notes
 -----
 Bonawitz et al. (2017) and Bell et al. (2020) expand every pairwise and self
@@ -26,6 +36,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 SEED_BYTES = 32
 _IV = bytes(16)
 _BLOCK = 16
+_GCM_IV = bytes(12)
+_HEAD = 2 * _BLOCK          # CTR blocks 0 and 1; GCM's keystream starts at block 2
+_GCM_LIMIT = (1 << 32) - 2  # blocks GCM can produce from block 2 before its 32-bit counter wraps
 _CACHE = threading.local()
 
 
@@ -37,6 +50,9 @@ class MaskExpander:
         self._zeros = bytes(4 * self.length)
         self._buffer = bytearray(4 * self.length + _BLOCK - 1)
         self._view = np.frombuffer(self._buffer, dtype=np.uint32, count=self.length)
+        size = 4 * self.length
+        self._split = _HEAD < size and (size - _HEAD + _BLOCK - 1) // _BLOCK <= _GCM_LIMIT
+        self._zeros_view, self._buffer_view = memoryview(self._zeros), memoryview(self._buffer)
 
     @classmethod
     def for_length(cls, length: int) -> MaskExpander:
@@ -56,8 +72,13 @@ class MaskExpander:
     def _fill(self, seed: bytes) -> np.ndarray:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"a mask seed is {SEED_BYTES} bytes, got {len(seed)}")
-        encryptor = Cipher(algorithms.AES(seed), modes.CTR(_IV)).encryptor()
-        encryptor.update_into(self._zeros, self._buffer)
+        aes = algorithms.AES(seed)
+        if not self._split:
+            Cipher(aes, modes.CTR(_IV)).encryptor().update_into(self._zeros, self._buffer)
+            return self._view
+        zeros, buffer = self._zeros_view, self._buffer_view
+        Cipher(aes, modes.CTR(_IV)).encryptor().update_into(zeros[:_HEAD], buffer[:_HEAD + _BLOCK - 1])
+        Cipher(aes, modes.GCM(_GCM_IV)).encryptor().update_into(zeros[_HEAD:], buffer[_HEAD:])
         return self._view
 
     def expand(self, seed: bytes) -> np.ndarray:

@@ -129,3 +129,46 @@ def test_packed_header_round_trips_and_refuses_garbage() -> None:
         tampered[field] = value
         with pytest.raises(SecAggProtocolError):
             decode(tampered)
+
+
+def test_parsed_parameters_are_reused_and_still_validated() -> None:
+    import json
+
+    from privacy.secagg import SecAggConfig
+    from privacy.secagg.messages import config_from_json
+
+    config = SecAggConfig.recommended(20, clip_norm=1.0, max_weight=16)
+    text = json.dumps(config.to_record_dict(), sort_keys=True)
+    assert config_from_json(text).to_record_dict() == config.to_record_dict()
+    assert config_from_json(text) is config_from_json(text)
+    broken = json.loads(text) | {"threshold": 2}  # t ≤ k/2: refused on every parse, never cached
+    for _ in range(2):
+        with pytest.raises(SecAggConfigError, match="threshold"):
+            config_from_json(json.dumps(broken))
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=12))
+def test_packed_value_lists_round_trip(values: list[bytes]) -> None:
+    from privacy.secagg.messages import pack_values, unpack_values
+
+    assert unpack_values(pack_values(values)) == values
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00\x00", b"\x00\x00\x00\x05abc", ["list", "of", "str"]])
+def test_malformed_packed_value_lists_are_refused(data: object) -> None:
+    from privacy.secagg.errors import SecAggProtocolError
+    from privacy.secagg.messages import unpack_values
+
+    with pytest.raises(SecAggProtocolError, match="packed value list"):
+        unpack_values(data)
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 12, 1000, 100_001])
+def test_mask_is_the_zero_iv_aes256_ctr_keystream(length: int) -> None:
+    """The GCM-computed keystream equals plain AES-256-CTR (key = seed, IV = 0), short vectors included."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = os.urandom(32)
+    ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(4 * length))
+    assert MaskExpander(length).expand(seed).tobytes() == ctr

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lifecycle.errors import ConfigurationError
 from privacy.secagg import SecAggConfig, SecAggConfigError, shamir
 from privacy.secagg.config import MODULUS
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbour_graph, neighbours_of
 from privacy.secagg.prg import MaskExpander, expand, throughput
 from privacy.secagg.quantization import dequantize, quantize
 
@@ -184,6 +184,15 @@ def test_neighbour_graph_is_k_regular_and_symmetric(n: int, data: st.DataObject,
         assert len(set(neighbours)) == k and node not in neighbours
         assert all(node in graph[j] for j in neighbours)
     assert graph == neighbour_graph(list(reversed(nodes)), k, seed)
+
+
+@SETTINGS
+@given(st.integers(3, 30), st.data(), st.binary(min_size=16, max_size=16))
+def test_a_sites_own_neighbours_are_its_row_of_the_graph(n: int, data: st.DataObject, seed: bytes) -> None:
+    k = data.draw(st.sampled_from([k for k in range(1, n) if k % 2 == 0 or n % 2 == 0]))
+    nodes = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n, unique=True))
+    graph = neighbour_graph(nodes, k, seed)
+    assert all(neighbours_of(nodes, k, seed, node) == graph[node] for node in nodes)
 
 
 def test_neighbour_graph_depends_on_the_round_seed() -> None:
