@@ -73,15 +73,16 @@ def node_config(values: Mapping[str, str | float | int]) -> str:
 
 
 def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, str | float | int], *,
-                   runtime_port: int, extra: Sequence[str] = ()) -> list[str]:
+                   runtime_port: int, extra: Sequence[str] = (), program: Sequence[str] | None = None) -> list[str]:
     """The SuperNode command line for this site (``extra``: more options appended).
 
     The program is :func:`lifecycle.runtime_options.supernode_command` (the
     warm ClientApp executor, a drop-in for ``flower-supernode`` without its
     per-message process start and 3 s idle polling), followed by
-    :func:`~lifecycle.runtime_options.supernode_flags`.
+    :func:`~lifecycle.runtime_options.supernode_flags`. ``program`` replaces
+    it (the benchmark's baseline passes Flower's own ``flower-supernode``).
     """
-    return [*supernode_command(), "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
+    return [*(supernode_command() if program is None else program), "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
             "--auth-supernode-private-key", str(files.node_key), "--node-config", node_config(config),
             "--host", "127.0.0.1", "--port", str(runtime_port), *supernode_flags(), *extra]
 
@@ -105,13 +106,16 @@ class SiteAgent:
 
     def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,
                  extra: Sequence[str] = (), runtime_port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, program: Sequence[str] | None = None,
+                 env_overrides: Mapping[str, str] | None = None) -> None:
         self.bundle = bundle
         self.config = dict(config)
         self.log_path = log_path
         self.extra = list(extra)
         self.runtime_port = runtime_port
         self.env = dict(env if env is not None else os.environ)
+        self.program = list(program) if program is not None else None
+        self.env_overrides = dict(env_overrides or {})
         self.files: SiteFiles | None = None
         self.forwarder: Forwarder | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -125,7 +129,8 @@ class SiteAgent:
                 gateway_ctx=gateway_context(files.ca_cert, files.site_cert, files.site_key),
                 loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key)).start()
             argv = supernode_argv(files, self.forwarder.port, self.config,
-                                  runtime_port=self.runtime_port or free_port(), extra=self.extra)
+                                  runtime_port=self.runtime_port or free_port(), extra=self.extra,
+                                  program=self.program)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -139,8 +144,8 @@ class SiteAgent:
         return self
 
     def process_env(self) -> dict[str, str]:
-        """The SuperNode's environment: ``env`` plus the runtime options' quiet/fast variables."""
-        return supernode_env(self.env)
+        """The SuperNode's environment: ``env`` plus the runtime options' quiet/fast variables, then ``env_overrides``."""
+        return {**supernode_env(self.env), **self.env_overrides}
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -2,12 +2,14 @@
 
 Both layers must pass: the gateway's mutual TLS and Flower's SuperNode
 authentication (node key registered from the site registry). After
-``revoke``, the node key is unregistered at the SuperLink and the gateway
-refuses the site's certificate.
+``revoke`` mid-federation, the node key is unregistered at the SuperLink, the
+gateway refuses the site's certificate, and the running site agent is cut
+off: its next requests are refused at the gateway.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -36,7 +38,15 @@ def _nodes(port: int, ca: Path) -> dict[str, tuple[str, str]]:
     return {n.name: (n.status, n.unregistered_at) for n in client.ListNodes(ListNodesRequest()).nodes_info}
 
 
-def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_it_off(tmp_path: Path) -> None:
+def _refusals(caplog: pytest.LogCaptureFixture) -> int:
+    """Gateway refusals of a revoked certificate so far: at the handshake (CRL) or on a live connection."""
+    return sum(1 for r in caplog.records if "revoked" in r.getMessage() and "refused" in r.getMessage()
+               or "revoked while connected" in r.getMessage())
+
+
+def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_it_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
     fed = make_federation(tmp_path)
     bundle = fed.enroll("st-marys")
     config = replace(fed.layout.read_config(), gateway_address="127.0.0.1", gateway_port=free_port(),
@@ -59,6 +69,15 @@ def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_
             ca, cert, key = credential_files(bundle, tmp_path / "creds")
             with pytest.raises(ssl.SSLError, match="(?i)revoked"):
                 https_request(client_context(ca, cert, key), service.gateway_port)
+
+            # the site agent still running is cut off: each request its SuperNode tries (pull, heartbeat)
+            # is refused at the gateway before anything is forwarded, on its open connection or at the handshake
+            before = _refusals(caplog)  # ours above (the handshake with its certificate) included
+            deadline = time.monotonic() + 60
+            while _refusals(caplog) < before + 2 and agent.alive():  # it may also give up after a refusal
+                assert time.monotonic() < deadline, "the revoked site agent was not refused twice within 60 s"
+                time.sleep(0.1)
+            assert _refusals(caplog) > before, "the revoked site agent stopped without being refused"
 
 
 def _start_coordinator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
