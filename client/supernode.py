@@ -82,7 +82,8 @@ def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, s
     :func:`~lifecycle.runtime_options.supernode_flags`. ``program`` replaces
     it (the benchmark's baseline passes Flower's own ``flower-supernode``).
     """
-    return [*(supernode_command() if program is None else program), "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
+    return [*(supernode_command() if program is None else program),
+            "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
             "--auth-supernode-private-key", str(files.node_key), "--node-config", node_config(config),
             "--host", "127.0.0.1", "--port", str(runtime_port), *supernode_flags(), *extra]
 
@@ -134,8 +135,7 @@ class SiteAgent:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                env=self.process_env(),
-                                                start_new_session=True)
+                                                env=self.process_env(), start_new_session=True)
         except BaseException:
             self.stop()
             raise
@@ -144,7 +144,7 @@ class SiteAgent:
         return self
 
     def process_env(self) -> dict[str, str]:
-        """The SuperNode's environment: ``env`` plus the runtime options' quiet/fast variables, then ``env_overrides``."""
+        """The SuperNode's environment: ``env``, the runtime options' quiet/fast variables, ``env_overrides``."""
         return {**supernode_env(self.env), **self.env_overrides}
 
     def alive(self) -> bool:

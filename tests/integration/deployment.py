@@ -35,7 +35,7 @@ from pathlib import Path
 
 from client.supernode import SiteAgent
 from coordinator.deployment import CoordinatorService
-from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
+from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry, init_federation
 from coordinator.superlink import control_client
 from lifecycle.bundle import SiteBundle
 from lifecycle.registry import Registry
@@ -111,7 +111,7 @@ class Federation:
         return self.root / f"home-site-{index}"
 
     @property
-    def config(self):  # noqa: ANN201 - FederationConfig
+    def config(self) -> FederationConfig:
         return self.layout.read_config()
 
     @property
@@ -240,7 +240,8 @@ def prepare_sites(root: Path, sites: int, *, seed: int = 42) -> Path:
     return data_dir
 
 
-def flwr_run(fed: Federation, run_config: dict[str, object], *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def flwr_run(fed: Federation, run_config: dict[str, object], *,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``flwr run <repo> fedguard --stream`` with ``run_config`` (out-of-the-box submission)."""
     fed.write_flwr_config()
     fed.check_alive()
