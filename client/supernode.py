@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from lifecycle.bundle import SiteBundle
 from lifecycle.errors import StateError
 from lifecycle.home import write_private
 from lifecycle.processes import stop_process_group
+from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
 
 logger = logging.getLogger("client")
 NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap")
@@ -73,13 +73,19 @@ def node_config(values: Mapping[str, str | float | int]) -> str:
 
 
 def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, str | float | int], *,
-                   runtime_port: int, extra: Sequence[str] = ()) -> list[str]:
-    """The ``flower-supernode`` command line for this site (``extra``: runtime options appended)."""
-    executable = Path(sys.executable).with_name("flower-supernode")
-    return [str(executable) if executable.exists() else "flower-supernode",
+                   runtime_port: int, extra: Sequence[str] = (), program: Sequence[str] | None = None) -> list[str]:
+    """The SuperNode command line for this site (``extra``: more options appended).
+
+    The program is :func:`lifecycle.runtime_options.supernode_command` (the
+    warm ClientApp executor, a drop-in for ``flower-supernode`` without its
+    per-message process start and 3 s idle polling), followed by
+    :func:`~lifecycle.runtime_options.supernode_flags`. ``program`` replaces
+    it (the benchmark's baseline passes Flower's own ``flower-supernode``).
+    """
+    return [*(supernode_command() if program is None else program),
             "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
             "--auth-supernode-private-key", str(files.node_key), "--node-config", node_config(config),
-            "--host", "127.0.0.1", "--port", str(runtime_port), *extra]
+            "--host", "127.0.0.1", "--port", str(runtime_port), *supernode_flags(), *extra]
 
 
 def free_port() -> int:
@@ -93,18 +99,24 @@ class SiteAgent:
     """Forwarder + SuperNode for one site; ``stop()`` ends both and deletes the key folder.
 
     The forwarder runs in this process (a thread); the SuperNode is a child
-    process whose output goes to ``log_path``.
+    process (in its own session, so ``stop()`` ends its executor and ClientApp
+    children too) whose output goes to ``log_path``. Its environment is
+    ``env`` (default: this process's) plus
+    :func:`lifecycle.runtime_options.supernode_env`'s quiet/fast variables.
     """
 
     def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,
                  extra: Sequence[str] = (), runtime_port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, program: Sequence[str] | None = None,
+                 env_overrides: Mapping[str, str] | None = None) -> None:
         self.bundle = bundle
         self.config = dict(config)
         self.log_path = log_path
         self.extra = list(extra)
         self.runtime_port = runtime_port
         self.env = dict(env if env is not None else os.environ)
+        self.program = list(program) if program is not None else None
+        self.env_overrides = dict(env_overrides or {})
         self.files: SiteFiles | None = None
         self.forwarder: Forwarder | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -118,18 +130,22 @@ class SiteAgent:
                 gateway_ctx=gateway_context(files.ca_cert, files.site_cert, files.site_key),
                 loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key)).start()
             argv = supernode_argv(files, self.forwarder.port, self.config,
-                                  runtime_port=self.runtime_port or free_port(), extra=self.extra)
+                                  runtime_port=self.runtime_port or free_port(), extra=self.extra,
+                                  program=self.program)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
-                env = {**self.env, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                start_new_session=True)
+                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                env=self.process_env(), start_new_session=True)
         except BaseException:
             self.stop()
             raise
         logger.info("site %s: SuperNode pid %d via forwarder 127.0.0.1:%d → %s, log %s", self.bundle.site,
                     self.process.pid, self.forwarder.port, self.bundle.endpoint, self.log_path)
         return self
+
+    def process_env(self) -> dict[str, str]:
+        """The SuperNode's environment: ``env``, the runtime options' quiet/fast variables, ``env_overrides``."""
+        return {**supernode_env(self.env), **self.env_overrides}
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -48,6 +48,8 @@ class CoordinatorService:
     insecure: bool = False
     superlink_extra: Sequence[str] = ()
     superlink_env: Mapping[str, str] = field(default_factory=dict)
+    base_env: Mapping[str, str] | None = None
+    """The SuperLink's (and so the ServerApp's) base environment [this process's]; ``superlink_env`` goes on top."""
     sync_interval: float = 5.0
     superlink: ManagedProcess | None = None
     gateway: Gateway | None = None
@@ -62,7 +64,7 @@ class CoordinatorService:
             self.sites.write_crl()  # from the registry: a crash between a revoke's commit and its CRL heals here
         argv = superlink_argv(self.layout, self.config, insecure=self.insecure, extra=self.superlink_extra)
         self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log",
-                                        {**flower_env(self.layout), **self.superlink_env}).start()
+                                        {**flower_env(self.layout, self.base_env), **self.superlink_env}).start()
         try:
             client = self._control = self._client()
             wait_ready(lambda: registered_keys(client), self.superlink)

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from coordinator.runs.checkpoint import STATE
 from coordinator.runs.job import Job
-from coordinator.runs.launch import JOB, Connection, events, progress_path, resume_job, submit
+from coordinator.runs.launch import JOB, Connection, events, progress_path, resolve_connection, resume_job, submit
 from coordinator.runs.progress import ProgressLog, size
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
@@ -21,9 +21,12 @@ from lifecycle.settings import get_settings
 run_app = typer.Typer(help="Submit federated runs to the coordinator's SuperLink and follow them.",
                       no_args_is_help=True)
 
-Superlink = Annotated[str, typer.Option(envvar="FEDGUARD_SUPERLINK", help="SuperLink address host:port.")]
-RootCerts = Annotated[Path | None, typer.Option(envvar="FEDGUARD_SUPERLINK_CA",
-                                                help="The federation CA certificate (PEM) to verify the SuperLink.")]
+Superlink = Annotated[str | None, typer.Option(
+    envvar="FEDGUARD_SUPERLINK",
+    help="SuperLink address host:port [this machine's federation: 127.0.0.1:<superlink-port>].")]
+RootCerts = Annotated[Path | None, typer.Option(
+    envvar="FEDGUARD_SUPERLINK_CA",
+    help="CA certificate (PEM) that verifies the SuperLink [this machine's federation CA].")]
 Federation = Annotated[str, typer.Option(help="Name of the connection in fedguard's FLWR_HOME.")]
 Insecure = Annotated[bool, typer.Option(help="No TLS (loopback only; prints a warning).")]
 Follow = Annotated[bool, typer.Option(help="Follow progress until the run ends.")]
@@ -35,11 +38,11 @@ def _home() -> Home:
     return Home(get_settings().home).ensure()
 
 
-def _connection(federation: str, superlink: str, root_certificates: Path | None, insecure: bool,
+def _connection(federation: str, superlink: str | None, root_certificates: Path | None, insecure: bool,
                 console: Console) -> Connection:
     if insecure:
         console.print("[yellow]warning:[/yellow] --insecure: the run is submitted without TLS (loopback only)")
-    return Connection(federation, superlink, root_certificates, insecure)
+    return resolve_connection(_home(), federation, superlink, root_certificates, insecure)
 
 
 def _line(event: Mapping[str, Any]) -> str:
@@ -89,7 +92,7 @@ def _submit_and_follow(job: Job, connection: Connection, follow: bool, timeout: 
 def launch(
     job_file: Annotated[Path, typer.Argument(help="Flat TOML job file (run-config keys).")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a job key: key=value (repeatable).")] = None,
-    superlink: Superlink = "127.0.0.1:8000", root_certificates: RootCerts = None, federation: Federation = "fedguard",
+    superlink: Superlink = None, root_certificates: RootCerts = None, federation: Federation = "fedguard",
     insecure: Insecure = False, follow: Follow = True, timeout: Timeout = None, as_json: AsJson = False,
 ) -> None:
     """Submit JOB_FILE to the SuperLink and stream progress: round, sites answered, dropped, ε, accuracy."""
@@ -102,7 +105,7 @@ def launch(
 @run_app.command("resume")
 def resume(
     run_id: Annotated[str, typer.Argument(help="The fedguard run id printed by 'run launch'.")],
-    superlink: Superlink = "127.0.0.1:8000", root_certificates: RootCerts = None, federation: Federation = "fedguard",
+    superlink: Superlink = None, root_certificates: RootCerts = None, federation: Federation = "fedguard",
     insecure: Insecure = False, follow: Follow = True, timeout: Timeout = None, as_json: AsJson = False,
 ) -> None:
     """Submit RUN_ID's job again: it continues after its last completed round (its checkpoint)."""

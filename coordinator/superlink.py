@@ -20,12 +20,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
+from coordinator.runtime_options import superlink_env, superlink_flags
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.processes import stop_process_group
 
@@ -66,9 +67,16 @@ def flower_executable(name: str) -> str:
 
 def superlink_argv(layout: FederationLayout, config: FederationConfig, *, insecure: bool = False,
                    extra: Sequence[str] = ()) -> list[str]:
-    """The ``flower-superlink`` command line for this federation (``extra``: runtime options appended)."""
+    """The ``flower-superlink`` command line for this federation (``extra``: more options appended).
+
+    :func:`coordinator.runtime_options.superlink_flags` (the latency options,
+    ``--disable-runtime-dependency-installation`` among them) come right after
+    the state database.
+    """
     argv = [flower_executable("flower-superlink"), "--host", LOOPBACK, "--port", str(config.superlink_port),
-            "--database", str(layout.superlink_db), "--disable-runtime-dependency-installation"]
+            "--database", str(layout.superlink_db), *superlink_flags()]
+    if "--disable-runtime-dependency-installation" not in argv:  # never ``uv sync`` a run (DESIGN §10)
+        argv.append("--disable-runtime-dependency-installation")
     if insecure:
         argv.append("--insecure")
     else:
@@ -77,11 +85,12 @@ def superlink_argv(layout: FederationLayout, config: FederationConfig, *, insecu
     return argv + list(extra)
 
 
-def flower_env(layout: FederationLayout) -> dict[str, str]:
-    """Environment for Flower processes: no telemetry, no update check, ``FLWR_HOME`` under the federation."""
-    env = dict(os.environ)
-    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               FLWR_HOME=str(layout.root / "flwr"), PYTHONUNBUFFERED="1")
+def flower_env(layout: FederationLayout, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the SuperLink: ``base`` (default: ours) with
+    :func:`coordinator.runtime_options.superlink_env`'s quiet/fast variables,
+    ``FLWR_HOME`` under the federation, unbuffered output."""
+    env = superlink_env(os.environ if base is None else base)
+    env.update(FLWR_HOME=str(layout.root / "flwr"), PYTHONUNBUFFERED="1")
     return env
 
 

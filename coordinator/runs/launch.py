@@ -71,6 +71,37 @@ class Connection:
         return path
 
 
+def resolve_connection(home: Home, name: str, superlink: str | None, root_certificates: Path | None,
+                       insecure: bool = False) -> Connection:
+    """The connection to submit to: what was given, else this machine's federation.
+
+    ``--superlink``/``--root-certificates`` (or ``FEDGUARD_SUPERLINK``/
+    ``FEDGUARD_SUPERLINK_CA``) win. What is missing comes from the federation
+    ``fedguard coordinator init`` wrote under ``FEDGUARD_HOME/federation/``:
+    the SuperLink's Control API on ``127.0.0.1:<superlink-port>`` (Flower 1.41
+    serves it on the SuperLink's one port, bound to loopback) and the
+    federation CA, which signed the coordinator certificate (it names
+    127.0.0.1). So ``fedguard run launch job.toml`` works as is on the
+    coordinator machine.
+    """
+    from coordinator.provisioning import FederationLayout
+
+    needs_ca = root_certificates is None and not insecure
+    if superlink is None or needs_ca:
+        layout = FederationLayout.under(home.root)
+        if not layout.exists():
+            missing = " and ".join(n for n, gone in (("--superlink HOST:PORT", superlink is None),
+                                                     ("--root-certificates CA.crt", needs_ca)) if gone)
+            raise ConfigurationError(
+                f"no SuperLink to submit to: pass {missing} (or set FEDGUARD_SUPERLINK/FEDGUARD_SUPERLINK_CA), or run "
+                f"this on the coordinator, where 'fedguard coordinator init' writes {layout.config}")
+        config = layout.read_config()
+        superlink = superlink or f"127.0.0.1:{config.superlink_port}"
+        if needs_ca:
+            root_certificates = layout.ca_cert
+    return Connection(name, superlink, root_certificates, insecure)
+
+
 def _flwr_env(home: Home) -> dict[str, str]:
     env = dict(os.environ)
     env.update(FLWR_HOME=str((home.root / "flwr").resolve()), FLWR_TELEMETRY_ENABLED="0",

@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 
 from client.cli import site_node_config
 from client.forwarder import loopback_certificate
-from client.supernode import materialize, node_config, supernode_argv
+from client.supernode import SiteAgent, materialize, node_config, supernode_argv
 from coordinator.provisioning import FederationLayout
-from coordinator.superlink import check_insecure, is_loopback, superlink_argv
+from coordinator.runtime_options import superlink_env, superlink_flags
+from coordinator.superlink import check_insecure, flower_env, is_loopback, superlink_argv
 from fedguard.cli import app
 from lifecycle.bundle import BundlePermissionError, read_bundle
 from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
 from tests.coordinator.federation_fixtures import make_federation
 
 runner = CliRunner()
@@ -41,9 +43,20 @@ def test_superlink_argv_has_tls_node_auth_persistent_state_and_loopback(tmp_path
     assert _flag(argv, "--ssl-ca-certfile") == str(fed.layout.ca_cert)
     assert "--enable-supernode-auth" in argv and "--disable-runtime-dependency-installation" in argv
     assert "--insecure" not in argv and argv[-2:] == ["--opt", "1"]
+    assert all(flag in argv for flag in superlink_flags())  # the latency options, in one place
+    assert argv.count("--disable-runtime-dependency-installation") == 1
     insecure = superlink_argv(fed.layout, config, insecure=True)
     assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
     assert not any(a.startswith("--ssl") for a in insecure)
+
+
+def test_superlink_env_has_the_runtime_options_and_a_federation_flwr_home(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path)
+    env = flower_env(fed.layout, {"PATH": "/bin", "FLWR_TELEMETRY_ENABLED": "1"})
+    expected = superlink_env({"PATH": "/bin"})
+    assert {k: env[k] for k in expected} == expected  # quiet (telemetry off wins) and fast polling
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] and env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FLWR_HOME"] == str(fed.layout.root / "flwr")
 
 
 def test_insecure_only_on_loopback() -> None:
@@ -67,6 +80,12 @@ def test_supernode_argv_and_node_config_round_trip(tmp_path: Path) -> None:
         values = site_node_config("st-marys", tmp_path / "my data.csv", tmp_path / "schema.toml",
                                   tmp_path / "audit.jsonl", tmp_path / "ledger.db", 4.5)
         argv = supernode_argv(files, 4242, values, runtime_port=4343)
+        program = supernode_command()
+        assert argv[:len(program)] == program and program[-2:] == ["-m", "client.runtime"]  # the warm executor
+        assert all(flag in argv for flag in supernode_flags())
+        agent = SiteAgent(bundle, values, log_path=tmp_path / "log", env={"PATH": "/bin", "FEDGUARD_HOME": "/h"})
+        assert agent.process_env() == supernode_env({"PATH": "/bin", "FEDGUARD_HOME": "/h"})
+        assert agent.process_env()["FLWR_TELEMETRY_ENABLED"] == "0"
         assert _flag(argv, "--superlink") == "127.0.0.1:4242"
         assert _flag(argv, "--root-certificates") == str(files.loopback_cert)
         assert _flag(argv, "--auth-supernode-private-key") == str(files.node_key)

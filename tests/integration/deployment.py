@@ -1,15 +1,29 @@
-"""A real federation on loopback: one SuperLink, N SuperNodes, TLS on, no fixed ports.
+"""A real federation on loopback, provisioned and run the way operators do it; no fixed ports.
 
-Shared by the integration tests and ``benchmarks/deployment.py``. Until the
-provisioning launchers (``coordinator/superlink.py``, ``client/supernode.py``)
-land, it starts ``flower-superlink`` and the site runtime itself, with a
-throwaway CA and a server certificate for ``127.0.0.1``/``localhost``.
-``fast=False`` runs Flower's processes out of the box (the baseline).
+Shared by the integration tests and ``benchmarks/deployment.py``:
+
+* ``coordinator init`` (:func:`coordinator.provisioning.init_federation`): the
+  federation CA, the coordinator's certificate, ``config.toml`` with a gateway
+  port and a SuperLink port picked free at run time;
+* ``site enroll`` (:meth:`SiteRegistry.enroll`) writes one bundle per site;
+* ``coordinator start`` (:class:`coordinator.deployment.CoordinatorService`):
+  the SuperLink on loopback with TLS, SuperNode authentication, its state in
+  ``superlink.db`` and the runtime options, behind the mutual-TLS gateway;
+  node keys registered from the site registry;
+* ``client start`` (:class:`client.supernode.SiteAgent`): per site, the
+  forwarder (mutual TLS to the gateway with the bundle's certificate) and the
+  warm SuperNode runtime signing with the bundle's node key.
+
+These are the objects the CLI commands build, run in-process to spare an
+interpreter start per command. Runs are submitted with the real
+``fedguard run launch|resume`` (a subprocess), which finds the SuperLink and
+its CA in ``FEDGUARD_HOME/federation`` by itself. ``fast=False`` runs
+Flower's own ``flower-supernode`` and its default polling (the benchmark's
+baseline), through the same gateway.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket
@@ -17,61 +31,30 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from coordinator.runtime_options import superlink_env, superlink_flags
-from lifecycle.runtime_options import plain_supernode_command, supernode_command, supernode_env, supernode_flags
+from client.supernode import SiteAgent
+from coordinator.deployment import CoordinatorService
+from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry, init_federation
+from coordinator.superlink import control_client
+from lifecycle.bundle import SiteBundle
+from lifecycle.registry import Registry
+from lifecycle.runtime_options import plain_supernode_command
+from lifecycle.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+FEDERATION = "fedguard-it"
+DROPPED_ENV = ("FEDGUARD_DATABASE_URL", "FEDGUARD_SUPERLINK", "FEDGUARD_SUPERLINK_CA")
+"""Never inherited from the test's environment: each federation has its own SQLite registry and SuperLink."""
 
 
 @dataclass(frozen=True)
 class TLSFiles:
+    """The federation CA and the coordinator's certificate and key (``coordinator init`` wrote them)."""
+
     ca: Path
     cert: Path
     key: Path
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-
-
-def make_tls(directory: Path, *, now: dt.datetime | None = None) -> TLSFiles:
-    """A throwaway CA and a server certificate for 127.0.0.1 and localhost, in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = now or dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedguard test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = TLSFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(files.key, key)
-    return files
 
 
 def free_port() -> int:
@@ -80,131 +63,171 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
+def _killpg(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a process group (a crash: nothing gets to clean up) and reap its leader."""
+    if process is None or process.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, sig)
+        os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+    process.wait(timeout=15)
 
 
 @dataclass
 class Federation:
-    """Processes and state of one loopback federation under ``root`` (see the module docstring)."""
+    """One loopback federation under ``root`` (see the module docstring)."""
 
     root: Path
     sites: int = 3
     fast: bool = True
-    tls: TLSFiles = field(init=False)
-    port: int = field(init=False)
-    superlink: subprocess.Popen[bytes] | None = field(init=False, default=None)
-    supernodes: dict[int, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
+    layout: FederationLayout = field(init=False)
+    registry: Registry = field(init=False)
+    site_registry: SiteRegistry = field(init=False)
+    service: CoordinatorService | None = field(init=False, default=None)
+    agents: dict[int, SiteAgent] = field(init=False, default_factory=dict)
+    bundles: dict[str, SiteBundle] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tls = make_tls(self.root / "tls")
-        self.port = free_port()
-        for sub in ("home", "flwr-link", "logs"):
+        for sub in ("logs", "bundles"):
             (self.root / sub).mkdir(exist_ok=True)
+        self.layout = init_federation(self.home, FEDERATION, gateway_address="127.0.0.1",
+                                      gateway_port=free_port(), superlink_port=free_port())
+        self.registry = Registry.open(self.settings)
+        self.site_registry = SiteRegistry(self.registry, self.layout)
 
     @property
     def home(self) -> Path:
+        """The coordinator's ``FEDGUARD_HOME`` (registry, federation, runs)."""
         return self.root / "home"
 
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=self.home, database_url=None)
+
     def site_home(self, index: int) -> Path:
+        """Site ``index``'s own ``FEDGUARD_HOME`` (its privacy ledger)."""
         return self.root / f"home-site-{index}"
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def config(self) -> FederationConfig:
+        return self.layout.read_config()
 
-    def _env(self, env: dict[str, str], flwr_home: Path) -> dict[str, str]:
-        env.update(FEDGUARD_HOME=str(self.home), FLWR_HOME=str(flwr_home), PYTHONPATH=str(REPO))
-        env.pop("FEDGUARD_DATABASE_URL", None)
-        if not self.fast:  # Flower out of the box
-            env.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
-            env["FEDGUARD_GRID_POLL_SECONDS"] = "3"
+    @property
+    def address(self) -> str:
+        """The SuperLink's Control API on loopback (what ``fedguard run`` dials on the coordinator)."""
+        return f"127.0.0.1:{self.config.superlink_port}"
+
+    @property
+    def gateway_port(self) -> int:
+        return self.config.gateway_port
+
+    @property
+    def tls(self) -> TLSFiles:
+        return TLSFiles(self.layout.ca_cert, self.layout.server_cert, self.layout.server_key)
+
+    def _env(self, flwr_home: Path, fedguard_home: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+        env.update(FEDGUARD_HOME=str(fedguard_home), FLWR_HOME=str(flwr_home), PYTHONPATH=str(REPO))
         return env
 
-    def start_superlink(self) -> None:
-        """Start (or restart) the SuperLink; its state lives in a database file, not in memory."""
-        env = self._env(superlink_env(), self.root / "flwr-link")
-        cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port),
-               "--database", str(self.root / "superlink.db"), "--ssl-ca-certfile", str(self.tls.ca),
-               "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key), *superlink_flags()]
-        log = (self.root / "logs" / "superlink.log").open("ab")
-        self.superlink = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                          start_new_session=True)
-        wait_for_port(self.port)
+    def start_coordinator(self) -> CoordinatorService:
+        """``fedguard coordinator start``: SuperLink (TLS, node auth, superlink.db) + gateway + node-key sync."""
+        baseline = {} if self.fast else {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1", "FEDGUARD_GRID_POLL_SECONDS": "3"}
+        self.service = CoordinatorService(self.layout, self.config, self.site_registry, sync_interval=2.0,
+                                          base_env=self._env(self.layout.root / "flwr", self.home),
+                                          superlink_env=baseline).start()
+        return self.service
 
-    def start_supernode(self, index: int, data_path: Path, name: str) -> None:
+    start_superlink = start_coordinator  # the benchmark's name for it
+
+    def enroll(self, name: str) -> SiteBundle:
+        """``fedguard site enroll NAME --out bundles/NAME.bundle`` (once per name); a running coordinator syncs."""
+        if name not in self.bundles:
+            self.bundles[name] = self.site_registry.enroll(name, self.root / "bundles" / f"{name}.bundle")
+            if self.service is not None:
+                self.service.sync_now()
+        return self.bundles[name]
+
+    def start_supernode(self, index: int, data_path: Path, name: str) -> SiteAgent:
+        """``fedguard client start --bundle NAME.bundle --data DATA`` for site ``index``."""
         flwr_home = self.root / f"flwr-site-{index}"
         flwr_home.mkdir(exist_ok=True)
-        env = self._env(supernode_env(), flwr_home)
-        env["FEDGUARD_HOME"] = str(self.site_home(index))  # the site's own state (its privacy ledger)
-        program = supernode_command() if self.fast else plain_supernode_command()
-        cmd = [*program, "--superlink", self.address, "--root-certificates", str(self.tls.ca),
-               "--node-config", f"data-path='{data_path}' site-name='{name}'", *supernode_flags()]
-        if not self.fast:
-            cmd += ["--port", str(free_port())]
-        log = (self.root / "logs" / f"site-{index}.log").open("ab")
-        self.supernodes[index] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  cwd=self.root, start_new_session=True)
+        env = self._env(flwr_home, self.site_home(index))
+        overrides = {} if self.fast else {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"}
+        agent = SiteAgent(self.enroll(name), {"site-name": name, "data-path": str(data_path)},
+                          log_path=self.root / "logs" / f"site-{index}.log", env=env, env_overrides=overrides,
+                          program=None if self.fast else plain_supernode_command())
+        self.agents[index] = agent.start()
+        return agent
+
+    def nodes(self) -> dict[str, str]:
+        """``site name → status`` of the registered nodes, from the SuperLink's Control API (TLS, loopback)."""
+        from flwr.proto.control_pb2 import ListNodesRequest
+
+        client = control_client(self.config.superlink_port, self.layout.ca_cert)
+        try:
+            infos = client.ListNodes(ListNodesRequest()).nodes_info  # type: ignore[attr-defined]
+        finally:
+            client.close()  # type: ignore[attr-defined]
+        return {n.name: n.status for n in infos if not n.unregistered_at}
+
+    def wait_online(self, names: set[str], timeout: float = 180.0) -> None:
+        """Until every site in ``names`` has activated through its forwarder, the gateway and node auth."""
+        deadline = time.monotonic() + timeout
+        while {n for n, status in self.nodes().items() if status == "online"} < names:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sites not online after {timeout:.0f} s: {self.nodes()}\n{self.logs()}")
+            time.sleep(0.2)
 
     def check_alive(self) -> None:
         """Raise with the logs if a process of the federation exited on its own."""
-        procs = {"superlink": self.superlink, **{f"site-{i}": p for i, p in self.supernodes.items()}}
-        dead = [name for name, p in procs.items() if p is not None and p.poll() is not None]
+        dead = [] if self.service is not None and self.service.alive() else ["coordinator"]
+        dead += [f"site-{i}" for i, a in self.agents.items() if not a.alive()]
         if dead:
             raise RuntimeError(f"federation process(es) {dead} exited\n{self.logs()}")
 
     def kill_supernode(self, index: int) -> None:
-        """SIGKILL one site's whole process group (SuperNode, executor, ClientApp children)."""
-        _stop(self.supernodes[index], signal.SIGKILL)
+        """Site ``index`` crashes: SIGKILL its SuperNode, executor and ClientApp children; its forwarder goes too."""
+        agent = self.agents.pop(index)
+        _killpg(agent.process)
+        agent.stop()
 
-    def kill_superlink(self) -> None:
-        _stop(self.superlink, signal.SIGKILL)
+    def kill_coordinator(self) -> None:
+        """The coordinator crashes: SIGKILL the SuperLink's group (SuperExec, ServerApp); its gateway goes too."""
+        assert self.service is not None
+        _killpg(self.service.superlink.process if self.service.superlink else None)
+        self.service.stop()
+        self.service = None
+
+    kill_superlink = kill_coordinator
 
     def stop(self) -> None:
-        for proc in self.supernodes.values():
-            _stop(proc)
-        _stop(self.superlink)
+        for agent in self.agents.values():
+            agent.stop()
+        self.agents.clear()
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
 
     def client_env(self) -> dict[str, str]:
-        """Environment for ``flwr run`` / ``fedguard run launch`` against this federation."""
-        env = self._env(dict(os.environ), self.root / "flwr-cli")
-        return env
+        """Environment for ``fedguard run ...`` on the coordinator machine."""
+        return self._env(self.root / "flwr-cli", self.home)
 
     def write_flwr_config(self, name: str = "fedguard") -> Path:
-        """``$FLWR_HOME/config.toml`` naming this SuperLink (TLS, our CA) as connection ``name``."""
+        """``$FLWR_HOME/config.toml`` naming this SuperLink (TLS, the federation CA) as connection ``name``."""
         flwr_home = self.root / "flwr-cli"
         flwr_home.mkdir(exist_ok=True)
         path = flwr_home / "config.toml"
-        path.write_text(
-            f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{self.address}"\n'
-            f'root-certificates = "{self.tls.ca}"\n'
-        )
+        path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{self.address}"\n'
+                        f'root-certificates = "{self.tls.ca}"\n')
         return path
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in sorted((self.root / "logs").glob("*.log")))
+        paths = sorted((self.root / "logs").glob("*.log")) + sorted(self.layout.logs.glob("*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in paths)
 
 
 def prepare_sites(root: Path, sites: int, *, seed: int = 42) -> Path:
@@ -217,7 +240,8 @@ def prepare_sites(root: Path, sites: int, *, seed: int = 42) -> Path:
     return data_dir
 
 
-def flwr_run(fed: Federation, run_config: dict[str, object], *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def flwr_run(fed: Federation, run_config: dict[str, object], *,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``flwr run <repo> fedguard --stream`` with ``run_config`` (out-of-the-box submission)."""
     fed.write_flwr_config()
     fed.check_alive()

@@ -2,8 +2,9 @@
 
 Both layers must pass: the gateway's mutual TLS and Flower's SuperNode
 authentication (node key registered from the site registry). After
-``revoke``, the node key is unregistered at the SuperLink and the gateway
-refuses the site's certificate.
+``revoke`` mid-federation, the node key is unregistered at the SuperLink, the
+gateway refuses the site's certificate, and the site agent that was running
+is cut off: its SuperNode, refused, shuts down.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _nodes(port: int, ca: Path) -> dict[str, tuple[str, str]]:
     return {n.name: (n.status, n.unregistered_at) for n in client.ListNodes(ListNodesRequest()).nodes_info}
 
 
-def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_it_off(tmp_path: Path) -> None:
+def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_it_off(
+        tmp_path: Path) -> None:
     fed = make_federation(tmp_path)
     bundle = fed.enroll("st-marys")
     config = replace(fed.layout.read_config(), gateway_address="127.0.0.1", gateway_port=free_port(),
@@ -59,6 +61,13 @@ def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_
             ca, cert, key = credential_files(bundle, tmp_path / "creds")
             with pytest.raises(ssl.SSLError, match="(?i)revoked"):
                 https_request(client_context(ca, cert, key), service.gateway_port)
+
+            # the site agent still running is cut off: its next requests are refused (gateway: revoked
+            # certificate; SuperLink: node key unregistered) and its SuperNode shuts down by itself
+            assert agent.process is not None
+            agent.process.wait(timeout=90)  # Flower's heartbeat is every 30 s
+            assert "SuperNode terminated" in (tmp_path / "supernode.log").read_text()
+            assert _nodes(config.superlink_port, fed.layout.ca_cert)["st-marys"][0] != "online"
 
 
 def _start_coordinator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -199,3 +199,33 @@ def test_cli_refuses_bad_jobs_and_unknown_runs_with_exit_code_2(tmp_path: Path) 
         proc = subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *args], env=env, capture_output=True,
                               text=True, timeout=120, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_connection_defaults_to_this_machines_federation(tmp_path: Path, fedguard_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.runs.launch import resolve_connection
+    from fedguard.cli import app
+    from lifecycle.home import Home
+    from tests.coordinator.federation_fixtures import make_federation
+
+    job = tmp_path / "job.toml"
+    job.write_text("num-server-rounds = 1\n")
+    result = CliRunner().invoke(app, ["run", "launch", str(job), "--no-follow"], env={
+        "FEDGUARD_SUPERLINK": "", "FEDGUARD_SUPERLINK_CA": ""})  # neither flag, variable nor federation
+    assert isinstance(result.exception, ConfigurationError)
+    assert "--superlink HOST:PORT and --root-certificates" in str(result.exception)
+    assert "coordinator init" in str(result.exception)
+
+    fed = make_federation(tmp_path)
+    port = fed.layout.read_config().superlink_port
+    home = Home(fed.home)
+    found = resolve_connection(home, "f", None, None)
+    assert (found.address, found.root_certificates) == (f"127.0.0.1:{port}", fed.layout.ca_cert)
+    found.validate()  # the CA file exists
+    ca = tmp_path / "other.crt"
+    given = resolve_connection(home, "f", "coord.example:9", ca)  # what is given wins
+    assert (given.address, given.root_certificates) == ("coord.example:9", ca)
+    assert resolve_connection(home, "f", "x:1", None).root_certificates == fed.layout.ca_cert
+    insecure = resolve_connection(home, "f", None, None, insecure=True)
+    assert insecure.root_certificates is None and insecure.address == f"127.0.0.1:{port}"
