@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from results import append_row, machine  # noqa: E402  # benchmarks/results.py
 from coordinator.runs.launch import events  # noqa: E402
 from lifecycle.home import Home  # noqa: E402
+from lifecycle.runtime_options import TRACE_ENV  # noqa: E402
 from tests.integration.deployment import Federation, prepare_sites  # noqa: E402
 
 SITES = 3
@@ -70,11 +72,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--only", choices=("ours", "defaults"), help="run one configuration (implies --no-record)")
+    parser.add_argument("--trace", type=Path, help=f"write per-stage timestamps ({TRACE_ENV}) to DIR/<config>.jsonl")
     args = parser.parse_args()
+    configs = {"ours": (True,), "defaults": (False,), None: (True, False)}[args.only]
     rounds: dict[bool, list[float]] = {True: [], False: []}
     totals: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(args.repeats):
-        for fast in (True, False) if repeat % 2 == 0 else (False, True):
+        for fast in configs if repeat % 2 == 0 else configs[::-1]:
+            if args.trace is not None:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                os.environ[TRACE_ENV] = str((args.trace / f"{'ours' if fast else 'defaults'}.jsonl").resolve())
             root = Path(tempfile.mkdtemp(prefix="fedguard-bench-"))
             try:
                 per_round, total = one_run(root, args.rounds, fast)
@@ -84,6 +92,9 @@ def main() -> None:
             totals[fast].append(total)
             print(f"{'ours' if fast else 'flower defaults'}: rounds {[f'{r:.1f}' for r in per_round]} s, "
                   f"run {total:.1f} s", flush=True)
+    if args.only:
+        print(f"seconds per round (median): {args.only} {statistics.median(rounds[args.only == 'ours']):.2f} s")
+        return
     ours, base = statistics.median(rounds[True]), statistics.median(rounds[False])
     print(f"seconds per round (median): ours {ours:.2f} s, Flower defaults {base:.2f} s, {base / ours:.1f}x faster")
     if not args.no_record:
