@@ -12,9 +12,13 @@ arguments, plus
   (:mod:`client.runtime`) that imports the ClientApp once and forks a child
   per message (Flower's own ``run_clientapp`` runs in the child, so isolation
   between messages is kept);
-* an idle pull interval of :data:`SUPERNODE_POLL_SECONDS` instead of 3 s;
-* :data:`EXECUTOR_POLL_SECONDS` for the executor's task polling
-  (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, a documented Flower variable).
+* a pull interval of :data:`SUPERNODE_POLL_SECONDS` instead of 3 s while a
+  run exchanges messages (:data:`SUPERNODE_IDLE_POLL_SECONDS` when idle);
+* an executor woken through a pipe by the SuperNode when a message arrives
+  (:data:`EXECUTOR_POLL_SECONDS` polling, ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``,
+  only without the pipe);
+* object pulls retried every ≤0.25 s (:data:`OBJECT_PULL_BACKOFF`) and the
+  run's FAB unpacked once per hash (:func:`client.runtime.cached_fab_install`).
 
 This module lives in ``lifecycle`` because the site side may not import
 ``coordinator``; the SuperLink's options are in ``coordinator.runtime_options``.
