@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,12 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from results import append_row, machine  # noqa: E402  # benchmarks/results.py
 from coordinator.runs.launch import events  # noqa: E402
 from lifecycle.home import Home  # noqa: E402
+from lifecycle.runtime_options import TRACE_ENV  # noqa: E402
 from tests.integration.deployment import Federation, prepare_sites  # noqa: E402
 
 SITES = 3
@@ -65,16 +68,74 @@ def one_run(root: Path, rounds: int, fast: bool) -> tuple[list[float], float]:
         fed.stop()
 
 
+STAGES = (
+    ("grid", "push→pushed", "ServerApp pushes one exchange's messages to the SuperLink"),
+    ("supernode", "_pull_and_store_message", "SuperNode pulls a message and its objects from the SuperLink"),
+    ("executor", "fork→forked", "executor forks the warm ClientApp child"),
+    ("clientapp", "pull_task_input", "child pulls the message and its objects from its SuperNode"),
+    ("clientapp", "install_from_fab", "child unpacks the run's FAB"),
+    ("clientapp", "load_client_app", "child loads the (preloaded) ClientApp"),
+    ("clientapp", "handler", "ClientApp handler (training, SecAgg+ stage)"),
+    ("clientapp", "push_message", "child pushes its reply to its SuperNode"),
+    ("supernode", "_push_messages", "SuperNode waits for the reply and pushes it to the SuperLink"),
+    ("grid", "push→last reply", "one exchange, as the ServerApp sees it"),
+)
+
+
+def stage_table(trace: Path) -> list[tuple[str, float, float, int]]:
+    """(stage, median s, max s, count) per :data:`STAGES` from one ``FEDGUARD_RUNTIME_TRACE`` file.
+
+    The run's first exchange (the sites' identification query, once per run)
+    is left out, so the figures are those of the training rounds.
+    """
+    events = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines() if line.strip()]
+    events.sort(key=lambda e: e["t"])
+    trained = [e for e in events if e["component"] == "grid" and e["stage"] == "push" and e.get("kind") == "train"]
+    start = trained[0]["t"] if trained else 0.0
+    events = [e for e in events if e.get("start", e["t"]) >= start - 0.5]
+    samples: dict[str, list[float]] = {}
+    push: dict[str, Any] = {}
+    forks: list[float] = []
+    for e in events:
+        key = e["component"], e["stage"]
+        if "seconds" in e:
+            samples.setdefault(e["stage"], []).append(float(e["seconds"]))
+        elif key == ("grid", "push"):
+            push = e if e.get("n") else {}
+        elif key == ("grid", "pushed") and push:
+            samples.setdefault("push→pushed", []).append(e["t"] - push["t"])
+        elif key == ("grid", "replies") and push and e.get("left") == 0:
+            samples.setdefault("push→last reply", []).append(e["t"] - push["t"])
+        elif key == ("executor", "fork"):
+            forks.append(e["t"])
+        elif key == ("clientapp", "forked") and forks:
+            samples.setdefault("fork→forked", []).append(e["t"] - forks.pop(0))
+    return [(f"{stage} ({why})", statistics.median(v), max(v), len(v))
+            for _, stage, why in STAGES if (v := samples.get(stage))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--only", choices=("ours", "defaults"), help="run one configuration (implies --no-record)")
+    parser.add_argument("--report", type=Path, help="print the stage table of a trace file and exit")
+    parser.add_argument("--trace", type=Path, help=f"write per-stage timestamps ({TRACE_ENV}) to DIR/<config>.jsonl")
     args = parser.parse_args()
+    if args.report is not None:
+        for stage, median, worst, count in stage_table(args.report):
+            print(f"| {stage} | {median:.2f} | {worst:.2f} | {count} |")
+        return
+    configs = {"ours": (True,), "defaults": (False,), None: (True, False)}[args.only]
+    load_before = os.getloadavg()[0]
     rounds: dict[bool, list[float]] = {True: [], False: []}
     totals: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(args.repeats):
-        for fast in (True, False) if repeat % 2 == 0 else (False, True):
+        for fast in configs if repeat % 2 == 0 else configs[::-1]:
+            if args.trace is not None:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                os.environ[TRACE_ENV] = str((args.trace / f"{'ours' if fast else 'defaults'}.jsonl").resolve())
             root = Path(tempfile.mkdtemp(prefix="fedguard-bench-"))
             try:
                 per_round, total = one_run(root, args.rounds, fast)
@@ -84,6 +145,9 @@ def main() -> None:
             totals[fast].append(total)
             print(f"{'ours' if fast else 'flower defaults'}: rounds {[f'{r:.1f}' for r in per_round]} s, "
                   f"run {total:.1f} s", flush=True)
+    if args.only:
+        print(f"seconds per round (median): {args.only} {statistics.median(rounds[args.only == 'ours']):.2f} s")
+        return
     ours, base = statistics.median(rounds[True]), statistics.median(rounds[False])
     print(f"seconds per round (median): ours {ours:.2f} s, Flower defaults {base:.2f} s, {base / ours:.1f}x faster")
     if not args.no_record:
@@ -91,7 +155,8 @@ def main() -> None:
             f"| {dt.date.today()} | deployment | seconds per round, {SITES} SuperNodes + SuperLink on loopback, TLS, "
             f"default job (DP ε=3, SecAgg+), {args.rounds} rounds × {args.repeats} | {ours:.2f} s | {base:.2f} s | "
             f"{ours / base:.2f}x | whole run (submit→publish, no watermark): {statistics.median(totals[True]):.1f} s "
-            f"vs {statistics.median(totals[False]):.1f} s; measured while other jobs shared the 2 cores | {machine()} |"
+            f"vs {statistics.median(totals[False]):.1f} s; measured while other jobs shared the 2 cores (1-min load "
+            f"average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end) | {machine()} |"
         )
 
 

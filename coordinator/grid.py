@@ -18,6 +18,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from coordinator.runtime_options import grid_poll_seconds
+from lifecycle.runtime_options import trace, use_fast_pulls
 
 
 class ResponsiveGrid(Grid):
@@ -53,11 +54,18 @@ class ResponsiveGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages`` and return the replies that arrive within ``timeout`` seconds."""
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
+        group = messages[0].metadata.group_id if messages else ""
+        trace("grid", "push", kind=kind, group=group, n=len(messages))
         pending = set(self.inner.push_messages(messages))
+        trace("grid", "pushed", kind=kind, group=group)
         deadline = None if timeout is None else self._clock() + timeout
         replies: list[Message] = []
         while pending:
             arrived = list(self.inner.pull_messages(pending))
+            if arrived:
+                trace("grid", "replies", kind=kind, group=group, n=len(arrived), left=len(pending) - len(arrived))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if not pending or (deadline is not None and self._clock() >= deadline):
@@ -71,6 +79,10 @@ class ResponsiveGrid(Grid):
 
 def responsive(grid: Grid) -> Grid:
     """``grid`` wrapped in :class:`ResponsiveGrid`, unless it already polls quickly (simulation)."""
+    import flwr.superlink.grid.http_grid as http_grid
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    return grid if isinstance(grid, (InMemoryGrid, ResponsiveGrid)) else ResponsiveGrid(grid)
+    if isinstance(grid, (InMemoryGrid, ResponsiveGrid)):
+        return grid
+    use_fast_pulls(http_grid, "pull_objects")  # the ServerApp's pulls of replies from the SuperLink
+    return ResponsiveGrid(grid)

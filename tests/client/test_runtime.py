@@ -44,3 +44,89 @@ def test_runtime_api_secret_is_fresh_private_and_passed_to_the_supernode() -> No
         assert _auth_secret(["--superexec-auth-secret-file", "mine"]) == "mine"
     finally:
         os.unlink(path)
+
+
+def test_idle_pacer_polls_fast_while_a_run_exchanges_messages_then_slows_down() -> None:
+    from client.runtime import IdlePacer
+
+    now = [0.0]
+    slept: list[float] = []
+    pacer = IdlePacer(fast=0.1, idle=1.0, active_for=30.0, clock=lambda: now[0], sleep=slept.append)
+    pacer.sleep(3.0)  # just started: fast
+    now[0] = 31.0
+    pacer.sleep(3.0)  # nothing for 31 s: idle
+    pacer.active()
+    pacer.sleep(3.0)  # a message arrived: fast again
+    pacer.sleep(0.01)  # Flower's own short waits are kept
+    assert slept == [0.1, 1.0, 0.1, 0.01]
+
+
+def test_fab_is_unpacked_once_per_hash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from client.runtime import cached_fab_install
+
+    installs: list[bytes] = []
+
+    def install(fab: bytes, install_dir: object = None, skip_prompt: bool = False) -> object:
+        installs.append(fab)
+        target = tmp_path / "apps" / str(len(installs))
+        target.mkdir(parents=True)
+        return target
+
+    once = cached_fab_install(install, tmp_path / "cache")  # type: ignore[arg-type]
+    first = once(b"fab-1", skip_prompt=True)
+    assert once(b"fab-1", skip_prompt=True) == first and installs == [b"fab-1"]
+    assert once(b"fab-2", skip_prompt=True) != first and installs == [b"fab-1", b"fab-2"]
+    first.rmdir()  # the installed app was removed: install again rather than return a missing directory
+    assert once(b"fab-1", skip_prompt=True).is_dir() and len(installs) == 3
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_object_pulls_retry_quickly_and_explicit_arguments_win() -> None:
+    from lifecycle.runtime_options import OBJECT_PULL_BACKOFF, with_fast_pulls
+
+    seen: list[dict[str, object]] = []
+    fast = with_fast_pulls(lambda *a, **k: seen.append(k))
+    fast(["id"], None)
+    fast(["id"], None, initial_backoff=2.0)
+    assert seen[0] == dict(OBJECT_PULL_BACKOFF) and float(seen[0]["initial_backoff"]) < 1  # type: ignore[arg-type]
+    assert seen[0]["max_tries_per_object"] is None  # only Flower's overall time limit applies
+    assert seen[1]["initial_backoff"] == 2.0
+    assert with_fast_pulls(fast) is fast
+
+
+def test_executor_wakes_on_the_supernodes_signal_not_on_a_timer() -> None:
+    import os
+    import time
+
+    from client.runtime import _wait_for_wake, _wake
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        _wake(write)
+        _wake(write)
+        started = time.monotonic()
+        _wait_for_wake(read, 5.0)  # returns at once, and drains both signals
+        assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        _wait_for_wake(read, 0.05)  # nothing pending: waits for the timeout only
+        assert 0.04 <= time.monotonic() - started < 1.0
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_trace_appends_one_json_line_per_stage_only_when_asked(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from lifecycle.runtime_options import TRACE_ENV, trace
+
+    monkeypatch.delenv(TRACE_ENV, raising=False)
+    trace("grid", "push")
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE_ENV, str(path))
+    trace("grid", "push", kind="train", n=3)
+    trace("clientapp", "handler", seconds=0.5)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(x["component"], x["stage"]) for x in lines] == [("grid", "push"), ("clientapp", "handler")]
+    assert lines[0]["kind"] == "train" and lines[0]["n"] == 3 and lines[1]["seconds"] == 0.5
