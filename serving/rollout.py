@@ -305,6 +305,11 @@ class Router:
             pending[0].result(timeout=max(0.0, deadline - time.monotonic()))
 
     # -------------------------------------------------------------- refresh
+    def refresh_due(self) -> bool:
+        """Whether the next :meth:`refresh` would read the registry (one clock read and a compare)."""
+        elapsed = self._monotonic() - self._checked
+        return not 0.0 <= elapsed < self.settings.deploy_refresh_seconds
+
     def refresh(self, force: bool = False) -> None:
         """Re-read deployment revisions if the interval passed (or ``force``), reloading what changed.
 
