@@ -93,6 +93,11 @@ async def predict(name: str, body: PredictRequest, state: State, key: PredictKey
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
     """
+    return await answer_predict(name, body, state, key)
+
+
+async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
+    """Every guard after authentication, and the encoded answer (shared with :mod:`serving.fastpath`)."""
     if state.deployments.refresh_due():  # a registry query: never on the event loop
         await run_in_threadpool(state.deployments.refresh)
     if len(body.instances) > INLINE_INSTANCES:
