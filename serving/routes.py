@@ -12,6 +12,9 @@ Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -20,6 +23,7 @@ from serving import logger
 from serving.auth import AdminKey, PredictKey, ServingState, State
 from serving.keys import KeyInfo, is_key_id, revoke_key
 from serving.metrics import CONTENT_TYPE
+from serving.models import ServedModel
 from serving.quotas import QuotaExceeded
 from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
 
@@ -101,16 +105,30 @@ async def answer_predict(name: str, body: PredictRequest, state: ServingState, k
     if state.deployments.refresh_due():  # a registry query: never on the event loop
         await run_in_threadpool(state.deployments.refresh)
     if len(body.instances) > INLINE_INSTANCES:
-        answer = await run_in_threadpool(_predict, name, body, state, key)
+        content = await run_in_threadpool(_predict, name, body, state, key)
     else:
-        answer = _predict(name, body, state, key)
-    # Encoded here, not by FastAPI: its validation of the returned model repeats what
-    # PredictResponse's own constructor checked (the declared response_model still
-    # documents the shape in /docs).
-    return Response(answer.model_dump_json(exclude_none=True), media_type=JSON)
+        content = _predict(name, body, state, key)
+    # Encoded here, not by FastAPI: its validation of the returned value repeats what
+    # the route built itself (the declared response_model still documents the shape).
+    return Response(content, media_type=JSON)
 
 
-def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> PredictResponse:
+def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
+    """The JSON body of a predict answer: what ``PredictResponse(...).model_dump_json(exclude_none=True)`` gives.
+
+    Labels only (the default output mode) are dumped with :func:`json.dumps`
+    (a third of pydantic's cost: no model to build, no union to match); scored
+    modes go through :class:`PredictResponse`, which also decides how a
+    non-finite score is written.
+    """
+    if fields.keys() == {"predictions"}:
+        answer = {"predictions": fields["predictions"], "model": model.name, "version": model.version}
+        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    response = PredictResponse(model=model.name, version=model.version, **fields)
+    return response.model_dump_json(exclude_none=True).encode()
+
+
+def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
     route = state.deployments.route(name, key.key_id)
     model = route.model
     batch = model.to_batch(body.instances, state.settings.max_instances)
@@ -129,7 +147,7 @@ def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo)
     state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
     logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                  policy.output_mode, model.name, model.version)
-    return PredictResponse(model=model.name, version=model.version, **fields)
+    return encode_answer(model, fields)
 
 
 @router.post(

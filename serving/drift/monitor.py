@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from lifecycle.reference import ReferenceStats, bin_indices, padded_edges
 from serving import logger
-from serving.drift.statistics import ks_distance, psi
+from serving.drift.statistics import Baseline
 from serving.models import ServedModel
 from serving.settings import ServingSettings
 
@@ -177,6 +177,8 @@ class ModelDrift:
             self.ref_counts[j, : len(row)] = row
         self.offsets = (np.arange(len(reference.edges)) * width)[None, :]
         self.ref_classes = np.asarray(reference.predictions, dtype=np.int64)
+        self._features_baseline = Baseline(self.ref_counts, self.mask)  # scored against many times
+        self._classes_baseline = Baseline(self.ref_classes)
         self.window = _Window(max(1, settings.drift_window // BLOCKS), self.ref_counts.shape, len(self.ref_classes))
         self.lock = threading.Lock()
         self.alerting = False
@@ -240,10 +242,10 @@ class ModelDrift:
         if self.window.size < self.settings.drift_min_instances:
             return None
         s = self.settings
-        psi_f = psi(self.ref_counts, self.window.total, self.mask)
-        ks_f = ks_distance(self.ref_counts, self.window.total, self.mask)
-        psi_c = float(psi(self.ref_classes, self.window.total_classes)[0])
-        ks_c = float(ks_distance(self.ref_classes, self.window.total_classes)[0])
+        psi_f = self._features_baseline.psi(self.window.total)
+        ks_f = self._features_baseline.ks(self.window.total)
+        psi_c = float(self._classes_baseline.psi(self.window.total_classes)[0])
+        ks_c = float(self._classes_baseline.ks(self.window.total_classes)[0])
         over = (psi_f > s.drift_psi_threshold) | (ks_f > s.drift_ks_threshold)
         return _Scores(psi_f, ks_f, over, psi_c, ks_c, self._over(psi_c, ks_c))
 

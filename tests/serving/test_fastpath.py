@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from starlette.types import Receive, Scope, Send
 
 from serving.fastpath import PredictFastPath
 from serving.keys import CreatedKey
+from serving.routes import encode_answer
+from serving.schemas import PredictResponse
 from serving.settings import ServingSettings
 from tests.serving.conftest import bearer
 
@@ -101,3 +104,20 @@ def test_the_fast_path_keeps_the_guards_after_authentication(
     assert fallbacks == []  # all three refused by the shared guards, on the fast path
     served = app.state.fedguard.metrics.exposition().decode()  # type: ignore[attr-defined]
     assert 'fedguard_requests_total{model="demo",route="/v1/models/{name}/predict",status="422"} 2.0' in served
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"predictions": ["benign", "malignant"]},
+        {"predictions": [0, 1, 1]},
+        {"predictions": ["ja \"wohl\"", "größer\n", "\u2603", "a\\b"]},
+        {"predictions": ["yes"], "top_k": [[{"label": "yes", "score": 0.82}]]},
+        {"predictions": ["yes"], "classes": ["no", "yes"], "probabilities": [[0.18, 0.82]]},
+    ],
+)
+def test_the_encoded_answer_is_what_the_response_model_dumps(app: FastAPI, fields: dict[str, Any]) -> None:
+    model = app.state.fedguard.models["demo"]  # type: ignore[attr-defined]
+    expected = PredictResponse(model=model.name, version=model.version, **fields).model_dump_json(exclude_none=True)
+    assert json.loads(encode_answer(model, fields)) == json.loads(expected)
+    assert encode_answer(model, fields) == expected.encode()
