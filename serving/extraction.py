@@ -184,7 +184,9 @@ class ExtractionGuard:
             return None
         cells, near = self._features(model, batch, probabilities)
         with self.lock:
-            window = self.windows.setdefault((key_id, model.name), _PairWindow())
+            window = self.windows.get((key_id, model.name))
+            if window is None:  # (not setdefault: that would build a window on every request)
+                window = self.windows[(key_id, model.name)] = _PairWindow()
             window.expire(now - self.settings.extraction_window_seconds)
             window.add(now, cells, near)
             signals = self._signals(key_id, model.name, window)

@@ -125,21 +125,35 @@ class _Scores:
 
 @dataclass
 class _Window:
-    """Blocks of bin counts (features × bins, and classes); sums kept incrementally."""
+    """Blocks of bin counts (features × bins, and classes); the closed blocks' sums kept incrementally.
+
+    A request adds to the open block only; :attr:`total` (read when the window
+    is scored, every ~1% of it) adds the open block to the closed blocks' sum.
+    """
 
     block_size: int
     shape: tuple[int, int]
     classes: int
     blocks: deque[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=deque)
     current: tuple[np.ndarray, np.ndarray, int] | None = None
-    total: np.ndarray = field(init=False)
-    total_classes: np.ndarray = field(init=False)
+    closed: np.ndarray = field(init=False)
+    closed_classes: np.ndarray = field(init=False)
     size: int = 0
 
     def __post_init__(self) -> None:
-        self.total = np.zeros(self.shape, dtype=np.int64)
-        self.total_classes = np.zeros(self.classes, dtype=np.int64)
+        self.closed = np.zeros(self.shape, dtype=np.int64)
+        self.closed_classes = np.zeros(self.classes, dtype=np.int64)
         self.current = self._empty()
+
+    @property
+    def total(self) -> np.ndarray:
+        assert self.current is not None
+        return self.closed + self.current[0]
+
+    @property
+    def total_classes(self) -> np.ndarray:
+        assert self.current is not None
+        return self.closed_classes + self.current[1]
 
     def _empty(self) -> tuple[np.ndarray, np.ndarray, int]:
         return np.zeros(self.shape, dtype=np.int64), np.zeros(self.classes, dtype=np.int64), 0
@@ -149,17 +163,17 @@ class _Window:
         block, block_classes, seen = self.current
         block += counts
         block_classes += classes
-        self.total += counts
-        self.total_classes += classes
         self.size += n
         self.current = (block, block_classes, seen + n)
         if seen + n >= self.block_size:
             self.blocks.append(self.current)
+            self.closed += block
+            self.closed_classes += block_classes
             self.current = self._empty()
             if len(self.blocks) >= BLOCKS:
                 old, old_classes, old_n = self.blocks.popleft()
-                self.total -= old
-                self.total_classes -= old_classes
+                self.closed -= old
+                self.closed_classes -= old_classes
                 self.size -= old_n
 
 
@@ -242,10 +256,11 @@ class ModelDrift:
         if self.window.size < self.settings.drift_min_instances:
             return None
         s = self.settings
-        psi_f = self._features_baseline.psi(self.window.total)
-        ks_f = self._features_baseline.ks(self.window.total)
-        psi_c = float(self._classes_baseline.psi(self.window.total_classes)[0])
-        ks_c = float(self._classes_baseline.ks(self.window.total_classes)[0])
+        total, total_classes = self.window.total, self.window.total_classes
+        psi_f = self._features_baseline.psi(total)
+        ks_f = self._features_baseline.ks(total)
+        psi_c = float(self._classes_baseline.psi(total_classes)[0])
+        ks_c = float(self._classes_baseline.ks(total_classes)[0])
         over = (psi_f > s.drift_psi_threshold) | (ks_f > s.drift_ks_threshold)
         return _Scores(psi_f, ks_f, over, psi_c, ks_c, self._over(psi_c, ks_c))
 
