@@ -6,8 +6,11 @@ Both servers are separate uvicorn processes with one worker on loopback:
 
 - **guarded**: ``fedguard serve`` itself (signature verified at start; API-key
   authentication against the SQLite registry, per-key quotas, schema and range
-  validation, label-only output, Prometheus metrics, access log, body limit),
-  with quotas set high enough never to refuse;
+  validation, rollout router and error-rate cut-out, drift monitor and
+  extraction guard over the model's signed reference statistics, label-only
+  output, Prometheus metrics, access log, body limit), with quotas set high
+  enough never to refuse and the extraction guard's rate threshold raised so
+  that it observes every request without throttling the one benchmark key;
 - **bare**: a FastAPI app with one ``POST /predict`` route that parses the same
   ``{"instances": [[...]]}`` body with pydantic, runs the same torch module
   loaded from the same artifact, and returns the labels.
