@@ -148,7 +148,7 @@ def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterat
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # `fedguard serve` imports every CLI: slow on loaded cores
             while True:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server {argv[:3]} did not start; see {log}:\n{log.read_text()[-2000:]}")
