@@ -311,7 +311,14 @@ class Router:
 
     # -------------------------------------------------------------- refresh
     def refresh_due(self) -> bool:
-        """Whether the next :meth:`refresh` would read the registry (one clock read and a compare)."""
+        """Whether the next :meth:`refresh` would read the registry (one clock read and a compare).
+
+        ``False`` while another thread refreshes: :meth:`refresh` would return at
+        once, and asking every request meanwhile to hop to the thread pool for
+        nothing piles the hops up exactly when the registry is slow.
+        """
+        if self._refreshing.locked():
+            return False
         elapsed = self._monotonic() - self._checked
         return not 0.0 <= elapsed < self.settings.deploy_refresh_seconds
 
