@@ -6,8 +6,11 @@ Both servers are separate uvicorn processes with one worker on loopback:
 
 - **guarded**: ``fedguard serve`` itself (signature verified at start; API-key
   authentication against the SQLite registry, per-key quotas, schema and range
-  validation, label-only output, Prometheus metrics, access log, body limit),
-  with quotas set high enough never to refuse;
+  validation, rollout router and error-rate cut-out, drift monitor and
+  extraction guard over the model's signed reference statistics, label-only
+  output, Prometheus metrics, access log, body limit), with quotas set high
+  enough never to refuse and the extraction guard's rate threshold raised so
+  that it observes every request without throttling the one benchmark key;
 - **bare**: a FastAPI app with one ``POST /predict`` route that parses the same
   ``{"instances": [[...]]}`` body with pydantic, runs the same torch module
   loaded from the same artifact, and returns the labels.
@@ -90,10 +93,27 @@ def publish(home: Path) -> tuple[Path, str]:
     registry = Registry.open(Settings(home=home))
     record = publish_model(registry, Publication(
         name="bench", model=model, spec=spec, schema=schema, run_id=uuid.uuid4().hex, run_config={}, rounds=1,
-        sites=sites, training={"rounds": 1}, watermark={"scheme": "none"}, metrics={}))
+        sites=sites, training={"rounds": 1}, watermark={"scheme": "none"}, metrics={},
+        reference=reference(model, schema)))
     key = create_key(registry, "predict", "benchmark").key
     registry.engine.dispose()
     return record.artifact.model_dir, key
+
+
+def reference(model: Any, schema: Any) -> dict[str, Any]:
+    """Reference statistics as ``fedguard simulate`` signs them, so drift and the extraction grid run."""
+    import numpy as np
+    import torch
+
+    from lifecycle.reference import ReferenceStats, histogram, reference_edges
+
+    held = np.random.default_rng(0).normal(0.0, 0.3, size=(500, FEATURES))
+    edges = reference_edges(held)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(held).float()).argmax(1).numpy()
+    stats = ReferenceStats(schema.features, edges, histogram(held, edges), schema.labels,
+                           tuple(int(c) for c in np.bincount(predicted, minlength=2)), ("site-0",))
+    return stats.to_dict()
 
 
 def free_port() -> int:
@@ -108,6 +128,10 @@ def _env(home: Path) -> dict[str, str]:
         FEDGUARD_HOME=str(home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
         FEDGUARD_SERVE_QUOTA_RATE="1000000", FEDGUARD_SERVE_QUOTA_BURST="1000000",
         FEDGUARD_SERVE_QUOTA_DAILY_BUDGET="1000000000",
+        # One client at thousands of requests per second is what the extraction guard's rate signal
+        # exists to catch: raise that threshold so the guard keeps observing every request (cells,
+        # margins, window) without throttling the benchmark's key into 429s.
+        FEDGUARD_SERVE_EXTRACTION_MAX_RATE="1000000000",
     )
     return env
 
@@ -124,7 +148,7 @@ def server(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterat
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # `fedguard serve` imports every CLI: slow on loaded cores
             while True:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server {argv[:3]} did not start; see {log}:\n{log.read_text()[-2000:]}")

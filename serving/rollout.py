@@ -153,6 +153,7 @@ class Router:
             (m.name, m.version): m for v in live.values() for m in (v.stable, v.candidate, v.pinned) if m is not None
         }
         self._windows = {name: self._window() for name in live}
+        self._served: dict[tuple[str, int, str], Counter] = {}
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedguard-shadow")
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
@@ -227,7 +228,11 @@ class Router:
             self._outcome(model.name, failed=True)
             raise ModelFailure(f"{model.name}:{model.version} failed to predict: {type(exc).__name__}: {exc}") from exc
         self._outcome(model.name, failed=False)
-        self.metrics.served.labels(model.name, str(model.version), route.role).inc()
+        served = self._served.get((model.name, model.version, route.role))
+        if served is None:  # labels() costs µs per call; the children are few (versions × roles)
+            served = self._served[(model.name, model.version, route.role)] = self.metrics.served.labels(
+                model.name, str(model.version), route.role)
+        served.inc()
         if route.shadow is not None:
             self._mirror(route.shadow, batch, list(fields["predictions"]), model)
         return fields, probabilities
@@ -305,6 +310,18 @@ class Router:
             pending[0].result(timeout=max(0.0, deadline - time.monotonic()))
 
     # -------------------------------------------------------------- refresh
+    def refresh_due(self) -> bool:
+        """Whether the next :meth:`refresh` would read the registry (one clock read and a compare).
+
+        ``False`` while another thread refreshes: :meth:`refresh` would return at
+        once, and asking every request meanwhile to hop to the thread pool for
+        nothing piles the hops up exactly when the registry is slow.
+        """
+        if self._refreshing.locked():
+            return False
+        elapsed = self._monotonic() - self._checked
+        return not 0.0 <= elapsed < self.settings.deploy_refresh_seconds
+
     def refresh(self, force: bool = False) -> None:
         """Re-read deployment revisions if the interval passed (or ``force``), reloading what changed.
 

@@ -1,19 +1,29 @@
 """The HTTP routes: health, model listing, prediction, and the admin key route.
 
-Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so
-a model's forward pass or a registry query never blocks the event loop.
+Most handlers are plain ``def`` functions: FastAPI runs them in its thread
+pool, so a registry query never blocks the event loop. Predict is ``async``:
+a request-sized batch (up to :data:`INLINE_INSTANCES` instances) is answered
+on the event loop, because two thread-pool hops (the handler, then FastAPI's
+validation of a sync handler's return value) cost more server CPU than the
+guarded forward pass itself (``benchmarks/serving.py``); a larger batch, and
+the router's periodic registry refresh, still go to the thread pool.
 Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 
 from lifecycle.errors import NotFoundError
 from serving import logger
-from serving.auth import AdminKey, PredictKey, State
-from serving.keys import is_key_id, revoke_key
+from serving.auth import AdminKey, PredictKey, ServingState, State
+from serving.keys import KeyInfo, is_key_id, revoke_key
 from serving.metrics import CONTENT_TYPE
+from serving.models import ServedModel
 from serving.quotas import QuotaExceeded
 from serving.schemas import ErrorBody, Health, KeyRevoked, ModelInfo, ModelList, PredictRequest, PredictResponse
 
@@ -21,6 +31,12 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
     403: {"model": ErrorBody, "description": "The API key lacks the needed scope"},
 }
+
+# Batches up to this many instances are answered on the event loop (~0.1-0.2 ms for
+# the models fedguard trains); larger ones in the thread pool, so that one big batch
+# cannot hold up every other connection.
+INLINE_INSTANCES = 64
+JSON = "application/json"
 
 router = APIRouter()
 
@@ -68,7 +84,7 @@ def list_models(state: State, key: PredictKey) -> ModelList:
         },
     },
 )
-def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> PredictResponse:
+async def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> Response:
     """Labels for a batch of instances; scores only where the operator configured them.
 
     By default only labels leave the server. A model configured with output
@@ -81,6 +97,38 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
     """
+    return await answer_predict(name, body, state, key)
+
+
+async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
+    """Every guard after authentication, and the encoded answer (shared with :mod:`serving.fastpath`)."""
+    if state.deployments.refresh_due():  # a registry query: never on the event loop
+        await run_in_threadpool(state.deployments.refresh)
+    if len(body.instances) > INLINE_INSTANCES:
+        content = await run_in_threadpool(_predict, name, body, state, key)
+    else:
+        content = _predict(name, body, state, key)
+    # Encoded here, not by FastAPI: its validation of the returned value repeats what
+    # the route built itself (the declared response_model still documents the shape).
+    return Response(content, media_type=JSON)
+
+
+def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
+    """The JSON body of a predict answer: what ``PredictResponse(...).model_dump_json(exclude_none=True)`` gives.
+
+    Labels only (the default output mode) are dumped with :func:`json.dumps`
+    (a third of pydantic's cost: no model to build, no union to match); scored
+    modes go through :class:`PredictResponse`, which also decides how a
+    non-finite score is written.
+    """
+    if fields.keys() == {"predictions"}:
+        answer = {"predictions": fields["predictions"], "model": model.name, "version": model.version}
+        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    response = PredictResponse(model=model.name, version=model.version, **fields)
+    return response.model_dump_json(exclude_none=True).encode()
+
+
+def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
     route = state.deployments.route(name, key.key_id)
     model = route.model
     batch = model.to_batch(body.instances, state.settings.max_instances)
@@ -99,7 +147,7 @@ def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> P
     state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
     logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                  policy.output_mode, model.name, model.version)
-    return PredictResponse(model=model.name, version=model.version, **fields)
+    return encode_answer(model, fields)
 
 
 @router.post(

@@ -45,23 +45,41 @@ def psi(
     reference: np.ndarray, live: np.ndarray, mask: np.ndarray | None = None, smoothing: float = DEFAULT_SMOOTHING
 ) -> np.ndarray:
     """PSI per row of two count arrays of the same shape (see the module notes)."""
-    ref, cur = np.atleast_2d(reference), np.atleast_2d(live)
-    valid = np.ones(ref.shape, dtype=bool) if mask is None else np.atleast_2d(mask).astype(bool)
-    p = smoothed_proportions(ref, valid, smoothing)
-    q = smoothed_proportions(cur, valid, smoothing)
-    p, q = np.where(valid, p, 1.0), np.where(valid, q, 1.0)  # padding: (1 - 1) ln 1 = 0
-    result: np.ndarray = ((q - p) * np.log(q / p)).sum(axis=-1)
-    return result
+    return Baseline(reference, mask, smoothing).psi(live)
 
 
 def ks_distance(reference: np.ndarray, live: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Largest gap between the two empirical CDFs per row, over the bin edges (unsmoothed)."""
-    ref = np.atleast_2d(np.asarray(reference, dtype=np.float64))
-    cur = np.atleast_2d(np.asarray(live, dtype=np.float64))
-    if mask is not None:
-        valid = np.atleast_2d(mask).astype(bool)
-        ref, cur = ref * valid, cur * valid
-    f_ref = np.cumsum(ref, axis=-1) / np.maximum(ref.sum(axis=-1, keepdims=True), 1.0)
-    f_cur = np.cumsum(cur, axis=-1) / np.maximum(cur.sum(axis=-1, keepdims=True), 1.0)
-    result: np.ndarray = np.abs(f_ref - f_cur).max(axis=-1)
-    return result
+    return Baseline(reference, mask).ks(live)
+
+
+class Baseline:
+    """A reference histogram prepared once, to score many live ones against it (``psi``, ``ks``).
+
+    A drift monitor scores its window every ~1% of it against the same
+    reference: the reference's proportions and CDF are computed here once.
+    """
+
+    def __init__(
+        self, reference: np.ndarray, mask: np.ndarray | None = None, smoothing: float = DEFAULT_SMOOTHING
+    ) -> None:
+        ref = np.atleast_2d(np.asarray(reference, dtype=np.float64))
+        self.valid = np.ones(ref.shape, dtype=bool) if mask is None else np.atleast_2d(mask).astype(bool)
+        self.smoothing = smoothing
+        self.p = np.where(self.valid, smoothed_proportions(ref, self.valid, smoothing), 1.0)
+        masked = ref * self.valid
+        self.f_ref = np.cumsum(masked, axis=-1) / np.maximum(masked.sum(axis=-1, keepdims=True), 1.0)
+
+    def psi(self, live: np.ndarray) -> np.ndarray:
+        """PSI per row of ``live`` against the reference."""
+        q = smoothed_proportions(np.atleast_2d(live), self.valid, self.smoothing)
+        q = np.where(self.valid, q, 1.0)  # padding: (1 - 1) ln 1 = 0
+        result: np.ndarray = ((q - self.p) * np.log(q / self.p)).sum(axis=-1)
+        return result
+
+    def ks(self, live: np.ndarray) -> np.ndarray:
+        """KS distance per row of ``live`` from the reference."""
+        cur = np.atleast_2d(np.asarray(live, dtype=np.float64)) * self.valid
+        f_cur = np.cumsum(cur, axis=-1) / np.maximum(cur.sum(axis=-1, keepdims=True), 1.0)
+        result: np.ndarray = np.abs(self.f_ref - f_cur).max(axis=-1)
+        return result
