@@ -21,18 +21,10 @@ from lifecycle.settings import Settings
 from tests.conftest import make_publication
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.integration])])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
-    url: str = request.getfixturevalue("pg_url")
-    return Settings(home=tmp_path / "home", database_url=url)
-
-
 @pytest.fixture
-def store(settings: Settings) -> Iterator[DeploymentStore]:
+def store(backend_settings: Settings) -> Iterator[DeploymentStore]:
     """A registry holding demo:1 and demo:2, and its deployment store."""
-    registry = Registry.open(settings)
+    registry = Registry.open(backend_settings)
     publish_model(registry, make_publication())
     publish_model(registry, make_publication(seed=3))
     yield DeploymentStore(registry)

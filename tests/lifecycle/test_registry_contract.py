@@ -17,18 +17,9 @@ from lifecycle.settings import Settings
 from tests.conftest import make_publication
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.integration])])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings for an empty registry on each backend."""
-    if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
-    url: str = request.getfixturevalue("pg_url")
-    return Settings(home=tmp_path / "home", database_url=url)
-
-
 @pytest.fixture
-def registry(settings: Settings) -> Iterator[Registry]:
-    opened = Registry.open(settings)
+def registry(backend_settings: Settings) -> Iterator[Registry]:
+    opened = Registry.open(backend_settings)
     yield opened
     opened.engine.dispose()
 
@@ -54,10 +45,10 @@ def test_audit_chain_is_written_and_checked(registry: Registry) -> None:
         registry.verify_audit_chain()
 
 
-def test_state_survives_reopening(settings: Settings, registry: Registry) -> None:
+def test_state_survives_reopening(backend_settings: Settings, registry: Registry) -> None:
     published = publish_model(registry, make_publication())
     registry.engine.dispose()
-    again = Registry.open(settings)
+    again = Registry.open(backend_settings)
     assert again.resolve("demo").artifact.digest == published.artifact.digest
     again.engine.dispose()
 
@@ -72,12 +63,12 @@ def test_failed_write_leaves_nothing(registry: Registry) -> None:
     assert registry.verify_audit_chain() == 3
 
 
-def test_foreign_database_is_refused(settings: Settings) -> None:
-    engine = sqlalchemy.create_engine(settings.registry_url)
+def test_foreign_database_is_refused(backend_settings: Settings) -> None:
+    engine = sqlalchemy.create_engine(backend_settings.registry_url)
     if engine.dialect.name == "sqlite":
-        Path(settings.home).mkdir(parents=True, exist_ok=True)
+        Path(backend_settings.home).mkdir(parents=True, exist_ok=True)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE customers (id integer)"))
     engine.dispose()
     with pytest.raises(StateError, match="not a fedguard registry"):
-        Registry.open(settings)
+        Registry.open(backend_settings)
