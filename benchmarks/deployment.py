@@ -114,6 +114,17 @@ def stage_table(trace: Path) -> list[tuple[str, float, float, int]]:
             for _, stage, why in STAGES if (v := samples.get(stage))]
 
 
+def rpc_table(trace: Path) -> list[tuple[str, str, int, float, float, float]]:
+    """(component, method, count, median s, max s, total s) of every traced Flower request, busiest first."""
+    samples: dict[tuple[str, str], list[float]] = {}
+    for line in trace.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line) if line.strip() else {}
+        if event.get("stage") == "rpc":
+            samples.setdefault((event["component"], event["method"]), []).append(float(event["seconds"]))
+    rows = [(c, m, len(v), statistics.median(v), max(v), sum(v)) for (c, m), v in samples.items()]
+    return sorted(rows, key=lambda row: -row[5])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -126,6 +137,9 @@ def main() -> None:
     if args.report is not None:
         for stage, median, worst, count in stage_table(args.report):
             print(f"| {stage} | {median:.2f} | {worst:.2f} | {count} |")
+        print("\n| process | request | count | median s | max s | total s |\n|---|---|---|---|---|---|")
+        for component, method, count, median, worst, total in rpc_table(args.report):
+            print(f"| {component} | {method} | {count} | {median:.3f} | {worst:.3f} | {total:.1f} |")
         return
     configs = {"ours": (True,), "defaults": (False,), None: (True, False)}[args.only]
     load_before = os.getloadavg()[0]

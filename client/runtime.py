@@ -57,6 +57,7 @@ from lifecycle.runtime_options import (
     SUPERNODE_POLL_SECONDS,
     TRACE_ENV,
     trace,
+    trace_rpcs,
     use_fast_pulls,
     with_fast_pulls,
 )
@@ -111,14 +112,17 @@ def _traced(module: Any, name: str, component: str, *, skip_none: bool = False) 
 
 
 def _trace_supernode(internal: Any) -> None:
-    """Trace the SuperNode's pulls (that returned a message) and pushes to the SuperLink."""
+    """Trace the SuperNode's pulls (that returned a message) and pushes to the SuperLink, and each request."""
+    trace_rpcs("supernode")
     _traced(internal, "_pull_and_store_message", "supernode", skip_none=True)
     _traced(internal, "_push_messages", "supernode")
 
 
 def _trace_clientapp() -> None:
-    """Trace the stages of Flower's ``run_clientapp`` in this (forked) process."""
+    """Trace the stages of Flower's ``run_clientapp`` in this (forked) process, and each request."""
     import flwr.supernode.runtime.run_clientapp as body
+
+    trace_rpcs("clientapp")
 
     for name in ("pull_task_input", "install_from_fab", "push_message"):
         _traced(body, name, "clientapp")

@@ -18,7 +18,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from coordinator.runtime_options import grid_poll_seconds
-from lifecycle.runtime_options import trace, use_fast_pulls
+from lifecycle.runtime_options import trace, trace_rpcs, use_fast_pulls
 
 
 class ResponsiveGrid(Grid):
@@ -85,4 +85,5 @@ def responsive(grid: Grid) -> Grid:
     if isinstance(grid, (InMemoryGrid, ResponsiveGrid)):
         return grid
     use_fast_pulls(http_grid, "pull_objects")  # the ServerApp's pulls of replies from the SuperLink
+    trace_rpcs("serverapp")  # (only with FEDGUARD_RUNTIME_TRACE set)
     return ResponsiveGrid(grid)

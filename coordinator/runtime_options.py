@@ -5,8 +5,8 @@ HTTP grid sleeps 3 s between pulls while it waits for replies
 (``flwr/superlink/grid/http_grid.py``), and a SecAgg+ round is four
 exchanges; the SuperLink's SuperExec polls for the ServerApp task once a
 second. fedguard's ServerApp wraps its grid (:class:`coordinator.grid.ResponsiveGrid`)
-to pull every :data:`GRID_POLL_SECONDS`, and the SuperLink runs with
-``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` set. The SuperNode's options live in
+to pull every :data:`GRID_POLL_SECONDS`; the SuperExec keeps Flower's 1 s
+(:data:`SUPEREXEC_POLL_SECONDS`). The SuperNode's options live in
 ``lifecycle.runtime_options`` (the site side may not import ``coordinator``).
 """
 
@@ -32,8 +32,14 @@ def grid_poll_seconds() -> float:
     except ValueError:
         return GRID_POLL_SECONDS
 
-SUPEREXEC_POLL_SECONDS = 0.1
-"""How often the SuperLink's SuperExec polls for a new ServerApp task (Flower's default: 1 s)."""
+SUPEREXEC_POLL_SECONDS = 1.0
+"""How often the SuperLink's SuperExec polls for a new ServerApp task (Flower's default, kept).
+
+It decides only how soon a submitted run starts (once per run, not per
+round); polling every 0.1 s cost the SuperLink ten requests a second for the
+whole run, CPU that the round's own requests then waited for on a 2-core
+coordinator (``benchmarks/deployment.py``).
+"""
 
 
 def superlink_flags() -> list[str]:

@@ -117,6 +117,36 @@ def trace(component: str, stage: str, **fields: object) -> None:
         handle.write(line + "\n")
 
 
+def trace_rpcs(component: str) -> None:
+    """With :data:`TRACE_ENV` set, trace every Flower request this process makes: method, seconds, request bytes.
+
+    Flower 1.41's runtime components talk protobuf over HTTP
+    (``flwr.supercore.protobuf.client.ProtobufClient``), one request per
+    message part; the per-request table (``benchmarks/deployment.py --report``)
+    shows where an exchange's time goes between processes. Idempotent; a no-op
+    when tracing is off.
+    """
+    if not os.environ.get(TRACE_ENV):
+        return
+    from flwr.supercore.protobuf import client as protobuf_client
+
+    send = protobuf_client.ProtobufClient._unary_unary
+    if getattr(send, "fedguard_traced", False):
+        return
+
+    def traced(self: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        try:
+            return send(self, **kwargs)
+        finally:
+            request = kwargs.get("request")
+            trace(component, "rpc", method=str(kwargs.get("rpc_method", "?")).rsplit("/", 1)[-1], start=started,
+                  seconds=round(time.time() - started, 4), bytes=request.ByteSize() if request is not None else 0)
+
+    traced.fedguard_traced = True  # type: ignore[attr-defined]
+    protobuf_client.ProtobufClient._unary_unary = traced  # type: ignore[method-assign]
+
+
 def with_fast_pulls(pull: Callable[..., Any]) -> Callable[..., Any]:
     """``pull`` (Flower's ``pull_objects`` or ``pull_and_inflate_object_from_tree``) with :data:`OBJECT_PULL_BACKOFF`.
 

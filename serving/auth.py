@@ -8,7 +8,10 @@ less than ``auth_cache_seconds`` ago (1 s by default), so a revocation takes
 effect on every replica sharing the registry within that bound, and at once on
 the replica that revoked it; expiry is checked against the app's injected
 clock on every request. Both dependencies are ``async``: neither costs a
-thread-pool hop when the key is cached.
+thread-pool hop when the key is cached. :func:`resolve_key` keeps a key that
+is in use in the cache: one request per key re-reads it in the background
+when its entry is half ``auth_cache_seconds`` old, and concurrent requests
+that miss the cache share one registry query instead of each sending their own.
 
 The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 ``/docs`` offers an *Authorize* button; it is created with
@@ -18,6 +21,7 @@ The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,17 +32,18 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from lifecycle.errors import StateError
+from lifecycle.errors import FedguardError, StateError
 from lifecycle.registry import Registry
+from serving import logger
 from serving.drift import DriftMonitors
 from serving.extraction import ExtractionGuard
 from serving.keycache import KeyCache
-from serving.keys import KeyInfo, authenticate, require_scope
+from serving.keys import KeyInfo, authenticate, hash_secret, require_scope
 from serving.metrics import ServingMetrics, note_key_id
 from serving.models import ServedModel
 from serving.quotas import QuotaStore
-from serving.rollout import Router
 from serving.ranges import FeatureRanges
+from serving.rollout import Router
 from serving.settings import ServingSettings
 
 _bearer = HTTPBearer(
@@ -62,6 +67,10 @@ class ServingState:
     extraction: ExtractionGuard = field(default_factory=ExtractionGuard)
     ranges: FeatureRanges = field(default_factory=FeatureRanges)
     key_cache: KeyCache = field(default_factory=KeyCache)
+    # Registry look-ups in flight, by the SHA-256 of the presented key (resolve_key).
+    key_lookups: dict[str, asyncio.Task[KeyInfo]] = field(default_factory=dict)
+    # Background tasks the event loop would otherwise only hold weakly.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     # Rollouts and the kill switch (serving.rollout); built from ``models`` when not given.
     deployments: Router = field(default=None)  # type: ignore[assignment]
 
@@ -104,17 +113,68 @@ def require(scope: str) -> Callable[..., KeyInfo]:
     ) -> KeyInfo:
         state = state_of(request)  # not a sub-dependency: each one costs FastAPI tens of µs
         presented = credentials.credentials if credentials else None
-        instant = state.clock()
-        info = state.key_cache.lookup(presented, instant)
-        if info is None:
-            now = datetime.fromtimestamp(instant, UTC)
-            info = await run_in_threadpool(authenticate, state.registry, presented, now=now)
-            state.key_cache.remember(presented or "", info, instant)
+        info = await resolve_key(state, presented)
         note_key_id(request.scope, info.key_id)
         return require_scope(info, scope)
 
     dependency.__name__ = f"require_{scope}_key"
     return dependency
+
+
+async def resolve_key(state: ServingState, presented: str | None) -> KeyInfo:
+    """The :class:`KeyInfo` of the presented bearer key: from the cache, or from the registry in the thread pool.
+
+    A cache hit whose entry is half its bound old starts one background
+    re-read of that key (:meth:`KeyCache.begin_refresh`); a miss joins the
+    registry query already in flight for the same key, if any.
+
+    Raises
+    ------
+    AuthenticationError
+        No, malformed, unknown, revoked or expired key.
+    """
+    instant = state.clock()
+    info = state.key_cache.lookup(presented, instant)
+    if info is None:
+        return await _look_up(state, presented, instant)
+    if presented and state.key_cache.begin_refresh(info.key_id, instant):
+        task = asyncio.get_running_loop().create_task(_refresh(state, presented, info.key_id, instant))
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+    return info
+
+
+async def _look_up(state: ServingState, presented: str | None, instant: float) -> KeyInfo:
+    """One registry query per presented key at a time; every concurrent caller awaits the same one."""
+    if not presented:
+        return await run_in_threadpool(authenticate, state.registry, presented,
+                                       now=datetime.fromtimestamp(instant, UTC))
+    token = hash_secret(presented)
+    task = state.key_lookups.get(token)
+    if task is None:
+        task = asyncio.get_running_loop().create_task(_query(state, presented, instant))
+        state.key_lookups[token] = task
+        task.add_done_callback(lambda _: state.key_lookups.pop(token, None))
+    return await asyncio.shield(task)
+
+
+async def _query(state: ServingState, presented: str, instant: float) -> KeyInfo:
+    info = await run_in_threadpool(authenticate, state.registry, presented, now=datetime.fromtimestamp(instant, UTC))
+    state.key_cache.remember(presented, info, instant)
+    return info
+
+
+async def _refresh(state: ServingState, presented: str, key_id: str, instant: float) -> None:
+    """Re-read a cached key; one the registry now refuses is forgotten, so its next request gets the 401."""
+    try:
+        await _look_up(state, presented, instant)
+    except FedguardError as exc:
+        state.key_cache.forget(key_id)
+        logger.info("cached API key %s no longer authenticates: %s", key_id, exc)
+    except Exception:  # noqa: BLE001 - a background task: its failure must not vanish silently
+        logger.exception("could not re-read API key %s; it stays cached until its bound", key_id)
+    finally:
+        state.key_cache.end_refresh(key_id)
 
 
 PredictKey = Annotated[KeyInfo, Depends(require("predict"))]

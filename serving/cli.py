@@ -35,6 +35,7 @@ from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
 from serving.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
 from serving.settings import ServingSettings, build_settings, is_loopback
+from serving.worker import off_the_event_loop, settle_heap
 
 console = Console()
 err_console = Console(stderr=True)
@@ -165,7 +166,9 @@ def _attach_log_handler() -> None:
     one line per request sits on the predict path (``benchmarks/serving.py``).
     Log records skip the caller's frame, thread and process look-ups, which no
     fedguard format shows (the "Optimization" section of Python's logging
-    HOWTO): that halves the cost of each access-log line.
+    HOWTO): that halves the cost of each access-log line. The line is written
+    by a background thread (:func:`serving.worker.off_the_event_loop`): stderr
+    may be a pipe that a slow log collector lets fill up.
     """
     package = logging.getLogger("fedguard")
     if not package.handlers and not logging.getLogger().handlers:
@@ -174,7 +177,7 @@ def _attach_log_handler() -> None:
         access = logging.getLogger("fedguard.serving.access")
         plain = logging.StreamHandler()  # stderr
         plain.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        access.addHandler(plain)
+        access.addHandler(off_the_event_loop(plain))
         access.propagate = False
         logging._srcfile = None  # documented switch: no sys._getframe() walk per record
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -222,4 +225,5 @@ def serve(
     scheme = "https" if settings.tls else "http"
     where = f"[{settings.host}]" if ":" in settings.host else settings.host
     err_console.print(f"Listening on {scheme}://{where}:{settings.port} (OpenAPI at /docs)", highlight=False)
+    settle_heap()
     uvicorn.run(app, **uvicorn_options(settings))

@@ -8,14 +8,14 @@ key, bearer scheme, body) through its generic resolver
 predict route (same path, same method) and answers the common case itself:
 
 - the body is ``application/json`` and parses (:func:`json.loads`, as FastAPI);
-- the bearer key is in :class:`~serving.keycache.KeyCache` (an expired one
-  raises the same :class:`~serving.keys.AuthenticationError` as the
-  dependency, and a key without the predict scope the same
-  :class:`~serving.keys.ScopeError`);
+- a bearer key is presented; it is resolved by
+  :func:`~serving.auth.resolve_key`, as the dependency does (cache first; a
+  bad key raises the same :class:`~serving.keys.AuthenticationError`, and a
+  key without the predict scope the same :class:`~serving.keys.ScopeError`);
 - the body validates as :class:`~serving.schemas.PredictRequest`.
 
-Everything else (no or another content type, broken JSON, a key the cache
-does not hold, a body that does not validate) is handed, body replayed, to
+Everything else (no or another content type, broken JSON, no bearer key,
+a body that does not validate) is handed, body replayed, to
 the FastAPI route, which answers exactly as it always did. So the two paths
 differ only in cost: the guards after authentication (quotas, ranges, routing,
 drift, extraction, output shaping, metrics, access log) are one function,
@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from serving.auth import state_of
+from serving.auth import resolve_key, state_of
 from serving.keys import require_scope
 from serving.metrics import note_key_id
 from serving.routes import answer_predict
@@ -78,10 +78,11 @@ class PredictFastPath:
             await self._fallback(scope, receive, send, body)
             return
         state = state_of(request)
-        info = state.key_cache.lookup(_bearer(_headers(scope)[1]), state.clock())
-        if info is None:  # the registry must be asked: in the thread pool, by the dependency
+        presented = _bearer(_headers(scope)[1])
+        if presented is None:  # no key: the dependency words the 401
             await self._fallback(scope, receive, send, body)
             return
+        info = await resolve_key(state, presented)
         note_key_id(scope, info.key_id)
         require_scope(info, "predict")
         try:

@@ -18,6 +18,15 @@ What stays exact and what is bounded:
   server at most ``ttl`` seconds later (``FEDGUARD_SERVE_AUTH_CACHE_SECONDS``,
   1 s by default; 0 turns the cache off and reads the registry every time).
 
+Under steady traffic a key should never fall out of the cache: when every
+request that arrives while an entry is being re-read also misses and queries
+the registry, a 1 s bound turns into a burst of queries once a second that
+stalls the request path (the p99 of ``benchmarks/serving.py``).
+:meth:`KeyCache.begin_refresh` therefore lets exactly one request per key
+re-read it in the background once the entry is half its ``ttl`` old, while
+the others keep being answered from the entry, which stays bounded by
+``ttl`` as before (:func:`serving.auth.resolve_key`).
+
 The cache holds no secret: only the hash the registry stores anyway.
 """
 
@@ -55,6 +64,7 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def lookup(self, presented: str | None, now: float) -> KeyInfo | None:
@@ -94,6 +104,24 @@ class KeyCache:
             self._entries.move_to_end(info.key_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def begin_refresh(self, key_id: str, now: float) -> bool:
+        """Whether the caller should re-read ``key_id`` now: its entry is half its ``ttl`` old and nobody else does.
+
+        A ``True`` marks the refresh as running; the caller must call
+        :meth:`end_refresh` when it is done, whatever the outcome.
+        """
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None or key_id in self._refreshing or 0.0 <= now - entry.fetched_at < self.ttl / 2:
+                return False
+            self._refreshing.add(key_id)
+            return True
+
+    def end_refresh(self, key_id: str) -> None:
+        """The refresh that :meth:`begin_refresh` allowed is over."""
+        with self._lock:
+            self._refreshing.discard(key_id)
 
     def forget(self, key_id: str) -> None:
         """Drop ``key_id`` (after this server revoked it)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from lifecycle.reference import ReferenceStats, bom_reference
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger
+from serving.inference import MAX_ROWS, MLPPlan, softmax64
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _SHOWN_FEATURES = 12
@@ -45,6 +46,11 @@ class ServedModel:
     module: nn.Module
     schema: FeatureSchema
     reference: ReferenceStats | None = None  # training-data histograms (drift, extraction grid)
+    plan: MLPPlan | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # numpy evaluation for request-sized batches (serving.inference); None: PyTorch only
+        object.__setattr__(self, "plan", MLPPlan.of(self.module))
 
     @property
     def num_features(self) -> int:
@@ -108,6 +114,8 @@ class ServedModel:
         Only :mod:`serving.outputs` should call this, and only for a model whose
         operator configured a score-bearing output mode.
         """
+        if self.plan is not None and len(batch) <= MAX_ROWS:
+            return torch.from_numpy(softmax64(self.plan.logits(batch.detach().numpy())))
         with torch.no_grad():
             return torch.softmax(self.module(batch).to(torch.float64), dim=1)
 
@@ -119,8 +127,11 @@ class ServedModel:
         Tramèr et al. 2016), so they are returned only through
         :mod:`serving.outputs`, rounded, for a model configured to.
         """
-        with torch.no_grad():
-            classes: list[int] = self.module(batch).argmax(dim=1).tolist()
+        if self.plan is not None and len(batch) <= MAX_ROWS:
+            classes: list[int] = self.plan.logits(batch.detach().numpy()).argmax(axis=1).tolist()
+        else:
+            with torch.no_grad():
+                classes = self.module(batch).argmax(dim=1).tolist()
         if self.schema.labels:
             return [self.schema.labels[c] for c in classes]
         return classes

@@ -188,8 +188,12 @@ class Router:
         return cls(registry, settings, live, **kwargs)
 
     # -------------------------------------------------------------- routing
-    def route(self, name: str, key_id: str) -> Route:
+    def route(self, name: str, key_id: str, refresh: bool = True) -> Route:
         """Choose the version that answers ``key_id`` for model ``name``.
+
+        ``refresh=False`` is for a caller on the event loop that already hopped
+        to the thread pool for a due :meth:`refresh` (:func:`serving.routes.answer_predict`):
+        a refresh that fell due in the microseconds since must not run its query here.
 
         Raises
         ------
@@ -198,7 +202,8 @@ class Router:
         ModelKilled
             Its kill switch is engaged, or a needed version failed to verify (503).
         """
-        self.refresh()
+        if refresh:
+            self.refresh()
         live = self.live.get(name)
         if live is None:
             raise UnknownModelError(f"key {key_id} asked for unserved model {name[:128]!r}")

@@ -129,7 +129,7 @@ def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
 
 
 def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
-    route = state.deployments.route(name, key.key_id)
+    route = state.deployments.route(name, key.key_id, refresh=False)  # answer_predict refreshed it
     model = route.model
     batch = model.to_batch(body.instances, state.settings.max_instances)
     state.ranges.check(model.name, batch)

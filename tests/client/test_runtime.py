@@ -130,3 +130,33 @@ def test_trace_appends_one_json_line_per_stage_only_when_asked(tmp_path, monkeyp
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(x["component"], x["stage"]) for x in lines] == [("grid", "push"), ("clientapp", "handler")]
     assert lines[0]["kind"] == "train" and lines[0]["n"] == 3 and lines[1]["seconds"] == 0.5
+
+
+def test_traced_requests_name_their_method_and_time(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+    from flwr.supercore.protobuf import client as protobuf_client
+
+    from lifecycle.runtime_options import TRACE_ENV, trace_rpcs
+
+    calls: list[str] = []
+
+    def fake_send(self: object, **kwargs: object) -> str:
+        calls.append(str(kwargs["rpc_method"]))
+        return "response"
+
+    monkeypatch.setattr(protobuf_client.ProtobufClient, "_unary_unary", fake_send)
+    trace_rpcs("supernode")  # tracing off: nothing changes
+    assert protobuf_client.ProtobufClient._unary_unary is fake_send
+    log = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE_ENV, str(log))
+    trace_rpcs("supernode")
+    trace_rpcs("supernode")  # idempotent
+    request = PullMessagesRequest()
+    out = protobuf_client.ProtobufClient._unary_unary(object(), path="/x", rpc_method="/flwr.proto.Fleet/PullMessages",
+                                                      request=request, response_type=object)
+    assert out == "response" and calls == ["/flwr.proto.Fleet/PullMessages"]
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["component"] == "supernode" and line["stage"] == "rpc" and line["method"] == "PullMessages"
+    assert line["seconds"] >= 0 and line["bytes"] == request.ByteSize()

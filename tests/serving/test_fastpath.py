@@ -44,13 +44,15 @@ def fallbacks(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_a_cached_key_is_answered_by_the_fast_path_with_the_same_bytes(
-    client: TestClient, predict_key: CreatedKey, fallbacks: list[str]
+def test_a_bearer_key_is_answered_by_the_fast_path_with_the_same_bytes(
+    client: TestClient, app: FastAPI, predict_key: CreatedKey, fallbacks: list[str]
 ) -> None:
-    first = client.post(PREDICT, json=GOOD, headers=bearer(predict_key))  # key not cached yet: FastAPI route
-    assert fallbacks == [PREDICT]
-    second = client.post(PREDICT, json=GOOD, headers=bearer(predict_key))
-    assert fallbacks == [PREDICT]  # answered by the fast path
+    first = client.post(PREDICT, json=GOOD, headers=bearer(predict_key))  # key not cached yet: registry query
+    assert app.state.fedguard.key_cache.lookup(predict_key.key, app.state.fedguard.clock()) is not None
+    second = client.post(PREDICT, json=GOOD, headers=bearer(predict_key))  # cached
+    assert fallbacks == []  # both answered by the fast path
+    fallbacks_first = client.post(PREDICT, json=GOOD, headers={**bearer(predict_key), "Content-Type": "text/json"})
+    assert fallbacks == [PREDICT] and fallbacks_first.status_code == 422  # the FastAPI route behind it
     assert first.status_code == second.status_code == 200
     assert first.content == second.content
     assert first.headers["content-type"] == second.headers["content-type"] == "application/json"
@@ -79,8 +81,8 @@ def test_what_the_fast_path_does_not_take_gets_the_fastapi_answer(
     assert set(response.json()) == {"error"}
 
 
-@pytest.mark.parametrize("authorization", [None, "Basic abc", "Bearer fgk_0123456789abcdef_wrong", "Bearer"])
-def test_a_key_the_cache_does_not_hold_goes_to_the_dependency(
+@pytest.mark.parametrize("authorization", [None, "Basic abc", "Bearer"])
+def test_a_request_without_a_bearer_key_goes_to_the_dependency(
     client: TestClient, predict_key: CreatedKey, fallbacks: list[str], authorization: str | None
 ) -> None:
     assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
@@ -89,6 +91,19 @@ def test_a_key_the_cache_does_not_hold_goes_to_the_dependency(
     response = client.post(PREDICT, json=GOOD, headers=headers)
     assert fallbacks == [PREDICT]
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("presented", ["fgk_0123456789abcdef_wrong", "not-a-key"])
+def test_a_bad_bearer_key_gets_the_same_401_from_the_fast_path(
+    client: TestClient, fallbacks: list[str], presented: str
+) -> None:
+    fast = client.post(PREDICT, json=GOOD, headers={"Authorization": f"Bearer {presented}"})
+    assert fallbacks == []
+    route = client.post(PREDICT, content=b"{}", headers={"Authorization": f"Bearer {presented}",
+                                                          "Content-Type": "text/plain"})
+    assert fallbacks == [PREDICT]  # the FastAPI route authenticates before it validates the body
+    assert fast.status_code == route.status_code == 401
+    assert fast.json() == route.json() and fast.json()["error"]["code"] == "unauthorized"
 
 
 def test_the_fast_path_keeps_the_guards_after_authentication(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
+import serving.auth as auth_module
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
+from serving.auth import resolve_key
 from serving.keycache import KeyCache
-from serving.keys import AuthenticationError, CreatedKey, create_key, revoke_key
+from serving.keys import AuthenticationError, CreatedKey, KeyInfo, authenticate, create_key, revoke_key
 from serving.settings import ServingSettings, build_settings
 from tests.serving.conftest import bearer
 
@@ -106,3 +110,52 @@ def test_the_bound_comes_from_the_environment_and_is_checked(monkeypatch: pytest
         monkeypatch.setenv("FEDGUARD_SERVE_AUTH_CACHE_SECONDS", bad)
         with pytest.raises(ConfigurationError, match="auth_cache_seconds"):
             build_settings()
+
+
+def test_a_key_in_use_is_re_read_before_its_bound_so_a_revocation_arrives_early(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    clock = Clock()
+    settings = ServingSettings(auth_cache_seconds=1.0, quota_burst=100)
+    app = create_app(registry, settings, clock=clock)
+    state = app.state.fedguard
+    with TestClient(app) as client:
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        revoke_key(registry, predict_key.info.key_id)
+        clock.now += 0.6  # past half the bound: answered from the cache, and one re-read starts
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 200
+        deadline = time.monotonic() + 10
+        while state.key_cache.lookup(predict_key.key, clock.now) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.post(PREDICT, json=GOOD, headers=bearer(predict_key)).status_code == 401  # before 1 s
+
+
+def test_concurrent_misses_share_one_registry_query(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(registry, ServingSettings(auth_cache_seconds=60), clock=Clock())
+    state = app.state.fedguard
+    queries: list[str | None] = []
+
+    def counting(registry: Registry, presented: str | None, now: datetime) -> KeyInfo:
+        queries.append(presented)
+        time.sleep(0.05)  # a slow registry: every caller arrives while the first query runs
+        return authenticate(registry, presented, now=now)
+
+    monkeypatch.setattr(auth_module, "authenticate", counting)
+
+    async def burst() -> list[KeyInfo]:
+        return await asyncio.gather(*(resolve_key(state, predict_key.key) for _ in range(20)))
+
+    infos = asyncio.run(burst())
+    assert queries == [predict_key.key]
+    assert all(info == predict_key.info for info in infos)
+    assert state.key_lookups == {}  # nothing left behind
+
+    async def bad_burst() -> list[BaseException | KeyInfo]:
+        forged = predict_key.key[:-1] + ("A" if not predict_key.key.endswith("A") else "B")
+        return await asyncio.gather(*(resolve_key(state, forged) for _ in range(5)), return_exceptions=True)
+
+    queries.clear()
+    outcomes = asyncio.run(bad_burst())
+    assert len(queries) == 1 and all(isinstance(o, AuthenticationError) for o in outcomes)
