@@ -13,17 +13,24 @@ Both servers are separate uvicorn processes with one worker on loopback:
   that it observes every request without throttling the one benchmark key;
 - **bare**: a FastAPI app with one ``POST /predict`` route that parses the same
   ``{"instances": [[...]]}`` body with pydantic, runs the same torch module
-  loaded from the same artifact, and returns the labels.
+  loaded from the same artifact, and returns the labels;
+- **floor**: a bare ASGI callable under the same uvicorn that reads the body
+  and returns a constant answer of the same shape: no framework, no model. Its
+  latency at the fixed rate is what this machine and load generator give any
+  Python server, the floor under the p99 goal (on a 2-vCPU virtual machine,
+  bursts in which every process stops for 10-40 ms set it).
 
-The load comes from a third process (an asyncio client over raw keep-alive
+The load comes from another process (an asyncio client over raw keep-alive
 sockets, one request in flight per connection) in two phases per server and
-repeat, interleaved (bare, guarded, guarded, bare, ...):
+repeat, interleaved (the order rotates every repeat):
 
 1. **max throughput**: ``--connections`` closed-loop connections for
    ``--seconds``; requests answered per second;
 2. **fixed rate**: ``--rate`` requests per second offered open-loop for
    ``--seconds``; p50 and p99 latency from the moment each request is written
-   until its whole response is read.
+   until its whole response is read, and how many requests the generator
+   itself wrote more than 2 ms after they were due (``late``: when that is
+   high, the machine stalled the generator too).
 
 Around each load run the server's own CPU time (``/proc/<pid>/stat``) is read,
 giving **CPU per request**: with other jobs sharing the cores, wall-clock rates
@@ -224,6 +231,30 @@ def bare_main(model_dir: Path, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
 
 
+FLOOR_ANSWER = json.dumps({"predictions": ["benign"], "model": "bench", "version": 1}).encode()
+
+
+def floor_main(port: int) -> None:
+    """The floor: uvicorn with an ASGI callable that reads the body and sends a constant answer."""
+    import uvicorn
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(FLOOR_ANSWER)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": FLOOR_ANSWER})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
+
+
 # ---------------------------------------------------------------- the load generator (its own process)
 
 
@@ -255,15 +286,17 @@ async def _closed_loop(port: int, request: bytes, seconds: float, connections: i
     return done, failed
 
 
-async def _open_loop(port: int, request: bytes, seconds: float, rate: float, pool: int) -> tuple[list[float], int]:
+async def _open_loop(
+    port: int, request: bytes, seconds: float, rate: float, pool: int
+) -> tuple[list[float], int, int]:
     total = int(seconds * rate)
     latencies: list[float] = []
-    failed = 0
+    failed = late = 0
     counter = iter(range(total))
     start = time.perf_counter() + 0.05
 
     async def worker() -> None:
-        nonlocal failed
+        nonlocal failed, late
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for k in counter:
             due = start + k / rate
@@ -271,13 +304,14 @@ async def _open_loop(port: int, request: bytes, seconds: float, rate: float, poo
             if wait > 0:
                 await asyncio.sleep(wait)
             sent = time.perf_counter()
+            late += sent - due > 0.002
             status = await _exchange(reader, writer, request)
             latencies.append(time.perf_counter() - sent)
             failed += status != 200
         writer.close()
 
     await asyncio.gather(*(worker() for _ in range(pool)))
-    return latencies, failed
+    return latencies, failed, late
 
 
 def load_main(args: argparse.Namespace) -> None:
@@ -292,13 +326,14 @@ def load_main(args: argparse.Namespace) -> None:
                f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
     warm, _ = asyncio.run(_closed_loop(args.port, request, 0.5, args.connections))
     done, failed_max = asyncio.run(_closed_loop(args.port, request, args.seconds, args.connections))
-    latencies, failed_rate = asyncio.run(_open_loop(args.port, request, args.seconds, args.rate, 32))
+    latencies, failed_rate, late = asyncio.run(_open_loop(args.port, request, args.seconds, args.rate, 32))
     latencies.sort()
     print(json.dumps({
         "rps": done / args.seconds,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "failed": failed_max + failed_rate,
+        "late": late,
         "requests": warm + done + len(latencies),
     }))
 
@@ -312,6 +347,8 @@ def main() -> None:
     bare = sub.add_parser("bare")
     bare.add_argument("--model-dir", type=Path, required=True)
     bare.add_argument("--port", type=int, required=True)
+    floor = sub.add_parser("floor")
+    floor.add_argument("--port", type=int, required=True)
     loader = sub.add_parser("load")
     loader.add_argument("--port", type=int, required=True)
     loader.add_argument("--path", required=True)
@@ -330,6 +367,9 @@ def main() -> None:
     if args.command == "bare":
         bare_main(args.model_dir, args.port)
         return
+    if args.command == "floor":
+        floor_main(args.port)
+        return
     if args.command == "load":
         load_main(args)
         return
@@ -341,32 +381,37 @@ def run(args: argparse.Namespace) -> None:
         home = Path(tmp) / "home"
         model_dir, key = publish(home)
         env = _env(home)
-        guarded_port, bare_port = free_port(), free_port()
-        results: dict[str, list[dict[str, float]]] = {"guarded": [], "bare": []}
-        guarded_argv = [FEDGUARD, "serve", "--port", str(guarded_port)]
-        bare_argv = [sys.executable, str(Path(__file__).resolve()), "bare", "--model-dir", str(model_dir),
-                     "--port", str(bare_port)]
+        ports = {name: free_port() for name in ("guarded", "bare", "floor")}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+        here = str(Path(__file__).resolve())
+        argv = {
+            "guarded": [FEDGUARD, "serve", "--port", str(ports["guarded"])],
+            "bare": [sys.executable, here, "bare", "--model-dir", str(model_dir), "--port", str(ports["bare"])],
+            "floor": [sys.executable, here, "floor", "--port", str(ports["floor"])],
+        }
+        paths = {"guarded": ("/v1/models/bench/predict", key), "bare": ("/predict", None), "floor": ("/predict", None)}
         guarded_env = {**env, "PYTHONPATH": str(args.code.resolve())} if args.code else env
-        with server(guarded_argv, guarded_env, guarded_port, Path(tmp) / "guarded.log") as guarded_pid, \
-                server(bare_argv, env, bare_port, Path(tmp) / "bare.log") as bare_pid:
+        with server(argv["guarded"], guarded_env, ports["guarded"], Path(tmp) / "guarded.log") as guarded_pid, \
+                server(argv["bare"], env, ports["bare"], Path(tmp) / "bare.log") as bare_pid, \
+                server(argv["floor"], env, ports["floor"], Path(tmp) / "floor.log") as floor_pid:
+            pids = {"guarded": guarded_pid, "bare": bare_pid, "floor": floor_pid}
+            names = list(ports)
             for i in range(args.repeats):
-                order = ("bare", "guarded") if i % 2 == 0 else ("guarded", "bare")
-                for name in order:
-                    if name == "guarded":
-                        result = load(guarded_port, guarded_pid, "/v1/models/bench/predict", key, args)
-                    else:
-                        result = load(bare_port, bare_pid, "/predict", None, args)
+                for name in names[i % 3:] + names[: i % 3]:
+                    path, bearer = paths[name]
+                    result = load(ports[name], pids[name], path, bearer, args)
                     results[name].append(result)
                     print(f"run {i + 1} {name:8s} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
                           f"p99 {result['p99_ms']:.2f} ms  server CPU {result['cpu_us']:.0f} µs/request  "
-                          f"failed {result['failed']:.0f}", flush=True)
+                          f"late sends {result['late']:.0f}  failed {result['failed']:.0f}", flush=True)
     report(results, args)
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     metrics = ("rps", "p50_ms", "p99_ms", "failed", "cpu_us")
     med = {name: {m: statistics.median(r[m] for r in runs) for m in metrics} for name, runs in results.items()}
-    g, b = med["guarded"], med["bare"]
+    g, b, f = med["guarded"], med["bare"], med["floor"]
+    p99s = {name: ", ".join(f"{r['p99_ms']:.1f}" for r in runs) for name, runs in results.items()}
     ratio = g["rps"] / b["rps"]
     cpu_ratio = b["cpu_us"] / g["cpu_us"]
     print(f"max throughput: guarded {g['rps']:.0f} req/s, bare {b['rps']:.0f} req/s, ratio {ratio:.2f} (goal >= 0.9)")
@@ -374,6 +419,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
           f"dedicated core {cpu_ratio:.2f}")
     print(f"at {args.rate:.0f} req/s: guarded p50 {g['p50_ms']:.2f} ms p99 {g['p99_ms']:.2f} ms (goal p99 <= 5 ms); "
           f"bare p50 {b['p50_ms']:.2f} ms p99 {b['p99_ms']:.2f} ms")
+    print(f"floor (constant answer, no framework): p50 {f['p50_ms']:.2f} ms p99 {f['p99_ms']:.2f} ms")
+    print(f"p99 per run (ms): guarded {p99s['guarded']}; floor {p99s['floor']}")
     if args.no_record:
         return
     import importlib.util
@@ -387,7 +434,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     notes = (f"server CPU per request {g['cpu_us']:.0f} µs vs {b['cpu_us']:.0f} µs (ratio {cpu_ratio:.2f}); "
              f"at {args.rate:.0f} req/s offered: guarded p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms; bare p50 "
              f"{b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms; {args.connections} connections, 1 instance of "
-             f"{FEATURES} features per request; failed {g['failed'] + b['failed']:.0f}"
+             f"{FEATURES} features per request; failed {g['failed'] + b['failed']:.0f}; p99 per run: guarded "
+             f"{p99s['guarded']} ms, floor (uvicorn with a constant ASGI answer) {p99s['floor']} ms"
              + (f"; {args.note}" if args.note else ""))
     append_row(
         f"| {time.strftime('%Y-%m-%d')} | serving | guarded predict (fedguard serve) vs bare FastAPI endpoint, "
