@@ -150,9 +150,10 @@ async def _look_up(state: ServingState, presented: str | None, instant: float) -
         return await run_in_threadpool(authenticate, state.registry, presented,
                                        now=datetime.fromtimestamp(instant, UTC))
     token = hash_secret(presented)
+    loop = asyncio.get_running_loop()
     task = state.key_lookups.get(token)
-    if task is None:
-        task = asyncio.get_running_loop().create_task(_query(state, presented, instant))
+    if task is None or task.get_loop() is not loop:  # (an app driven by several loops, e.g. in tests)
+        task = loop.create_task(_query(state, presented, instant))
         state.key_lookups[token] = task
         task.add_done_callback(lambda _: state.key_lookups.pop(token, None))
     return await asyncio.shield(task)

@@ -64,7 +64,7 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._refreshing: set[str] = set()
+        self._refreshing: dict[str, float] = {}  # key id -> when its refresh began
         self._lock = threading.Lock()
 
     def lookup(self, presented: str | None, now: float) -> KeyInfo | None:
@@ -113,15 +113,18 @@ class KeyCache:
         """
         with self._lock:
             entry = self._entries.get(key_id)
-            if entry is None or key_id in self._refreshing or 0.0 <= now - entry.fetched_at < self.ttl / 2:
+            if entry is None or 0.0 <= now - entry.fetched_at < self.ttl / 2:
                 return False
-            self._refreshing.add(key_id)
+            began = self._refreshing.get(key_id)
+            if began is not None and 0.0 <= now - began < self.ttl:  # (one lost with its event loop expires)
+                return False
+            self._refreshing[key_id] = now
             return True
 
     def end_refresh(self, key_id: str) -> None:
         """The refresh that :meth:`begin_refresh` allowed is over."""
         with self._lock:
-            self._refreshing.discard(key_id)
+            self._refreshing.pop(key_id, None)
 
     def forget(self, key_id: str) -> None:
         """Drop ``key_id`` (after this server revoked it)."""

@@ -15,7 +15,15 @@ from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
 from serving.auth import resolve_key
 from serving.keycache import KeyCache
-from serving.keys import AuthenticationError, CreatedKey, KeyInfo, authenticate, create_key, revoke_key
+from serving.keys import (
+    AuthenticationError,
+    CreatedKey,
+    KeyInfo,
+    authenticate,
+    create_key,
+    hash_secret,
+    revoke_key,
+)
 from serving.settings import ServingSettings, build_settings
 from tests.serving.conftest import bearer
 
@@ -159,3 +167,33 @@ def test_concurrent_misses_share_one_registry_query(
     queries.clear()
     outcomes = asyncio.run(bad_burst())
     assert len(queries) == 1 and all(isinstance(o, AuthenticationError) for o in outcomes)
+
+
+def test_a_refresh_lost_with_its_event_loop_does_not_block_later_ones(registry: Registry) -> None:
+    created = create_key(registry, "predict", "r")
+    cache = KeyCache(ttl=1.0)
+    cache.remember(created.key, created.info, T0)
+    assert cache.begin_refresh(created.info.key_id, T0 + 0.6)
+    assert not cache.begin_refresh(created.info.key_id, T0 + 0.7)  # one at a time
+    # That refresh never ends (its event loop went away); the entry expires and a miss re-reads it.
+    cache.remember(created.key, created.info, T0 + 1.0)
+    assert not cache.begin_refresh(created.info.key_id, T0 + 1.55)  # the lost one is younger than the bound
+    assert cache.begin_refresh(created.info.key_id, T0 + 1.7)  # past it: another may start
+    cache.end_refresh(created.info.key_id)
+    cache.remember(created.key, created.info, T0 + 1.7)
+    assert cache.begin_refresh(created.info.key_id, T0 + 2.3)
+
+
+def test_a_lookup_left_by_another_event_loop_is_not_awaited(
+    registry: Registry, published: VersionRecord, predict_key: CreatedKey
+) -> None:
+    app = create_app(registry, ServingSettings(auth_cache_seconds=60), clock=Clock())
+    state = app.state.fedguard
+
+    async def strand() -> None:  # a look-up whose loop closes before it completes
+        asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        state.key_lookups[hash_secret(predict_key.key)] = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+
+    asyncio.run(strand())
+    info = asyncio.run(resolve_key(state, predict_key.key))  # another loop: a fresh query
+    assert info == predict_key.info
