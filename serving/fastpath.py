@@ -73,12 +73,13 @@ class PredictFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         body = await request.body()  # the body limit's counting receive applies here too
-        parsed = self._parse(scope, body)
+        content_type, authorization = _headers(scope)  # one pass over the headers for both
+        parsed = self._parse(content_type, body)
         if parsed is None:
             await self._fallback(scope, receive, send, body)
             return
         state = state_of(request)
-        presented = _bearer(_headers(scope)[1])
+        presented = _bearer(authorization)
         if presented is None:  # no key: the dependency words the 401
             await self._fallback(scope, receive, send, body)
             return
@@ -94,8 +95,7 @@ class PredictFastPath:
         await response(scope, receive, send)
 
     @staticmethod
-    def _parse(scope: Scope, body: bytes) -> Any:
-        content_type = _headers(scope)[0]
+    def _parse(content_type: bytes | None, body: bytes) -> Any:
         if not body or content_type is None or content_type.split(b";", 1)[0].strip().lower() != _JSON:
             return None
         try:
