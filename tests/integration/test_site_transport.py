@@ -52,7 +52,11 @@ def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_
                 assert agent.alive(), (tmp_path / "supernode.log").read_text()[-2000:]
                 assert time.monotonic() < deadline, "the SuperNode did not come online within 120 s"
                 time.sleep(0.5)
-            log = (fed.layout.logs / "superlink.log").read_text()
+            # The access line is written after the response, so it may trail the node's status change.
+            deadline = time.monotonic() + 10
+            while '"POST /v1/fleet/activate-node HTTP/1.1" 200' not in (log := (
+                    fed.layout.logs / "superlink.log").read_text()) and time.monotonic() < deadline:
+                time.sleep(0.1)
             assert '"POST /v1/fleet/activate-node HTTP/1.1" 200' in log
 
             fed.sites.revoke("st-marys")
