@@ -25,6 +25,7 @@ from client import logger
 from client.audit import site_audit_mod
 from client.config import SiteIdentity, TrainConfig
 from client.data import load_site_data, site_data_mod
+from client.device import describe, training_device
 from client.protection import make_protection_mod
 from client.schema import SiteSchema
 from client.training import plan_for, train_locally
@@ -82,19 +83,26 @@ def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity,
     return cfg, site, data, model
 
 
+def _device(context: Context, cfg: TrainConfig) -> torch.device:
+    """The site's node config ``device`` if it set one (its hardware, its say), else the run's."""
+    return training_device(str(context.node_config.get("device", cfg.device)))
+
+
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; see the module docstring for the reply's records."""
     cfg, site, data, model = _prepare(msg, context)
+    device = _device(context, cfg)
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
     torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
 
     site_record: dict[str, Any] = {
         "name": site.name, "manifest": data.manifest, "secure-rng": secure_rng_available(),
+        "device": describe(device),
     }
     plan = None
     if cfg.dp_enabled:
         plan, steps_before = _restore_plan(context, cfg, data)
-        result = train_locally(model, data, cfg, plan, generator=generator)
+        result = train_locally(model, data, cfg, plan, generator=generator, device=device)
         steps = steps_before + result.steps
         _save_plan(context, plan, steps)
         site_record.update(
@@ -106,9 +114,9 @@ def train(msg: Message, context: Context) -> Message:
             }
         )
     else:
-        result = train_locally(model, data, cfg, None, generator=generator)
-    logger.info("site %s round %d: %d examples, loss %.4f", site.name, cfg.server_round,
-                result.num_examples, result.train_loss)
+        result = train_locally(model, data, cfg, None, generator=generator, device=device)
+    logger.info("site %s round %d: %d examples, loss %.4f, on %s", site.name, cfg.server_round,
+                result.num_examples, result.train_loss, site_record["device"])
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

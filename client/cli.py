@@ -28,6 +28,7 @@ from rich.table import Table
 
 from client.audit import read_log, verify_log
 from client.data import check_file
+from client.device import check_device
 from client.schema import SiteSchema
 from client.supernode import SiteAgent
 from lifecycle.bundle import read_bundle
@@ -47,10 +48,12 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledger: Path,
-                     epsilon_cap: float | None) -> dict[str, str | float]:
+                     epsilon_cap: float | None, device: str | None = None) -> dict[str, str | float]:
     """The ``--node-config`` values the ClientApp reads (absolute paths: the ClientApp runs elsewhere)."""
     values: dict[str, str | float] = {"site-name": site, "data-path": str(data), "schema-path": str(schema),
                                       "audit-path": str(audit_log.resolve()), "ledger-path": str(ledger.resolve())}
+    if device is not None:
+        values["device"] = check_device(device)
     if epsilon_cap is not None:
         if not epsilon_cap > 0:
             raise ConfigurationError(f"--epsilon-cap must be positive, got {epsilon_cap}")
@@ -68,13 +71,15 @@ def start(
     ledger: Annotated[Path | None, typer.Option(help="Local privacy ledger [FEDGUARD_HOME/site/SITE/ledger.db].")]
     = None,
     epsilon_cap: Annotated[float | None, typer.Option(help="This site's own ε cap (its veto).")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Train on cpu, cuda (fail without a GPU) or auto [the run's site-device, cpu by default].")] = None,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
     site_bundle = read_bundle(bundle)
     state = get_settings().home / "site" / site_bundle.site
     state.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
-                              audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap)
+                              audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
     log = logging.getLogger("client")
     log.setLevel(logging.INFO)
     log.propagate = False

@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int
     data_dir: str = ""
     labels: tuple[str, ...] = ()
+    device: str = "cpu"  # the run's ``site-device``; a site's node config ``device`` wins (client.device)
 
     @property
     def dp_enabled(self) -> bool:
@@ -69,10 +70,11 @@ class TrainConfig:
             seed=int(get("seed")),
             data_dir=str(record.get("data-dir", "")),
             labels=tuple(str(v) for v in record.get("labels", [])),  # type: ignore[union-attr]
+            device=str(record.get("device", "cpu")),
         )
 
 
-NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap")
+NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap", "device")
 """The SuperNode node-config keys a deployed site sets (docs/site-data.md)."""
 
 

@@ -5,7 +5,7 @@ SuperNode dials the forwarder on loopback over TLS (``--root-certificates``
 the forwarder's throw-away loopback certificate), signs its requests with the
 bundle's node key (``--auth-supernode-private-key``), and receives the site's
 settings as ``--node-config`` (``site-name``, ``data-path``, ``schema-path``,
-``audit-path``, ``ledger-path``, ``epsilon-cap``; the ClientApp reads them).
+``audit-path``, ``ledger-path``, ``epsilon-cap``, ``device``; the ClientApp reads them).
 
 Private keys are written only into a 0700 temporary folder (``mkdtemp``)
 that lives as long as the agent and is deleted when it stops: Flower reads
@@ -33,7 +33,7 @@ from lifecycle.processes import stop_process_group
 from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
 
 logger = logging.getLogger("client")
-NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap")
+NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap", "device")
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,18 @@ def plan_for(cfg: TrainConfig, data: TabularData) -> DPPlan:
 
 
 def train_locally(
-    model: nn.Module, data: TabularData, cfg: TrainConfig, plan: DPPlan | None, *, generator: torch.Generator
+    model: nn.Module, data: TabularData, cfg: TrainConfig, plan: DPPlan | None, *, generator: torch.Generator,
+    device: torch.device | None = None,
 ) -> LocalResult:
-    """Train ``model`` in place for ``cfg.local_epochs`` epochs; DP-SGD when ``plan`` is set."""
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs; DP-SGD when ``plan`` is set.
+
+    On ``device`` (the CPU by default); the model is back on the CPU when this
+    returns, so its weights serialize as they always do. Batches are drawn on
+    the CPU (Opacus' Poisson sampler and the seeded ``generator`` live there)
+    and moved one at a time.
+    """
+    device = device or torch.device("cpu")
+    model.to(device)
     dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
     loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, generator=generator)
     optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
@@ -53,6 +62,7 @@ def train_locally(
         for features, labels in loader:
             if len(labels) == 0 and clipping != FUSED:  # Poisson sampling can draw an empty batch;
                 continue  # Opacus' ew mode cannot run one (the fused path takes Opacus' pure-noise step)
+            features, labels = features.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = loss_fn(module(features), labels)
             loss.backward()
@@ -61,6 +71,7 @@ def train_locally(
                 total += loss.item() * len(labels)
                 count += len(labels)
             steps += 1
+    model.to("cpu")
     if plan is not None:
         steps = plan.steps_per_epoch * cfg.local_epochs  # every sampled step counts, empty or not
     return LocalResult(data.num_examples, total / max(count, 1), steps, clipping)

@@ -56,7 +56,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
             "dp-delta": cfg.dp_delta, "max-grad-norm": cfg.max_grad_norm,
             "features": list(schema.features), "target": schema.target,
             "num-classes": len(schema.labels), "labels": list(schema.labels), "hidden": list(cfg.hidden_sizes),
-            "seed": cfg.seed, "data-dir": cfg.data_dir,
+            "seed": cfg.seed, "data-dir": cfg.data_dir, "device": cfg.site_device,
             **({"he-secret-context": cfg.sim_he_secret_context} if cfg.sim_he_secret_context else {}),
         }
     )
@@ -186,6 +186,7 @@ def run_federation(
         extra_training={"dropouts": dropouts} if dropouts else None,
     )
     outcome.update(_privacy_outcome(cfg, tracked, plan, ledger_state))
+    outcome.update(site_devices={name: site.device for name, site in sorted(tracked.sites.items())})
     outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
                    federation_seconds=time.monotonic() - started, run_id=run_ledger.run_id, dropouts=dropouts,
                    rejected_updates=[asdict(r) for r in validated.rejections])

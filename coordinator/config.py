@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.strategy import AGGREGATIONS
+from lifecycle.architecture import TRAINING_DEVICES
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
 from watermark import available_schemes
@@ -42,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "site-epsilon": 0.0,
     "site-delta": 1e-5,
     "site-clip": 1.0,
+    "site-device": "cpu",  # where sites train: cpu, cuda or auto (client.device); a site's node config wins
     "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
@@ -75,6 +77,7 @@ class CoordinatorConfig:
     site_epsilon: float
     site_delta: float
     site_clip: float
+    site_device: str
     he_public_context: str
     sim_he_secret_context: str
     round_timeout: float
@@ -122,6 +125,8 @@ class CoordinatorConfig:
             (self.site_epsilon >= 0, "site-epsilon must be positive (0 disables site-level DP)"),
             (0 < self.site_delta < 1, "site-delta must be in (0, 1)"),
             (self.site_clip > 0, "site-clip must be positive"),
+            (self.site_device in TRAINING_DEVICES,
+             f"site-device '{self.site_device}': choose one of {', '.join(TRAINING_DEVICES)}"),
             (self.secure_aggregation != "ckks" or bool(self.he_public_context),
              "secure-aggregation ckks needs he-public-context: the coordinator's public CKKS context"),
             (self.site_epsilon == 0 or self.aggregation == "fedavg", "site-level DP needs fedavg aggregation"),

@@ -57,6 +57,7 @@ class SiteLedger:
     site_dp: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     secure_rng: bool = False
+    device: str = ""  # where the site trained, as it reported (client.device.describe)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class TrackedStrategy(StrategyWrapper):
         if site is not None:
             ledger.manifest = str(site.get("manifest", ""))
             ledger.secure_rng = bool(site.get("secure-rng", False))
+            ledger.device = str(site.get("device", ""))
             ledger.dp = {
                 key: site[key] for key in
                 ("epsilon", "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "accountant",

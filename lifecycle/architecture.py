@@ -17,6 +17,9 @@ from torch import nn
 
 from lifecycle.errors import ConfigurationError
 
+TRAINING_DEVICES = ("cpu", "cuda", "auto")
+"""Where a site trains its copy (``client.device``): the run's ``site-device`` and a site's ``device``."""
+
 
 class Standardize(nn.Module):
     """``(x - mean) / scale`` with buffers, not parameters: DP-SGD never touches them."""

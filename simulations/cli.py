@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -60,6 +61,8 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
             ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["site_epsilon"].items())),)
           if outcome.get("site_delta") else ()),
         ("secure aggregation", outcome["secure_aggregation"]),
+        ("sites trained on", ", ".join(f"{device} ×{count}" for device, count in
+                                       sorted(Counter(outcome.get("site_devices", {}).values()).items()))),
         ("watermark", f"{mark['scheme']}: verified={mark['verified']}, trigger accuracy {mark['trigger_accuracy']:.2f}, "
                       f"p={mark['p_value']:.1e}, accuracy cost {mark['accuracy_cost']:+.3f}"),
         ("signature", f"verified={outcome['signature']['verified']}  {outcome['signature_path']}"),
@@ -89,6 +92,9 @@ def simulate(
     clip_norm: Annotated[float, typer.Option("--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = 10.0,
     site_epsilon: Annotated[float, typer.Option("--site-epsilon", help="Site-level ε for the whole run (0: off).")] = 0.0,
     site_clip: Annotated[float, typer.Option("--site-clip", help="Site-level DP clipping bound C.")] = 1.0,
+    cpus_per_site: Annotated[float, typer.Option("--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
+    gpus_per_site: Annotated[float, typer.Option(
+        "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -102,6 +108,7 @@ def simulate(
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
+        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
     )
     cfg.validate()
     if dp_off:

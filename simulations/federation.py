@@ -78,7 +78,27 @@ class SimulationConfig:
             raise ConfigurationError(
                 f"--dataset {self.dataset}: unknown; choose one of {', '.join(available_datasets())}"
             )
+        self._check_resources()
         self.coordinator_overrides(Path("."), Path("outcome.json"))  # the coordinator's own checks
+
+    def _check_resources(self) -> None:
+        """Refuse a request Ray could never place: it would wait for the resource forever, silently."""
+        if self.cpus_per_site <= 0:
+            raise ConfigurationError(f"--cpus-per-site {self.cpus_per_site}: each site needs a CPU share above 0")
+        if self.gpus_per_site < 0 or (self.gpus_per_site > 1 and not float(self.gpus_per_site).is_integer()):
+            raise ConfigurationError(
+                f"--gpus-per-site {self.gpus_per_site}: use a share of one GPU (0 < x ≤ 1) or a whole number"
+            )
+        if self.gpus_per_site > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if gpus < self.gpus_per_site:
+                raise ConfigurationError(
+                    f"--gpus-per-site {self.gpus_per_site}: PyTorch sees {gpus} CUDA GPU(s) on this machine "
+                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); leave the flag out "
+                    "to train every site on the CPU"
+                )
 
     def coordinator_overrides(
         self, data_dir: Path, result_path: Path, he_keys: tuple[Path, Path] | None = None
@@ -91,7 +111,7 @@ class SimulationConfig:
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
             "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
             "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
-            "site-clip": self.site_clip,
+            "site-clip": self.site_clip, "site-device": "cuda" if self.gpus_per_site > 0 else "cpu",
         }
         if self.secure_agg == "ckks":
             secret, public = he_keys or (Path("site-secret.ctx"), Path("coordinator-public.ctx"))

@@ -37,7 +37,8 @@ from tests.privacy.secagg.harness import LocalGrid
 SITES = 3
 SITE_RECORD_KEYS = {"name", "manifest", "secure-rng", "num-examples", "epsilon", "delta", "noise-multiplier",
                     "sample-rate", "steps", "steps-per-round", "max-grad-norm", "accountant", "ledger-epsilon-record",
-                    "reference-counts"}  # per-feature histogram counts over the coordinator's bin edges (drift reference)
+                    "reference-counts",  # per-feature histogram counts over the coordinator's bin edges (drift reference)
+                    "device"}  # where the site trained: "cpu" or the GPU's name (client.device.describe)
 
 
 @dataclass(frozen=True)

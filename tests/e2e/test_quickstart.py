@@ -82,6 +82,7 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     labels = bom["feature_schema"]["labels"]
     assert {site["dp"]["clipping"] for site in bom["training"]["sites"]} == {"fused"}  # the default MLP's path
     assert set(outcome["dp_clipping"].values()) == {"fused"}
+    assert outcome["site_devices"] == {name: "cpu" for name in outcome["epsilon"]}  # no --gpus-per-site
 
     port = _free_port()
     proc = _serve(cli_home, port)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from coordinator.config import CoordinatorConfig
 from lifecycle.errors import ConfigurationError
@@ -29,6 +31,9 @@ from simulations.federation import SimulationConfig
         ({"aggregation": "median"}, "secure aggregation hides"),
         ({"sites": 2}, "secagg\\+ needs at least 3 sites"),
         ({"site_epsilon": -1.0}, "site-epsilon"),
+        ({"cpus_per_site": 0.0}, "--cpus-per-site 0.0"),
+        ({"gpus_per_site": -0.5}, "share of one GPU"),
+        ({"gpus_per_site": 1.5}, "share of one GPU"),
     ],
 )
 def test_bad_settings(change: dict[str, Any], match: str) -> None:
@@ -45,3 +50,19 @@ def test_unknown_run_config_key() -> None:
         CoordinatorConfig.from_mapping({"num-rounds": 3})
     with pytest.raises(ConfigurationError, match="is not valid"):
         CoordinatorConfig.from_mapping({"num-server-rounds": "many"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_gpu_share_without_a_gpu_is_refused_before_ray_starts() -> None:
+    """Ray would wait forever for a GPU that is not there; the run says so at once instead."""
+    with pytest.raises(ConfigurationError, match="PyTorch sees 0 CUDA GPU"):
+        SimulationConfig(gpus_per_site=0.25).validate()
+
+
+def test_sites_train_where_the_run_placed_them() -> None:
+    """A GPU share asks the sites for CUDA; none keeps them on the CPU (Ray leaves GPUs visible then)."""
+    assert SimulationConfig().coordinator_overrides(Path("d"), Path("o"))["site-device"] == "cpu"
+    gpu = SimulationConfig(gpus_per_site=0.25)
+    assert gpu.coordinator_overrides(Path("d"), Path("o"))["site-device"] == "cuda"
+    with pytest.raises(ConfigurationError, match="site-device 'tpu': choose one of cpu, cuda, auto"):
+        CoordinatorConfig.from_mapping({"site-device": "tpu"})
