@@ -15,6 +15,7 @@ and warnings go to stderr so they never corrupt it.
 
 from __future__ import annotations
 
+import copy
 import getpass
 import json
 import logging
@@ -35,7 +36,7 @@ from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
 from serving.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
 from serving.settings import ServingSettings, build_settings, is_loopback
-from serving.worker import off_the_event_loop, settle_heap
+from serving.worker import settle_heap
 
 console = Console()
 err_console = Console(stderr=True)
@@ -139,13 +140,16 @@ def revoke(
     console.print(f"Revoked API key {info.key_id} (scope '{info.scope}').", highlight=False)
 
 
+ACCESS_FORMAT = "%(asctime)s %(name)s %(message)s"
+
+
 def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
     """Keyword arguments for :func:`uvicorn.run` / :class:`uvicorn.Config` from ``settings``.
 
     The ``Server`` header is off: naming the server software only helps an
     attacker pick exploits. Uvicorn's access log is off too: the app writes
     its own (``fedguard.serving.access``), with path templates instead of raw
-    paths.
+    paths, configured by :func:`log_config`.
     """
     return {
         "host": settings.host,
@@ -155,32 +159,49 @@ def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
         "server_header": False,
         "log_level": "info",
         "access_log": False,
+        "log_config": log_config(settings),
     }
+
+
+def log_config(settings: ServingSettings) -> dict[str, Any]:
+    """uvicorn's logging configuration with fedguard's access log added (unless turned off).
+
+    uvicorn applies its configuration with :func:`logging.config.dictConfig`
+    when it starts, and that closes every handler configured before it: the
+    access log's handler must be part of this configuration, not attached
+    ahead of ``uvicorn.run``. The access log (one line per request, on
+    stderr) has a handler of its own whatever ``FEDGUARD_LOG_LEVEL`` says
+    (WARNING by default would drop it). The handler is plain, not Rich (a
+    Rich-rendered line costs about 1 ms, a plain one tens of microseconds),
+    and lines are written in batches by a background thread
+    (:class:`serving.worker.BatchedLineWriter`): stderr may be a pipe that a
+    slow log collector lets fill up.
+    """
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    if settings.access_log:
+        config["formatters"]["fedguard-access"] = {"format": ACCESS_FORMAT}
+        config["handlers"]["fedguard-access"] = {
+            "()": "serving.worker.BatchedLineWriter", "stream": "ext://sys.stderr", "formatter": "fedguard-access",
+        }
+        config["loggers"]["fedguard.serving.access"] = {
+            "handlers": ["fedguard-access"], "level": "INFO", "propagate": False,
+        }
+    return config
 
 
 def _attach_log_handler() -> None:
     """Show the serving log on stderr unless the top-level CLI configured logging already.
 
-    The access log (one line per request) gets a plain handler of its own: a
-    Rich-rendered line costs about 1 ms, a plain one tens of microseconds, and
-    one line per request sits on the predict path (``benchmarks/serving.py``).
-    Log records skip the caller's frame, thread and process look-ups, which no
-    fedguard format shows (the "Optimization" section of Python's logging
-    HOWTO): that halves the cost of each access-log line. The line is written
-    by a background thread (:func:`serving.worker.off_the_event_loop`): stderr
-    may be a pipe that a slow log collector lets fill up.
+    Log records skip the caller's frame, thread and process look-ups, which
+    no fedguard format shows (the "Optimization" section of Python's logging
+    HOWTO): that halves the cost of each access-log line.
     """
     package = logging.getLogger("fedguard")
     if not package.handlers and not logging.getLogger().handlers:
         package.addHandler(RichHandler(console=err_console, show_path=False))
         package.setLevel(logging.INFO)
-        access = logging.getLogger("fedguard.serving.access")
-        plain = logging.StreamHandler()  # stderr
-        plain.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        access.addHandler(off_the_event_loop(plain))
-        access.propagate = False
-        logging._srcfile = None  # documented switch: no sys._getframe() walk per record
-        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # documented switch: no sys._getframe() walk per record
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def serve(

@@ -49,6 +49,8 @@ from serving.outputs import shape_output
 from serving.settings import OutputPolicy, ServingSettings
 
 _HASH_SPACE = float(2**64)
+CLAIM_LAPSE_SECONDS = 5.0
+"""How long a claimed background refresh (:meth:`Router.claim_refresh`) keeps others from claiming one."""
 
 
 def canary_bucket(key_id: str, model: str, rollout_id: int) -> float:
@@ -149,6 +151,7 @@ class Router:
         self._monotonic = monotonic
         self._checked = monotonic()
         self._refreshing = threading.Lock()
+        self._claimed: float | None = None  # when a background refresh was claimed (claim_refresh), until it ends
         self._cache: dict[tuple[str, int], ServedModel] = {
             (m.name, m.version): m for v in live.values() for m in (v.stable, v.candidate, v.pinned) if m is not None
         }
@@ -324,8 +327,29 @@ class Router:
         """
         if self._refreshing.locked():
             return False
-        elapsed = self._monotonic() - self._checked
+        now = self._monotonic()
+        if self._claimed is not None and 0.0 <= now - self._claimed < CLAIM_LAPSE_SECONDS:
+            return False
+        elapsed = now - self._checked
         return not 0.0 <= elapsed < self.settings.deploy_refresh_seconds
+
+    def claim_refresh(self) -> bool:
+        """Whether the caller should start a background :meth:`refresh` now (due, and nobody else has).
+
+        Called on the event loop by the predict path, which then runs the
+        refresh in the thread pool *without* waiting for it: the request that
+        happens to find the refresh due is answered from the current state like
+        every other, instead of waiting for a registry query (under load, a
+        thread hop and the GIL handed back and forth made that request and the
+        ones queued behind it wait 4-6 ms every interval, the p99 of
+        ``benchmarks/serving.py``). A change then applies within the interval
+        plus one query. A claim whose refresh never ran (its event loop closed
+        first) lapses after :data:`CLAIM_LAPSE_SECONDS`.
+        """
+        if not self.refresh_due():
+            return False
+        self._claimed = self._monotonic()
+        return True
 
     def refresh(self, force: bool = False) -> None:
         """Re-read deployment revisions if the interval passed (or ``force``), reloading what changed.
@@ -337,9 +361,10 @@ class Router:
         now = self._monotonic()
         elapsed = now - self._checked
         if not force and 0.0 <= elapsed < self.settings.deploy_refresh_seconds:
+            self._claimed = None
             return  # (a clock that stepped back refreshes at once rather than stall)
         if not self._refreshing.acquire(blocking=force):
-            return
+            return  # the thread refreshing now clears the claim
         try:
             self._checked = now
             revisions = self.store.revisions()
@@ -349,6 +374,7 @@ class Router:
         except FedguardError as exc:
             logger.error("could not refresh the deployment state: %s", exc)
         finally:
+            self._claimed = None
             self._refreshing.release()
 
     def _install(self, live: Live) -> None:

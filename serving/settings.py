@@ -136,6 +136,9 @@ class ServingSettings(BaseSettings):
         How long a server trusts a key it authenticated before asking the
         registry again (:mod:`serving.keycache`): the bound on how late a
         revocation made elsewhere reaches this server. ``0`` asks every time.
+    access_log
+        Whether ``fedguard serve`` writes the access log (one line per request
+        to stderr, :mod:`serving.metrics`); on by default.
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -181,6 +184,7 @@ class ServingSettings(BaseSettings):
     shadow_max_pending: int = Field(default=32, ge=1)
     feature_ranges: dict[str, dict[str, tuple[FiniteBound, FiniteBound]]] = Field(default_factory=dict)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
+    access_log: bool = True
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

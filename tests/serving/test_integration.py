@@ -37,7 +37,9 @@ def serving(app: FastAPI, settings: ServingSettings | None = None) -> Iterator[i
     """Serve ``app`` with uvicorn on a socket bound to port 0 (the OS picks: safe under -n auto); yield the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    options = {**uvicorn_options(settings or ServingSettings()), "log_level": "warning"}
+    # log_config None: uvicorn leaves this test process's logging (pytest's capture) alone;
+    # the subprocess tests (tests/e2e/test_quickstart.py) run `fedguard serve`'s own configuration.
+    options = {**uvicorn_options(settings or ServingSettings()), "log_level": "warning", "log_config": None}
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -233,14 +234,24 @@ def test_a_change_by_another_replica_arrives_after_the_refresh_interval(
     store.kill("demo", actor="other-replica")  # straight to the registry, as another machine would
     clock.now += 0.1
     assert http.post("/v1/models/demo/predict", json=BODY, headers=key).status_code == 200
-    clock.now += 0.2  # past deploy_refresh_seconds (0.25)
-    assert http.post("/v1/models/demo/predict", json=BODY, headers=key).status_code == 503
+    clock.now += 0.2  # past deploy_refresh_seconds (0.25): the next request starts a refresh, none waits for it
+    assert _eventually(lambda: http.post("/v1/models/demo/predict", json=BODY, headers=key).status_code) == 503
     store.revive("demo", actor="other-replica")
     clock.now += 0.3  # an idle replica's scrape refreshes too: the gauge is current without a predict
     assert 'fedguard_kill_switch_engaged{mode="",model="demo"} 0.0' in http.get("/metrics").text.splitlines()
     store.kill("demo", actor="other-replica")
     clock.now -= 3600  # a clock stepped back must not stall the refresh
     assert metric(http, "fedguard_kill_switch_engaged", model="demo", mode="503") == 1
+
+
+def _eventually(probe: Callable[[], int], seconds: float = 1.0) -> int:
+    """``probe()`` repeated until it answers other than 200 or ``seconds`` of real time pass (the kill switch's bound)."""
+    deadline = time.monotonic() + seconds
+    answer = probe()
+    while answer == 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        answer = probe()
+    return answer
 
 
 def break_stable(app: FastAPI) -> None:

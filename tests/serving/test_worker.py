@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 
-from serving.worker import off_the_event_loop, settle_heap
+import pytest
+
+from serving.worker import BatchedLineWriter, settle_heap
 
 
 def test_settle_heap_freezes_what_start_up_left_alive() -> None:
@@ -21,40 +23,103 @@ def test_settle_heap_freezes_what_start_up_left_alive() -> None:
         gc.unfreeze()
 
 
-def test_records_are_written_by_another_thread_in_order() -> None:
-    stream = io.StringIO()
-    writers: list[str] = []
+class _Recording(io.StringIO):
+    """A stream that notes which thread wrote to it."""
 
-    class Recording(logging.StreamHandler):  # type: ignore[type-arg]
-        def emit(self, record: logging.LogRecord) -> None:
-            writers.append(threading.current_thread().name)
-            super().emit(record)
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[str] = []
 
-    sink = Recording(stream)
-    sink.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("fedguard.test.worker")
+    def write(self, text: str) -> int:
+        self.writers.append(threading.current_thread().name)
+        return super().write(text)
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(name)
     logger.propagate = False
-    handler = off_the_event_loop(sink)
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    return logger
+
+
+def test_lines_are_written_in_batches_by_another_thread_in_order() -> None:
+    stream = _Recording()
+    writer = BatchedLineWriter(stream, interval=0.02)
+    logger = _logger("fedguard.test.worker", writer)
     try:
         for i in range(100):
             logger.warning("line %d", i)
         deadline = time.monotonic() + 10
-        while len(writers) < 100 and time.monotonic() < deadline:
+        while stream.getvalue().count("\n") < 100 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        logger.removeHandler(handler)
+        logger.removeHandler(writer)
+        writer.close()
     assert stream.getvalue().splitlines() == [f"line {i}" for i in range(100)]
-    assert threading.main_thread().name not in writers
+    assert stream.writers and threading.main_thread().name not in stream.writers
+    assert len(stream.writers) < 100  # batched: fewer writes than lines
 
 
-def test_queued_lines_are_flushed_at_exit() -> None:
+def test_a_stream_that_does_not_keep_up_costs_lines_not_memory() -> None:
+    stream = io.StringIO()
+    writer = BatchedLineWriter(stream, interval=3600, max_pending=10)  # the thread never gets to write
+    logger = _logger("fedguard.test.worker.full", writer)
+    try:
+        for i in range(25):
+            logger.warning("line %d", i)
+        assert len(writer._pending) == 10
+        writer.flush()
+    finally:
+        logger.removeHandler(writer)
+        writer.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[:10] == [f"line {i}" for i in range(10)]
+    assert lines[10] == "fedguard: 15 log line(s) dropped: the log stream did not keep up"
+
+
+def test_a_closed_writer_still_writes() -> None:
+    """logging.config.dictConfig closes every handler it finds; lines logged after that are not held back."""
+    stream = io.StringIO()
+    writer = BatchedLineWriter(stream)
+    logger = _logger("fedguard.test.worker.closed", writer)
+    writer.close()
+    try:
+        logger.warning("after close")
+    finally:
+        logger.removeHandler(writer)
+    assert stream.getvalue() == "after close\n"
+
+
+def test_pending_lines_are_flushed_at_exit() -> None:
     code = (
         "import logging, sys\n"
-        "from serving.worker import off_the_event_loop\n"
-        "h = logging.StreamHandler(sys.stdout)\n"
-        "log = logging.getLogger('x'); log.addHandler(off_the_event_loop(h)); log.propagate = False\n"
+        "from serving.worker import BatchedLineWriter\n"
+        "log = logging.getLogger('x'); log.addHandler(BatchedLineWriter(sys.stdout, interval=60))\n"
+        "log.propagate = False\n"
         "for i in range(500): log.warning('line %d', i)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.splitlines() == [f"line {i}" for i in range(500)]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_serve_log_config_writes_the_access_log_through_uvicorns_dict_config(enabled: bool) -> None:
+    """`fedguard serve` hands its access log to uvicorn, whose dictConfig would close a handler set up before."""
+    code = (
+        "import logging, logging.config, sys\n"
+        "from serving.cli import log_config\n"
+        "from serving.settings import ServingSettings\n"
+        "logging.basicConfig(level=logging.WARNING)  # as fedguard's main() does\n"
+        f"logging.config.dictConfig(log_config(ServingSettings(access_log={enabled})))\n"
+        "access = logging.getLogger('fedguard.serving.access')\n"
+        "for i in range(3): access.info('POST /v1/models/{name}/predict 200 0.4ms key=%d', i)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    lines = [line for line in done.stderr.splitlines() if "fedguard.serving.access" in line]
+    if enabled:
+        assert [line.split(" fedguard.serving.access ")[1] for line in lines] == [
+            f"POST /v1/models/{{name}}/predict 200 0.4ms key={i}" for i in range(3)]
+    else:
+        assert lines == []
