@@ -106,7 +106,7 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     # The access log is on by default: one line per request, path template, status and key id, no body.
     log = proc.stdout.read() if proc.stdout else ""
     access = [line for line in log.splitlines() if "fedguard.serving.access" in line]
-    assert any(f"POST /v1/models/{{name}}/predict 200 " in line and "key=" in line for line in access), log[-2000:]
+    assert any("POST /v1/models/{name}/predict 200 " in line and "key=" in line for line in access), log[-2000:]
     assert any("POST /v1/models/{name}/predict 401 " in line and "key=-" in line for line in access)
     assert not any(str(rows[0][0]) in line for line in access)
 
