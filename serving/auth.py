@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -74,10 +74,26 @@ class ServingState:
     # Rollouts and the kill switch (serving.rollout); built from ``models`` when not given.
     deployments: Router = field(default=None)  # type: ignore[assignment]
 
+    def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` on the running loop without waiting for it: held until done, an unexpected failure logged.
+
+        The event loop keeps only a weak reference to a task, so it is held in
+        :attr:`background`; ``what`` names it in the log line of a failure.
+        """
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        task.add_done_callback(lambda done: _log_failure(done, what))
+
     def __post_init__(self) -> None:
         if self.deployments is None:
             object.__setattr__(self, "deployments", Router.for_models(self.registry, self.settings, self.models,
                                                                       metrics=self.metrics.registry))
+
+
+def _log_failure(task: asyncio.Task[None], what: str) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed: %r", what, task.exception())
 
 
 def state_of(request: Request) -> ServingState:
@@ -138,9 +154,7 @@ async def resolve_key(state: ServingState, presented: str | None) -> KeyInfo:
     if info is None:
         return await _look_up(state, presented, instant)
     if presented and state.key_cache.begin_refresh(info.key_id, instant):
-        task = asyncio.get_running_loop().create_task(_refresh(state, presented, info.key_id, instant))
-        state.background.add(task)
-        task.add_done_callback(state.background.discard)
+        state.in_background(_refresh(state, presented, info.key_id, instant), f"re-reading API key {info.key_id}")
     return info
 
 

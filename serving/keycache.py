@@ -37,6 +37,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from serving.claims import Claims
 from serving.keys import KEY_PATTERN, AuthenticationError, KeyInfo, hash_secret
 
 MAX_ENTRIES = 10_000
@@ -64,7 +65,7 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._refreshing: dict[str, float] = {}  # key id -> when its refresh began
+        self._refreshing = Claims(lapse=ttl)  # key ids being re-read (one lost with its event loop lapses)
         self._lock = threading.Lock()
 
     def lookup(self, presented: str | None, now: float) -> KeyInfo | None:
@@ -115,16 +116,11 @@ class KeyCache:
             entry = self._entries.get(key_id)
             if entry is None or 0.0 <= now - entry.fetched_at < self.ttl / 2:
                 return False
-            began = self._refreshing.get(key_id)
-            if began is not None and 0.0 <= now - began < self.ttl:  # (one lost with its event loop expires)
-                return False
-            self._refreshing[key_id] = now
-            return True
+        return self._refreshing.take(key_id, now)
 
     def end_refresh(self, key_id: str) -> None:
         """The refresh that :meth:`begin_refresh` allowed is over."""
-        with self._lock:
-            self._refreshing.pop(key_id, None)
+        self._refreshing.release(key_id)
 
     def forget(self, key_id: str) -> None:
         """Drop ``key_id`` (after this server revoked it)."""

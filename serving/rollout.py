@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from lifecycle.errors import FedguardError
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from serving import logger
+from serving.claims import Claims
 from serving.errors import UnknownModelError
 from serving.killswitch import ErrorWindow, ModelFailure, ModelKilled
 from serving.models import ServedModel, load_version
@@ -51,6 +52,7 @@ from serving.settings import OutputPolicy, ServingSettings
 _HASH_SPACE = float(2**64)
 CLAIM_LAPSE_SECONDS = 5.0
 """How long a claimed background refresh (:meth:`Router.claim_refresh`) keeps others from claiming one."""
+_REFRESH = "refresh"
 
 
 def canary_bucket(key_id: str, model: str, rollout_id: int) -> float:
@@ -151,7 +153,7 @@ class Router:
         self._monotonic = monotonic
         self._checked = monotonic()
         self._refreshing = threading.Lock()
-        self._claimed: float | None = None  # when a background refresh was claimed (claim_refresh), until it ends
+        self._claims = Claims(lapse=CLAIM_LAPSE_SECONDS)  # a background refresh claimed (claim_refresh), until it ends
         self._cache: dict[tuple[str, int], ServedModel] = {
             (m.name, m.version): m for v in live.values() for m in (v.stable, v.candidate, v.pinned) if m is not None
         }
@@ -194,9 +196,9 @@ class Router:
     def route(self, name: str, key_id: str, refresh: bool = True) -> Route:
         """Choose the version that answers ``key_id`` for model ``name``.
 
-        ``refresh=False`` is for a caller on the event loop that already hopped
-        to the thread pool for a due :meth:`refresh` (:func:`serving.routes.answer_predict`):
-        a refresh that fell due in the microseconds since must not run its query here.
+        ``refresh=False`` is for a caller on the event loop that has already
+        started a due :meth:`refresh` in the background (:func:`serving.routes.answer_predict`):
+        the registry query must not run here, on the loop.
 
         Raises
         ------
@@ -328,7 +330,7 @@ class Router:
         if self._refreshing.locked():
             return False
         now = self._monotonic()
-        if self._claimed is not None and 0.0 <= now - self._claimed < CLAIM_LAPSE_SECONDS:
+        if self._claims.held(_REFRESH, now):
             return False
         elapsed = now - self._checked
         return not 0.0 <= elapsed < self.settings.deploy_refresh_seconds
@@ -346,10 +348,7 @@ class Router:
         plus one query. A claim whose refresh never ran (its event loop closed
         first) lapses after :data:`CLAIM_LAPSE_SECONDS`.
         """
-        if not self.refresh_due():
-            return False
-        self._claimed = self._monotonic()
-        return True
+        return self.refresh_due() and self._claims.take(_REFRESH, self._monotonic())
 
     def refresh(self, force: bool = False) -> None:
         """Re-read deployment revisions if the interval passed (or ``force``), reloading what changed.
@@ -361,7 +360,7 @@ class Router:
         now = self._monotonic()
         elapsed = now - self._checked
         if not force and 0.0 <= elapsed < self.settings.deploy_refresh_seconds:
-            self._claimed = None
+            self._claims.release(_REFRESH)
             return  # (a clock that stepped back refreshes at once rather than stall)
         if not self._refreshing.acquire(blocking=force):
             return  # the thread refreshing now clears the claim
@@ -374,7 +373,7 @@ class Router:
         except FedguardError as exc:
             logger.error("could not refresh the deployment state: %s", exc)
         finally:
-            self._claimed = None
+            self._claims.release(_REFRESH)
             self._refreshing.release()
 
     def _install(self, live: Live) -> None:

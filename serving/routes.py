@@ -12,7 +12,6 @@ Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -104,10 +103,7 @@ async def predict(name: str, body: PredictRequest, state: State, key: PredictKey
 async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
     """Every guard after authentication, and the encoded answer (shared with :mod:`serving.fastpath`)."""
     if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
-        task = asyncio.get_running_loop().create_task(run_in_threadpool(state.deployments.refresh))
-        state.background.add(task)
-        task.add_done_callback(_refreshed)
-        task.add_done_callback(state.background.discard)
+        state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
     if len(body.instances) > INLINE_INSTANCES:
         content = await run_in_threadpool(_predict, name, body, state, key)
     else:
@@ -115,12 +111,6 @@ async def answer_predict(name: str, body: PredictRequest, state: ServingState, k
     # Encoded here, not by FastAPI: its validation of the returned value repeats what
     # the route built itself (the declared response_model still documents the shape).
     return Response(content, media_type=JSON)
-
-
-def _refreshed(task: asyncio.Task[None]) -> None:
-    """Log a background refresh that failed unexpectedly (a registry error is logged by the router itself)."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("the background deployment refresh failed: %r", task.exception())
 
 
 def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
