@@ -4,7 +4,7 @@
 The site opens no inbound port: the forwarder listens on 127.0.0.1 only and
 dials the coordinator's gateway. The data file and schema stay here; their
 paths reach the ClientApp through ``--node-config`` (keys in
-:data:`client.supernode.NODE_CONFIG_KEYS`).
+:data:`client.config.NODE_CONFIG_KEYS`).
 
 ``check`` validates the site's data file against its schema offline (every
 problem at once; exit 2 when any), so an operator can fix a file before the

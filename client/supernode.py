@@ -33,7 +33,6 @@ from lifecycle.processes import stop_process_group
 from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
 
 logger = logging.getLogger("client")
-NODE_CONFIG_KEYS = ("site-name", "data-path", "schema-path", "audit-path", "ledger-path", "epsilon-cap", "device")
 
 
 @dataclass(frozen=True)
