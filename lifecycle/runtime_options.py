@@ -48,8 +48,16 @@ EXECUTOR_POLL_SECONDS = 0.05
 EXECUTOR_IDLE_POLL_SECONDS = 1.0
 """With the wake pipe, the executor still asks for a task this often (a safety net, Flower's default)."""
 
-PRELOAD_MODULES = ("torch", "opacus", "client.app")
-"""Imported once by the warm executor, before it forks a child per message."""
+PRELOAD_MODULES = ("torch", "torch._dynamo", "torch.profiler", "opacus", "client.app")
+"""Imported once by the warm executor, before it forks a child per message.
+
+``torch._dynamo`` is imported lazily by the first ``torch.optim.Optimizer``
+a process builds (``Optimizer.__init__`` is wrapped by ``_disable_dynamo``),
+and ``torch.profiler`` by the first optimizer step: without them here every
+forked child paid ~0.5 s of CPU importing ~190 modules before its first
+DP-SGD step, which was most of a training message's handler time
+(``tests/client/test_runtime.py``).
+"""
 
 OBJECT_PULL_BACKOFF: Mapping[str, Any] = {"initial_backoff": 0.02, "backoff_cap": 0.25, "max_tries_per_object": None}
 """How every runtime component retries pulling a message's objects that have not arrived yet.

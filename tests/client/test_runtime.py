@@ -160,3 +160,40 @@ def test_traced_requests_name_their_method_and_time(tmp_path, monkeypatch) -> No
     (line,) = [json.loads(x) for x in log.read_text().splitlines()]
     assert line["component"] == "supernode" and line["stage"] == "rpc" and line["method"] == "PullMessages"
     assert line["seconds"] >= 0 and line["bytes"] == request.ByteSize()
+
+
+PRELOAD_PROBE = """
+import importlib, json, sys
+from pathlib import Path
+from lifecycle.runtime_options import PRELOAD_MODULES
+for name in PRELOAD_MODULES:
+    importlib.import_module(name)
+import numpy as np, torch
+from client.config import TrainConfig
+from client.training import plan_for, train_locally
+from lifecycle.architecture import ModelSpec, build_model
+from lifecycle.tabular import TabularData
+rng = np.random.default_rng(0)
+data = TabularData(rng.normal(size=(40, 5)).astype(np.float32), (np.arange(40) % 2).astype(np.int64), "m", Path("x"))
+cfg = TrainConfig(server_round=1, total_rounds=1, local_epochs=1, batch_size=8, lr=0.1, dp_epsilon=3.0, dp_delta=1e-5,
+                  max_grad_norm=1.0, features=tuple("abcde"), target="y", spec=ModelSpec(5, 2, (4,)), seed=0)
+plan = plan_for(cfg, data)
+before = set(sys.modules)
+train_locally(build_model(cfg.spec), data, cfg, plan, generator=torch.Generator().manual_seed(0))
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_preloaded_executor_trains_without_importing_more_of_torch() -> None:
+    """Each forked child used to import ``torch._dynamo`` (~190 modules, ~0.5 s of CPU) at its first optimizer."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], cwd=repo, capture_output=True, text=True,
+                         timeout=120, check=True)
+    imported = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx", "opacus")
+    assert [m for m in imported if m.startswith(heavy)] == [] and len(imported) <= 3, imported
