@@ -12,7 +12,16 @@ from rich.console import Console
 
 from coordinator.runs.checkpoint import STATE
 from coordinator.runs.job import Job
-from coordinator.runs.launch import JOB, Connection, events, progress_path, resolve_connection, resume_job, submit
+from coordinator.runs.launch import (
+    JOB,
+    Connection,
+    events,
+    progress_path,
+    resolve_connection,
+    resume_job,
+    stop_earlier_flower_runs,
+    submit,
+)
 from coordinator.runs.progress import ProgressLog, size
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
@@ -108,11 +117,19 @@ def resume(
     superlink: Superlink = None, root_certificates: RootCerts = None, federation: Federation = "fedguard",
     insecure: Insecure = False, follow: Follow = True, timeout: Timeout = None, as_json: AsJson = False,
 ) -> None:
-    """Submit RUN_ID's job again: it continues after its last completed round (its checkpoint)."""
+    """Submit RUN_ID's job again: it continues after its last completed round (its checkpoint).
+
+    The Flower run it was interrupted in is stopped first (a killed
+    coordinator leaves it ``running`` in the SuperLink's database).
+    """
     console = Console()
-    job = resume_job(_home(), run_id)
-    _submit_and_follow(job, _connection(federation, superlink, root_certificates, insecure, console),
-                       follow, timeout, as_json, console)
+    home = _home()
+    job = resume_job(home, run_id)
+    connection = _connection(federation, superlink, root_certificates, insecure, console)
+    notes = Console(stderr=True) if as_json else console  # --json: stdout carries the JSON line only
+    for flower_run in stop_earlier_flower_runs(home, run_id, connection):
+        notes.print(f"stopped Flower run {flower_run}, which run {run_id} was interrupted in", highlight=False)
+    _submit_and_follow(job, connection, follow, timeout, as_json, console)
 
 
 def _status(home: Home, run_id: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ which the coordinator machine shares with the SuperLink.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -28,13 +28,14 @@ from coordinator import logger
 from coordinator.runs import run_dir
 from coordinator.runs.job import Job
 from coordinator.runs.progress import PROGRESS, follow
-from lifecycle.errors import ConfigurationError, TrainingError
-from lifecycle.home import Home
+from lifecycle.errors import ConfigurationError, StateError, TrainingError
+from lifecycle.home import Home, write_private
 
 APP_DIR = Path(__file__).resolve().parents[2]
 """The Flower app (``pyproject.toml`` with ``[tool.flwr.app]``): the fedguard source tree."""
 
 JOB = "job.toml"
+FLOWER_RUNS = "flower-runs.json"
 
 
 @dataclass(frozen=True)
@@ -109,25 +110,93 @@ def _flwr_env(home: Home) -> dict[str, str]:
     return env
 
 
+def _json_reply(output: str) -> dict[str, Any]:
+    """The JSON object that ``flwr … --format json`` prints on stdout (``{}`` if there is none)."""
+    start = output.find("{")
+    try:
+        reply = json.loads(output[start:]) if start >= 0 else {}
+    except ValueError:
+        return {}
+    return reply if isinstance(reply, dict) else {}
+
+
+def _flwr(args: list[str], home: Home, timeout: float) -> tuple[int, dict[str, Any], str]:
+    """Run ``flwr ARGS --format json``: (exit status, its JSON reply, its last lines of text for errors)."""
+    cmd = [sys.executable, "-m", "flwr.cli.app", *args, "--format", "json"]
+    proc = subprocess.run(cmd, env=_flwr_env(home), capture_output=True, text=True, timeout=timeout, check=False)
+    reply = _json_reply(proc.stdout)
+    detail = str(reply.get("error-message") or " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:]))
+    return proc.returncode, reply, " ".join(detail.split())
+
+
+def flower_run_id(reply: dict[str, Any]) -> int | None:
+    """The Flower run id in ``flwr run --format json``'s reply (``"run-id": "123"``), if any."""
+    try:
+        return int(reply["run-id"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def flower_runs(home: Home, run_id: str) -> list[int]:
+    """Every Flower run this fedguard run was submitted as, oldest first (``runs/<id>/flower-runs.json``)."""
+    path = run_dir(home.runs, run_id) / FLOWER_RUNS
+    try:
+        return [int(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+    except FileNotFoundError:
+        return []
+    except (ValueError, TypeError) as exc:
+        raise StateError(f"{path} is not a JSON list of Flower run ids ({exc}); restore it or delete it") from exc
+
+
+def _record_flower_run(home: Home, run_id: str, flower_run: int) -> None:
+    path = run_dir(home.runs, run_id) / FLOWER_RUNS
+    write_private(path, json.dumps([*flower_runs(home, run_id), flower_run]).encode())
+
+
 def submit(job: Job, home: Home, connection: Connection, *, app: Path = APP_DIR,
            timeout: float = 300.0) -> tuple[str, int | None]:
-    """Submit ``job`` (a run id is assigned if it has none); return (run id, Flower run id)."""
+    """Submit ``job`` (a run id is assigned if it has none); return (run id, Flower run id).
+
+    The Flower run id is also appended to the run's ``flower-runs.json``, so
+    that a resume can stop the Flower run a coordinator crash left behind.
+    """
     run_id = job.run_id or uuid.uuid4().hex[:12]
     job = job.with_run_id(run_id)
     directory = run_dir(home.runs, run_id)
     job.dump(directory / JOB)
     connection.validate().write(home.root / "flwr")
-    cmd = [sys.executable, "-m", "flwr.cli.app", "run", str(app), connection.name,
-           "--run-config", job.run_config_arg()]
-    proc = subprocess.run(cmd, env=_flwr_env(home), capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise TrainingError(f"the SuperLink at {connection.address} refused the run: {' '.join(detail)}; "
+    status, reply, detail = _flwr(["run", str(app), connection.name, "--run-config", job.run_config_arg()],
+                                  home, timeout)
+    if status != 0 or reply.get("success") is False:
+        raise TrainingError(f"the SuperLink at {connection.address} refused the run: {detail}; "
                             "check the address, the CA and that the coordinator is started")
-    match = re.search(r"run[ _]id[^0-9]*(\d+)", proc.stdout + proc.stderr, re.IGNORECASE)
-    flower_run = int(match.group(1)) if match else None
+    flower_run = flower_run_id(reply)
+    if flower_run is None:
+        logger.warning("run %s submitted, but 'flwr run' printed no run id: %s", run_id, detail)
+    else:
+        _record_flower_run(home, run_id, flower_run)
     logger.info("run %s submitted as Flower run %s", run_id, flower_run)
     return run_id, flower_run
+
+
+def stop_earlier_flower_runs(home: Home, run_id: str, connection: Connection, *, timeout: float = 60.0) -> list[int]:
+    """Ask the SuperLink to stop every Flower run this run was submitted as; return those it stopped.
+
+    A coordinator killed mid-run leaves its Flower run ``running`` in the
+    SuperLink's database for good (nothing runs it any more); a resume is a
+    new Flower run, so the old one is stopped first and ``flwr ls`` shows
+    the truth. A run the SuperLink already finished is left as it is.
+    """
+    connection.validate().write(home.root / "flwr")
+    stopped = []
+    for flower_run in flower_runs(home, run_id):
+        status, reply, detail = _flwr(["stop", str(flower_run), connection.name], home, timeout)
+        if status == 0 and reply.get("success") is not False:
+            stopped.append(flower_run)
+            logger.info("run %s: stopped its interrupted Flower run %d", run_id, flower_run)
+        else:
+            logger.info("run %s: Flower run %d was not stopped (%s)", run_id, flower_run, detail)
+    return stopped
 
 
 def resume_job(home: Home, run_id: str) -> Job:

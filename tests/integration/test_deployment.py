@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.runs.launch import events
+from coordinator.runs.launch import events, flower_runs
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from privacy.ledger import coordinator_ledger
@@ -78,6 +78,17 @@ def _until(fed: Federation, run_id: str, predicate: Any, timeout: float = 400) -
     raise AssertionError(f"run {run_id}: condition not reached; events {seen}\n{fed.logs()}")
 
 
+def _flower_status(fed: Federation, flower_run: int) -> str:
+    """The SuperLink's status of one Flower run (``flwr ls --run-id``), e.g. ``running``, ``finished:stopped``."""
+    fed.write_flwr_config()
+    proc = subprocess.run([sys.executable, "-m", "flwr.cli.app", "ls", "fedguard", "--run-id", str(flower_run),
+                           "--format", "json"], env=fed.client_env(), capture_output=True, text=True, timeout=60,
+                          check=False)
+    runs = json.loads(proc.stdout[proc.stdout.find("{"):]).get("runs", []) if "{" in proc.stdout else []
+    assert len(runs) == 1, f"{proc.stdout}\n{proc.stderr}"
+    return str(runs[0]["status"])
+
+
 def _charges(fed: Federation, run_id: str) -> list[tuple[str, int, str]]:
     ledger = coordinator_ledger(Registry.open(fed.settings))
     keys = []
@@ -91,15 +102,19 @@ def _charges(fed: Federation, run_id: str) -> list[tuple[str, int, str]]:
 def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Federation, Path],
                                                             tmp_path: Path) -> None:
     fed, data = federation
-    run_id = _fedguard(fed, "launch", str(_job(tmp_path, data)))["run_id"]
+    launched = _fedguard(fed, "launch", str(_job(tmp_path, data)))
+    run_id = launched["run_id"]
     _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
     fed.kill_coordinator()  # SIGKILL: SuperLink, its SuperExec and the ServerApp, mid-round 2; gateway down
     fed.start_coordinator()  # same superlink.db and ports; the sites' forwarders reconnect
-    _fedguard(fed, "resume", run_id)
+    resumed = _fedguard(fed, "resume", run_id)  # stops the interrupted Flower run first: nothing runs it any more
+    assert _flower_status(fed, launched["flower_run"]) in ("finished:stopped", "finished:failed")  # not "running"
     _until(fed, run_id, lambda e: e["event"] == "done")
 
     outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
-    assert outcome["resumed_after"] >= 1 and len(outcome["flower_runs"]) == 2
+    assert outcome["resumed_after"] >= 1
+    assert outcome["flower_runs"] == flower_runs(Home(fed.home), run_id) == [launched["flower_run"],
+                                                                               resumed["flower_run"]]
     assert [h["round"] for h in outcome["history"]] == [1, 2]  # each round once, none lost
     charges = _charges(fed, run_id)
     assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round

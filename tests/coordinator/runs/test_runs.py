@@ -15,11 +15,12 @@ from coordinator.grid import ResponsiveGrid
 from coordinator.runs import run_dir
 from coordinator.runs.checkpoint import Checkpoint
 from coordinator.runs.job import Job, parse_override
-from coordinator.runs.launch import Connection
+from coordinator.runs.launch import Connection, _json_reply, _record_flower_run, flower_run_id, flower_runs
 from coordinator.runs.progress import ProgressLog, follow, size
 from coordinator.runs.resume import RoundOffset, RunState
 from coordinator.strategy import SiteLedger, TrackedStrategy
 from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.home import Home
 from privacy.strategy_wrapper import StrategyWrapper
 
 
@@ -229,3 +230,23 @@ def test_connection_defaults_to_this_machines_federation(tmp_path: Path, fedguar
     assert resolve_connection(home, "f", "x:1", None).root_certificates == fed.layout.ca_cert
     insecure = resolve_connection(home, "f", None, None, insecure=True)
     assert insecure.root_certificates is None and insecure.address == f"127.0.0.1:{port}"
+
+
+def test_flower_run_ids_are_read_from_flwr_json_and_recorded_per_run(tmp_path: Path) -> None:
+    """``flwr run --format json`` prints a pretty-printed object; its run id is kept for a later resume."""
+    printed = ('Note: building the FAB\n{\n  "success": true,\n  "run-id": "18149059001461348770",\n'
+               '  "federation-id": "@none/default"\n}\n')
+    assert flower_run_id(_json_reply(printed)) == 18149059001461348770
+    assert flower_run_id(_json_reply("Successfully started run 12")) is None  # no JSON: no guess
+    assert flower_run_id(_json_reply('{"success": false, "error-message": "refused"}')) is None
+    assert _json_reply("{ torn") == {}
+    home = Home(tmp_path)
+    assert flower_runs(home, "abc") == []
+    _record_flower_run(home, "abc", 7)
+    _record_flower_run(home, "abc", 9)
+    assert flower_runs(home, "abc") == [7, 9]
+    path = tmp_path / "runs" / "abc" / "flower-runs.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_text("{not a list")
+    with pytest.raises(StateError, match="flower-runs.json"):
+        flower_runs(home, "abc")
