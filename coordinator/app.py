@@ -28,7 +28,7 @@ from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.protection import build_strategy, protection_bound, site_dp_plan
-from coordinator.publication import embed_watermark, publish_run, site_level_epsilon
+from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
 from coordinator.runs import run_dir
 from coordinator.runs.progress import PROGRESS, ProgressLog
@@ -171,23 +171,32 @@ def run_federation(
     if run_state is not None:
         for name, site in tracked.sites.items():
             site.dp = run_state.total_dp(name, site)
-    observer("stage", {"stage": "watermark"})
-    model, mark = embed_watermark(model, spec, cfg, registry.home, test)
-    final = evaluate(model, test)
-    observer("stage", {"stage": "publish"})
     ledger_state = run_ledger.state()
     dropouts = run_state.dropouts if run_state is not None else [
         {"round": e["round"], "sites": e["dropped"]} for e in progress.history if e.get("dropped")]
-    outcome = publish_run(
-        registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=tracked.sites,
-        rounds=tracked.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
-        metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
-        ledger=ledger_state, reference=reference.section(model, schema, test),
-        extra_training={"dropouts": dropouts} if dropouts else None,
-    )
+    published = registry.version_of_run(run_ledger.run_id) if run_state is not None else None
+    if published is not None:  # resumed after a crash between the registry commit and outcome.json
+        logger.warning("run %s already published %s; writing its outcome without publishing again",
+                       run_ledger.run_id, published.ref)
+        observer("stage", {"stage": "publish", "already_published": published.ref})
+        outcome = published_outcome(registry, published)
+        accuracy, watermark = float(published.metrics["accuracy"]), published.watermark
+    else:
+        observer("stage", {"stage": "watermark"})
+        model, mark = embed_watermark(model, spec, cfg, registry.home, test)
+        final = evaluate(model, test)
+        observer("stage", {"stage": "publish"})
+        outcome = publish_run(
+            registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=tracked.sites,
+            rounds=tracked.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
+            metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
+            ledger=ledger_state, reference=reference.section(model, schema, test),
+            extra_training={"dropouts": dropouts} if dropouts else None,
+        )
+        accuracy, watermark = final.accuracy, mark.to_dict()
     outcome.update(_privacy_outcome(cfg, tracked, plan, ledger_state))
     outcome.update(site_devices={name: site.device for name, site in sorted(tracked.sites.items())})
-    outcome.update(accuracy=final.accuracy, history=progress.history, watermark=mark.to_dict(),
+    outcome.update(accuracy=accuracy, history=progress.history, watermark=watermark,
                    federation_seconds=time.monotonic() - started, run_id=run_ledger.run_id, dropouts=dropouts,
                    rejected_updates=[asdict(r) for r in validated.rejections])
     if run_state is not None:
@@ -197,7 +206,7 @@ def run_federation(
         paths.append(str(run_state.directory / "outcome.json"))  # marks the run finished (no resume)
     for path in paths:
         Path(path).write_text(json.dumps(outcome, indent=2, default=str))
-    observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": final.accuracy})
+    observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": accuracy})
     return outcome
 
 

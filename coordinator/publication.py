@@ -19,7 +19,7 @@ from coordinator.strategy import SiteLedger
 from lifecycle.architecture import ModelSpec
 from lifecycle.home import Home
 from lifecycle.packaging import Publication, publish_model
-from lifecycle.registry import Registry, SiteRecord
+from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from lifecycle.signing import verify_model
 from lifecycle.tabular import DataSchema, TabularData
 from privacy.site_dp import SiteDPPlan
@@ -157,8 +157,14 @@ def publish_run(
             training={**training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
                       **(extra_training or {})},
             watermark=mark.to_dict(), metrics=metrics, reference=reference,
+            mode="deployment" if cfg.run_id else "simulation",  # only `fedguard run` sets a run-id
         ),
     )
+    return published_outcome(registry, version)
+
+
+def published_outcome(registry: Registry, version: VersionRecord) -> dict[str, Any]:
+    """The outcome's model part for a registered ``version``, after verifying its signature from the store."""
     public_key = registry.public_key_path()
     verify_model(version.artifact.model_dir, version.artifact.signature_path, public_key)
     return {

@@ -205,6 +205,22 @@ class Registry:
                 )
             return self._to_record(session, model, row)
 
+    def version_of_run(self, run_id: str) -> VersionRecord | None:
+        """The version a training run published, if it published one (a run publishes at most one).
+
+        A resumed deployment run asks this before publishing: if the
+        coordinator died after the registry commit but before it wrote the
+        run's outcome, the model is already here and must not be published
+        twice (``training_run.id`` is unique, so a second publish would fail).
+        """
+        with Session(self.engine) as session:
+            row = session.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+            if row is None:
+                return None
+            model = session.get(RegisteredModel, row.model_id)
+            assert model is not None  # a foreign key
+            return self._to_record(session, model, row)
+
     def resolve(self, ref: str) -> VersionRecord:
         name, version = parse_ref(ref)
         return self.get_version(name, version)
