@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,7 +126,14 @@ def rpc_table(trace: Path) -> list[tuple[str, str, int, float, float, float]]:
     return sorted(rows, key=lambda row: -row[5])
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so ``one_run``'s ``finally`` stops the SuperLink and the sites."""
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
