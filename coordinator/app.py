@@ -262,7 +262,7 @@ def make_server_app(
             result = run_federation(responsive(grid), cfg, observer, flower_run=int(context.run_id))
         except Exception as exc:
             if cfg.run_id:
-                _failed(cfg.run_id, exc)
+                _failed(cfg.run_id, exc, int(context.run_id))
             raise
         if outcome is not None:
             outcome.update(result)
@@ -270,11 +270,11 @@ def make_server_app(
     return server_app
 
 
-def _failed(run_id: str, exc: Exception) -> None:
-    """Tell a follower (``fedguard run launch``) that the run failed, and why."""
+def _failed(run_id: str, exc: Exception, flower_run: int) -> None:
+    """Tell a follower (``fedguard run launch``) that the run failed, and why, naming the Flower run that did."""
     try:
         ProgressLog(run_dir(Registry.open().home.runs, run_id) / PROGRESS)(
-            "failed", {"error": f"{type(exc).__name__}: {exc}"})
+            "failed", {"error": f"{type(exc).__name__}: {exc}", "flower_run": flower_run})
     except Exception:  # noqa: BLE001 - the original error matters more
         logger.exception("could not record the failure of run %s", run_id)
 

@@ -73,9 +73,10 @@ def _line(event: Mapping[str, Any]) -> str:
     return str(dict(event))
 
 
-def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console) -> None:
+def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console,
+            flower_run: int | None = None) -> None:
     last: Mapping[str, Any] = {}
-    for event in events(home, run_id, offset=offset, timeout=timeout):
+    for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
         last = event
         console.print(json.dumps(event) if as_json else _line(event), highlight=False, soft_wrap=True)
     if last.get("event") == "failed":
@@ -94,7 +95,7 @@ def _submit_and_follow(job: Job, connection: Connection, follow: bool, timeout: 
     console.print(json.dumps({"run_id": run_id, "flower_run": flower_run}) if as_json
                   else f"run [bold]{run_id}[/bold] submitted (Flower run {flower_run})", highlight=False)
     if follow:
-        _follow(home, run_id, offset, timeout, as_json, console)
+        _follow(home, run_id, offset, timeout, as_json, console, flower_run)
 
 
 @run_app.command("launch")

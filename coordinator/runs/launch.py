@@ -214,8 +214,12 @@ def progress_path(home: Home, run_id: str) -> Path:
 
 
 def events(home: Home, run_id: str, *, offset: int = 0, timeout: float | None = None,
-           now: Callable[[], float] = time.monotonic) -> Iterator[dict[str, Any]]:
-    """Follow the run's progress events (from byte ``offset``) until it is done or failed, or ``timeout``."""
+           now: Callable[[], float] = time.monotonic, flower_run: int | None = None) -> Iterator[dict[str, Any]]:
+    """Follow the run's progress events (from byte ``offset``) until it is done or failed, or ``timeout``.
+
+    ``flower_run``: the Flower run being followed; failures reported by
+    another (an earlier, stopped segment) are skipped.
+    """
     deadline = None if timeout is None else now() + timeout
     yield from follow(progress_path(home, run_id), offset=offset,
-                      stop=lambda: deadline is not None and now() > deadline)
+                      stop=lambda: deadline is not None and now() > deadline, flower_run=flower_run)

@@ -53,8 +53,13 @@ def size(path: Path) -> int:
 
 
 def follow(path: Path, *, stop: Callable[[], bool], offset: int = 0, poll: float = 0.2,
-           sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
-    """Yield events appended to ``path`` after byte ``offset`` until a terminal event or ``stop()``."""
+           sleep: Callable[[float], None] = time.sleep, flower_run: int | None = None) -> Iterator[dict[str, Any]]:
+    """Yield events appended to ``path`` after byte ``offset`` until a terminal event or ``stop()``.
+
+    With ``flower_run``, a ``failed`` event that names another Flower run is
+    skipped: a resume stops the run's earlier Flower run, whose ServerApp may
+    still report its own failure after the new one has started.
+    """
     buffer = ""
     while True:
         if path.exists():
@@ -68,6 +73,9 @@ def follow(path: Path, *, stop: Callable[[], bool], offset: int = 0, poll: float
                 if not line.strip():
                     continue
                 event = json.loads(line)
+                if flower_run is not None and event.get("event") == "failed" \
+                        and event.get("flower_run") not in (None, flower_run):
+                    continue
                 yield event
                 if event.get("event") in TERMINAL:
                     return

@@ -80,6 +80,20 @@ def test_progress_follow_reads_from_offset_and_stops_at_terminal(tmp_path: Path)
     assert len(log.events()) == 4
 
 
+def test_follow_skips_a_failure_reported_by_an_earlier_flower_run(tmp_path: Path) -> None:
+    """A resume stops the earlier Flower run; its ServerApp's late 'failed' must not end the new run's follow."""
+    log = ProgressLog(tmp_path / "p.jsonl", now=lambda: 1.0)
+    log("round", {"round": 2})
+    log("failed", {"error": "RunNotRunning", "flower_run": 11})  # the stopped segment, reporting late
+    log("done", {"model": "m"})
+
+    def seen(flower_run: int | None) -> list[str]:
+        return [e["event"] for e in follow(log.path, stop=lambda: True, sleep=lambda s: None, flower_run=flower_run)]
+
+    assert seen(22) == ["round", "done"]
+    assert seen(11) == seen(None) == ["round", "failed"]  # its own failure, or unknown: stop there
+
+
 def test_checkpoint_roundtrip_is_atomic_and_never_pickles(tmp_path: Path) -> None:
     weights = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     assert Checkpoint.load(tmp_path / "ckpt") is None
