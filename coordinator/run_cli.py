@@ -16,6 +16,7 @@ from coordinator.runs.launch import (
     JOB,
     Connection,
     events,
+    flower_runs,
     progress_path,
     resolve_connection,
     resume_job,
@@ -140,11 +141,19 @@ def _status(home: Home, run_id: str) -> dict[str, Any]:
     evts = ProgressLog(directory / "progress.jsonl").events()
     state_path = directory / "checkpoint" / STATE
     completed = json.loads(state_path.read_text()).get("round", 0) if state_path.exists() else 0
-    last = next((e for e in reversed(evts) if e.get("event") in ("done", "failed")), None)
+    segments = flower_runs(home, run_id)
+    current = segments[-1] if segments else None  # a failure of an earlier, stopped segment is history
+
+    def terminal(event: Mapping[str, Any]) -> bool:
+        return event.get("event") == "done" or (
+            event.get("event") == "failed" and event.get("flower_run") in (None, current))
+
+    last = next((e for e in reversed(evts) if terminal(e)), None)
     rounds = Job.load(directory / JOB).config.get("num-server-rounds")
     return {"run_id": run_id, "rounds_completed": completed, "rounds": rounds,
             "state": last["event"] if last else ("started" if evts else "submitted"),
-            "model": f"{last['model']}:{last['version']}" if last and last.get("event") == "done" else None}
+            "model": f"{last['model']}:{last['version']}" if last and last.get("event") == "done" else None,
+            "flower_runs": segments}
 
 
 @run_app.command("status")

@@ -264,3 +264,22 @@ def test_flower_run_ids_are_read_from_flwr_json_and_recorded_per_run(tmp_path: P
     path.write_text("{not a list")
     with pytest.raises(StateError, match="flower-runs.json"):
         flower_runs(home, "abc")
+
+
+def test_status_reports_the_current_segment_not_an_earlier_failure(tmp_path: Path) -> None:
+    from coordinator.run_cli import _status
+
+    home = Home(tmp_path)
+    directory = tmp_path / "runs" / "r2"
+    Job.from_mapping({"num-server-rounds": 3}).with_run_id("r2").dump(directory / "job.toml")
+    _record_flower_run(home, "r2", 11)
+    log = ProgressLog(directory / "progress.jsonl")
+    log("round", {"round": 1})
+    log("failed", {"error": "killed", "flower_run": 11})
+    assert _status(home, "r2")["state"] == "failed"
+    _record_flower_run(home, "r2", 22)  # resumed: the failure above belongs to the stopped segment
+    log("round", {"round": 2})
+    info = _status(home, "r2")
+    assert (info["state"], info["flower_runs"]) == ("started", [11, 22])
+    log("done", {"model": "m", "version": 4})
+    assert (_status(home, "r2")["state"], _status(home, "r2")["model"]) == ("done", "m:4")
