@@ -23,7 +23,7 @@ from coordinator.runs.launch import (
     stop_earlier_flower_runs,
     submit,
 )
-from coordinator.runs.progress import ProgressLog, size
+from coordinator.runs.progress import TERMINAL, ProgressLog, from_other_flower_run, size
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.settings import get_settings
@@ -142,13 +142,9 @@ def _status(home: Home, run_id: str) -> dict[str, Any]:
     state_path = directory / "checkpoint" / STATE
     completed = json.loads(state_path.read_text()).get("round", 0) if state_path.exists() else 0
     segments = flower_runs(home, run_id)
-    current = segments[-1] if segments else None  # a failure of an earlier, stopped segment is history
-
-    def terminal(event: Mapping[str, Any]) -> bool:
-        return event.get("event") == "done" or (
-            event.get("event") == "failed" and event.get("flower_run") in (None, current))
-
-    last = next((e for e in reversed(evts) if terminal(e)), None)
+    current = segments[-1] if segments else None
+    last = next((e for e in reversed(evts)
+                 if e.get("event") in TERMINAL and not from_other_flower_run(e, current)), None)
     rounds = Job.load(directory / JOB).config.get("num-server-rounds")
     return {"run_id": run_id, "rounds_completed": completed, "rounds": rounds,
             "state": last["event"] if last else ("started" if evts else "submitted"),

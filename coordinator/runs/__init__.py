@@ -2,9 +2,10 @@
 
 A run has a fedguard run id (``run-id`` in the run config), stable across
 coordinator restarts; everything about it lives in ``FEDGUARD_HOME/runs/<run-id>/``:
-``job.toml`` (the merged job), ``progress.jsonl`` (events the ServerApp
-writes and ``fedguard run launch`` follows), ``checkpoint/`` (weights and
-state after the last aggregated round) and ``outcome.json``.
+``job.toml`` (the merged job), ``flower-runs.json`` (the Flower runs it was
+submitted as), ``progress.jsonl`` (events the ServerApp writes and
+``fedguard run launch`` follows), ``checkpoint/`` (weights and state after
+the last aggregated round) and ``outcome.json``.
 """
 
 from __future__ import annotations

@@ -52,13 +52,23 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def from_other_flower_run(event: Mapping[str, Any], flower_run: int | None) -> bool:
+    """Whether ``event`` is a failure reported by another Flower run than ``flower_run`` (the current one).
+
+    A resume stops the run's earlier Flower run, whose ServerApp may still
+    report its own failure into the same log: that failure is history, not
+    the state of the run. Unknown (``None``) on either side counts as current.
+    """
+    return (flower_run is not None and event.get("event") == "failed"
+            and event.get("flower_run") not in (None, flower_run))
+
+
 def follow(path: Path, *, stop: Callable[[], bool], offset: int = 0, poll: float = 0.2,
            sleep: Callable[[float], None] = time.sleep, flower_run: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield events appended to ``path`` after byte ``offset`` until a terminal event or ``stop()``.
 
-    With ``flower_run``, a ``failed`` event that names another Flower run is
-    skipped: a resume stops the run's earlier Flower run, whose ServerApp may
-    still report its own failure after the new one has started.
+    With ``flower_run``, a failure of another Flower run is skipped
+    (:func:`from_other_flower_run`).
     """
     buffer = ""
     while True:
@@ -73,8 +83,7 @@ def follow(path: Path, *, stop: Callable[[], bool], offset: int = 0, poll: float
                 if not line.strip():
                     continue
                 event = json.loads(line)
-                if flower_run is not None and event.get("event") == "failed" \
-                        and event.get("flower_run") not in (None, flower_run):
+                if from_other_flower_run(event, flower_run):
                     continue
                 yield event
                 if event.get("event") in TERMINAL:
