@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
-from lifecycle.tabular import load_csv, load_schema
+from federation.tabular import load_csv, load_schema
 
 DATA = Path(sys.argv[1])
 ROUNDS, SITES = int(sys.argv[2]), int(sys.argv[3])

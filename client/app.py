@@ -27,11 +27,11 @@ from client.config import SiteIdentity, TrainConfig
 from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
 from client.protection import make_protection_mod
-from client.schema import SiteSchema
 from client.training import plan_for, train_locally
+from federation.reference import site_counts
+from federation.schema import SiteSchema
+from federation.tabular import TabularData
 from lifecycle.architecture import build_model
-from lifecycle.reference import site_counts
-from lifecycle.tabular import TabularData
 from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.guard import ledger_mod
 from privacy.site_dp import site_dp_mod
@@ -147,7 +147,7 @@ def identify(msg: Message, context: Context) -> Message:
     the coordinator can check each site against its privacy cap before the
     first round instead of after it; plus, when the query carries reference
     bin edges, the counts of the site's records per feature and bin (never a
-    record: see :mod:`lifecycle.reference` for what they disclose).
+    record: see :mod:`federation.reference` for what they disclose).
     """
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)

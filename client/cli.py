@@ -29,9 +29,9 @@ from rich.table import Table
 from client.audit import read_log, verify_log
 from client.data import check_file
 from client.device import check_device
-from client.schema import SiteSchema
 from client.supernode import SiteAgent
-from lifecycle.bundle import read_bundle
+from federation.bundle import read_bundle
+from federation.schema import SiteSchema
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.settings import get_settings
 

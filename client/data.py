@@ -1,7 +1,7 @@
 """The site's own data file (CSV or Parquet): read, check against the site's schema, encode for training.
 
 A deployed site points its node config at its file (``data-path``) and at
-its schema (``schema-path``, :mod:`client.schema`); a simulated site reads
+its schema (``schema-path``, :mod:`federation.schema`); a simulated site reads
 ``<data-dir>/site-<partition>.csv`` and accepts what the implicit schema
 accepts (finite numeric features, labels 0..k-1). Either way the file is
 checked *completely* before anything is trained, and a bad file fails the
@@ -9,7 +9,7 @@ message with a generic reason for the coordinator while the site's log gets
 every problem (:func:`site_data_mod`).
 
 The records never leave this process: what leaves is the manifest (SHA-256 of
-the file) and the row count (``lifecycle.tabular``).
+the file) and the row count (``federation.tabular``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from client import logger
-from client.schema import CheckedTable, SchemaValidationError, SiteSchema, canonical
+from federation.schema import CheckedTable, SchemaValidationError, SiteSchema, canonical
+from federation.tabular import TabularData, file_manifest, read_csv_rows
 from lifecycle.errors import ConfigurationError
-from lifecycle.tabular import TabularData, file_manifest, read_csv_rows
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -45,7 +45,7 @@ class RawTable:
 
 
 def read_table(path: Path) -> RawTable:
-    """Read a CSV (``lifecycle.tabular``'s reader) or a Parquet file (``pyarrow``) into columns.
+    """Read a CSV (``federation.tabular``'s reader) or a Parquet file (``pyarrow``) into columns.
 
     Raises
     ------

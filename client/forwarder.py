@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lifecycle.streams import RelayServer, pump
+from federation.streams import RelayServer, pump
 
 logger = logging.getLogger("client")
 CONNECT_TIMEOUT = 15.0

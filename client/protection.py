@@ -12,7 +12,7 @@ noise is added before masking or encryption.
 A clear update (only where the site allows it) is clipped to the bound the
 coordinator declares in the train config (``clip-norm``), as the secure mods
 clip theirs: the coordinator rejects clear updates above that bound
-(``coordinator.validation``), so an honest site never is.
+(``coordinator.strategies.validation``), so an honest site never is.
 """
 
 from __future__ import annotations

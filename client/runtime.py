@@ -2,7 +2,7 @@
 
 ``python -m client.runtime <flower-supernode arguments>`` is a drop-in for
 ``flower-supernode`` that removes the per-message overhead (see
-:mod:`lifecycle.runtime_options` for the measured causes):
+:mod:`federation.runtime_options` for the measured causes):
 
 1. It starts the SuperNode with ``--isolation process`` and its Runtime API
    on a free loopback port, and launches :func:`serve_executor` beside it
@@ -13,7 +13,7 @@
    everything imported; each message is still handled in its own process,
    as with Flower's subprocess isolation.
 2. The SuperNode's idle pull interval becomes
-   :data:`lifecycle.runtime_options.SUPERNODE_POLL_SECONDS` instead of 3 s.
+   :data:`federation.runtime_options.SUPERNODE_POLL_SECONDS` instead of 3 s.
    Flower has no option for it, so this entry point wraps
    ``flower_supernode()`` with the module's ``time.sleep`` capped; nothing
    in site-packages is edited.
@@ -48,19 +48,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from client import logger
-from lifecycle.runtime_options import (
-    EXECUTOR_POLL_SECONDS,
+from client.runtime_options import (
     EXECUTOR_IDLE_POLL_SECONDS,
+    EXECUTOR_POLL_SECONDS,
     PRELOAD_MODULES,
     SUPERNODE_ACTIVE_SECONDS,
     SUPERNODE_IDLE_POLL_SECONDS,
     SUPERNODE_POLL_SECONDS,
-    TRACE_ENV,
-    trace,
-    trace_rpcs,
-    use_fast_pulls,
-    with_fast_pulls,
 )
+from federation.runtime_options import TRACE_ENV, trace, trace_rpcs, use_fast_pulls, with_fast_pulls
 
 
 def _capped_sleep(cap: float, sleep: Callable[[float], None] = time.sleep) -> Callable[[float], None]:
@@ -157,9 +153,9 @@ class IdlePacer:
 
     Flower sleeps 3 s after every empty pull of the SuperLink. Within a round
     the exchanges (SecAgg+: four) follow each other in well under a second,
-    so fedguard pulls every :data:`~lifecycle.runtime_options.SUPERNODE_POLL_SECONDS`
-    for :data:`~lifecycle.runtime_options.SUPERNODE_ACTIVE_SECONDS` after the
-    last message, then every :data:`~lifecycle.runtime_options.SUPERNODE_IDLE_POLL_SECONDS`
+    so fedguard pulls every :data:`~federation.runtime_options.SUPERNODE_POLL_SECONDS`
+    for :data:`~federation.runtime_options.SUPERNODE_ACTIVE_SECONDS` after the
+    last message, then every :data:`~federation.runtime_options.SUPERNODE_IDLE_POLL_SECONDS`
     (an idle site then costs the SuperLink one TLS request a second, not ten).
     """
 
@@ -375,7 +371,7 @@ def serve_executor(address: str, *, insecure: bool, root_certificates: str | Non
 
     With ``wake_fd`` (a pipe from :func:`run_supernode`) the executor asks
     for a task only when the SuperNode says a message arrived, or every
-    :data:`~lifecycle.runtime_options.EXECUTOR_IDLE_POLL_SECONDS` as a
+    :data:`~federation.runtime_options.EXECUTOR_IDLE_POLL_SECONDS` as a
     safety net; polling every 50 ms instead cost ~14 % of a core per idle
     site here. Without it, it polls every ``poll`` seconds.
     """

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.forwarder import Forwarder, gateway_context, loopback_certificate, loopback_context
-from lifecycle.bundle import SiteBundle
+from client.runtime_options import supernode_command, supernode_env, supernode_flags
+from federation.bundle import SiteBundle
+from federation.processes import stop_process_group
 from lifecycle.errors import StateError
 from lifecycle.home import write_private
-from lifecycle.processes import stop_process_group
-from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
 
 logger = logging.getLogger("client")
 
@@ -75,10 +75,10 @@ def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, s
                    runtime_port: int, extra: Sequence[str] = (), program: Sequence[str] | None = None) -> list[str]:
     """The SuperNode command line for this site (``extra``: more options appended).
 
-    The program is :func:`lifecycle.runtime_options.supernode_command` (the
+    The program is :func:`federation.runtime_options.supernode_command` (the
     warm ClientApp executor, a drop-in for ``flower-supernode`` without its
     per-message process start and 3 s idle polling), followed by
-    :func:`~lifecycle.runtime_options.supernode_flags`. ``program`` replaces
+    :func:`~federation.runtime_options.supernode_flags`. ``program`` replaces
     it (the benchmark's baseline passes Flower's own ``flower-supernode``).
     """
     return [*(supernode_command() if program is None else program),
@@ -101,7 +101,7 @@ class SiteAgent:
     process (in its own session, so ``stop()`` ends its executor and ClientApp
     children too) whose output goes to ``log_path``. Its environment is
     ``env`` (default: this process's) plus
-    :func:`lifecycle.runtime_options.supernode_env`'s quiet/fast variables.
+    :func:`federation.runtime_options.supernode_env`'s quiet/fast variables.
     """
 
     def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,

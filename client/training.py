@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.config import TrainConfig
-from lifecycle.tabular import TabularData
+from federation.tabular import TabularData
 from privacy.dp_sgd import FUSED, DPPlan, clipping_path, make_private
 
 

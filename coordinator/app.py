@@ -27,17 +27,18 @@ from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
 from coordinator.ledger import RunLedger, identify_sites
-from coordinator.protection import build_strategy, protection_bound, site_dp_plan
 from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
 from coordinator.runs import run_dir
 from coordinator.runs.progress import PROGRESS, ProgressLog
-from coordinator.runs.resume import RoundOffset, RunState
-from coordinator.strategy import RoundReport, SiteLedger, TrackedStrategy
-from coordinator.validation import UpdateValidationStrategy, UpdateValidator, audit_rejections
+from coordinator.runs.resume import RunState
+from coordinator.strategies.builder import StrategyStack, build_strategy
+from coordinator.strategies.site_dp import site_dp_plan
+from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
+from coordinator.strategies.validation import audit_rejections
+from federation.tabular import DataSchema, TabularData, load_csv, load_schema
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
-from lifecycle.tabular import DataSchema, TabularData, load_csv, load_schema
 from privacy.ledger import coordinator_ledger
 from privacy.site_dp import SiteDPPlan
 
@@ -110,6 +111,34 @@ class RoundProgress:
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
 
+@dataclass
+class RunContext:
+    """What the phases of one run share: the data, the model, the registry, the ledger and the layers."""
+
+    cfg: CoordinatorConfig
+    observer: Observer
+    schema: DataSchema
+    test: TabularData
+    spec: ModelSpec
+    model: torch.nn.Module
+    registry: Registry
+    run_state: RunState | None
+    plan: SiteDPPlan | None
+    run_ledger: RunLedger
+    stack: StrategyStack
+    progress: RoundProgress
+    reports: dict[int, RoundReport]
+    started: float
+
+    @property
+    def tracked(self) -> TrackedStrategy:
+        return self.stack.tracked
+
+    @property
+    def done(self) -> int:
+        return self.run_state.completed if self.run_state is not None else 0
+
+
 def run_federation(
     grid: Grid, cfg: CoordinatorConfig, observer: Observer = _log_observer, *, flower_run: int | None = None,
 ) -> dict[str, Any]:
@@ -118,8 +147,20 @@ def run_federation(
     With a ``run-id`` in the run config (deployment), progress events go to
     ``FEDGUARD_HOME/runs/<run-id>/progress.jsonl`` too, a checkpoint is
     written after every round, and a run that finds a checkpoint resumes
-    after its round (``coordinator.runs.resume``).
+    after its round (``coordinator.runs.resume``). The phases, in order:
+    :func:`prepare`, :func:`identify`, :func:`train`, :func:`publish`,
+    :func:`finish`.
     """
+    run = prepare(cfg, observer, flower_run=flower_run)
+    train_config = _train_config(cfg, run.schema)
+    reference = identify(run, grid, train_config)
+    train(run, grid, train_config)
+    outcome = publish(run, reference)
+    return finish(run, outcome)
+
+
+def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | None = None) -> RunContext:
+    """Load the held-out set and schema, build the model, open the registry, the run state and the ledger."""
     started = time.monotonic()
     schema = load_schema(cfg.data_path / "schema.json")
     test = load_csv(cfg.data_path / "test.csv", list(schema.features), schema.target, len(schema.labels))
@@ -134,79 +175,96 @@ def run_federation(
     plan = site_dp_plan(cfg)
     run_ledger = RunLedger(coordinator_ledger(registry), cfg.run_id or uuid.uuid4().hex, plan)
     reports: dict[int, RoundReport] = {}
-    tracked = build_strategy(
+    stack = build_strategy(
         cfg, on_round=lambda r: reports.__setitem__(r.server_round, r),
         num_params=sum(p.numel() for p in model.parameters()), run_ledger=run_ledger,
         frozen_keys=[name for name, _ in model.named_buffers()],
+        completed_rounds=run_state.completed if run_state is not None else 0,
+        on_reject=audit_rejections(registry, run_ledger.run_id),
     )
-    progress = RoundProgress(spec, test, cfg, tracked, observer,
+    progress = RoundProgress(spec, test, cfg, stack.tracked, observer,
                              plan.epsilon_series() if plan is not None else [], reports,
                              expected=lambda: set(run_ledger.nodes.values()))
-    done = 0
     if run_state is not None:
-        run_state.restore(model, tracked, progress.history)
-        done = run_state.completed
-        progress.after_round = lambda r, arrays, entry: _checkpoint(run_state, tracked, progress, r, arrays, entry)
+        run_state.restore(model, stack.tracked, progress.history)
+        progress.after_round = lambda r, arrays, entry: _checkpoint(
+            run_state, stack.tracked, progress, r, arrays, entry)
         progress.total_dp = run_state.total_dp
-    train_config = _train_config(cfg, schema)
-    reference = ReferenceCollector.from_held_out(test)
-    identified = identify_sites(grid, reference.query(train_config), run_ledger, expected=cfg.required_sites,
-                                timeout=cfg.round_timeout, on_site=reference.add)
-    observer("stage", {"stage": "identified", "sites": identified, "resumed_after": done})
-    bound = protection_bound(cfg, plan.noise_std if plan is not None else 0.0,
-                             sum(p.numel() for p in model.parameters()))
-    validated = UpdateValidationStrategy(tracked, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
-                                         on_reject=audit_rejections(registry, run_ledger.run_id))
-    arrays = ArrayRecord(model.state_dict())
+    return RunContext(cfg, observer, schema, test, spec, model, registry, run_state, plan, run_ledger, stack,
+                      progress, reports, started)
+
+
+def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> ReferenceCollector:
+    """Ask every site who it is (and for its reference counts) before the first round."""
+    reference = ReferenceCollector.from_held_out(run.test)
+    identified = identify_sites(grid, reference.query(train_config), run.run_ledger,
+                                expected=run.cfg.required_sites, timeout=run.cfg.round_timeout,
+                                on_site=reference.add)
+    run.observer("stage", {"stage": "identified", "sites": identified, "resumed_after": run.done})
+    return reference
+
+
+def train(run: RunContext, grid: Grid, train_config: ConfigRecord) -> None:
+    """The remaining rounds; the model ends up holding the last aggregated weights."""
+    done, cfg = run.done, run.cfg
+    arrays = ArrayRecord(run.model.state_dict())
     if done < cfg.num_server_rounds:
-        # RoundOffset outermost: everything inside (validation, secure aggregation, ledger) sees true rounds.
-        strategy = RoundOffset(validated, done) if done else validated
-        result = strategy.start(
+        result = run.stack.outer.start(
             grid=grid, initial_arrays=arrays, num_rounds=cfg.num_server_rounds - done,
             timeout=cfg.round_timeout, train_config=train_config,
-            evaluate_fn=lambda r, a: progress(r + done if r else 0, a),
+            evaluate_fn=lambda r, a: run.progress(r + done if r else 0, a),
         )
         arrays = result.arrays
-    model.load_state_dict(arrays.to_torch_state_dict())
-    if run_state is not None:
-        for name, site in tracked.sites.items():
-            site.dp = run_state.total_dp(name, site)
-    ledger_state = run_ledger.state()
+    run.model.load_state_dict(arrays.to_torch_state_dict())
+    if run.run_state is not None:
+        for name, site in run.tracked.sites.items():
+            site.dp = run.run_state.total_dp(name, site)
+
+
+def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
+    """Watermark, sign and register the model (at most once per run); the outcome so far."""
+    cfg, registry, run_state = run.cfg, run.registry, run.run_state
     dropouts = run_state.dropouts if run_state is not None else [
-        {"round": e["round"], "sites": e["dropped"]} for e in progress.history if e.get("dropped")]
-    published = registry.version_of_run(run_ledger.run_id) if run_state is not None else None
+        {"round": e["round"], "sites": e["dropped"]} for e in run.progress.history if e.get("dropped")]
+    published = registry.version_of_run(run.run_ledger.run_id) if run_state is not None else None
+    ledger_state = run.run_ledger.state()
     if published is not None:  # resumed after a crash between the registry commit and outcome.json
         logger.warning("run %s already published %s; writing its outcome without publishing again",
-                       run_ledger.run_id, published.ref)
-        observer("stage", {"stage": "publish", "already_published": published.ref})
+                       run.run_ledger.run_id, published.ref)
+        run.observer("stage", {"stage": "publish", "already_published": published.ref})
         outcome = published_outcome(registry, published)
         accuracy, watermark = float(published.metrics["accuracy"]), published.watermark
     else:
-        observer("stage", {"stage": "watermark"})
-        model, mark = embed_watermark(model, spec, cfg, registry.home, test)
-        final = evaluate(model, test)
-        observer("stage", {"stage": "publish"})
+        run.observer("stage", {"stage": "watermark"})
+        model, mark = embed_watermark(run.model, run.spec, cfg, registry.home, run.test)
+        final = evaluate(model, run.test)
+        run.observer("stage", {"stage": "publish"})
         outcome = publish_run(
-            registry=registry, model=model, spec=spec, schema=schema, cfg=cfg, sites=tracked.sites,
-            rounds=tracked.rounds_aggregated, run_id=run_ledger.run_id, mark=mark, site_plan=plan,
+            registry=registry, model=model, spec=run.spec, schema=run.schema, cfg=cfg, sites=run.tracked.sites,
+            rounds=run.tracked.rounds_aggregated, run_id=run.run_ledger.run_id, mark=mark, site_plan=run.plan,
             metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
-            ledger=ledger_state, reference=reference.section(model, schema, test),
+            ledger=ledger_state, reference=reference.section(model, run.schema, run.test),
             extra_training={"dropouts": dropouts} if dropouts else None,
         )
         accuracy, watermark = final.accuracy, mark.to_dict()
-    outcome.update(_privacy_outcome(cfg, tracked, plan, ledger_state))
-    outcome.update(site_devices={name: site.device for name, site in sorted(tracked.sites.items())})
-    outcome.update(accuracy=accuracy, history=progress.history, watermark=watermark,
-                   federation_seconds=time.monotonic() - started, run_id=run_ledger.run_id, dropouts=dropouts,
-                   rejected_updates=[asdict(r) for r in validated.rejections])
-    if run_state is not None:
-        outcome.update(flower_runs=run_state.segments, resumed_after=done)
-    paths = [cfg.result_path] if cfg.result_path else []
-    if run_state is not None:
-        paths.append(str(run_state.directory / "outcome.json"))  # marks the run finished (no resume)
+    outcome.update(_privacy_outcome(cfg, run.tracked, run.plan, ledger_state))
+    outcome.update(site_devices={name: site.device for name, site in sorted(run.tracked.sites.items())})
+    outcome.update(accuracy=accuracy, history=run.progress.history, watermark=watermark, run_id=run.run_ledger.run_id,
+                   dropouts=dropouts, rejected_updates=[asdict(r) for r in run.stack.validated.rejections])
+    return outcome
+
+
+def finish(run: RunContext, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Record the time and the Flower runs, write the outcome files (a deployed run is then finished)."""
+    outcome.update(federation_seconds=time.monotonic() - run.started)
+    if run.run_state is not None:
+        outcome.update(flower_runs=run.run_state.segments, resumed_after=run.done)
+    paths = [run.cfg.result_path] if run.cfg.result_path else []
+    if run.run_state is not None:
+        paths.append(str(run.run_state.directory / "outcome.json"))  # marks the run finished (no resume)
     for path in paths:
         Path(path).write_text(json.dumps(outcome, indent=2, default=str))
-    observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": accuracy})
+    run.observer("done", {"model": outcome["model"], "version": outcome["version"], "accuracy": outcome["accuracy"]})
     return outcome
 
 

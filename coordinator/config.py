@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from coordinator.strategy import AGGREGATIONS
+from coordinator.strategies.aggregation import AGGREGATIONS
 from lifecycle.architecture import TRAINING_DEVICES
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name

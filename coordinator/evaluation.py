@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifecycle.tabular import TabularData
+from federation.tabular import TabularData
 
 
 @dataclass(frozen=True)

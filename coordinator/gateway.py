@@ -49,7 +49,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from lifecycle.streams import RelayServer, close, pump
+from federation.streams import RelayServer, close, pump
 
 logger = logging.getLogger("coordinator")
 ALLOWED_PREFIX = "/v1/fleet/"

@@ -18,7 +18,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from coordinator.runtime_options import grid_poll_seconds
-from lifecycle.runtime_options import trace, trace_rpcs, use_fast_pulls
+from federation.runtime_options import trace, trace_rpcs, use_fast_pulls
 
 
 class ResponsiveGrid(Grid):

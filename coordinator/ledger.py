@@ -17,20 +17,17 @@ coordinator re-recording a round does not double count.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
-from lifecycle.errors import TrainingError
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.site_dp import SiteDPPlan
-from privacy.strategy_wrapper import StrategyWrapper
 
 
 @dataclass
@@ -117,31 +114,6 @@ class RunLedger:
                                       "cap": row.epsilon_cap, "remaining": row.epsilon_remaining}
             result[name] = rows
         return result
-
-
-class AdmissionStrategy(StrategyWrapper):
-    """Drops, from each round's sampled messages, sites the ledger projects over their cap.
-
-    Sits directly around the aggregation rule, *inside* secure aggregation,
-    so a left-out site is never part of the round's protocol.
-    """
-
-    def __init__(self, inner: Strategy, run_ledger: RunLedger) -> None:
-        super().__init__(inner)
-        self.run_ledger = run_ledger
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        admitted = [m for m in messages if not self.run_ledger.over_cap(m.metadata.dst_node_id)]
-        if messages and not admitted:
-            raise TrainingError(
-                f"round {server_round}: every sampled site is at its privacy cap; see 'fedguard privacy ledger'"
-            )
-        return admitted
-
-
 
 
 def identify_sites(

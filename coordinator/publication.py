@@ -15,13 +15,13 @@ from torch import nn
 
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
-from coordinator.strategy import SiteLedger
+from coordinator.strategies.tracked import SiteLedger
+from federation.tabular import DataSchema, TabularData
 from lifecycle.architecture import ModelSpec
 from lifecycle.home import Home
 from lifecycle.packaging import Publication, publish_model
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from lifecycle.signing import verify_model
-from lifecycle.tabular import DataSchema, TabularData
 from privacy.site_dp import SiteDPPlan
 from watermark import create_scheme
 from watermark.secret import commitment, save_secret, secret_path

@@ -2,7 +2,7 @@
 
 The coordinator fixes the bin edges from its held-out set before the identity
 query, each site answers with its counts over them, and this module sums them
-(see :mod:`lifecycle.reference` for the why and for what the counts disclose).
+(see :mod:`federation.reference` for the why and for what the counts disclose).
 A site that sends no counts, or malformed ones, is left out of the sum and
 named in a warning; the section lists the sites it includes.
 """
@@ -18,9 +18,9 @@ from flwr.app import ConfigRecord
 from torch import nn
 
 from coordinator import logger
+from federation.reference import COUNTS_KEY, Edges, ReferenceStats, encode_edges, reference_edges, split_counts
+from federation.tabular import DataSchema, TabularData
 from lifecycle.errors import ConfigurationError
-from lifecycle.reference import COUNTS_KEY, Edges, ReferenceStats, encode_edges, reference_edges, split_counts
-from lifecycle.tabular import DataSchema, TabularData
 
 
 @dataclass

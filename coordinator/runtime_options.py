@@ -7,7 +7,7 @@ exchanges; the SuperLink's SuperExec polls for the ServerApp task once a
 second. fedguard's ServerApp wraps its grid (:class:`coordinator.grid.ResponsiveGrid`)
 to pull every :data:`GRID_POLL_SECONDS`; the SuperExec keeps Flower's 1 s
 (:data:`SUPEREXEC_POLL_SECONDS`). The SuperNode's options live in
-``lifecycle.runtime_options`` (the site side may not import ``coordinator``).
+``client.runtime_options``; what both sides share in ``federation.runtime_options``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from lifecycle.runtime_options import QUIET_ENV
+from federation.runtime_options import QUIET_ENV
 
 GRID_POLL_SECONDS = 0.05
 """How often the ServerApp pulls replies while it waits (Flower's HTTP grid: 3 s)."""

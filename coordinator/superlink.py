@@ -27,8 +27,8 @@ from typing import IO
 
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
 from coordinator.runtime_options import superlink_env, superlink_flags
+from federation.processes import stop_process_group
 from lifecycle.errors import ConfigurationError, StateError
-from lifecycle.processes import stop_process_group
 
 logger = logging.getLogger("coordinator")
 LOOPBACK = "127.0.0.1"

@@ -7,7 +7,7 @@ SHA-256 manifest of each site's data (never the data), rounds, DP parameters
 and ε per site, aggregation rule, secure-aggregation mode, watermark scheme and
 commitment, metrics, code version and dependency versions, and, where the
 coordinator collected them, the ``reference`` statistics of the training data
-(summed per-feature histograms; see :mod:`lifecycle.reference`).
+(summed per-feature histograms; see :mod:`federation.reference`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def make_bom(
     """Assemble the ML-BOM document (a plain, JSON-serialisable dict).
 
     ``reference``, when given, is the training data's summed per-feature
-    histograms (:class:`lifecycle.reference.ReferenceStats`), which serving's
+    histograms (:class:`federation.reference.ReferenceStats`), which serving's
     drift monitor compares live traffic with.
     """
     deps = dependency_versions()

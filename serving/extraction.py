@@ -57,7 +57,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lifecycle import audit
 from lifecycle.errors import FedguardError
-from lifecycle.reference import ReferenceStats, bin_indices, padded_edges
+from federation.reference import ReferenceStats, bin_indices, padded_edges
 from lifecycle.registry import Registry
 from serving import logger
 from serving.models import ServedModel

@@ -24,7 +24,7 @@ from lifecycle.architecture import FeatureSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
 from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
-from lifecycle.reference import ReferenceStats, bom_reference
+from federation.reference import ReferenceStats, bom_reference
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger

@@ -28,7 +28,7 @@ from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.signing import ensure_signing_key
-from lifecycle.tabular import DataSchema, write_csv
+from federation.tabular import DataSchema, write_csv
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy

@@ -29,8 +29,8 @@ from coordinator.provisioning.authority import (
 )
 from coordinator.provisioning.federation import FederationLayout
 from coordinator.provisioning.tables import ACTIVE, REVOKED, FederationSite, SiteCredential
+from federation.bundle import SiteBundle, write_bundle
 from lifecycle import audit
-from lifecycle.bundle import SiteBundle, write_bundle
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry import Registry
 

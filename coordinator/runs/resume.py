@@ -3,7 +3,7 @@
 :class:`RunState` is what the ServerApp keeps per fedguard run id: the
 progress log and the checkpoint directory. On start it loads the checkpoint
 (if any); the strategy then runs only the remaining rounds, wrapped in
-:class:`RoundOffset` so that every round keeps its true number — in the
+:class:`coordinator.strategies.round_offset.RoundOffset` so that every round keeps its true number — in the
 messages to the sites, in SecAgg+'s round binding, and in the privacy
 ledger's idempotent charge keys (site, manifest, run, round, kind), so a
 round completed before the crash is never charged again.
@@ -18,49 +18,19 @@ charged in the site's own ledger (conservative, as for any failed round).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.app import ArrayRecord
 
 from coordinator import logger
 from coordinator.runs import run_dir
 from coordinator.runs.checkpoint import Checkpoint
 from coordinator.runs.progress import PROGRESS, ProgressLog
-from coordinator.strategy import SiteLedger, TrackedStrategy
+from coordinator.strategies.tracked import SiteLedger, TrackedStrategy
 from privacy.accountants import GaussianHistory
-from privacy.strategy_wrapper import StrategyWrapper
-
-
-class RoundOffset(StrategyWrapper):
-    """Runs rounds ``offset+1 …``: Flower's loop counts from 1, the inner strategy sees true numbers."""
-
-    def __init__(self, inner: Strategy, offset: int) -> None:
-        super().__init__(inner)
-        self.offset = offset
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round + self.offset, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
 
 
 @dataclass

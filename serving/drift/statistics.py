@@ -1,7 +1,7 @@
 """Drift statistics on binned distributions: PSI and the Kolmogorov–Smirnov distance.
 
 Both compare a reference histogram (the training data's, summed over sites:
-:mod:`lifecycle.reference`) with a live one over the *same* bins, one row per
+:mod:`federation.reference`) with a live one over the *same* bins, one row per
 feature. They are vectorised over rows so a monitor scores every feature of a
 model in one pass; rows may have fewer bins than the widest, marked by
 ``mask`` (padding bins count nothing and contribute nothing).

@@ -16,7 +16,7 @@ from client.device import check_device, describe, training_device
 from client.training import plan_for, train_locally
 from lifecycle.architecture import ModelSpec, build_model
 from lifecycle.errors import ConfigurationError
-from lifecycle.tabular import TabularData
+from federation.tabular import TabularData
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA GPU")
 

@@ -28,7 +28,7 @@ from client.app import make_client_app
 from client.audit import verify_log, wire_bytes
 from coordinator.app import run_federation
 from coordinator.config import CoordinatorConfig
-from lifecycle.tabular import DataSchema, write_csv
+from federation.tabular import DataSchema, write_csv
 from privacy.secagg.messages import RECORD_KEY as SECAGG
 from simulations.datasets import load_dataset
 from tests.privacy.secagg.harness import LocalGrid

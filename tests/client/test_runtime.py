@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from client.runtime import ForkExecutor, _capped_sleep, supernode_argv
-from lifecycle.runtime_options import SUPERNODE_POLL_SECONDS, supernode_command, supernode_env
+from client.runtime_options import SUPERNODE_POLL_SECONDS, supernode_command, supernode_env
 
 
 def test_supernode_argv_adds_process_isolation_and_a_loopback_runtime_port() -> None:
@@ -82,7 +82,7 @@ def test_fab_is_unpacked_once_per_hash(tmp_path) -> None:  # type: ignore[no-unt
 
 
 def test_object_pulls_retry_quickly_and_explicit_arguments_win() -> None:
-    from lifecycle.runtime_options import OBJECT_PULL_BACKOFF, with_fast_pulls
+    from federation.runtime_options import OBJECT_PULL_BACKOFF, with_fast_pulls
 
     seen: list[dict[str, object]] = []
     fast = with_fast_pulls(lambda *a, **k: seen.append(k))
@@ -119,7 +119,7 @@ def test_executor_wakes_on_the_supernodes_signal_not_on_a_timer() -> None:
 def test_trace_appends_one_json_line_per_stage_only_when_asked(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from lifecycle.runtime_options import TRACE_ENV, trace
+    from federation.runtime_options import TRACE_ENV, trace
 
     monkeypatch.delenv(TRACE_ENV, raising=False)
     trace("grid", "push")
@@ -138,7 +138,7 @@ def test_traced_requests_name_their_method_and_time(tmp_path, monkeypatch) -> No
     from flwr.proto.fleet_pb2 import PullMessagesRequest
     from flwr.supercore.protobuf import client as protobuf_client
 
-    from lifecycle.runtime_options import TRACE_ENV, trace_rpcs
+    from federation.runtime_options import TRACE_ENV, trace_rpcs
 
     calls: list[str] = []
 
@@ -165,14 +165,14 @@ def test_traced_requests_name_their_method_and_time(tmp_path, monkeypatch) -> No
 PRELOAD_PROBE = """
 import importlib, json, sys
 from pathlib import Path
-from lifecycle.runtime_options import PRELOAD_MODULES
+from client.runtime_options import PRELOAD_MODULES
 for name in PRELOAD_MODULES:
     importlib.import_module(name)
 import numpy as np, torch
 from client.config import TrainConfig
 from client.training import plan_for, train_locally
 from lifecycle.architecture import ModelSpec, build_model
-from lifecycle.tabular import TabularData
+from federation.tabular import TabularData
 rng = np.random.default_rng(0)
 data = TabularData(rng.normal(size=(40, 5)).astype(np.float32), (np.arange(40) % 2).astype(np.int64), "m", Path("x"))
 cfg = TrainConfig(server_round=1, total_rounds=1, local_epochs=1, batch_size=8, lr=0.1, dp_epsilon=3.0, dp_delta=1e-5,

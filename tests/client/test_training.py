@@ -13,7 +13,7 @@ from torch import nn
 from client.config import TrainConfig
 from client.training import plan_for, train_locally
 from lifecycle.architecture import ModelSpec, build_model
-from lifecycle.tabular import TabularData
+from federation.tabular import TabularData
 
 
 def _setup(n: int, batch: int, epochs: int) -> tuple[TabularData, TrainConfig]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.authority import create_ca, issue_site_certificate
-from lifecycle.bundle import SiteBundle
+from federation.bundle import SiteBundle
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings
-from lifecycle.streams import RelayServer
+from federation.streams import RelayServer
 
 
 @dataclass

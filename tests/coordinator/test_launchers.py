@@ -19,9 +19,9 @@ from coordinator.provisioning import FederationLayout
 from coordinator.runtime_options import superlink_env, superlink_flags
 from coordinator.superlink import check_insecure, flower_env, is_loopback, superlink_argv
 from fedguard.cli import app
-from lifecycle.bundle import BundlePermissionError, read_bundle
+from federation.bundle import BundlePermissionError, read_bundle
 from lifecycle.errors import ConfigurationError, StateError
-from lifecycle.runtime_options import supernode_command, supernode_env, supernode_flags
+from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from tests.coordinator.federation_fixtures import make_federation
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from coordinator.reference import ReferenceCollector
 from lifecycle.artifacts import load_model
 from lifecycle.errors import ConfigurationError
 from lifecycle.home import Home
-from lifecycle.reference import (
+from federation.reference import (
     COUNTS_KEY,
     ReferenceStats,
     bom_reference,
@@ -23,7 +23,7 @@ from lifecycle.reference import (
     site_counts,
 )
 from lifecycle.registry import Registry
-from lifecycle.tabular import load_csv, load_schema
+from federation.tabular import load_csv, load_schema
 from simulations.federation import SimulationConfig, _engine_environment, _simulate, prepare_data
 
 

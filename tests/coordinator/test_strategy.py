@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from coordinator.strategy import TrackedStrategy, create_aggregation
+from coordinator.strategies.aggregation import create_aggregation
+from coordinator.strategies.tracked import TrackedStrategy
 from lifecycle.errors import ConfigurationError, TrainingError
 
 

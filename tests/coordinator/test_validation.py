@@ -12,8 +12,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from sqlmodel import select
 
-from coordinator.strategy import RoundReport, TrackedStrategy, create_aggregation
-from coordinator.validation import (
+from coordinator.strategies.aggregation import create_aggregation
+from coordinator.strategies.tracked import RoundReport, TrackedStrategy
+from coordinator.strategies.validation import (
     UPDATE_REJECTED,
     Rejection,
     UpdateValidationStrategy,

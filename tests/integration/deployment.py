@@ -37,9 +37,9 @@ from client.supernode import SiteAgent
 from coordinator.deployment import CoordinatorService
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry, init_federation
 from coordinator.superlink import control_client
-from lifecycle.bundle import SiteBundle
+from federation.bundle import SiteBundle
 from lifecycle.registry import Registry
-from lifecycle.runtime_options import plain_supernode_command
+from client.runtime_options import plain_supernode_command
 from lifecycle.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import torch
 
 from lifecycle.architecture import build_model, set_standardization
 from lifecycle.packaging import publish_model
-from lifecycle.reference import ReferenceStats, histogram, reference_edges
+from federation.reference import ReferenceStats, histogram, reference_edges
 from lifecycle.registry import Registry, VersionRecord
 from tests.conftest import make_publication
 

@@ -17,8 +17,9 @@ from coordinator.runs.checkpoint import Checkpoint
 from coordinator.runs.job import Job, parse_override
 from coordinator.runs.launch import Connection, _json_reply, _record_flower_run, flower_run_id, flower_runs
 from coordinator.runs.progress import ProgressLog, follow, size
-from coordinator.runs.resume import RoundOffset, RunState
-from coordinator.strategy import SiteLedger, TrackedStrategy
+from coordinator.runs.resume import RunState
+from coordinator.strategies.round_offset import RoundOffset
+from coordinator.strategies.tracked import SiteLedger, TrackedStrategy
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.home import Home
 from privacy.strategy_wrapper import StrategyWrapper

@@ -1,4 +1,4 @@
-"""Aggregation rules, and the wrapper that knows who took part and fails loudly.
+"""The wrapper that knows who took part in each round and fails loudly.
 
 Flower's Message-API strategies quietly carry on when every site of a round
 fails (the run still "succeeds" with the old weights). fedguard wraps the
@@ -7,9 +7,6 @@ with the sites' reasons, and each valid reply's ``site`` record (name, data
 manifest, ε spent, DP parameters: public metadata, never the update) is kept
 for the ML-BOM and the registry. The wrapper sits outermost, so it sees the
 sites' replies whatever protection (secure aggregation, CKKS) sits inside.
-
-Robust rules (median, trimmed mean, Krum) are Flower's own; they need the
-individual updates, so they are only available without secure aggregation.
 """
 
 from __future__ import annotations
@@ -19,30 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
-from coordinator.validation import UPDATE_REJECTED
-from lifecycle.errors import ConfigurationError, TrainingError
+from coordinator.strategies.validation import UPDATE_REJECTED
+from lifecycle.errors import TrainingError
 from privacy.strategy_wrapper import StrategyWrapper
-
-AGGREGATIONS: dict[str, Callable[..., Strategy]] = {
-    "fedavg": FedAvg,
-    "median": FedMedian,
-    "trimmed-mean": lambda **kw: FedTrimmedAvg(beta=0.2, **kw),
-    "krum": lambda **kw: Krum(num_malicious_nodes=max(0, (kw["min_train_nodes"] - 3) // 2), **kw),
-}
-
-
-def create_aggregation(name: str, *, sites: int) -> Strategy:
-    """Flower's strategy for ``name``, sampling all ``sites`` every round, no federated evaluation."""
-    if name not in AGGREGATIONS:
-        raise ConfigurationError(f"unknown aggregation '{name}'; choose one of {', '.join(AGGREGATIONS)}")
-    if name == "krum" and sites < 3:
-        raise ConfigurationError("krum needs at least 3 sites")
-    return AGGREGATIONS[name](
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=sites, min_available_nodes=sites,
-    )
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from client.data import check_file, load_site_data, read_table
-from client.schema import SchemaValidationError, SiteSchema
+from federation.schema import SchemaValidationError, SiteSchema
 from lifecycle.errors import ConfigurationError, InputValidationError
 
 SCHEMA = """

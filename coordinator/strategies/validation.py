@@ -10,7 +10,7 @@ each training reply against the global model the round started from:
   the global model's names, shapes and dtypes, every value is finite, the
   update ``local − global`` has L2 norm at most the configured clipping bound
   (``clip-norm``; with site-level DP the bound that leaves room for the
-  noise, :func:`coordinator.protection.protection_bound`), and the example
+  noise, :func:`coordinator.strategies.builder.protection_bound`), and the example
   weight is in ``(0, max-weight]``;
 * **SecAgg+**: the masked payload is exactly one 1-D ``uint32`` vector of the
   model's size + 1 (the norm cannot be seen; the site's mod clips it);

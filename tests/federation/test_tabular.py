@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lifecycle.errors import ConfigurationError, InputValidationError
-from lifecycle.tabular import DataSchema, load_csv, load_schema, write_csv
+from federation.tabular import DataSchema, load_csv, load_schema, write_csv
 
 
 def _write(path: Path, text: str) -> Path:

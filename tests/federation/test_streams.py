@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from client.forwarder import loopback_certificate
-from lifecycle.streams import RelayServer, pump
+from federation.streams import RelayServer, pump
 
 pytestmark = pytest.mark.integration
 
