@@ -20,7 +20,7 @@ Abadi et al. publish (ε ≈ 1.26 at q = 0.01, σ = 4, T = 10 000, δ = 1e-5).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, KeysView, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -31,22 +31,54 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from lifecycle.errors import ConfigurationError
 
-ACCOUNTANTS = ("rdp", "prv")
+AccountantFactory = Callable[[], IAccountant]
+"""Builds a fresh Opacus-compatible accountant (``history`` of ``(σ, q, steps)``, ``get_epsilon(delta)``)."""
+
+_FACTORIES: dict[str, AccountantFactory] = {
+    "rdp": lambda: _opacus_create("rdp"),
+    "prv": lambda: _opacus_create("prv"),
+}
+
+ACCOUNTANTS: KeysView[str] = _FACTORIES.keys()
+"""Names :func:`create_accountant` knows (a live view: registering adds to it)."""
 RDP_ORDERS: tuple[float, ...] = (*RDPAccountant.DEFAULT_ALPHAS, 128, 256, 512, 1024)
 """Rényi orders searched: Opacus' defaults plus the large orders Google's dp-accounting also uses
 (they matter when ε is small: large σ, tiny q)."""
 
 __all__ = [
     "ACCOUNTANTS", "GaussianHistory", "calibrate_noise", "compose", "create_accountant",
-    "epsilon_series", "naive_epsilon_sum",
+    "epsilon_series", "naive_epsilon_sum", "register_accountant",
 ]
 
 
 def create_accountant(name: str) -> IAccountant:
-    """A fresh Opacus accountant by name (``rdp`` or ``prv``)."""
-    if name not in ACCOUNTANTS:
+    """A fresh accountant by name (``rdp``, ``prv``, or one added with :func:`register_accountant`).
+
+    Raises
+    ------
+    ConfigurationError
+        No accountant of that name is registered.
+    """
+    if name not in _FACTORIES:
         raise ConfigurationError(f"unknown accountant '{name}'; choose one of {', '.join(ACCOUNTANTS)}")
-    return _opacus_create(name)
+    return _FACTORIES[name]()
+
+
+def register_accountant(name: str, factory: AccountantFactory, *, replace: bool = False) -> None:
+    """Make ``name`` usable wherever an accountant is named (run config, caps, :func:`compose`).
+
+    The factory's accountant must compose a ``history`` of ``(σ, q, steps)``
+    triples and answer ``get_epsilon(delta=...)``, as Opacus' accountants do
+    (Opacus registers its own the same way, ``opacus.accountants.create_accountant``).
+
+    Raises
+    ------
+    ConfigurationError
+        ``name`` is taken and ``replace`` is false.
+    """
+    if name in _FACTORIES and not replace:
+        raise ConfigurationError(f"accountant '{name}' is already registered; pass replace=True to override it")
+    _FACTORIES[name] = factory
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ class SiteDPConfig:
                 f"({self.sites_per_round}); a round with fewer contributions is refused"
             )
         if self.accountant not in ACCOUNTANTS:
-            raise ConfigurationError(f"unknown accountant '{self.accountant}'; choose one of {ACCOUNTANTS}")
+            raise ConfigurationError(f"unknown accountant '{self.accountant}'; choose one of {', '.join(ACCOUNTANTS)}")
 
     @property
     def sample_rate(self) -> float:

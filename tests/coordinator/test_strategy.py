@@ -69,3 +69,18 @@ def test_a_round_where_every_site_failed_raises() -> None:
 def test_unknown_rule() -> None:
     with pytest.raises(ConfigurationError, match="fedavg, median, trimmed-mean, krum"):
         create_aggregation("mean-of-means", sites=3)
+
+
+def test_a_registered_rule_is_created_by_name() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    from coordinator.strategies import aggregation
+
+    aggregation.register_aggregation("fedavg-copy", FedAvg)
+    try:
+        rule = create_aggregation("fedavg-copy", sites=3)
+        assert isinstance(rule, FedAvg) and rule.min_train_nodes == 3
+        with pytest.raises(ConfigurationError, match="already registered"):
+            aggregation.register_aggregation("fedavg", FedAvg)
+    finally:
+        aggregation.AGGREGATIONS.pop("fedavg-copy", None)

@@ -114,3 +114,20 @@ def test_invalid_inputs_are_refused() -> None:
 def test_calibrated_sigma_never_overshoots(eps: float, q: float, steps: int) -> None:
     sigma = calibrate_noise(eps, 1e-5, q, steps)
     assert GaussianHistory(sigma, q, steps, 1e-5).epsilon() <= eps * 1.0001
+
+
+def test_a_registered_accountant_is_created_by_name_and_composes() -> None:
+    from opacus.accountants import RDPAccountant
+
+    from privacy import accountants
+
+    accountants.register_accountant("rdp-copy", RDPAccountant)
+    try:
+        assert "rdp-copy" in accountants.ACCOUNTANTS
+        assert isinstance(create_accountant("rdp-copy"), RDPAccountant)
+        history = [GaussianHistory(1.1, 0.05, 40, 1e-5)]
+        assert compose(history, 1e-5, "rdp-copy") == pytest.approx(compose(history, 1e-5, "rdp"), rel=0.05)
+        with pytest.raises(ConfigurationError, match="already registered"):
+            accountants.register_accountant("rdp", RDPAccountant)
+    finally:
+        accountants._FACTORIES.pop("rdp-copy", None)
