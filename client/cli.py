@@ -61,6 +61,22 @@ def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledge
     return values
 
 
+def _attach_log_handler() -> None:
+    """Show every fedguard record (INFO and up) on the site agent's stderr, the operator's log.
+
+    The handler goes on ``fedguard``, the root of fedguard's one logger tree
+    (DESIGN §7 item 9), so a record from any package (the forwarder's
+    refusals, the relay streams of ``federation``, ``lifecycle``) reaches
+    it. The tree stops propagating there: the top-level CLI's root handler
+    would print each warning a second time. The SuperNode's own output goes
+    to its log file (:class:`client.supernode.SiteAgent`), not here.
+    """
+    log = logging.getLogger("fedguard")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(RichHandler(console=err_console, show_path=False))
+
+
 @client_app.command("start")
 def start(
     bundle: Annotated[Path, typer.Option("--bundle", help="This site's bundle from 'fedguard site enroll' (0600).")],
@@ -80,10 +96,7 @@ def start(
     state.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
                               audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
-    log = logging.getLogger("client")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(RichHandler(console=err_console, show_path=False))
+    _attach_log_handler()
     agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

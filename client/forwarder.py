@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from client import logger
 from federation.streams import RelayServer, pump
 
-logger = logging.getLogger("client")
 CONNECT_TIMEOUT = 15.0
 
 

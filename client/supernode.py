@@ -15,7 +15,6 @@ its node key from a file and Python's ``ssl`` its certificate key too.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -25,14 +24,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from client import logger
 from client.forwarder import Forwarder, gateway_context, loopback_certificate, loopback_context
 from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from federation.bundle import SiteBundle
 from federation.processes import stop_process_group
 from lifecycle.errors import StateError
 from lifecycle.home import write_private
-
-logger = logging.getLogger("client")
 
 
 @dataclass(frozen=True)

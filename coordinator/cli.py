@@ -86,14 +86,22 @@ def init(
 
 
 def _attach_log_handler(path: Path) -> None:
+    """Write every fedguard record (INFO and up) to the operator's log file, warnings also to stderr.
+
+    The handlers go on ``fedguard``, the root of fedguard's one logger tree
+    (DESIGN §7 item 9), so a record from any package (the gateway's
+    refusals, the relay streams of ``federation``, the registry's audit)
+    reaches the file, whichever module logged it. The tree stops
+    propagating there: the top-level CLI's root handler would print each
+    warning a second time.
+    """
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("coordinator", "lifecycle"):
-        log = logging.getLogger(name)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        log.addHandler(handler)
-        log.addHandler(RichHandler(console=err_console, show_path=False, level=logging.WARNING))
+    log = logging.getLogger("fedguard")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    log.addHandler(RichHandler(console=err_console, show_path=False, level=logging.WARNING))
 
 
 @coordinator_app.command("start")

@@ -16,11 +16,11 @@ developer's machine.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from coordinator import logger
 from coordinator.gateway import Gateway, GatewayTls
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
 from coordinator.superlink import (
@@ -34,8 +34,6 @@ from coordinator.superlink import (
     sync_nodes,
     wait_ready,
 )
-
-logger = logging.getLogger("coordinator")
 
 
 @dataclass

@@ -39,7 +39,6 @@ refused client sees the alert (``certificate revoked``, ``unknown ca``,
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import ssl
 import time
@@ -49,9 +48,9 @@ from pathlib import Path
 
 from cryptography import x509
 
+from coordinator import logger
 from federation.streams import RelayServer, close, pump
 
-logger = logging.getLogger("coordinator")
 ALLOWED_PREFIX = "/v1/fleet/"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_BODY = 1 << 31

@@ -14,7 +14,6 @@ registered, every revoked one unregistered, so both layers agree.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import shutil
 import subprocess
@@ -25,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from coordinator import logger
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
 from coordinator.runtime_options import superlink_env, superlink_flags
 from federation.processes import stop_process_group
 from lifecycle.errors import ConfigurationError, StateError
 
-logger = logging.getLogger("coordinator")
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT = 60.0
 

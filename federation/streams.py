@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import threading
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
+from federation import logger
 from lifecycle.errors import StateError
 
-logger = logging.getLogger("lifecycle")
 CHUNK = 1 << 16
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -158,7 +157,7 @@ class RelayServer:
             await self._handler(reader, writer)
         except asyncio.CancelledError:
             pass
-        except Exception:  # one bad connection must not take the relay down
+        except Exception:  # noqa: BLE001 - one bad connection must not take the relay down
             logger.exception("%s: connection handler failed", self.name)
         finally:
             await close(writer)

@@ -9,7 +9,6 @@ private keys exist in the bundle and nowhere else.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from sqlmodel import Session, col, select
 
+from coordinator import logger
 from coordinator.provisioning.authority import (
     build_crl,
     create_node_key,
@@ -34,7 +34,6 @@ from lifecycle import audit
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry import Registry
 
-logger = logging.getLogger("coordinator")
 CRL_REFRESH = timedelta(days=1)
 _SITE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

@@ -23,7 +23,6 @@ strategy follows Flower's ``DifferentialPrivacy*`` wrappers (fedguard §7.3).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +32,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from privacy import updates
+from privacy import logger, updates
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, config_record, decode
 from privacy.secagg.server import SecAggServer
 from privacy.strategy_wrapper import StrategyWrapper
-
-logger = logging.getLogger("privacy.secagg")
 
 
 @dataclass

@@ -3,21 +3,64 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 FEDGUARD = shutil.which("fedguard") or str(Path(sys.executable).with_name("fedguard"))
 
 
-def run_cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``fedguard ARGS`` with its own FEDGUARD_HOME; never raises on a non-zero exit."""
+LISTENING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
+"""The line uvicorn logs once its socket listens, with the port the kernel gave it for ``--port 0``."""
+
+
+def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDGUARD_")}
     env.update(FEDGUARD_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
-    return subprocess.run([FEDGUARD, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run_cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``fedguard ARGS`` with its own FEDGUARD_HOME; never raises on a non-zero exit."""
+    return subprocess.run([FEDGUARD, *args], env=_env(home), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def serve(home: Path, log: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``fedguard serve`` on a port the kernel picks; return the process and its base URL once healthy.
+
+    ``--port 0`` and the URL uvicorn logs, rather than a port picked before
+    the server binds it (another process may take it in between). Output
+    goes to ``log`` (a file, not a pipe nobody drains while the server
+    runs). The deadline only bounds a hang: each step waits for its event
+    (the listening line, then ``/healthz`` answering 200).
+    """
+    with open(log, "wb") as out:
+        process = subprocess.Popen([FEDGUARD, "serve", "--host", "127.0.0.1", "--port", "0"], env=_env(home),
+                                   stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    url = None
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"fedguard serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"fedguard serve not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+        if url is None and (found := LISTENING.search(log.read_text(errors="replace"))):
+            url = found.group(1)
+        if url is not None:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    return process, url
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
 
 
 @pytest.fixture

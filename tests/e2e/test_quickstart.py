@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -15,43 +11,15 @@ import pytest
 import torch
 
 from lifecycle.artifacts import load_model
-from tests.e2e.conftest import FEDGUARD, run_cli
+from tests.e2e.conftest import run_cli, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _test_rows(run_dir: Path) -> list[list[float]]:
     with (run_dir / "data" / "test.csv").open() as handle:
         rows = list(csv.reader(handle))[1:]
     return [[float(v) for v in row[:-1]] for row in rows[:20]]
-
-
-def _serve(home: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDGUARD_")}
-    env["FEDGUARD_HOME"] = str(home)
-    return subprocess.Popen(
-        [FEDGUARD, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise AssertionError("server did not become healthy in time")
 
 
 def test_simulate_verify_serve_predict(cli_home: Path) -> None:
@@ -84,11 +52,9 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     assert set(outcome["dp_clipping"].values()) == {"fused"}
     assert outcome["site_devices"] == {name: "cpu" for name in outcome["epsilon"]}  # no --gpus-per-site
 
-    port = _free_port()
-    proc = _serve(cli_home, port)
-    url = f"http://127.0.0.1:{port}"
+    server_log = cli_home / "serve.log"
+    proc, url = serve(cli_home, server_log)
     try:
-        _wait_healthy(url, proc)
         predict = f"{url}/v1/models/{outcome['model']}/predict"
         ok = httpx.post(predict, json={"instances": rows}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert ok.status_code == 200, ok.text
@@ -104,7 +70,7 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     # The access log is on by default: one line per request, path template, status and key id, no body.
-    log = proc.stdout.read() if proc.stdout else ""
+    log = server_log.read_text()
     access = [line for line in log.splitlines() if "fedguard.serving.access" in line]
     assert any("POST /v1/models/{name}/predict 200 " in line and "key=" in line for line in access), log[-2000:]
     assert any("POST /v1/models/{name}/predict 401 " in line and "key=-" in line for line in access)
@@ -114,6 +80,6 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    refused = run_cli(cli_home, "serve", "--port", str(_free_port()), timeout=120)
+    refused = run_cli(cli_home, "serve", "--port", "0", timeout=120)
     assert refused.returncode == 5
     assert "weights.safetensors" in refused.stderr

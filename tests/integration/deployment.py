@@ -25,6 +25,7 @@ baseline), through the same gateway.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,13 +34,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.runtime_options import plain_supernode_command
 from client.supernode import SiteAgent
 from coordinator.deployment import CoordinatorService
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry, init_federation
 from coordinator.superlink import control_client
 from federation.bundle import SiteBundle
 from lifecycle.registry import Registry
-from client.runtime_options import plain_supernode_command
 from lifecycle.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,10 +58,35 @@ class TLSFiles:
     key: Path
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (Linux's ``ip_local_port_range``; IANA's 49152 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range.
+
+    A federation's ports are written into its ``config.toml`` before its
+    processes bind them, and stay the same across a coordinator restart
+    (the sites dial the same gateway). A port from ``bind(0)`` lies in the
+    ephemeral range, where any other ``bind(0)`` or outgoing connection on
+    this machine (another test's server, the sites' own connections) may
+    take it before the SuperLink binds it, or while it restarts; below that
+    range only an explicit bind can.
+    """
+    chooser = random.SystemRandom()
+    for _ in range(200):
+        port = chooser.randrange(10_000, _ephemeral_low())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port on 127.0.0.1 between 10000 and the ephemeral range after 200 tries")
 
 
 def _killpg(process: subprocess.Popen[bytes] | None) -> None:
@@ -248,4 +274,4 @@ def flwr_run(fed: Federation, run_config: dict[str, object], *,
     cfg = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in run_config.items())
     return subprocess.run([sys.executable, "-m", "flwr.cli.app", "run", str(REPO), "fedguard", "--stream",
                            "--run-config", cfg], env=fed.client_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=fed.root)
+                          timeout=timeout, cwd=fed.root, check=False)

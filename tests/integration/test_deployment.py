@@ -8,7 +8,8 @@ k=3, t=2; with 3 it tolerates none), shared by the tests of this module (one
 federation per xdist worker that runs any of them; each test leaves it
 whole). Jobs go through the real ``fedguard run launch|resume`` command,
 which finds the SuperLink and its CA in ``FEDGUARD_HOME/federation`` by
-itself; progress is read from the run's ``progress.jsonl``.
+itself; progress is read from the run's ``progress.jsonl`` the way that
+command follows it (:func:`_until`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.runs.launch import events, flower_runs
+from coordinator.runs.launch import events, flower_runs, progress_path
+from coordinator.runs.progress import size
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from privacy.ledger import coordinator_ledger
@@ -50,13 +53,26 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Feder
         fed.stop()
 
 
-def _fedguard(fed: Federation, *args: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Submitted:
+    """One submission of a run (``fedguard run launch|resume``): what its follower needs."""
+
+    run_id: str
+    flower_run: int
+    offset: int
+    """Size of the run's progress log before the submission: its follower reads only what comes after."""
+
+
+def _fedguard(fed: Federation, command: str, arg: str) -> Submitted:
+    """``fedguard run COMMAND ARG --no-follow --json``; the follow is :func:`_until`'s."""
+    offset = size(progress_path(Home(fed.home), arg)) if command == "resume" else 0  # as the command's own follow
     proc = subprocess.run(
-        [sys.executable, "-m", "fedguard.cli", "run", *args, "--no-follow", "--json"],  # finds the SuperLink itself
+        [sys.executable, "-m", "fedguard.cli", "run", command, arg, "--no-follow", "--json"],  # finds the SuperLink
         env=fed.client_env(), capture_output=True, text=True, timeout=180, cwd=fed.root, check=False,
     )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{fed.logs()}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Submitted(reply["run_id"], int(reply["flower_run"]), offset)
 
 
 def _job(tmp_path: Path, data: Path, **extra: Any) -> Path:
@@ -68,14 +84,24 @@ def _job(tmp_path: Path, data: Path, **extra: Any) -> Path:
     return path
 
 
-def _until(fed: Federation, run_id: str, predicate: Any, timeout: float = 400) -> list[dict[str, Any]]:
+def _until(fed: Federation, run: Submitted, predicate: Callable[[dict[str, Any]], bool],
+           timeout: float = 400) -> list[dict[str, Any]]:
+    """The run's events until ``predicate`` holds, read as ``fedguard run launch|resume`` follows them.
+
+    The product's follower (:func:`coordinator.runs.launch.events`) from the
+    same offset and for the same Flower run, so the same predicate
+    (:func:`coordinator.runs.progress.from_other_flower_run`) decides which
+    failure is the run's: the late failure of the Flower run a resume
+    stopped ("ObjectPushError ... push session may have expired") is
+    history, as the operator's ``fedguard run resume`` shows it.
+    """
     seen = []
-    for event in events(Home(fed.home), run_id, timeout=timeout):
+    for event in events(Home(fed.home), run.run_id, offset=run.offset, timeout=timeout, flower_run=run.flower_run):
         seen.append(event)
         assert event["event"] != "failed", f"{event}\n{fed.logs()}"
         if predicate(event):
             return seen
-    raise AssertionError(f"run {run_id}: condition not reached; events {seen}\n{fed.logs()}")
+    raise AssertionError(f"run {run.run_id}: condition not reached; events {seen}\n{fed.logs()}")
 
 
 def _flower_status(fed: Federation, flower_run: int) -> str:
@@ -103,18 +129,18 @@ def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Fe
                                                             tmp_path: Path) -> None:
     fed, data = federation
     launched = _fedguard(fed, "launch", str(_job(tmp_path, data)))
-    run_id = launched["run_id"]
-    _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
+    run_id = launched.run_id
+    _until(fed, launched, lambda e: e["event"] == "round" and e["round"] == 1)
     fed.kill_coordinator()  # SIGKILL: SuperLink, its SuperExec and the ServerApp, mid-round 2; gateway down
     fed.start_coordinator()  # same superlink.db and ports; the sites' forwarders reconnect
     resumed = _fedguard(fed, "resume", run_id)  # stops the interrupted Flower run first: nothing runs it any more
-    assert _flower_status(fed, launched["flower_run"]) in ("finished:stopped", "finished:failed")  # not "running"
-    _until(fed, run_id, lambda e: e["event"] == "done")
+    assert _flower_status(fed, launched.flower_run) in ("finished:stopped", "finished:failed")  # not "running"
+    _until(fed, resumed, lambda e: e["event"] == "done")
 
     outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
     assert outcome["resumed_after"] >= 1
-    assert outcome["flower_runs"] == flower_runs(Home(fed.home), run_id) == [launched["flower_run"],
-                                                                               resumed["flower_run"]]
+    assert outcome["flower_runs"] == flower_runs(Home(fed.home), run_id) == [launched.flower_run,
+                                                                               resumed.flower_run]
     assert [h["round"] for h in outcome["history"]] == [1, 2]  # each round once, none lost
     charges = _charges(fed, run_id)
     assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round
@@ -132,13 +158,14 @@ def test_site_killed_mid_round_round_completes_with_survivors(federation: tuple[
                                                               tmp_path: Path) -> None:
     fed, data = federation
     job = _job(tmp_path, data, watermark="none", **{"round-timeout": 90.0})
-    run_id = _fedguard(fed, "launch", str(job))["run_id"]
-    _until(fed, run_id, lambda e: e["event"] == "round" and e["round"] == 1)
+    launched = _fedguard(fed, "launch", str(job))
+    run_id = launched.run_id
+    _until(fed, launched, lambda e: e["event"] == "round" and e["round"] == 1)
     # SIGKILL the site's SuperNode, executor and ClientApp, mid-round 2: the round waits round-timeout for it
     # (90 s: shorter aborts healthy SecAgg+ stages when the 2 cores are saturated, as seen at 40 s)
     fed.kill_supernode(SITES - 1)
     try:
-        seen = _until(fed, run_id, lambda e: e["event"] == "done")
+        seen = _until(fed, launched, lambda e: e["event"] == "done")
     finally:  # the federation stays whole for the module's other tests
         fed.start_supernode(SITES - 1, data / f"site-{SITES - 1}.csv", f"site-{SITES - 1}")
 
