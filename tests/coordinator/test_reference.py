@@ -34,7 +34,7 @@ from federation.reference import (
     reference_edges,
     split_counts,
 )
-from federation.reference_share import MESSAGE_TYPE, SHARE_KEY, ReferenceRequest, noise_plan
+from federation.reference_share import MESSAGE_TYPE, SHARE_KEY, noise_plan
 from federation.tabular import DataSchema, load_csv, load_schema, write_csv
 from lifecycle.artifacts import load_model
 from lifecycle.errors import ConfigurationError
@@ -175,8 +175,8 @@ def test_the_coordinator_never_holds_one_sites_counts_only_their_noised_sum(
     reference_replies = [m for m in grid.received if m.metadata.message_type == MESSAGE_TYPE]
     assert len(reference_replies) >= 4 * 2 and not any(m.has_error() for m in reference_replies)
     for vector in _received_vectors(grid):
-        for name in own:
-            assert not _holds(vector, own[name].astype(np.float64)), name
+        for name, counts in own.items():
+            assert not _holds(vector, counts.astype(np.float64)), name
             assert not any(_holds(vector, row) for row in rows[name]), name
 
     # what the coordinator got is the sum of the four histograms, plus noise of the planned size
@@ -204,7 +204,7 @@ def test_the_coordinator_never_holds_one_sites_counts_only_their_noised_sum(
 
 
 def test_a_declining_site_is_left_out_and_the_bom_says_so(fedguard_home: Path, tmp_path: Path) -> None:
-    grid, reference, run_ledger, features, _ = _exchange(tmp_path, "secagg+", 4, declining=2)
+    grid, reference, run_ledger, _, _ = _exchange(tmp_path, "secagg+", 4, declining=2)
     assert reference.sites == ("hospital-0", "hospital-1", "hospital-3") and reference.declined == ["hospital-2"]
     charges = run_ledger.ledger.charges(kind="reference")
     assert sorted(c.site for c in charges) == ["hospital-0", "hospital-1", "hospital-3"]
