@@ -111,7 +111,8 @@ def _federation(root: Path, sites: int, declining: int | None = None) -> tuple[P
     return coordinator, features, configs
 
 
-def _exchange(root: Path, secure: str, sites: int, declining: int | None = None, **extra: object) -> tuple[
+def _exchange(root: Path, secure: str, sites: int, declining: int | None = None, saved: Path | None = None,
+              **extra: object) -> tuple[
         LocalGrid, ReferenceCollector, RunLedger, dict[str, np.ndarray], dict[str, object]]:
     coordinator, features, configs = _federation(root, sites, declining)
     grid = LocalGrid(make_client_app(), sites)
@@ -126,7 +127,7 @@ def _exchange(root: Path, secure: str, sites: int, declining: int | None = None,
     train_config = _train_config(cfg, schema)
     assert identify_sites(grid, train_config, run_ledger, expected=sites, timeout=30.0) == sites
     reference = ReferenceCollector.from_held_out(test, cfg)
-    reference.collect(grid, run_ledger, train_config)
+    reference.collect(grid, run_ledger, train_config, saved=saved)
     return grid, reference, run_ledger, features, configs
 
 
@@ -242,6 +243,17 @@ def test_a_site_refuses_a_second_release_in_one_run(fedguard_home: Path, tmp_pat
     again.collect(grid, run_ledger, _train_config(cfg, load_schema(coordinator / "schema.json")))
     assert again.counts is None and "did not complete" in again.omitted
     assert len(run_ledger.ledger.charges(kind="reference")) == 3  # same (run, round, kind): not double counted
+
+
+def test_a_resumed_run_reuses_the_saved_sum_and_asks_no_site_again(fedguard_home: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "reference.json"
+    grid, reference, run_ledger, _, _ = _exchange(tmp_path, "secagg+", 3, saved=saved)
+    assert reference.counts is not None and saved.exists()
+    sent = len(grid.received)
+    resumed = ReferenceCollector(reference.request, 30.0)
+    resumed.collect(grid, run_ledger, ConfigRecord({}), saved=saved)
+    assert len(grid.received) == sent  # no site was asked to release its counts a second time
+    assert (resumed.counts, resumed.sites, resumed.noise) == (reference.counts, reference.sites, reference.noise)
 
 
 @pytest.mark.slow
