@@ -28,7 +28,8 @@ from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
 from client.protection import make_protection_mod
 from client.training import plan_for, train_locally
-from federation.reference import site_counts
+from federation.reference_share import ACTION as REFERENCE_ACTION
+from federation.reference_share import LocalData, share_reference
 from federation.schema import SiteSchema
 from federation.tabular import TabularData
 from lifecycle.architecture import build_model
@@ -145,15 +146,13 @@ def identify(msg: Message, context: Context) -> Message:
 
     Public metadata only (the same the site sends with every update), so that
     the coordinator can check each site against its privacy cap before the
-    first round instead of after it; plus, when the query carries reference
-    bin edges, the counts of the site's records per feature and bin (never a
-    record: see :mod:`federation.reference` for what they disclose).
+    first round instead of after it. No histogram: reference counts leave only
+    noised and through a secure sum (:func:`reference`).
     """
     cfg = TrainConfig.from_record(msg.content.config_records["config"])
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     record: dict[str, Any] = {"name": site.name, "manifest": data.manifest, "num-examples": data.num_examples}
-    record.update(site_counts(msg.content.config_records["config"], data.features))  # histogram counts only
     if cfg.dp_enabled:
         plan, steps = _restore_plan(context, cfg, data)
         _save_plan(context, plan, steps)  # calibrated once: the first round reuses it
@@ -163,6 +162,17 @@ def identify(msg: Message, context: Context) -> Message:
             "accountant": plan.accountant,
         })
     return Message(content=RecordDict({"site": ConfigRecord(record)}), reply_to=msg)
+
+
+def reference(msg: Message, context: Context) -> Message:
+    """Take part in (or decline) the secure sum of noised reference histograms (:mod:`federation.reference_share`)."""
+
+    def local() -> LocalData:
+        cfg = TrainConfig.from_record(msg.content.config_records["config"])
+        data = _site_data(SiteIdentity.from_context(context, cfg), cfg)
+        return LocalData(SiteIdentity.from_context(context, cfg).name, data.manifest, data.features)
+
+    return share_reference(msg, context, local)
 
 
 def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()) -> ClientApp:
@@ -179,6 +189,7 @@ def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()
     client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)
     client_app.query()(identify)
+    client_app.query(REFERENCE_ACTION)(reference)
     return client_app
 
 

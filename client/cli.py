@@ -89,6 +89,8 @@ def start(
     epsilon_cap: Annotated[float | None, typer.Option(help="This site's own ε cap (its veto).")] = None,
     device: Annotated[str | None, typer.Option(
         help="Train on cpu, cuda (fail without a GPU) or auto [the run's site-device, cpu by default].")] = None,
+    share_reference: Annotated[bool, typer.Option(
+        help="Contribute noised histogram counts to the model's drift reference (docs/site-data.md).")] = True,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
     site_bundle = read_bundle(bundle)
@@ -96,6 +98,8 @@ def start(
     state.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
                               audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
+    if not share_reference:
+        config["share-reference"] = "false"  # federation.reference_share reads it
     _attach_log_handler()
     agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log")
     stop = threading.Event()

@@ -195,12 +195,13 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
 
 
 def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> ReferenceCollector:
-    """Ask every site who it is (and for its reference counts) before the first round."""
-    reference = ReferenceCollector.from_held_out(run.test)
-    identified = identify_sites(grid, reference.query(train_config), run.run_ledger,
-                                expected=run.cfg.required_sites, timeout=run.cfg.round_timeout,
-                                on_site=reference.add)
+    """Ask every site who it is before the first round, then securely sum their noised reference counts."""
+    identified = identify_sites(grid, train_config, run.run_ledger,
+                                expected=run.cfg.required_sites, timeout=run.cfg.round_timeout)
     run.observer("stage", {"stage": "identified", "sites": identified, "resumed_after": run.done})
+    reference = ReferenceCollector.from_held_out(run.test, run.cfg)
+    reference.collect(grid, run.run_ledger, train_config,
+                      saved=run.run_state.directory / "reference.json" if run.run_state is not None else None)
     return reference
 
 

@@ -8,6 +8,7 @@ to train.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -44,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "site-delta": 1e-5,
     "site-clip": 1.0,
     "site-device": "cpu",  # where sites train: cpu, cuda or auto (client.device); a site's node config wins
+    # ε of the drift reference: each site's histogram counts plus its discrete Gaussian share, securely
+    # summed (federation.reference explains why 0.5 is enough for PSI/KS thresholds); 0 = no reference
+    "reference-epsilon": 0.5,
     "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
@@ -78,6 +82,7 @@ class CoordinatorConfig:
     site_delta: float
     site_clip: float
     site_device: str
+    reference_epsilon: float
     he_public_context: str
     sim_he_secret_context: str
     round_timeout: float
@@ -125,6 +130,8 @@ class CoordinatorConfig:
             (self.site_epsilon >= 0, "site-epsilon must be positive (0 disables site-level DP)"),
             (0 < self.site_delta < 1, "site-delta must be in (0, 1)"),
             (self.site_clip > 0, "site-clip must be positive"),
+            (self.reference_epsilon >= 0 and math.isfinite(self.reference_epsilon),
+             "reference-epsilon must be a finite number ≥ 0 (0 leaves the drift reference out)"),
             (self.site_device in TRAINING_DEVICES,
              f"site-device '{self.site_device}': choose one of {', '.join(TRAINING_DEVICES)}"),
             (self.secure_aggregation != "ckks" or bool(self.he_public_context),

@@ -76,7 +76,7 @@ def cap(
     epsilon: Annotated[float, typer.Argument(help="The ε cap (composed over all runs on a manifest).")],
     delta: Annotated[float, typer.Option("--delta", help="δ at which the cap is evaluated.")] = 1e-5,
     manifest: Annotated[str, typer.Option("--manifest", help="Dataset manifest, or '*' for any.")] = ANY,
-    kind: Annotated[str, typer.Option("--kind", help="'record', 'site' or '*' for both.")] = ANY,
+    kind: Annotated[str, typer.Option("--kind", help="'record', 'site', 'reference' or '*' for each.")] = ANY,
     accountant: Annotated[str, typer.Option("--accountant", help="'rdp' or 'prv'.")] = "rdp",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ledger_path: LedgerOption = None,

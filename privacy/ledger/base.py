@@ -36,8 +36,10 @@ from typing import Literal
 from lifecycle.errors import ConfigurationError, FedguardError, StateError
 from privacy.accountants import ACCOUNTANTS, GaussianHistory, compose, naive_epsilon_sum
 
-Kind = Literal["record", "site"]
-KINDS: tuple[str, ...] = ("record", "site")
+Kind = Literal["record", "site", "reference"]
+KINDS: tuple[str, ...] = ("record", "site", "reference")
+"""Mechanisms a site pays for: DP-SGD steps (``record``), site-level DP rounds (``site``), and the
+noised reference histograms it releases through a secure sum (``reference``, :mod:`privacy.discrete_gaussian`)."""
 ANY = "*"
 
 
@@ -85,7 +87,7 @@ class Charge:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ConfigurationError(f"unknown DP kind '{self.kind}'; use 'record' or 'site'")
+            raise ConfigurationError(f"unknown DP kind '{self.kind}'; use one of {', '.join(KINDS)}")
         if not self.site or self.site == ANY or not self.manifest or self.manifest == ANY:
             raise ConfigurationError("a charge needs a concrete site name and dataset manifest")
         if self.accountant not in ACCOUNTANTS:

@@ -117,8 +117,8 @@ def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     """The site's ledger named by its node config, opened once per process, caps applied.
 
     Node config keys: ``ledger-path`` (or its older name ``privacy-ledger``;
-    default ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (both DP
-    levels), ``record-epsilon-cap``, ``site-epsilon-cap`` and ``cap-delta``
+    default ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (every DP
+    kind), ``record-epsilon-cap``, ``site-epsilon-cap``, ``reference-epsilon-cap`` and ``cap-delta``
     (default 1e-5).
     """
     node = context.node_config
@@ -128,7 +128,8 @@ def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     if ledger is None:
         ledger = _LEDGERS.setdefault(path, SiteLedger.open(Path(path)))
     delta = float(node.get("cap-delta", 1e-5))
-    for key, kind in (("epsilon-cap", ANY), ("record-epsilon-cap", "record"), ("site-epsilon-cap", "site")):
+    for key, kind in (("epsilon-cap", ANY), ("record-epsilon-cap", "record"), ("site-epsilon-cap", "site"),
+                      ("reference-epsilon-cap", "reference")):
         if key in node:
             ledger.set_cap(site, float(node[key]), delta, kind=kind, actor=f"site:{site}")
     return ledger

@@ -29,6 +29,7 @@ from client.audit import verify_log, wire_bytes
 from coordinator.app import run_federation
 from coordinator.config import CoordinatorConfig
 from federation.tabular import DataSchema, write_csv
+from federation.reference_share import MESSAGE_TYPE as REFERENCE
 from privacy.secagg.messages import RECORD_KEY as SECAGG
 from simulations.datasets import load_dataset
 from tests.privacy.secagg.harness import LocalGrid
@@ -37,7 +38,6 @@ from tests.privacy.secagg.harness import LocalGrid
 SITES = 3
 SITE_RECORD_KEYS = {"name", "manifest", "secure-rng", "num-examples", "epsilon", "delta", "noise-multiplier",
                     "sample-rate", "steps", "steps-per-round", "max-grad-norm", "accountant", "ledger-epsilon-record",
-                    "reference-counts",  # per-feature histogram counts over the coordinator's bin edges (drift reference)
                     "device"}  # where the site trained: "cpu" or the GPU's name (client.device.describe)
 
 
@@ -127,6 +127,8 @@ def leaks(message: Message, site: Site) -> list[str]:
 
 def _expected_records(request: Message, reply: Message) -> set[str]:
     kind = request.metadata.message_type
+    if kind == REFERENCE:  # the offer's answer, then SecAgg+ stages of the noised reference sum
+        return {"reference"} if SECAGG not in request.content else {SECAGG, *reply.content.array_records.keys()}
     if kind == MessageType.QUERY:
         return {"site"}
     if kind == MessageType.EVALUATE:
@@ -175,8 +177,9 @@ def test_every_outgoing_message_is_free_of_raw_records(fedguard_home: Path, tmp_
                                    dst_node_id=node, message_type=MessageType.EVALUATE) for node in nodes])
 
     kinds = {pair[0].metadata.message_type for pair in grid.pairs}
-    assert kinds == {MessageType.QUERY, MessageType.TRAIN, MessageType.EVALUATE}
-    assert len(grid.pairs) == (SITES * (1 + 2 * (4 if secure == "secagg+" else 1) + 1))
+    reference = {REFERENCE} if secure == "secagg+" else set()  # no reference without secure aggregation
+    assert kinds == {MessageType.QUERY, MessageType.TRAIN, MessageType.EVALUATE, *reference}
+    assert len(grid.pairs) == (SITES * (1 + (1 + 4 if reference else 0) + 2 * (4 if secure == "secagg+" else 1) + 1))
     for request, reply in grid.pairs:
         site = sites[site_of[reply.metadata.src_node_id]]
         assert not reply.has_error(), reply.error.reason
