@@ -78,7 +78,8 @@ def _site_component(site: SiteFacts) -> Component:
     for field, suffix in SITE_FIELDS.items():
         value = getattr(site, field)
         if value is not None:
-            props.append(Property(name=f"{SITE_REF_PREFIX}{suffix}", value=repr(value) if isinstance(value, float) else str(value)))
+            text = repr(value) if isinstance(value, float) else str(value)
+            props.append(Property(name=f"{SITE_REF_PREFIX}{suffix}", value=text))
     return Component(
         name=site.site, type=ComponentType.DATA, bom_ref=f"{SITE_REF_PREFIX}{site.site}",
         hashes=_sha256(site.data_manifest), properties=props,
@@ -94,8 +95,13 @@ def _site_data(site: str) -> list[dict[str, Any]]:
     }]
 
 
+def _compact(value: Any) -> str:
+    """JSON text without spaces, keys sorted (exact floats; NaN allowed: it is only text to CycloneDX)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _reference_data(reference: Mapping[str, Any]) -> list[dict[str, Any]]:
-    content = json.dumps(reference, sort_keys=True, separators=(",", ":"))
+    content = _compact(reference)
     return [{
         "type": "dataset", "name": "reference statistics",
         "description": "Summed per-feature histograms of the training data (federation.reference), "
@@ -111,8 +117,7 @@ def _library(package: InstalledPackage) -> Component:
 
 
 def _lineage_properties(sections: Mapping[str, Any], run_id: str | None, rounds: int | None) -> list[Property]:
-    props = [Property(name=LINEAGE_PREFIX + suffix, value=json.dumps(sections[key], sort_keys=True, separators=(",", ":")))
-             for key, suffix in SECTIONS.items()]
+    props = [Property(name=LINEAGE_PREFIX + suffix, value=_compact(sections[key])) for key, suffix in SECTIONS.items()]
     props.append(Property(name=CODE_VERSION, value=code_version()))
     if run_id is not None:
         props.append(Property(name=RUN_ID, value=run_id))
@@ -171,9 +176,9 @@ def make_bom(
     if reference is not None:
         data.append(Component(name="reference statistics", type=ComponentType.DATA, bom_ref=REFERENCE_REF))
     libraries = [_library(p) for p in (packages if packages is not None else installed_packages())]
-    tools = ToolRepository(components=[Component(name="fedguard", version=code_version(), type=ComponentType.APPLICATION)])
-    bom = Bom(serial_number=uuid.uuid4(), metadata=BomMetaData(component=model, tools=tools, timestamp=now or datetime.now(UTC)),
-              components=[*data, *libraries])
+    tool = Component(name="fedguard", version=code_version(), type=ComponentType.APPLICATION)
+    meta = BomMetaData(component=model, tools=ToolRepository(components=[tool]), timestamp=now or datetime.now(UTC))
+    bom = Bom(serial_number=uuid.uuid4(), metadata=meta, components=[*data, *libraries])
     bom.register_dependency(model, [*data, *libraries])
     document: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
     document["metadata"]["component"]["modelCard"] = model_card_section(

@@ -19,6 +19,8 @@ from typing import Any
 
 from lifecycle.architecture import ModelSpec
 
+NO_DP = "trained without differential privacy: no bound on what the model reveals about its training records"
+
 
 def _text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
@@ -35,7 +37,8 @@ def performance_metrics(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         if _scalar(value):
             entries.append({"type": name, "value": _text(value)})
         elif isinstance(value, Mapping):
-            entries += [{"type": name, "value": _text(v), "slice": str(k)} for k, v in sorted(value.items()) if _scalar(v)]
+            entries += [{"type": name, "value": _text(v), "slice": str(k)}
+                        for k, v in sorted(value.items()) if _scalar(v)]
     return entries
 
 
@@ -53,12 +56,11 @@ def _considerations(training: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "useCases": ["classification of tabular records described by the signed feature schema"],
         "technicalLimitations": [
-            "trained only on the sites listed as datasets; records unlike theirs (other populations, "
-            "other measurement conventions) may be classified poorly",
+            ("trained only on the sites listed as datasets; records unlike theirs (other populations, "
+             "other measurement conventions) may be classified poorly"),
             "inputs outside the feature schema are refused by fedguard's serving tier",
         ],
-        "performanceTradeoffs": tradeoffs or ["trained without differential privacy: no bound on what the model "
-                                              "reveals about its training records"],
+        "performanceTradeoffs": tradeoffs or [NO_DP],
         "ethicalConsiderations": [{
             "name": "membership inference against a site's records",
             "mitigationStrategy": "federated training (records never leave their site), secure aggregation "
