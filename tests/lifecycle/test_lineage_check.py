@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from lifecycle.bom import read_bom
+from lifecycle.bom import read_bom, read_lineage
 from lifecycle.packaging import publish_model
 from lifecycle.registry import LineageMismatch, Registry, VersionRecord, check_lineage
 from lifecycle.settings import Settings
@@ -59,3 +59,15 @@ def test_an_edited_registry_is_caught_naming_the_field(field: str, opened: tuple
     assert caught.value.field == field
     assert field in str(caught.value) and "restore the registry" in str(caught.value)
     assert caught.value.exit_code == 5
+
+
+def test_a_bom_of_the_previous_format_is_compared_too(opened: tuple[Registry, VersionRecord]) -> None:
+    registry, version = opened
+    lineage = read_lineage(read_bom(version.artifact.model_dir))
+    legacy = {"bomFormat": "CycloneDX", "specVersion": "1.6", "fedguard": lineage}
+    assert check_lineage(version, legacy)["verified"] is True
+    with registry.engine.begin() as conn:
+        conn.execute(text("UPDATE site_participation SET epsilon = 0.01 WHERE site = 'site-1'"))
+    with pytest.raises(LineageMismatch) as caught:
+        check_lineage(registry.resolve(version.ref), legacy)
+    assert caught.value.field == "site_participation.epsilon of site 'site-1'"
