@@ -116,9 +116,11 @@ def _library(package: InstalledPackage) -> Component:
                      purl=purl, bom_ref=purl.to_string())
 
 
-def _lineage_properties(sections: Mapping[str, Any], run_id: str | None, rounds: int | None) -> list[Property]:
+def _lineage_properties(
+    sections: Mapping[str, Any], version: str, run_id: str | None, rounds: int | None,
+) -> list[Property]:
     props = [Property(name=LINEAGE_PREFIX + suffix, value=_compact(sections[key])) for key, suffix in SECTIONS.items()]
-    props.append(Property(name=CODE_VERSION, value=code_version()))
+    props.append(Property(name=CODE_VERSION, value=version))
     if run_id is not None:
         props.append(Property(name=RUN_ID, value=run_id))
     if rounds is not None:
@@ -164,19 +166,20 @@ def make_bom(
     (:class:`federation.reference.ReferenceStats`); ``packages`` defaults to
     every distribution installed here.
     """
+    version = code_version()
     sections = {"architecture": spec.to_dict(), "feature_schema": schema.to_dict(), "training": training,
                 "watermark": watermark, "metrics": metrics}
     model = Component(
         name=model_name, type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=MODEL_REF,
         hashes=_sha256(weights_sha256),
-        properties=[*_lineage_properties(sections, run_id, rounds),
+        properties=[*_lineage_properties(sections, version, run_id, rounds),
                     *(Property(name=name, value=value) for name, value in summary_properties(training, watermark))],
     )
     data = [_site_component(site) for site in sites]
     if reference is not None:
         data.append(Component(name="reference statistics", type=ComponentType.DATA, bom_ref=REFERENCE_REF))
     libraries = [_library(p) for p in (packages if packages is not None else installed_packages())]
-    tool = Component(name="fedguard", version=code_version(), type=ComponentType.APPLICATION)
+    tool = Component(name="fedguard", version=version, type=ComponentType.APPLICATION)
     meta = BomMetaData(component=model, tools=ToolRepository(components=[tool]), timestamp=now or datetime.now(UTC))
     bom = Bom(serial_number=uuid.uuid4(), metadata=meta, components=[*data, *libraries])
     bom.register_dependency(model, [*data, *libraries])
