@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.bom import read_lineage
 from lifecycle.errors import ConfigurationError
 
 DEFAULT_BINS = 10
@@ -290,10 +291,10 @@ def bom_reference(bom: Mapping[str, Any]) -> ReferenceStats | None:
     ConfigurationError
         The section exists but is malformed.
     """
-    section = bom.get("fedguard", {}).get("reference")
-    if not section or section.get("included") is False:
-        return None
     try:
+        section = read_lineage(bom).get("reference")
+        if not section or section.get("included") is False:
+            return None
         return ReferenceStats.from_dict(section)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(f"the BOM's reference section is malformed ({exc}); re-publish the model") from exc

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lifecycle.bom import read_bom
+from lifecycle.bom import read_bom, read_lineage
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry, VersionRecord
 
@@ -20,7 +20,7 @@ console = Console()
 def _bom_training(record: VersionRecord) -> dict[str, Any]:
     """The signed BOM's training section (privacy details beyond the registry's columns)."""
     try:
-        training: dict[str, Any] = read_bom(record.artifact.model_dir)["fedguard"]["training"]
+        training: dict[str, Any] = read_lineage(read_bom(record.artifact.model_dir))["training"]
     except (StateError, KeyError, TypeError):
         return {}
     return training

@@ -18,7 +18,8 @@ from torch import nn
 
 from lifecycle.architecture import FeatureSchema, ModelSpec
 from lifecycle.artifacts import CARD_NAME, SIGNATURE_NAME, WEIGHTS_NAME, file_sha256
-from lifecycle.bom import make_bom, write_bom
+from lifecycle.bom import model_component, read_lineage, write_bom
+from lifecycle.bom.document import make_bom
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from lifecycle.signing import ensure_signing_key, sign_model
 
@@ -45,10 +46,10 @@ class Publication:
 
 def model_card(bom: dict[str, Any]) -> str:
     """A short human-readable card derived from the BOM (the BOM stays authoritative)."""
-    fg = bom["fedguard"]
+    fg = read_lineage(bom)
     training, metrics, mark = fg["training"], fg["metrics"], fg["watermark"]
     lines = [
-        f"# Model card: {bom['components'][0]['name']}",
+        f"# Model card: {model_component(bom)['name']}",
         "",
         "Trained with fedguard by federated learning; no raw record left any site.",
         "",
@@ -89,7 +90,7 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
             model_name=pub.name, spec=pub.spec, schema=pub.schema,
             weights_sha256=file_sha256(model_dir / WEIGHTS_NAME),
             training=pub.training, watermark=pub.watermark, metrics=pub.metrics,
-            reference=pub.reference,
+            reference=pub.reference, sites=pub.sites, run_id=pub.run_id, rounds=pub.rounds,
         )
         write_bom(bom, model_dir)
         (model_dir / CARD_NAME).write_text(model_card(bom))

@@ -81,6 +81,8 @@ class VersionRecord:
     stage: str
     created_at: datetime
     sites: tuple[SiteRecord, ...] = field(default=())
+    rounds: int | None = None
+    """The training run's aggregated rounds (``None`` for a version without a run)."""
 
     @property
     def ref(self) -> str:
@@ -169,6 +171,7 @@ class Registry:
 
     def _to_record(self, session: Session, model: RegisteredModel, row: ModelVersion) -> VersionRecord:
         sites: tuple[SiteRecord, ...] = ()
+        run = session.get(TrainingRun, row.run_id) if row.run_id else None
         if row.run_id:
             parts = session.exec(
                 select(SiteParticipation).where(SiteParticipation.run_id == row.run_id)
@@ -183,7 +186,7 @@ class Registry:
             artifact=StoredArtifact(row.artifact_digest, self.store.root / row.artifact_digest),
             run_id=row.run_id, signer_fingerprint=row.signer_fingerprint,
             metrics=json.loads(row.metrics_json), watermark=json.loads(row.watermark_json),
-            stage=row.stage, created_at=row.created_at, sites=sites,
+            stage=row.stage, created_at=row.created_at, sites=sites, rounds=run.rounds if run else None,
         )
 
     def get_version(self, name: str, version: int | None = None) -> VersionRecord:

@@ -88,3 +88,62 @@ def test_missing_private_signing_key_stops_before_training(cli_home: Path) -> No
     assert "signing key" in result.stderr and "missing" in result.stderr
     assert public.read_bytes() == before
     assert not (cli_home / "runs").exists() or not any((cli_home / "runs").iterdir())
+
+
+def test_empty_registry_file_is_refused_not_rebuilt(cli_home: Path) -> None:
+    cli_home.mkdir()
+    db = cli_home / "registry.db"
+    db.touch()
+    result = run_cli(cli_home, "models", "list")
+    assert result.returncode == 3, result.stderr
+    _one_line_error(result.stderr)
+    assert "empty (0 bytes)" in result.stderr and "backup" in result.stderr
+    assert db.stat().st_size == 0
+
+
+def _sql(db: Path, *statements: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    conn.close()
+
+
+def test_unknown_schema_revision_is_unusable_state(cli_home: Path) -> None:
+    Registry.open(Settings(home=cli_home)).engine.dispose()
+    _sql(cli_home / "registry.db", "UPDATE alembic_version SET version_num = '9999abc'")
+    result = run_cli(cli_home, "models", "list")
+    assert result.returncode == 3, result.stderr
+    _one_line_error(result.stderr)
+    assert "schema revision '9999abc'" in result.stderr and "internal error" not in result.stderr
+
+
+def test_missing_table_is_named_as_damage(cli_home: Path) -> None:
+    Registry.open(Settings(home=cli_home)).engine.dispose()
+    _sql(cli_home / "registry.db", "DROP TABLE audit_event")
+    result = run_cli(cli_home, "models", "list")
+    assert result.returncode == 3, result.stderr
+    _one_line_error(result.stderr)
+    assert "damaged" in result.stderr and "audit_event" in result.stderr and "backup" in result.stderr
+    assert "another application" not in result.stderr
+
+
+def test_registry_edits_fail_verify_naming_the_field(cli_home: Path) -> None:
+    registry = Registry.open(Settings(home=cli_home))
+    publish_model(registry, make_publication())
+    registry.engine.dispose()
+    fine = run_cli(cli_home, "models", "verify", "demo")
+    assert fine.returncode == 0, fine.stderr
+    assert "registry agrees with the signed ML-BOM" in fine.stdout
+    db = cli_home / "registry.db"
+    _sql(db, "UPDATE site_participation SET epsilon = 0.01")
+    result = run_cli(cli_home, "models", "verify", "demo")
+    assert result.returncode == 5, result.stderr
+    _one_line_error(result.stderr)
+    assert "site_participation.epsilon of site 'site-0'" in result.stderr and "0.01" in result.stderr
+    _sql(db, "UPDATE site_participation SET epsilon = 1.5",
+         """UPDATE model_version SET metrics_json = '{"accuracy": 0.99}'""")
+    result = run_cli(cli_home, "models", "verify", "demo", "--json")
+    assert result.returncode == 5, result.stderr
+    assert "model_version.metrics.accuracy" in result.stderr and result.stdout == ""

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -31,7 +32,7 @@ def test_site_level_dp_under_ckks_is_reported_everywhere(cli_home: Path) -> None
     assert outcome["secure_aggregation"] == "ckks"
     assert set(outcome["site_epsilon"]) == {"site-0", "site-1", "site-2"}
     assert all(3.0 < eps <= 4.0 * 1.001 for eps in outcome["site_epsilon"].values())
-    bom = json.loads((Path(outcome["artifact"]) / "bom.json").read_text())["fedguard"]["training"]
+    bom = read_lineage(read_bom(Path(outcome["artifact"])))["training"]
     assert bom["secure_aggregation"] == "ckks"
     for site in bom["sites"]:
         for kind in ("dp", "site_dp"):
@@ -53,6 +54,6 @@ def test_ledger_composes_across_runs_and_a_capped_site_is_left_out(cli_home: Pat
     total = _ledger(cli_home, "site-1")["record"]
     assert first["epsilon"]["site-1"] < total < 2 * first["epsilon"]["site-1"]
     # the coordinator identified every site before round 1 and left site-0 out of every round
-    bom = json.loads((Path(second["artifact"]) / "bom.json").read_text())["fedguard"]["training"]
+    bom = read_lineage(read_bom(Path(second["artifact"])))["training"]
     assert {s["site"]: s["rounds"] for s in bom["sites"]} == {"site-1": 2, "site-2": 2}
     assert _ledger(cli_home, "site-0")["record"] == pytest.approx(spent, rel=1e-9)

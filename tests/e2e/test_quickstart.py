@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lifecycle.artifacts import load_model
+from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -46,7 +47,7 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
     model, _ = load_model(Path(outcome["artifact"]))
     with torch.no_grad():
         expected = model(torch.tensor(rows)).argmax(1).tolist()
-    bom = json.loads((Path(outcome["artifact"]) / "bom.json").read_text())["fedguard"]
+    bom = read_lineage(read_bom(Path(outcome["artifact"])))
     labels = bom["feature_schema"]["labels"]
     assert {site["dp"]["clipping"] for site in bom["training"]["sites"]} == {"fused"}  # the default MLP's path
     assert set(outcome["dp_clipping"].values()) == {"fused"}

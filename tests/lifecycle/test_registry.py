@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,39 @@ def test_home_that_is_a_file(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateError, match="not writable"):
         Registry.open(Settings(home=blocker))
+
+
+def _open_after(barrier: Any, home: Path, results: Any) -> None:
+    barrier.wait()
+    try:
+        registry = Registry.open(Settings(home=home))
+        results.put(registry.verify_audit_chain())
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test with it
+        results.put(repr(exc))
+
+
+def test_concurrent_first_opens_share_one_whole_registry(fedguard_home: Path) -> None:
+    """A new registry file appears whole, so a racing process never sees (and refuses) an empty one.
+
+    Processes, not threads: Alembic's migration context is process-global.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open_after, args=(barrier, fedguard_home, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert outcomes == [0] * 4
+    assert sorted(p.name for p in fedguard_home.iterdir() if "registry" in p.name) == ["registry.db"]
+
+
+def test_empty_registry_file_is_refused_and_kept(fedguard_home: Path) -> None:
+    fedguard_home.mkdir(parents=True)
+    (fedguard_home / "registry.db").touch()
+    with pytest.raises(StateError, match=r"empty \(0 bytes\)"):
+        Registry.open(Settings(home=fedguard_home))
+    assert (fedguard_home / "registry.db").stat().st_size == 0
