@@ -32,6 +32,7 @@ from coordinator.reference import ReferenceCollector
 from coordinator.runs import run_dir
 from coordinator.runs.progress import PROGRESS, ProgressLog
 from coordinator.runs.resume import RunState
+from coordinator.strategies.aggregate_guard import audit_guard
 from coordinator.strategies.builder import StrategyStack, build_strategy
 from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
@@ -70,6 +71,17 @@ def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -
     features = torch.from_numpy(test.features)
     set_standardization(model, features.mean(0), features.std(0))
     return model
+
+
+def _accuracy_on(spec: ModelSpec, test: TabularData) -> Callable[[ArrayRecord], float]:
+    """The held-out accuracy of a candidate global model (the aggregate guard's check)."""
+
+    def accuracy(arrays: ArrayRecord) -> float:
+        candidate = build_model(spec)
+        candidate.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(candidate, test).accuracy
+
+    return accuracy
 
 
 @dataclass
@@ -181,6 +193,7 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
         frozen_keys=[name for name, _ in model.named_buffers()],
         completed_rounds=run_state.completed if run_state is not None else 0,
         on_reject=audit_rejections(registry, run_ledger.run_id),
+        accuracy=_accuracy_on(spec, test), on_guard=audit_guard(registry, run_ledger.run_id),
     )
     progress = RoundProgress(spec, test, cfg, stack.tracked, observer,
                              plan.epsilon_series() if plan is not None else [], reports,
@@ -251,7 +264,8 @@ def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
     outcome.update(_privacy_outcome(cfg, run.tracked, run.plan, ledger_state))
     outcome.update(site_devices={name: site.device for name, site in sorted(run.tracked.sites.items())})
     outcome.update(accuracy=accuracy, history=run.progress.history, watermark=watermark, run_id=run.run_ledger.run_id,
-                   dropouts=dropouts, rejected_updates=[asdict(r) for r in run.stack.validated.rejections])
+                   dropouts=dropouts, rejected_updates=[asdict(r) for r in run.stack.validated.rejections],
+                   rejected_rounds=[asdict(e) for e in run.stack.guard.events])
     return outcome
 
 

@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
+    "max-rejected-rounds": 2,  # rounds the aggregate guard may skip before the run stops (strategies.aggregate_guard)
+    "max-accuracy-drop": 0.1,  # largest held-out accuracy drop one round may cause; 1 disables the check
     "result-path": "",
     "run-id": "",  # deployment: a fedguard run id; progress and checkpoints under FEDGUARD_HOME/runs/<run-id>
 }
@@ -86,6 +88,8 @@ class CoordinatorConfig:
     he_public_context: str
     sim_he_secret_context: str
     round_timeout: float
+    max_rejected_rounds: int
+    max_accuracy_drop: float
     result_path: str
     run_id: str
 
@@ -144,6 +148,9 @@ class CoordinatorConfig:
              "secure-aggregation secagg+ needs at least 3 sites (use ckks or none for fewer)"),
             (self.secure_aggregation != "ckks" or self.required_sites >= 2,
              "secure-aggregation ckks needs at least 2 sites"),
+            (self.max_rejected_rounds >= 1, "max-rejected-rounds must be at least 1"),
+            (0 <= self.max_accuracy_drop <= 1,
+             "max-accuracy-drop must be between 0 and 1 (a fraction of accuracy; 1 disables the check)"),
         ]
         for ok, message in checks:
             if not ok:

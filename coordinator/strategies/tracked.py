@@ -91,6 +91,17 @@ class TrackedStrategy(StrategyWrapper):
             self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed), tuple(rejected)))
         return arrays, metrics
 
+    def discard(self, server_round: int) -> None:
+        """Un-count an aggregated attempt of ``server_round`` that the aggregate guard then rejected.
+
+        It is not a round of the model (the global model stayed), but its
+        replies stay recorded: the sites did release them, so their lineage,
+        round counts and ε keep them (``coordinator.strategies.aggregate_guard``).
+        A round the guard skips is therefore not one that "aggregated nothing".
+        """
+        self.rounds_aggregated -= 1
+        logger.info("round %d: an aggregate rejected by the guard is not counted as a model round", server_round)
+
     def _record(self, message: Message) -> str:
         content = message.content
         site = content.config_records.get("site")

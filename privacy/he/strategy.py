@@ -76,6 +76,14 @@ class CKKSStrategy(StrategyWrapper):
         Seconds to wait for decryption replies.
     backend : str
         Registry name of the homomorphic backend.
+
+    Notes
+    -----
+    After each aggregate, ``contributors`` holds the nodes whose ciphertexts
+    were added and ``total_weight`` their ``Σw``. With ``required_contributors``
+    set, a round sums exactly those nodes or nothing (checked *before* the sum
+    is sent for decryption), as a retry of a rejected round needs: two sums
+    over sets that differ by one site disclose that site's update.
     """
 
     def __init__(
@@ -99,6 +107,9 @@ class CKKSStrategy(StrategyWrapper):
         self._grid: Grid | None = None
         self._global: ArrayRecord | None = None
         self._site_config = ConfigRecord({})
+        self.contributors: frozenset[int] = frozenset()
+        self.total_weight = 0.0
+        self.required_contributors: frozenset[int] | None = None
 
     @property
     def min_sites(self) -> int:
@@ -116,7 +127,13 @@ class CKKSStrategy(StrategyWrapper):
         # Simulation passes the sites' secret-context path in the train config; decrypt requests carry it too.
         self._site_config = ConfigRecord({k: config[k] for k in (SECRET_CONTEXT_KEY,) if k in config})
         record = replace(self.template, server_round=server_round).to_record()
+        self.contributors, self.total_weight = frozenset(), 0.0
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self.required_contributors is not None:
+            messages = [m for m in messages if m.metadata.dst_node_id in self.required_contributors]
+            if {m.metadata.dst_node_id for m in messages} != self.required_contributors:
+                raise HEAggregationError(f"round {server_round}: not every site this round must sum was sampled; "
+                                         "nothing was sent")
         for message in messages:
             message.content[HE_RECORD] = record
         return messages
@@ -136,9 +153,14 @@ class CKKSStrategy(StrategyWrapper):
         if len(valid) > self.max_contributors:
             raise HEAggregationError(f"round {server_round}: {len(valid)} contributions exceed the CKKS headroom "
                                      f"({self.max_contributors}); lower max-weight or clip-norm")
-        total = self._decrypt(server_round, self.backend.add(ciphertexts),
-                              sorted(m.metadata.src_node_id for m in valid))
+        nodes = frozenset(m.metadata.src_node_id for m in valid)
+        if self.required_contributors is not None and nodes != self.required_contributors:
+            raise HEAggregationError(f"round {server_round}: the valid contributions come from other sites than "
+                                     "this round must sum; nothing was decrypted (a sum over other sites than the "
+                                     "rejected attempt's would disclose the difference)")
+        total = self._decrypt(server_round, self.backend.add(ciphertexts), sorted(nodes))
         new_global, weight = apply_payload_sum(total, self._global)
+        self.contributors, self.total_weight = nodes, weight
         if self.on_replies is not None:
             self.on_replies(server_round, valid)
         metrics = MetricRecord({"num-examples": weight, **_mean_metrics(valid)})

@@ -149,6 +149,10 @@ def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampl
     site = reply.content.config_records["site"]
     name, manifest = str(site["name"]), str(site["manifest"])
     run_id, rnd = str(msg.metadata.run_id), _round_of(msg)
+    # A second train message for a round (the coordinator's retry of a rejected aggregate) is a second
+    # release: charged under −round, as the coordinator does (coordinator.strategies.aggregate_guard).
+    if any(c.run_id == run_id and c.round == rnd for c in ledger.charges(name, manifest)):
+        rnd = -rnd
     charges = []
     if "noise-multiplier" in site and "steps" in site:  # record-level DP-SGD: cumulative steps this run
         before = sum(c.steps for c in ledger.charges(name, manifest, "record") if c.run_id == run_id)

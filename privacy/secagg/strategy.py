@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import Strategy
 
 from privacy import logger, updates
 from privacy.secagg.config import SecAggConfig
-from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
+from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, config_record, decode
 from privacy.secagg.server import SecAggServer
 from privacy.strategy_wrapper import StrategyWrapper
@@ -69,6 +69,15 @@ class SecAggPlusStrategy(StrategyWrapper):
     and whose metrics also carry ``secagg-sites`` and ``secagg-dropped``.
     Server-side clipping in ``inner`` would clip the *aggregate*; clipping is
     done by the sites' mod (``config.clip_norm``).
+
+    After each aggregate, ``contributors`` holds the nodes whose payloads were
+    summed and ``total_weight`` their ``Σw`` (``coordinator.strategies.aggregate_guard``
+    checks the sum against them). Setting ``required_contributors`` makes the
+    next sessions sum exactly those nodes or nothing: a node outside it is not
+    asked, and if one of them drops before its masked input arrives the round
+    aborts *before* the unmask stage. A retry of a rejected round uses it,
+    because two sums over sets that differ by one site disclose that site's
+    update (their difference).
     """
 
     def __init__(
@@ -80,6 +89,9 @@ class SecAggPlusStrategy(StrategyWrapper):
         self.on_replies = on_replies
         self.timeout = timeout
         self._round: _Round | None = None
+        self.contributors: frozenset[int] = frozenset()
+        self.total_weight = 0.0
+        self.required_contributors: frozenset[int] | None = None
 
     def __getattr__(self, name: str) -> Any:  # expose the inner strategy's attributes (e.g. ``sites``)
         if name == "inner":
@@ -98,7 +110,9 @@ class SecAggPlusStrategy(StrategyWrapper):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round = None
-        instructions = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.contributors, self.total_weight = frozenset(), 0.0
+        instructions = _only_required(list(self.inner.configure_train(server_round, arrays, config, grid)),
+                                      self.required_contributors, server_round)
         if not instructions:
             return []
         by_node = {m.metadata.dst_node_id: m for m in instructions}
@@ -130,9 +144,17 @@ class SecAggPlusStrategy(StrategyWrapper):
         server = state.server
         parsed, messages = self._parse(server, MASKED_INPUT, replies)
         server.receive_masked_inputs(parsed)  # type: ignore[arg-type]  # checked by _decode_reply
+        required = self.required_contributors
+        if required is not None and frozenset(server.survivors) != required:
+            raise SecAggAbortedError(
+                f"round {server_round}: {len(required - set(server.survivors))} of the sites this session must sum "
+                "sent no masked input; nothing was unmasked (a sum over other sites than the rejected attempt's "
+                "would disclose the difference)"
+            )
         valid = [messages[node] for node in server.survivors]
         total = self._exchange(state.grid, server, UNMASK, server.unmask_requests())
         new_arrays, weight = updates.apply_payload_sum(total, state.arrays)
+        self.contributors, self.total_weight = frozenset(server.survivors), weight
         logger.info("round %d: SecAgg+ summed %d sites (%d dropped after sharing, %d rejected)", server_round,
                     len(server.survivors), len(server.dropped), len(server.rejections))
         if self.on_replies is not None:
@@ -191,6 +213,17 @@ class SecAggPlusStrategy(StrategyWrapper):
                 logger.warning("round %d: reply from node %d rejected: %s", server.server_round, node, error)
                 server.reject(node, f"stage '{stage}': {error}")
         return parsed, messages
+
+
+def _only_required(instructions: list[Message], required: frozenset[int] | None, server_round: int) -> list[Message]:
+    """The instructions to the ``required`` nodes (all when None); every required node must be among them."""
+    if required is None:
+        return instructions
+    kept = [m for m in instructions if m.metadata.dst_node_id in required]
+    if {m.metadata.dst_node_id for m in kept} != required:
+        raise SecAggAbortedError(f"round {server_round}: not every site this session must sum was sampled; "
+                                 "nothing was sent")
+    return kept
 
 
 def _decode_reply(reply: Message, stage: str) -> _Message:
