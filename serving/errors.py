@@ -1,7 +1,7 @@
 """The serving tier's error boundary: fedguard errors in, sanitized JSON out.
 
 Every error response has one shape, ``{"error": {"code": ..., "message": ...}}``
-(:class:`serving.schemas.ErrorBody`). What a caller sees is decided here, by
+(:class:`ErrorBody`, shared by every route). What a caller sees is decided here, by
 error class, and never by copying an internal message: operator detail (paths,
 key ids, database errors) goes to the ``fedguard.serving`` log only (DESIGN.md
 §5, §7.7). The exceptions are :class:`InputValidationError`, whose messages are
@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifecycle.errors import (
@@ -43,13 +44,26 @@ from lifecycle.errors import (
     StateError,
 )
 from serving import logger
-from serving.keys import AuthenticationError, ScopeError
-from serving.quotas import QuotaExceeded
+from serving.guards.keys import AuthenticationError, ScopeError
+from serving.guards.quotas import QuotaExceeded
 
 REALM = 'Bearer realm="fedguard"'
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
                429: "rate_limited"}
+
+
+class ErrorDetail(BaseModel):
+    """A sanitized error: a stable machine code and a message safe to show a caller."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape."""
+
+    error: ErrorDetail
 
 
 class UnknownModelError(NotFoundError):

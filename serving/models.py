@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from federation.reference import ReferenceStats, bom_reference
 from lifecycle.architecture import FeatureSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
 from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
-from federation.reference import ReferenceStats, bom_reference
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger
@@ -111,7 +111,7 @@ class ServedModel:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities for ``batch`` at full precision (callers round them).
 
-        Only :mod:`serving.outputs` should call this, and only for a model whose
+        Only :mod:`serving.guards.outputs` should call this, and only for a model whose
         operator configured a score-bearing output mode.
         """
         if self.plan is not None and len(batch) <= MAX_ROWS:
@@ -125,7 +125,7 @@ class ServedModel:
         Only the winning label leaves the model: scores and probabilities help
         membership-inference and model-extraction attacks (Shokri et al. 2017;
         Tramèr et al. 2016), so they are returned only through
-        :mod:`serving.outputs`, rounded, for a model configured to.
+        :mod:`serving.guards.outputs`, rounded, for a model configured to.
         """
         if self.plan is not None and len(batch) <= MAX_ROWS:
             classes: list[int] = self.plan.logits(batch.detach().numpy()).argmax(axis=1).tolist()

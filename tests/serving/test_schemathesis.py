@@ -22,7 +22,7 @@ from schemathesis.checks import not_a_server_error
 
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
-from serving.keys import create_key
+from serving.guards.keys import create_key
 from serving.settings import ServingSettings
 
 MAX_EXAMPLES = 30
