@@ -14,8 +14,10 @@ Where things live:
   :mod:`serving.models` and :mod:`serving.inference` (verified models and
   their forward pass), :mod:`serving.metrics`, :mod:`serving.cli`
   (``fedguard keys`` / ``fedguard serve``);
-- :mod:`serving.guards`: authentication, keys, quotas, ranges, kill switch,
-  extraction guard, output hardening;
+- :mod:`serving.openapi`: the OpenAPI document, made to state the served
+  models' limits and the one error shape;
+- :mod:`serving.guards`: authentication, the JSON body guard, keys, quotas,
+  ranges, kill switch, extraction guard, output hardening;
 - :mod:`serving.rollout`: the router (canary, shadow, blue/green), its admin
   routes and ``fedguard deploy``;
 - :mod:`serving.protocols`: the inference protocols (``v1``);

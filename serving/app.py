@@ -40,6 +40,7 @@ from serving.guards.outputs import check_policies
 from serving.guards.quotas import QuotaStore, create_quota_store
 from serving.guards.ranges import build_ranges
 from serving.metrics import PREDICT_ROUTE, MetricsMiddleware, ServingMetrics
+from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
 from serving.rollout.router import Router
@@ -163,13 +164,14 @@ def create_app(
     check_policies(settings, models)
     ranges = build_ranges(settings.feature_ranges, models)
     quotas = quota_store if quota_store is not None else create_quota_store(settings)
-    app = FastAPI(
+    app = ServingAPI(
         title="fedguard serving",
         description=DESCRIPTION,
         version=_version(),
         docs_url="/docs",
         redoc_url=None,
     )
+    app.predict_limits = PredictLimits.of(models, settings.max_instances)
     metrics.models_served.set(len(models))
     drift = DriftMonitors(settings, metrics.registry)
     for model in models.values():

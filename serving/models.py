@@ -30,7 +30,8 @@ from lifecycle.signing import verify_model
 from serving import logger
 from serving.inference import MAX_ROWS, MLPPlan, softmax64
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""Largest finite float32: a value beyond it cannot reach the model (422; the OpenAPI document says so too)."""
 _SHOWN_FEATURES = 12
 # model_signing reports differences inside a repr()'d list, whose quoting (' or
 # \' or ") depends on the digest bytes; these patterns accept all three.
@@ -99,8 +100,8 @@ class ServedModel:
         # ~10 µs of dispatch, a numpy one ~1 µs (benchmarks/serving.py).
         values = np.asarray(instances, dtype=np.float64)
         # Two reductions on the common (valid) path; NaN makes max/min NaN, which compares False.
-        if not (values.max() <= _FLOAT32_MAX and values.min() >= -_FLOAT32_MAX):
-            bad = ~(np.abs(values) <= _FLOAT32_MAX)  # NaN compares False: caught here too
+        if not (values.max() <= FLOAT32_MAX and values.min() >= -FLOAT32_MAX):
+            bad = ~(np.abs(values) <= FLOAT32_MAX)  # NaN compares False: caught here too
             i, j = (int(index) for index in np.argwhere(bad)[0])
             problem = "not finite" if not math.isfinite(float(values[i, j])) else "outside the float32 range"
             raise InputValidationError(

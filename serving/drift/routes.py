@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from serving.errors import ErrorBody, UnknownModelError
 from serving.guards.auth import AdminKey
+from serving.guards.body import GuardedRoute
 from serving.state import State
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 
 
 class FeatureScore(BaseModel):

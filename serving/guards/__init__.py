@@ -4,6 +4,8 @@ One module per guard, in the order a predict request meets them:
 
 - :mod:`~serving.guards.auth`: the ``require(scope)`` dependency (``PredictKey``,
   ``AdminKey``) that authenticates the bearer key;
+- :mod:`~serving.guards.body`: the key before the body, and a JSON body's
+  nesting depth bounded before it is parsed (``GuardedRoute``);
 - :mod:`~serving.guards.keys` and :mod:`~serving.guards.keycache`: API keys,
   stored only as hashes, and the short-lived cache of authenticated ones;
 - :mod:`~serving.guards.ranges`: the operator's per-feature value ranges;

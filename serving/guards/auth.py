@@ -23,9 +23,9 @@ The bearer scheme is declared through FastAPI's :class:`HTTPBearer` so that
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, MutableMapping
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -44,7 +44,13 @@ _bearer = HTTPBearer(
 )
 
 
-def require(scope: str) -> Callable[..., KeyInfo]:
+SCOPE_MARK = "fedguard_scope"
+"""Attribute a ``require(scope)`` dependency carries, so a route can tell its scope before solving it."""
+_AUTHENTICATED = "fedguard.key"
+"""ASGI scope entry holding the request's authenticated :class:`KeyInfo` (looked up once per request)."""
+
+
+def require(scope: str) -> Callable[..., Coroutine[Any, Any, KeyInfo]]:
     """A dependency that authenticates the bearer key and checks it allows ``scope``.
 
     Raises
@@ -59,14 +65,42 @@ def require(scope: str) -> Callable[..., KeyInfo]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
-        state = state_of(request)  # not a sub-dependency: each one costs FastAPI tens of µs
-        presented = credentials.credentials if credentials else None
-        info = await resolve_key(state, presented)
-        note_key_id(request.scope, info.key_id)
-        return require_scope(info, scope)
+        # state_of, not a sub-dependency: each one costs FastAPI tens of µs
+        return await authorize(request.scope, state_of(request), credentials.credentials if credentials else None,
+                               scope)
 
     dependency.__name__ = f"require_{scope}_key"
+    setattr(dependency, SCOPE_MARK, scope)
     return dependency
+
+
+async def bearer_of(request: Request) -> str | None:
+    """The presented bearer credentials, read as the ``require(scope)`` dependency reads them."""
+    credentials = await _bearer(request)
+    return credentials.credentials if credentials else None
+
+
+async def authorize(asgi_scope: MutableMapping[str, Any], state: ServingState, presented: str | None,
+                    scope: str) -> KeyInfo:
+    """Authenticate the request's key once (:func:`resolve_key`) and check that it allows ``scope``.
+
+    The :class:`KeyInfo` is kept in the request's ASGI scope, so a request
+    checked before its body was read (:class:`serving.guards.body.GuardedRoute`,
+    the predict fast path) is not looked up again by the route's dependency.
+
+    Raises
+    ------
+    AuthenticationError
+        No, malformed, unknown, revoked or expired key.
+    ScopeError
+        A valid key without ``scope``.
+    """
+    info = asgi_scope.get(_AUTHENTICATED)
+    if not isinstance(info, KeyInfo):
+        info = await resolve_key(state, presented)
+        note_key_id(asgi_scope, info.key_id)
+        asgi_scope[_AUTHENTICATED] = info
+    return require_scope(info, scope)
 
 
 async def resolve_key(state: ServingState, presented: str | None) -> KeyInfo:

@@ -22,9 +22,10 @@ from lifecycle.registry.deployments import MAX_VERSION, DeploymentConflict, veri
 from serving import logger
 from serving.errors import ErrorBody, error_response
 from serving.guards.auth import AdminKey
+from serving.guards.body import GuardedRoute
 from serving.state import ServingState, State
 
-deploy_router = APIRouter(prefix="/v1/admin/models/{name}", tags=["deployments"])
+deploy_router = APIRouter(prefix="/v1/admin/models/{name}", tags=["deployments"], route_class=GuardedRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
     403: {"model": ErrorBody, "description": "The API key lacks the admin scope"},

@@ -22,6 +22,7 @@ from lifecycle.errors import NotFoundError
 from serving import logger
 from serving.errors import ErrorBody
 from serving.guards.auth import AdminKey, PredictKey
+from serving.guards.body import GuardedRoute
 from serving.guards.keys import KeyInfo, is_key_id, revoke_key
 from serving.guards.quotas import QuotaExceeded
 from serving.metrics import CONTENT_TYPE
@@ -47,7 +48,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 INLINE_INSTANCES = 64
 JSON = "application/json"
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
