@@ -89,7 +89,7 @@ def publish(home: Path) -> tuple[Path, str]:
     from lifecycle.packaging import Publication, publish_model
     from lifecycle.registry import Registry, SiteRecord
     from lifecycle.settings import Settings
-    from serving.keys import create_key
+    from serving.guards.keys import create_key
 
     torch.manual_seed(0)
     spec = ModelSpec(in_features=FEATURES, num_classes=2, hidden=(32,))

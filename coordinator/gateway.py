@@ -8,7 +8,9 @@ who reaches that port also reaches the Control API (register nodes, start and
 stop runs). fedguard therefore binds the SuperLink to loopback and puts this
 gateway on the only port open to the network ("wrap, add what they lack"):
 
-1. **Transport layer**: TLS 1.2+ with ``CERT_REQUIRED``, trusting only the
+1. **Transport layer**: TLS 1.2+ with AEAD cipher suites only
+   (:data:`TLS12_CIPHERS`: ECDHE with AES-GCM or ChaCha20-Poly1305; every
+   TLS 1.3 suite is AEAD) and ``CERT_REQUIRED``, trusting only the
    federation CA, with the federation's CRL loaded (``VERIFY_CRL_CHECK_LEAF``)
    so that an unknown, foreign or revoked certificate fails the handshake
    itself. The SSL context is rebuilt whenever ``crl.pem`` changes, so a
@@ -34,6 +36,13 @@ certificate after the client's Finished message (RFC 8446 §4.4.2), so a
 refused client sees the alert (``certificate revoked``, ``unknown ca``,
 ``certificate required``) on its first read rather than inside
 ``do_handshake``; no application byte is ever exchanged either way.
+
+The TLS 1.2 suites are limited to ECDHE key exchange (forward secrecy) with
+AEAD encryption, as the Mozilla "intermediate" configuration and RFC 9325
+§4.2 recommend: the CBC suites OpenSSL would otherwise enable
+(``ECDHE-ECDSA-AES256-SHA384``, ``...-AES128-SHA256``) are MAC-then-encrypt,
+the construction behind padding-oracle attacks such as Lucky Thirteen
+(AlFardan and Paterson, IEEE S&P 2013).
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ ALLOWED_PREFIX = "/v1/fleet/"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_BODY = 1 << 31
 Lookup = Callable[[str], "tuple[str, str] | None"]
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""OpenSSL cipher string for TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305 (TLS 1.3 suites are set apart)."""
 
 FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -71,9 +82,10 @@ class GatewayTls:
 
 
 def server_context(tls: GatewayTls) -> ssl.SSLContext:
-    """TLS 1.2+ server context requiring a client certificate from the federation CA, CRL enforced."""
+    """TLS 1.2+ server context, AEAD suites only, requiring a client certificate from the federation CA, CRL enforced."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_cert_chain(tls.server_cert, tls.server_key)
     ctx.load_verify_locations(cafile=str(tls.ca_cert))
@@ -86,6 +98,7 @@ def upstream_context(ca_cert: Path) -> ssl.SSLContext:
     """Client context for the loopback hop to the SuperLink (verifies the coordinator certificate)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.load_verify_locations(cafile=str(ca_cert))
     return ctx
 

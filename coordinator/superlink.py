@@ -13,7 +13,6 @@ registered, every revoked one unregistered, so both layers agree.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -29,19 +28,10 @@ from coordinator.provisioning import FederationConfig, FederationLayout, SiteReg
 from coordinator.runtime_options import superlink_env, superlink_flags
 from federation.processes import stop_process_group
 from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.settings import is_loopback
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT = 60.0
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8, ::1)."""
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_insecure(bound: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
 from privacy.cli import privacy_app
 from serving.cli import keys_app, serve
-from serving.deploy_cli import deploy_app
+from serving.rollout.cli import deploy_app
 from simulations.cli import simulate
 
 app = typer.Typer(

@@ -13,7 +13,7 @@ request into the app's own Prometheus registry (``GET /metrics``).
 
 Every answered predict request also feeds the model's drift monitor
 (:mod:`serving.drift`, ``state.drift``) and the per-key extraction guard
-(:mod:`serving.extraction`, ``state.extraction``), both built here.
+(:mod:`serving.guards.extraction`, ``state.extraction``), both built here.
 """
 
 from __future__ import annotations
@@ -30,22 +30,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from serving import logger
-from serving.auth import ServingState
-from serving.deploy_routes import DeploymentConflict, conflict_response, deploy_router
 from serving.drift import DriftMonitors
 from serving.drift.routes import router as drift_router
 from serving.errors import error_response, install_error_handlers
-from serving.extraction import ExtractionGuard
-from serving.fastpath import PredictFastPath
-from serving.keycache import KeyCache
-from serving.killswitch import ModelKilled, killed_response
+from serving.guards.extraction import ExtractionGuard
+from serving.guards.keycache import KeyCache
+from serving.guards.killswitch import ModelKilled, killed_response
+from serving.guards.outputs import check_policies
+from serving.guards.quotas import QuotaStore, create_quota_store
+from serving.guards.ranges import build_ranges
 from serving.metrics import PREDICT_ROUTE, MetricsMiddleware, ServingMetrics
-from serving.outputs import check_policies
-from serving.quotas import QuotaStore, create_quota_store
-from serving.ranges import build_ranges
-from serving.rollout import Router
-from serving.routes import router
+from serving.openapi import PredictLimits, ServingAPI
+from serving.protocols.v1.fastpath import PredictFastPath
+from serving.protocols.v1.routes import router
+from serving.rollout.router import Router
+from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router
 from serving.settings import ServingSettings, get_serving_settings
+from serving.state import ServingState
 
 DESCRIPTION = """\
 Predictions from signed, registered fedguard models: labels by default, or
@@ -124,7 +125,7 @@ def create_app(
 
     Each model is served at its deployed stable version (its newest one if it
     was never deployed, recorded then as stable), with its canary, shadow or
-    pinned version when set (:class:`serving.rollout.Router`).
+    pinned version when set (:class:`serving.rollout.router.Router`).
 
     Parameters
     ----------
@@ -135,7 +136,7 @@ def create_app(
         (``FEDGUARD_SERVE_*``).
     quota_store
         Where quotas are counted; defaults to the one the settings configure
-        (:func:`serving.quotas.create_quota_store`). Replicas that share one
+        (:func:`serving.guards.quotas.create_quota_store`). Replicas that share one
         Redis store enforce one limit between them.
     clock
         Seconds since the epoch, read once per request for the quotas, and by
@@ -163,13 +164,14 @@ def create_app(
     check_policies(settings, models)
     ranges = build_ranges(settings.feature_ranges, models)
     quotas = quota_store if quota_store is not None else create_quota_store(settings)
-    app = FastAPI(
+    app = ServingAPI(
         title="fedguard serving",
         description=DESCRIPTION,
         version=_version(),
         docs_url="/docs",
         redoc_url=None,
     )
+    app.predict_limits = PredictLimits.of(models, settings.max_instances)
     metrics.models_served.set(len(models))
     drift = DriftMonitors(settings, metrics.registry)
     for model in models.values():
@@ -190,7 +192,7 @@ def create_app(
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
     for routes in (router, drift_router, deploy_router):
         app.router.routes.extend(routes.routes)
-    # First, so that it is matched first: the predict fast path (serving.fastpath), which
+    # First, so that it is matched first: the predict fast path (serving.protocols.v1.fastpath), which
     # hands anything but the common case to the FastAPI route behind it.
     app.router.routes.insert(0, Route(PREDICT_ROUTE, PredictFastPath(_api_route(router, PREDICT_ROUTE)),
                                       methods=["POST"], include_in_schema=False))

@@ -1,7 +1,7 @@
 """Single-flight marks: at most one background re-read of a thing at a time, and none lost for good.
 
-The key cache (:meth:`serving.keycache.KeyCache.begin_refresh`) and the
-deployment router (:meth:`serving.rollout.Router.claim_refresh`) each let one
+The key cache (:meth:`serving.guards.keycache.KeyCache.begin_refresh`) and the
+deployment router (:meth:`serving.rollout.router.Router.claim_refresh`) each let one
 request start a background registry read while the others go on. The mark
 must lapse on its own: a task whose event loop closed before it ran (an app
 driven by several loops, as in tests) never releases it, and a mark held

@@ -33,9 +33,9 @@ from rich.table import Table
 
 from lifecycle.errors import NotFoundError
 from lifecycle.registry import Registry
-from lifecycle.settings import get_settings
-from serving.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
-from serving.settings import ServingSettings, build_settings, is_loopback
+from lifecycle.settings import get_settings, is_loopback
+from serving.guards.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
+from serving.settings import ServingSettings, build_settings
 from serving.worker import settle_heap
 
 console = Console()
@@ -230,7 +230,7 @@ def serve(
         )
     _attach_log_handler()
     from serving.app import create_app  # torch and FastAPI load only when serving
-    from serving.auth import ServingState
+    from serving.state import ServingState
 
     app = create_app(_registry(), settings)
     state: ServingState = app.state.fedguard

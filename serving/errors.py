@@ -1,7 +1,7 @@
 """The serving tier's error boundary: fedguard errors in, sanitized JSON out.
 
 Every error response has one shape, ``{"error": {"code": ..., "message": ...}}``
-(:class:`serving.schemas.ErrorBody`). What a caller sees is decided here, by
+(:class:`ErrorBody`, shared by every route). What a caller sees is decided here, by
 error class, and never by copying an internal message: operator detail (paths,
 key ids, database errors) goes to the ``fedguard.serving`` log only (DESIGN.md
 §5, §7.7). The exceptions are :class:`InputValidationError`, whose messages are
@@ -14,13 +14,18 @@ error                                status  code
 AuthenticationError, AuthError       401     unauthorized
 ScopeError                           403     forbidden
 UnknownModelError, NotFoundError     404     not_found
+method not served on the route       405     method_not_allowed
+DeploymentConflict (rollout routes)  409     conflict
 body over max_body_bytes             413     payload_too_large
 InputValidationError, bad JSON body  422     invalid_input
 QuotaExceeded                        429     rate_limited
-other ConfigurationError             400     bad_request
-StateError                           503     unavailable
+other ConfigurationError, other 4xx  400     bad_request
+StateError, ModelKilled              503     unavailable
 anything else                        500     internal
 ===================================  ======  ===================
+
+These are the codes of docs/serving.md's table, and no others:
+``tests/serving/test_schemathesis.py`` checks every answer against it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifecycle.errors import (
@@ -43,13 +49,25 @@ from lifecycle.errors import (
     StateError,
 )
 from serving import logger
-from serving.keys import AuthenticationError, ScopeError
-from serving.quotas import QuotaExceeded
+from serving.guards.keys import AuthenticationError, ScopeError
+from serving.guards.quotas import QuotaExceeded
 
 REALM = 'Bearer realm="fedguard"'
-_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
-               429: "rate_limited"}
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 422: "invalid_input", 429: "rate_limited"}
+
+
+class ErrorDetail(BaseModel):
+    """A sanitized error: a stable machine code and a message safe to show a caller."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape."""
+
+    error: ErrorDetail
 
 
 class UnknownModelError(NotFoundError):
@@ -94,6 +112,26 @@ def describe_validation(errors: Sequence[Any], features: Sequence[str] = ()) -> 
     return "the body must be a JSON object {\"instances\": [[...], ...]} sent as application/json"
 
 
+def describe_other_validation(errors: Sequence[Any]) -> str:
+    """A caller-facing sentence for the first parsing error of a route other than predict (no input echoed).
+
+    Pydantic's ``msg`` states the rule broken ("Input should be greater than
+    or equal to 1"), never the value sent, so it is safe to pass on.
+    """
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    kind = str(first.get("type", ""))
+    if kind == "json_invalid":
+        return "the body is not valid JSON"
+    if kind == "missing" and not loc:
+        return "the body is empty; send a JSON object as application/json (see /docs)"
+    if not loc:
+        return "the body must be a JSON object sent as application/json (see /docs for its fields)"
+    if kind == "extra_forbidden":
+        return f"unexpected field '{'.'.join(loc)}' in the body (see /docs for its fields)"
+    return f"'{'.'.join(loc)}': {first.get('msg', 'invalid value')}"
+
+
 async def _authentication(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("rejected %s: %s", _where(request), exc)
     return error_response(
@@ -136,7 +174,10 @@ def _features_of(request: Request) -> Sequence[str]:
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    message = describe_validation(errors, _features_of(request))
+    if request.url.path.endswith("/predict"):
+        message = describe_validation(errors, _features_of(request))
+    else:
+        message = describe_other_validation(errors)
     logger.info("invalid input %s: %s", _where(request), message)
     return error_response(422, "invalid_input", message)
 
@@ -176,7 +217,8 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
     if status == 401:
         headers.setdefault("WWW-Authenticate", REALM)
-    return error_response(status, _HTTP_CODES.get(status, f"http_{status}"), detail, headers or None)
+    code = _HTTP_CODES.get(status) or ("bad_request" if status < 500 else "internal")  # only documented codes
+    return error_response(status, code, detail, headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,17 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from federation.reference import ReferenceStats, bom_reference
 from lifecycle.architecture import FeatureSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
 from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
-from federation.reference import ReferenceStats, bom_reference
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger
 from serving.inference import MAX_ROWS, MLPPlan, softmax64
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""Largest finite float32: a value beyond it cannot reach the model (422; the OpenAPI document says so too)."""
 _SHOWN_FEATURES = 12
 # model_signing reports differences inside a repr()'d list, whose quoting (' or
 # \' or ") depends on the digest bytes; these patterns accept all three.
@@ -99,8 +100,8 @@ class ServedModel:
         # ~10 µs of dispatch, a numpy one ~1 µs (benchmarks/serving.py).
         values = np.asarray(instances, dtype=np.float64)
         # Two reductions on the common (valid) path; NaN makes max/min NaN, which compares False.
-        if not (values.max() <= _FLOAT32_MAX and values.min() >= -_FLOAT32_MAX):
-            bad = ~(np.abs(values) <= _FLOAT32_MAX)  # NaN compares False: caught here too
+        if not (values.max() <= FLOAT32_MAX and values.min() >= -FLOAT32_MAX):
+            bad = ~(np.abs(values) <= FLOAT32_MAX)  # NaN compares False: caught here too
             i, j = (int(index) for index in np.argwhere(bad)[0])
             problem = "not finite" if not math.isfinite(float(values[i, j])) else "outside the float32 range"
             raise InputValidationError(
@@ -111,7 +112,7 @@ class ServedModel:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities for ``batch`` at full precision (callers round them).
 
-        Only :mod:`serving.outputs` should call this, and only for a model whose
+        Only :mod:`serving.guards.outputs` should call this, and only for a model whose
         operator configured a score-bearing output mode.
         """
         if self.plan is not None and len(batch) <= MAX_ROWS:
@@ -125,7 +126,7 @@ class ServedModel:
         Only the winning label leaves the model: scores and probabilities help
         membership-inference and model-extraction attacks (Shokri et al. 2017;
         Tramèr et al. 2016), so they are returned only through
-        :mod:`serving.outputs`, rounded, for a model configured to.
+        :mod:`serving.guards.outputs`, rounded, for a model configured to.
         """
         if self.plan is not None and len(batch) <= MAX_ROWS:
             classes: list[int] = self.plan.logits(batch.detach().numpy()).argmax(axis=1).tolist()

@@ -11,7 +11,6 @@ and a bounded batch keep one request from holding a worker or memory hostage.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +25,7 @@ FiniteBound = Annotated[float, Field(allow_inf_nan=False)] | None
 
 
 class OutputPolicy(BaseModel):
-    """What a model's predict route returns besides the labels (see :mod:`serving.outputs`).
+    """What a model's predict route returns besides the labels (see :mod:`serving.guards.outputs`).
 
     ``precision`` is the number of decimals scores are rounded to; ``null``
     (JSON) sends them at full precision, which only an explicit setting does.
@@ -131,10 +130,10 @@ class ServingSettings(BaseSettings):
         Inclusive ``[min, max]`` per model and feature (a JSON object in the
         environment, e.g. ``{"demo": {"f0": [0, 50], "f3": [null, 10]}}``;
         ``null`` leaves a side open); a value outside is refused with 422
-        (:mod:`serving.ranges`).
+        (:mod:`serving.guards.ranges`).
     auth_cache_seconds
         How long a server trusts a key it authenticated before asking the
-        registry again (:mod:`serving.keycache`): the bound on how late a
+        registry again (:mod:`serving.guards.keycache`): the bound on how late a
         revocation made elsewhere reaches this server. ``0`` asks every time.
     access_log
         Whether ``fedguard serve`` writes the access log (one line per request
@@ -224,20 +223,6 @@ class ServingSettings(BaseSettings):
         ):
             if path is not None and not path.is_file():
                 raise ConfigurationError(f"{label} '{path}' does not exist; pass an existing file")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine.
-
-    Names other than ``localhost`` count as exposed: they may resolve to any
-    interface, and a wrong guess here would skip the TLS warning.
-    """
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @lru_cache(maxsize=1)

@@ -148,12 +148,14 @@ class _Window:
     @property
     def total(self) -> np.ndarray:
         assert self.current is not None
-        return self.closed + self.current[0]
+        total: np.ndarray = self.closed + self.current[0]
+        return total
 
     @property
     def total_classes(self) -> np.ndarray:
         assert self.current is not None
-        return self.closed_classes + self.current[1]
+        total: np.ndarray = self.closed_classes + self.current[1]
+        return total
 
     def _empty(self) -> tuple[np.ndarray, np.ndarray, int]:
         return np.zeros(self.shape, dtype=np.int64), np.zeros(self.classes, dtype=np.int64), 0

@@ -11,11 +11,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from serving.auth import AdminKey, State
-from serving.errors import UnknownModelError
-from serving.schemas import ErrorBody
+from serving.errors import ErrorBody, UnknownModelError
+from serving.guards.auth import AdminKey
+from serving.guards.body import GuardedRoute
+from serving.state import State
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 
 
 class FeatureScore(BaseModel):

@@ -38,7 +38,8 @@ DEFAULT_SMOOTHING = 0.5
 def smoothed_proportions(counts: np.ndarray, mask: np.ndarray, smoothing: float = DEFAULT_SMOOTHING) -> np.ndarray:
     """Row-wise proportions of ``counts + smoothing`` over the bins ``mask`` marks; 0 elsewhere."""
     padded = (np.asarray(counts, dtype=np.float64) + smoothing) * mask
-    return padded / padded.sum(axis=-1, keepdims=True)
+    proportions: np.ndarray = padded / padded.sum(axis=-1, keepdims=True)
+    return proportions
 
 
 def psi(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.gateway import Gateway, GatewayTls, parse_head
+from coordinator.gateway import Gateway, GatewayTls, parse_head, server_context
 from tests.coordinator.federation_fixtures import (
     Federation,
     client_context,
@@ -102,6 +102,41 @@ def test_openssl_s_client_agrees(world: dict[str, object], version: str) -> None
                        (s_client("-cert", fcert, "-key", fkey), "unknown ca"),
                        (s_client(), "certificate required" if version == "-tls1_3" else "handshake failure")):
         assert alert in out and "HTTP/1.1" not in out, out[-600:]
+
+
+# The CBC suites review found offered (ECDSA server key: ECDHE-ECDSA-*), and AEAD ones.
+CBC_SUITES = ["ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA",
+              "ECDHE-ECDSA-AES128-SHA"]
+AEAD_SUITES = ["ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+
+
+@pytest.mark.parametrize("suite", CBC_SUITES + AEAD_SUITES)
+def test_tls12_offers_aead_suites_only(world: dict[str, object], suite: str) -> None:
+    """``openssl s_client -tls1_2 -cipher SUITE``: a CBC (MAC-then-encrypt) suite is refused, an AEAD one works."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed for this check (it is on the reference machine)")
+    ca, cert, key = world["valid"]  # type: ignore[misc]
+    request = b"POST /v1/fleet/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    done = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{_port(world)}", "-CAfile", str(ca),
+                           "-verify_return_error", "-ign_eof", "-tls1_2", "-cipher", suite, "-cert", str(cert),
+                           "-key", str(key)], input=request, capture_output=True, timeout=30, check=False)
+    out = (done.stdout + done.stderr).decode(errors="replace")
+    if suite in AEAD_SUITES:
+        assert "HTTP/1.1 200 OK" in out and f"Cipher is {suite}" in out, out[-600:]
+    else:
+        assert "handshake failure" in out and "HTTP/1.1" not in out, out[-600:]
+
+
+def test_every_suite_the_gateway_enables_is_aead(world: dict[str, object]) -> None:
+    """TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305, and TLS 1.3 (AEAD by definition), nothing else."""
+    fed = world["fed"]
+    assert isinstance(fed, Federation)
+    layout = fed.layout
+    tls = GatewayTls(layout.ca_cert, layout.server_cert, layout.server_key, layout.crl)
+    ciphers = server_context(tls).get_ciphers()
+    assert ciphers and all(c["aead"] for c in ciphers), [c["name"] for c in ciphers if not c["aead"]]
+    assert all(c["protocol"] == "TLSv1.3" or c["kea"] == "kx-ecdhe" for c in ciphers)
+    assert {c["protocol"] for c in ciphers} == {"TLSv1.2", "TLSv1.3"}
 
 
 def test_rotation_takes_effect_without_restarting_the_gateway(world: dict[str, object]) -> None:

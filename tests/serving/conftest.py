@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
-from serving.keys import CreatedKey, create_key
+from serving.guards.keys import CreatedKey, create_key
 from serving.settings import ServingSettings, get_serving_settings
 
 

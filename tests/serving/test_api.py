@@ -13,7 +13,7 @@ from lifecycle.artifacts import WEIGHTS_NAME, load_model
 from lifecycle.errors import SignatureError
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
-from serving.keys import CreatedKey, authenticate, create_key, revoke_key
+from serving.guards.keys import CreatedKey, authenticate, create_key, revoke_key
 from serving.settings import ServingSettings
 from tests.serving.conftest import bearer
 from tests.serving.test_models import tamper

@@ -17,7 +17,7 @@ from lifecycle.errors import ConfigurationError, NotFoundError, SignatureError, 
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.registry.tables import ApiKey
 from serving import cli
-from serving.keys import authenticate
+from serving.guards.keys import authenticate
 from tests.serving.test_models import tamper
 
 app = typer.Typer()

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.registry import Registry, VersionRecord
-from serving.keys import create_key
+from serving.guards.keys import create_key
 from serving.settings import ServingSettings
 from tests.serving.test_integration import running
 

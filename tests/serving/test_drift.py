@@ -13,7 +13,7 @@ from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.registry import Registry
 from serving.app import create_app
 from serving.drift import DriftReport
-from serving.keys import CreatedKey
+from serving.guards.keys import CreatedKey
 from serving.settings import ServingSettings, build_settings
 from tests.serving.conftest import bearer
 from tests.serving.trained import publish_trained, sample

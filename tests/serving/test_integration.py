@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
 from serving.cli import uvicorn_options
-from serving.keys import create_key
+from serving.guards.keys import create_key
 from serving.settings import ServingSettings
 from tests.serving.conftest import bearer
 

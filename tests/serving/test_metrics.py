@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lifecycle.registry import Registry, VersionRecord
 from serving.app import create_app
 from serving.cli import uvicorn_options
-from serving.keys import CreatedKey
+from serving.guards.keys import CreatedKey
 from serving.settings import ServingSettings
 from tests.serving.conftest import bearer
 

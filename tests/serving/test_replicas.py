@@ -14,13 +14,13 @@ from lifecycle.errors import StateError
 from lifecycle.packaging import publish_model
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings
-from serving.keys import create_key, list_keys
-from serving.quotas.factory import limits_resolver
-from serving.quotas.redis import RedisQuotaStore
+from serving.guards.keys import create_key, list_keys
+from serving.guards.quotas.factory import limits_resolver
+from serving.guards.quotas.redis import RedisQuotaStore
 from serving.settings import ServingSettings
 from tests.conftest import make_publication
 from tests.serving.conftest import bearer
-from tests.serving.quotas.conftest import REDIS_URL
+from tests.serving.guards.quotas.conftest import REDIS_URL
 from tests.serving.test_integration import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lifecycle.errors import ConfigurationError
-from serving.settings import ServingSettings, build_settings, get_serving_settings, is_loopback
+from lifecycle.settings import is_loopback
+from serving.settings import ServingSettings, build_settings, get_serving_settings
 
 
 def test_defaults_bind_loopback() -> None:
@@ -44,6 +45,7 @@ def test_invalid_values_are_configuration_errors(overrides: dict[str, object], m
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     (" 127.0.0.1 ", True), ("LocalHost", True), ("[localhost]", True),
      ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("example.org", False)],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:

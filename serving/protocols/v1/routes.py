@@ -1,0 +1,180 @@
+"""The HTTP routes: health, model listing, prediction, and the admin key route.
+
+Most handlers are plain ``def`` functions: FastAPI runs them in its thread
+pool, so a registry query never blocks the event loop. Predict is ``async``:
+a request-sized batch (up to :data:`INLINE_INSTANCES` instances) is answered
+on the event loop, because two thread-pool hops (the handler, then FastAPI's
+validation of a sync handler's return value) cost more server CPU than the
+guarded forward pass itself (``benchmarks/serving.py``); a larger batch, and
+the router's periodic registry refresh, still go to the thread pool.
+Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+
+from lifecycle.errors import NotFoundError
+from serving import logger
+from serving.errors import ErrorBody
+from serving.guards.auth import AdminKey, PredictKey
+from serving.guards.body import GuardedRoute
+from serving.guards.keys import KeyInfo, is_key_id, revoke_key
+from serving.guards.quotas import QuotaExceeded
+from serving.metrics import CONTENT_TYPE
+from serving.models import ServedModel
+from serving.protocols.v1.schemas import (
+    Health,
+    KeyRevoked,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+)
+from serving.state import ServingState, State
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
+    403: {"model": ErrorBody, "description": "The API key lacks the needed scope"},
+}
+
+# Batches up to this many instances are answered on the event loop (~0.1-0.2 ms for
+# the models fedguard trains); larger ones in the thread pool, so that one big batch
+# cannot hold up every other connection.
+INLINE_INSTANCES = 64
+JSON = "application/json"
+
+router = APIRouter(route_class=GuardedRoute)
+
+
+@router.get("/healthz", response_model=Health, tags=["health"])
+def healthz() -> Health:
+    """Liveness. Needs no key and reveals nothing: the server only starts once every model verified."""
+    return Health()
+
+
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+def metrics(state: State) -> Response:
+    """Prometheus metrics of this server. Needs no key: counts by route, model and status only,
+    never key ids or request values."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
+def list_models(state: State, key: PredictKey) -> ModelList:
+    """The models served (the stable version of each) and the features they expect."""
+    return ModelList(
+        models=[
+            ModelInfo(name=m.name, version=m.version, num_features=m.num_features, features=list(m.schema.features))
+            for m in sorted(state.models.values(), key=lambda m: m.name)
+        ]
+    )
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    tags=["models"],
+    responses={
+        **_ERRORS,
+        404: {"model": ErrorBody, "description": "No model of that name is served"},
+        503: {"model": ErrorBody, "description": "The model is switched off (kill switch) or unavailable"},
+        413: {"model": ErrorBody, "description": "The body exceeds the server's limit"},
+        422: {"model": ErrorBody, "description": "An instance does not match the model's feature schema"},
+        429: {
+            "model": ErrorBody,
+            "description": "The key is over its rate limit or daily instance budget for this model",
+            "headers": {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}},
+        },
+    },
+)
+async def predict(name: str, body: PredictRequest, state: State, key: PredictKey) -> Response:
+    """Labels for a batch of instances; scores only where the operator configured them.
+
+    By default only labels leave the server. A model configured with output
+    mode ``top-k`` or ``probabilities`` also returns softmax scores rounded to
+    its configured precision (see ``PredictResponse``).
+
+    Each instance must hold exactly one finite number per feature, in the
+    order that ``GET /v1/models`` lists, inside the ranges the operator
+    configured for the model (if any). A valid request takes one token of the
+    key's rate limit and one unit of its daily budget per instance; past
+    either, the answer is 429 with ``Retry-After``.
+    """
+    return await answer_predict(name, body, state, key)
+
+
+async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
+    """Every guard after authentication, and the encoded answer (shared with :mod:`serving.protocols.v1.fastpath`)."""
+    if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
+        state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
+    if len(body.instances) > INLINE_INSTANCES:
+        content = await run_in_threadpool(_predict, name, body, state, key)
+    else:
+        content = _predict(name, body, state, key)
+    # Encoded here, not by FastAPI: its validation of the returned value repeats what
+    # the route built itself (the declared response_model still documents the shape).
+    return Response(content, media_type=JSON)
+
+
+def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
+    """The JSON body of a predict answer: what ``PredictResponse(...).model_dump_json(exclude_none=True)`` gives.
+
+    Labels only (the default output mode) are dumped with :func:`json.dumps`
+    (a third of pydantic's cost: no model to build, no union to match); scored
+    modes go through :class:`PredictResponse`, which also decides how a
+    non-finite score is written.
+    """
+    if fields.keys() == {"predictions"}:
+        answer = {"predictions": fields["predictions"], "model": model.name, "version": model.version}
+        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    response = PredictResponse(model=model.name, version=model.version, **fields)
+    return response.model_dump_json(exclude_none=True).encode()
+
+
+def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
+    route = state.deployments.route(name, key.key_id, refresh=False)  # answer_predict refreshed it
+    model = route.model
+    batch = model.to_batch(body.instances, state.settings.max_instances)
+    state.ranges.check(model.name, batch)
+    decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
+    if not decision.allowed:
+        state.metrics.quota_refusals.labels(model.name).inc()
+        raise QuotaExceeded(
+            f"key {key.key_id} refused on {model.name}: {len(body.instances)} instance(s), "
+            f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
+            retry_after=decision.retry_after,
+        )
+    policy = state.settings.output_policy(model.name)
+    fields, probabilities = route.answer(batch, policy)
+    state.drift.observe(model, batch, probabilities)
+    state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
+    logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
+                 policy.output_mode, model.name, model.version)
+    return encode_answer(model, fields)
+
+
+@router.post(
+    "/v1/admin/keys/{key_id}/revoke",
+    response_model=KeyRevoked,
+    tags=["admin"],
+    responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No key has this id"}},
+)
+def revoke(key_id: str, state: State, key: AdminKey) -> KeyRevoked:
+    """Revoke an API key at once (admin scope); audited with the revoking key's id as actor.
+
+    Takes the key id only (16 hex digits), never a whole key: a URL ends up in
+    access logs.
+    """
+    if not is_key_id(key_id):
+        raise NotFoundError(f"key {key.key_id} tried to revoke a malformed key id")
+    info = revoke_key(state.registry, key_id, actor=f"apikey:{key.key_id}")
+    state.key_cache.forget(info.key_id)
+    logger.warning("key %s revoked key %s", key.key_id, info.key_id)
+    return KeyRevoked(key_id=info.key_id, revoked=info.revoked)
