@@ -112,7 +112,8 @@ def reference(model: Any, schema: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from federation.reference import ReferenceStats, histogram, reference_edges
+    from federation.reference import reference_edges
+    from lifecycle.bom.reference import ReferenceStats, histogram
 
     held = np.random.default_rng(0).normal(0.0, 0.3, size=(500, FEATURES))
     edges = reference_edges(held)

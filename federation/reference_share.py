@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from federation.reference import Edges, decode_edges, encode_edges, flat_histogram, num_bins
+from federation.reference import decode_edges, encode_edges
+from lifecycle.bom.reference import Edges, flat_histogram, num_bins
 from lifecycle.errors import ConfigurationError
 from privacy.discrete_gaussian import DistributedPlan, sample, secure_generator
 from privacy.ledger.base import Charge, PrivacyLedger

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from federation.reference import ReferenceStats, bom_reference
 from lifecycle.architecture import FeatureSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
+from lifecycle.bom.reference import ReferenceStats, bom_reference
 from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model

@@ -7,7 +7,7 @@ data), rounds, DP parameters and ε per site, aggregation rule,
 secure-aggregation mode, watermark scheme and commitment, metrics, code
 version, every installed package, and, where the coordinator collected them,
 the ``reference`` statistics of the training data (summed per-feature
-histograms; see :mod:`federation.reference`).
+histograms; see :mod:`lifecycle.bom.reference`).
 
 Read it only through :func:`read_lineage` and the accessors here
 (:mod:`lifecycle.bom.lineage` says where each part lives in the document).

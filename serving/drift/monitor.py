@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from federation.reference import ReferenceStats, bin_indices, padded_edges
+from lifecycle.bom.reference import ReferenceStats, bin_indices, padded_edges
 from serving import logger
 from serving.drift.statistics import Baseline
 from serving.models import ServedModel

@@ -55,8 +55,8 @@ import torch
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
-from federation.reference import ReferenceStats, bin_indices, padded_edges
 from lifecycle import audit
+from lifecycle.bom.reference import ReferenceStats, bin_indices, padded_edges
 from lifecycle.errors import FedguardError
 from lifecycle.registry import Registry
 from serving import logger

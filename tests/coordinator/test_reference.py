@@ -22,21 +22,19 @@ from coordinator.app import _train_config
 from coordinator.config import CoordinatorConfig
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.reference import ReferenceCollector
-from federation.reference import (
-    ReferenceNoise,
-    ReferenceStats,
-    bom_reference,
-    decode_edges,
-    encode_edges,
-    flat_histogram,
-    histogram,
-    omitted_section,
-    reference_edges,
-    split_counts,
-)
+from federation.reference import decode_edges, encode_edges, reference_edges
 from federation.reference_share import MESSAGE_TYPE, SHARE_KEY, noise_plan
 from federation.tabular import DataSchema, load_csv, load_schema, write_csv
 from lifecycle.artifacts import load_model
+from lifecycle.bom.reference import (
+    ReferenceNoise,
+    ReferenceStats,
+    bom_reference,
+    flat_histogram,
+    histogram,
+    omitted_section,
+    split_counts,
+)
 from lifecycle.errors import ConfigurationError
 from lifecycle.home import Home
 from lifecycle.registry import Registry

@@ -11,7 +11,6 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from federation.reference import bom_reference
 from lifecycle.bom import (
     BOM_NAME,
     bom_schema,
@@ -24,6 +23,7 @@ from lifecycle.bom import (
 )
 from lifecycle.bom.document import make_bom, validate_bom
 from lifecycle.bom.environment import canonical_name
+from lifecycle.bom.reference import bom_reference
 from lifecycle.errors import FedguardError
 from lifecycle.packaging import publish_model
 from lifecycle.registry import Registry, VersionRecord

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from federation.reference import ReferenceNoise, ReferenceStats, num_bins, split_counts
+from lifecycle.bom.reference import ReferenceNoise, ReferenceStats, num_bins, split_counts
 from lifecycle.packaging import publish_model
 from lifecycle.registry import Registry
 from privacy.discrete_gaussian import DistributedPlan, sample
 from serving.app import create_app
-from serving.keys import CreatedKey
+from serving.guards.keys import CreatedKey
 from tests.conftest import make_publication
 from tests.serving.test_drift import SETTINGS, _drift, _send
 from tests.serving.trained import _trained

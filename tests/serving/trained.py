@@ -14,9 +14,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from federation.reference import reference_edges
 from lifecycle.architecture import build_model, set_standardization
+from lifecycle.bom.reference import ReferenceStats, histogram
 from lifecycle.packaging import publish_model
-from federation.reference import ReferenceStats, histogram, reference_edges
 from lifecycle.registry import Registry, VersionRecord
 from tests.conftest import make_publication
 
