@@ -84,7 +84,7 @@ def build_strategy(
         )
     if plan is not None:
         inner = SiteDPStrategy(inner, plan, frozen_keys)
-    tracked = TrackedStrategy(inner, on_round=on_round, on_aggregated=run_ledger.record_round)
+    tracked = TrackedStrategy(inner, on_round=on_round, on_aggregated=run_ledger.record_round, identities=run_ledger)
     validated = UpdateValidationStrategy(tracked, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
                                          on_reject=on_reject)
     outer: Strategy = RoundOffset(validated, completed_rounds) if completed_rounds else validated
