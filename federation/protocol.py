@@ -64,13 +64,15 @@ METRICS_RECORD = "metrics"
 SERVER_ROUND = "server-round"
 """Flower's strategies write each round's number under this key (``FedAvg.configure_train``)."""
 NUM_EXAMPLES = "num-examples"
+CLIP_NORM = "clip-norm"
+"""The L2 bound a clear update is clipped to and checked against (``coordinator.strategies.validation``)."""
 
 __all__ = [
-    "CONFIG_RECORD", "DEFAULT_BATCH_SIZE", "DEFAULT_CLIP_NORM", "DEFAULT_DEVICE", "DEFAULT_DP_DELTA",
+    "CLIP_NORM", "CONFIG_RECORD", "DEFAULT_BATCH_SIZE", "DEFAULT_CLIP_NORM", "DEFAULT_DEVICE", "DEFAULT_DP_DELTA",
     "DEFAULT_DP_EPSILON", "DEFAULT_HIDDEN", "DEFAULT_LOCAL_EPOCHS", "DEFAULT_LR", "DEFAULT_MAX_GRAD_NORM",
     "DEFAULT_SEED", "METRICS_RECORD", "NUM_EXAMPLES", "SERVER_ROUND", "EvaluateMetrics", "IdentityReply",
-    "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "identity_query", "lineage_report",
-    "with_steps",
+    "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
+    "lineage_report", "round_of", "with_steps",
 ]
 
 
@@ -187,6 +189,16 @@ class TrainConfig:
             device=_optional(record, "device", _str, w, DEFAULT_DEVICE),
             he_secret_context=_optional(record, SECRET_CONTEXT_KEY, _str, w, ""),
         )
+
+
+def round_of(config: Mapping[str, Any]) -> int | None:
+    """The server round a ``config`` record names, or None when it names none."""
+    return _int(config, SERVER_ROUND, "round configuration") if SERVER_ROUND in config else None
+
+
+def clip_norm_of(config: Mapping[str, Any]) -> float | None:
+    """The clipping bound a ``config`` record declares (clear updates only), or None."""
+    return _float(config, CLIP_NORM, "round configuration") if CLIP_NORM in config else None
 
 
 def identity_query(config: Mapping[str, Any]) -> ConfigRecord:

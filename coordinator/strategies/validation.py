@@ -47,7 +47,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
-from federation.protocol import ProtocolError, SiteReply
+from federation.protocol import CLIP_NORM, ProtocolError, SiteReply
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry
@@ -60,7 +60,7 @@ UPDATE_REJECTED = 4001
 """Error code of a reply the coordinator rejected (outside Flower's own ``ErrorCode`` range)."""
 REJECTED_PREFIX = "update rejected by the coordinator: "
 MODES = ("none", "secagg+", "ckks")
-CLIP_KEY = "clip-norm"
+CLIP_KEY = CLIP_NORM
 
 
 @dataclass(frozen=True)
