@@ -13,7 +13,7 @@ state, so ε composes correctly across rounds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,14 +28,23 @@ from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
 from client.protection import make_protection_mod
 from client.training import plan_for, train_locally
+from federation.protocol import (
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    EvaluateMetrics,
+    IdentityReply,
+    SiteReply,
+    TrainMetrics,
+)
 from federation.reference_share import ACTION as REFERENCE_ACTION
 from federation.reference_share import LocalData, share_reference
 from federation.schema import SiteSchema
 from federation.tabular import TabularData
 from lifecycle.architecture import build_model
 from privacy.dp_sgd import DPPlan, secure_rng_available
+from privacy.ledger.charges import RecordLevelReport
 from privacy.ledger.guard import ledger_mod
-from privacy.site_dp import site_dp_mod
+from privacy.site_dp import SITE_RECORD, site_dp_mod
 
 _STATE_KEY = "fedguard-dp"
 
@@ -76,7 +85,7 @@ def _site_data(site: SiteIdentity, cfg: TrainConfig) -> TabularData:
 def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:
     """Parse the instructions, load and validate the local file, and load the global weights."""
     torch.set_num_threads(1)  # one Ray actor per core: no oversubscription
-    cfg = TrainConfig.from_record(msg.content.config_records["config"])
+    cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     model = build_model(cfg.spec)
@@ -96,36 +105,31 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
     torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
 
-    site_record: dict[str, Any] = {
-        "name": site.name, "manifest": data.manifest, "secure-rng": secure_rng_available(),
-        "device": describe(device),
-    }
-    plan = None
+    reply = SiteReply(site.name, data.manifest, secure_rng_available(), describe(device))
     if cfg.dp_enabled:
         plan, steps_before = _restore_plan(context, cfg, data)
         result = train_locally(model, data, cfg, plan, generator=generator, device=device)
         steps = steps_before + result.steps
         _save_plan(context, plan, steps)
-        site_record.update(
-            {
-                "epsilon": plan.history(steps).epsilon(), "delta": plan.delta,
-                "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
-                "steps": steps, "max-grad-norm": plan.max_grad_norm, "accountant": plan.accountant,
-                "clipping": result.clipping,
-            }
-        )
+        reply = replace(reply, epsilon=plan.history(steps).epsilon(), max_grad_norm=plan.max_grad_norm,
+                        clipping=result.clipping, dp=_report(plan, steps))
     else:
         result = train_locally(model, data, cfg, None, generator=generator, device=device)
     logger.info("site %s round %d: %d examples, loss %.4f, on %s", site.name, cfg.server_round,
-                result.num_examples, result.train_loss, site_record["device"])
+                result.num_examples, result.train_loss, reply.device)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),
-            "site": ConfigRecord(site_record),
+            METRICS_RECORD: TrainMetrics(result.num_examples, result.train_loss).to_record(),
+            SITE_RECORD: reply.to_record(),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _report(plan: DPPlan, steps: int) -> RecordLevelReport:
+    """What the site reports of its DP-SGD: σ, q, ``steps`` (this run's, or one round's), δ, accountant."""
+    return RecordLevelReport(plan.noise_multiplier, plan.sample_rate, steps, plan.delta, plan.accountant)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
@@ -137,8 +141,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         labels = torch.from_numpy(data.labels)
         loss = float(torch.nn.functional.cross_entropy(logits, labels))
         accuracy = float((logits.argmax(1) == labels).float().mean())
-    metrics = MetricRecord({"num-examples": data.num_examples, "eval-loss": loss, "eval-acc": accuracy})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = EvaluateMetrics(data.num_examples, loss, accuracy).to_record()
+    return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
 
 
 def identify(msg: Message, context: Context) -> Message:
@@ -149,28 +153,26 @@ def identify(msg: Message, context: Context) -> Message:
     first round instead of after it. No histogram: reference counts leave only
     noised and through a secure sum (:func:`reference`).
     """
-    cfg = TrainConfig.from_record(msg.content.config_records["config"])
+    cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
-    record: dict[str, Any] = {"name": site.name, "manifest": data.manifest, "num-examples": data.num_examples}
+    per_round = None
     if cfg.dp_enabled:
         plan, steps = _restore_plan(context, cfg, data)
         _save_plan(context, plan, steps)  # calibrated once: the first round reuses it
-        record.update({
-            "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
-            "steps-per-round": plan.steps_per_epoch * cfg.local_epochs, "delta": plan.delta,
-            "accountant": plan.accountant,
-        })
-    return Message(content=RecordDict({"site": ConfigRecord(record)}), reply_to=msg)
+        per_round = _report(plan, plan.steps_per_epoch * cfg.local_epochs)
+    record = IdentityReply(site.name, data.manifest, data.num_examples, per_round).fields()
+    return Message(content=RecordDict({SITE_RECORD: ConfigRecord(record)}), reply_to=msg)
 
 
 def reference(msg: Message, context: Context) -> Message:
     """Take part in (or decline) the secure sum of noised reference histograms (:mod:`federation.reference_share`)."""
 
     def local() -> LocalData:
-        cfg = TrainConfig.from_record(msg.content.config_records["config"])
-        data = _site_data(SiteIdentity.from_context(context, cfg), cfg)
-        return LocalData(SiteIdentity.from_context(context, cfg).name, data.manifest, data.features)
+        cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
+        site = SiteIdentity.from_context(context, cfg)
+        data = _site_data(site, cfg)
+        return LocalData(site.name, data.manifest, data.features)
 
     return share_reference(msg, context, local)
 

@@ -35,6 +35,7 @@ from flwr.common.serde_utils import error_to_proto
 
 from client import logger
 from client.config import site_name
+from federation.protocol import CONFIG_RECORD, round_of
 from lifecycle.errors import StateError, VerificationError
 from lifecycle.settings import get_settings
 
@@ -67,9 +68,10 @@ def _line_hash(entry: dict[str, Any]) -> str:
 
 
 def _round_of(msg: Message) -> int | None:
-    config = msg.content.config_records.get("config") if msg.has_content() else None
-    if config is not None and "server-round" in config:
-        return int(config["server-round"])  # type: ignore[arg-type]
+    config = msg.content.config_records.get(CONFIG_RECORD) if msg.has_content() else None
+    server_round = round_of(config) if config is not None else None
+    if server_round is not None:
+        return server_round
     group = str(msg.metadata.group_id)
     return int(group) if group.isdigit() else None
 

@@ -1,9 +1,10 @@
-"""What the coordinator asks a site to do in one round, read from the message.
+"""Who the site is and where its data lives (node config); the round's instructions it receives.
 
-The coordinator sends a Flower ``ConfigRecord`` with hyphenated keys (Flower's
-run-config convention). Parsing it into a frozen dataclass in one place means
-a missing or mistyped key fails at the site with a clear message rather than
-as a ``KeyError`` deep in training.
+The instructions themselves are :class:`federation.protocol.TrainConfig`
+(re-exported here): the typed contract both sides speak, parsed in one place
+so a missing or mistyped key fails at the site with a message naming it.
+The name a site reports (:func:`site_name`) is only a claim: the coordinator
+binds every reply to the site's enrolled identity (``coordinator.identity``).
 """
 
 from __future__ import annotations
@@ -13,65 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 
-from lifecycle.architecture import ModelSpec
+from federation.protocol import TrainConfig
 from lifecycle.errors import ConfigurationError
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One round's training instructions."""
-
-    server_round: int
-    total_rounds: int
-    local_epochs: int
-    batch_size: int
-    lr: float
-    dp_epsilon: float
-    dp_delta: float
-    max_grad_norm: float
-    features: tuple[str, ...]
-    target: str
-    spec: ModelSpec
-    seed: int
-    data_dir: str = ""
-    labels: tuple[str, ...] = ()
-    device: str = "cpu"  # the run's ``site-device``; a site's node config ``device`` wins (client.device)
-
-    @property
-    def dp_enabled(self) -> bool:
-        return self.dp_epsilon > 0
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord) -> TrainConfig:
-        def get(key: str) -> Any:
-            if key not in record:
-                raise ConfigurationError(f"round configuration lacks '{key}'; coordinator and site versions differ")
-            return record[key]
-
-        features = tuple(str(f) for f in get("features"))
-        return cls(
-            server_round=int(get("server-round")),
-            total_rounds=int(get("total-rounds")),
-            local_epochs=int(get("local-epochs")),
-            batch_size=int(get("batch-size")),
-            lr=float(get("lr")),
-            dp_epsilon=float(get("dp-epsilon")),
-            dp_delta=float(get("dp-delta")),
-            max_grad_norm=float(get("max-grad-norm")),
-            features=features,
-            target=str(get("target")),
-            spec=ModelSpec(
-                in_features=len(features),
-                num_classes=int(get("num-classes")),
-                hidden=tuple(int(h) for h in get("hidden")),
-            ),
-            seed=int(get("seed")),
-            data_dir=str(record.get("data-dir", "")),
-            labels=tuple(str(v) for v in record.get("labels", [])),  # type: ignore[union-attr]
-            device=str(record.get("device", "cpu")),
-        )
+__all__ = ["NODE_CONFIG_KEYS", "SiteIdentity", "TrainConfig", "site_name"]
 
 
 NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap", "device")

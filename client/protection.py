@@ -22,6 +22,7 @@ from collections.abc import Callable
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from federation.protocol import CLIP_NORM, CONFIG_RECORD, clip_norm_of
 from lifecycle.errors import AuthError
 from privacy.he import ckks_mod
 from privacy.he.instruction import HE_RECORD
@@ -34,7 +35,7 @@ MECHANISMS: dict[str, Callable[[Message, Context, ClientAppCallable], Message]] 
     HE_RECORD: ckks_mod,
 }
 REQUIRE_KEY = "require-secure-aggregation"
-CLIP_KEY = "clip-norm"
+CLIP_KEY = CLIP_NORM
 
 
 class UnprotectedUpdateRefused(AuthError):
@@ -63,13 +64,13 @@ def make_protection_mod(*, require_protection: bool) -> Mod:
 
 def clip_clear_update(msg: Message, reply: Message) -> Message:
     """Scale a clear reply's update ``local − global`` to the train config's ``clip-norm``, if it names one."""
-    config = msg.content.config_records.get("config")
-    if reply.has_error() or config is None or CLIP_KEY not in config or "arrays" not in reply.content:
+    config = msg.content.config_records.get(CONFIG_RECORD)
+    bound = clip_norm_of(config) if config is not None else None
+    if reply.has_error() or bound is None or "arrays" not in reply.content:
         return reply
     global_arrays = msg.content.array_records["arrays"]
-    clipped, norm = clip(model_delta(reply.content.array_records["arrays"], global_arrays),
-                         float(config[CLIP_KEY]))  # type: ignore[arg-type]
-    if norm <= float(config[CLIP_KEY]):  # type: ignore[arg-type]
+    clipped, norm = clip(model_delta(reply.content.array_records["arrays"], global_arrays), bound)
+    if norm <= bound:
         return reply
     base, layout = flatten(global_arrays)
     content = RecordDict(dict(reply.content.items()))

@@ -26,6 +26,7 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
+from coordinator.identity import site_identities
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
@@ -37,6 +38,7 @@ from coordinator.strategies.builder import StrategyStack, build_strategy
 from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.strategies.validation import audit_rejections
+from federation.protocol import TrainConfig
 from federation.tabular import DataSchema, TabularData, load_csv, load_schema
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from lifecycle.registry import Registry
@@ -51,17 +53,15 @@ def _log_observer(event: str, payload: Mapping[str, Any]) -> None:
 
 
 def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
-    return ConfigRecord(
-        {
-            "total-rounds": cfg.num_server_rounds, "local-epochs": cfg.local_epochs,
-            "batch-size": cfg.batch_size, "lr": cfg.lr, "dp-epsilon": cfg.dp_epsilon,
-            "dp-delta": cfg.dp_delta, "max-grad-norm": cfg.max_grad_norm,
-            "features": list(schema.features), "target": schema.target,
-            "num-classes": len(schema.labels), "labels": list(schema.labels), "hidden": list(cfg.hidden_sizes),
-            "seed": cfg.seed, "data-dir": cfg.data_dir, "device": cfg.site_device,
-            **({"he-secret-context": cfg.sim_he_secret_context} if cfg.sim_he_secret_context else {}),
-        }
-    )
+    """The sites' instructions (:class:`federation.protocol.TrainConfig`; each round sets its number)."""
+    return TrainConfig(
+        server_round=0, total_rounds=cfg.num_server_rounds, local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, dp_epsilon=cfg.dp_epsilon, dp_delta=cfg.dp_delta,
+        max_grad_norm=cfg.max_grad_norm, features=tuple(schema.features), target=schema.target,
+        spec=ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes), seed=cfg.seed,
+        data_dir=cfg.data_dir, labels=tuple(str(v) for v in schema.labels), device=cfg.site_device,
+        he_secret_context=cfg.sim_he_secret_context,
+    ).to_record()
 
 
 def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -> torch.nn.Module:
@@ -209,6 +209,7 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
 
 def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> ReferenceCollector:
     """Ask every site who it is before the first round, then securely sum their noised reference counts."""
+    run.run_ledger.identities = site_identities(grid, run.registry, run.run_ledger.run_id)
     identified = identify_sites(grid, train_config, run.run_ledger,
                                 expected=run.cfg.required_sites, timeout=run.cfg.round_timeout)
     run.observer("stage", {"stage": "identified", "sites": identified, "resumed_after": run.done})

@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.strategies.aggregation import AGGREGATIONS
+from federation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLIP_NORM,
+    DEFAULT_DEVICE,
+    DEFAULT_DP_DELTA,
+    DEFAULT_DP_EPSILON,
+    DEFAULT_HIDDEN,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_SEED,
+)
 from lifecycle.architecture import TRAINING_DEVICES
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
@@ -26,25 +38,25 @@ DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 5,
     "num-sites": 5,
     "min-sites": 0,  # 0: all num-sites must be connected and sampled
-    "local-epochs": 2,
-    "batch-size": 32,
-    "lr": 0.1,
-    "dp-epsilon": 3.0,
-    "dp-delta": 1e-5,
-    "max-grad-norm": 1.0,
-    "seed": 42,
-    "hidden": "32",
+    "local-epochs": DEFAULT_LOCAL_EPOCHS,
+    "batch-size": DEFAULT_BATCH_SIZE,
+    "lr": DEFAULT_LR,
+    "dp-epsilon": DEFAULT_DP_EPSILON,
+    "dp-delta": DEFAULT_DP_DELTA,
+    "max-grad-norm": DEFAULT_MAX_GRAD_NORM,
+    "seed": DEFAULT_SEED,
+    "hidden": DEFAULT_HIDDEN,
     "model-name": "breast-cancer",
     "data-dir": "",
     "watermark": "trigger-set",
     "aggregation": "fedavg",
     "secure-aggregation": "secagg+",
-    "clip-norm": 10.0,
+    "clip-norm": DEFAULT_CLIP_NORM,
     "max-weight": 10000.0,
     "site-epsilon": 0.0,
     "site-delta": 1e-5,
     "site-clip": 1.0,
-    "site-device": "cpu",  # where sites train: cpu, cuda or auto (client.device); a site's node config wins
+    "site-device": DEFAULT_DEVICE,  # where sites train: cpu, cuda or auto (client.device); a site's node config wins
     # ε of the drift reference: each site's histogram counts plus its discrete Gaussian share, securely
     # summed (federation.reference explains why 0.5 is enough for PSI/KS thresholds); 0 = no reference
     "reference-epsilon": 0.5,

@@ -4,7 +4,9 @@
 it in the foreground. Start order: CRL re-signed from the registry →
 SuperLink (loopback, TLS, node auth, persistent state) → wait for its Control
 API → register the node keys of active sites and unregister revoked ones →
-gateway on the public address. While running, node keys are re-synchronised
+gateway on the public address. The SuperLink's environment tells the
+ServerApps it runs to bind every site to the identity its node key was
+enrolled with (``coordinator.identity``). While running, node keys are re-synchronised
 (and the CRL refreshed when a day old) every ``sync_interval`` seconds, so
 ``fedguard site rotate|revoke`` in another shell reaches Flower's layer too;
 the gateway already enforces the new CRL at the next handshake.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 from coordinator import logger
 from coordinator.gateway import Gateway, GatewayTls
+from coordinator.identity import IDENTITY_ENV
 from coordinator.provisioning import FederationConfig, FederationLayout, SiteRegistry
 from coordinator.superlink import (
     LOOPBACK,
@@ -61,8 +64,9 @@ class CoordinatorService:
         else:
             self.sites.write_crl()  # from the registry: a crash between a revoke's commit and its CRL heals here
         argv = superlink_argv(self.layout, self.config, insecure=self.insecure, extra=self.superlink_extra)
-        self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log",
-                                        {**flower_env(self.layout, self.base_env), **self.superlink_env}).start()
+        env = {**flower_env(self.layout, self.base_env), IDENTITY_ENV: "reported" if self.insecure else "enrolled",
+               **self.superlink_env}  # the ServerApps it runs bind every site to its enrolled node key, or cannot
+        self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log", env).start()
         try:
             client = self._control = self._client()
             wait_ready(lambda: registered_keys(client), self.superlink)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Message
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 
 from coordinator.runtime_options import grid_poll_seconds
@@ -45,6 +46,9 @@ class ResponsiveGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:  # with the public key each node authenticated with
+        return self.inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)

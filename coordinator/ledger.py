@@ -8,7 +8,11 @@ independently (``privacy.ledger.guard``). After every aggregated round each
 participating site is charged, in the persistent ledger of the registry
 database, with exactly what the round cost it: the record-level DP-SGD steps
 it reports (σ, q, new steps) and, under site-level DP, one step of the
-site-level Gaussian mechanism.
+site-level Gaussian mechanism, computed by
+:func:`privacy.ledger.charges.round_charges` (the very function of the
+site's veto). Every charge keys on the site's *enrolled* identity
+(:mod:`coordinator.identity`), never on the name a reply carries: a node
+whose reported name is not its own is refused for the run and never charged.
 
 Charges are idempotent per (site, manifest, run, round, kind), so a restarted
 coordinator re-recording a round does not double count.
@@ -25,70 +29,90 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator import logger
+from coordinator.identity import SiteIdentities
+from federation.protocol import CONFIG_RECORD, IdentityReply, ProtocolError, SiteReply, identity_query
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
-from privacy.site_dp import SiteDPPlan
+from privacy.ledger.charges import DPReport, SiteLevelReport, round_charges
+from privacy.site_dp import SITE_RECORD, SiteDPPlan
 
 
 @dataclass
 class RunLedger:
-    """Charges of one run; ``nodes`` maps Flower node ids to the site names they reported."""
+    """Charges of one run; ``nodes`` maps Flower node ids to their sites' enrolled identities.
+
+    ``identities`` (bound by the identify phase; until then the reported
+    names) decides which name a node's contributions are charged to, and
+    which nodes are refused for the run.
+    """
 
     ledger: PrivacyLedger
     run_id: str
     site_plan: SiteDPPlan | None = None
+    identities: SiteIdentities = field(default_factory=lambda: SiteIdentities("reported"))
     nodes: dict[int, str] = field(default_factory=dict)
     manifests: dict[str, str] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     per_round: dict[str, dict[str, GaussianHistory]] = field(default_factory=dict)
 
-    def learn(self, node_id: int, site: ConfigRecord) -> None:
-        """Map a node to its site and the per-round cost it declared (the pre-run identity query)."""
-        name, manifest = str(site["name"]), str(site["manifest"])
+    def verify(self, node_id: int, reported: str | None) -> str | None:
+        """The enrolled name ``node_id`` contributes under, or None: refused for the run (see ``identities``)."""
+        return self.identities.verify(node_id, reported)
+
+    def enrolled(self, node_id: int) -> str | None:
+        """The node's enrolled identity (deployment, simulation), else the name it was identified under."""
+        return self.identities.enrolled(node_id) or self.nodes.get(node_id)
+
+    def refused(self, node_id: int) -> bool:
+        """Whether ``node_id`` was refused for the run (it must be left out of every round)."""
+        return self.identities.refused(node_id)
+
+    def learn(self, node_id: int, name: str, site: IdentityReply) -> None:
+        """Map a node to its enrolled site and the per-round cost it declared (the pre-run identity query)."""
         self.nodes[node_id] = name
-        self.manifests[name] = manifest
+        self.manifests[name] = site.manifest
         costs: dict[str, GaussianHistory] = {}
-        if "noise-multiplier" in site and "steps-per-round" in site:
-            costs["record"] = GaussianHistory(
-                float(site["noise-multiplier"]), float(site["sample-rate"]),  # type: ignore[arg-type]
-                int(site["steps-per-round"]), float(site["delta"]), str(site.get("accountant", "rdp")),  # type: ignore[arg-type]
-            )
+        if site.plan is not None:
+            costs["record"] = site.plan.history()
         if self.site_plan is not None:
             costs["site"] = self.site_plan.history(1)
         self.per_round[name] = costs
 
     def record_round(self, server_round: int, replies: list[Message]) -> None:
-        """Charge each site that contributed to ``server_round`` (already released: not enforced)."""
+        """Charge each site that contributed to ``server_round`` (already released: not enforced).
+
+        Each reply is charged to its node's enrolled identity; a reply that
+        names another site is never charged (the tracker refused it before
+        aggregation already).
+        """
         for reply in replies:
-            site = reply.content.config_records.get("site")
-            if site is None or "name" not in site or "manifest" not in site:
+            try:
+                site = SiteReply.of(reply)
+            except ProtocolError as exc:
+                logger.warning("privacy ledger: node %d sent a malformed site record (%s); not charged",
+                               reply.metadata.src_node_id, exc)
                 continue
-            name, manifest = str(site["name"]), str(site["manifest"])
+            name = self.verify(reply.metadata.src_node_id, site.name) if site is not None else None
+            if site is None or name is None:
+                continue
             self.nodes[reply.metadata.src_node_id] = name
-            self.manifests[name] = manifest
-            charges = self._charges(server_round, name, manifest, site)
+            self.manifests[name] = site.manifest
+            charges = self._charges(server_round, name, site)
             for charge in charges:
                 self.ledger.record(charge, actor="coordinator", enforce=False)
             self.per_round[name] = {c.kind: c.history() for c in charges}
 
-    def _charges(self, server_round: int, name: str, manifest: str, site: ConfigRecord) -> list[Charge]:
-        charges = []
-        if "noise-multiplier" in site and "steps" in site:
-            total = int(site["steps"])  # type: ignore[arg-type]
-            new = total - self.steps.get(name, 0)
-            self.steps[name] = total
-            if new > 0:
-                charges.append(Charge(
-                    name, manifest, self.run_id, server_round, "record", float(site["noise-multiplier"]),  # type: ignore[arg-type]
-                    float(site["sample-rate"]), new, float(site["delta"]),  # type: ignore[arg-type]
-                    str(site.get("accountant", "rdp")),
-                ))
-        if self.site_plan is not None:
-            c = self.site_plan.config
-            charges.append(Charge(name, manifest, self.run_id, server_round, "site",
-                                  self.site_plan.noise_multiplier, c.sample_rate, 1, c.delta, c.accountant))
+    def _charges(self, server_round: int, name: str, site: SiteReply) -> list[Charge]:
+        """:func:`privacy.ledger.charges.round_charges`, the site's veto's function, with this run's plan."""
+        plan = self.site_plan
+        level = None if plan is None else SiteLevelReport(
+            plan.noise_multiplier, plan.config.sample_rate, plan.config.delta, plan.config.accountant)
+        report = DPReport(name, site.manifest, site.dp, level)
+        charges = round_charges(report, run_id=self.run_id, server_round=server_round,
+                                record_steps_before=self.steps.get(name, 0), site_sampling="aggregated")
+        if site.dp is not None:
+            self.steps[name] = site.dp.steps
         return charges
-
     def over_cap(self, node_id: int) -> bool:
         """Whether the site behind ``node_id`` would exceed a cap with another round like its last."""
         name = self.nodes.get(node_id)
@@ -120,10 +144,12 @@ def identify_sites(
     grid: Grid, config: ConfigRecord, run_ledger: RunLedger, *, expected: int, timeout: float,
     on_site: Callable[[ConfigRecord], None] | None = None,
 ) -> int:
-    """Ask every connected site for its identity (a QUERY message); return how many answered.
+    """Ask every connected site for its identity (a QUERY message); return how many were identified.
 
-    Waits up to ``timeout`` seconds for ``expected`` sites to connect.
-    ``on_site`` also receives each answering site's record (the reference
+    Waits up to ``timeout`` seconds for ``expected`` sites to connect. A
+    node whose reported name is not its enrolled identity is refused for
+    the run (``run_ledger.identities``) and left out of what follows.
+    ``on_site`` also receives each identified site's record (the reference
     histograms are collected that way).
     """
     deadline = time.monotonic() + timeout
@@ -131,19 +157,28 @@ def identify_sites(
     while len(node_ids) < expected and time.monotonic() < deadline:
         time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
-    query = ConfigRecord({**dict(config), "server-round": 0})
+    query = identity_query(config)
     messages = [
-        Message(RecordDict({"config": query}), dst_node_id=node, message_type=MessageType.QUERY)
+        Message(RecordDict({CONFIG_RECORD: query}), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
     ]
     answered = 0
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        site = None if reply.has_error() else reply.content.config_records.get("site")
+        node = reply.metadata.src_node_id
+        site = None if reply.has_error() else reply.content.config_records.get(SITE_RECORD)
         if site is None:
-            logger.warning("site identity query: node %d did not answer (%s)", reply.metadata.src_node_id,
+            logger.warning("site identity query: node %d did not answer (%s)", node,
                            reply.error.reason if reply.has_error() else "no site record")
             continue
-        run_ledger.learn(reply.metadata.src_node_id, site)
+        try:
+            identity = IdentityReply.from_record(site)
+        except ProtocolError as exc:
+            logger.warning("site identity query: node %d answered a malformed record (%s)", node, exc)
+            continue
+        name = run_ledger.verify(node, identity.name)
+        if name is None:
+            continue
+        run_ledger.learn(node, name, identity)
         if on_site is not None:
             on_site(site)
         answered += 1

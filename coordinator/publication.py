@@ -2,7 +2,10 @@
 
 The coordinator publishes nothing it has not verified: the watermark must be
 detected on the final weights and the signature must verify from the stored
-artifact before the outcome is reported as a success.
+artifact before the outcome is reported as a success. The lineage it
+registers and signs names each site by its enrolled identity (the keys of
+``TrackedStrategy.sites``, bound by ``coordinator.identity``), never by a
+name a site reported about itself.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.strategies.tracked import SiteLedger
+from federation.protocol import bom_dp
 from federation.tabular import DataSchema, TabularData
 from lifecycle.architecture import ModelSpec
 from lifecycle.home import Home
@@ -102,8 +106,7 @@ def _site_level(plan: SiteDPPlan | None, site: SiteLedger) -> dict[str, Any]:
 
 def _record_level(site: SiteLedger) -> dict[str, Any]:
     """The site's DP-SGD parameters under the BOM's names (what determines its record-level ε)."""
-    names = {"noise-multiplier": "noise_multiplier", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm"}
-    return {names.get(k, k): v for k, v in site.dp.items()}
+    return bom_dp(site.dp)
 
 
 def training_section(

@@ -60,8 +60,9 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
@@ -79,6 +80,9 @@ CONFIG_KEY = "site-dp"
 
 SITE_RECORD = "site"
 """Name of the reply's ConfigRecord to which the mod adds the parameters it applied."""
+
+SITE_FIELDS_PREFIX = "site-dp-"
+"""Prefix of the applied parameters in the reply's ``"site"`` record (``site-dp-noise-multiplier``, …)."""
 
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
@@ -274,6 +278,23 @@ def require_min_contributions(received: int, min_sites: int) -> None:
         )
 
 
+def _number(record: Mapping[str, Any], key: str) -> float:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"the 'site-dp' field '{key}' is {value!r}, not a number")
+    return float(value)
+
+
+def _optional_number(record: Mapping[str, Any], key: str) -> float | None:
+    return None if record.get(key) is None else _number(record, key)
+
+
+def planned_rounds(record: Mapping[str, Any]) -> int:
+    """The planned number of rounds T a ``"site-dp"`` instruction record declares (0 when it declares none)."""
+    value = record.get("rounds", 0)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 @dataclass(frozen=True)
 class SiteDPInstructions:
     """What a site reads from the ``"site-dp"`` ConfigRecord."""
@@ -288,23 +309,21 @@ class SiteDPInstructions:
     frozen_keys: tuple[str, ...] = ()
 
     @classmethod
-    def from_record(cls, record: ConfigRecord) -> SiteDPInstructions:
-        """Parse and check; refuses a noise level below what the declared σ needs."""
-        def opt(key: str) -> float | None:
-            value = record.get(key)
-            return None if value is None else float(value)  # type: ignore[arg-type]
-
-        if "clip-norm" not in record or "noise-std" not in record:
-            raise ConfigurationError("the 'site-dp' record needs 'clip-norm' and 'noise-std'")
-        min_sites = opt("min-sites")
-        frozen = record.get("frozen-keys", [])
+    def from_record(cls, record: Mapping[str, Any], prefix: str = "") -> SiteDPInstructions:
+        """Parse and check (``prefix``: the keys' prefix); refuses a noise level below what the declared σ needs."""
+        if f"{prefix}clip-norm" not in record or f"{prefix}noise-std" not in record:
+            raise ConfigurationError(f"the 'site-dp' record needs '{prefix}clip-norm' and '{prefix}noise-std'")
+        min_sites = _optional_number(record, f"{prefix}min-sites")
+        frozen = record.get(f"{prefix}frozen-keys", [])
+        accountant = record.get(f"{prefix}accountant", "rdp")
         found = cls(
-            clip_norm=float(record["clip-norm"]),  # type: ignore[arg-type]
-            noise_std=float(record["noise-std"]),  # type: ignore[arg-type]
-            noise_multiplier=opt("noise-multiplier"),
+            clip_norm=_number(record, f"{prefix}clip-norm"),
+            noise_std=_number(record, f"{prefix}noise-std"),
+            noise_multiplier=_optional_number(record, f"{prefix}noise-multiplier"),
             min_sites=None if min_sites is None else int(min_sites),
-            sample_rate=opt("sample-rate"), delta=opt("delta"),
-            accountant=str(record.get("accountant", "rdp")),
+            sample_rate=_optional_number(record, f"{prefix}sample-rate"),
+            delta=_optional_number(record, f"{prefix}delta"),
+            accountant=str(accountant),
             frozen_keys=tuple(str(k) for k in frozen) if isinstance(frozen, list) else (),
         )
         if found.clip_norm <= 0 or not math.isfinite(found.clip_norm):
@@ -320,16 +339,24 @@ class SiteDPInstructions:
                 )
         return found
 
+    @classmethod
+    def from_site_fields(cls, fields: Mapping[str, Any]) -> SiteDPInstructions | None:
+        """What :meth:`site_fields` added to a reply's ``"site"`` record, read back; None without them."""
+        if f"{SITE_FIELDS_PREFIX}noise-std" not in fields:
+            return None
+        return cls.from_record(fields, SITE_FIELDS_PREFIX)
+
     def site_fields(self) -> dict[str, float | int | str | bool]:
         """The parameters applied, as added to the reply's ``"site"`` record."""
+        p = SITE_FIELDS_PREFIX
         fields: dict[str, float | int | str | bool] = {
-            "site-dp-clip-norm": self.clip_norm, "site-dp-noise-std": self.noise_std,
-            "site-dp-accountant": self.accountant, "site-dp-secure-seed": True,
+            f"{p}clip-norm": self.clip_norm, f"{p}noise-std": self.noise_std,
+            f"{p}accountant": self.accountant, f"{p}secure-seed": True,
         }
         for key, value in (("noise-multiplier", self.noise_multiplier), ("min-sites", self.min_sites),
                            ("sample-rate", self.sample_rate), ("delta", self.delta)):
             if value is not None:
-                fields[f"site-dp-{key}"] = value
+                fields[f"{p}{key}"] = value
         return fields
 
 

@@ -12,6 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from federation.defaults import (
+    DEFAULT_CLIP_NORM,
+    DEFAULT_DP_DELTA,
+    DEFAULT_DP_EPSILON,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_SEED,
+)
+
 SECURE_RNG_NOTE = (
     "note: Opacus' secure RNG is OFF (torchcsprng is not installed): DP noise comes from torch's "
     "default PRNG — fine for research, not a cryptographic guarantee"
@@ -78,18 +87,18 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
 def simulate(
     sites: Annotated[int, typer.Option("--sites", help="Number of virtual sites.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for split, init and sampling.")] = 42,
-    dp_epsilon: Annotated[float, typer.Option("--dp-epsilon", help="Per-site record-level ε for the whole run (0: no DP).")] = 3.0,
-    dp_delta: Annotated[float, typer.Option("--dp-delta", help="Per-site δ.")] = 1e-5,
-    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-example clipping norm.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for split, init and sampling.")] = DEFAULT_SEED,
+    dp_epsilon: Annotated[float, typer.Option("--dp-epsilon", help="Per-site record-level ε for the whole run (0: no DP).")] = DEFAULT_DP_EPSILON,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="Per-site δ.")] = DEFAULT_DP_DELTA,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-example clipping norm.")] = DEFAULT_MAX_GRAD_NORM,
     alpha: Annotated[float, typer.Option("--alpha", help="Dirichlet α of the non-IID split.")] = 0.5,
     dataset: Annotated[str, typer.Option("--dataset", help="breast-cancer, digits or wine.")] = "breast-cancer",
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = 2,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = DEFAULT_LOCAL_EPOCHS,
     model_name: Annotated[str, typer.Option("--model-name", help="Registry name (default: the dataset).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
-    clip_norm: Annotated[float, typer.Option("--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = 10.0,
+    clip_norm: Annotated[float, typer.Option("--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
     site_epsilon: Annotated[float, typer.Option("--site-epsilon", help="Site-level ε for the whole run (0: off).")] = 0.0,
     site_clip: Annotated[float, typer.Option("--site-clip", help="Site-level DP clipping bound C.")] = 1.0,
     cpus_per_site: Annotated[float, typer.Option("--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,

@@ -2,7 +2,10 @@
 
 The coordinator and sites run the exact ``ServerApp`` and ``ClientApp`` of a
 deployment; only the transport differs (Flower's in-memory grid and Ray
-actors instead of gRPC). Each virtual site reads its own CSV, as a hospital
+actors instead of gRPC). What node authentication is in a deployment, the
+engine's own node ids are here: virtual site ``i`` is the engine's node of
+partition ``i`` and its identity is ``site-<i>`` (``coordinator.identity``),
+whatever name its agent reports. Each virtual site reads its own CSV, as a hospital
 would read its export, so data validation and manifests are exercised too.
 """
 
@@ -14,21 +17,33 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flwr.clientapp.typing import Mod
 from sklearn.model_selection import train_test_split
 
 from coordinator.app import Observer, make_server_app
 from coordinator.config import CoordinatorConfig
+from federation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLIP_NORM,
+    DEFAULT_DP_DELTA,
+    DEFAULT_DP_EPSILON,
+    DEFAULT_HIDDEN,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_SEED,
+)
+from federation.tabular import DataSchema, write_csv
 from lifecycle.architecture import ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.signing import ensure_signing_key
-from federation.tabular import DataSchema, write_csv
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
@@ -42,22 +57,22 @@ class SimulationConfig:
 
     sites: int = 5
     rounds: int = 5
-    seed: int = 42
-    dp_epsilon: float = 3.0
-    dp_delta: float = 1e-5
-    max_grad_norm: float = 1.0
+    seed: int = DEFAULT_SEED
+    dp_epsilon: float = DEFAULT_DP_EPSILON
+    dp_delta: float = DEFAULT_DP_DELTA
+    max_grad_norm: float = DEFAULT_MAX_GRAD_NORM
     alpha: float = 0.5
     dataset: str = "breast-cancer"
     test_fraction: float = 0.2
-    local_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.1
-    hidden: str = "32"
+    local_epochs: int = DEFAULT_LOCAL_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    hidden: str = DEFAULT_HIDDEN
     model_name: str = ""
     watermark: str = "trigger-set"
     aggregation: str = "fedavg"
     secure_agg: str = "secagg+"
-    clip_norm: float = 10.0
+    clip_norm: float = DEFAULT_CLIP_NORM
     site_epsilon: float = 0.0
     site_clip: float = 1.0
     cpus_per_site: float = 1.0
@@ -188,8 +203,9 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> 
 
 def _simulate(
     overrides: Mapping[str, Any], observer: Observer, outcome: dict[str, Any], cfg: SimulationConfig,
-    verbose: bool,
+    verbose: bool, *, mods: Sequence[Mod] = (),
 ) -> None:
+    """Run the engine; ``mods`` go into every virtual site's ClientApp (tests: a misbehaving site)."""
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
@@ -202,7 +218,7 @@ def _simulate(
     try:
         run_simulation(
             server_app=make_server_app(overrides, observer, outcome),
-            client_app=make_client_app(require_protection=cfg.secure_agg != "none"),
+            client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods),
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},

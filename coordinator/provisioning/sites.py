@@ -69,6 +69,19 @@ class SiteInfo:
     revoked_at: datetime | None
 
 
+def node_keys(registry: Registry) -> list[tuple[str, bool, str]]:
+    """``(site, active, node public key PEM)`` for every credential ``registry`` ever issued.
+
+    The ServerApp reads it too (``coordinator.identity``): it needs no federation layout.
+    """
+    with Session(registry.engine) as session:
+        rows = session.exec(select(SiteCredential, FederationSite)
+                            .where(SiteCredential.site_id == FederationSite.id)
+                            .order_by(col(SiteCredential.id))).all()
+        return [(site.name, credential.status == ACTIVE and site.status == ACTIVE, credential.node_public_key)
+                for credential, site in rows]
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -184,12 +197,7 @@ class SiteRegistry:
 
     def node_keys(self) -> list[tuple[str, bool, str]]:
         """``(site, active, node public key PEM)`` for every credential ever issued."""
-        with Session(self.registry.engine) as session:
-            rows = session.exec(select(SiteCredential, FederationSite)
-                                .where(SiteCredential.site_id == FederationSite.id)
-                                .order_by(col(SiteCredential.id))).all()
-            return [(site.name, credential.status == ACTIVE and site.status == ACTIVE, credential.node_public_key)
-                    for credential, site in rows]
+        return node_keys(self.registry)
 
     def credential_state(self, serial: str) -> tuple[str, str] | None:
         """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it."""

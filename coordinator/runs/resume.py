@@ -18,7 +18,7 @@ charged in the site's own ledger (conservative, as for any failed round).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from coordinator.runs import run_dir
 from coordinator.runs.checkpoint import Checkpoint
 from coordinator.runs.progress import PROGRESS, ProgressLog
 from coordinator.strategies.tracked import SiteLedger, TrackedStrategy
-from privacy.accountants import GaussianHistory
+from federation.protocol import lineage_report, with_steps
 
 
 @dataclass
@@ -79,12 +79,12 @@ class RunState:
         """
         base = self._restored.get(name)
         dp = site.dp
-        if base is None or dp is base or "steps" not in base or "steps" not in dp or "noise-multiplier" not in dp:
+        if base is None or dp is base:
             return dp
-        steps = int(base["steps"]) + int(dp["steps"])
-        history = GaussianHistory(float(dp["noise-multiplier"]), float(dp["sample-rate"]), steps,
-                                  float(dp["delta"]), str(dp.get("accountant", "rdp")))
-        return {**dp, "steps": steps, "epsilon": history.epsilon()}
+        before, now = lineage_report(base), lineage_report(dp)
+        if before is None or now is None:
+            return dp
+        return with_steps(dp, replace(now, steps=before.steps + now.steps))
 
     def save(self, server_round: int, arrays: ArrayRecord, tracked: TrackedStrategy,
              history: list[dict[str, Any]]) -> None:

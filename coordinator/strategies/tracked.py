@@ -5,23 +5,42 @@ fails (the run still "succeeds" with the old weights). fedguard wraps the
 chosen strategy: a round that aggregates nothing raises :class:`TrainingError`
 with the sites' reasons, and each valid reply's ``site`` record (name, data
 manifest, ε spent, DP parameters: public metadata, never the update) is kept
-for the ML-BOM and the registry. The wrapper sits outermost, so it sees the
-sites' replies whatever protection (secure aggregation, CKKS) sits inside.
+for the ML-BOM and the registry, under the site's *enrolled* identity
+(``identify``, :meth:`coordinator.ledger.RunLedger.verify`): a reply whose
+reported name is not its node's identity is refused before aggregation (an
+error reply, code :data:`IDENTITY_REFUSED`: secure aggregation treats the site
+as dropped) and never enters the lineage. The wrapper sits outside the
+protection layers, so it sees the sites' replies whatever protection (secure
+aggregation, CKKS) sits inside.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Error, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
 from coordinator.strategies.validation import UPDATE_REJECTED
+from federation.protocol import METRICS_RECORD, ProtocolError, SiteReply, TrainMetrics
 from lifecycle.errors import TrainingError
 from privacy.strategy_wrapper import StrategyWrapper
+
+IDENTITY_REFUSED = 4002
+"""Error code of a reply refused because its node is not the site it names (``coordinator.identity``)."""
+
+
+class Identities(Protocol):
+    """Who each node is (:class:`coordinator.ledger.RunLedger` answers from ``coordinator.identity``)."""
+
+    def verify(self, node_id: int, reported: str | None) -> str | None:
+        """The identity to credit ``node_id``'s reply naming ``reported`` to; None: refused for the run."""
+
+    def enrolled(self, node_id: int) -> str | None:
+        """The node's enrolled identity, when it has one (nothing is refused by asking)."""
 
 
 @dataclass
@@ -54,21 +73,23 @@ class TrackedStrategy(StrategyWrapper):
 
     def __init__(
         self, inner: Strategy, *, on_round: Callable[[RoundReport], None] | None = None,
-        on_aggregated: Callable[[int, list[Message]], None] | None = None,
+        on_aggregated: Callable[[int, list[Message]], None] | None = None, identities: Identities | None = None,
     ) -> None:
         super().__init__(inner)
         self.on_aggregated = on_aggregated
+        self.identities = identities
         self.sites: dict[str, SiteLedger] = {}
+        self._names: dict[int, str] = {}  # node id → the identity its replies are credited to
         self.on_round = on_round
         self.rounds_aggregated = 0
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = [self._screen(server_round, m) for m in replies]
         failed = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
         rejected = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies
-                    if m.has_error() and m.error.code == UPDATE_REJECTED]
+                    if m.has_error() and m.error.code in (UPDATE_REJECTED, IDENTITY_REFUSED)]
         succeeded = [self._record(m) for m in replies if not m.has_error()]
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, replies)
@@ -102,26 +123,50 @@ class TrackedStrategy(StrategyWrapper):
         self.rounds_aggregated -= 1
         logger.info("round %d: an aggregate rejected by the guard is not counted as a model round", server_round)
 
+    def enrolled_name(self, node_id: int) -> str | None:
+        """The identity a node's contributions are credited to (None: refused, or not known yet)."""
+        if node_id in self._names:
+            return self._names[node_id]
+        return self.identities.enrolled(node_id) if self.identities is not None else None
+
+    def _screen(self, server_round: int, message: Message) -> Message:
+        """``message``, or an error reply when its site record is malformed or names another site."""
+        if message.has_error():
+            return message
+        node = int(message.metadata.src_node_id)
+        try:
+            site = SiteReply.of(message)
+        except ProtocolError as exc:
+            logger.warning("round %d: node %d sent a malformed site record: %s", server_round, node, exc)
+            return _refused(message, str(exc))
+        reported = site.name if site is not None else None
+        name = self.identities.verify(node, reported) if self.identities is not None else (reported or f"node-{node}")
+        if name is None:
+            return _refused(message, "refused: the reply names a site that is not this node's enrolled identity")
+        self._names[node] = name
+        return message
+
     def _record(self, message: Message) -> str:
         content = message.content
-        site = content.config_records.get("site")
-        name = str(site["name"]) if site is not None else f"node-{message.metadata.src_node_id}"
+        node = int(message.metadata.src_node_id)
+        site = SiteReply.of(message)  # well formed: screened
+        name = self._names[node]
         ledger = self.sites.setdefault(name, SiteLedger(name))
         ledger.rounds += 1
-        metrics = content.metric_records.get("metrics")
+        metrics = content.metric_records.get(METRICS_RECORD)
         if metrics is not None:
-            ledger.num_examples = int(metrics["num-examples"])  # type: ignore[arg-type]
+            ledger.num_examples = TrainMetrics.num_examples_of(metrics)
         if site is not None:
-            ledger.manifest = str(site.get("manifest", ""))
-            ledger.secure_rng = bool(site.get("secure-rng", False))
-            ledger.device = str(site.get("device", ""))
-            ledger.dp = {
-                key: site[key] for key in
-                ("epsilon", "delta", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "accountant",
-                 "clipping")
-                if key in site
-            }
-            ledger.site_dp = {
-                key.removeprefix("site-dp-"): site[key] for key in site.keys() if key.startswith("site-dp-")
-            }
+            ledger.manifest = site.manifest
+            ledger.secure_rng = site.secure_rng
+            ledger.device = site.device
+            ledger.dp = site.lineage_dp()
+            ledger.site_dp = dict(site.site_dp)
         return name
+
+
+def _refused(message: Message, reason: str) -> Message:
+    """An error reply in place of ``message`` (same metadata), as Flower records a failed node."""
+    build: Any = Message  # the metadata-keeping constructor is not in Flower's typed overloads
+    reply: Message = build(metadata=message.metadata, error=Error(code=IDENTITY_REFUSED, reason=reason))
+    return reply

@@ -47,6 +47,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
+from federation.protocol import CLIP_NORM, ProtocolError, SiteReply
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry
@@ -59,7 +60,7 @@ UPDATE_REJECTED = 4001
 """Error code of a reply the coordinator rejected (outside Flower's own ``ErrorCode`` range)."""
 REJECTED_PREFIX = "update rejected by the coordinator: "
 MODES = ("none", "secagg+", "ckks")
-CLIP_KEY = "clip-norm"
+CLIP_KEY = CLIP_NORM
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,17 @@ def _check_encrypted(reply: Message, global_arrays: ArrayRecord) -> str | None:
     return None
 
 
-def _site_name(reply: Message) -> str:
-    site = reply.content.config_records.get("site")
-    return str(site["name"]) if site is not None and "name" in site else f"node-{reply.metadata.src_node_id}"
+def _site_name(reply: Message, enrolled: Callable[[int], str | None] | None = None) -> str:
+    """Who sent ``reply``: its node's enrolled identity when known (``coordinator.identity``), else its claim."""
+    node = int(reply.metadata.src_node_id)
+    name = enrolled(node) if enrolled is not None else None
+    if name is not None:
+        return name
+    try:
+        site = SiteReply.of(reply)
+    except ProtocolError:
+        site = None
+    return site.name if site is not None else f"node-{node}"
 
 
 class UpdateValidationStrategy(StrategyWrapper):
@@ -197,7 +206,8 @@ class UpdateValidationStrategy(StrategyWrapper):
             reason = f"malformed reply ({type(exc).__name__})"
         if reason is None:
             return reply
-        rejection = Rejection(server_round, int(reply.metadata.src_node_id), _site_name(reply), reason)
+        rejection = Rejection(server_round, int(reply.metadata.src_node_id),
+                              _site_name(reply, getattr(self.inner, "enrolled_name", None)), reason)
         self.rejections.append(rejection)
         logger.warning("round %d: rejected the update of %s (node %d): %s", server_round, rejection.site,
                        rejection.node_id, reason)

@@ -42,12 +42,13 @@ from lifecycle.errors import ConfigurationError, FedguardError
 from lifecycle.settings import get_settings
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import ANY, Charge, PrivacyBudgetExceeded, PrivacyLedger, Projection
+from privacy.ledger.charges import LEDGER_EPSILON, SITE_SAMPLING, DPReport, round_charges
 from privacy.ledger.factory import SiteLedger
+from privacy.site_dp import CONFIG_KEY, SITE_RECORD, planned_rounds
 
 logger = logging.getLogger("fedguard.privacy")
 
 UNKNOWN_MANIFEST = "unknown"
-SITE_SAMPLING = ("declared", "participation")
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
@@ -137,43 +138,33 @@ def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
 
 def _round_of(msg: Message) -> int:
     config = msg.content.config_records.get("config")
-    if config is not None and "server-round" in config:
-        return int(config["server-round"])  # type: ignore[arg-type]
+    value = config.get("server-round") if config is not None else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     if str(msg.metadata.group_id).isdigit():
         return int(msg.metadata.group_id)
     raise ConfigurationError("the train message names no server round; the site cannot account for it")
 
 
 def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampling: str) -> list[Charge]:
-    """The charges a reply would incur, from its ``"site"`` record (and the message's ``"site-dp"``)."""
-    site = reply.content.config_records["site"]
-    name, manifest = str(site["name"]), str(site["manifest"])
+    """The charges a reply would incur, from its DP report (the ``"site"`` record; the message's ``"site-dp"``).
+
+    The computation is :func:`privacy.ledger.charges.round_charges`, the very one the coordinator's
+    ledger runs; only the steps already charged come from this site's own ledger.
+    """
+    report = DPReport.from_fields(reply.content.config_records[SITE_RECORD])
+    if report is None:
+        raise ConfigurationError("the reply names no site and manifest, so its privacy cannot be charged")
     run_id, rnd = str(msg.metadata.run_id), _round_of(msg)
     # A second train message for a round (the coordinator's retry of a rejected aggregate) is a second
     # release: charged under −round, as the coordinator does (coordinator.strategies.aggregate_guard).
-    if any(c.run_id == run_id and c.round == rnd for c in ledger.charges(name, manifest)):
+    if any(c.run_id == run_id and c.round == rnd for c in ledger.charges(report.site, report.manifest)):
         rnd = -rnd
-    charges = []
-    if "noise-multiplier" in site and "steps" in site:  # record-level DP-SGD: cumulative steps this run
-        before = sum(c.steps for c in ledger.charges(name, manifest, "record") if c.run_id == run_id)
-        new = int(site["steps"]) - before  # type: ignore[arg-type]
-        if new > 0:
-            charges.append(Charge(name, manifest, run_id, rnd, "record", float(site["noise-multiplier"]),  # type: ignore[arg-type]
-                                  float(site["sample-rate"]), new, float(site["delta"]),  # type: ignore[arg-type]
-                                  str(site.get("accountant", "rdp"))))
-    if "site-dp-noise-multiplier" in site:
-        sigma = float(site["site-dp-noise-multiplier"])  # type: ignore[arg-type]
-        delta = float(site.get("site-dp-delta", 1e-5))  # type: ignore[arg-type]
-        accountant = str(site.get("site-dp-accountant", "rdp"))
-        if site_sampling == "declared":
-            planned = int(msg.content.config_records["site-dp"].get("rounds", 0))  # type: ignore[arg-type]
-            if planned < 1:
-                raise ConfigurationError("'site-dp' declares no planned rounds; cannot charge the run")
-            charges.append(Charge(name, manifest, run_id, 0, "site", sigma,
-                                  float(site["site-dp-sample-rate"]), planned, delta, accountant))  # type: ignore[arg-type]
-        else:
-            charges.append(Charge(name, manifest, run_id, rnd, "site", sigma, 1.0, 1, delta, accountant))
-    return charges
+    before = sum(c.steps for c in ledger.charges(report.site, report.manifest, "record") if c.run_id == run_id)
+    instructions = msg.content.config_records.get(CONFIG_KEY)
+    return round_charges(report, run_id=run_id, server_round=rnd, record_steps_before=before,
+                         site_sampling=site_sampling,
+                         planned_rounds=planned_rounds(instructions) if instructions is not None else 0)
 
 
 def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = default_site_ledger,
@@ -187,8 +178,8 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
     ``ledger-epsilon-record`` / ``ledger-epsilon-site`` (ε composed over all
     runs on this manifest) to the ``"site"`` record.
     """
-    if site_sampling not in SITE_SAMPLING:
-        raise ConfigurationError(f"site_sampling must be one of {SITE_SAMPLING}, got '{site_sampling}'")
+    if site_sampling not in SITE_SAMPLING or site_sampling == "aggregated":
+        raise ConfigurationError(f"site_sampling must be 'declared' or 'participation', got '{site_sampling}'")
 
     def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -196,20 +187,21 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        site: ConfigRecord | None = reply.content.config_records.get("site")
-        if site is None or "name" not in site or "manifest" not in site:
-            if "site-dp" in msg.content.config_records:
-                return _veto(msg, "the reply names no site and manifest, so its privacy cannot be charged",
-                             "site record missing")
-            return reply
+        site: ConfigRecord | None = reply.content.config_records.get(SITE_RECORD)
         try:
-            ledger = open_ledger(context, str(site["name"]))
+            report = DPReport.from_fields(site) if site is not None else None
+            if site is None or report is None:
+                if CONFIG_KEY in msg.content.config_records:
+                    return _veto(msg, "the reply names no site and manifest, so its privacy cannot be charged",
+                                 "site record missing")
+                return reply
+            ledger = open_ledger(context, report.site)
             charges = site_charges(msg, reply, ledger, site_sampling)
             for charge in charges:
                 ledger.record(charge, actor=f"site:{charge.site}", enforce=True)
             for kind in ("record", "site"):
                 if any(c.kind == kind for c in charges):
-                    site[f"ledger-epsilon-{kind}"] = ledger.spent(str(site["name"]), str(site["manifest"]), kind)
+                    site[f"{LEDGER_EPSILON}{kind}"] = ledger.spent(report.site, report.manifest, kind)
         except PrivacyBudgetExceeded as exc:
             return _veto(msg, f"site privacy budget: {exc}",
                          "the site refused the round: its local privacy budget would be exceeded")

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
+from client.supernode import SiteAgent
 from coordinator.runs.launch import events, flower_runs, progress_path
 from coordinator.runs.progress import size
 from lifecycle.home import Home
 from lifecycle.registry import Registry
+from lifecycle.registry.tables import AuditEvent
 from privacy.ledger import coordinator_ledger
 from privacy.ledger.factory import SiteLedger
 from tests.integration.deployment import Federation, prepare_sites
@@ -174,3 +177,34 @@ def test_site_killed_mid_round_round_completes_with_survivors(federation: tuple[
     outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
     assert outcome["dropouts"] == [{"round": 2, "sites": [f"site-{SITES - 1}"]}]
     assert outcome["secure_aggregation"] == "secagg+"
+
+
+def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Federation, Path],
+                                                          tmp_path: Path) -> None:
+    """Issue 12, point 2: enrolled as site-x, configured as site-0: refused, audited, site-0's ledger its own."""
+    fed, data = federation
+    impostor = SITES
+    fed.agents[impostor] = _claiming(fed, impostor, data / "site-0.csv", enrolled="site-x", claims="site-0")
+    try:
+        fed.wait_online({f"site-{i}" for i in range(SITES)} | {"site-x"})
+        run_id = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))["run_id"]
+        seen = _until(fed, run_id, lambda e: e["event"] == "done")
+    finally:
+        fed.kill_supernode(impostor)
+    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES, SITES]
+    charges = _charges(fed, run_id)
+    assert len(charges) == len(set(charges)) == SITES * 2 and ("site-0", 1, "record") in charges
+    registry = Registry.open(fed.settings)
+    assert not [c for c in coordinator_ledger(registry).charges("site-x") if c.run_id == run_id]
+    with registry.transaction() as session:
+        events = [e for e in session.exec(select(AuditEvent).where(AuditEvent.action == "site.identity-mismatch"))
+                  if json.loads(e.details_json)["run"] == run_id]
+    assert [(e.subject, json.loads(e.details_json)["enrolled"]) for e in events] == [("site-0", "site-x")]
+
+
+def _claiming(fed: Federation, index: int, data_path: Path, *, enrolled: str, claims: str) -> SiteAgent:
+    """``fedguard client start --bundle <enrolled>.bundle`` with ``site-name`` set to another site's name."""
+    flwr_home = fed.root / f"flwr-site-{index}"
+    agent = SiteAgent(fed.enroll(enrolled), {"site-name": claims, "data-path": str(data_path)},
+                      log_path=fed.root / "logs" / f"site-{index}.log", env=fed._env(flwr_home, fed.site_home(index)))
+    return agent.start()

@@ -1,0 +1,357 @@
+"""Every message between the sites and the coordinator, typed, with its defaults in one place.
+
+Flower carries fedguard's messages as ``ConfigRecord``/``MetricRecord``
+values with hyphenated keys (Flower's run-config convention). Each message
+is a frozen dataclass here with ``to_record()`` and ``from_record()``, so a
+key or a default is written once, and a missing or mistyped value fails
+where it arrives with a :class:`ProtocolError` naming the key, instead of a
+``KeyError`` (or a silent ``float('…')``) deep in training:
+
+==========================  =========================================  ====================
+message                     sent                                       record
+==========================  =========================================  ====================
+:class:`TrainConfig`        coordinator → site: train, evaluate, the   ``config``
+                            identity query (round 0)
+:class:`IdentityReply`      site → coordinator, before the first       ``site``
+                            round: who, which data, the DP cost of a
+                            round
+:class:`SiteReply`          site → coordinator, with every update      ``site``
+:class:`TrainMetrics`,      site → coordinator: the example weight,    ``metrics``
+:class:`EvaluateMetrics`    the losses
+==========================  =========================================  ====================
+
+The records of the privacy mechanisms keep their own typed messages in
+``privacy/`` (SecAgg+ stages, CKKS and site-level DP instructions), and so
+does the DP report inside the ``site`` record
+(:class:`privacy.ledger.charges.DPReport`), which the site's privacy ledger
+reads before anything else; :class:`SiteReply` composes it.
+
+What the ``name`` fields are worth: a site *reports* its name, the
+coordinator *binds* it to the identity it enrolled (``coordinator.identity``):
+a reply whose name is not its node's enrolled one is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MetricRecord
+
+from federation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLIP_NORM,
+    DEFAULT_DEVICE,
+    DEFAULT_DP_DELTA,
+    DEFAULT_DP_EPSILON,
+    DEFAULT_HIDDEN,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_SEED,
+)
+from lifecycle.architecture import ModelSpec
+from lifecycle.errors import ConfigurationError
+from privacy.he.mod import SECRET_CONTEXT_KEY
+from privacy.ledger.charges import LEDGER_EPSILON, MANIFEST, NAME, STEPS, DPReport, RecordLevelReport
+from privacy.site_dp import SITE_FIELDS_PREFIX, SITE_RECORD
+
+CONFIG_RECORD = "config"
+"""The instructions' record in a train, evaluate or query message."""
+METRICS_RECORD = "metrics"
+SERVER_ROUND = "server-round"
+"""Flower's strategies write each round's number under this key (``FedAvg.configure_train``)."""
+NUM_EXAMPLES = "num-examples"
+CLIP_NORM = "clip-norm"
+"""The L2 bound a clear update is clipped to and checked against (``coordinator.strategies.validation``)."""
+
+__all__ = [
+    "CLIP_NORM", "CONFIG_RECORD", "DEFAULT_BATCH_SIZE", "DEFAULT_CLIP_NORM", "DEFAULT_DEVICE", "DEFAULT_DP_DELTA",
+    "DEFAULT_DP_EPSILON", "DEFAULT_HIDDEN", "DEFAULT_LOCAL_EPOCHS", "DEFAULT_LR", "DEFAULT_MAX_GRAD_NORM",
+    "DEFAULT_SEED", "METRICS_RECORD", "NUM_EXAMPLES", "SERVER_ROUND", "EvaluateMetrics", "IdentityReply",
+    "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
+    "lineage_report", "round_of", "with_steps",
+]
+
+
+
+class ProtocolError(ConfigurationError):
+    """A message between site and coordinator lacks a key or holds a value of the wrong type."""
+
+
+def _value(record: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in record:
+        raise ProtocolError(f"the {what} lacks '{key}'; coordinator and site versions differ")
+    return record[key]
+
+
+def _wrong(key: str, value: Any, expected: str, what: str) -> ProtocolError:
+    return ProtocolError(f"the {what}'s '{key}' is {value!r}, not {expected}; coordinator and site versions "
+                         "differ or the message was altered")
+
+
+def _int(record: Mapping[str, Any], key: str, what: str) -> int:
+    value = _value(record, key, what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise _wrong(key, value, "an integer", what)
+    return int(value)
+
+
+def _float(record: Mapping[str, Any], key: str, what: str) -> float:
+    value = _value(record, key, what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise _wrong(key, value, "a number", what)
+    return float(value)
+
+
+def _str(record: Mapping[str, Any], key: str, what: str) -> str:
+    value = _value(record, key, what)
+    if not isinstance(value, str):
+        raise _wrong(key, value, "text", what)
+    return value
+
+
+def _list(record: Mapping[str, Any], key: str, kind: type, what: str) -> tuple[Any, ...]:
+    value = _value(record, key, what)
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise _wrong(key, value, f"a list of {kind.__name__}", what)
+    return tuple(value)
+
+
+def _labels(record: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
+    value = _value(record, key, what)
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise _wrong(key, value, "a list of class labels", what)
+    return tuple(str(v) for v in value)
+
+
+def _optional(record: Mapping[str, Any], key: str, read: Any, what: str, default: Any) -> Any:
+    return read(record, key, what) if key in record else default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One round's instructions (train, evaluate, and the identity query as round 0)."""
+
+    server_round: int
+    total_rounds: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    dp_epsilon: float
+    dp_delta: float
+    max_grad_norm: float
+    features: tuple[str, ...]
+    target: str
+    spec: ModelSpec
+    seed: int
+    data_dir: str = ""
+    labels: tuple[str, ...] = ()
+    device: str = DEFAULT_DEVICE  # the run's ``site-device``; a site's node config ``device`` wins (client.device)
+    he_secret_context: str = ""  # simulation only: where virtual sites find the shared CKKS secret context
+
+    WHAT = "round configuration"
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_epsilon > 0
+
+    def to_record(self) -> ConfigRecord:
+        """The ``config`` record (Flower's strategies overwrite ``server-round`` each round)."""
+        values: dict[str, Any] = {
+            SERVER_ROUND: self.server_round, "total-rounds": self.total_rounds, "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon, "dp-delta": self.dp_delta,
+            "max-grad-norm": self.max_grad_norm, "features": list(self.features), "target": self.target,
+            "num-classes": self.spec.num_classes, "labels": list(self.labels), "hidden": list(self.spec.hidden),
+            "seed": self.seed, "data-dir": self.data_dir, "device": self.device,
+        }
+        if self.he_secret_context:
+            values[SECRET_CONTEXT_KEY] = self.he_secret_context
+        return ConfigRecord(values)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """Parse the ``config`` record; :class:`ProtocolError` names the first missing or mistyped key."""
+        w = cls.WHAT
+        features = _list(record, "features", str, w)
+        return cls(
+            server_round=_int(record, SERVER_ROUND, w), total_rounds=_int(record, "total-rounds", w),
+            local_epochs=_int(record, "local-epochs", w), batch_size=_int(record, "batch-size", w),
+            lr=_float(record, "lr", w), dp_epsilon=_float(record, "dp-epsilon", w),
+            dp_delta=_float(record, "dp-delta", w), max_grad_norm=_float(record, "max-grad-norm", w),
+            features=features, target=_str(record, "target", w),
+            spec=ModelSpec(in_features=len(features), num_classes=_int(record, "num-classes", w),
+                           hidden=_list(record, "hidden", int, w)),
+            seed=_int(record, "seed", w), data_dir=_optional(record, "data-dir", _str, w, ""),
+            labels=_optional(record, "labels", _labels, w, ()),
+            device=_optional(record, "device", _str, w, DEFAULT_DEVICE),
+            he_secret_context=_optional(record, SECRET_CONTEXT_KEY, _str, w, ""),
+        )
+
+
+def round_of(config: Mapping[str, Any]) -> int | None:
+    """The server round a ``config`` record names, or None when it names none."""
+    return _int(config, SERVER_ROUND, "round configuration") if SERVER_ROUND in config else None
+
+
+def clip_norm_of(config: Mapping[str, Any]) -> float | None:
+    """The clipping bound a ``config`` record declares (clear updates only), or None."""
+    return _float(config, CLIP_NORM, "round configuration") if CLIP_NORM in config else None
+
+
+def identity_query(config: Mapping[str, Any]) -> ConfigRecord:
+    """The pre-run identity query: the run's instructions (and any extra fields) as round 0."""
+    return ConfigRecord({**dict(config), SERVER_ROUND: 0})
+
+
+def _report_fields(record: Mapping[str, Any], what: str) -> tuple[str, str]:
+    return _str(record, NAME, what), _str(record, MANIFEST, what)
+
+
+@dataclass(frozen=True)
+class IdentityReply:
+    """A site's answer to the identity query: its reported name, data manifest, size and per-round DP cost.
+
+    ``plan.steps`` is the DP-SGD steps of *one round* (sent as ``steps-per-round``).
+    """
+
+    name: str
+    manifest: str
+    num_examples: int
+    plan: RecordLevelReport | None = None
+
+    WHAT = "identity reply"
+    STEPS_PER_ROUND = "steps-per-round"
+
+    def fields(self) -> dict[str, Any]:
+        values: dict[str, Any] = {NAME: self.name, MANIFEST: self.manifest, NUM_EXAMPLES: self.num_examples}
+        if self.plan is not None:
+            values.update(self.plan.to_fields(self.STEPS_PER_ROUND))
+        return values
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(self.fields())
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> IdentityReply:
+        name, manifest = _report_fields(record, cls.WHAT)
+        return cls(name, manifest, _optional(record, NUM_EXAMPLES, _int, cls.WHAT, 0),
+                   RecordLevelReport.from_fields(record, cls.STEPS_PER_ROUND))
+
+
+_LINEAGE_KEYS = ("epsilon", "delta", "noise-multiplier", "sample-rate", STEPS, "max-grad-norm", "accountant",
+                 "clipping")
+_BOM_NAMES = {"noise-multiplier": "noise_multiplier", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm"}
+
+
+@dataclass(frozen=True)
+class SiteReply:
+    """The ``site`` record of a train reply: public metadata about the update, never the update.
+
+    ``epsilon`` is the record-level ε the site's accountant has spent so far
+    in this run; ``site_dp`` holds what ``privacy.site_dp`` applied (its
+    ``site-dp-*`` fields, prefix removed) and ``ledger_epsilon`` what the
+    site's own ledger has composed per DP kind (``privacy.ledger.guard``):
+    those two are added by the site's mods after the app built the record.
+    """
+
+    name: str
+    manifest: str
+    secure_rng: bool = False
+    device: str = ""
+    epsilon: float | None = None
+    max_grad_norm: float | None = None
+    clipping: str | None = None
+    dp: RecordLevelReport | None = None
+    site_dp: Mapping[str, Any] = field(default_factory=dict)
+    ledger_epsilon: Mapping[str, float] = field(default_factory=dict)
+
+    WHAT = "site record"
+
+    def to_record(self) -> ConfigRecord:
+        values: dict[str, Any] = {NAME: self.name, MANIFEST: self.manifest, "secure-rng": self.secure_rng,
+                                  "device": self.device}
+        if self.dp is not None:
+            values.update(self.dp.to_fields())
+        for key, value in (("epsilon", self.epsilon), ("max-grad-norm", self.max_grad_norm),
+                           ("clipping", self.clipping)):
+            if value is not None:
+                values[key] = value
+        values.update({f"{SITE_FIELDS_PREFIX}{k}": v for k, v in self.site_dp.items()})
+        values.update({f"{LEDGER_EPSILON}{k}": v for k, v in self.ledger_epsilon.items()})
+        return ConfigRecord(values)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SiteReply:
+        w = cls.WHAT
+        name, manifest = _report_fields(record, w)
+        secure_rng = record.get("secure-rng", False)
+        if not isinstance(secure_rng, bool):
+            raise _wrong("secure-rng", secure_rng, "true or false", w)
+        return cls(
+            name, manifest, secure_rng, _optional(record, "device", _str, w, ""),
+            _optional(record, "epsilon", _float, w, None), _optional(record, "max-grad-norm", _float, w, None),
+            _optional(record, "clipping", _str, w, None), RecordLevelReport.from_fields(record),
+            {k.removeprefix(SITE_FIELDS_PREFIX): v for k, v in record.items() if k.startswith(SITE_FIELDS_PREFIX)},
+            {k.removeprefix(LEDGER_EPSILON): _float(record, k, w) for k in record if k.startswith(LEDGER_EPSILON)},
+        )
+
+    @classmethod
+    def of(cls, message: Message) -> SiteReply | None:
+        """The reply's ``site`` record parsed, or None when it has none."""
+        record = message.content.config_records.get(SITE_RECORD)
+        return None if record is None else cls.from_record(record)
+
+    def dp_report(self, site: str | None = None) -> DPReport:
+        """The DP report to charge, to ``site`` (the enrolled identity) when given (coordinator side)."""
+        return DPReport(site or self.name, self.manifest, self.dp)
+
+    def lineage_dp(self) -> dict[str, Any]:
+        """The record-level DP the lineage keeps per site (wire keys; :func:`bom_dp` renames them)."""
+        values: dict[str, Any] = {"epsilon": self.epsilon, "max-grad-norm": self.max_grad_norm,
+                                  "clipping": self.clipping, **(self.dp.to_fields() if self.dp else {})}
+        return {key: values[key] for key in _LINEAGE_KEYS if values.get(key) is not None}
+
+
+def lineage_report(dp: Mapping[str, Any]) -> RecordLevelReport | None:
+    """The DP-SGD report inside a lineage entry (:meth:`SiteReply.lineage_dp`); None without DP-SGD."""
+    return RecordLevelReport.from_fields(dp)
+
+
+def with_steps(dp: Mapping[str, Any], report: RecordLevelReport) -> dict[str, Any]:
+    """A lineage entry whose steps and ε are ``report``'s (a resumed run composes its segments so)."""
+    return {**dp, STEPS: report.steps, "epsilon": report.history().epsilon()}
+
+
+def bom_dp(dp: Mapping[str, Any]) -> dict[str, Any]:
+    """A lineage entry under the ML-BOM's names (``noise_multiplier``, ``sample_rate``, …)."""
+    return {_BOM_NAMES.get(k, k): v for k, v in dp.items()}
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """The ``metrics`` record of a train reply (the example count is FedAvg's weight)."""
+
+    num_examples: int
+    train_loss: float
+
+    def to_record(self) -> MetricRecord:
+        return MetricRecord({NUM_EXAMPLES: self.num_examples, "train-loss": self.train_loss})
+
+    @staticmethod
+    def num_examples_of(record: Mapping[str, Any]) -> int:
+        return _int(record, NUM_EXAMPLES, "metrics record")
+
+
+@dataclass(frozen=True)
+class EvaluateMetrics:
+    """The ``metrics`` record of an evaluate reply (loss and accuracy on the site's own data)."""
+
+    num_examples: int
+    loss: float
+    accuracy: float
+
+    def to_record(self) -> MetricRecord:
+        return MetricRecord({NUM_EXAMPLES: self.num_examples, "eval-loss": self.loss, "eval-acc": self.accuracy})
