@@ -88,3 +88,37 @@ def test_missing_private_signing_key_stops_before_training(cli_home: Path) -> No
     assert "signing key" in result.stderr and "missing" in result.stderr
     assert public.read_bytes() == before
     assert not (cli_home / "runs").exists() or not any((cli_home / "runs").iterdir())
+
+
+_SITE_SCHEMA = 'label = "y"\nlabel-values = ["0", "1"]\n\n[columns]\nname = { type = "category", values = ["café", "thé"] }\n'
+
+
+def test_client_check_refuses_a_non_utf8_csv_naming_file_and_encoding(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_text(_SITE_SCHEMA, encoding="utf-8")
+    data = tmp_path / "latin1.csv"
+    data.write_bytes("name,y\ncafé,1\nthé,0\n".encode("latin-1"))
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 2, result.stderr
+    _one_line_error(result.stderr)
+    assert "latin1.csv" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_client_check_refuses_a_non_utf8_schema_naming_file_and_encoding(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_bytes(_SITE_SCHEMA.encode("latin-1"))
+    data = tmp_path / "site.csv"
+    data.write_text("name,y\ncafé,1\nthé,0\n", encoding="utf-8")
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 2, result.stderr
+    _one_line_error(result.stderr)
+    assert "schema.toml" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_client_check_accepts_a_utf8_csv_with_a_byte_order_mark(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_text(_SITE_SCHEMA, encoding="utf-8")
+    data = tmp_path / "excel.csv"
+    data.write_text("name,y\ncafé,1\nthé,0\n", encoding="utf-8-sig")
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 0, result.stdout + result.stderr
