@@ -8,6 +8,7 @@ to train.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -114,7 +115,8 @@ class CoordinatorConfig:
             (self.local_epochs >= 1, "local-epochs must be at least 1"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
-            (self.dp_epsilon >= 0, "dp-epsilon must be positive (0 disables record-level DP)"),
+            (math.isfinite(self.dp_epsilon) and self.dp_epsilon >= 0,
+             "dp-epsilon must be a finite ε ≥ 0 (ε = inf is no guarantee; 0 disables record-level DP)"),
             (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
             (self.max_grad_norm > 0, "max-grad-norm must be positive"),
             (self.aggregation in AGGREGATIONS, f"aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}"),
@@ -122,7 +124,8 @@ class CoordinatorConfig:
              f"secure-aggregation '{self.secure_aggregation}': choose one of {', '.join(SECURE_AGGREGATIONS)}"),
             (self.clip_norm > 0, "clip-norm must be positive"),
             (self.max_weight >= 1, "max-weight must be at least 1"),
-            (self.site_epsilon >= 0, "site-epsilon must be positive (0 disables site-level DP)"),
+            (math.isfinite(self.site_epsilon) and self.site_epsilon >= 0,
+             "site-epsilon must be a finite ε ≥ 0 (ε = inf is no guarantee; 0 disables site-level DP)"),
             (0 < self.site_delta < 1, "site-delta must be in (0, 1)"),
             (self.site_clip > 0, "site-clip must be positive"),
             (self.site_device in TRAINING_DEVICES,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -68,8 +69,12 @@ class SimulationConfig:
             raise ConfigurationError(f"--sites {self.sites}: a federation needs at least 1 site")
         if self.rounds < 1:
             raise ConfigurationError(f"--rounds {self.rounds}: run at least 1 round")
-        if self.dp_epsilon < 0:
-            raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a positive ε, or 0 to disable DP")
+        if not (math.isfinite(self.dp_epsilon) and self.dp_epsilon >= 0):  # inf would train without noise
+            raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a finite positive ε, "
+                                     "or 0 to train without record-level DP")
+        if not (math.isfinite(self.site_epsilon) and self.site_epsilon >= 0):
+            raise ConfigurationError(f"--site-epsilon {self.site_epsilon}: use a finite positive ε, "
+                                     "or 0 for no site-level DP")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test fraction must be between 0 and 1")
         if self.alpha <= 0:

@@ -122,3 +122,13 @@ def test_client_check_accepts_a_utf8_csv_with_a_byte_order_mark(cli_home: Path, 
     data.write_text("name,y\ncafé,1\nthé,0\n", encoding="utf-8-sig")
     result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_simulate_refuses_an_infinite_epsilon(cli_home: Path) -> None:
+    """ε = ∞ is no guarantee at all: refused, pointing at 0, the one spelling of "no DP"."""
+    for flag in ("--dp-epsilon", "--site-epsilon"):
+        result = run_cli(cli_home, "simulate", flag, "inf")
+        assert result.returncode == 2, result.stderr
+        _one_line_error(result.stderr)
+        assert f"{flag} inf" in result.stderr and "or 0 " in result.stderr
+    assert not (cli_home / "registry.db").exists()
