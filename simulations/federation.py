@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from simulations import logger
 from simulations.baseline import central_accuracy
 from simulations.datasets import available_datasets, load_dataset
 from simulations.partition import dirichlet_partition
+from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
 @dataclass(frozen=True)
@@ -158,11 +158,11 @@ def _engine_environment(home: Home) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("FLWR_HOME", str((home.root / "flwr").resolve()))
-    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes).
-    os.environ.setdefault("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "fedguard-ray"))
+    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes): one per home.
+    os.environ["RAY_TMPDIR"] = str(prepare_ray_tmpdir(ray_tmpdir(home.root)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    stop_orphaned_ray(Path(os.environ["RAY_TMPDIR"]))  # what a killed run of this home left behind
 
 
 def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> dict[str, Any]:
