@@ -40,7 +40,7 @@ from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrat
 from coordinator.strategies.validation import audit_rejections
 from federation.protocol import TrainConfig
 from federation.tabular import DataSchema, TabularData, load_csv, load_schema
-from lifecycle.architecture import ModelSpec, build_model, set_standardization
+from lifecycle.architecture import ModelSpec, build_model, reference_standardization, set_standardization
 from lifecycle.registry import Registry
 from privacy.ledger import coordinator_ledger
 from privacy.site_dp import SiteDPPlan
@@ -69,7 +69,7 @@ def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     features = torch.from_numpy(test.features)
-    set_standardization(model, features.mean(0), features.std(0))
+    set_standardization(model, *reference_standardization(features))
     return model
 
 

@@ -27,10 +27,12 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from coordinator import logger
 from coordinator.identity import SiteIdentities
 from federation.protocol import CONFIG_RECORD, IdentityReply, ProtocolError, SiteReply, identity_query
+from lifecycle.errors import ConfigurationError
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.ledger.charges import DPReport, SiteLevelReport, round_charges
@@ -154,7 +156,14 @@ def identify_sites(
     """
     deadline = time.monotonic() + timeout
     node_ids = list(grid.get_node_ids())
+    previous = -1
     while len(node_ids) < expected and time.monotonic() < deadline:
+        if isinstance(grid, InMemoryGrid) and 0 < len(node_ids) == previous:  # simulation: no SuperNode joins later
+            raise ConfigurationError(
+                f"the simulation has {len(node_ids)} SuperNode(s) but the run needs num-sites = {expected}: "
+                f"give the connection options.num-supernodes = {expected} ('fedguard flower config "
+                f"--num-supernodes {expected}'), or run with --run-config 'num-sites={len(node_ids)}'")
+        previous = len(node_ids)
         time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
     query = identity_query(config)

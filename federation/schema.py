@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from federation.tabular import read_utf8_text
 from lifecycle.errors import ConfigurationError, InputValidationError
 
 TYPES = ("int", "float", "category", "bool")
@@ -237,10 +238,9 @@ class SiteSchema:
     @classmethod
     def load(cls, path: Path) -> SiteSchema:
         """Read and check a schema file (see the module docstring for the format)."""
+        text = read_utf8_text(path, "schema file")
         try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigurationError(f"schema file '{path}' does not exist") from None
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"schema file '{path}' is not valid TOML: {exc}") from None
         return cls.from_mapping(raw, source=str(path))
@@ -344,10 +344,25 @@ def _column(name: str, spec: object, source: str) -> Column:
         raise ConfigurationError(f"schema '{source}': category column '{name}' needs 'values'")
     if kind != "category" and values:
         raise ConfigurationError(f"schema '{source}': 'values' is for category columns; '{name}' is {kind}")
-    low, high = spec.get("min"), spec.get("max")
+    low, high = _bound(spec, "min", name, source), _bound(spec, "max", name, source)
     if (low is not None or high is not None) and kind not in ("int", "float"):
         raise ConfigurationError(f"schema '{source}': min/max apply to int and float columns, not '{name}'")
-    if low is not None and high is not None and float(low) > float(high):
+    if low is not None and high is not None and low > high:
         raise ConfigurationError(f"schema '{source}': column '{name}' has min > max")
-    return Column(name, kind, None if low is None else float(low), None if high is None else float(high),
-                  values, bool(spec.get("missing", False)))
+    return Column(name, kind, low, high, values, bool(spec.get("missing", False)))
+
+
+def _bound(spec: Mapping[str, object], key: str, name: str, source: str) -> float | None:
+    """A column's ``min`` or ``max`` as a finite float, or None when absent.
+
+    TOML accepts ``nan`` and ``inf``; a NaN bound compares False with every
+    value, so it would silently accept everything. Refused, like a bound that
+    is not a number at all: no bound is spelt by leaving the key out.
+    """
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ConfigurationError(f"schema '{source}': column '{name}': {key} must be a finite number, got {value!r}; "
+                             f"fix it, or remove '{key}' for no bound")

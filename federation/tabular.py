@@ -11,6 +11,7 @@ with the row and column at fault instead of silently training on garbage.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import tomllib
@@ -50,8 +51,9 @@ class DataSchema:
 
 def load_schema(path: Path) -> DataSchema:
     """Read a schema from JSON or TOML (keys ``features``, ``target``, ``labels``)."""
+    text = read_utf8_text(path, "schema file")
     try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         return DataSchema(
             tuple(str(f) for f in raw["features"]), str(raw["target"]), tuple(str(x) for x in raw["labels"])
         )
@@ -98,6 +100,35 @@ def _parse_row(row: list[str], columns: list[int], line: int, header: list[str])
     return values
 
 
+def read_utf8_text(path: Path, what: str) -> str:
+    """The text of a file that must be UTF-8 (a leading byte-order mark, as Excel writes, is dropped).
+
+    A file in another encoding (Latin-1, Windows-1252, UTF-16) is refused with
+    its name, the line of the first undecodable byte and the encoding
+    expected, instead of surfacing as a bare ``UnicodeDecodeError``: the
+    operator re-saves the file as UTF-8 and checks again.
+
+    Raises
+    ------
+    ConfigurationError
+        The file does not exist.
+    InputValidationError
+        The file is not valid UTF-8.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigurationError(f"{what} '{path}' does not exist") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputValidationError(
+            f"{what} '{path}' is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line} cannot be decoded); "
+            "fedguard reads UTF-8 only: re-save the file as UTF-8 and try again"
+        ) from None
+
+
 def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (stripped) and the non-empty rows of a CSV, each with its line number.
 
@@ -109,13 +140,14 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     ------
     ConfigurationError
         The file does not exist.
+    InputValidationError
+        The file is not UTF-8 (:func:`read_utf8_text`).
     """
     if not path.is_file():
         raise ConfigurationError(f"data file '{path}' does not exist; pass the path of your CSV")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        rows = [(line, row) for line, row in enumerate(reader, start=2) if row]
+    reader = csv.reader(io.StringIO(read_utf8_text(path, "data file"), newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    rows = [(line, row) for line, row in enumerate(reader, start=2) if row]
     return header, rows
 
 
@@ -157,7 +189,7 @@ def load_csv(path: Path, features: list[str], target: str, num_classes: int) -> 
 def write_csv(path: Path, features: np.ndarray, labels: np.ndarray, names: list[str], target: str) -> None:
     """Write features and labels as a site CSV (used by simulations and tests)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*names, target])
         for row, label in zip(features.tolist(), labels.tolist(), strict=True):

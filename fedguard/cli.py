@@ -29,6 +29,8 @@ from privacy.cli import privacy_app
 from serving.cli import keys_app, serve
 from serving.rollout.cli import deploy_app
 from simulations.cli import simulate
+from simulations.doctor_cli import doctor_app
+from simulations.flower_cli import flower_app
 
 app = typer.Typer(
     name="fedguard",
@@ -48,6 +50,8 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(site_app, name="site")
 app.add_typer(client_app, name="client")
 app.add_typer(run_app, name="run")
+app.add_typer(doctor_app, name="doctor")
+app.add_typer(flower_app, name="flower")
 
 
 def main() -> None:

@@ -98,10 +98,48 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+DEGENERATE_SCALE = 1e-6
+"""A reference standard deviation at or below this (relative to the feature's size) is no scale at all."""
+
+
+def safe_scale(mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` with every degenerate entry (constant, NaN or infinite) replaced by 1.
+
+    The scale is estimated on a small reference set (the coordinator's
+    held-out data). A feature that is constant there (a border pixel of
+    ``digits``: always 0 in the held-out set, up to 16 at the sites) has a
+    standard deviation of 0; clamping it to a tiny floor multiplied the
+    feature by 10⁸, so one site value swamped every other input and the
+    central baseline fell to chance (0.100), and the served model carried
+    the factor. Such a feature is centred and left unscaled instead, as
+    scikit-learn's ``StandardScaler`` does for a zero variance.
+    """
+    floor = DEGENERATE_SCALE * torch.clamp(mean.abs(), min=1.0)
+    degenerate = ~torch.isfinite(scale) | (scale <= floor)
+    return torch.where(degenerate, torch.ones_like(scale), scale)
+
+
+def reference_standardization(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale of each feature (columns of ``reference``), with a scale that is never degenerate.
+
+    The scale is the standard deviation, except for a feature that takes at
+    most two values in the reference set: there the standard deviation says
+    how *rare* the second value is, not the feature's unit (a ``digits``
+    pixel that is 1 in one held-out row of 360 has a standard deviation of
+    0.053, and a site's 16 in it became 300), so an indicator is scaled by
+    its range (0/1 stays 0/1) and a constant feature by 1 (:func:`safe_scale`).
+    """
+    mean = reference.mean(0)
+    low, high = reference.min(0).values, reference.max(0).values
+    two_valued = ((reference == low) | (reference == high)).all(0)
+    scale = torch.where(two_valued, high - low, reference.std(0))
+    return mean, safe_scale(mean, scale)
+
+
 def set_standardization(model: nn.Sequential, mean: torch.Tensor, scale: torch.Tensor) -> None:
-    """Fix the model's input standardization (first layer) to ``mean``/``scale``."""
+    """Fix the model's input standardization (first layer) to ``mean``/``scale`` (degenerate scales → 1)."""
     first = model[0]
     if not isinstance(first, Standardize):
         raise ConfigurationError("model has no Standardize input layer")
     first.mean.copy_(mean.to(first.mean.dtype))
-    first.scale.copy_(torch.clamp(scale.to(first.scale.dtype), min=1e-8))
+    first.scale.copy_(safe_scale(mean.to(first.scale.dtype), scale.to(first.scale.dtype)))

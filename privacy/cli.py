@@ -4,7 +4,10 @@ Reads the coordinator's ledger in the registry database (``FEDGUARD_HOME`` or
 ``FEDGUARD_DATABASE_URL``), or a site agent's own ledger file with
 ``--ledger PATH``. The ε shown is the accountant's composition over every
 recorded charge on the manifest (all runs and rounds); the naive sum of
-per-charge ε's is shown beside it for comparison.
+per-charge ε's (basic composition: one charge per round at record level, one
+per run under declared site-level sampling) is shown beside it for
+comparison. The table fits an 80-column terminal: headers never wrap, a long
+site name folds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -29,6 +33,12 @@ LedgerOption = Annotated[
     Path | None,
     typer.Option("--ledger", help="A site agent's ledger file instead of the coordinator's registry."),
 ]
+
+
+MANIFEST_CHARS = 8  # enough to tell a site's files apart on screen; --json has the whole SHA-256
+_NUMBER_COLUMNS = ("level", "runs", "ε spent", "δ", "ε cap", "ε left", "Σε naive")
+NAIVE_NOTE = ("Σε naive: sum of the ε of each charge (one per round at record level) at δ = Σδ; "
+              "basic composition, for comparison with the composed ε spent")
 
 
 def _open(path: Path | None) -> PrivacyLedger:
@@ -58,13 +68,14 @@ def ledger(
     if not rows:
         console.print("no privacy spent yet" + (f" by site '{site}'" if site else ""))
     else:
-        table = Table("level", "runs", "ε spent", "δ", "ε cap", "ε left", "Σε naive")
-        table.columns.insert(0, Column("manifest", overflow="fold"))
-        table.columns.insert(0, Column("site", overflow="fold"))
+        table = Table(Column("site", overflow="fold", min_width=4), Column("manifest", no_wrap=True),
+                      *(Column(title, no_wrap=True) for title in _NUMBER_COLUMNS), box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
         for r in rows:
-            table.add_row(r.site, r.manifest[:12], r.kind, str(r.runs), _fmt(r.epsilon), f"{r.delta:g}",
+            table.add_row(r.site, r.manifest[:MANIFEST_CHARS], r.kind, str(r.runs), _fmt(r.epsilon), f"{r.delta:g}",
                           _fmt(r.epsilon_cap), _fmt(r.epsilon_remaining), _fmt(r.epsilon_naive))
         console.print(table)
+        console.print(NAIVE_NOTE, highlight=False)
     if caps:
         console.print("caps: " + "; ".join(f"{c.site}/{c.manifest[:16]}/{c.kind} ε≤{c.epsilon:g} at δ={c.delta:g}"
                                            for c in caps))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lifecycle.architecture import ModelSpec, build_model, set_standardization
+from lifecycle.architecture import ModelSpec, build_model, reference_standardization, set_standardization
 
 
 def central_accuracy(
@@ -23,7 +23,7 @@ def central_accuracy(
     torch.manual_seed(seed)
     model = build_model(spec)
     reference = torch.from_numpy(test_x)
-    set_standardization(model, reference.mean(0), reference.std(0))
+    set_standardization(model, *reference_standardization(reference))  # as coordinator.app does
     data = TensorDataset(torch.from_numpy(train_x), torch.from_numpy(train_y))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)

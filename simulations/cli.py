@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -31,11 +30,29 @@ def _fmt_eps(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def off_warnings(dp_epsilon: float, watermark: str, secure_agg: str) -> list[str]:
+    """One warning per protection the researcher switched off, each naming the flag that did it.
+
+    ``--dp-epsilon 0`` is the one spelling of "no record-level DP" (an
+    infinite ε is refused by :meth:`SimulationConfig.validate`): a run without
+    DP says so as loudly as one without secure aggregation.
+    """
+    warnings = []
+    if dp_epsilon == 0:
+        warnings.append("warning: --dp-epsilon 0: record-level DP is off; sites' updates carry no DP guarantee")
+    if watermark == "none":
+        warnings.append("warning: --watermark none: the model will carry no ownership mark")
+    if secure_agg == "none":
+        warnings.append("warning: --secure-agg none: the coordinator sees each site's update in the clear")
+    return warnings
+
+
 class ProgressPrinter:
     """Prints one line per round and per stage; thread-safe enough for the ServerApp thread."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, watermark: str = "trigger-set") -> None:
         self.console = console
+        self.watermark = watermark
 
     def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
         if event == "round":
@@ -47,6 +64,8 @@ class ProgressPrinter:
                 f"ε spent ≤ {_fmt_eps(payload['epsilon_max'])}{site}  sites {payload['sites']}{failed}"
             )
         elif event == "stage":
+            if payload["stage"] == "watermark" and self.watermark == "none":
+                return  # nothing is embedded; the start of the run already warned
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
                 "engine": f"starting Flower simulation on Ray (site sizes {payload.get('site_sizes')})",
@@ -111,23 +130,18 @@ def simulate(
     from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
 
     console = Console(stderr=as_json)
-    dp_off = dp_epsilon == 0 or math.isinf(dp_epsilon)
     cfg = SimulationConfig(
-        sites=sites, rounds=rounds, seed=seed, dp_epsilon=0.0 if dp_off else dp_epsilon, dp_delta=dp_delta,
+        sites=sites, rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
     )
-    cfg.validate()
-    if dp_off:
-        console.print("[yellow]warning: record-level DP is off (--dp-epsilon 0): sites' updates carry no DP guarantee[/yellow]")
-    if watermark == "none":
-        console.print("[yellow]warning: --watermark none: the model will carry no ownership mark[/yellow]")
-    if secure_agg == "none":
-        console.print("[yellow]warning: --secure-agg none: the coordinator sees each site's update in the clear[/yellow]")
-    outcome = run(cfg, ProgressPrinter(console), verbose=verbose)
-    if not dp_off and not outcome.get("secure_rng", False):
+    cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
+    for warning in off_warnings(dp_epsilon, watermark, secure_agg):
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False)
+    outcome = run(cfg, ProgressPrinter(console, watermark), verbose=verbose)
+    if dp_epsilon > 0 and not outcome.get("secure_rng", False):
         console.print(f"[yellow]{SECURE_RNG_NOTE}[/yellow]")
     if as_json:
         print(json.dumps(outcome, default=str))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -49,6 +49,7 @@ from simulations import logger
 from simulations.baseline import central_accuracy
 from simulations.datasets import available_datasets, load_dataset
 from simulations.partition import dirichlet_partition
+from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,12 @@ class SimulationConfig:
             raise ConfigurationError(f"--sites {self.sites}: a federation needs at least 1 site")
         if self.rounds < 1:
             raise ConfigurationError(f"--rounds {self.rounds}: run at least 1 round")
-        if self.dp_epsilon < 0:
-            raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a positive ε, or 0 to disable DP")
+        if not (math.isfinite(self.dp_epsilon) and self.dp_epsilon >= 0):  # inf would train without noise
+            raise ConfigurationError(f"--dp-epsilon {self.dp_epsilon}: use a finite positive ε, "
+                                     "or 0 to train without record-level DP")
+        if not (math.isfinite(self.site_epsilon) and self.site_epsilon >= 0):
+            raise ConfigurationError(f"--site-epsilon {self.site_epsilon}: use a finite positive ε, "
+                                     "or 0 for no site-level DP")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test fraction must be between 0 and 1")
         if self.alpha <= 0:
@@ -168,11 +173,11 @@ def _engine_environment(home: Home) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("FLWR_HOME", str((home.root / "flwr").resolve()))
-    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes).
-    os.environ.setdefault("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "fedguard-ray"))
+    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes): one per home.
+    os.environ["RAY_TMPDIR"] = str(prepare_ray_tmpdir(ray_tmpdir(home.root)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    stop_orphaned_ray(Path(os.environ["RAY_TMPDIR"]))  # what a killed run of this home left behind
 
 
 def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> dict[str, Any]:

@@ -147,3 +147,47 @@ def test_registry_edits_fail_verify_naming_the_field(cli_home: Path) -> None:
     result = run_cli(cli_home, "models", "verify", "demo", "--json")
     assert result.returncode == 5, result.stderr
     assert "model_version.metrics.accuracy" in result.stderr and result.stdout == ""
+
+
+_SITE_SCHEMA = 'label = "y"\nlabel-values = ["0", "1"]\n\n[columns]\nname = { type = "category", values = ["café", "thé"] }\n'
+
+
+def test_client_check_refuses_a_non_utf8_csv_naming_file_and_encoding(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_text(_SITE_SCHEMA, encoding="utf-8")
+    data = tmp_path / "latin1.csv"
+    data.write_bytes("name,y\ncafé,1\nthé,0\n".encode("latin-1"))
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 2, result.stderr
+    _one_line_error(result.stderr)
+    assert "latin1.csv" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_client_check_refuses_a_non_utf8_schema_naming_file_and_encoding(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_bytes(_SITE_SCHEMA.encode("latin-1"))
+    data = tmp_path / "site.csv"
+    data.write_text("name,y\ncafé,1\nthé,0\n", encoding="utf-8")
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 2, result.stderr
+    _one_line_error(result.stderr)
+    assert "schema.toml" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_client_check_accepts_a_utf8_csv_with_a_byte_order_mark(cli_home: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.toml"
+    schema.write_text(_SITE_SCHEMA, encoding="utf-8")
+    data = tmp_path / "excel.csv"
+    data.write_text("name,y\ncafé,1\nthé,0\n", encoding="utf-8-sig")
+    result = run_cli(cli_home, "client", "check", "--data", str(data), "--schema", str(schema))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_simulate_refuses_an_infinite_epsilon(cli_home: Path) -> None:
+    """ε = ∞ is no guarantee at all: refused, pointing at 0, the one spelling of "no DP"."""
+    for flag in ("--dp-epsilon", "--site-epsilon"):
+        result = run_cli(cli_home, "simulate", flag, "inf")
+        assert result.returncode == 2, result.stderr
+        _one_line_error(result.stderr)
+        assert f"{flag} inf" in result.stderr and "or 0 " in result.stderr
+    assert not (cli_home / "registry.db").exists()

@@ -130,6 +130,26 @@ def test_bad_schema_files(tmp_path: Path, text: str, match: str) -> None:
         SiteSchema.load(path)
 
 
+@pytest.mark.parametrize(
+    ("bounds", "match"),
+    [
+        ("min = nan", r"column 'age': min must be a finite number, got nan"),
+        ("max = nan", r"column 'age': max must be a finite number, got nan"),
+        ("min = 0, max = -nan", r"column 'age': max must be a finite number"),
+        ("max = inf", r"column 'age': max must be a finite number, got inf"),
+        ('min = "zero"', r"column 'age': min must be a finite number, got 'zero'"),
+        ("min = true", r"column 'age': min must be a finite number, got True"),
+    ],
+)
+def test_a_bound_that_is_not_a_finite_number_is_refused(tmp_path: Path, bounds: str, match: str) -> None:
+    """``min = nan`` compares False with every value: accepted, it would silently disable the bound."""
+    path = tmp_path / "schema.toml"
+    path.write_text(f'label = "y"\nlabel-values = [0, 1]\n[columns]\nage = {{ type = "float", {bounds} }}\n')
+    with pytest.raises(ConfigurationError, match=match) as raised:
+        SiteSchema.load(path)
+    assert "\n" not in str(raised.value)
+
+
 def test_schema_must_fit_the_federations_model(tmp_path: Path, schema: SiteSchema) -> None:
     path = tmp_path / "site.csv"
     path.write_text(GOOD)

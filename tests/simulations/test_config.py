@@ -31,6 +31,9 @@ from simulations.federation import SimulationConfig
         ({"aggregation": "median"}, "secure aggregation hides"),
         ({"sites": 2}, "secagg\\+ needs at least 3 sites"),
         ({"site_epsilon": -1.0}, "site-epsilon"),
+        ({"dp_epsilon": float("inf")}, "--dp-epsilon inf: .*0 to train without record-level DP"),
+        ({"dp_epsilon": float("nan")}, "--dp-epsilon nan"),
+        ({"site_epsilon": float("inf")}, "--site-epsilon inf: .*0 for no site-level DP"),
         ({"cpus_per_site": 0.0}, "--cpus-per-site 0.0"),
         ({"gpus_per_site": -0.5}, "share of one GPU"),
         ({"gpus_per_site": 1.5}, "share of one GPU"),
@@ -43,6 +46,14 @@ def test_bad_settings(change: dict[str, Any], match: str) -> None:
 
 def test_defaults_are_valid() -> None:
     SimulationConfig().validate()
+
+
+@pytest.mark.parametrize("key", ["dp-epsilon", "site-epsilon"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "inf"])
+def test_an_infinite_epsilon_in_the_run_config_is_refused(key: str, value: object) -> None:
+    """``flwr run --run-config 'dp-epsilon=inf'`` would pass ε=∞ to the sites: no noise, no guarantee."""
+    with pytest.raises(ConfigurationError, match=f"{key} must be a finite"):
+        CoordinatorConfig.from_mapping({key: value})
 
 
 def test_unknown_run_config_key() -> None:
