@@ -85,7 +85,7 @@ def publish(home: Path) -> tuple[Path, str]:
     os.environ["FEDGUARD_HOME"] = str(home)
     import torch
 
-    from lifecycle.architecture import FeatureSchema, ModelSpec, build_model, set_standardization
+    from lifecycle.architecture import DataSchema, ModelSpec, build_model, set_standardization
     from lifecycle.packaging import Publication, publish_model
     from lifecycle.registry import Registry, SiteRecord
     from lifecycle.settings import Settings
@@ -95,7 +95,7 @@ def publish(home: Path) -> tuple[Path, str]:
     spec = ModelSpec(in_features=FEATURES, num_classes=2, hidden=(32,))
     model = build_model(spec)
     set_standardization(model, torch.zeros(FEATURES), torch.ones(FEATURES))
-    schema = FeatureSchema(features=tuple(f"f{i}" for i in range(FEATURES)), labels=("benign", "malignant"))
+    schema = DataSchema(features=tuple(f"f{i}" for i in range(FEATURES)), labels=("benign", "malignant"))
     sites = [SiteRecord("site-0", 100, "0" * 64, 3.0, 1e-5, 1)]
     registry = Registry.open(Settings(home=home))
     record = publish_model(registry, Publication(

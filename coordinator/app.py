@@ -39,8 +39,8 @@ from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.strategies.validation import audit_rejections
 from federation.protocol import TrainConfig
-from federation.tabular import DataSchema, TabularData, load_csv, load_schema
-from lifecycle.architecture import ModelSpec, build_model, reference_standardization, set_standardization
+from federation.tabular import TabularData, load_csv, load_schema
+from lifecycle.architecture import DataSchema, ModelSpec, build_model, reference_standardization, set_standardization
 from lifecycle.registry import Registry
 from privacy.ledger import coordinator_ledger
 from privacy.site_dp import SiteDPPlan

@@ -20,8 +20,8 @@ from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.strategies.tracked import SiteLedger
 from federation.protocol import bom_dp
-from federation.tabular import DataSchema, TabularData
-from lifecycle.architecture import ModelSpec
+from federation.tabular import TabularData
+from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.home import Home
 from lifecycle.packaging import Publication, publish_model
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
@@ -155,7 +155,7 @@ def publish_run(
     version = publish_model(
         registry,
         Publication(
-            name=cfg.model_name, model=model, spec=spec, schema=schema.feature_schema, run_id=run_id,
+            name=cfg.model_name, model=model, spec=spec, schema=schema, run_id=run_id,
             run_config=cfg.as_dict(), rounds=rounds, sites=_site_records(sites),
             training={**training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
                       **(extra_training or {})},

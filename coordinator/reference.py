@@ -38,7 +38,8 @@ from coordinator.config import CoordinatorConfig
 from coordinator.ledger import RunLedger
 from federation.reference import reference_edges
 from federation.reference_share import MESSAGE_TYPE, RECORD, ReferenceRequest, noise_plan, reference_charge
-from federation.tabular import DataSchema, TabularData
+from federation.tabular import TabularData
+from lifecycle.architecture import DataSchema
 from lifecycle.bom.reference import Edges, ReferenceNoise, ReferenceStats, num_bins, omitted_section, split_counts
 from privacy.discrete_gaussian import DistributedPlan
 from privacy.secure_sum import SecureSumError, secure_sum

@@ -20,33 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lifecycle.architecture import FeatureSchema
+from lifecycle.architecture import DataSchema
 from lifecycle.artifacts import file_sha256
 from lifecycle.errors import ConfigurationError, InputValidationError
-
-
-@dataclass(frozen=True)
-class DataSchema:
-    """The columns a federation agrees on: ordered features, the label column, class names."""
-
-    features: tuple[str, ...]
-    target: str
-    labels: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not self.features or len(set(self.features)) != len(self.features):
-            raise ConfigurationError("schema needs at least one feature and unique feature names")
-        if len(self.labels) < 2:
-            raise ConfigurationError("schema needs at least two class labels")
-        if self.target in self.features:
-            raise ConfigurationError(f"label column '{self.target}' is also listed as a feature")
-
-    @property
-    def feature_schema(self) -> FeatureSchema:
-        return FeatureSchema(self.features, self.labels)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"features": list(self.features), "target": self.target, "labels": list(self.labels)}
 
 
 def load_schema(path: Path) -> DataSchema:
@@ -54,7 +30,7 @@ def load_schema(path: Path) -> DataSchema:
     text = read_utf8_text(path, "schema file")
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        return DataSchema(
+        schema = DataSchema(
             tuple(str(f) for f in raw["features"]), str(raw["target"]), tuple(str(x) for x in raw["labels"])
         )
     except FileNotFoundError:
@@ -63,6 +39,10 @@ def load_schema(path: Path) -> DataSchema:
         raise ConfigurationError(
             f"schema file '{path}' is invalid ({exc}); it needs 'features', 'target' and 'labels'"
         ) from None
+    if len(schema.labels) < 2:
+        raise ConfigurationError(f"schema file '{path}' lists {len(schema.labels)} class labels; a federation's "
+                                 "schema needs at least two")
+    return schema
 
 
 @dataclass(frozen=True)

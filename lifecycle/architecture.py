@@ -9,7 +9,7 @@ raw features and its scaling travels, signed, with the weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -70,19 +70,37 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class FeatureSchema:
-    """The inputs a model accepts: ordered feature names and class labels."""
+class DataSchema:
+    """The columns a federation agrees on and a model takes: ordered features, the label column, class names.
+
+    One description serves every stage: the coordinator reads it with its
+    held-out set (``federation.tabular.load_schema``), the sites train on it,
+    the ML-BOM records it, and serving checks requests against it. (A site's
+    own file is described by :class:`federation.schema.SiteSchema`, which says
+    how its columns are typed and bounded; it is a different thing.)
+    """
 
     features: tuple[str, ...]
-    labels: tuple[str, ...] = field(default=())
+    target: str = "label"
+    labels: tuple[str, ...] = ()
+    """Class names in the model's output order; empty for a model published without them (classes by index)."""
+
+    def __post_init__(self) -> None:
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigurationError("schema needs at least one feature and unique feature names")
+        if len(self.labels) == 1:
+            raise ConfigurationError("schema needs at least two class labels (or none: classes are then numbered)")
+        if self.target in self.features:
+            raise ConfigurationError(f"label column '{self.target}' is also listed as a feature")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "labels": list(self.labels)}
+        return {"features": list(self.features), "target": self.target, "labels": list(self.labels)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+    def from_dict(cls, data: dict[str, Any]) -> DataSchema:
         return cls(
             features=tuple(str(f) for f in data["features"]),
+            target=str(data.get("target", "label")),
             labels=tuple(str(label) for label in data.get("labels", ())),
         )
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from lifecycle.architecture import FeatureSchema, ModelSpec
+from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.artifacts import CARD_NAME, SIGNATURE_NAME, WEIGHTS_NAME, file_sha256
 from lifecycle.bom import model_component, read_lineage, write_bom
 from lifecycle.bom.document import make_bom
@@ -31,7 +31,7 @@ class Publication:
     name: str
     model: nn.Module
     spec: ModelSpec
-    schema: FeatureSchema
+    schema: DataSchema
     run_id: str
     run_config: dict[str, Any]
     rounds: int

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifecycle.architecture import FeatureSchema
+from lifecycle.architecture import DataSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom import bom_schema, bom_spec
 from lifecycle.bom.reference import ReferenceStats, bom_reference
@@ -45,7 +45,7 @@ class ServedModel:
     version: int
     digest: str
     module: nn.Module
-    schema: FeatureSchema
+    schema: DataSchema
     reference: ReferenceStats | None = None  # training-data histograms (drift, extraction grid)
     plan: MLPPlan | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -183,7 +183,7 @@ def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
     return ServedModel(record.name, record.version, artifact.digest, module, schema, _reference(record, bom, schema))
 
 
-def _reference(record: VersionRecord, bom: dict[str, Any], schema: FeatureSchema) -> ReferenceStats | None:
+def _reference(record: VersionRecord, bom: dict[str, Any], schema: DataSchema) -> ReferenceStats | None:
     """The BOM's reference statistics, checked against the schema (``None`` if it has none)."""
     try:
         reference = bom_reference(bom)

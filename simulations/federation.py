@@ -38,8 +38,8 @@ from federation.defaults import (
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
 )
-from federation.tabular import DataSchema, write_csv
-from lifecycle.architecture import ModelSpec
+from federation.tabular import write_csv
+from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry

@@ -14,7 +14,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from lifecycle.architecture import (  # noqa: E402
-    FeatureSchema,
+    DataSchema,
     ModelSpec,
     build_model,
     set_standardization,
@@ -46,7 +46,7 @@ def make_publication(name: str = "demo", features: int = 4, seed: int = 0) -> Pu
     spec = ModelSpec(in_features=features, num_classes=2, hidden=(8,))
     model = build_model(spec)
     set_standardization(model, torch.zeros(features), torch.ones(features))
-    schema = FeatureSchema(features=tuple(f"f{i}" for i in range(features)), labels=("no", "yes"))
+    schema = DataSchema(features=tuple(f"f{i}" for i in range(features)), labels=("no", "yes"))
     sites = [SiteRecord(f"site-{i}", 10 + i, f"{i:064x}", 1.5, 1e-5, 1) for i in range(2)]
     return Publication(
         name=name, model=model, spec=spec, schema=schema, run_id=uuid.uuid4().hex,

@@ -33,7 +33,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from lifecycle.architecture import FeatureSchema, ModelSpec
+from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.bom.environment import InstalledPackage, canonical_name, code_version, installed_packages
 from lifecycle.bom.lineage import (
     CODE_VERSION,
@@ -146,7 +146,7 @@ def make_bom(
     *,
     model_name: str,
     spec: ModelSpec,
-    schema: FeatureSchema,
+    schema: DataSchema,
     weights_sha256: str,
     training: dict[str, Any],
     watermark: dict[str, Any],

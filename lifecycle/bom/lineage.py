@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lifecycle.architecture import FeatureSchema, ModelSpec
+from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.bom.environment import MAIN_DEPENDENCIES, canonical_name
 from lifecycle.errors import StateError
 
@@ -156,9 +156,9 @@ def bom_spec(bom: Mapping[str, Any]) -> ModelSpec:
     return ModelSpec.from_dict(read_lineage(bom)["architecture"])
 
 
-def bom_schema(bom: Mapping[str, Any]) -> FeatureSchema:
+def bom_schema(bom: Mapping[str, Any]) -> DataSchema:
     """The feature schema requests are checked against."""
-    return FeatureSchema.from_dict(read_lineage(bom)["feature_schema"])
+    return DataSchema.from_dict(read_lineage(bom)["feature_schema"])
 
 
 def write_bom(bom: Mapping[str, Any], model_dir: Path) -> Path:
@@ -181,7 +181,7 @@ def read_bom(model_dir: Path) -> dict[str, Any]:
         bom: dict[str, Any] = json.loads(path.read_text())
         lineage = read_lineage(bom)
         ModelSpec.from_dict(lineage["architecture"])
-        FeatureSchema.from_dict(lineage["feature_schema"])
+        DataSchema.from_dict(lineage["feature_schema"])
     except FileNotFoundError as exc:
         raise StateError(f"model directory '{model_dir}' has no {BOM_NAME}; it is not a fedguard model") from exc
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:

@@ -24,7 +24,8 @@ from coordinator.ledger import RunLedger, identify_sites
 from coordinator.reference import ReferenceCollector
 from federation.reference import decode_edges, encode_edges, reference_edges
 from federation.reference_share import MESSAGE_TYPE, SHARE_KEY, noise_plan
-from federation.tabular import DataSchema, load_csv, load_schema, write_csv
+from federation.tabular import load_csv, load_schema, write_csv
+from lifecycle.architecture import DataSchema
 from lifecycle.artifacts import load_model
 from lifecycle.bom.reference import (
     ReferenceNoise,

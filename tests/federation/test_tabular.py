@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from federation.tabular import load_csv, load_schema, write_csv
+from lifecycle.architecture import DataSchema
 from lifecycle.errors import ConfigurationError, InputValidationError
-from federation.tabular import DataSchema, load_csv, load_schema, write_csv
 
 
 def _write(path: Path, text: str) -> Path:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifecycle.architecture import FeatureSchema, ModelSpec, build_model, set_standardization
+from lifecycle.architecture import DataSchema, ModelSpec, build_model, set_standardization
 from serving.inference import MAX_ROWS, MLPPlan, softmax64
 from serving.models import ServedModel
 
@@ -35,7 +35,7 @@ def test_the_plan_matches_the_module(hidden: tuple[int, ...]) -> None:
 
 def test_served_model_answers_the_same_with_and_without_the_plan() -> None:
     model = _model((32,), features=4, classes=2)
-    schema = FeatureSchema(features=("a", "b", "c", "d"), labels=("no", "yes"))
+    schema = DataSchema(features=("a", "b", "c", "d"), labels=("no", "yes"))
     served = ServedModel("m", 1, "d", model, schema)
     assert served.plan is not None
     batch = torch.randn(MAX_ROWS, 4)
