@@ -36,8 +36,16 @@ from torch import nn
 from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.ledger import RunLedger
+from federation.protocol import (
+    CONFIG_RECORD,
+    REFERENCE_MESSAGE_TYPE,
+    REFERENCE_RECORD,
+    ReferenceAnswer,
+    ReferenceRequest,
+    identity_query,
+)
 from federation.reference import reference_edges
-from federation.reference_share import MESSAGE_TYPE, RECORD, ReferenceRequest, noise_plan, reference_charge
+from federation.reference_share import noise_plan, reference_charge
 from federation.tabular import TabularData
 from lifecycle.architecture import DataSchema
 from lifecycle.bom.reference import Edges, ReferenceNoise, ReferenceStats, num_bins, omitted_section, split_counts
@@ -82,7 +90,7 @@ class ReferenceCollector:
             self.omitted = ("no secure aggregation (secure-aggregation = none): a site's counts would reach "
                             "the coordinator in the clear, so no site was asked for them")
         else:
-            config = ConfigRecord({**dict(train_config), "server-round": 0})
+            config = identity_query(train_config)
             accepted, declined = self._offer(grid, sorted(run_ledger.nodes), config)
             self.declined = sorted(run_ledger.nodes[n] for n in declined)
             self._sum(grid, run_ledger, accepted, config)
@@ -93,19 +101,19 @@ class ReferenceCollector:
 
     def _offer(self, grid: Grid, nodes: list[int], config: ConfigRecord) -> tuple[list[int], list[int]]:
         """The nodes that accept, and those that explicitly decline (errors and silence are neither)."""
-        messages = [Message(RecordDict({"config": config, RECORD: self.request.to_record("offer")}),
-                            dst_node_id=node, message_type=MESSAGE_TYPE, group_id="0") for node in nodes]
+        messages = [Message(RecordDict({CONFIG_RECORD: config, REFERENCE_RECORD: self.request.to_record("offer")}),
+                            dst_node_id=node, message_type=REFERENCE_MESSAGE_TYPE, group_id="0") for node in nodes]
         accepted: list[int] = []
         declined: list[int] = []
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = int(reply.metadata.src_node_id)
-            answer = None if reply.has_error() else reply.content.config_records.get(RECORD)
-            if answer is not None and answer.get("accept") is True and node in nodes and node not in accepted:
+            answer = ReferenceAnswer.from_message(reply)
+            if answer is not None and answer.accept and node in nodes and node not in accepted:
                 accepted.append(node)
                 continue
-            reason = reply.error.reason if reply.has_error() else str(answer.get("reason", "?")) if answer else "?"
+            reason = reply.error.reason if reply.has_error() else answer.reason if answer else "no answer"
             logger.info("reference statistics: node %d does not take part (%s)", node, reason)
-            if answer is not None and answer.get("accept") is False and node in nodes:
+            if answer is not None and not answer.accept and node in nodes:
                 declined.append(node)
         return sorted(accepted), sorted(set(declined))
 
@@ -117,8 +125,8 @@ class ReferenceCollector:
                 run_ledger.ledger.record(reference_charge(name, run_ledger.manifests[name], run_ledger.run_id, plan),
                                          actor="coordinator", enforce=False)
             result = secure_sum(
-                grid, nodes, num_bins(self.edges), mechanism=self.request.secure_sum, message_type=MESSAGE_TYPE,
-                extra={"config": config, RECORD: self.request.to_record("sum")}, timeout=self.timeout,
+                grid, nodes, num_bins(self.edges), mechanism=self.request.secure_sum, message_type=REFERENCE_MESSAGE_TYPE,
+                extra={CONFIG_RECORD: config, REFERENCE_RECORD: self.request.to_record("sum")}, timeout=self.timeout,
                 he_public_context=Path(self.he_public_context) if self.he_public_context else None,
             )
         except SecureSumError as exc:

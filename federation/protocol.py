@@ -18,6 +18,10 @@ message                     sent                                       record
 :class:`SiteReply`          site → coordinator, with every update      ``site``
 :class:`TrainMetrics`,      site → coordinator: the example weight,    ``metrics``
 :class:`EvaluateMetrics`    the losses
+:class:`ReferenceRequest`   coordinator → site, before the first       ``reference``
+                            round: offer, then secure sum of the
+                            noised reference histograms
+:class:`ReferenceAnswer`    site → coordinator: takes part or not      ``reference``
 ==========================  =========================================  ====================
 
 The records of the privacy mechanisms keep their own typed messages in
@@ -53,6 +57,7 @@ from federation.defaults import (
     DEFAULT_SEED,
 )
 from lifecycle.architecture import ModelSpec
+from lifecycle.bom.reference import Edges
 from lifecycle.errors import ConfigurationError
 from privacy.he.mod import SECRET_CONTEXT_KEY
 from privacy.ledger.charges import LEDGER_EPSILON, MANIFEST, NAME, STEPS, DPReport, RecordLevelReport
@@ -72,7 +77,8 @@ __all__ = [
     "DEFAULT_DP_EPSILON", "DEFAULT_HIDDEN", "DEFAULT_LOCAL_EPOCHS", "DEFAULT_LR", "DEFAULT_MAX_GRAD_NORM",
     "DEFAULT_SEED", "METRICS_RECORD", "NUM_EXAMPLES", "SERVER_ROUND", "EvaluateMetrics", "IdentityReply",
     "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
-    "lineage_report", "round_of", "with_steps",
+    "lineage_report", "round_of", "with_steps", "REFERENCE_MESSAGE_TYPE", "REFERENCE_RECORD", "ReferenceAnswer",
+    "ReferenceRequest", "decode_edges", "encode_edges",
 ]
 
 
@@ -355,3 +361,92 @@ class EvaluateMetrics:
 
     def to_record(self) -> MetricRecord:
         return MetricRecord({NUM_EXAMPLES: self.num_examples, "eval-loss": self.loss, "eval-acc": self.accuracy})
+
+
+REFERENCE_RECORD = "reference"
+"""The record of the reference exchange (:mod:`federation.reference_share`)."""
+REFERENCE_MESSAGE_TYPE = "query.reference"
+"""Flower message type of both stages of the reference exchange (offer, secure sum)."""
+_EDGES = "reference-edges"
+_EDGE_COUNTS = "reference-edge-counts"
+
+
+def encode_edges(edges: Edges) -> dict[str, list[float] | list[int]]:
+    """Flat lists for a Flower ``ConfigRecord`` (it holds no nested lists)."""
+    return {_EDGES: [e for row in edges for e in row], _EDGE_COUNTS: [len(row) for row in edges]}
+
+
+def decode_edges(record: Mapping[str, Any]) -> Edges | None:
+    """The edges :func:`encode_edges` wrote into ``record``, or ``None`` if it holds none.
+
+    Raises
+    ------
+    ProtocolError
+        The flat lists do not describe edges (coordinator and site differ).
+    """
+    if _EDGES not in record or _EDGE_COUNTS not in record:
+        return None
+    flat = [float(e) for e in _list(record, _EDGES, float, "the reference request")]
+    lengths = [int(n) for n in _list(record, _EDGE_COUNTS, int, "the reference request")]
+    if sum(lengths) != len(flat) or any(n < 1 for n in lengths):
+        raise ProtocolError("the reference edges in the request are malformed; coordinator and site differ")
+    out, start = [], 0
+    for n in lengths:
+        out.append(tuple(flat[start : start + n]))
+        start += n
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ReferenceRequest:
+    """What the coordinator asks for: counts over ``edges``, protected at (ε, δ) through ``secure_sum``.
+
+    Sent twice: ``stage = "offer"`` (take part or decline) and ``stage = "sum"``
+    (the secure sum itself, beside the secure-sum protocol's own records).
+    """
+
+    edges: Edges
+    epsilon: float
+    delta: float
+    secure_sum: str
+
+    def to_record(self, stage: str) -> ConfigRecord:
+        return ConfigRecord({"stage": stage, "epsilon": self.epsilon, "delta": self.delta,
+                             "secure-sum": self.secure_sum, **encode_edges(self.edges)})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> tuple[str, ReferenceRequest]:
+        """The stage and the request a ``query.reference`` message carries.
+
+        Raises
+        ------
+        ProtocolError
+            The message holds no request, or a malformed one.
+        """
+        what = "the reference request"
+        record = msg.content.config_records.get(REFERENCE_RECORD)
+        edges = decode_edges(record) if record is not None else None
+        if record is None or edges is None:
+            raise ProtocolError("the reference request carries no bin edges; coordinator and site differ")
+        return _str(record, "stage", what), cls(edges, _float(record, "epsilon", what), _float(record, "delta", what),
+                                                _str(record, "secure-sum", what))
+
+
+@dataclass(frozen=True)
+class ReferenceAnswer:
+    """A site's answer to the offer: whether it takes part, and why not (never data)."""
+
+    accept: bool
+    reason: str = ""
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"accept": self.accept, "reason": self.reason})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> ReferenceAnswer | None:
+        """The answer in ``msg``, or ``None`` for an error reply or one without a usable answer."""
+        record = None if msg.has_error() else msg.content.config_records.get(REFERENCE_RECORD)
+        if record is None or not isinstance(record.get("accept"), bool):
+            return None
+        return cls(bool(record["accept"]), str(record.get("reason", "")))
+

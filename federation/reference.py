@@ -60,17 +60,12 @@ section says why it is left out, and serving skips drift for that model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from lifecycle.bom.reference import Edges
 from lifecycle.errors import ConfigurationError
 
 DEFAULT_BINS = 10
-EDGES_KEY = "reference-edges"
-LENGTHS_KEY = "reference-edge-counts"
 
 
 def reference_edges(features: np.ndarray, bins: int = DEFAULT_BINS) -> Edges:
@@ -86,23 +81,3 @@ def reference_edges(features: np.ndarray, bins: int = DEFAULT_BINS) -> Edges:
         raise ConfigurationError("reference edges need a non-empty 2-D array of features")
     quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1], axis=0).T
     return tuple(tuple(float(e) for e in np.unique(row)) for row in quantiles)
-
-
-def encode_edges(edges: Edges) -> dict[str, list[float] | list[int]]:
-    """Flat lists for a Flower ``ConfigRecord`` (it holds no nested lists)."""
-    return {EDGES_KEY: [e for row in edges for e in row], LENGTHS_KEY: [len(row) for row in edges]}
-
-
-def decode_edges(record: Mapping[str, Any]) -> Edges | None:
-    """The edges :func:`encode_edges` wrote into ``record``, or ``None`` if it holds none."""
-    if EDGES_KEY not in record or LENGTHS_KEY not in record:
-        return None
-    flat = [float(e) for e in record[EDGES_KEY]]
-    lengths = [int(n) for n in record[LENGTHS_KEY]]
-    if sum(lengths) != len(flat) or any(n < 1 for n in lengths):
-        raise ConfigurationError("the reference edges in the query are malformed; coordinator and site differ")
-    out, start = [], 0
-    for n in lengths:
-        out.append(tuple(flat[start : start + n]))
-        start += n
-    return tuple(out)

@@ -36,48 +36,21 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from federation.reference import decode_edges, encode_edges
-from lifecycle.bom.reference import Edges, flat_histogram, num_bins
+from federation.protocol import REFERENCE_MESSAGE_TYPE, REFERENCE_RECORD, ReferenceAnswer, ReferenceRequest
+from lifecycle.bom.reference import flat_histogram, num_bins
 from lifecycle.errors import ConfigurationError
 from privacy.discrete_gaussian import DistributedPlan, sample, secure_generator
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.ledger.guard import default_site_ledger
 from privacy.secure_sum import Bounds, answer
 
-ACTION = "reference"
-MESSAGE_TYPE = f"query.{ACTION}"
-RECORD = "reference"
+ACTION = REFERENCE_MESSAGE_TYPE.removeprefix("query.")
+"""The action ``ClientApp.query`` routes on (``@app.query("reference")``)."""
 SHARE_KEY = "share-reference"
 """Node config key: ``false`` and the site takes no part in the reference (default ``true``)."""
 KIND = "reference"
 _STATE = "fedguard-reference"
 _SUM_STATE = "fedguard-reference-sum"
-
-
-@dataclass(frozen=True)
-class ReferenceRequest:
-    """What the coordinator asks for: counts over ``edges``, protected at (ε, δ) through ``secure_sum``."""
-
-    edges: Edges
-    epsilon: float
-    delta: float
-    secure_sum: str
-
-    def to_record(self, stage: str) -> ConfigRecord:
-        return ConfigRecord({"stage": stage, "epsilon": self.epsilon, "delta": self.delta,
-                             "secure-sum": self.secure_sum, **encode_edges(self.edges)})
-
-    @classmethod
-    def from_message(cls, msg: Message) -> tuple[str, ReferenceRequest]:
-        record = msg.content.config_records.get(RECORD)
-        edges = decode_edges(record) if record is not None else None
-        if record is None or edges is None:
-            raise ConfigurationError("the reference request carries no bin edges; coordinator and site differ")
-        try:
-            return str(record["stage"]), cls(edges, float(record["epsilon"]), float(record["delta"]),  # type: ignore[arg-type]
-                                             str(record["secure-sum"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigurationError(f"the reference request is malformed ({exc})") from None
 
 
 def noise_plan(request: ReferenceRequest, bounds: Bounds) -> DistributedPlan:
@@ -111,7 +84,7 @@ def share_reference(msg: Message, context: Context, local: Local, *,
     stage, request = ReferenceRequest.from_message(msg)
     if stage == "offer":
         accepted, reason = _offer(context, request, local, open_ledger)
-        return Message(RecordDict({RECORD: ConfigRecord({"accept": accepted, "reason": reason})}), reply_to=msg)
+        return Message(RecordDict({REFERENCE_RECORD: ReferenceAnswer(accepted, reason).to_record()}), reply_to=msg)
     run_id = str(msg.metadata.run_id)
 
     def payload(bounds: Bounds) -> np.ndarray:

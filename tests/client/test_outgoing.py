@@ -28,7 +28,7 @@ from client.app import make_client_app
 from client.audit import verify_log, wire_bytes
 from coordinator.app import run_federation
 from coordinator.config import CoordinatorConfig
-from federation.reference_share import MESSAGE_TYPE as REFERENCE
+from federation.protocol import REFERENCE_MESSAGE_TYPE as REFERENCE
 from federation.tabular import write_csv
 from lifecycle.architecture import DataSchema
 from privacy.secagg.messages import RECORD_KEY as SECAGG

@@ -22,8 +22,10 @@ from coordinator.app import _train_config
 from coordinator.config import CoordinatorConfig
 from coordinator.ledger import RunLedger, identify_sites
 from coordinator.reference import ReferenceCollector
-from federation.reference import decode_edges, encode_edges, reference_edges
-from federation.reference_share import MESSAGE_TYPE, SHARE_KEY, noise_plan
+from federation.protocol import REFERENCE_MESSAGE_TYPE as MESSAGE_TYPE
+from federation.protocol import decode_edges, encode_edges
+from federation.reference import reference_edges
+from federation.reference_share import SHARE_KEY, noise_plan
 from federation.tabular import load_csv, load_schema, write_csv
 from lifecycle.architecture import DataSchema
 from lifecycle.artifacts import load_model
