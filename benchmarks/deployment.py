@@ -31,9 +31,10 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from results import append_row, machine  # noqa: E402  # benchmarks/results.py
+
 from coordinator.runs.launch import events  # noqa: E402
-from lifecycle.home import Home  # noqa: E402
 from federation.runtime_options import TRACE_ENV  # noqa: E402
+from lifecycle.home import Home  # noqa: E402
 from tests.integration.deployment import Federation, prepare_sites  # noqa: E402
 
 SITES = 3

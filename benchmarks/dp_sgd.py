@@ -174,7 +174,8 @@ def main() -> None:
         notes += f"; measured while other jobs shared the {os.cpu_count()} cores (load average {load:.1f})"
     row = (f"| {time.strftime('%Y-%m-%d')} | dp_sgd | DP-SGD step ({best}) vs plain SGD step, MLP 30-32-2, batch "
            f"{BATCH}, {args.threads} thread(s), median of {args.repeats}×{args.steps} | "
-           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | {machine()}, torch {torch.__version__} |")
+           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | "
+           f"{machine()}, torch {torch.__version__} |")
     if not args.no_row:
         append_row(row)
 

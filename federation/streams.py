@@ -138,7 +138,7 @@ class RelayServer:
             try:
                 wrapped = await start_tls_server(self._loop, transport, protocol, self._tls(),
                                                  self._handshake_timeout)
-            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
                 transport.close()
                 logger.warning("%s: TLS handshake from %s refused: %s", self.name, peer,
                                getattr(exc, "reason", None) or type(exc).__name__)

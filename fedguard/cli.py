@@ -58,7 +58,8 @@ def main() -> None:
     """Run the CLI, mapping fedguard errors to one line on stderr and an exit code."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    logging.basicConfig(level=os.environ.get("FEDGUARD_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("FEDGUARD_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     try:
         app()

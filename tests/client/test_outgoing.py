@@ -28,12 +28,11 @@ from client.app import make_client_app
 from client.audit import verify_log, wire_bytes
 from coordinator.app import run_federation
 from coordinator.config import CoordinatorConfig
-from federation.tabular import DataSchema, write_csv
 from federation.reference_share import MESSAGE_TYPE as REFERENCE
+from federation.tabular import DataSchema, write_csv
 from privacy.secagg.messages import RECORD_KEY as SECAGG
 from simulations.datasets import load_dataset
 from tests.privacy.secagg.harness import LocalGrid
-
 
 SITES = 3
 SITE_RECORD_KEYS = {"name", "manifest", "secure-rng", "num-examples", "epsilon", "delta", "noise-multiplier",

@@ -17,8 +17,8 @@ from sqlmodel import Session
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.authority import create_ca
-from lifecycle.audit import verify_chain
 from federation.bundle import BundleFormatError, BundlePermissionError, read_bundle
+from lifecycle.audit import verify_chain
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings

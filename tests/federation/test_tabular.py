@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle.errors import ConfigurationError, InputValidationError
 from federation.tabular import DataSchema, load_csv, load_schema, write_csv
+from lifecycle.errors import ConfigurationError, InputValidationError
 
 
 def _write(path: Path, text: str) -> Path:
