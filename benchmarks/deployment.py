@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
@@ -64,7 +65,7 @@ def one_run(root: Path, rounds: int, fast: bool) -> tuple[list[float], float]:
             if event["event"] == "stage" and event.get("stage") == "identified" or event["event"] == "round":
                 marks.append(float(event["time"]))
             if event["event"] == "done":
-                return [b - a for a, b in zip(marks, marks[1:])], float(event["time"]) - started
+                return [b - a for a, b in itertools.pairwise(marks)], float(event["time"]) - started
         raise RuntimeError(f"run did not finish\n{fed.logs()}")
     finally:
         fed.stop()

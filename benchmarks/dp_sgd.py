@@ -152,7 +152,7 @@ def main() -> None:
                 continue
             try:
                 times[mode].append(_time(_dp_step(mode, dataset), x, y, args.steps, clock))
-            except Exception as exc:  # a mode this Opacus/torch pair does not support: report it
+            except Exception as exc:  # noqa: BLE001 - a mode this Opacus/torch pair cannot run: reported in the row
                 failed[mode] = f"{type(exc).__name__}: {exc}"[:120]
     plain = statistics.median(times["plain"])
     print(f"plain SGD step: median {plain * 1e6:.0f} µs  (MLP 30-32-2, batch {BATCH}, {args.threads} thread(s), "

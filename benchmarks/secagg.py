@@ -36,6 +36,7 @@ What is measured (one process, no Ray, no network; the same for all four variant
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -266,11 +267,11 @@ def main() -> None:
     for steps in sorted({args.train_steps, 0}, reverse=True):
         label = f"{steps} local steps" if steps else "no local training"
         medians, cpu = interleaved_medians(args.repeats, {
-            "plain": lambda: run_message_api(n, d, steps, None),
-            "ours4": lambda: run_message_api(n, d, steps, like_flower),
-            "ours": lambda: run_message_api(n, d, steps, recommended),
-            "legacy_plain": lambda: run_flower_legacy(n, d, steps, False),
-            "legacy": lambda: run_flower_legacy(n, d, steps, True),
+            "plain": functools.partial(run_message_api, n, d, steps, None),
+            "ours4": functools.partial(run_message_api, n, d, steps, like_flower),
+            "ours": functools.partial(run_message_api, n, d, steps, recommended),
+            "legacy_plain": functools.partial(run_flower_legacy, n, d, steps, False),
+            "legacy": functools.partial(run_flower_legacy, n, d, steps, True),
         })
         plain, ours4, ours = medians["plain"], medians["ours4"], medians["ours"]
         legacy_plain, legacy = medians["legacy_plain"], medians["legacy"]

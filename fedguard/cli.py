@@ -69,7 +69,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")
         sys.exit(130)
-    except Exception as exc:  # a bug: say so in one line, traceback on request
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, said in one line, traceback on request
         if os.environ.get("FEDGUARD_DEBUG"):
             traceback.print_exc()
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set FEDGUARD_DEBUG=1 for the traceback)",
