@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
+from results import append_row, machine  # noqa: E402  # benchmarks/results.py (scripts run from benchmarks/)
 
 from privacy.he import CKKSStrategy, ckks_mod, create_federation_keys  # noqa: E402
 from privacy.he.keys import DEFAULT_PARAMETERS  # noqa: E402

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
@@ -31,9 +32,10 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from results import append_row, machine  # noqa: E402  # benchmarks/results.py
+
 from coordinator.runs.launch import events  # noqa: E402
-from lifecycle.home import Home  # noqa: E402
 from federation.runtime_options import TRACE_ENV  # noqa: E402
+from lifecycle.home import Home  # noqa: E402
 from tests.integration.deployment import Federation, prepare_sites  # noqa: E402
 
 SITES = 3
@@ -63,7 +65,7 @@ def one_run(root: Path, rounds: int, fast: bool) -> tuple[list[float], float]:
             if event["event"] == "stage" and event.get("stage") == "identified" or event["event"] == "round":
                 marks.append(float(event["time"]))
             if event["event"] == "done":
-                return [b - a for a, b in zip(marks, marks[1:])], float(event["time"]) - started
+                return [b - a for a, b in itertools.pairwise(marks)], float(event["time"]) - started
         raise RuntimeError(f"run did not finish\n{fed.logs()}")
     finally:
         fed.stop()

@@ -152,7 +152,7 @@ def main() -> None:
                 continue
             try:
                 times[mode].append(_time(_dp_step(mode, dataset), x, y, args.steps, clock))
-            except Exception as exc:  # a mode this Opacus/torch pair does not support: report it
+            except Exception as exc:  # noqa: BLE001 - a mode this Opacus/torch pair cannot run: reported in the row
                 failed[mode] = f"{type(exc).__name__}: {exc}"[:120]
     plain = statistics.median(times["plain"])
     print(f"plain SGD step: median {plain * 1e6:.0f} µs  (MLP 30-32-2, batch {BATCH}, {args.threads} thread(s), "
@@ -174,7 +174,8 @@ def main() -> None:
         notes += f"; measured while other jobs shared the {os.cpu_count()} cores (load average {load:.1f})"
     row = (f"| {time.strftime('%Y-%m-%d')} | dp_sgd | DP-SGD step ({best}) vs plain SGD step, MLP 30-32-2, batch "
            f"{BATCH}, {args.threads} thread(s), median of {args.repeats}×{args.steps} | "
-           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | {machine()}, torch {torch.__version__} |")
+           f"{statistics.median(times[best]) * 1e6:.0f} µs | {plain * 1e6:.0f} µs | {ratios[best]:.2f}x | {notes} | "
+           f"{machine()}, torch {torch.__version__} |")
     if not args.no_row:
         append_row(row)
 

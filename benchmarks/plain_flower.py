@@ -23,8 +23,8 @@ from flwr.simulation import run_simulation
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lifecycle.architecture import ModelSpec, build_model, set_standardization
 from federation.tabular import load_csv, load_schema
+from lifecycle.architecture import ModelSpec, build_model, set_standardization
 
 DATA = Path(sys.argv[1])
 ROUNDS, SITES = int(sys.argv[2]), int(sys.argv[3])

@@ -14,7 +14,8 @@ What is measured (one process, no Ray, no network; the same for all four variant
   ``SecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3)`` fit round (``secaggplus_mod`` on a
   ``NumPyClient``) against the legacy ``default_fit_workflow`` (plain FedAvg) on the same grid;
 * local training is identical everywhere: ``--train-steps`` full-batch gradient steps of logistic
-  regression with ``--params`` weights on 16 local examples (data generated once per site, outside the timing) (0 = no training: protocol cost only,
+  regression with ``--params`` weights on 16 local examples (data generated once per site, outside the
+  timing) (0 = no training: protocol cost only,
   and the round is then dominated by the protocol; both workloads are reported);
 * fedguard is run twice: like-for-like with Flower (k = 4 neighbours, t = 3: each secret split into
   4 shares, Flower's ``num_shares=5`` counts the site itself) and with the recommended
@@ -35,6 +36,7 @@ What is measured (one process, no Ray, no network; the same for all four variant
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -59,7 +61,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from results import append_row, machine  # benchmarks/results.py (scripts run from benchmarks/)
+from results import append_row, machine  # noqa: E402  # benchmarks/results.py (scripts run from benchmarks/)
 
 from privacy.secagg import SecAggConfig  # noqa: E402
 from privacy.secagg.mod import secaggplus_mod  # noqa: E402
@@ -194,7 +196,8 @@ def run_flower_legacy(n: int, d: int, steps: int, secure: bool) -> tuple[float, 
     thread, stop, done = start_update_client_manager_thread(grid, context.client_manager)
     done.wait()
     default_init_params_workflow(grid, context)
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1, Key.START_TIME: time.time()})
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {Key.CURRENT_ROUND: 1, Key.START_TIME: time.time()})
     fit: Callable[[Any, Any], None] = (
         SecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3) if secure else default_fit_workflow
     )
@@ -264,11 +267,11 @@ def main() -> None:
     for steps in sorted({args.train_steps, 0}, reverse=True):
         label = f"{steps} local steps" if steps else "no local training"
         medians, cpu = interleaved_medians(args.repeats, {
-            "plain": lambda: run_message_api(n, d, steps, None),
-            "ours4": lambda: run_message_api(n, d, steps, like_flower),
-            "ours": lambda: run_message_api(n, d, steps, recommended),
-            "legacy_plain": lambda: run_flower_legacy(n, d, steps, False),
-            "legacy": lambda: run_flower_legacy(n, d, steps, True),
+            "plain": functools.partial(run_message_api, n, d, steps, None),
+            "ours4": functools.partial(run_message_api, n, d, steps, like_flower),
+            "ours": functools.partial(run_message_api, n, d, steps, recommended),
+            "legacy_plain": functools.partial(run_flower_legacy, n, d, steps, False),
+            "legacy": functools.partial(run_flower_legacy, n, d, steps, True),
         })
         plain, ours4, ours = medians["plain"], medians["ours4"], medians["ours"]
         legacy_plain, legacy = medians["legacy_plain"], medians["legacy"]
@@ -278,8 +281,10 @@ def main() -> None:
         print(f"  fedguard SecAgg+ k={recommended.num_neighbours} t={recommended.threshold} (recommended)   "
               f"{ours * 1e3:8.1f} ms   ratio {ours / plain:.2f}x")
         print(f"  plaintext FedAvg (Flower legacy workflow)   {legacy_plain * 1e3:8.1f} ms")
-        print(f"  Flower legacy SecAgg+ num_shares=5 t=3      {legacy * 1e3:8.1f} ms   ratio {legacy / legacy_plain:.2f}x")
-        cpu_ratios = (f"CPU-time ratios {cpu['ours4'] / cpu['plain']:.2f}x (k=4,t=3), {cpu['ours'] / cpu['plain']:.2f}x "
+        print(f"  Flower legacy SecAgg+ num_shares=5 t=3      {legacy * 1e3:8.1f} ms   "
+              f"ratio {legacy / legacy_plain:.2f}x")
+        cpu_ratios = (f"CPU-time ratios {cpu['ours4'] / cpu['plain']:.2f}x (k=4,t=3), "
+                      f"{cpu['ours'] / cpu['plain']:.2f}x "
                       f"(k={recommended.num_neighbours},t={recommended.threshold}), Flower "
                       f"{cpu['legacy'] / cpu['legacy_plain']:.2f}x (plain {cpu['plain'] * 1e3:.0f} ms CPU)")
         print(f"  {cpu_ratios}")
@@ -297,7 +302,8 @@ def main() -> None:
                 f"({n} sites, {d} params, {label}, {args.repeats} runs) | {ours4 / plain:.2f}x (k=4,t=3); "
                 f"{ours / plain:.2f}x (k={recommended.num_neighbours},t={recommended.threshold}) "
                 f"| Flower legacy SecAgg+ {legacy / legacy_plain:.2f}x | {ours4 / plain:.2f}x vs "
-                f"{legacy / legacy_plain:.2f}x | plain {plain * 1e3:.0f} ms, ours {ours4 * 1e3:.0f}/{ours * 1e3:.0f} ms, "
+                f"{legacy / legacy_plain:.2f}x | plain {plain * 1e3:.0f} ms, "
+                f"ours {ours4 * 1e3:.0f}/{ours * 1e3:.0f} ms, "
                 f"Flower {legacy_plain * 1e3:.0f}→{legacy * 1e3:.0f} ms (wall medians); "
                 f"masks {gbps:.1f} GB/s median, {best:.1f} best (ChaCha20 {gbps_chacha:.1f}, {best_chacha:.1f}); "
                 f"local training on {os.environ['OPENBLAS_NUM_THREADS']} BLAS thread(s) in every variant; "

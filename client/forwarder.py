@@ -69,6 +69,7 @@ def gateway_context(ca_cert: Path, site_cert: Path, site_key: Path) -> ssl.SSLCo
 
 
 def loopback_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """TLS 1.2+ server context for the loopback side the SuperNode dials, with the forwarder's own certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
@@ -93,7 +94,7 @@ class Forwarder:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.gateway, ssl=self._gateway_ctx, server_hostname=self.gateway[0],
                                         limit=1 << 20), CONNECT_TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
             logger.warning("forwarder: cannot reach the coordinator's gateway %s:%d: %s", *self.gateway,
                            getattr(exc, "reason", None) or exc)
             return

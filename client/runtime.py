@@ -116,7 +116,11 @@ def _trace_supernode(internal: Any) -> None:
 
 def _trace_clientapp() -> None:
     """Trace the stages of Flower's ``run_clientapp`` in this (forked) process, and each request."""
-    import flwr.supernode.runtime.run_clientapp as body
+    import flwr.supernode.runtime.run_clientapp as clientapp_module
+
+    # Patched where run_clientapp looks its helpers up: names it imports without re-exporting
+    # them, which mypy's strict re-export rule hides, so the module is addressed as Any.
+    body: Any = clientapp_module
 
     trace_rpcs("clientapp")
 
@@ -251,7 +255,7 @@ def _auth_secret(args: list[str]) -> str:
 
 def run_supernode(argv: Sequence[str]) -> None:
     """Start the warm executor, then run Flower's SuperNode in this process (blocks)."""
-    import flwr.supernode.start_client_internal as internal
+    import flwr.supernode.start_client_internal as start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     args = supernode_argv(argv, _free_loopback_port())
@@ -273,7 +277,10 @@ def run_supernode(argv: Sequence[str]) -> None:
     logger.info("warm ClientApp executor pid %d on Runtime API %s", executor.pid, address)
     threading.Thread(target=_exit_with, args=(executor,), daemon=True, name="executor-watch").start()
     pacer = IdlePacer()
-    internal.time = SimpleNamespace(  # type: ignore[attr-defined]
+    # Flower's SuperNode loop is patched in place: its ``time`` module and ``pull_objects`` (imported
+    # there, not re-exported) are replaced by ours, so the module is addressed as Any.
+    internal: Any = start_client_internal
+    internal.time = SimpleNamespace(
         **{name: getattr(time, name) for name in ("time", "monotonic", "perf_counter")},
         sleep=pacer.sleep,
     )
@@ -386,8 +393,12 @@ def serve_executor(address: str, *, insecure: bool, root_certificates: str | Non
 
     for module in preload:
         importlib.import_module(module)
-    import flwr.supernode.runtime.run_clientapp as body
+    import flwr.supernode.runtime.run_clientapp as clientapp_module
     from flwr.supercore.utils import get_flwr_home
+
+    # Patched where run_clientapp looks them up (``install_from_fab`` is imported there, not
+    # re-exported, which mypy's strict re-export rule hides), so the module is addressed as Any.
+    body: Any = clientapp_module
 
     use_fast_pulls(body, "pull_and_inflate_object_from_tree")  # each child's pull from its SuperNode
     body.install_from_fab = cached_fab_install(body.install_from_fab, get_flwr_home() / "fedguard-fab-cache")

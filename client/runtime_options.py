@@ -70,7 +70,7 @@ def plain_supernode_command() -> list[str]:
 
 
 def supernode_flags() -> list[str]:
-    """Extra ``flower-supernode`` flags for every SuperNode (fast or not).
+    r"""Extra ``flower-supernode`` flags for every SuperNode (fast or not).
 
     None today: a SuperNode never ``uv sync``\ s a run's dependencies unless
     given ``--allow-runtime-dependency-installation`` (Flower 1.41's default),

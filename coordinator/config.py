@@ -139,7 +139,8 @@ class CoordinatorConfig:
              "dp-epsilon must be a finite ε ≥ 0 (ε = inf is no guarantee; 0 disables record-level DP)"),
             (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
             (self.max_grad_norm > 0, "max-grad-norm must be positive"),
-            (self.aggregation in AGGREGATIONS, f"aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}"),
+            (self.aggregation in AGGREGATIONS,
+             f"aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}"),
             (self.secure_aggregation in SECURE_AGGREGATIONS,
              f"secure-aggregation '{self.secure_aggregation}': choose one of {', '.join(SECURE_AGGREGATIONS)}"),
             (self.clip_norm > 0, "clip-norm must be positive"),
@@ -182,7 +183,8 @@ class CoordinatorConfig:
         try:
             sizes = tuple(int(h) for h in self.hidden.split(",") if h.strip())
         except ValueError:
-            raise ConfigurationError(f"hidden = '{self.hidden}': use comma-separated layer sizes, e.g. '32,16'") from None
+            raise ConfigurationError(
+                f"hidden = '{self.hidden}': use comma-separated layer sizes, e.g. '32,16'") from None
         if not sizes or min(sizes) < 1:
             raise ConfigurationError(f"hidden = '{self.hidden}': give at least one positive layer size")
         return sizes
@@ -194,7 +196,8 @@ class CoordinatorConfig:
     @property
     def data_path(self) -> Path:
         if not self.data_dir:
-            raise ConfigurationError("run-config 'data-dir' is empty: point it at the coordinator's schema and test set")
+            raise ConfigurationError(
+                "run-config 'data-dir' is empty: point it at the coordinator's schema and test set")
         return Path(self.data_dir)
 
     def as_dict(self) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from federation.tabular import TabularData
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Accuracy and mean loss of a model on ``num_examples`` held-out records."""
+
     accuracy: float
     loss: float
     num_examples: int

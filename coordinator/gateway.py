@@ -82,7 +82,10 @@ class GatewayTls:
 
 
 def server_context(tls: GatewayTls) -> ssl.SSLContext:
-    """TLS 1.2+ server context, AEAD suites only, requiring a client certificate from the federation CA, CRL enforced."""
+    """TLS 1.2+ server context, AEAD suites only.
+
+    It requires a client certificate from the federation CA, CRL enforced.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -244,7 +247,7 @@ class Gateway:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.upstream, ssl=self._upstream_ctx, server_hostname=self.upstream[0],
                                         limit=1 << 20), HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
             logger.error("gateway: cannot reach the SuperLink at %s:%d: %s", *self.upstream, exc)
             return
         logger.info("gateway: site %s connected from %s", site, peer)

@@ -17,6 +17,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from coordinator.runtime_options import grid_poll_seconds
 from federation.runtime_options import trace, trace_rpcs, use_fast_pulls
@@ -35,11 +36,11 @@ class ResponsiveGrid(Grid):
         self._sleep = sleep
 
     @property
-    def run(self) -> Any:  # type: ignore[override]
+    def run(self) -> Run:
         return self.inner.run
 
-    def set_run(self, run_id: int) -> None:
-        self.inner.set_run(run_id)
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
 
     def create_message(self, *args: Any, **kwargs: Any) -> Message:
         return self.inner.create_message(*args, **kwargs)

@@ -122,7 +122,7 @@ def enrolled_keys(registry: Registry) -> dict[str, str] | None:
 
 
 def registry_lookup(grid: Grid, keys: Mapping[str, str]) -> Lookup:
-    """node id → enrolled site, from the public keys the SuperLink authenticated (``grid.get_nodes()``)."""
+    """Node id → enrolled site, from the public keys the SuperLink authenticated (``grid.get_nodes()``)."""
 
     def lookup() -> dict[int, str | None]:
         found: dict[int, str | None] = {}
@@ -135,7 +135,7 @@ def registry_lookup(grid: Grid, keys: Mapping[str, str]) -> Lookup:
 
 
 def simulation_lookup(grid: Grid) -> Lookup | None:
-    """node id → ``site-<partition>`` in Flower's simulation engine; None for any other grid.
+    """Node id → ``site-<partition>`` in Flower's simulation engine; None for any other grid.
 
     The engine registers its nodes one after the other, partition 0 first
     (``flwr.server.superlink.fleet.vce.vce_api._register_nodes``), in its

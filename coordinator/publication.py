@@ -33,6 +33,8 @@ from watermark.secret import commitment, save_secret, secret_path
 
 @dataclass(frozen=True)
 class WatermarkOutcome:
+    """What embedding and verifying the watermark gave: the scheme, its commitment and its cost in accuracy."""
+
     scheme: str
     commitment: str
     verified: bool

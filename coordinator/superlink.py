@@ -75,9 +75,11 @@ def superlink_argv(layout: FederationLayout, config: FederationConfig, *, insecu
 
 
 def flower_env(layout: FederationLayout, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for the SuperLink: ``base`` (default: ours) with
-    :func:`coordinator.runtime_options.superlink_env`'s quiet/fast variables,
-    ``FLWR_HOME`` under the federation, unbuffered output."""
+    """Environment for the SuperLink.
+
+    ``base`` (default: ours) with :func:`coordinator.runtime_options.superlink_env`'s
+    quiet/fast variables, ``FLWR_HOME`` under the federation, unbuffered output.
+    """
     env = superlink_env(os.environ if base is None else base)
     env.update(FLWR_HOME=str(layout.root / "flwr"), PYTHONUNBUFFERED="1")
     return env

@@ -143,6 +143,7 @@ def canonical(value: object) -> str:
 
 
 def is_missing(value: object) -> bool:
+    """Whether a cell counts as missing: ``None``, NaN, or one of :data:`MISSING_TOKENS` (any case, spaces ignored)."""
     if value is None:
         return True
     if isinstance(value, float):

@@ -56,8 +56,8 @@ class _AlertingSSLProtocol(sslproto.SSLProtocol):
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         if handshake_exc is not None:
             with contextlib.suppress(Exception):
-                self._process_outgoing()  # type: ignore[attr-defined]
-        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
+                self._process_outgoing()  # type: ignore[attr-defined]  # CPython >= 3.11 has it, typeshed omits it
+        super()._on_handshake_complete(handshake_exc)
 
 
 async def start_tls_server(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
@@ -65,8 +65,10 @@ async def start_tls_server(loop: asyncio.AbstractEventLoop, transport: asyncio.T
                            timeout: float) -> asyncio.Transport:
     """Server-side ``loop.start_tls`` (same steps as CPython's) with :class:`_AlertingSSLProtocol`."""
     waiter = loop.create_future()
+    # typeshed says int, but asyncio takes the timeout in seconds as a float (loop.start_tls passes one)
     ssl_protocol = _AlertingSSLProtocol(loop, protocol, context, waiter, server_side=True,
-                                        ssl_handshake_timeout=timeout, call_connection_made=False)
+                                        ssl_handshake_timeout=timeout,  # type: ignore[arg-type]
+                                        call_connection_made=False)
     transport.pause_reading()
     transport.set_protocol(ssl_protocol)
     made = loop.call_soon(ssl_protocol.connection_made, transport)
@@ -78,7 +80,7 @@ async def start_tls_server(loop: asyncio.AbstractEventLoop, transport: asyncio.T
         made.cancel()
         resumed.cancel()
         raise
-    return ssl_protocol._app_transport  # type: ignore[attr-defined,no-any-return]
+    return ssl_protocol._app_transport
 
 
 class _Held(asyncio.Protocol):
@@ -138,7 +140,7 @@ class RelayServer:
             try:
                 wrapped = await start_tls_server(self._loop, transport, protocol, self._tls(),
                                                  self._handshake_timeout)
-            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
                 transport.close()
                 logger.warning("%s: TLS handshake from %s refused: %s", self.name, peer,
                                getattr(exc, "reason", None) or type(exc).__name__)
@@ -146,7 +148,7 @@ class RelayServer:
             if wrapped is None:
                 transport.close()
                 return
-            transport = wrapped  # type: ignore[assignment]
+            transport = wrapped
         else:
             transport.set_protocol(protocol)
         protocol.connection_made(transport)

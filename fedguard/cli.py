@@ -58,7 +58,8 @@ def main() -> None:
     """Run the CLI, mapping fedguard errors to one line on stderr and an exit code."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    logging.basicConfig(level=os.environ.get("FEDGUARD_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("FEDGUARD_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     try:
         app()
@@ -68,7 +69,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")
         sys.exit(130)
-    except Exception as exc:  # a bug: say so in one line, traceback on request
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, said in one line, traceback on request
         if os.environ.get("FEDGUARD_DEBUG"):
             traceback.print_exc()
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set FEDGUARD_DEBUG=1 for the traceback)",

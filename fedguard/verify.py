@@ -59,7 +59,8 @@ def verify_version(registry: Registry, ref: str, public_key: Path | None = None)
 
 def verify(
     ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: newest).")],
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="Signer's public key PEM (default: this home's).")] = None,
+    public_key: Annotated[Path | None, typer.Option(
+        "--public-key", help="Signer's public key PEM (default: this home's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Verify a model's signature (naming any file that differs), its registry lineage, then its watermark."""

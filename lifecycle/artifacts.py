@@ -33,6 +33,7 @@ SIGNATURE_NAME = "model.sig"
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks so large artifacts never sit whole in memory."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

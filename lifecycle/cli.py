@@ -87,7 +87,8 @@ def show(
         typer.echo(json.dumps(summary))
         return
     console.print(f"[bold]{record.ref}[/bold]  stage={record.stage}  created {summary['created_at']}")
-    console.print(f"artifact   {summary['artifact']}\nsignature  {summary['signature_path']}  signer {record.signer_fingerprint[:16]}…")
+    console.print(f"artifact   {summary['artifact']}\n"
+                  f"signature  {summary['signature_path']}  signer {record.signer_fingerprint[:16]}…")
     console.print(f"run        {record.run_id}  aggregation {summary['aggregation']}  "
                   f"secure aggregation {summary['secure_aggregation']}")
     console.print("metrics    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

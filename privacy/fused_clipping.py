@@ -223,7 +223,7 @@ class FusedClippingModule(nn.Module):
         """
         pairs = self._pairs()
         norm: torch.Tensor | None = None
-        for (x, g), (_, bias) in zip(pairs, self._params):
+        for (x, g), (_, bias) in zip(pairs, self._params, strict=True):
             # ‖g_i a_iᵀ‖² + ‖g_i‖² (bias) = ‖g_i‖² (‖a_i‖² + 1): the layer's per-example norm
             x_norm = _vector_norm(x, dim=1)
             layer = _vector_norm(g, dim=1).mul_(_hypot(x_norm, self._one) if bias is not None else x_norm)
@@ -236,7 +236,7 @@ class FusedClippingModule(nn.Module):
         k = m * scale
         factor = norm.add_(_CLIP_EPS / m).reciprocal_().mul_(max_grad_norm * k / m).clamp_(max=k)
         std = noise_std * scale
-        for (x, g), (weight, bias) in zip(pairs, self._params):
+        for (x, g), (weight, bias) in zip(pairs, self._params, strict=True):
             g_t = g.t()
             weight.grad = noise(std, weight.shape).addmm_(g_t * factor, x)
             if bias is not None:

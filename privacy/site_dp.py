@@ -141,7 +141,7 @@ class SiteDPConfig:
 
     @property
     def sample_rate(self) -> float:
-        """q = sites sampled per round / total sites.
+        """The sampling rate q = sites sampled per round / total sites.
 
         Notes
         -----

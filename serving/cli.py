@@ -164,7 +164,7 @@ def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
 
 
 def log_config(settings: ServingSettings) -> dict[str, Any]:
-    """uvicorn's logging configuration with fedguard's access log added (unless turned off).
+    """The logging configuration of uvicorn, with fedguard's access log added (unless turned off).
 
     uvicorn applies its configuration with :func:`logging.config.dictConfig`
     when it starts, and that closes every handler configured before it: the

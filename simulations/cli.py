@@ -84,14 +84,16 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     rows = [
         ("test accuracy", f"{outcome['accuracy']:.3f}"),
         ("central non-DP baseline", f"{outcome['baseline_accuracy']:.3f}"),
-        ("ε per site (δ=%s)" % outcome["delta"], ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["epsilon"].items())),
-        *((("site-level ε per site (δ=%s)" % outcome["site_delta"],
+        (f"ε per site (δ={outcome['delta']})",
+         ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["epsilon"].items())),
+        *(((f"site-level ε per site (δ={outcome['site_delta']})",
             ", ".join(f"{k}: {_fmt_eps(v)}" for k, v in outcome["site_epsilon"].items())),)
           if outcome.get("site_delta") else ()),
         ("secure aggregation", outcome["secure_aggregation"]),
         ("sites trained on", ", ".join(f"{device} ×{count}" for device, count in
                                        sorted(Counter(outcome.get("site_devices", {}).values()).items()))),
-        ("watermark", f"{mark['scheme']}: verified={mark['verified']}, trigger accuracy {mark['trigger_accuracy']:.2f}, "
+        ("watermark", f"{mark['scheme']}: verified={mark['verified']}, "
+                      f"trigger accuracy {mark['trigger_accuracy']:.2f}, "
                       f"p={mark['p_value']:.1e}, accuracy cost {mark['accuracy_cost']:+.3f}"),
         ("signature", f"verified={outcome['signature']['verified']}  {outcome['signature_path']}"),
         ("artifact", outcome["artifact"]),
@@ -107,9 +109,11 @@ def simulate(
     sites: Annotated[int, typer.Option("--sites", help="Number of virtual sites.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for split, init and sampling.")] = DEFAULT_SEED,
-    dp_epsilon: Annotated[float, typer.Option("--dp-epsilon", help="Per-site record-level ε for the whole run (0: no DP).")] = DEFAULT_DP_EPSILON,
+    dp_epsilon: Annotated[float, typer.Option(
+        "--dp-epsilon", help="Per-site record-level ε for the whole run (0: no DP).")] = DEFAULT_DP_EPSILON,
     dp_delta: Annotated[float, typer.Option("--dp-delta", help="Per-site δ.")] = DEFAULT_DP_DELTA,
-    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-example clipping norm.")] = DEFAULT_MAX_GRAD_NORM,
+    max_grad_norm: Annotated[float, typer.Option(
+        "--max-grad-norm", help="DP-SGD per-example clipping norm.")] = DEFAULT_MAX_GRAD_NORM,
     alpha: Annotated[float, typer.Option("--alpha", help="Dirichlet α of the non-IID split.")] = 0.5,
     dataset: Annotated[str, typer.Option("--dataset", help="breast-cancer, digits or wine.")] = "breast-cancer",
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = DEFAULT_LOCAL_EPOCHS,
@@ -117,10 +121,13 @@ def simulate(
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
-    clip_norm: Annotated[float, typer.Option("--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
-    site_epsilon: Annotated[float, typer.Option("--site-epsilon", help="Site-level ε for the whole run (0: off).")] = 0.0,
+    clip_norm: Annotated[float, typer.Option(
+        "--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
+    site_epsilon: Annotated[float, typer.Option(
+        "--site-epsilon", help="Site-level ε for the whole run (0: off).")] = 0.0,
     site_clip: Annotated[float, typer.Option("--site-clip", help="Site-level DP clipping bound C.")] = 1.0,
-    cpus_per_site: Annotated[float, typer.Option("--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
+    cpus_per_site: Annotated[float, typer.Option(
+        "--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(
         "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,

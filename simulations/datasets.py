@@ -29,6 +29,7 @@ class Dataset:
 
 
 def available_datasets() -> tuple[str, ...]:
+    """Names of the bundled datasets that :func:`load_dataset` accepts."""
     return tuple(_LOADERS)
 
 

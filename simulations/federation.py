@@ -142,6 +142,8 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class PreparedData:
+    """Where the simulation's site files were written, the central baseline's accuracy and the sites' sizes."""
+
     data_dir: Path
     baseline_accuracy: float
     site_sizes: tuple[int, ...]

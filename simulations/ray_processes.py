@@ -48,7 +48,7 @@ class RayProcess:
 
 
 def ray_tmpdir(home_root: Path) -> Path:
-    """This home's Ray temp dir: ``$TMPDIR/fedguard-ray-<uid>-<hash of the home's path>``.
+    """The Ray temp dir of the home at ``home_root``: ``$TMPDIR/fedguard-ray-<uid>-<hash of the home's path>``.
 
     Not under ``FEDGUARD_HOME`` itself: Ray puts UNIX sockets under it, whose
     paths must stay under 108 bytes, and a home's path can be long. The hash
@@ -136,7 +136,7 @@ def _label(cmdline: str) -> str:
 
 
 def ray_processes(tmpdir: Path, pids: Iterable[int] | None = None) -> list[RayProcess]:
-    """This user's processes of any Ray session under ``tmpdir``.
+    """The current user's processes of any Ray session under ``tmpdir``.
 
     A process belongs to a session when its command line names the session
     directory (``gcs_server``, ``raylet``, the monitors) or, for the processes

@@ -27,7 +27,8 @@ BELOW: dict[str, set[str]] = {
 }
 BELOW["fedguard"] = {*BELOW, "fedguard"} - {"fedguard"}
 PACKAGES = tuple(BELOW)
-MODULE_STRING = re.compile(rf"^(?:-m\s+)?({'|'.join(p for p in PACKAGES if p != 'fedguard')})(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?$")
+MODULE_STRING = re.compile(rf"^(?:-m\s+)?({'|'.join(p for p in PACKAGES if p != 'fedguard')})"
+                           r"(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?$")
 """A module path in a string; ``fedguard.<package>`` strings are logger names (DESIGN §7 item 9), not modules."""
 
 

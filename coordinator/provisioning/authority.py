@@ -95,6 +95,7 @@ def serial_hex(cert: x509.Certificate) -> str:
 
 
 def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """The federation's EC private key from its unencrypted PEM; anything else is a broken federation home."""
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise StateError("the federation key is not an EC key; re-run 'fedguard coordinator init'")

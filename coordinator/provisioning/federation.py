@@ -83,7 +83,8 @@ class FederationLayout:
     logs = property(lambda self: self.root / "logs")
 
     def exists(self) -> bool:
-        return self.config.exists()
+        config: Path = self.config  # the path properties above are untyped lambdas
+        return config.exists()
 
     def read_config(self) -> FederationConfig:
         if not self.config.exists():

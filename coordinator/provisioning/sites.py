@@ -39,6 +39,7 @@ _SITE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def validate_site_name(name: str) -> str:
+    """``name`` unchanged if it is a valid site name (it becomes a certificate CN and a file name), else refuse it."""
     if not _SITE.match(name):
         raise ConfigurationError(f"invalid site name '{name}': use 1-64 lowercase letters, digits, '.', '_' or '-'")
     return name

@@ -210,6 +210,7 @@ def resume_job(home: Home, run_id: str) -> Job:
 
 
 def progress_path(home: Home, run_id: str) -> Path:
+    """The run's progress event log (JSON lines), which the coordinator appends to and followers read."""
     return run_dir(home.runs, run_id) / PROGRESS
 
 

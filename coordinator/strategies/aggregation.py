@@ -16,7 +16,8 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Stra
 from lifecycle.errors import ConfigurationError
 
 AggregationFactory = Callable[..., Strategy]
-"""Builds a Flower strategy from ``fraction_train``, ``fraction_evaluate``, ``min_train_nodes``, ``min_available_nodes``."""
+"""Builds a Flower strategy from ``fraction_train``, ``fraction_evaluate``, ``min_train_nodes``,
+``min_available_nodes``."""
 
 AGGREGATIONS: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg,

@@ -114,8 +114,9 @@ def build_strategy(
     if plan is not None:
         inner = SiteDPStrategy(inner, plan, frozen_keys)
     attempt = Attempt()
-    tracked = TrackedStrategy(inner, on_round=on_round, identities=run_ledger,
-                              on_aggregated=lambda r, replies: run_ledger.record_round(ledger_round(r, attempt), replies))
+    tracked = TrackedStrategy(
+        inner, on_round=on_round, identities=run_ledger,
+        on_aggregated=lambda r, replies: run_ledger.record_round(ledger_round(r, attempt), replies))
     validated = UpdateValidationStrategy(tracked, UpdateValidator(cfg.secure_aggregation, bound, cfg.max_weight),
                                          on_reject=on_reject)
     bounds = None if secure is None else AggregateBounds(

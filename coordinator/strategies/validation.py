@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -213,7 +214,9 @@ class UpdateValidationStrategy(StrategyWrapper):
                        rejection.node_id, reason)
         if self.on_reject is not None:
             self.on_reject(rejection)
-        return Message(metadata=reply.metadata, error=Error(code=UPDATE_REJECTED, reason=REJECTED_PREFIX + reason))
+        # The reply's own metadata (its src node id, which later layers read), now carrying an error:
+        # Flower's typed constructors only build new messages or replies, whose metadata would differ.
+        return make_message(reply.metadata, error=Error(code=UPDATE_REJECTED, reason=REJECTED_PREFIX + reason))
 
 
 def audit_rejections(registry: Registry, run_id: str) -> Callable[[Rejection], None]:

@@ -61,7 +61,7 @@ def dependency_versions(packages: list[InstalledPackage] | None = None) -> dict[
 
 
 def code_version() -> str:
-    """fedguard's version, plus the git commit when running from a checkout."""
+    """The version of fedguard, plus the git commit when running from a checkout."""
     try:
         version = metadata.version("fedguard")
     except metadata.PackageNotFoundError:

@@ -92,7 +92,7 @@ def _reference(bom: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def read_lineage(bom: Mapping[str, Any]) -> dict[str, Any]:
-    """fedguard's lineage of the model: what ``bom["fedguard"]`` held before CycloneDX 1.6.
+    """The model's lineage as fedguard records it: what ``bom["fedguard"]`` held before CycloneDX 1.6.
 
     Keys: ``architecture``, ``feature_schema``, ``training``, ``watermark``,
     ``metrics``, ``code_version``, ``dependencies`` (the main libraries'

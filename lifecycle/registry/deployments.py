@@ -242,7 +242,8 @@ class DeploymentStore:
         """Drop the candidate; stable keeps all the traffic."""
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if row.candidate_version is None:
-                raise DeploymentConflict(f"model '{name}' has no canary or shadow to abort; see 'fedguard deploy status'")
+                raise DeploymentConflict(
+                    f"model '{name}' has no canary or shadow to abort; see 'fedguard deploy status'")
             dropped = row.candidate_version
             self._clear_candidate(row)
             return {"dropped": dropped}

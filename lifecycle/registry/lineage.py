@@ -1,4 +1,4 @@
-"""Does the registry still say what the signed ML-BOM says?
+"""Checks that the registry still says what the signed ML-BOM says.
 
 The registry's rows (ε per site, sites, data manifests, metrics, watermark,
 run) are what ``fedguard models show``, governance gates and the privacy

@@ -38,6 +38,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
 def validate_model_name(name: str) -> str:
+    """``name`` unchanged if it is a valid model name (it appears in refs ``NAME:VERSION`` and URLs), else refuse it."""
     if not _NAME.match(name):
         raise ConfigurationError(
             f"invalid model name '{name}': use 1-128 lowercase letters, digits, '.', '_' or '-'"

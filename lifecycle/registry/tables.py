@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC: the default of every timestamp column."""
     return datetime.now(UTC)
 
 

@@ -96,6 +96,7 @@ def register_backend(name: str, factory: BackendFactory) -> None:
 
 
 def available_backends() -> tuple[str, ...]:
+    """Names of the registered homomorphic backends (the built-in ones included), sorted."""
     _load_builtin()
     return tuple(sorted(_REGISTRY))
 

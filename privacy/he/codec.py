@@ -15,7 +15,7 @@ from privacy.he.errors import HEPayloadError
 
 
 def ciphertext_record(backend: HEBackend, ciphertext: Ciphertext) -> ArrayRecord:
-    """One uint8 array per ciphertext chunk, named ``chunk-00000``, ``chunk-00001``, …"""
+    """One uint8 array per ciphertext chunk, named ``chunk-00000``, ``chunk-00001``, and so on."""
     return ArrayRecord({
         f"chunk-{index:05d}": Array(np.frombuffer(blob, dtype=np.uint8).copy())
         for index, blob in enumerate(backend.serialize(ciphertext))
@@ -34,10 +34,12 @@ def read_ciphertext(backend: HEBackend, record: ArrayRecord, length: int) -> Cip
 
 
 def sum_record(vector: np.ndarray) -> ArrayRecord:
+    """A decrypted sum as the one float64 array ``payload``: the carrier of a decrypt reply."""
     return ArrayRecord({"payload": Array(np.ascontiguousarray(vector, dtype=np.float64))})
 
 
 def read_sum(record: ArrayRecord) -> np.ndarray:
+    """Inverse of :func:`sum_record`, refusing any other layout or a non-finite vector."""
     if list(record.keys()) != ["payload"]:
         raise HEPayloadError("a decrypt reply must hold exactly one array named 'payload'")
     vector = record["payload"].numpy().astype(np.float64, copy=False)

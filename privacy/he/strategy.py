@@ -169,7 +169,8 @@ class CKKSStrategy(StrategyWrapper):
         return self.inner.aggregate_train(server_round, [synthetic])
 
 
-    def _collect(self, server_round: int, replies: list[Message], length: int) -> tuple[list[Message], list[Ciphertext]]:
+    def _collect(self, server_round: int, replies: list[Message],
+                 length: int) -> tuple[list[Message], list[Ciphertext]]:
         valid, ciphertexts = [], []
         for message in replies:
             node = message.metadata.src_node_id

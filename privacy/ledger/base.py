@@ -177,7 +177,8 @@ class LedgerSummary:
     epsilon_remaining: float | None
 
 
-def evaluate(charges: Sequence[Charge], cap: Cap | None, extra: Sequence[GaussianHistory] = ()) -> tuple[float, float, str]:
+def evaluate(charges: Sequence[Charge], cap: Cap | None,
+             extra: Sequence[GaussianHistory] = ()) -> tuple[float, float, str]:
     """(ε spent, δ, accountant) of ``charges`` plus ``extra``, composed at the cap's δ.
 
     Without a cap the δ is the largest δ any charge was made at and the
@@ -193,6 +194,7 @@ def evaluate(charges: Sequence[Charge], cap: Cap | None, extra: Sequence[Gaussia
 
 
 def summarize(site: str, manifest: str, kind: str, charges: Sequence[Charge], cap: Cap | None) -> LedgerSummary:
+    """One ledger row: a site's charges on one dataset and kind, composed, with their naive sum and the cap left."""
     eps, delta, accountant = evaluate(charges, cap)
     naive, _ = naive_epsilon_sum([c.history() for c in charges])
     return LedgerSummary(
@@ -255,7 +257,7 @@ class PrivacyLedger(ABC):
         return self.project(site, manifest, kind).spent
 
     def remaining(self, site: str, manifest: str, kind: str) -> float:
-        """cap − spent (never negative); ``inf`` when no cap applies."""
+        """The budget left, cap − spent (never negative); ``inf`` when no cap applies."""
         p = self.project(site, manifest, kind)
         return math.inf if p.cap is None else max(0.0, p.cap.epsilon - p.spent)
 

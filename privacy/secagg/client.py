@@ -165,7 +165,8 @@ class SecAggClient:
         h, cfg, s = request.header, self.config, self._state
         live = sorted(request.channel_keys)
         if set(request.mask_keys) != set(live) or not set(live) <= set(unpack_ids(s["neighbours"])):
-            raise SecAggProtocolError(f"secagg {h.describe()}: the keys offered are not those of this site's neighbours")
+            raise SecAggProtocolError(
+                f"secagg {h.describe()}: the keys offered are not those of this site's neighbours")
         if len(live) < cfg.threshold:
             raise SecAggAbortedError(
                 f"secagg {h.describe()}: only {len(live)} neighbours advertised keys, fewer than the threshold "
@@ -209,7 +210,8 @@ class SecAggClient:
         peer_mask = dict(zip(live, unpack_values(s["peer-mask"]), strict=True))
         senders = sorted(request.ciphertexts)
         if not set(senders) <= set(live):
-            raise SecAggProtocolError(f"secagg {h.describe()}: shares forwarded from nodes that are not live neighbours")
+            raise SecAggProtocolError(
+                f"secagg {h.describe()}: shares forwarded from nodes that are not live neighbours")
         if len(senders) < cfg.threshold:
             raise SecAggAbortedError(
                 f"secagg {h.describe()}: only {len(senders)} neighbours shared keys, fewer than the threshold "
@@ -221,7 +223,8 @@ class SecAggClient:
             plaintext = keys.open_sealed(peer_channel[j], request.ciphertexts[j], aad,
                                          f"the shares node {j} sent to node {self.node_id}")
             if plaintext[:16] != struct.pack(">QQ", j, self.node_id):
-                raise SecAggProtocolError(f"secagg {h.describe()}: shares from node {j} name another sender or recipient")
+                raise SecAggProtocolError(
+                    f"secagg {h.describe()}: shares from node {j} name another sender or recipient")
             held_seed.append(plaintext[16:16 + 74])
             held_key.append(plaintext[16 + 74:])
         encoded = quantize(payload, cfg.effective_scale, cfg.bound, overwrite=consume)
@@ -246,7 +249,8 @@ class SecAggClient:
                 "revealing both of their secrets would unmask them — refused"
             )
         if self.node_id not in survivors:
-            raise SecAggProtocolError(f"secagg {h.describe()}: this site sent its masked input but is listed as dropped")
+            raise SecAggProtocolError(
+                f"secagg {h.describe()}: this site sent its masked input but is listed as dropped")
         if len(survivors) < cfg.threshold:
             raise SecAggAbortedError(
                 f"secagg {h.describe()}: only {len(survivors)} sites sent masked inputs, fewer than the threshold "

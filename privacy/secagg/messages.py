@@ -47,11 +47,13 @@ def config_record(content: Mapping[str, Any], key: str) -> ConfigRecord | None:
 
 
 def pack_ids(ids: Any) -> bytes:
+    """Node ids as big-endian unsigned 64-bit words, the wire form of a node-id list."""
     ids = list(ids)
     return struct.pack(f">{len(ids)}Q", *ids)
 
 
 def unpack_ids(data: bytes) -> tuple[int, ...]:
+    """Inverse of :func:`pack_ids`, refusing a length that is not whole words."""
     if len(data) % 8:
         raise SecAggProtocolError("a packed node-id list has a length that is not a multiple of 8")
     return struct.unpack(f">{len(data) // 8}Q", data)
@@ -108,7 +110,8 @@ class Header:
     node_id: int
 
     def describe(self) -> str:
-        return f"stage '{self.stage}' of round {self.server_round} (id {self.round_id.hex()[:12]}) for node {self.node_id}"
+        return (f"stage '{self.stage}' of round {self.server_round} (id {self.round_id.hex()[:12]}) "
+                f"for node {self.node_id}")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class MaskExpander:
 
     @classmethod
     def for_length(cls, length: int) -> MaskExpander:
-        """This thread's expander for ``length`` words, reused across calls.
+        """The calling thread's expander for ``length`` words, reused across calls.
 
         Every expansion overwrites the whole buffer, so reuse carries nothing from one
         seed's mask into another's; reusing it spares allocating and page-faulting two

@@ -16,6 +16,7 @@ the sum modulo ``R``; Bell et al. (2020) keep the same encoding.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from privacy.secagg.errors import SecAggConfigError
 
@@ -46,7 +47,8 @@ def quantize(values: np.ndarray, scale: float, bound: float, *, overwrite: bool 
             "the update was not sent (clip it, or lower its weight)"
         )
     in_place = overwrite and values.dtype == np.float64 and values.flags.writeable
-    scaled = np.multiply(values, scale, out=values if in_place else None)
+    # float64 either way; numpy's stubs type a call with ``out=`` as Any
+    scaled: npt.NDArray[np.float64] = np.multiply(values, scale, out=values if in_place else None)
     if largest * scale < 2.0**31 - 1:  # always, under a validated configuration (n ≥ 3 sites share 2^32)
         encoded = np.empty(scaled.shape, dtype=np.int32)
         np.rint(scaled, out=encoded, casting="unsafe")  # exact: |round(x·scale)| < 2^31

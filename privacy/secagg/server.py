@@ -114,7 +114,8 @@ class SecAggServer:
             if not isinstance(reply, kind) or reply.direction != "reply" or h.stage != stage:
                 reason = f"expected a '{stage}' reply, got {type(reply).__name__} for stage '{h.stage}'"
             elif h.round_id != self.round_id or h.server_round != self.server_round:
-                reason = f"reply for another round (round {h.server_round}, id {h.round_id.hex()[:12]}): replayed or stale"
+                reason = (f"reply for another round (round {h.server_round}, id {h.round_id.hex()[:12]}): "
+                          "replayed or stale")
             elif h.node_id != sender:
                 reason = f"reply claims to be from node {h.node_id}"
             elif sender not in expected:

@@ -192,7 +192,8 @@ class SecAggPlusStrategy(StrategyWrapper):
         return server.run_stage(stage, parsed)
 
     @staticmethod
-    def _parse(server: SecAggServer, stage: str, replies: list[Message]) -> tuple[dict[int, _Message], dict[int, Message]]:
+    def _parse(server: SecAggServer, stage: str,
+               replies: list[Message]) -> tuple[dict[int, _Message], dict[int, Message]]:
         parsed: dict[int, _Message] = {}
         messages: dict[int, Message] = {}
         for reply in replies:

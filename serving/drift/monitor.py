@@ -358,7 +358,7 @@ class DriftMonitors:
         for callback in list(self.on_drift_alert):
             try:
                 callback(report.model, report)
-            except Exception:  # a broken hook must not fail the request that noticed the drift
+            except Exception:  # noqa: BLE001 - logged with its traceback: a broken hook must not fail the request
                 logger.exception("drift alert callback %r failed for model %s", callback, report.model)
 
 

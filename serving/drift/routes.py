@@ -29,8 +29,11 @@ class FeatureScore(BaseModel):
 
 
 class DriftStatus(BaseModel):
-    """A model's drift monitor: ``no-reference`` (its BOM has no training histograms), ``warming-up``
-    (fewer than ``min_instances`` in the window), ``ok`` or ``alert``."""
+    """A model's drift monitor and its state.
+
+    ``no-reference`` (its BOM has no training histograms), ``warming-up``
+    (fewer than ``min_instances`` in the window), ``ok`` or ``alert``.
+    """
 
     model: str
     version: int

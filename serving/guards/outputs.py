@@ -80,8 +80,9 @@ def shape_output(
     if policy.output_mode == "top-k":
         scores, indices = probabilities.topk(policy.top_k, dim=1)
         fields["top_k"] = [
-            [{"label": names[int(i)], "score": _round(float(p), policy.precision)} for p, i in zip(row_p, row_i)]
-            for row_p, row_i in zip(scores.tolist(), indices.tolist())
+            [{"label": names[int(i)], "score": _round(float(p), policy.precision)}
+             for p, i in zip(row_p, row_i, strict=True)]
+            for row_p, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
         ]
     else:
         fields["classes"] = names

@@ -119,7 +119,8 @@ def shadow(
 def promote(
     model: ModelArg,
     version: Annotated[int | None, typer.Option(help="Switch straight to this version (blue/green without a "
-                                                     "candidate); default: the current candidate.", min=1, max=MAX_VERSION)] = None,
+                                                     "candidate); default: the current candidate.",
+                                                min=1, max=MAX_VERSION)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Blue/green: the candidate (or --version) becomes stable in one step; the old stable is kept for rollback."""

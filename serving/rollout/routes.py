@@ -97,14 +97,16 @@ class VersionRequest(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1, le=MAX_VERSION, description="Switch straight to this version (blue/green); "
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                description="Switch straight to this version (blue/green); "
                                 "default: the current candidate")
 
 
 class KillRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"pin": 1, "reason": "bad answers"}]})
 
-    pin: int | None = Field(default=None, ge=1, le=MAX_VERSION, description="Serve only this signed version instead of 503")
+    pin: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                            description="Serve only this signed version instead of 503")
     reason: str = Field(default="", max_length=256)
 
 

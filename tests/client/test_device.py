@@ -14,9 +14,9 @@ from client.cli import site_node_config
 from client.config import TrainConfig
 from client.device import check_device, describe, training_device
 from client.training import plan_for, train_locally
+from federation.tabular import TabularData
 from lifecycle.architecture import ModelSpec, build_model
 from lifecycle.errors import ConfigurationError
-from federation.tabular import TabularData
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA GPU")
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from client.config import TrainConfig
 from client.training import plan_for, train_locally
-from lifecycle.architecture import ModelSpec, build_model
 from federation.tabular import TabularData
+from lifecycle.architecture import ModelSpec, build_model
 
 
 def _setup(n: int, batch: int, epochs: int) -> tuple[TabularData, TrainConfig]:

@@ -57,7 +57,8 @@ def make_cheating_mod(factor: float, *, site: int = 0, rounds: Collection[int] |
         if reply.has_error():
             return reply
         config = client.config
-        weight = 1.0 if config.weighting == "uniform" else float(reply.content.metric_records["metrics"][config.weight_key])  # type: ignore[arg-type]
+        metrics = reply.content.metric_records["metrics"]
+        weight = 1.0 if config.weighting == "uniform" else float(metrics[config.weight_key])  # type: ignore[arg-type]
         delta = updates.model_delta(reply.content.array_records["arrays"], msg.content.array_records["arrays"])
         payload = np.clip(updates.weighted_payload(factor * delta, weight), -config.bound, config.bound)
         masked = client.masked_input(request, payload)

@@ -11,9 +11,9 @@ from pathlib import Path
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.authority import create_ca, issue_site_certificate
 from federation.bundle import SiteBundle
+from federation.streams import RelayServer
 from lifecycle.registry import Registry
 from lifecycle.settings import Settings
-from federation.streams import RelayServer
 
 
 @dataclass

@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from client.cli import site_node_config
 from client.forwarder import loopback_certificate
+from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from client.supernode import SiteAgent, materialize, node_config, supernode_argv
 from coordinator.provisioning import FederationLayout
 from coordinator.runtime_options import superlink_env, superlink_flags
 from coordinator.superlink import check_insecure, flower_env, is_loopback, superlink_argv
-from fedguard.cli import app
 from federation.bundle import BundlePermissionError, read_bundle
+from fedguard.cli import app
 from lifecycle.errors import ConfigurationError, StateError
-from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from tests.coordinator.federation_fixtures import make_federation
 
 runner = CliRunner()

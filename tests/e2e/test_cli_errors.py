@@ -149,7 +149,8 @@ def test_registry_edits_fail_verify_naming_the_field(cli_home: Path) -> None:
     assert "model_version.metrics.accuracy" in result.stderr and result.stdout == ""
 
 
-_SITE_SCHEMA = 'label = "y"\nlabel-values = ["0", "1"]\n\n[columns]\nname = { type = "category", values = ["café", "thé"] }\n'
+_SITE_SCHEMA = ('label = "y"\nlabel-values = ["0", "1"]\n\n'
+                '[columns]\nname = { type = "category", values = ["café", "thé"] }\n')
 
 
 def test_client_check_refuses_a_non_utf8_csv_naming_file_and_encoding(cli_home: Path, tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def test_identity_reply_round_trips_with_the_per_round_cost() -> None:
 def test_every_default_has_one_source() -> None:
     sim = {f.name: f.default for f in fields(SimulationConfig)}
     for key, value in (("dp-epsilon", defaults.DEFAULT_DP_EPSILON), ("dp-delta", defaults.DEFAULT_DP_DELTA),
-                       ("max-grad-norm", defaults.DEFAULT_MAX_GRAD_NORM), ("local-epochs", defaults.DEFAULT_LOCAL_EPOCHS),
+                       ("max-grad-norm", defaults.DEFAULT_MAX_GRAD_NORM),
+                       ("local-epochs", defaults.DEFAULT_LOCAL_EPOCHS),
                        ("batch-size", defaults.DEFAULT_BATCH_SIZE), ("lr", defaults.DEFAULT_LR),
                        ("seed", defaults.DEFAULT_SEED), ("hidden", defaults.DEFAULT_HIDDEN),
                        ("clip-norm", defaults.DEFAULT_CLIP_NORM)):

@@ -41,7 +41,8 @@ def _batch(model: nn.Module, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return x, torch.randint(0, last.out_features, (n,), generator=generator)
 
 
-def _opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        clip: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Σ_i min(1, C/(‖∇_i‖+1e-6)) ∇_i from Opacus' per-sample gradients (hooks), and the per-example norms."""
     gsm = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
     nn.functional.cross_entropy(gsm(x), y).backward()

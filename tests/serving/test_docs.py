@@ -150,7 +150,8 @@ def test_the_harness_reads_the_convention_and_catches_a_wrong_status(docs_server
         "# A\n```console\n$ curl -s $URL/healthz\n```\n"
         "## B\n```bash\n# expect: 404\ncurl $URL/nowhere\n```\n"
         "```bash\necho no request here\n```\n"
-        "```bash\ncurl $URL/healthz | python3 -c 'import json,sys; assert json.load(sys.stdin)[\"status\"] == \"ok\"'\n```\n"
+        "```bash\ncurl $URL/healthz | python3 -c "
+        "'import json,sys; assert json.load(sys.stdin)[\"status\"] == \"ok\"'\n```\n"
     )
     blocks = runnable_blocks(markdown)
     assert [(b.line, b.heading, b.expect) for b in blocks] == [(6, "B", 404), (13, "B", 200)]

@@ -144,5 +144,5 @@ class QuotaStore(ABC):
             The backing store cannot be reached.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default on purpose: only stores with connections override it
         """Release connections, if any."""

@@ -5,9 +5,10 @@ requests on any number of replicas are refused exactly past the limit. Keys
 are ``<prefix><key_id>|<model>|bucket`` (a hash: tokens and their time stamp)
 and ``<prefix><key_id>|<model>|day|<n>`` (an integer), both with an expiry so
 idle pairs disappear, and ``<prefix><key_id>|throttle`` (a hash: the lowered
-rate, burst and the instant they end) for a key the extraction guard flagged. Float values cross the script boundary as strings
-(Redis truncates Lua numbers to integers), written with 17 significant
-digits so that they round-trip exactly.
+rate, burst and the instant they end) for a key the extraction guard flagged.
+Float values cross the script boundary as strings (Redis truncates Lua
+numbers to integers), written with 17 significant digits so that they
+round-trip exactly.
 """
 
 from __future__ import annotations

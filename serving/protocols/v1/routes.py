@@ -60,8 +60,10 @@ def healthz() -> Health:
 @router.get("/metrics", tags=["health"], response_class=Response,
             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
 def metrics(state: State) -> Response:
-    """Prometheus metrics of this server. Needs no key: counts by route, model and status only,
-    never key ids or request values."""
+    """Prometheus metrics of this server.
+
+    Needs no key: counts by route, model and status only, never key ids or request values.
+    """
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
@@ -90,7 +92,9 @@ def list_models(state: State, key: PredictKey) -> ModelList:
         429: {
             "model": ErrorBody,
             "description": "The key is over its rate limit or daily instance budget for this model",
-            "headers": {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}},
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}},
+            },
         },
     },
 )

@@ -45,7 +45,8 @@ def train(msg: Message, context: Context) -> Message:
     partition = int(context.node_config["partition-id"])
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
     arrays = msg.content.array_records["arrays"]
-    local = {k: Array(arrays[k].numpy() + d) for k, d in zip(arrays.keys(), delta_of(partition, server_round))}
+    local = {k: Array(arrays[k].numpy() + d)
+             for k, d in zip(arrays.keys(), delta_of(partition, server_round), strict=True)}
     return Message(RecordDict({
         "arrays": ArrayRecord(local),
         "metrics": MetricRecord({"num-examples": examples_of(partition), "train-loss": 0.1 * partition}),
@@ -73,7 +74,7 @@ def expected_model() -> np.ndarray:
     weights = np.array([examples_of(p) for p in range(SITES)], dtype=np.float64)
     for server_round in range(1, ROUNDS + 1):
         deltas = [np.concatenate(delta_of(p, server_round)).astype(np.float64) for p in range(SITES)]
-        vector = vector + np.sum([w * d for w, d in zip(weights, deltas)], axis=0) / weights.sum()
+        vector = vector + np.sum([w * d for w, d in zip(weights, deltas, strict=True)], axis=0) / weights.sum()
     return vector
 
 

@@ -20,7 +20,7 @@ def plain_fedavg(arrays: ArrayRecord, nodes: list[int], server_round: int) -> np
     vector, _ = flatten(arrays)
     deltas = [np.concatenate([d.ravel() for d in site_delta(n, server_round, arrays).values()]) for n in nodes]
     weights = np.array([examples_of(n) for n in nodes], dtype=np.float64)
-    return vector + np.sum([w * d for w, d in zip(weights, deltas)], axis=0) / weights.sum()
+    return vector + np.sum([w * d for w, d in zip(weights, deltas, strict=True)], axis=0) / weights.sum()
 
 
 def make(public: Path, nodes: int = 4, **kwargs: object) -> CKKSStrategy:

@@ -18,7 +18,8 @@ Opener = Callable[[], PrivacyLedger]
 
 
 
-@pytest.fixture(params=["registry-sqlite", "site-sqlite", pytest.param("registry-postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["registry-sqlite", "site-sqlite",
+                        pytest.param("registry-postgres", marks=pytest.mark.postgres)])
 def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     opened: list[PrivacyLedger] = []
 

@@ -35,7 +35,8 @@ def make_client_app(clear_dir: str | None = None, *, step: float = 0.05) -> Clie
         round_ = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
         seed = int(context.node_id % 2**32) + 7919 * round_
         rng = np.random.default_rng(seed)
-        new = {k: (a.numpy() + rng.normal(scale=step, size=a.numpy().shape)).astype(np.float32) for k, a in arrays.items()}
+        new = {k: (a.numpy() + rng.normal(scale=step, size=a.numpy().shape)).astype(np.float32)
+               for k, a in arrays.items()}
         examples = 10 + seed % 23
         if clear_dir is not None:
             record = {"node": context.node_id, "round": round_, "examples": examples,

@@ -64,7 +64,8 @@ class Federation:
         return s.receive_unmask(self.answer(UNMASK, s.unmask_requests()))
 
 
-def random_payloads(nodes: Iterable[int], dim: int, config: SecAggConfig, rng: np.random.Generator) -> dict[int, np.ndarray]:
+def random_payloads(nodes: Iterable[int], dim: int, config: SecAggConfig,
+                    rng: np.random.Generator) -> dict[int, np.ndarray]:
     """``[w·Δ, w]`` with ‖Δ‖ ≤ C and 0 < w ≤ max_weight, as the mod would build them."""
     out = {}
     for node in nodes:

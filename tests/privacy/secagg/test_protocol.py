@@ -43,7 +43,8 @@ def test_unmasked_sum_equals_plaintext_weighted_sum(case: tuple[SecAggConfig, di
     expected = sum(payloads.values())
     assert np.max(np.abs(total - expected)) <= tolerance(config, len(payloads))
     mean = total[:-1] / total[-1]
-    assert np.allclose(mean, expected[:-1] / expected[-1], atol=2 * tolerance(config, len(payloads)) / expected[-1] * 10)
+    assert np.allclose(mean, expected[:-1] / expected[-1],
+                       atol=2 * tolerance(config, len(payloads)) / expected[-1] * 10)
 
 
 def test_masked_inputs_look_nothing_like_the_payloads() -> None:

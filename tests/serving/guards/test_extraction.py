@@ -103,7 +103,8 @@ def test_the_guards_throttle_an_extraction_attack_and_lower_the_surrogates_agree
         assert throttled is guard
     off, on = results[False], results[True]
     print(f"\nsurrogate agreement with the served model: guards off {off.agreement:.3f} "
-          f"({off.answered} labels), guards on {on.agreement:.3f} ({on.answered} labels, {on.refused} requests refused)")
+          f"({off.answered} labels), guards on {on.agreement:.3f} "
+          f"({on.answered} labels, {on.refused} requests refused)")
     assert off.refused == 0 and off.answered == 1000
     assert on.refused >= 35 and on.answered <= 125
     assert on.agreement < off.agreement - 0.05

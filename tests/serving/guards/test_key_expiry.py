@@ -101,7 +101,8 @@ def test_api_refuses_an_expired_key_exactly_like_a_revoked_one(
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)), (" 1d ", timedelta(days=1)),
+    ("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)),
+    (" 1d ", timedelta(days=1)),
 ])
 def test_parse_duration(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected

@@ -73,11 +73,11 @@ def test_top_k_is_ranked_and_rounded(serve: Serve, predict_key: CreatedKey, publ
     body = predict(serve(output_mode="top-k", top_k=1, precision=3), predict_key)
     exact = expected_probabilities(published, INSTANCES)
     assert set(body) == {"predictions", "model", "version", "top_k"}
-    for row, probs, label in zip(body["top_k"], exact, body["predictions"]):
+    for row, probs, label in zip(body["top_k"], exact, body["predictions"], strict=True):
         assert len(row) == 1 and row[0]["label"] == label
         assert row[0]["score"] == round(float(probs.max()), 3)
     body = predict(serve(output_mode="top-k", top_k=2, precision=2), predict_key)
-    for row, probs in zip(body["top_k"], exact):
+    for row, probs in zip(body["top_k"], exact, strict=True):
         assert [entry["score"] for entry in row] == sorted((round(float(p), 2) for p in probs), reverse=True)
         assert sorted(entry["label"] for entry in row) == LABELS
 

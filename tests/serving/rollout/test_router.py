@@ -245,7 +245,10 @@ def test_a_change_by_another_replica_arrives_after_the_refresh_interval(
 
 
 def _eventually(probe: Callable[[], int], seconds: float = 1.0) -> int:
-    """``probe()`` repeated until it answers other than 200 or ``seconds`` of real time pass (the kill switch's bound)."""
+    """``probe()`` repeated until it answers other than 200 or ``seconds`` of real time pass.
+
+    ``seconds`` is the kill switch's bound.
+    """
     deadline = time.monotonic() + seconds
     answer = probe()
     while answer == 200 and time.monotonic() < deadline:
