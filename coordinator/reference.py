@@ -125,7 +125,8 @@ class ReferenceCollector:
                 run_ledger.ledger.record(reference_charge(name, run_ledger.manifests[name], run_ledger.run_id, plan),
                                          actor="coordinator", enforce=False)
             result = secure_sum(
-                grid, nodes, num_bins(self.edges), mechanism=self.request.secure_sum, message_type=REFERENCE_MESSAGE_TYPE,
+                grid, nodes, num_bins(self.edges), mechanism=self.request.secure_sum,
+                message_type=REFERENCE_MESSAGE_TYPE,
                 extra={CONFIG_RECORD: config, REFERENCE_RECORD: self.request.to_record("sum")}, timeout=self.timeout,
                 he_public_context=Path(self.he_public_context) if self.he_public_context else None,
             )

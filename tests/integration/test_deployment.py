@@ -187,8 +187,9 @@ def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Fede
     fed.agents[impostor] = _claiming(fed, impostor, data / "site-0.csv", enrolled="site-x", claims="site-0")
     try:
         fed.wait_online({f"site-{i}" for i in range(SITES)} | {"site-x"})
-        run_id = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))["run_id"]
-        seen = _until(fed, run_id, lambda e: e["event"] == "done")
+        launched = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))
+        run_id = launched.run_id
+        seen = _until(fed, launched, lambda e: e["event"] == "done")
     finally:
         fed.kill_supernode(impostor)
     assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES, SITES]
