@@ -15,7 +15,10 @@ message that says what is wrong and what to do about it::
     │   ├── SignatureError
     │   └── WatermarkError
     ├── TrainingError (RuntimeError, exit 6)      a round aggregated nothing, a site failed
+    │   ├── SitesUnavailableError (exit 9)        too few sites identified by the deadline
+    │   └── RunStoppedError (exit 10)             an operator stopped the run ('fedguard run stop')
     ├── AuthError (PermissionError, exit 7)       missing, unknown or under-scoped credential
+    │   └── CertificateRefusedError               the coordinator refused this site's certificate
     └── PrivacyBudgetExceeded (RuntimeError, exit 8, in privacy.ledger.base)  a site's cap would be passed
 
 Packages subclass these for their own cases (``privacy.secagg.errors``,
@@ -85,7 +88,23 @@ class TrainingError(FedguardError, RuntimeError):
     exit_code = 6
 
 
+class SitesUnavailableError(TrainingError):
+    """A run could not start: fewer sites were identified than it needs (the message names the missing ones)."""
+
+    exit_code = 9
+
+
+class RunStoppedError(TrainingError):
+    """A run was stopped by an operator (``fedguard run stop``) before it finished."""
+
+    exit_code = 10
+
+
 class AuthError(FedguardError, PermissionError):
     """A credential is missing, unknown, revoked or lacks the needed scope."""
 
     exit_code = 7
+
+
+class CertificateRefusedError(AuthError):
+    """The coordinator's gateway refused this site's certificate (revoked, unknown CA): the site agent stops."""
