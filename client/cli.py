@@ -8,7 +8,9 @@ paths reach the ClientApp through ``--node-config`` (keys in
 
 ``check`` validates the site's data file against its schema offline (every
 problem at once; exit 2 when any), so an operator can fix a file before the
-site ever joins a run. ``audit`` shows or verifies the site's local audit log
+site ever joins a run; with ``--bundle`` it checks the file through the
+site's schema (a mapping: renames, label recoding, ignored columns) against
+the federation's data contract that the bundle carries. ``audit`` shows or verifies the site's local audit log
 of outgoing messages (docs/site-data.md).
 """
 
@@ -24,14 +26,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from client.audit import read_log, verify_log
-from client.data import check_file
 from client.device import check_device
 from client.supernode import SiteAgent
 from federation.bundle import read_bundle
-from federation.schema import SiteSchema
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.settings import get_settings
 
@@ -122,18 +123,36 @@ def start(
 @client_app.command("check")
 def check(
     data: Annotated[Path, typer.Option("--data", help="The site's CSV or Parquet file.")],
-    schema: Annotated[Path, typer.Option("--schema", help="The site's schema file (TOML).")],
+    schema: Annotated[Path, typer.Option("--schema", help="The site's schema file (TOML): full, or a mapping onto "
+                                         "the federation's contract.")],
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="This site's bundle: check against the "
+                                                "federation's data contract it carries.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check a data file against its schema; list every problem (exit 2 if any)."""
-    report = check_file(data, SiteSchema.load(schema)).report
+    """Check a data file against its schema, or through it against the federation's contract; every problem (exit 2)."""
+    from client.data import check_file  # numpy, flwr: only for this command
+    from federation.contract import DataContract
+    from federation.mapping import load_site_schema
+
+    contract = None
+    if bundle is not None:
+        site_bundle = read_bundle(bundle)
+        if not site_bundle.contract:
+            raise ConfigurationError(
+                f"the bundle {bundle} carries no data contract: it was issued before the coordinator declared one "
+                f"('fedguard coordinator data'); ask the coordinator for 'fedguard site rotate {site_bundle.site}'")
+        contract = DataContract.from_json(site_bundle.contract, source=f"the data contract in {bundle}")
+    report = check_file(data, load_site_schema(schema), contract).report
+    digest = {"contract": contract.digest} if contract is not None else {}
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps({**report.to_dict(), **digest}))
     elif report.ok:
-        console.print(f"[green]ok[/green] {report.summary()}", highlight=False, soft_wrap=True)
+        console.print(f"[green]ok[/green] {escape(report.summary())}"
+                      + (f" ({contract.digest[:16]})" if contract is not None else ""), highlight=False,
+                      soft_wrap=True)
     if not report.ok:
         if not as_json:
-            console.print(report.summary(), highlight=False, soft_wrap=True)
+            console.print(report.summary(), highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(2)
 
 

@@ -1,4 +1,4 @@
-"""``fedguard coordinator init|start`` and ``fedguard site enroll|rotate|revoke|list``.
+"""``fedguard coordinator init|data|start`` and ``fedguard site enroll|rotate|revoke|list``.
 
 Mounted by ``fedguard/cli.py``::
 
@@ -13,6 +13,7 @@ goes to stdout; progress and warnings go to stderr.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import signal
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
+from coordinator.provisioning.sites import contract_digest
 from lifecycle.errors import StateError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
@@ -83,6 +85,55 @@ def init(
                       f"  CA certificate  {layout.ca_cert}\n  TLS certificate {layout.server_cert}\n"
                       f"  sites will dial {config.endpoint}; open TCP {config.gateway_port} inbound, nothing else",
                       highlight=False)
+
+
+@coordinator_app.command("data")
+def data(
+    data_file: Annotated[Path, typer.Option("--data", help="The coordinator's held-out file (CSV or Parquet), "
+                                            "in the contract's column names.")],
+    schema: Annotated[Path, typer.Option("--schema", help="The contract: site-schema TOML plus record-id and "
+                                         "per-column unit (docs/deployment.md).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Reference folder to write "
+                                             "[FEDGUARD_HOME/federation/reference].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Declare the federation's data contract and write the held-out reference set (every problem at once; exit 2)."""
+    from coordinator.provisioning.data import declare_contract  # numpy, torch: only for this command
+    from federation.schema import SchemaValidationError
+
+    sites = _sites()
+    try:
+        declared = declare_contract(sites.layout, sites.registry, data_file, schema, out=out, actor=_actor())
+    except SchemaValidationError as exc:
+        if as_json:
+            typer.echo(json.dumps(exc.report.to_dict()))
+        else:
+            console.print(exc.report.summary(), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(declared.to_dict()))
+        return
+    c, enrolled = declared.contract, len(sites.sites())
+    record_id = f", record id '{c.record_id}'" if c.record_id else ""
+    lines = [f"data contract declared: {len(c.features)} features, label '{c.label}' "
+             f"({', '.join(c.label_values)}){record_id}; digest {c.digest[:16]}",
+             f"  contract       {declared.contract_path}",
+             f"  reference set  {declared.reference}/ (test.csv: {declared.rows} rows, schema.json, contract.json)"]
+    if declared.changed and enrolled:
+        lines.append(f"  the contract changed: {enrolled} site(s) enrolled earlier hold the previous one in their "
+                     "bundle; runs carry the new one, 'fedguard site rotate NAME' refreshes a bundle")
+    lines.append("next: 'fedguard site enroll NAME --out NAME.bundle' (each bundle carries the contract); "
+                 + ("jobs with an empty data-dir evaluate on this reference set" if out is None else
+                    f"set data-dir = \"{declared.reference}\" in the job"))
+    err_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+
+
+def _contract_note(bundle_contract: str) -> str:
+    """What a bundle says about the data contract, for enroll and rotate."""
+    if not bundle_contract:
+        return ("\n  no data contract yet: after 'fedguard coordinator data', 'fedguard site rotate' gives the site "
+                "a bundle it can check its file with")
+    return f"\n  carries the data contract {hashlib.sha256(bundle_contract.encode()).hexdigest()[:16]}"
 
 
 def _attach_log_handler(path: Path) -> None:
@@ -169,11 +220,12 @@ def enroll(
     bundle = sites.enroll(name, out, endpoint=endpoint, actor=_actor())
     info = next(i for i in sites.sites() if i.name == name)
     if as_json:
-        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "endpoint": bundle.endpoint}))
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "endpoint": bundle.endpoint,
+                               "contract": contract_digest(bundle.contract)}))
     else:
         err_console.print(f"site [bold]{name}[/bold] enrolled; bundle {out} (0600, holds private keys: hand it "
-                          f"over out of band)\n  certificate serial {info.cert_serial}, dials {bundle.endpoint}",
-                          highlight=False)
+                          f"over out of band)\n  certificate serial {info.cert_serial}, dials {bundle.endpoint}"
+                          f"{_contract_note(bundle.contract)}", highlight=False)
 
 
 @site_app.command("rotate")
@@ -186,13 +238,13 @@ def rotate(
 ) -> None:
     """New credentials for one site; its old certificate and node key are revoked, other sites are untouched."""
     sites = _sites()
-    sites.rotate(name, out, endpoint=endpoint, actor=_actor())
+    bundle = sites.rotate(name, out, endpoint=endpoint, actor=_actor())
     info = next(i for i in sites.sites() if i.name == name)
     if as_json:
-        typer.echo(json.dumps({**_site_row(info), "bundle": str(out)}))
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "contract": contract_digest(bundle.contract)}))
     else:
-        err_console.print(f"site [bold]{name}[/bold] rotated; new bundle {out}; the old one is refused from now on",
-                          highlight=False)
+        err_console.print(f"site [bold]{name}[/bold] rotated; new bundle {out}; the old one is refused from now on"
+                          f"{_contract_note(bundle.contract)}", highlight=False)
 
 
 @site_app.command("revoke")

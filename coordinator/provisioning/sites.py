@@ -9,6 +9,7 @@ private keys exist in the bundle and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,11 @@ def node_keys(registry: Registry) -> list[tuple[str, bool, str]]:
                 for credential, site in rows]
 
 
+def contract_digest(contract: str) -> str | None:
+    """The SHA-256 of a bundle's contract JSON (``DataContract.digest``), None without one."""
+    return hashlib.sha256(contract.encode()).hexdigest() if contract else None
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -111,7 +117,8 @@ class SiteRegistry:
             session.add(credential)
             audit.record(session, "site.enrolled", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "fingerprint": credential.cert_fingerprint,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "contract": contract_digest(bundle.contract)})
             self._write(out, bundle)
         logger.info("enrolled site %s (certificate serial %s)", name, credential.cert_serial)
         return bundle
@@ -130,7 +137,8 @@ class SiteRegistry:
             session.add(credential)
             audit.record(session, "site.rotated", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "revoked_serials": old,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "contract": contract_digest(bundle.contract)})
             self._write(out, bundle)
         self.write_crl()
         return bundle
@@ -212,6 +220,14 @@ class SiteRegistry:
             status = REVOKED if REVOKED in (credential.status, site.status) else ACTIVE
             return site.name, status
 
+    def contract_json(self) -> str:
+        """The federation's data contract as canonical JSON for a bundle; empty before 'coordinator data' ran."""
+        if not self.layout.contract.is_file():
+            return ""
+        from federation.contract import DataContract  # numpy: only when a contract exists
+
+        return DataContract.read(self.layout.contract).to_json()
+
     # -- helpers ---------------------------------------------------------------
     @staticmethod
     @contextmanager
@@ -258,7 +274,7 @@ class SiteRegistry:
             federation=config.federation, site=site.name, endpoint=endpoint or config.endpoint,
             ca_cert=ca.cert_pem.decode(), site_cert=pair.cert_pem.decode(), node_public_key=node.public_pem.decode(),
             issued_at=(now or datetime.now(UTC)).isoformat(), site_key=pair.key_pem.decode(),
-            node_key=node.private_openssh.decode())
+            node_key=node.private_openssh.decode(), contract=self.contract_json())
         return bundle, credential
 
     @staticmethod
