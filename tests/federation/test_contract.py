@@ -168,3 +168,23 @@ def test_bundle_round_trips_with_and_without_a_contract(tmp_path: Path, contract
     old.write_text(json.dumps(raw))
     with pytest.raises(ConfigurationError, match="lacks contract"):
         read_bundle(old)
+
+
+def test_the_site_agent_trains_through_the_mapping_and_the_runs_contract(tmp_path: Path,
+                                                                         contract: DataContract) -> None:
+    from client.app import _site_data
+    from client.config import SiteIdentity
+
+    _, (rows,) = hospital.split(1)
+    export = hospital.write_export(tmp_path / "export.csv", rows[:30], count=6, rename=RENAMED)
+    (tmp_path / "site.toml").write_text(hospital.mapping_toml(rename=RENAMED))
+    site = SiteIdentity("guys", export, tmp_path / "site.toml")
+    cfg = TrainConfig(server_round=1, total_rounds=1, local_epochs=1, batch_size=8, lr=0.1, dp_epsilon=0.0,
+                      dp_delta=1e-5, max_grad_norm=1.0, features=contract.features, target=contract.label,
+                      spec=ModelSpec(6, 2, (8,)), seed=1, labels=contract.label_values, contract=contract.to_json())
+    data = _site_data(site, cfg)
+    expected = check_file(export, load_site_schema(tmp_path / "site.toml"), contract)
+    assert expected.report.ok and data.num_examples == 30
+    np.testing.assert_array_equal(data.features[:, 0], expected.values["radius_mean"].astype(np.float32))
+    with pytest.raises(ConfigurationError, match="no contract"):
+        _site_data(site, replace(cfg, contract=""))  # a run without a contract cannot check a mapping
