@@ -19,6 +19,10 @@ values, unknown labels) with row counts and the first row numbers, before
 anything is trained: an operator fixes a file in one pass instead of one
 error per attempt. Problems name columns and rows, never values, so the
 report itself leaks no record even if a log is shipped elsewhere.
+:func:`encode` turns a checked table into model input, the same way at a
+site and for the coordinator's reference set. The federation's data contract
+(:mod:`federation.contract`) is written in this format too, and a site
+schema without ``[columns]`` maps onto it (:mod:`federation.mapping`).
 """
 
 from __future__ import annotations
