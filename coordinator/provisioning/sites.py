@@ -28,7 +28,7 @@ from coordinator.provisioning.authority import (
     serial_hex,
 )
 from coordinator.provisioning.federation import FederationLayout
-from coordinator.provisioning.tables import ACTIVE, REVOKED, FederationSite, SiteCredential
+from coordinator.provisioning.tables import ACTIVE, REVOKED, ROTATED, FederationSite, SiteCredential
 from federation.bundle import SiteBundle, write_bundle
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
@@ -125,7 +125,7 @@ class SiteRegistry:
             site = self._site(session, name)
             if site.status != ACTIVE:
                 raise StateError(f"site '{name}' was revoked for good; enrol it under a new name if it must return")
-            old = self._revoke_credentials(session, site, now, "rotated")
+            old = self._revoke_credentials(session, site, now, ROTATED)
             bundle, credential = self._issue(site, endpoint, now)
             session.add(credential)
             audit.record(session, "site.rotated", actor=actor, subject=name,
@@ -201,7 +201,13 @@ class SiteRegistry:
         return node_keys(self.registry)
 
     def credential_state(self, serial: str) -> tuple[str, str] | None:
-        """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it."""
+        """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it.
+
+        ``status`` is ``active``, ``revoked`` (the site was revoked), or
+        ``rotated`` (the site is active but this credential was replaced by
+        ``fedguard site rotate``: the site must use its new bundle). Only
+        ``active`` may connect.
+        """
         with Session(self.registry.engine) as session:
             row = session.exec(select(SiteCredential, FederationSite)
                                .where(SiteCredential.cert_serial == serial.lower())
@@ -209,8 +215,11 @@ class SiteRegistry:
             if row is None:
                 return None
             credential, site = row
-            status = REVOKED if REVOKED in (credential.status, site.status) else ACTIVE
-            return site.name, status
+            if site.status == REVOKED:
+                return site.name, REVOKED
+            if credential.status == REVOKED:
+                return site.name, ROTATED if credential.revoked_reason == ROTATED else REVOKED
+            return site.name, ACTIVE
 
     # -- helpers ---------------------------------------------------------------
     @staticmethod
