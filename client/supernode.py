@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import logger
-from client.forwarder import Forwarder, gateway_context, loopback_certificate, loopback_context
+from client.forwarder import (
+    DEFAULT_MAX_REFUSED,
+    Forwarder,
+    gateway_context,
+    loopback_certificate,
+    loopback_context,
+)
 from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from federation.bundle import SiteBundle
 from federation.processes import stop_process_group
@@ -105,7 +111,8 @@ class SiteAgent:
     def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,
                  extra: Sequence[str] = (), runtime_port: int | None = None,
                  env: Mapping[str, str] | None = None, program: Sequence[str] | None = None,
-                 env_overrides: Mapping[str, str] | None = None) -> None:
+                 env_overrides: Mapping[str, str] | None = None, max_refused: int = DEFAULT_MAX_REFUSED) -> None:
+        self.max_refused = max_refused
         self.bundle = bundle
         self.config = dict(config)
         self.log_path = log_path
@@ -125,7 +132,8 @@ class SiteAgent:
             self.forwarder = Forwarder(
                 gateway_host=self.bundle.host, gateway_port=self.bundle.port,
                 gateway_ctx=gateway_context(files.ca_cert, files.site_cert, files.site_key),
-                loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key)).start()
+                loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key),
+                max_refused=self.max_refused).start()
             argv = supernode_argv(files, self.forwarder.port, self.config,
                                   runtime_port=self.runtime_port or free_port(), extra=self.extra,
                                   program=self.program)
@@ -143,6 +151,10 @@ class SiteAgent:
     def process_env(self) -> dict[str, str]:
         """The SuperNode's environment: ``env``, the runtime options' quiet/fast variables, ``env_overrides``."""
         return {**supernode_env(self.env), **self.env_overrides}
+
+    def refused(self) -> str | None:
+        """Why the coordinator refused this site's certificate ``max_refused`` times in a row, else ``None``."""
+        return self.forwarder.refused if self.forwarder is not None else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
