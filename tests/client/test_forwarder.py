@@ -101,9 +101,9 @@ def test_an_unreachable_gateway_is_not_a_refusal(world: dict[str, object]) -> No
 
 def test_only_certificate_alerts_count_as_refusals() -> None:
     revoked = ssl.SSLError(1, "alert")
-    revoked.reason = "SSLV3_ALERT_CERTIFICATE_REVOKED"  # type: ignore[misc]
+    revoked.reason = "SSLV3_ALERT_CERTIFICATE_REVOKED"
     assert refusal_reason(revoked) == "revoked"
     other = ssl.SSLError(1, "verify")
-    other.reason = "CERTIFICATE_VERIFY_FAILED"  # type: ignore[misc]  # we refused the coordinator: not a refusal
+    other.reason = "CERTIFICATE_VERIFY_FAILED"  # we refused the coordinator: not a refusal
     assert refusal_reason(other) is None
     assert refusal_reason(ConnectionResetError()) is None
