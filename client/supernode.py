@@ -5,7 +5,8 @@ SuperNode dials the forwarder on loopback over TLS (``--root-certificates``
 the forwarder's throw-away loopback certificate), signs its requests with the
 bundle's node key (``--auth-supernode-private-key``), and receives the site's
 settings as ``--node-config`` (``site-name``, ``data-path``, ``schema-path``,
-``audit-path``, ``ledger-path``, ``epsilon-cap``, ``device``; the ClientApp reads them).
+``audit-path``, ``ledger-path``, ``epsilon-cap``, ``device``; the ClientApp reads them), plus
+``he-secret-context`` when the bundle carries the federation's CKKS secret context.
 
 Private keys are written only into a 0700 temporary folder (``mkdtemp``)
 that lives as long as the agent and is deleted when it stops: Flower reads
@@ -51,6 +52,11 @@ class SiteFiles:
     node_key = property(lambda self: self.root / "node.key")
     loopback_cert = property(lambda self: self.root / "loopback.crt")
     loopback_key = property(lambda self: self.root / "loopback.key")
+    he_secret_context = property(lambda self: self.root / "he-secret-context.bin")
+
+
+HE_SECRET_CONTEXT_KEY = "he-secret-context"
+"""The node-config key :mod:`privacy.he.mod` reads (its ``SECRET_CONTEXT_KEY``; not imported: tenseal is heavy)."""
 
 
 def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -> SiteFiles:
@@ -63,6 +69,9 @@ def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -
     write_private(files.site_key, bundle.site_key.encode())
     write_private(files.node_key, bundle.node_key.encode())
     write_private(files.loopback_key, loopback_key)
+    he_secret = bundle.he_secret_bytes()
+    if he_secret is not None:
+        write_private(files.he_secret_context, he_secret)
     return files
 
 
@@ -128,6 +137,8 @@ class SiteAgent:
     def start(self) -> SiteAgent:
         cert, key = loopback_certificate()
         self.files = files = materialize(self.bundle, cert, key)
+        if files.he_secret_context.exists():  # an explicit node-config path wins
+            self.config.setdefault(HE_SECRET_CONTEXT_KEY, str(files.he_secret_context))
         try:
             self.forwarder = Forwarder(
                 gateway_host=self.bundle.host, gateway_port=self.bundle.port,

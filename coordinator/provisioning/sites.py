@@ -9,6 +9,7 @@ private keys exist in the bundle and nowhere else.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,8 +97,12 @@ class SiteRegistry:
 
     # -- writes ----------------------------------------------------------------
     def enroll(self, name: str, out: Path, *, endpoint: str | None = None, actor: str = "cli",
-               now: datetime | None = None) -> SiteBundle:
-        """Create a site, issue its first credentials and write its bundle to ``out`` (0600)."""
+               now: datetime | None = None, he_secret_context: bytes | None = None) -> SiteBundle:
+        """Create a site, issue its first credentials and write its bundle to ``out`` (0600).
+
+        ``he_secret_context``: the federation's CKKS secret context to carry
+        inside the bundle (never stored by the registry).
+        """
         validate_site_name(name)
         check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
@@ -107,18 +112,23 @@ class SiteRegistry:
             site = FederationSite(name=name, created_at=now or datetime.now(UTC))
             session.add(site)
             session.flush()
-            bundle, credential = self._issue(site, endpoint, now)
+            bundle, credential = self._issue(site, endpoint, now, he_secret_context)
             session.add(credential)
             audit.record(session, "site.enrolled", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "fingerprint": credential.cert_fingerprint,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "he_secret_context": he_secret_context is not None})
             self._write(out, bundle)
         logger.info("enrolled site %s (certificate serial %s)", name, credential.cert_serial)
         return bundle
 
     def rotate(self, name: str, out: Path, *, endpoint: str | None = None, actor: str = "cli",
-               now: datetime | None = None) -> SiteBundle:
-        """Issue new credentials for ``name`` only; its previous ones are revoked."""
+               now: datetime | None = None, he_secret_context: bytes | None = None) -> SiteBundle:
+        """Issue new credentials for ``name`` only; its previous ones are revoked.
+
+        The registry never holds the CKKS secret context: pass it again
+        (``he_secret_context``) for the new bundle to carry it.
+        """
         now = now or datetime.now(UTC)
         check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
@@ -126,11 +136,12 @@ class SiteRegistry:
             if site.status != ACTIVE:
                 raise StateError(f"site '{name}' was revoked for good; enrol it under a new name if it must return")
             old = self._revoke_credentials(session, site, now, ROTATED)
-            bundle, credential = self._issue(site, endpoint, now)
+            bundle, credential = self._issue(site, endpoint, now, he_secret_context)
             session.add(credential)
             audit.record(session, "site.rotated", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "revoked_serials": old,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "he_secret_context": he_secret_context is not None})
             self._write(out, bundle)
         self.write_crl()
         return bundle
@@ -251,8 +262,8 @@ class SiteRegistry:
             serials.append(credential.cert_serial)
         return serials
 
-    def _issue(self, site: FederationSite, endpoint: str | None,
-               now: datetime | None) -> tuple[SiteBundle, SiteCredential]:
+    def _issue(self, site: FederationSite, endpoint: str | None, now: datetime | None,
+               he_secret_context: bytes | None = None) -> tuple[SiteBundle, SiteCredential]:
         config = self.layout.read_config()
         ca = self.layout.ca()
         pair = issue_site_certificate(ca, config.federation, site.name, now=now)
@@ -267,7 +278,8 @@ class SiteRegistry:
             federation=config.federation, site=site.name, endpoint=endpoint or config.endpoint,
             ca_cert=ca.cert_pem.decode(), site_cert=pair.cert_pem.decode(), node_public_key=node.public_pem.decode(),
             issued_at=(now or datetime.now(UTC)).isoformat(), site_key=pair.key_pem.decode(),
-            node_key=node.private_openssh.decode())
+            node_key=node.private_openssh.decode(),
+            he_secret_context=base64.b64encode(he_secret_context).decode() if he_secret_context else "")
         return bundle, credential
 
     @staticmethod
