@@ -127,7 +127,7 @@ def start(
         while not stop.wait(0.5):
             if (reason := agent.refused()) is not None:
                 raise CertificateRefusedError(
-                    f"the coordinator refused this site's certificate ({reason}) {max_refused} times in a row; "
+                    f"the coordinator refused this site's certificate ({reason}) {max_refused} times in a row. "
                     f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state / 'agent.log'}")
             if not agent.alive():
                 raise StateError(f"the SuperNode exited; see {state / 'supernode.log'} (a refused certificate "
