@@ -5,8 +5,8 @@ The site opens no inbound port: the forwarder listens on 127.0.0.1 only and
 dials the coordinator's gateway. When the gateway refuses the site's
 certificate (revoked, rotated, unknown CA) ``--max-refused`` times in a row,
 the agent stops with :class:`lifecycle.errors.CertificateRefusedError` (exit 7).
-The data file and schema stay here; their paths reach the ClientApp through ``--node-config`` (keys in
-:data:`client.config.NODE_CONFIG_KEYS`).
+The data file and schema stay here; their paths reach the ClientApp through
+``--node-config`` (keys in :data:`client.config.NODE_CONFIG_KEYS`).
 
 ``check`` validates the site's data file against its schema offline (every
 problem at once; exit 2 when any), so an operator can fix a file before the

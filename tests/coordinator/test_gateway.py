@@ -235,3 +235,19 @@ def test_first_certificate_reads_tls12_and_tls13_messages_and_survives_garbage()
     assert first_certificate(tls13, tls13=True) == der
     for junk in (b"", b"\x0b\x00\x00\x04\x00\x00\x00\x00", b"\x0b\x00\x00\x04\x00\x00\x00\x09ab"):
         assert first_certificate(junk, tls13=True) is None and first_certificate(junk, tls13=False) is None
+
+
+def test_a_ca_signed_certificate_the_registry_never_issued_is_refused_and_logged(
+        world: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    from coordinator.provisioning.authority import issue_site_certificate
+
+    fed, root = world["fed"], world["root"]
+    assert isinstance(fed, Federation) and isinstance(root, Path)
+    caplog.set_level(logging.INFO, logger="fedguard")
+    pair = issue_site_certificate(fed.layout.ca(), "cardio", "ghost")  # signed by the CA, never registered
+    (root / "ghost.crt").write_bytes(pair.cert_pem)
+    (root / "ghost.key").write_bytes(pair.key_pem)
+    ca = world["valid"][0]  # type: ignore[index]
+    assert https_request(client_context(ca, root / "ghost.crt", root / "ghost.key"), _port(world)) == b""
+    line = _logged(caplog, "(CN=ghost) is not one this federation issued to an active site")
+    assert "connection from" in line
