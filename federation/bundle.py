@@ -13,7 +13,12 @@ Format: UTF-8 JSON, one object, ``"format": "fedguard-site-bundle/1"``::
     contract (optional: the federation's data contract, canonical JSON, from
     ``fedguard coordinator data``; a bundle issued before it has none)
 
-It holds two private keys, so it is written 0600 and the reader refuses a
+and optionally
+
+    he_secret_context (base64 of the federation's CKKS secret context, from
+    ``fedguard site enroll --he-secret-context``; docs/homomorphic.md)
+
+It holds two private keys (three with the CKKS secret context), so it is written 0600 and the reader refuses a
 file that group or others may read (as OpenSSH refuses such a private key):
 a bundle copied with lax permissions must be considered leaked and the site
 rotated.
@@ -21,6 +26,8 @@ rotated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import stat
@@ -56,6 +63,12 @@ class SiteBundle:
     node_key: str = field(repr=False)
     contract: str = field(default="", repr=False)
     """The federation's data contract as canonical JSON (``federation.contract``); empty when none was declared."""
+    he_secret_context: str = field(default="", repr=False)
+    """Base64 of the federation's CKKS secret context; empty when the federation does not use CKKS."""
+
+    def he_secret_bytes(self) -> bytes | None:
+        """The CKKS secret context's bytes, or ``None`` if this bundle carries none."""
+        return base64.b64decode(self.he_secret_context) if self.he_secret_context else None
 
     @property
     def host(self) -> str:
@@ -110,12 +123,16 @@ def read_bundle(path: Path) -> SiteBundle:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleFormatError(f"{path} is not a fedguard site bundle (expected format '{FORMAT}')")
     required = [f.name for f in fields(SiteBundle) if f.default is MISSING and f.default_factory is MISSING]
-    optional = [f.name for f in fields(SiteBundle) if f.name not in required]
     missing = [n for n in required if not isinstance(data.get(n), str) or not data[n]]
-    missing += [n for n in optional if n in data and not isinstance(data[n], str)]
+    optional = [f.name for f in fields(SiteBundle) if f.name not in required and f.name in data]
+    missing += [n for n in optional if not isinstance(data[n], str)]
     if missing:
         raise BundleFormatError(f"the bundle {path} lacks {', '.join(missing)}; ask the coordinator for a new one")
-    bundle = SiteBundle(**{n: data[n] for n in required}, **{n: data[n] for n in optional if n in data})
+    bundle = SiteBundle(**{n: data[n] for n in required + optional})
+    try:
+        bundle.he_secret_bytes()
+    except (binascii.Error, ValueError) as exc:
+        raise BundleFormatError(f"the bundle {path} has a damaged he_secret_context; ask for a new bundle") from exc
     host, _, port = bundle.endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise BundleFormatError(f"the bundle's endpoint '{bundle.endpoint}' is not host:port")
