@@ -5,8 +5,11 @@ its schema (``schema-path``, :mod:`federation.schema`); a simulated site reads
 ``<data-dir>/site-<partition>.csv`` and accepts what the implicit schema
 accepts (finite numeric features, labels 0..k-1). Either way the file is
 checked *completely* before anything is trained, and a bad file fails the
-message with a generic reason for the coordinator while the site's log gets
-every problem (:func:`site_data_mod`).
+message with a refusal for the coordinator (``data-invalid``: the columns and
+kinds of problem, never a value or a row) while the site's log gets every
+problem (:func:`site_data_mod`). A schema that does not fit the federation's
+model raises :class:`ContractMismatchError`, whose message names columns and
+labels only (``client.refusal`` sends it as ``contract-mismatch``).
 
 The records never leave this process: what leaves is the manifest (SHA-256 of
 the file) and the row count (``federation.tabular``).
@@ -20,18 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from client import logger
+from federation.protocol import SiteRefusal
 from federation.schema import CheckedTable, SchemaValidationError, SiteSchema, canonical
 from federation.tabular import TabularData, file_manifest, read_csv_rows
 from lifecycle.errors import ConfigurationError
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
-PUBLIC_REASON = "the site's data failed validation against its schema; nothing was trained (details in the site's log)"
+
+
+class ContractMismatchError(ConfigurationError):
+    """The site's schema does not fit the federation's model; the message names columns and labels, no data."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ def _label_map(schema: SiteSchema, labels: Sequence[str], num_classes: int) -> n
         return np.array([names.index(v) for v in schema.label_values], dtype=np.int64)
     if schema.label_values == indices:
         return np.arange(num_classes, dtype=np.int64)
-    raise ConfigurationError(
+    raise ContractMismatchError(
         f"this site's label-values {list(schema.label_values)} do not match the federation's "
         f"{num_classes} classes {list(names) or list(indices)}; fix 'label-values' in the site's schema"
     )
@@ -106,7 +113,7 @@ def encode(checked: CheckedTable, schema: SiteSchema, features: Sequence[str], t
     """Features in the federation's column order (missing values imputed locally) and class indices."""
     absent = [name for name in features if name not in schema.features]
     if absent or target != schema.label:
-        raise ConfigurationError(
+        raise ContractMismatchError(
             f"the federation's model needs columns {list(features)} and label '{target}', but this site's "
             f"schema {'lacks ' + str(absent[:5]) if absent else 'names label ' + repr(schema.label)}; "
             "align the site's schema with the federation's"
@@ -160,10 +167,18 @@ def _load(path: Path, stamp: tuple[int, int], schema: SiteSchema, features: tupl
     return TabularData(x, y, file_manifest(path), path)
 
 
+def data_refusal(exc: SchemaValidationError) -> SiteRefusal:
+    """What the coordinator learns of a bad file: the columns and kinds of problem (no value, no row)."""
+    problems = sorted({f"{p.column} ({p.kind})" for p in exc.report.problems})
+    shown = ", ".join(problems[:6]) + (", …" if len(problems) > 6 else "")
+    return SiteRefusal("data-invalid", f"the site's data does not match its schema: {shown}; "
+                                       "nothing was trained (details in the site's log)")
+
+
 def site_data_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Turn a bad data file into an error reply: generic for the coordinator, every problem in the site's log."""
+    """Turn a bad data file into a ``data-invalid`` refusal; every problem goes to the site's log."""
     try:
         return call_next(msg, context)
     except SchemaValidationError as exc:
         logger.error("site data failed validation; nothing was trained or sent:\n%s", exc)
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=PUBLIC_REASON), reply_to=msg)
+        return Message(data_refusal(exc).to_error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION), reply_to=msg)
