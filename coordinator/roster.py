@@ -49,6 +49,7 @@ _FIXES = {
                     "'fedguard client check' checks a file)",
     "budget-veto": "these sites' privacy caps do not allow the job: lower dp-epsilon or the number of rounds",
     "identity": "give each site agent its own enrolment bundle and site name",
+    "no-answer": "check those sites' logs (a first answer slower than round-timeout needs a longer one)",
 }
 
 
@@ -93,7 +94,8 @@ class Roster:
         out = dict(self.refused)
         for name in sorted(self.silent):
             if name not in self.identified and name not in out:
-                out[name] = SiteRefusal("no-answer", "connected but did not answer the identity query")
+                out[name] = SiteRefusal("no-answer", "connected but did not answer the identity query "
+                                                     "within round-timeout")
         for name in self.enrolled:
             if name not in self.identified and name not in out:
                 out[name] = SiteRefusal("not-connected", NOT_CONNECTED)
@@ -114,12 +116,12 @@ class Roster:
         missing = self.missing()
         why = "; ".join(describe(name, refusal) for name, refusal in missing.items()) or \
             "no other site connected"
-        when = "every enrolled site has answered" if settled else f"by the site deadline ({waited:.0f} s)"
+        when = "every enrolled site has answered" if settled else f"after waiting {waited:.0f} s, site-deadline"
         fixes = [_FIXES[code] for code in dict.fromkeys(r.code for r in missing.values()) if code in _FIXES]
-        fixes.append("or lower min-sites to start with fewer sites")
+        fixes.append("lower min-sites to start with fewer sites")
         return SitesUnavailableError(
             f"the run needs {self.needed} site(s) but {len(self.identified)} could take part ({when}): {why}. "
-            f"To run it: {'; '.join(fixes)}")
+            f"To run it: {'; or '.join(fixes)}")
 
 
 @dataclass
@@ -136,15 +138,15 @@ class Asker:
     _unnamed: dict[int, int] = field(default_factory=dict)
 
     def ask(self, nodes: Sequence[int], timeout: float) -> None:
-        """Query ``nodes``; file each answer; a node that does not answer is asked again later."""
+        """Query ``nodes`` (once each); file each answer; a node that does not answer is noted as silent."""
         query = identity_query(self.config)
         messages = [Message(RecordDict({CONFIG_RECORD: query}), dst_node_id=node, message_type=MessageType.QUERY)
                     for node in nodes]
         answered = set()
+        self.asked.update(nodes)  # once: a node that does not answer within the timeout is stuck, not slow
         for reply in self.grid.send_and_receive(messages, timeout=timeout):
             node = int(reply.metadata.src_node_id)
             answered.add(node)
-            self.asked.add(node)
             self._file(node, reply)
         for node in set(nodes) - answered:
             self.roster.silent.add(self._name(node))
@@ -202,8 +204,10 @@ def gather(
 ) -> Roster:
     """Identify the connected sites until ``needed`` are, or raise :class:`SitesUnavailableError` (module doc).
 
-    ``deadline`` is how many seconds to wait for sites (``site-deadline``);
-    ``query_timeout`` bounds one query's wait for replies (``round-timeout``).
+    ``deadline`` is how many seconds to wait for enough sites to connect and
+    be identified (``site-deadline``); a connected site asked has
+    ``query_timeout`` to answer (``round-timeout``: its first answer starts
+    its ClientApp), even past the deadline.
     """
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
@@ -223,8 +227,8 @@ def gather(
                 f"{needed}'), or run with --run-config 'num-sites={len(nodes)}'")
         seen = len(nodes)
         fresh = [node for node in nodes if node not in asker.asked]
-        if fresh:
-            asker.ask(fresh, max(1.0, min(query_timeout, end - now())))
+        if fresh:  # a connected site gets the query timeout to answer, whatever is left of the deadline
+            asker.ask(fresh, query_timeout)
         if roster.complete:
             return roster
         if roster.settled or now() >= end:

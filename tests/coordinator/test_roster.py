@@ -101,7 +101,7 @@ def test_at_the_deadline_every_missing_site_is_named_with_its_reason() -> None:
     with pytest.raises(SitesUnavailableError) as caught:
         _gather(grid, clock, events, deadline=20.0)
     message = str(caught.value)
-    assert "needs 3 site(s) but 1 could take part" in message and "site deadline (20 s)" in message
+    assert "needs 3 site(s) but 1 could take part" in message and "after waiting 20 s, site-deadline" in message
     assert "guys: schema lacks columns ['chol']" in message and "kings: not connected" in message
     assert "fedguard client start" in message and "align the sites' schemas" in message
     assert caught.value.exit_code == 9
