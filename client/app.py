@@ -26,7 +26,8 @@ from client.audit import site_audit_mod
 from client.config import SiteIdentity, TrainConfig
 from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
-from client.protection import make_protection_mod
+from client.protection import REQUIRE_KEY, make_protection_mod
+from client.refusal import refusal_mod
 from client.training import plan_for, train_locally
 from federation.contract import DataContract
 from federation.mapping import load_site_schema
@@ -153,13 +154,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
 
 
-def identify(msg: Message, context: Context) -> Message:
-    """Answer the coordinator's pre-run query: who this site is, its data manifest, its DP plan.
+def identify(msg: Message, context: Context, *, require_protection: bool = True) -> Message:
+    """Answer the coordinator's pre-run query: who this site is, its data manifest, its DP plan, its policy.
 
     Public metadata only (the same the site sends with every update), so that
     the coordinator can check each site against its privacy cap before the
     first round instead of after it. No histogram: reference counts leave only
-    noised and through a secure sum (:func:`reference`).
+    noised and through a secure sum (:func:`reference`). The policy (whether
+    it refuses clear updates, its own record-level ε cap) lets the coordinator
+    refuse before the first round a job this site would refuse in it.
     """
     cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
     site = SiteIdentity.from_context(context, cfg)
@@ -169,8 +172,17 @@ def identify(msg: Message, context: Context) -> Message:
         plan, steps = _restore_plan(context, cfg, data)
         _save_plan(context, plan, steps)  # calibrated once: the first round reuses it
         per_round = _report(plan, plan.steps_per_epoch * cfg.local_epochs)
-    record = IdentityReply(site.name, data.manifest, data.num_examples, per_round).fields()
+    record = IdentityReply(site.name, data.manifest, data.num_examples, per_round,
+                           bool(context.node_config.get(REQUIRE_KEY, require_protection)),
+                           _epsilon_cap(context)).fields()
     return Message(content=RecordDict({SITE_RECORD: ConfigRecord(record)}), reply_to=msg)
+
+
+def _epsilon_cap(context: Context) -> float | None:
+    """The tightest record-level ε cap the site's node config sets (``privacy.ledger.guard``), or None."""
+    caps = [float(value) for key in ("epsilon-cap", "record-epsilon-cap")
+            if isinstance(value := context.node_config.get(key), (int, float)) and not isinstance(value, bool)]
+    return min(caps) if caps else None
 
 
 def reference(msg: Message, context: Context) -> Message:
@@ -189,16 +201,21 @@ def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
     Mod order on the train path (outermost first): the site's audit log
-    (sees every final reply), the data check (a bad file becomes a generic
-    error reply), any extra ``mods`` (tests), protection routing (SecAgg+ or
-    CKKS), the site's own privacy ledger (veto), site-level DP noise, then
-    local training.
+    (sees every final reply), the refusal mod (any failure below becomes a
+    reason code and a line without data, ``client.refusal``), the data check
+    (a bad file becomes a ``data-invalid`` refusal), any extra ``mods``
+    (tests), protection routing (SecAgg+ or CKKS), the site's own privacy
+    ledger (veto), site-level DP noise, then local training.
     """
-    client_app = ClientApp(mods=[site_audit_mod, site_data_mod, *mods])
+    client_app = ClientApp(mods=[site_audit_mod, refusal_mod, site_data_mod, *mods])
     protection = make_protection_mod(require_protection=require_protection)
     client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)
-    client_app.query()(identify)
+
+    def identify_site(msg: Message, context: Context) -> Message:
+        return identify(msg, context, require_protection=require_protection)
+
+    client_app.query()(identify_site)
     client_app.query(REFERENCE_ACTION)(reference)
     return client_app
 

@@ -8,8 +8,11 @@ check --bundle``); a simulated site reads
 ``<data-dir>/site-<partition>.csv`` and accepts what the implicit schema
 accepts (finite numeric features, labels 0..k-1). Either way the file is
 checked *completely* before anything is trained, and a bad file fails the
-message with a generic reason for the coordinator while the site's log gets
-every problem (:func:`site_data_mod`).
+message with a refusal for the coordinator (``data-invalid``: the columns and
+kinds of problem, never a value or a row) while the site's log gets every
+problem (:func:`site_data_mod`). A schema that does not fit the federation's
+model raises :class:`ContractMismatchError`, whose message names columns and
+labels only (``client.refusal`` sends it as ``contract-mismatch``).
 
 The records never leave this process: what leaves is the manifest (SHA-256 of
 the file) and the row count (``federation.tabular``).
@@ -21,20 +24,20 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from client import logger
 from federation.contract import DataContract
 from federation.mapping import SiteMapping, check_site_table
-from federation.schema import CheckedTable, SchemaValidationError, SiteSchema, encode
+from federation.protocol import SiteRefusal
+from federation.schema import CheckedTable, ContractMismatchError, SchemaValidationError, SiteSchema, encode
 from federation.tabular import CSV_SUFFIXES, PARQUET_SUFFIXES, RawTable, TabularData, file_manifest, read_table
 from lifecycle.errors import ConfigurationError
 
-__all__ = ["CSV_SUFFIXES", "PARQUET_SUFFIXES", "PUBLIC_REASON", "RawTable", "check_file", "encode", "load_site_data",
-           "read_table", "site_data_mod"]
-PUBLIC_REASON = "the site's data failed validation against its schema; nothing was trained (details in the site's log)"
+__all__ = ["CSV_SUFFIXES", "PARQUET_SUFFIXES", "ContractMismatchError", "RawTable", "check_file", "data_refusal",
+           "encode", "load_site_data", "read_table", "site_data_mod"]
 
 
 def check_file(path: Path, schema: SiteSchema | SiteMapping, contract: DataContract | None = None) -> CheckedTable:
@@ -82,10 +85,18 @@ def _load(path: Path, stamp: tuple[int, int], schema: SiteSchema | SiteMapping, 
     return TabularData(x, y, file_manifest(path), path)
 
 
+def data_refusal(exc: SchemaValidationError) -> SiteRefusal:
+    """What the coordinator learns of a bad file: the columns and kinds of problem (no value, no row)."""
+    problems = sorted({f"{p.column} ({p.kind})" for p in exc.report.problems})
+    shown = ", ".join(problems[:6]) + (", …" if len(problems) > 6 else "")
+    return SiteRefusal("data-invalid", f"the site's data does not match its schema: {shown}; "
+                                       "nothing was trained (details in the site's log)")
+
+
 def site_data_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Turn a bad data file into an error reply: generic for the coordinator, every problem in the site's log."""
+    """Turn a bad data file into a ``data-invalid`` refusal; every problem goes to the site's log."""
     try:
         return call_next(msg, context)
     except SchemaValidationError as exc:
         logger.error("site data failed validation; nothing was trained or sent:\n%s", exc)
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=PUBLIC_REASON), reply_to=msg)
+        return Message(data_refusal(exc).to_error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION), reply_to=msg)

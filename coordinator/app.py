@@ -26,11 +26,12 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
-from coordinator.identity import site_identities
-from coordinator.ledger import RunLedger, identify_sites
+from coordinator.identity import expected_sites, site_identities
+from coordinator.ledger import RunLedger
 from coordinator.provisioning.federation import FederationLayout
 from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
+from coordinator.roster import gather, policy_check
 from coordinator.runs import run_dir
 from coordinator.runs.progress import PROGRESS, ProgressLog
 from coordinator.runs.resume import RunState
@@ -43,7 +44,7 @@ from federation.contract import CONTRACT_FILE, DataContract
 from federation.protocol import TrainConfig
 from federation.tabular import TabularData, load_csv, load_schema
 from lifecycle.architecture import DataSchema, ModelSpec, build_model, reference_standardization, set_standardization
-from lifecycle.errors import ConfigurationError
+from lifecycle.errors import ConfigurationError, FedguardError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
 from privacy.ledger import coordinator_ledger
@@ -123,6 +124,7 @@ class RoundProgress:
                 "sites": len(report.succeeded) if report else 0, "failed": len(report.failed) if report else 0,
                 "rejected": len(report.rejected) if report else 0,
                 "dropped": sorted(self.expected() - set(report.succeeded)) if report else [],
+                "reasons": dict(sorted(report.reasons.items())) if report else {},
             }
             self.history.append(entry)
             if self.after_round is not None:
@@ -249,11 +251,19 @@ def _contract(folder: Path, schema: DataSchema) -> DataContract | None:
 
 
 def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> ReferenceCollector:
-    """Ask every site who it is before the first round, then securely sum their noised reference counts."""
-    run.run_ledger.identities = site_identities(grid, run.registry, run.run_ledger.run_id)
-    identified = identify_sites(grid, train_config, run.run_ledger,
-                                expected=run.cfg.required_sites, timeout=run.cfg.round_timeout)
-    run.observer("stage", {"stage": "identified", "sites": identified, "resumed_after": run.done})
+    """Ask every site who it is before the first round, then securely sum their noised reference counts.
+
+    Waits up to ``site-deadline`` for the sites the run needs
+    (:func:`coordinator.roster.gather`); raises
+    :class:`lifecycle.errors.SitesUnavailableError` naming each missing site and why.
+    """
+    identities = site_identities(grid, run.registry, run.run_ledger.run_id)
+    run.run_ledger.identities = identities
+    cfg = run.cfg
+    roster = gather(grid, train_config, run.run_ledger, needed=cfg.required_sites, deadline=cfg.site_deadline,
+                    query_timeout=cfg.round_timeout, enrolled=expected_sites(identities, run.registry),
+                    check=policy_check(cfg), observer=run.observer)
+    run.observer("stage", {"stage": "identified", **roster.summary(), "resumed_after": run.done})
     reference = ReferenceCollector.from_held_out(run.test, run.cfg)
     reference.collect(grid, run.run_ledger, train_config,
                       saved=run.run_state.directory / "reference.json" if run.run_state is not None else None)
@@ -291,7 +301,7 @@ def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
         outcome = published_outcome(registry, published)
         accuracy, watermark = float(published.metrics["accuracy"]), published.watermark
     else:
-        run.observer("stage", {"stage": "watermark"})
+        run.observer("stage", {"stage": "watermark", "scheme": cfg.watermark})
         model, mark = embed_watermark(run.model, run.spec, cfg, registry.home, run.test)
         final = evaluate(model, run.test)
         run.observer("stage", {"stage": "publish"})
@@ -385,11 +395,24 @@ def make_server_app(
     return server_app
 
 
+def failure(exc: Exception, flower_run: int | None) -> dict[str, Any]:
+    """The ``failed`` event: the error in words and the exit code the operator's command ends with.
+
+    A fedguard error's message is written for the operator; any other
+    exception is a bug, named by its type (its text stays in the log).
+    """
+    if isinstance(exc, FedguardError):
+        message, code = str(exc), exc.exit_code
+    else:
+        message, code = f"the coordinator failed ({type(exc).__name__}); see the coordinator's log", 1
+    return {"error": f"{type(exc).__name__}: {exc}", "message": message, "exit_code": code,
+            "flower_run": flower_run}
+
+
 def _failed(run_id: str, exc: Exception, flower_run: int) -> None:
     """Tell a follower (``fedguard run launch``) that the run failed, and why, naming the Flower run that did."""
     try:
-        ProgressLog(run_dir(Registry.open().home.runs, run_id) / PROGRESS)(
-            "failed", {"error": f"{type(exc).__name__}: {exc}", "flower_run": flower_run})
+        ProgressLog(run_dir(Registry.open().home.runs, run_id) / PROGRESS)("failed", failure(exc, flower_run))
     except Exception:  # noqa: BLE001 - the original error matters more
         logger.exception("could not record the failure of run %s", run_id)
 

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
     "round-timeout": 600.0,
+    "site-deadline": 120.0,  # seconds to wait before round 1 for enough sites to be identified (then exit 9)
     "max-rejected-rounds": 2,  # rounds the aggregate guard may skip before the run stops (strategies.aggregate_guard)
     "max-accuracy-drop": 0.1,  # largest held-out accuracy drop one round may cause; 1 disables the check
     "result-path": "",
@@ -100,6 +101,7 @@ class CoordinatorConfig:
     he_public_context: str
     sim_he_secret_context: str
     round_timeout: float
+    site_deadline: float
     max_rejected_rounds: int
     max_accuracy_drop: float
     result_path: str
@@ -163,6 +165,8 @@ class CoordinatorConfig:
              "secure-aggregation secagg+ needs at least 3 sites (use ckks or none for fewer)"),
             (self.secure_aggregation != "ckks" or self.required_sites >= 2,
              "secure-aggregation ckks needs at least 2 sites"),
+            (math.isfinite(self.site_deadline) and self.site_deadline >= 0,
+             "site-deadline must be a number of seconds ≥ 0 (how long to wait for sites before round 1)"),
             (self.max_rejected_rounds >= 1, "max-rejected-rounds must be at least 1"),
             (0 <= self.max_accuracy_drop <= 1,
              "max-accuracy-drop must be between 0 and 1 (a fraction of accuracy; 1 disables the check)"),

@@ -121,6 +121,16 @@ def enrolled_keys(registry: Registry) -> dict[str, str] | None:
     return {pem.strip(): name for name, active, pem in keys if active}
 
 
+def expected_sites(identities: SiteIdentities, registry: Registry) -> tuple[str, ...]:
+    """The sites that may take part, by name, so that one never connected can be named (``reported``: none)."""
+    if identities.mode == "simulated" and identities.lookup is not None:
+        return tuple(sorted({name for name in identities.lookup().values() if name}))
+    if identities.mode == "enrolled":
+        keys = enrolled_keys(registry)
+        return tuple(sorted(set(keys.values()))) if keys else ()
+    return ()
+
+
 def registry_lookup(grid: Grid, keys: Mapping[str, str]) -> Lookup:
     """Node id → enrolled site, from the public keys the SuperLink authenticated (``grid.get_nodes()``)."""
 

@@ -20,23 +20,21 @@ coordinator re-recording a round does not double count.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from coordinator import logger
 from coordinator.identity import SiteIdentities
-from federation.protocol import CONFIG_RECORD, IdentityReply, ProtocolError, SiteReply, identity_query
-from lifecycle.errors import ConfigurationError
+from coordinator.roster import gather
+from federation.protocol import IdentityReply, ProtocolError, SiteReply
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.ledger.charges import DPReport, SiteLevelReport, round_charges
-from privacy.site_dp import SITE_RECORD, SiteDPPlan
+from privacy.site_dp import SiteDPPlan
 
 
 @dataclass
@@ -56,6 +54,7 @@ class RunLedger:
     manifests: dict[str, str] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     per_round: dict[str, dict[str, GaussianHistory]] = field(default_factory=dict)
+    left_out: set[int] = field(default_factory=set)  # nodes that refused the run before round 1
 
     def verify(self, node_id: int, reported: str | None) -> str | None:
         """The enrolled name ``node_id`` contributes under, or None: refused for the run (see ``identities``)."""
@@ -66,8 +65,12 @@ class RunLedger:
         return self.identities.enrolled(node_id) or self.nodes.get(node_id)
 
     def refused(self, node_id: int) -> bool:
-        """Whether ``node_id`` was refused for the run (it must be left out of every round)."""
-        return self.identities.refused(node_id)
+        """Whether ``node_id`` was refused for the run, or refused it (it must be left out of every round)."""
+        return node_id in self.left_out or self.identities.refused(node_id)
+
+    def leave_out(self, node_id: int) -> None:
+        """Leave ``node_id`` out of every round: it refused the run before round 1 (``coordinator.roster``)."""
+        self.left_out.add(node_id)
 
     def learn(self, node_id: int, name: str, site: IdentityReply) -> None:
         """Map a node to its enrolled site and the per-round cost it declared (the pre-run identity query)."""
@@ -148,47 +151,14 @@ def identify_sites(
 ) -> int:
     """Ask every connected site for its identity (a QUERY message); return how many were identified.
 
-    Waits up to ``timeout`` seconds for ``expected`` sites to connect. A
-    node whose reported name is not its enrolled identity is refused for
-    the run (``run_ledger.identities``) and left out of what follows.
-    ``on_site`` also receives each identified site's record (the reference
-    histograms are collected that way).
+    Waits up to ``timeout`` seconds for ``expected`` sites, then raises
+    :class:`lifecycle.errors.SitesUnavailableError` naming the missing ones
+    (:func:`coordinator.roster.gather`, which the ServerApp calls with the
+    run's site deadline and policy check). A node whose reported name is not
+    its enrolled identity is refused for the run (``run_ledger.identities``)
+    and left out of what follows. ``on_site`` also receives each identified
+    site's record (the reference histograms are collected that way).
     """
-    deadline = time.monotonic() + timeout
-    node_ids = list(grid.get_node_ids())
-    previous = -1
-    while len(node_ids) < expected and time.monotonic() < deadline:
-        if isinstance(grid, InMemoryGrid) and 0 < len(node_ids) == previous:  # simulation: no SuperNode joins later
-            raise ConfigurationError(
-                f"the simulation has {len(node_ids)} SuperNode(s) but the run needs num-sites = {expected}: "
-                f"give the connection options.num-supernodes = {expected} ('fedguard flower config "
-                f"--num-supernodes {expected}'), or run with --run-config 'num-sites={len(node_ids)}'")
-        previous = len(node_ids)
-        time.sleep(1.0)
-        node_ids = list(grid.get_node_ids())
-    query = identity_query(config)
-    messages = [
-        Message(RecordDict({CONFIG_RECORD: query}), dst_node_id=node, message_type=MessageType.QUERY)
-        for node in node_ids
-    ]
-    answered = 0
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        site = None if reply.has_error() else reply.content.config_records.get(SITE_RECORD)
-        if site is None:
-            logger.warning("site identity query: node %d did not answer (%s)", node,
-                           reply.error.reason if reply.has_error() else "no site record")
-            continue
-        try:
-            identity = IdentityReply.from_record(site)
-        except ProtocolError as exc:
-            logger.warning("site identity query: node %d answered a malformed record (%s)", node, exc)
-            continue
-        name = run_ledger.verify(node, identity.name)
-        if name is None:
-            continue
-        run_ledger.learn(node, name, identity)
-        if on_site is not None:
-            on_site(site)
-        answered += 1
-    return answered
+    roster = gather(grid, config, run_ledger, needed=expected, deadline=timeout, query_timeout=timeout,
+                    on_site=on_site)
+    return len(roster.identified)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from coordinator.runs import render
 from coordinator.runs.checkpoint import STATE
 from coordinator.runs.job import Job
 from coordinator.runs.launch import (
@@ -55,33 +56,16 @@ def _connection(federation: str, superlink: str | None, root_certificates: Path 
     return resolve_connection(_home(), federation, superlink, root_certificates, insecure)
 
 
-def _line(event: Mapping[str, Any]) -> str:
-    kind = event.get("event")
-    if kind == "round":
-        eps = event.get("epsilon_max")
-        dropped = event.get("dropped") or []
-        tail = f"  [red]dropped {', '.join(dropped)}[/red]" if dropped else ""
-        return (f"round {event['round']}/{event['rounds']}  sites answered {event['sites']}  "
-                f"dropped {len(dropped)}  ε ≤ {'-' if eps is None else f'{eps:.2f}'}  "
-                f"accuracy {event['accuracy']:.3f}{tail}")
-    if kind == "stage":
-        extra = {k: v for k, v in event.items() if k not in ("event", "time", "stage")}
-        return f"[dim]{event['stage']} {extra if extra else ''}[/dim]"
-    if kind == "done":
-        return f"[green]published {event['model']}:{event['version']}[/green]  accuracy {event['accuracy']:.3f}"
-    if kind == "failed":
-        return f"[red]run failed:[/red] {event.get('error')}"
-    return str(dict(event))
-
-
 def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console,
             flower_run: int | None = None) -> None:
     last: Mapping[str, Any] = {}
     for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
         last = event
-        console.print(json.dumps(event) if as_json else _line(event), highlight=False, soft_wrap=True)
+        text = json.dumps(event) if as_json else render.line(event)
+        if text is not None:
+            console.print(text, highlight=False, soft_wrap=True)
     if last.get("event") == "failed":
-        raise TrainingError(f"run {run_id} failed: {last.get('error')}")
+        raise render.failure(run_id, last)
     if last.get("event") != "done":
         raise TrainingError(f"run {run_id} did not finish within the follow timeout; "
                             f"'fedguard run status {run_id}' shows where it is")
@@ -149,15 +133,14 @@ def _status(home: Home, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "rounds_completed": completed, "rounds": rounds,
             "state": last["event"] if last else ("started" if evts else "submitted"),
             "model": f"{last['model']}:{last['version']}" if last and last.get("event") == "done" else None,
-            "flower_runs": segments}
+            "flower_runs": segments, "site_reasons": render.site_reasons(evts)}
 
 
 @run_app.command("status")
 def status(run_id: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
     """Where RUN_ID is: rounds completed (checkpointed), done/failed, the published model."""
     info = _status(_home(), run_id)
-    Console().print(json.dumps(info) if as_json else "  ".join(f"{k}: {v}" for k, v in info.items()),
-                    highlight=False)
+    Console().print(json.dumps(info) if as_json else render.status_line(info), highlight=False)
 
 
 @run_app.command("list")
@@ -168,8 +151,7 @@ def list_runs(as_json: AsJson = False) -> None:
     infos = [_status(home, p.name) for p in runs]
     console = Console()
     for info in infos:
-        console.print(json.dumps(info) if as_json else "  ".join(f"{k}: {v}" for k, v in info.items()),
-                      highlight=False)
+        console.print(json.dumps(info) if as_json else render.status_line(info), highlight=False)
     if not infos and not as_json:
         console.print(f"no runs in {home.runs}")
 

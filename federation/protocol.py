@@ -22,6 +22,9 @@ message                     sent                                       record
                             round: offer, then secure sum of the
                             noised reference histograms
 :class:`ReferenceAnswer`    site → coordinator: takes part or not      ``reference``
+:class:`SiteRefusal`        site → coordinator, in place of any reply  the error reply's
+                            the site refuses or fails: a reason code   ``reason``
+                            and a one-line message, never data
 ==========================  =========================================  ====================
 
 The records of the privacy mechanisms keep their own typed messages in
@@ -42,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.app import ConfigRecord, Error, Message, MetricRecord
 
 from federation.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -80,7 +83,7 @@ __all__ = [
     "DEFAULT_SEED", "METRICS_RECORD", "NUM_EXAMPLES", "SERVER_ROUND", "EvaluateMetrics", "IdentityReply",
     "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
     "lineage_report", "round_of", "with_steps", "REFERENCE_MESSAGE_TYPE", "REFERENCE_RECORD", "ReferenceAnswer",
-    "ReferenceRequest", "decode_edges", "encode_edges",
+    "ReferenceRequest", "decode_edges", "encode_edges", "REFUSAL_CODES", "REFUSAL_PREFIX", "SiteRefusal",
 ]
 
 
@@ -226,23 +229,35 @@ def _report_fields(record: Mapping[str, Any], what: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class IdentityReply:
-    """A site's answer to the identity query: its reported name, data manifest, size and per-round DP cost.
+    """A site's answer to the identity query: its reported name, data manifest, size, per-round DP cost, policy.
 
     ``plan.steps`` is the DP-SGD steps of *one round* (sent as ``steps-per-round``).
+    The site's policy lets the coordinator refuse, before the first round, a
+    job the site would refuse in it: ``require_protection`` (the site sends
+    only masked or encrypted updates) and ``epsilon_cap`` (the record-level ε
+    cap of its own ledger, when it set one). ``None``: the site did not say.
     """
 
     name: str
     manifest: str
     num_examples: int
     plan: RecordLevelReport | None = None
+    require_protection: bool | None = None
+    epsilon_cap: float | None = None
 
     WHAT = "identity reply"
     STEPS_PER_ROUND = "steps-per-round"
+    REQUIRE_PROTECTION = "require-protection"
+    EPSILON_CAP = "epsilon-cap"
 
     def fields(self) -> dict[str, Any]:
         values: dict[str, Any] = {NAME: self.name, MANIFEST: self.manifest, NUM_EXAMPLES: self.num_examples}
         if self.plan is not None:
             values.update(self.plan.to_fields(self.STEPS_PER_ROUND))
+        if self.require_protection is not None:
+            values[self.REQUIRE_PROTECTION] = self.require_protection
+        if self.epsilon_cap is not None:
+            values[self.EPSILON_CAP] = self.epsilon_cap
         return values
 
     def to_record(self) -> ConfigRecord:
@@ -250,9 +265,78 @@ class IdentityReply:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> IdentityReply:
-        name, manifest = _report_fields(record, cls.WHAT)
-        return cls(name, manifest, _optional(record, NUM_EXAMPLES, _int, cls.WHAT, 0),
-                   RecordLevelReport.from_fields(record, cls.STEPS_PER_ROUND))
+        w = cls.WHAT
+        name, manifest = _report_fields(record, w)
+        required = record.get(cls.REQUIRE_PROTECTION)
+        if required is not None and not isinstance(required, bool):
+            raise _wrong(cls.REQUIRE_PROTECTION, required, "true or false", w)
+        return cls(name, manifest, _optional(record, NUM_EXAMPLES, _int, w, 0),
+                   RecordLevelReport.from_fields(record, cls.STEPS_PER_ROUND), required,
+                   _optional(record, cls.EPSILON_CAP, _float, w, None))
+
+
+REFUSAL_PREFIX = "fedguard-refusal/1 "
+"""How the ``reason`` of a fedguard error reply starts (Flower error replies carry no content)."""
+REFUSAL_CODES: dict[str, str] = {
+    "contract-mismatch": "the site's data does not fit the federation's model (columns, label, classes)",
+    "data-invalid": "the site's data failed validation against its own schema",
+    "budget-veto": "the site's privacy ledger vetoed the round (its cap would be passed)",
+    "unprotected-refused": "the site sends only masked or encrypted updates",
+    "identity": "the node is not the site it names",
+    "site-config": "the site's configuration is unusable (node config, files)",
+    "protocol": "the coordinator and the site speak different protocol versions",
+    "crash": "the site's ClientApp failed",
+    "not-connected": "the site is not connected",
+    "no-answer": "the site did not answer in time",
+    "update-rejected": "the coordinator rejected the site's update",
+}
+"""Every reason code, with what it means (docs/runs.md lists them for operators)."""
+MAX_REFUSAL_MESSAGE = 240
+
+
+@dataclass(frozen=True)
+class SiteRefusal:
+    """Why a site did not take part: a code of :data:`REFUSAL_CODES` and a one-line message without data.
+
+    The site encodes it into the ``reason`` of a Flower error reply
+    (:meth:`to_error`); the coordinator decodes it (:meth:`parse`). The
+    message is authored text (column names, caps, the fix), never a value of
+    a record: the site's log keeps the detail.
+    """
+
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.code not in REFUSAL_CODES:
+            raise ProtocolError(f"unknown site refusal code '{self.code}'; known: {', '.join(REFUSAL_CODES)}")
+        line = " ".join(self.message.split()) or REFUSAL_CODES[self.code]
+        if len(line) > MAX_REFUSAL_MESSAGE:
+            line = line[: MAX_REFUSAL_MESSAGE - 1] + "…"
+        object.__setattr__(self, "message", line)
+
+    def reason(self) -> str:
+        """The error reply's ``reason``: prefix, code, message."""
+        return f"{REFUSAL_PREFIX}{self.code}: {self.message}"
+
+    def to_error(self, code: int) -> Error:
+        """A Flower ``Error`` with Flower's error ``code`` and this refusal as its reason."""
+        return Error(code=code, reason=self.reason())
+
+    @classmethod
+    def parse(cls, reason: str | None) -> SiteRefusal | None:
+        """The refusal an error reason carries, or None when it is not one (another sender, another version)."""
+        if not reason or not reason.startswith(REFUSAL_PREFIX):
+            return None
+        code, sep, message = reason[len(REFUSAL_PREFIX):].partition(": ")
+        if not sep or code not in REFUSAL_CODES:
+            return None
+        return cls(code, message)
+
+    @classmethod
+    def of(cls, message: Message) -> SiteRefusal | None:
+        """The refusal in an error reply, or None (no error, or an error that is not a fedguard refusal)."""
+        return cls.parse(message.error.reason) if message.has_error() else None
 
 
 _LINEAGE_KEYS = ("epsilon", "delta", "noise-multiplier", "sample-rate", STEPS, "max-grad-norm", "accountant",

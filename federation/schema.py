@@ -341,6 +341,14 @@ class SiteSchema:
         return out
 
 
+class ContractMismatchError(ConfigurationError):
+    """A site's schema does not fit the federation's model; the message names columns and labels, never data.
+
+    The site sends its message to the coordinator as a ``contract-mismatch``
+    refusal (``client.refusal``), so it must stay free of cell values.
+    """
+
+
 def _label_map(schema: SiteSchema, labels: Sequence[str], num_classes: int) -> np.ndarray:
     """Site label index → coordinator class index (by name when the coordinator sent names)."""
     indices = tuple(str(i) for i in range(num_classes))
@@ -349,7 +357,7 @@ def _label_map(schema: SiteSchema, labels: Sequence[str], num_classes: int) -> n
         return np.array([names.index(v) for v in schema.label_values], dtype=np.int64)
     if schema.label_values == indices:
         return np.arange(num_classes, dtype=np.int64)
-    raise ConfigurationError(
+    raise ContractMismatchError(
         f"this site's label-values {list(schema.label_values)} do not match the federation's "
         f"{num_classes} classes {list(names) or list(indices)}; fix 'label-values' in the site's schema"
     )
@@ -360,7 +368,7 @@ def encode(checked: CheckedTable, schema: SiteSchema, features: Sequence[str], t
     """Features in the federation's column order (missing values imputed locally) and class indices."""
     absent = [name for name in features if name not in schema.features]
     if absent or target != schema.label:
-        raise ConfigurationError(
+        raise ContractMismatchError(
             f"the federation's model needs columns {list(features)} and label '{target}', but this site's "
             f"schema {'lacks ' + str(absent[:5]) if absent else 'names label ' + repr(schema.label)}; "
             "align the site's schema with the federation's"

@@ -22,7 +22,8 @@ message that says what is wrong and what to do about it::
     └── PrivacyBudgetExceeded (RuntimeError, exit 8, in privacy.ledger.base)  a site's cap would be passed
 
 Packages subclass these for their own cases (``privacy.secagg.errors``,
-``privacy.he.errors``, ``serving.guards.keys``) so the mapping above still applies.
+``privacy.he.errors``, ``serving.guards.keys``, ``federation.schema.ContractMismatchError``)
+so the mapping above still applies.
 
 Why one root: the CLI and the serving tier translate exactly this hierarchy at
 their boundary (one-line message and exit code; sanitized HTTP error) and let

@@ -55,25 +55,39 @@ class ProgressPrinter:
         self.watermark = watermark
 
     def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
+        from coordinator.runs import render  # light (no engine): the CLI's start stays fast
+
         if event == "round":
             failed = f"  [red]{payload['failed']} failed[/red]" if payload["failed"] else ""
             site_eps = payload.get("site_epsilon")
             site = f"  site-level ε {site_eps:.2f}" if site_eps is not None else ""
+            reasons = payload.get("reasons") or {}
             self.console.print(
                 f"round {payload['round']}/{payload['rounds']}  test accuracy {payload['accuracy']:.3f}  "
                 f"ε spent ≤ {_fmt_eps(payload['epsilon_max'])}{site}  sites {payload['sites']}{failed}"
+                + (("\n" + render.reasons_line(reasons)) if reasons else "")
             )
         elif event == "stage":
             if payload["stage"] == "watermark" and self.watermark == "none":
                 return  # nothing is embedded; the start of the run already warned
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
-                "engine": f"starting Flower simulation on Ray (site sizes {payload.get('site_sizes')})",
-                "identified": f"{payload.get('sites')} sites identified; privacy caps checked",
-                "watermark": "embedding and verifying the watermark",
-                "publish": "signing and registering the model",
+                "engine": f"starting Flower simulation on Ray (site sizes {_sizes(payload.get('site_sizes'))})",
             }
-            self.console.print(f"[dim]{messages.get(str(payload['stage']), payload['stage'])}[/dim]")
+            stage = str(payload["stage"])
+            text = (f"[dim]{messages[stage]}[/dim]" if stage in messages
+                    else render.line({"event": event, **payload}))
+            if text is not None:
+                self.console.print(text)
+        elif event != "done":  # the summary table below tells what was published
+            text = render.line({"event": event, **payload})
+            if text is not None:
+                self.console.print(text)
+
+
+def _sizes(sizes: Any) -> str:
+    """``[120, 80]`` as ``120, 80`` (a list, never its repr)."""
+    return ", ".join(str(s) for s in sizes) if isinstance(sizes, (list, tuple)) else str(sizes)
 
 
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:

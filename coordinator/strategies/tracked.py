@@ -24,13 +24,13 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from coordinator import logger
+from coordinator.reasons import IDENTITY_REFUSED, UNNAMED, describe, reason_of
 from coordinator.strategies.validation import UPDATE_REJECTED
 from federation.protocol import METRICS_RECORD, ProtocolError, SiteReply, TrainMetrics
 from lifecycle.errors import TrainingError
 from privacy.strategy_wrapper import StrategyWrapper
 
-IDENTITY_REFUSED = 4002
-"""Error code of a reply refused because its node is not the site it names (``coordinator.identity``)."""
+__all__ = ["IDENTITY_REFUSED", "Identities", "RoundReport", "SiteLedger", "TrackedStrategy"]
 
 
 class Identities(Protocol):
@@ -60,12 +60,17 @@ class SiteLedger:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """One round's participation, passed to the observer."""
+    """One round's participation, passed to the observer.
+
+    ``failed`` holds one ``"name: reason"`` line per failed reply (the site's
+    enrolled name, :mod:`coordinator.reasons`); ``reasons`` the same by name.
+    """
 
     server_round: int
     succeeded: tuple[str, ...]
     failed: tuple[str, ...]
     rejected: tuple[str, ...] = ()  # among ``failed``: malformed updates the coordinator refused
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 class TrackedStrategy(StrategyWrapper):
@@ -80,6 +85,7 @@ class TrackedStrategy(StrategyWrapper):
         self.identities = identities
         self.sites: dict[str, SiteLedger] = {}
         self._names: dict[int, str] = {}  # node id → the identity its replies are credited to
+        self._unnamed: dict[int, int] = {}  # node id → its number among nodes without an identity
         self.on_round = on_round
         self.rounds_aggregated = 0
 
@@ -87,20 +93,22 @@ class TrackedStrategy(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [self._screen(server_round, m) for m in replies]
-        failed = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
-        rejected = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies
+        reasons = {self._name_of(m): reason_of(m.error) for m in replies if m.has_error()}
+        failed = [describe(name, refusal) for name, refusal in reasons.items()]
+        rejected = [describe(self._name_of(m), reason_of(m.error)) for m in replies
                     if m.has_error() and m.error.code in (UPDATE_REJECTED, IDENTITY_REFUSED)]
         succeeded = [self._record(m) for m in replies if not m.has_error()]
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, replies)
         except TrainingError:
             raise
-        except Exception as exc:  # an aggregation rule rejecting malformed replies
-            raise TrainingError(f"round {server_round} could not be aggregated: {exc}") from exc
+        except Exception as exc:  # an aggregation rule rejecting malformed replies, a secure sum aborting
+            why = f"; sites that failed: {'; '.join(failed)}" if failed else ""
+            raise TrainingError(f"round {server_round} could not be aggregated: {exc}{why}") from exc
         if arrays is None:
-            reasons = "; ".join(failed[:3]) or "no site replied before the round timeout"
+            summary = "; ".join(failed[:3]) or "no site replied before the round timeout"
             raise TrainingError(
-                f"round {server_round} aggregated nothing ({len(failed)} site(s) failed: {reasons}); "
+                f"round {server_round} aggregated nothing ({len(failed)} site(s) failed: {summary}); "
                 "check the sites' logs and data, then run again"
             )
         self.rounds_aggregated += 1
@@ -109,7 +117,8 @@ class TrackedStrategy(StrategyWrapper):
         for message in failed:
             logger.warning("round %d: %s", server_round, message)
         if self.on_round is not None:
-            self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed), tuple(rejected)))
+            self.on_round(RoundReport(server_round, tuple(succeeded), tuple(failed), tuple(rejected),
+                                      {name: refusal.message for name, refusal in reasons.items()}))
         return arrays, metrics
 
     def discard(self, server_round: int) -> None:
@@ -128,6 +137,15 @@ class TrackedStrategy(StrategyWrapper):
         if node_id in self._names:
             return self._names[node_id]
         return self.identities.enrolled(node_id) if self.identities is not None else None
+
+    def _name_of(self, message: Message) -> str:
+        """The enrolled name of a reply's node, for the operator (never its Flower node id)."""
+        node = int(message.metadata.src_node_id)
+        name = self.enrolled_name(node)
+        if name is not None:
+            return name
+        number = self._unnamed.setdefault(node, len(self._unnamed) + 1)
+        return f"{UNNAMED} #{number}"
 
     def _screen(self, server_round: int, message: Message) -> Message:
         """``message``, or an error reply when its site record is malformed or names another site."""

@@ -203,13 +203,18 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
                 if any(c.kind == kind for c in charges):
                     site[f"{LEDGER_EPSILON}{kind}"] = ledger.spent(report.site, report.manifest, kind)
         except PrivacyBudgetExceeded as exc:
-            return _veto(msg, f"site privacy budget: {exc}",
-                         "the site refused the round: its local privacy budget would be exceeded")
+            return _veto(msg, f"site privacy budget: {exc}", BUDGET_VETO)
         except FedguardError as exc:
-            return _veto(msg, f"site privacy ledger: {exc}", "the site refused the round: its privacy ledger failed")
+            return _veto(msg, f"site privacy ledger: {exc}", LEDGER_FAILED)
         return reply
 
     return ledger_mod
+
+
+BUDGET_VETO = "the site refused the round: its local privacy budget would be exceeded"
+"""The public reason of a budget veto (the site's log has the numbers)."""
+LEDGER_FAILED = "the site refused the round: its privacy ledger failed"
+"""The public reason of a veto because the site's ledger could not record the charge."""
 
 
 def _veto(msg: Message, detail: str, public: str) -> Message:

@@ -136,4 +136,4 @@ def test_cli_check_reports_every_problem(tmp_path: Path) -> None:
     assert report["bad_rows"] == 2 and {p["kind"] for p in report["problems"]} == {"below-min", "unknown-label"}
     data.write_text("a,y\n1,0\n2,1\n")
     result = runner.invoke(cli, ["client", "check", "--data", str(data), "--schema", str(schema)])
-    assert result.exit_code == 0 and "2 rows match the schema" in result.stdout
+    assert result.exit_code == 0 and "2 rows match the site's schema" in result.stdout

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from client.app import make_client_app
 from client.audit import read_log
 from client.config import SiteIdentity, TrainConfig
-from client.data import PUBLIC_REASON
+from federation.protocol import SiteRefusal
 from privacy.ledger.guard import default_site_ledger
 from tests.privacy.secagg.harness import LocalGrid
 
@@ -53,13 +53,17 @@ def test_the_identity_query_reads_the_node_config(tmp_path: Path) -> None:
     assert [line["kind"] for line in read_log(tmp_path / "audit.jsonl")] == ["query"]
 
 
-def test_a_bad_file_fails_the_first_message_generically_with_details_in_the_site_log(
+def test_a_bad_file_is_refused_by_column_and_kind_with_details_in_the_site_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     grid, node = _site(tmp_path, "0.5,1,yes\n-2,x,maybe\n,3,no\n")
     with caplog.at_level(logging.ERROR, logger="fedguard.client"):
         reply = _query(grid, node)
-    assert reply.has_error() and reply.error.reason == PUBLIC_REASON  # the coordinator learns nothing more
+    refusal = SiteRefusal.of(reply)  # the coordinator learns the columns and kinds of problem, nothing more
+    assert refusal is not None and refusal.code == "data-invalid"
+    assert "a (below-min), a (missing), b (type), y (unknown-label)" in refusal.message
+    for secret in ("-2", "maybe", "rows 2", "row(s)"):
+        assert secret not in refusal.message
     log = caplog.text
     assert "4 problem(s), 2 of 3 rows affected" in log
     for expected in ("column 'a': 1 row(s) below min 0 (rows 2)", "column 'b': 1 row(s) not an integer (rows 2)",

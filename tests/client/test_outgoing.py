@@ -38,7 +38,8 @@ from tests.privacy.secagg.harness import LocalGrid
 SITES = 3
 SITE_RECORD_KEYS = {"name", "manifest", "secure-rng", "num-examples", "epsilon", "delta", "noise-multiplier",
                     "sample-rate", "steps", "steps-per-round", "max-grad-norm", "accountant", "ledger-epsilon-record",
-                    "device"}  # where the site trained: "cpu" or the GPU's name (client.device.describe)
+                    "device",  # where the site trained: "cpu" or the GPU's name (client.device.describe)
+                    "require-protection", "epsilon-cap"}  # the site's policy (identity reply), never data
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A round in which every site fails ends the run with an error, never a success."""
+"""Sites that cannot take part end the run with an error naming them, never a success."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.errors import TrainingError
+from lifecycle.errors import SitesUnavailableError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from simulations.federation import SimulationConfig, _engine_environment, _simulate, prepare_data
@@ -14,7 +14,7 @@ from simulations.federation import SimulationConfig, _engine_environment, _simul
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_every_site_failing_raises(fedguard_home: Path, tmp_path: Path) -> None:
+def test_every_site_failing_raises_before_round_1_naming_each_site(fedguard_home: Path, tmp_path: Path) -> None:
     cfg = SimulationConfig(sites=2, rounds=1, watermark="none", secure_agg="none")
     prepared = prepare_data(cfg, tmp_path / "data")
     for site in range(cfg.sites):
@@ -23,8 +23,11 @@ def test_every_site_failing_raises(fedguard_home: Path, tmp_path: Path) -> None:
     _engine_environment(Home(fedguard_home).ensure())
     outcome: dict[str, object] = {}
     events: list[str] = []
-    with pytest.raises(TrainingError, match="round 1 aggregated nothing"):
+    with pytest.raises(SitesUnavailableError, match="needs 2 site.* but 0 could take part") as caught:
         _simulate(cfg.coordinator_overrides(prepared.data_dir, tmp_path / "out.json"),
                   lambda event, payload: events.append(event), outcome, cfg, False)
+    for site in range(cfg.sites):  # by name, with the columns and kinds of problem: never a value
+        assert f"site-{site}: the site's data does not match its schema: label (" in str(caught.value)
+    assert "not-a-label" not in str(caught.value) and "round" not in events
     assert "model" not in outcome
     assert Registry.open().latest_versions() == []

@@ -62,8 +62,36 @@ def test_lineage_is_recorded_and_failures_reported() -> None:
 
 def test_a_round_where_every_site_failed_raises() -> None:
     strategy = TrackedStrategy(create_aggregation("fedavg", sites=2))
-    with pytest.raises(TrainingError, match="aggregated nothing.*label 7"):
+    with pytest.raises(TrainingError, match="aggregated nothing.*Flower error 0") as caught:
         strategy.aggregate_train(3, [_failure(1), _failure(2)])
+    assert "label 7" not in str(caught.value)  # a reason that is no fedguard refusal may quote data: never shown
+
+
+class _Enrolled:
+    """Identities of a deployment: node 1 is st-marys, node 2 is kings."""
+
+    names = {1: "st-marys", 2: "kings"}
+
+    def verify(self, node_id: int, reported: str | None) -> str | None:
+        return self.names.get(node_id) if reported == self.names.get(node_id) else None
+
+    def enrolled(self, node_id: int) -> str | None:
+        return self.names.get(node_id)
+
+
+def test_failed_replies_are_reported_by_enrolled_name_with_the_sites_reason() -> None:
+    from federation.protocol import SiteRefusal
+
+    reports = []
+    strategy = TrackedStrategy(create_aggregation("fedavg", sites=2), on_round=reports.append,
+                               identities=_Enrolled())
+    veto = SiteRefusal("budget-veto", "the site refused the round: its local privacy budget would be exceeded")
+    strategy.aggregate_train(2, [_reply(1, 1.0, "st-marys"),
+                                 Message(veto.to_error(6), reply_to=_request(2))])
+    (report,) = reports
+    assert report.succeeded == ("st-marys",)
+    assert report.reasons == {"kings": veto.message}
+    assert report.failed == (f"kings: {veto.message}",)
 
 
 def test_unknown_rule() -> None:

@@ -15,8 +15,10 @@ from coordinator.config import DEFAULTS, CoordinatorConfig
 from coordinator.ledger import RunLedger
 from federation import defaults
 from federation.protocol import (
+    REFUSAL_CODES,
     IdentityReply,
     ProtocolError,
+    SiteRefusal,
     SiteReply,
     TrainConfig,
     bom_dp,
@@ -87,6 +89,34 @@ def test_identity_reply_round_trips_with_the_per_round_cost() -> None:
     assert record["steps-per-round"] == 20 and "steps" not in record
     assert IdentityReply.from_record(record) == reply
     assert IdentityReply.from_record(IdentityReply("site-0", M, 3).to_record()).plan is None
+
+
+def test_identity_reply_carries_the_sites_policy() -> None:
+    reply = IdentityReply("site-0", M, 3, None, require_protection=True, epsilon_cap=2.5)
+    record = reply.to_record()
+    assert record["require-protection"] is True and record["epsilon-cap"] == 2.5
+    assert IdentityReply.from_record(record) == reply
+    older = IdentityReply.from_record(IdentityReply("site-0", M, 3).to_record())  # a site that does not say
+    assert (older.require_protection, older.epsilon_cap) == (None, None)
+    with pytest.raises(ProtocolError, match="require-protection"):
+        IdentityReply.from_record(ConfigRecord({"name": "s", "manifest": M, "require-protection": "yes"}))
+
+
+@given(st.sampled_from(sorted(REFUSAL_CODES)), st.text(max_size=400))
+@settings(max_examples=60, deadline=None)
+def test_a_refusal_round_trips_through_an_error_reason_as_one_line(code: str, text: str) -> None:
+    refusal = SiteRefusal(code, text)
+    assert "\n" not in refusal.message and 0 < len(refusal.message) <= 240
+    assert SiteRefusal.parse(refusal.reason()) == refusal
+    assert SiteRefusal.parse(refusal.to_error(2).reason) == refusal
+
+
+def test_only_a_fedguard_refusal_is_decoded() -> None:
+    assert SiteRefusal.parse("<class 'ValueError'>:<'could not convert 42.7'>") is None
+    assert SiteRefusal.parse("fedguard-refusal/1 no-such-code: x") is None
+    assert SiteRefusal.parse(None) is None
+    with pytest.raises(ProtocolError, match="unknown site refusal code"):
+        SiteRefusal("whatever", "x")
 
 
 def test_every_default_has_one_source() -> None:

@@ -220,6 +220,27 @@ def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Fede
     assert [(e.subject, json.loads(e.details_json)["enrolled"]) for e in events] == [("site-0", "site-x")]
 
 
+def test_a_site_whose_data_cannot_fit_is_named_and_the_run_exits_9(federation: tuple[Federation, Path],
+                                                                    tmp_path: Path) -> None:
+    """Issue 13, point 2: the reason reaches ``run launch`` by site name; the run never starts round 1."""
+    fed, data = federation
+    path = data / f"site-{SITES - 1}.csv"
+    original = path.read_text()
+    path.write_text(original.replace(",1\n", ",not-a-label\n"))  # the site re-reads a changed file
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedguard.cli", "run", "launch", str(_job(tmp_path, data, **{"site-deadline": 3.0})),
+             "--timeout", "150"], env=fed.client_env(), capture_output=True, text=True, timeout=240, cwd=fed.root,
+            check=False)
+    finally:
+        path.write_text(original)
+    out = proc.stdout
+    assert proc.returncode == 9, f"{out}\n{proc.stderr}\n{fed.logs()}"
+    assert f"site-{SITES - 1}: the site's data does not match its schema: label (unknown-label)" in out, out
+    assert "run failed (exit 9)" in out and "round 1/" not in out
+    assert "not-a-label" not in out and "node " not in out and "{" not in out  # no data, no node id, no dict
+
+
 def _claiming(fed: Federation, index: int, data_path: Path, *, enrolled: str, claims: str) -> SiteAgent:
     """``fedguard client start --bundle <enrolled>.bundle`` with ``site-name`` set to another site's name."""
     flwr_home = fed.root / f"flwr-site-{index}"
