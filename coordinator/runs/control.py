@@ -153,13 +153,19 @@ def _wait_gone(pid: int, timeout: float, now: Callable[[], float], sleep: Callab
     return True
 
 
-def end_serverapp(runs: Path, run_id: str, flower_run: int | None, *, grace: float = 30.0,
-                  now: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
-    """Make sure the ServerApp of ``flower_run`` has ended: wait ``grace`` s, then SIGTERM, then SIGKILL."""
+def running_serverapp(runs: Path, run_id: str, flower_run: int | None) -> int | None:
+    """The pid of the ServerApp of ``flower_run`` if it recorded itself and still runs."""
     recorded = serverapp(runs, run_id)
     if recorded is None or recorded[1] != flower_run or not is_serverapp(recorded[0]):
+        return None
+    return recorded[0]
+
+
+def end_serverapp(run_id: str, pid: int | None, *, grace: float = 30.0,
+                  now: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Make sure ServerApp ``pid`` (found before its run was stopped) has ended: wait ``grace`` s, SIGTERM, SIGKILL."""
+    if pid is None:
         return "none"
-    pid = recorded[0]
     if _wait_gone(pid, grace, now, sleep):
         return "ended"
     for sig, outcome in ((signal.SIGTERM, "terminated"), (signal.SIGKILL, "killed")):
@@ -190,6 +196,7 @@ def stop_run(home: Home, run_id: str, connection: Connection, *, actor: str, reg
         raise ConfigurationError(f"run {run_id} already ended ({ended}); nothing to stop"
                                  + ("; 'fedguard run resume' continues it" if ended != "done" else ""))
     write_private(directory / STOP_REQUEST, json.dumps({"flower_run": current, "actor": actor}).encode())
+    pid = running_serverapp(home.runs, run_id, current)
     status = "none"
     if current is not None:
         connection.validate().write(home.root / "flwr")
@@ -202,7 +209,7 @@ def stop_run(home: Home, run_id: str, connection: Connection, *, actor: str, reg
                                 f"{run_id}: {detail}; check that the coordinator is started, then try again")
     from lifecycle import audit
 
-    ending = end_serverapp(home.runs, run_id, current, grace=grace)
+    ending = end_serverapp(run_id, pid, grace=grace)
     with registry.transaction() as session:
         audit.record(session, "run.stopped", actor=actor, subject=run_id,
                      details={"flower_run": current, "flower_status": status, "serverapp": ending})

@@ -17,6 +17,7 @@ from coordinator.runs.control import (
     is_serverapp,
     live_state,
     record_serverapp,
+    running_serverapp,
     serverapp,
     stop_requested,
     terminal_event,
@@ -101,10 +102,12 @@ def test_end_serverapp_terminates_one_that_outlives_its_stop(tmp_path: Path) -> 
         record_serverapp(tmp_path, "r1", 11, pid=proc.pid)
         assert serverapp(tmp_path, "r1") == (proc.pid, 11)
         assert is_serverapp(proc.pid)
-        assert end_serverapp(tmp_path, "r1", 22, grace=0.1) == "none"  # another Flower run's ServerApp
-        assert end_serverapp(tmp_path, "r1", 11, grace=0.1) == "terminated"
+        assert running_serverapp(tmp_path, "r1", 22) is None  # another Flower run's ServerApp
+        assert running_serverapp(tmp_path, "r1", 11) == proc.pid
+        assert end_serverapp("r1", proc.pid, grace=0.1) == "terminated"
         proc.wait(5)
-        assert not is_serverapp(proc.pid)
-        assert end_serverapp(tmp_path, "r1", 11, grace=0.1) == "none"
+        assert not is_serverapp(proc.pid) and running_serverapp(tmp_path, "r1", 11) is None
+        assert end_serverapp("r1", proc.pid, grace=0.1) == "ended"  # gone by itself
+        assert end_serverapp("r1", None) == "none"
     finally:
         proc.kill()
