@@ -28,6 +28,8 @@ from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
 from client.protection import make_protection_mod
 from client.training import plan_for, train_locally
+from federation.contract import DataContract
+from federation.mapping import load_site_schema
 from federation.protocol import (
     CONFIG_RECORD,
     METRICS_RECORD,
@@ -76,10 +78,16 @@ def _save_plan(context: Context, plan: DPPlan, steps: int) -> None:
 
 
 def _site_data(site: SiteIdentity, cfg: TrainConfig) -> TabularData:
-    """The site's file checked against its schema file (deployment) or the implicit schema (simulation)."""
-    schema = (SiteSchema.load(site.schema_path) if site.schema_path is not None
+    """The site's file checked against its schema file (deployment) or the implicit schema (simulation).
+
+    A schema that maps the site's export onto the federation's data contract
+    is checked through the contract the run carries (``federation.mapping``).
+    """
+    schema = (load_site_schema(site.schema_path) if site.schema_path is not None
               else SiteSchema.implicit(cfg.features, cfg.target, cfg.spec.num_classes))
-    return load_site_data(site.data_path, schema, cfg.features, cfg.target, cfg.spec.num_classes, cfg.labels)
+    contract = DataContract.from_json(cfg.contract, source="the run's data contract") if cfg.contract else None
+    return load_site_data(site.data_path, schema, cfg.features, cfg.target, cfg.spec.num_classes, cfg.labels,
+                          contract)
 
 
 def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:

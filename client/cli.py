@@ -2,13 +2,17 @@
 
 ``start`` runs the site agent (forwarder + SuperNode) from the site's bundle.
 The site opens no inbound port: the forwarder listens on 127.0.0.1 only and
-dials the coordinator's gateway. The data file and schema stay here; their
-paths reach the ClientApp through ``--node-config`` (keys in
-:data:`client.config.NODE_CONFIG_KEYS`).
+dials the coordinator's gateway. When the gateway refuses the site's
+certificate (revoked, rotated, unknown CA) ``--max-refused`` times in a row,
+the agent stops with :class:`lifecycle.errors.CertificateRefusedError` (exit 7).
+The data file and schema stay here; their paths reach the ClientApp through
+``--node-config`` (keys in :data:`client.config.NODE_CONFIG_KEYS`).
 
 ``check`` validates the site's data file against its schema offline (every
 problem at once; exit 2 when any), so an operator can fix a file before the
-site ever joins a run. ``audit`` shows or verifies the site's local audit log
+site ever joins a run; with ``--bundle`` it checks the file through the
+site's schema (a mapping: renames, label recoding, ignored columns) against
+the federation's data contract that the bundle carries. ``audit`` shows or verifies the site's local audit log
 of outgoing messages (docs/site-data.md).
 """
 
@@ -24,15 +28,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from client.audit import read_log, verify_log
-from client.data import check_file
 from client.device import check_device
+from client.forwarder import ADVICE, DEFAULT_ADVICE, DEFAULT_MAX_REFUSED
 from client.supernode import SiteAgent
 from federation.bundle import read_bundle
-from federation.schema import SiteSchema
-from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.errors import CertificateRefusedError, ConfigurationError, StateError
 from lifecycle.settings import get_settings
 
 client_app = typer.Typer(help="The site agent: run it, check the site's data, inspect its audit log.",
@@ -61,20 +65,26 @@ def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledge
     return values
 
 
-def _attach_log_handler() -> None:
-    """Show every fedguard record (INFO and up) on the site agent's stderr, the operator's log.
+def _attach_log_handler(log_file: Path | None = None) -> None:
+    """Show every fedguard record (INFO and up) on the site agent's stderr, and append it to ``log_file``.
 
     The handler goes on ``fedguard``, the root of fedguard's one logger tree
     (DESIGN §7 item 9), so a record from any package (the forwarder's
     refusals, the relay streams of ``federation``, ``lifecycle``) reaches
     it. The tree stops propagating there: the top-level CLI's root handler
-    would print each warning a second time. The SuperNode's own output goes
-    to its log file (:class:`client.supernode.SiteAgent`), not here.
+    would print each warning a second time. ``log_file`` is the agent's own
+    log (``FEDGUARD_HOME/site/SITE/agent.log``: refusals of its certificate
+    are there too); the SuperNode's output goes to its own log file
+    (:class:`client.supernode.SiteAgent`), not here.
     """
     log = logging.getLogger("fedguard")
     log.setLevel(logging.INFO)
     log.propagate = False
     log.addHandler(RichHandler(console=err_console, show_path=False))
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
 
 
 @client_app.command("start")
@@ -91,6 +101,9 @@ def start(
         help="Train on cpu, cuda (fail without a GPU) or auto [the run's site-device, cpu by default].")] = None,
     share_reference: Annotated[bool, typer.Option(
         help="Contribute noised histogram counts to the model's drift reference (docs/site-data.md).")] = True,
+    max_refused: Annotated[int, typer.Option(
+        help="Stop (exit 7) after this many refused handshakes in a row (certificate revoked, unknown CA).")]
+    = DEFAULT_MAX_REFUSED,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
     site_bundle = read_bundle(bundle)
@@ -100,8 +113,10 @@ def start(
                               audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
     if not share_reference:
         config["share-reference"] = "false"  # federation.reference_share reads it
-    _attach_log_handler()
-    agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log")
+    if max_refused < 1:
+        raise ConfigurationError(f"--max-refused must be at least 1, got {max_refused}")
+    _attach_log_handler(state / "agent.log")
+    agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log", max_refused=max_refused)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -111,6 +126,10 @@ def start(
                           f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state / 'supernode.log'}; "
                           "stop with Ctrl-C or SIGTERM", highlight=False)
         while not stop.wait(0.5):
+            if (reason := agent.refused()) is not None:
+                raise CertificateRefusedError(
+                    f"the coordinator refused this site's certificate ({reason}) {max_refused} times in a row. "
+                    f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state / 'agent.log'}")
             if not agent.alive():
                 raise StateError(f"the SuperNode exited; see {state / 'supernode.log'} (a refused certificate "
                                  "shows there as 'could not establish a connection')")
@@ -122,18 +141,36 @@ def start(
 @client_app.command("check")
 def check(
     data: Annotated[Path, typer.Option("--data", help="The site's CSV or Parquet file.")],
-    schema: Annotated[Path, typer.Option("--schema", help="The site's schema file (TOML).")],
+    schema: Annotated[Path, typer.Option("--schema", help="The site's schema file (TOML): full, or a mapping onto "
+                                         "the federation's contract.")],
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="This site's bundle: check against the "
+                                                "federation's data contract it carries.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check a data file against its schema; list every problem (exit 2 if any)."""
-    report = check_file(data, SiteSchema.load(schema)).report
+    """Check a data file against its schema, or through it against the federation's contract; every problem (exit 2)."""
+    from client.data import check_file  # numpy, flwr: only for this command
+    from federation.contract import DataContract
+    from federation.mapping import load_site_schema
+
+    contract = None
+    if bundle is not None:
+        site_bundle = read_bundle(bundle)
+        if not site_bundle.contract:
+            raise ConfigurationError(
+                f"the bundle {bundle} carries no data contract: it was issued before the coordinator declared one "
+                f"('fedguard coordinator data'); ask the coordinator for 'fedguard site rotate {site_bundle.site}'")
+        contract = DataContract.from_json(site_bundle.contract, source=f"the data contract in {bundle}")
+    report = check_file(data, load_site_schema(schema), contract).report
+    digest = {"contract": contract.digest} if contract is not None else {}
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps({**report.to_dict(), **digest}))
     elif report.ok:
-        console.print(f"[green]ok[/green] {report.summary()}", highlight=False, soft_wrap=True)
+        console.print(f"[green]ok[/green] {escape(report.summary())}"
+                      + (f" ({contract.digest[:16]})" if contract is not None else ""), highlight=False,
+                      soft_wrap=True)
     if not report.ok:
         if not as_json:
-            console.print(report.summary(), highlight=False, soft_wrap=True)
+            console.print(report.summary(), highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(2)
 
 

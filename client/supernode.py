@@ -5,7 +5,8 @@ SuperNode dials the forwarder on loopback over TLS (``--root-certificates``
 the forwarder's throw-away loopback certificate), signs its requests with the
 bundle's node key (``--auth-supernode-private-key``), and receives the site's
 settings as ``--node-config`` (``site-name``, ``data-path``, ``schema-path``,
-``audit-path``, ``ledger-path``, ``epsilon-cap``, ``device``; the ClientApp reads them).
+``audit-path``, ``ledger-path``, ``epsilon-cap``, ``device``; the ClientApp reads them), plus
+``he-secret-context`` when the bundle carries the federation's CKKS secret context.
 
 Private keys are written only into a 0700 temporary folder (``mkdtemp``)
 that lives as long as the agent and is deleted when it stops: Flower reads
@@ -29,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import logger
-from client.forwarder import Forwarder, gateway_context, loopback_certificate, loopback_context
+from client.forwarder import (
+    DEFAULT_MAX_REFUSED,
+    Forwarder,
+    gateway_context,
+    loopback_certificate,
+    loopback_context,
+)
 from client.runtime_options import supernode_command, supernode_env, supernode_flags
 from federation.bundle import SiteBundle
 from federation.processes import stop_process_group
@@ -50,6 +57,11 @@ class SiteFiles:
     loopback_cert = property(lambda self: self.root / "loopback.crt")
     loopback_key = property(lambda self: self.root / "loopback.key")
     superexec_secret = property(lambda self: self.root / "superexec.secret")
+    he_secret_context = property(lambda self: self.root / "he-secret-context.bin")
+
+
+HE_SECRET_CONTEXT_KEY = "he-secret-context"
+"""The node-config key :mod:`privacy.he.mod` reads (its ``SECRET_CONTEXT_KEY``; not imported: tenseal is heavy)."""
 
 
 def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -> SiteFiles:
@@ -63,6 +75,9 @@ def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -
     write_private(files.node_key, bundle.node_key.encode())
     write_private(files.loopback_key, loopback_key)
     write_private(files.superexec_secret, secrets.token_bytes(32))
+    he_secret = bundle.he_secret_bytes()
+    if he_secret is not None:
+        write_private(files.he_secret_context, he_secret)
     return files
 
 
@@ -114,7 +129,8 @@ class SiteAgent:
     def __init__(self, bundle: SiteBundle, config: Mapping[str, str | float | int], *, log_path: Path,
                  extra: Sequence[str] = (), runtime_port: int | None = None,
                  env: Mapping[str, str] | None = None, program: Sequence[str] | None = None,
-                 env_overrides: Mapping[str, str] | None = None) -> None:
+                 env_overrides: Mapping[str, str] | None = None, max_refused: int = DEFAULT_MAX_REFUSED) -> None:
+        self.max_refused = max_refused
         self.bundle = bundle
         self.config = dict(config)
         self.log_path = log_path
@@ -130,11 +146,14 @@ class SiteAgent:
     def start(self) -> SiteAgent:
         cert, key = loopback_certificate()
         self.files = files = materialize(self.bundle, cert, key)
+        if files.he_secret_context.exists():  # an explicit node-config path wins
+            self.config.setdefault(HE_SECRET_CONTEXT_KEY, str(files.he_secret_context))
         try:
             self.forwarder = Forwarder(
                 gateway_host=self.bundle.host, gateway_port=self.bundle.port,
                 gateway_ctx=gateway_context(files.ca_cert, files.site_cert, files.site_key),
-                loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key)).start()
+                loopback_ctx=loopback_context(files.loopback_cert, files.loopback_key),
+                max_refused=self.max_refused).start()
             argv = supernode_argv(files, self.forwarder.port, self.config,
                                   runtime_port=self.runtime_port or free_port(), extra=self.extra,
                                   program=self.program)
@@ -152,6 +171,10 @@ class SiteAgent:
     def process_env(self) -> dict[str, str]:
         """The SuperNode's environment: ``env``, the runtime options' quiet/fast variables, ``env_overrides``."""
         return {**supernode_env(self.env), **self.env_overrides}
+
+    def refused(self) -> str | None:
+        """Why the coordinator refused this site's certificate ``max_refused`` times in a row, else ``None``."""
+        return self.forwarder.refused if self.forwarder is not None else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -28,6 +28,7 @@ from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
 from coordinator.identity import site_identities
 from coordinator.ledger import RunLedger, identify_sites
+from coordinator.provisioning.federation import FederationLayout
 from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
 from coordinator.runs import run_dir
@@ -39,10 +40,13 @@ from coordinator.strategies.builder import StrategyStack, build_strategy
 from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.strategies.validation import audit_rejections
+from federation.contract import CONTRACT_FILE, DataContract
 from federation.protocol import TrainConfig
 from federation.tabular import TabularData, load_csv, load_schema
 from lifecycle.architecture import DataSchema, ModelSpec, build_model, reference_standardization, set_standardization
+from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry
+from lifecycle.settings import get_settings
 from privacy.ledger import coordinator_ledger
 from privacy.site_dp import SiteDPPlan
 
@@ -53,15 +57,19 @@ def _log_observer(event: str, payload: Mapping[str, Any]) -> None:
     logger.info("%s: %s", event, dict(payload))
 
 
-def _train_config(cfg: CoordinatorConfig, schema: DataSchema) -> ConfigRecord:
-    """The sites' instructions (:class:`federation.protocol.TrainConfig`; each round sets its number)."""
+def _train_config(cfg: CoordinatorConfig, schema: DataSchema, contract: DataContract | None = None) -> ConfigRecord:
+    """The sites' instructions (:class:`federation.protocol.TrainConfig`; each round sets its number).
+
+    With a data contract, every message carries it: a site whose bundle predates
+    a contract change still checks its file against this run's.
+    """
     return TrainConfig(
         server_round=0, total_rounds=cfg.num_server_rounds, local_epochs=cfg.local_epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, dp_epsilon=cfg.dp_epsilon, dp_delta=cfg.dp_delta,
         max_grad_norm=cfg.max_grad_norm, features=tuple(schema.features), target=schema.target,
         spec=ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes), seed=cfg.seed,
         data_dir=cfg.data_dir, labels=tuple(str(v) for v in schema.labels), device=cfg.site_device,
-        he_secret_context=cfg.sim_he_secret_context,
+        he_secret_context=cfg.sim_he_secret_context, contract=contract.to_json() if contract is not None else "",
     ).to_record()
 
 
@@ -142,6 +150,7 @@ class RunContext:
     progress: RoundProgress
     reports: dict[int, RoundReport]
     started: float
+    contract: DataContract | None = None
 
     @property
     def tracked(self) -> TrackedStrategy:
@@ -165,7 +174,7 @@ def run_federation(
     :func:`finish`.
     """
     run = prepare(cfg, observer, flower_run=flower_run)
-    train_config = _train_config(cfg, run.schema)
+    train_config = _train_config(cfg, run.schema, run.contract)
     reference = identify(run, grid, train_config)
     train(run, grid, train_config)
     outcome = publish(run, reference)
@@ -175,8 +184,10 @@ def run_federation(
 def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | None = None) -> RunContext:
     """Load the held-out set and schema, build the model, open the registry, the run state and the ledger."""
     started = time.monotonic()
-    schema = load_schema(cfg.data_path / "schema.json")
-    test = load_csv(cfg.data_path / "test.csv", list(schema.features), schema.target, len(schema.labels))
+    folder = reference_folder(cfg)
+    schema = load_schema(folder / "schema.json")
+    contract = _contract(folder, schema)
+    test = load_csv(folder / "test.csv", list(schema.features), schema.target, len(schema.labels))
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     registry = Registry.open()
@@ -205,7 +216,37 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
             run_state, stack.tracked, progress, r, arrays, entry)
         progress.total_dp = run_state.total_dp
     return RunContext(cfg, observer, schema, test, spec, model, registry, run_state, plan, run_ledger, stack,
-                      progress, reports, started)
+                      progress, reports, started, contract)
+
+
+def reference_folder(cfg: CoordinatorConfig) -> Path:
+    """The coordinator's held-out reference set: ``data-dir``, else (a deployed run) what ``coordinator data`` wrote.
+
+    Raises
+    ------
+    ConfigurationError
+        ``data-dir`` is empty and there is no reference set in ``FEDGUARD_HOME/federation/reference``.
+    """
+    if cfg.data_dir or not cfg.run_id:
+        return cfg.data_path  # simulation and explicit jobs; an empty data-dir raises there
+    folder = Path(FederationLayout.under(get_settings().home).reference)
+    if not (folder / "schema.json").is_file() or not (folder / "test.csv").is_file():
+        raise ConfigurationError(
+            f"run-config 'data-dir' is empty and there is no reference set in {folder}: run 'fedguard coordinator "
+            "data --data HELDOUT.csv --schema CONTRACT.toml' on the coordinator machine, or set data-dir")
+    return folder
+
+
+def _contract(folder: Path, schema: DataSchema) -> DataContract | None:
+    """The folder's ``contract.json`` (written with the reference set), checked against its ``schema.json``."""
+    path = folder / CONTRACT_FILE
+    if not path.is_file():
+        return None
+    contract = DataContract.read(path)
+    if contract.data_schema() != schema:
+        raise ConfigurationError(f"{path} and {folder / 'schema.json'} disagree on the features or labels; write "
+                                 "both again with 'fedguard coordinator data'")
+    return contract
 
 
 def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> ReferenceCollector:

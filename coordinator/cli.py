@@ -1,4 +1,4 @@
-"""``fedguard coordinator init|start`` and ``fedguard site enroll|rotate|revoke|list``.
+"""``fedguard coordinator init|data|start`` and ``fedguard site enroll|rotate|revoke|list|he-keys``.
 
 Mounted by ``fedguard/cli.py``::
 
@@ -13,6 +13,7 @@ goes to stdout; progress and warnings go to stderr.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import signal
@@ -28,7 +29,8 @@ from rich.table import Table
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
-from lifecycle.errors import StateError
+from coordinator.provisioning.sites import contract_digest
+from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
 
@@ -83,6 +85,55 @@ def init(
                       f"  CA certificate  {layout.ca_cert}\n  TLS certificate {layout.server_cert}\n"
                       f"  sites will dial {config.endpoint}; open TCP {config.gateway_port} inbound, nothing else",
                       highlight=False)
+
+
+@coordinator_app.command("data")
+def data(
+    data_file: Annotated[Path, typer.Option("--data", help="The coordinator's held-out file (CSV or Parquet), "
+                                            "in the contract's column names.")],
+    schema: Annotated[Path, typer.Option("--schema", help="The contract: site-schema TOML plus record-id and "
+                                         "per-column unit (docs/deployment.md).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Reference folder to write "
+                                             "[FEDGUARD_HOME/federation/reference].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Declare the federation's data contract and write the held-out reference set (every problem at once; exit 2)."""
+    from coordinator.provisioning.data import declare_contract  # numpy, torch: only for this command
+    from federation.schema import SchemaValidationError
+
+    sites = _sites()
+    try:
+        declared = declare_contract(sites.layout, sites.registry, data_file, schema, out=out, actor=_actor())
+    except SchemaValidationError as exc:
+        if as_json:
+            typer.echo(json.dumps(exc.report.to_dict()))
+        else:
+            console.print(exc.report.summary(), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(declared.to_dict()))
+        return
+    c, enrolled = declared.contract, len(sites.sites())
+    record_id = f", record id '{c.record_id}'" if c.record_id else ""
+    lines = [f"data contract declared: {len(c.features)} features, label '{c.label}' "
+             f"({', '.join(c.label_values)}){record_id}; digest {c.digest[:16]}",
+             f"  contract       {declared.contract_path}",
+             f"  reference set  {declared.reference}/ (test.csv: {declared.rows} rows, schema.json, contract.json)"]
+    if declared.changed and enrolled:
+        lines.append(f"  the contract changed: {enrolled} site(s) enrolled earlier hold the previous one in their "
+                     "bundle; runs carry the new one, 'fedguard site rotate NAME' refreshes a bundle")
+    lines.append("next: 'fedguard site enroll NAME --out NAME.bundle' (each bundle carries the contract); "
+                 + ("jobs with an empty data-dir evaluate on this reference set" if out is None else
+                    f"set data-dir = \"{declared.reference}\" in the job"))
+    err_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+
+
+def _contract_note(bundle_contract: str) -> str:
+    """What a bundle says about the data contract, for enroll and rotate."""
+    if not bundle_contract:
+        return ("\n  no data contract yet: after 'fedguard coordinator data', 'fedguard site rotate' gives the site "
+                "a bundle it can check its file with")
+    return f"\n  carries the data contract {hashlib.sha256(bundle_contract.encode()).hexdigest()[:16]}"
 
 
 def _attach_log_handler(path: Path) -> None:
@@ -149,6 +200,21 @@ def start(
         err_console.print("coordinator stopped")
 
 
+HeSecretOption = Annotated[Path | None, typer.Option(
+    "--he-secret-context", help="The federation's CKKS secret context (from 'fedguard site he-keys') to put "
+    "inside the bundle; needed for secure-aggregation ckks.")]
+
+
+def _he_secret(path: Path | None) -> tuple[bytes | None, str]:
+    """``(bytes, key id)`` of a checked CKKS secret context (a public one is refused), or ``(None, "")``."""
+    if path is None:
+        return None, ""
+    from privacy.he.keys import key_id, load_site_context  # tenseal: only when asked (fast CLI start)
+
+    context = load_site_context(path)  # HEKeyError (exit 3) if missing, public-only or not a context
+    return path.read_bytes(), key_id(context)
+
+
 def _site_row(info: Any) -> dict[str, Any]:
     row = asdict(info)
     for key in ("issued_at", "not_after", "revoked_at"):
@@ -162,18 +228,22 @@ def enroll(
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write (0600).")],
     endpoint: Annotated[str | None, typer.Option(help="host:port the site dials [the federation's endpoint].")]
     = None,
+    he_secret_context: HeSecretOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Issue a site's certificate and node key, register it, and write its one-file bundle."""
     sites = _sites()
-    bundle = sites.enroll(name, out, endpoint=endpoint, actor=_actor())
+    secret, he_key = _he_secret(he_secret_context)
+    bundle = sites.enroll(name, out, endpoint=endpoint, actor=_actor(), he_secret_context=secret)
     info = next(i for i in sites.sites() if i.name == name)
     if as_json:
-        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "endpoint": bundle.endpoint}))
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "endpoint": bundle.endpoint,
+                               "contract": contract_digest(bundle.contract), "he_key_id": he_key}))
     else:
         err_console.print(f"site [bold]{name}[/bold] enrolled; bundle {out} (0600, holds private keys: hand it "
-                          f"over out of band)\n  certificate serial {info.cert_serial}, dials {bundle.endpoint}",
-                          highlight=False)
+                          f"over out of band)\n  certificate serial {info.cert_serial}, dials {bundle.endpoint}"
+                          + (f"\n  CKKS secret context {he_key} inside the bundle" if he_key else "")
+                          + _contract_note(bundle.contract), highlight=False)
 
 
 @site_app.command("rotate")
@@ -182,17 +252,50 @@ def rotate(
     out: Annotated[Path, typer.Option("--out", help="New bundle file to write (0600).")],
     endpoint: Annotated[str | None, typer.Option(help="host:port the site dials [the federation's endpoint].")]
     = None,
+    he_secret_context: HeSecretOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """New credentials for one site; its old certificate and node key are revoked, other sites are untouched."""
     sites = _sites()
-    sites.rotate(name, out, endpoint=endpoint, actor=_actor())
+    secret, he_key = _he_secret(he_secret_context)
+    bundle = sites.rotate(name, out, endpoint=endpoint, actor=_actor(), he_secret_context=secret)
     info = next(i for i in sites.sites() if i.name == name)
     if as_json:
-        typer.echo(json.dumps({**_site_row(info), "bundle": str(out)}))
+        typer.echo(json.dumps({**_site_row(info), "bundle": str(out), "contract": contract_digest(bundle.contract),
+                               "he_key_id": he_key}))
     else:
-        err_console.print(f"site [bold]{name}[/bold] rotated; new bundle {out}; the old one is refused from now on",
-                          highlight=False)
+        err_console.print(f"site [bold]{name}[/bold] rotated; new bundle {out}; the old one is refused from now on"
+                          + (f"; CKKS secret context {he_key} inside" if he_key else
+                             " (no CKKS secret context: pass --he-secret-context if the federation uses ckks)")
+                          + _contract_note(bundle.contract), highlight=False)
+
+
+@site_app.command("he-keys")
+def he_keys(
+    site_out: Annotated[Path, typer.Option("--site-out", help="Folder for he-secret-context.bin (0600): "
+                                           "goes into every site's bundle, never to the coordinator.")],
+    coordinator_out: Annotated[Path | None, typer.Option(
+        "--coordinator-out", help="Folder for he-public-context.bin [FEDGUARD_HOME/federation].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the federation's CKKS key pair: the sites' secret context and the coordinator's public one."""
+    from privacy.he.keys import create_federation_keys, key_id, load_site_context  # tenseal: only here
+
+    home = get_settings().home.resolve()
+    coordinator_dir = coordinator_out or _layout().root
+    if site_out.resolve().is_relative_to(home):
+        raise ConfigurationError(f"--site-out {site_out} is inside the coordinator's FEDGUARD_HOME {home}: the "
+                                 "secret context must stay out of the coordinator's reach; pick a folder outside "
+                                 "it (e.g. on the enrolment machine or a removable disk)")
+    secret, public = create_federation_keys(site_out, coordinator_dir)
+    key = key_id(load_site_context(secret))
+    if as_json:
+        typer.echo(json.dumps({"key_id": key, "secret_context": str(secret), "public_context": str(public)}))
+        return
+    err_console.print(f"CKKS federation key {key}\n  sites' secret context {secret} (0600): pass it to "
+                      f"'fedguard site enroll|rotate --he-secret-context', then keep it offline\n  coordinator's "
+                      f"public context {public}: set he-public-context = \"{public}\" in ckks jobs",
+                      highlight=False)
 
 
 @site_app.command("revoke")

@@ -27,6 +27,15 @@ gateway on the only port open to the network ("wrap, add what they lack"):
    Flower's TLS stays on; Flower's SuperNode authentication still has to pass
    after the gateway (both layers must agree).
 
+Every refusal is logged once, with the peer address, the reason (revoked,
+unknown CA, no certificate, a serial of no active site) and the subject CN
+of the certificate the client presented, when it presented one. A refused
+handshake has no verified peer certificate to read, so the context's message
+callback keeps the first certificate of the client's ``Certificate`` message
+(:func:`observe_handshake`) for that log line only; it is never trusted for
+anything else. A certificate replaced by ``fedguard site rotate`` is logged as
+a rotation ("the site must use its new bundle"), not as a revocation.
+
 Notes
 -----
 Revocation by CRL is RFC 5280 §5; enforcing it in the handshake follows the
@@ -67,6 +76,13 @@ Lookup = Callable[[str], "tuple[str, str] | None"]
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """OpenSSL cipher string for TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305 (TLS 1.3 suites are set apart)."""
 
+ALERTS = {42: "bad certificate", 43: "unsupported certificate", 44: "revoked", 45: "expired",
+          46: "certificate unknown", 48: "unknown CA", 116: "no certificate"}
+"""TLS alert descriptions (RFC 8446 §6.2) the gateway sends when it refuses a client certificate."""
+_HANDSHAKE, _ALERT, _CERTIFICATE, _TLS13 = 22, 21, 11, 0x0304
+_SEEN_CERTIFICATE = "fedguard_client_certificate"
+_SENT_ALERT = "fedguard_sent_alert"
+
 FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -94,7 +110,58 @@ def server_context(tls: GatewayTls) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(tls.ca_cert))
     ctx.load_verify_locations(cafile=str(tls.crl))
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF | ssl.VERIFY_X509_STRICT
+    # CPython's message callback (3.8+, underscore but stable): the only way to see a refused client's certificate
+    ctx._msg_callback = observe_handshake  # type: ignore[attr-defined]
     return ctx
+
+
+def first_certificate(message: bytes, *, tls13: bool) -> bytes | None:
+    """The DER of the first certificate in a TLS ``Certificate`` handshake message, or ``None`` if malformed.
+
+    TLS 1.3 (RFC 8446 §4.4.2) prefixes the list with a request context and
+    follows each entry with extensions; TLS 1.2 (RFC 5246 §7.4.2) does not.
+    """
+    pos = 4 + (1 + message[4] if tls13 and len(message) > 4 else 0)
+    size = int.from_bytes(message[pos + 3:pos + 6], "big")
+    der = message[pos + 6:pos + 6 + size]
+    return bytes(der) if size and len(der) == size else None
+
+
+def observe_handshake(conn: object, direction: str, version: int, content_type: int, msg_type: int,
+                      data: bytes) -> None:
+    """``SSLContext._msg_callback``: keep the client's certificate and the alert sent, on the connection.
+
+    What it keeps is unverified: :meth:`Gateway.describe_refusal` only names it in the log.
+    """
+    if direction == "read" and content_type == _HANDSHAKE and msg_type == _CERTIFICATE:
+        setattr(conn, _SEEN_CERTIFICATE, first_certificate(data, tls13=int(version) == _TLS13))
+    elif direction == "write" and content_type == _ALERT:
+        setattr(conn, _SENT_ALERT, int(msg_type))
+
+
+def _printable(text: str) -> str:
+    """A peer-chosen name made safe for one log line (printable, at most 64 characters)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:64])
+
+
+def certificate_identity(der: bytes) -> tuple[str, str]:
+    """``(serial_hex, common_name)`` of a DER certificate (``("", "")`` if it does not parse)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return "", ""
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return format(cert.serial_number, "x"), _printable(str(names[0].value)) if names else ""
+
+
+def refusal_reason(serial: str, name: str, state: tuple[str, str] | None) -> str:
+    """The log text for a certificate this federation will not accept (after the TLS layer let it through)."""
+    if state is None:
+        return f"certificate serial {serial} (CN={name}) is not one this federation issued to an active site"
+    site, status = state
+    if status == "rotated":
+        return f"rotated: old certificate of {site} (serial {serial}) refused; the site must use its new bundle"
+    return f"revoked: site {site} (serial {serial}, CN={name}) is revoked"
 
 
 def upstream_context(ca_cert: Path) -> ssl.SSLContext:
@@ -152,11 +219,12 @@ def allowed(path: str) -> bool:
 
 async def forward_requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            client: asyncio.StreamWriter, site: str,
-                           still_allowed: Callable[[], bool] = lambda: True) -> None:
+                           refused: Callable[[], str | None] = lambda: None) -> None:
     """Copy HTTP/1.1 requests from ``reader`` to the upstream ``writer``, refusing any outside the Fleet API.
 
-    ``still_allowed`` is asked before each request, so a keep-alive connection
-    opened before a revocation does not outlive it.
+    ``refused`` is asked before each request (``None``: still allowed; else
+    the reason to log), so a keep-alive connection opened before a
+    revocation or rotation does not outlive it.
     """
     try:
         while True:
@@ -173,8 +241,9 @@ async def forward_requests(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 client.write(BAD_REQUEST)
                 return
             method, path, length = parsed
-            if not still_allowed():
-                logger.warning("gateway: site %s was revoked while connected; connection closed", site)
+            reason = refused()
+            if reason is not None:
+                logger.warning("gateway: site %s connected, now refused: %s; connection closed", site, reason)
                 client.write(FORBIDDEN)
                 return
             if not allowed(path):
@@ -219,7 +288,7 @@ class Gateway:
         self._crl_stamp: tuple[int, int] | None = None
         self._upstream_ctx = upstream_context(tls.ca_cert)
         self.server = RelayServer("gateway", host, port, self._handle, tls=self.context,
-                                  handshake_timeout=HANDSHAKE_TIMEOUT)
+                                  handshake_timeout=HANDSHAKE_TIMEOUT, describe_refusal=self.describe_refusal)
 
     @property
     def port(self) -> int:
@@ -234,13 +303,37 @@ class Gateway:
             logger.info("gateway: loaded CRL %s", self.tls.crl)
         return self._ctx
 
+    def describe_refusal(self, exc: BaseException, ssl_object: ssl.SSLObject | None) -> str:
+        """One log line's worth on a refused handshake: the reason, and whose certificate it was.
+
+        The reason is the alert the gateway sent (revoked, unknown CA, no
+        certificate, ...); the name is the presented certificate's subject CN,
+        and for one this federation issued, the registry's site and standing
+        (a rotated credential is named as such).
+        """
+        alert = getattr(ssl_object, _SENT_ALERT, None)
+        reason = ALERTS.get(alert) if alert is not None else None
+        reason = reason or str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+                               or type(exc).__name__)
+        der = getattr(ssl_object, _SEEN_CERTIFICATE, None)
+        if not der:
+            return "no certificate: the client presented none" if reason == "no certificate" else reason
+        serial, name = certificate_identity(der)
+        if reason == "revoked" and serial:
+            state = self.lookup(serial)
+            if state is not None:
+                return refusal_reason(serial, name, state)
+        if reason == "unknown CA":
+            return f"unknown CA: certificate CN={name} (serial {serial}) is not from this federation's CA"
+        return f"{reason}: certificate CN={name} (serial {serial})"
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         serial, name = peer_serial(writer)
         state = self.lookup(serial) if serial else None
         if state is None or state[1] != "active":
-            logger.warning("gateway: certificate %s (CN=%s) from %s is %s; refused", serial, name, peer,
-                           "unknown" if state is None else state[1])
+            logger.warning("gateway: connection from %s refused: %s", peer,
+                           refusal_reason(serial, _printable(name), state))
             return
         site = state[0]
         try:
@@ -253,14 +346,16 @@ class Gateway:
         logger.info("gateway: site %s connected from %s", site, peer)
         checked = [time.monotonic()]
 
-        def still_allowed() -> bool:
+        def refused() -> str | None:
             if time.monotonic() - checked[0] < self.recheck_interval:
-                return True
+                return None
             checked[0] = time.monotonic()
             current = self.lookup(serial)
-            return current is not None and current[1] == "active"
+            if current is not None and current[1] == "active":
+                return None
+            return refusal_reason(serial, _printable(name), current)
 
-        await asyncio.gather(forward_requests(reader, up_writer, writer, site, still_allowed),
+        await asyncio.gather(forward_requests(reader, up_writer, writer, site, refused),
                              pump(up_reader, writer))
 
     def start(self) -> Gateway:

@@ -10,8 +10,15 @@ Format: UTF-8 JSON, one object, ``"format": "fedguard-site-bundle/1"``::
     ca_cert (PEM), site_cert (PEM), site_key (PEM PKCS#8),
     node_key (OpenSSH EC private key for Flower SuperNode authentication),
     node_public_key (PEM), issued_at (ISO 8601)
+    contract (optional: the federation's data contract, canonical JSON, from
+    ``fedguard coordinator data``; a bundle issued before it has none)
 
-It holds two private keys, so it is written 0600 and the reader refuses a
+and optionally
+
+    he_secret_context (base64 of the federation's CKKS secret context, from
+    ``fedguard site enroll --he-secret-context``; docs/homomorphic.md)
+
+It holds two private keys (three with the CKKS secret context), so it is written 0600 and the reader refuses a
 file that group or others may read (as OpenSSH refuses such a private key):
 a bundle copied with lax permissions must be considered leaked and the site
 rotated.
@@ -19,10 +26,12 @@ rotated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from lifecycle.errors import ConfigurationError, StateError
@@ -52,6 +61,14 @@ class SiteBundle:
     issued_at: str
     site_key: str = field(repr=False)
     node_key: str = field(repr=False)
+    contract: str = field(default="", repr=False)
+    """The federation's data contract as canonical JSON (``federation.contract``); empty when none was declared."""
+    he_secret_context: str = field(default="", repr=False)
+    """Base64 of the federation's CKKS secret context; empty when the federation does not use CKKS."""
+
+    def he_secret_bytes(self) -> bytes | None:
+        """The CKKS secret context's bytes, or ``None`` if this bundle carries none."""
+        return base64.b64decode(self.he_secret_context) if self.he_secret_context else None
 
     @property
     def host(self) -> str:
@@ -64,7 +81,7 @@ class SiteBundle:
 
 def write_bundle(path: Path, bundle: SiteBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically with mode 0600."""
-    payload = {"format": FORMAT, **asdict(bundle)}
+    payload = {"format": FORMAT, **{k: v for k, v in asdict(bundle).items() if v != ""}}  # optional fields: if set
     write_private(path, json.dumps(payload, indent=1, sort_keys=True).encode())
     return path
 
@@ -105,11 +122,17 @@ def read_bundle(path: Path) -> SiteBundle:
         raise BundleFormatError(f"{path} is not a fedguard site bundle (not JSON)") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleFormatError(f"{path} is not a fedguard site bundle (expected format '{FORMAT}')")
-    names = [f for f in SiteBundle.__dataclass_fields__]
-    missing = [n for n in names if not isinstance(data.get(n), str) or not data[n]]
+    required = [f.name for f in fields(SiteBundle) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if not isinstance(data.get(n), str) or not data[n]]
+    optional = [f.name for f in fields(SiteBundle) if f.name not in required and f.name in data]
+    missing += [n for n in optional if not isinstance(data[n], str)]
     if missing:
         raise BundleFormatError(f"the bundle {path} lacks {', '.join(missing)}; ask the coordinator for a new one")
-    bundle = SiteBundle(**{n: data[n] for n in names})
+    bundle = SiteBundle(**{n: data[n] for n in required + optional})
+    try:
+        bundle.he_secret_bytes()
+    except (binascii.Error, ValueError) as exc:
+        raise BundleFormatError(f"the bundle {path} has a damaged he_secret_context; ask for a new bundle") from exc
     host, _, port = bundle.endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise BundleFormatError(f"the bundle's endpoint '{bundle.endpoint}' is not host:port")

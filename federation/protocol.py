@@ -71,6 +71,8 @@ SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"
 CLIP_NORM = "clip-norm"
 """The L2 bound a clear update is clipped to and checked against (``coordinator.strategies.validation``)."""
+DATA_CONTRACT = "data-contract"
+"""The federation's data contract (canonical JSON) in the ``config`` record, when one is declared."""
 
 __all__ = [
     "CLIP_NORM", "CONFIG_RECORD", "DEFAULT_BATCH_SIZE", "DEFAULT_CLIP_NORM", "DEFAULT_DEVICE", "DEFAULT_DP_DELTA",
@@ -157,6 +159,9 @@ class TrainConfig:
     labels: tuple[str, ...] = ()
     device: str = DEFAULT_DEVICE  # the run's ``site-device``; a site's node config ``device`` wins (client.device)
     he_secret_context: str = ""  # simulation only: where virtual sites find the shared CKKS secret context
+    contract: str = ""
+    """The federation's data contract as canonical JSON (:mod:`federation.contract`), empty when none is declared:
+    a site whose bundle predates a contract change still checks and trains against the run's."""
 
     WHAT = "round configuration"
 
@@ -175,6 +180,8 @@ class TrainConfig:
         }
         if self.he_secret_context:
             values[SECRET_CONTEXT_KEY] = self.he_secret_context
+        if self.contract:
+            values[DATA_CONTRACT] = self.contract
         return ConfigRecord(values)
 
     @classmethod
@@ -194,6 +201,7 @@ class TrainConfig:
             labels=_optional(record, "labels", _labels, w, ()),
             device=_optional(record, "device", _str, w, DEFAULT_DEVICE),
             he_secret_context=_optional(record, SECRET_CONTEXT_KEY, _str, w, ""),
+            contract=_optional(record, DATA_CONTRACT, _str, w, ""),
         )
 
 

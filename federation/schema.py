@@ -19,6 +19,10 @@ values, unknown labels) with row counts and the first row numbers, before
 anything is trained: an operator fixes a file in one pass instead of one
 error per attempt. Problems name columns and rows, never values, so the
 report itself leaks no record even if a log is shipped elsewhere.
+:func:`encode` turns a checked table into model input, the same way at a
+site and for the coordinator's reference set. The federation's data contract
+(:mod:`federation.contract`) is written in this format too, and a site
+schema without ``[columns]`` maps onto it (:mod:`federation.mapping`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
 EXTRA_COLUMNS = ("error", "ignore")
 FIRST_ROWS = 5
-_COLUMN_KEYS = frozenset({"type", "min", "max", "values", "missing"})
+_COLUMN_KEYS = frozenset({"type", "min", "max", "values", "missing", "unit"})
 _TOP_KEYS = frozenset({"label", "label-values", "extra-columns", "columns"})
 
 
@@ -63,6 +67,8 @@ class Column:
     max: float | None = None
     values: tuple[str, ...] = ()
     missing: bool = False
+    unit: str | None = None
+    """What a number is measured in (``mm``, ``mg/dL``): documentation, and named when a value is out of range."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,10 @@ class ValidationReport:
     rows: int
     problems: tuple[Problem, ...]
     bad_rows: int
+    against: str = "the site's schema"
+    """What the file was checked against, as the summary names it."""
+    retry: str = "fedguard client check --data FILE --schema SCHEMA.toml"
+    """The command that checks the file again, as the summary suggests it."""
 
     @property
     def ok(self) -> bool:
@@ -101,12 +111,11 @@ class ValidationReport:
 
     def summary(self) -> str:
         if self.ok:
-            return f"'{self.source}': {self.rows} rows match the schema"
-        lines = [f"'{self.source}' does not match the site's schema: {len(self.problems)} problem(s), "
+            return f"'{self.source}': {self.rows} rows match {self.against}"
+        lines = [f"'{self.source}' does not match {self.against}: {len(self.problems)} problem(s), "
                  f"{self.bad_rows} of {self.rows} rows affected"]
         lines += [f"  - {p.describe()}" for p in self.problems]
-        lines.append("fix the file or the schema, then check again with "
-                     "'fedguard client check --data FILE --schema SCHEMA.toml'")
+        lines.append(f"fix the file or the schema, then check again with '{self.retry}'")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +134,8 @@ class CheckedTable:
     values: dict[str, np.ndarray]
     labels: np.ndarray
     report: ValidationReport
+    bad: frozenset[int] = frozenset()
+    """The 1-based rows with at least one problem (``report.bad_rows`` counts them)."""
 
 
 def canonical(value: object) -> str:
@@ -191,10 +202,11 @@ _TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "a boole
 
 
 def _detail(column: Column, kind: str) -> str:
+    unit = f" {column.unit}" if column.unit else ""
     return {
         "type": f"not {_TYPE_NAMES.get(column.type, column.type)}",
-        "below-min": f"below min {column.min:g}" if column.min is not None else "below min",
-        "above-max": f"above max {column.max:g}" if column.max is not None else "above max",
+        "below-min": f"below min {column.min:g}{unit}" if column.min is not None else "below min",
+        "above-max": f"above max {column.max:g}{unit}" if column.max is not None else "above max",
         "not-allowed": f"not one of the {len(column.values)} allowed values",
         "missing": "missing a value (the schema does not allow missing values here)",
     }[kind]
@@ -296,7 +308,7 @@ class SiteSchema:
                       f"with a label not among the {len(self.label_values)} label-values")
             problems.append(Problem(column, kind, detail, len(rows), tuple(rows[:FIRST_ROWS])))
         report = ValidationReport(source, num_rows, tuple(problems), len(tally.bad))
-        return CheckedTable(values, labels, report)
+        return CheckedTable(values, labels, report, frozenset(tally.bad))
 
     def _parse_column(self, column: Column, cells: Sequence[object] | None, num_rows: int,
                       tally: _Tally) -> np.ndarray:
@@ -329,6 +341,49 @@ class SiteSchema:
         return out
 
 
+def _label_map(schema: SiteSchema, labels: Sequence[str], num_classes: int) -> np.ndarray:
+    """Site label index → coordinator class index (by name when the coordinator sent names)."""
+    indices = tuple(str(i) for i in range(num_classes))
+    names = tuple(canonical(v) for v in labels)
+    if names and set(schema.label_values) == set(names) and len(names) == num_classes:
+        return np.array([names.index(v) for v in schema.label_values], dtype=np.int64)
+    if schema.label_values == indices:
+        return np.arange(num_classes, dtype=np.int64)
+    raise ConfigurationError(
+        f"this site's label-values {list(schema.label_values)} do not match the federation's "
+        f"{num_classes} classes {list(names) or list(indices)}; fix 'label-values' in the site's schema"
+    )
+
+
+def encode(checked: CheckedTable, schema: SiteSchema, features: Sequence[str], target: str,
+           num_classes: int, labels: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Features in the federation's column order (missing values imputed locally) and class indices."""
+    absent = [name for name in features if name not in schema.features]
+    if absent or target != schema.label:
+        raise ConfigurationError(
+            f"the federation's model needs columns {list(features)} and label '{target}', but this site's "
+            f"schema {'lacks ' + str(absent[:5]) if absent else 'names label ' + repr(schema.label)}; "
+            "align the site's schema with the federation's"
+        )
+    columns = []
+    for name in features:
+        column = checked.values[name].copy()
+        gaps = np.isnan(column)
+        if gaps.any():  # only where the schema allows missing values: impute from this site's own rows
+            kind = next(c.type for c in schema.columns if c.name == name)
+            present = column[~gaps]
+            if present.size == 0:
+                fill = 0.0
+            elif kind == "category":
+                fill = float(np.bincount(present.astype(np.int64)).argmax())
+            else:
+                fill = float(present.mean())
+            column[gaps] = fill
+        columns.append(column)
+    mapped = _label_map(schema, labels, num_classes)[checked.labels]
+    return np.stack(columns, axis=1).astype(np.float32), mapped.astype(np.int64)
+
+
 def _column(name: str, spec: object, source: str) -> Column:
     if not isinstance(spec, dict):
         raise ConfigurationError(f"schema '{source}': column '{name}' must be a table such as "
@@ -350,7 +405,10 @@ def _column(name: str, spec: object, source: str) -> Column:
         raise ConfigurationError(f"schema '{source}': min/max apply to int and float columns, not '{name}'")
     if low is not None and high is not None and low > high:
         raise ConfigurationError(f"schema '{source}': column '{name}' has min > max")
-    return Column(name, kind, low, high, values, bool(spec.get("missing", False)))
+    unit = spec.get("unit")
+    if unit is not None and (not isinstance(unit, str) or not unit.strip()):
+        raise ConfigurationError(f"schema '{source}': column '{name}': unit must be a text such as \"mm\"")
+    return Column(name, kind, low, high, values, bool(spec.get("missing", False)), unit.strip() if unit else None)
 
 
 def _bound(spec: Mapping[str, object], key: str, name: str, source: str) -> float | None:

@@ -22,6 +22,8 @@ from lifecycle.errors import StateError
 
 CHUNK = 1 << 16
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+DescribeRefusal = Callable[[BaseException, "ssl.SSLObject | None"], str]
+"""``(handshake error, the connection's SSLObject) → text`` for the relay's refusal log line."""
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -62,8 +64,14 @@ class _AlertingSSLProtocol(sslproto.SSLProtocol):
 
 async def start_tls_server(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
                            protocol: asyncio.BaseProtocol, context: ssl.SSLContext,
-                           timeout: float) -> asyncio.Transport:
-    """Server-side ``loop.start_tls`` (same steps as CPython's) with :class:`_AlertingSSLProtocol`."""
+                           timeout: float,
+                           failed: Callable[[ssl.SSLObject | None], None] | None = None) -> asyncio.Transport:
+    """Server-side ``loop.start_tls`` (same steps as CPython's) with :class:`_AlertingSSLProtocol`.
+
+    ``failed`` receives the connection's ``SSLObject`` when the handshake
+    fails, before the error is raised (so a caller can say whose certificate
+    was refused).
+    """
     waiter = loop.create_future()
     # typeshed says int, but asyncio takes the timeout in seconds as a float (loop.start_tls passes one)
     ssl_protocol = _AlertingSSLProtocol(loop, protocol, context, waiter, server_side=True,
@@ -76,6 +84,8 @@ async def start_tls_server(loop: asyncio.AbstractEventLoop, transport: asyncio.T
     try:
         await waiter
     except BaseException:
+        if failed is not None:
+            failed(getattr(ssl_protocol, "_sslobj", None))
         transport.close()
         made.cancel()
         resumed.cancel()
@@ -110,15 +120,18 @@ class RelayServer:
 
     ``tls`` (called per connection, so a caller may swap contexts, e.g. after a
     CRL change) makes every accepted connection a server-side TLS one before
-    ``handler`` sees it; a failed handshake closes the connection and is logged.
+    ``handler`` sees it; a failed handshake closes the connection and is logged
+    (in the words of ``describe_refusal`` when given).
     ``start()`` returns once the socket is bound (port 0 picks a free port,
     read back from :attr:`port`); ``stop()`` closes the listener and every open
     connection.
     """
 
     def __init__(self, name: str, host: str, port: int, handler: Handler,
-                 tls: Callable[[], ssl.SSLContext] | None = None, handshake_timeout: float = 10.0) -> None:
+                 tls: Callable[[], ssl.SSLContext] | None = None, handshake_timeout: float = 10.0,
+                 describe_refusal: DescribeRefusal | None = None) -> None:
         self.name, self.host, self.port = name, host, port
+        self._describe_refusal = describe_refusal
         self._handler = handler
         self._tls = tls
         self._handshake_timeout = handshake_timeout
@@ -137,13 +150,14 @@ class RelayServer:
         protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
         peer = transport.get_extra_info("peername")
         if self._tls is not None:
+            refused: list[ssl.SSLObject | None] = []
             try:
                 wrapped = await start_tls_server(self._loop, transport, protocol, self._tls(),
-                                                 self._handshake_timeout)
+                                                 self._handshake_timeout, failed=refused.append)
             except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
                 transport.close()
                 logger.warning("%s: TLS handshake from %s refused: %s", self.name, peer,
-                               getattr(exc, "reason", None) or type(exc).__name__)
+                               self._refusal(exc, refused[0] if refused else None))
                 return
             if wrapped is None:
                 transport.close()
@@ -163,6 +177,16 @@ class RelayServer:
             logger.exception("%s: connection handler failed", self.name)
         finally:
             await close(writer)
+
+    def _refusal(self, exc: BaseException, ssl_object: ssl.SSLObject | None) -> str:
+        default = str(getattr(exc, "reason", None) or type(exc).__name__)
+        if self._describe_refusal is None:
+            return default
+        try:
+            return self._describe_refusal(exc, ssl_object)
+        except Exception:  # noqa: BLE001 - a log line must not take the relay down
+            logger.exception("%s: describing a refused handshake failed", self.name)
+            return default
 
     async def _bind(self) -> None:
         self._server = await self._loop.create_server(lambda: _Held(self), self.host, self.port)

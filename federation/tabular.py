@@ -131,6 +131,57 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, rows
 
 
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A file's header and its cells column by column (CSV: strings; Parquet: Python scalars or None)."""
+
+    path: Path
+    header: tuple[str, ...]
+    cells: dict[str, list[object]]
+    num_rows: int
+
+
+def read_table(path: Path) -> RawTable:
+    """Read a CSV (:func:`read_csv_rows`) or a Parquet file (``pyarrow``) into columns, cells as they are.
+
+    Raises
+    ------
+    ConfigurationError
+        The file is missing, its format is unknown, or Parquet support is not installed.
+    """
+    if not path.is_file():
+        raise ConfigurationError(f"data file '{path}' does not exist; pass the path of your CSV or Parquet file")
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        header, rows = read_csv_rows(path)
+        cells: dict[str, list[object]] = {
+            name: [row[i] if i < len(row) else "" for _, row in rows] for i, name in enumerate(header)
+            if name not in header[:i]
+        }
+        return RawTable(path, tuple(header), cells, len(rows))
+    if suffix in PARQUET_SUFFIXES:
+        return _read_parquet(path)
+    raise ConfigurationError(f"data file '{path}': unknown format '{suffix}'; use .csv or .parquet")
+
+
+def _read_parquet(path: Path) -> RawTable:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is a declared dependency
+        raise ConfigurationError("reading Parquet needs pyarrow: pip install -c constraints.txt pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a bad file
+        raise ConfigurationError(f"data file '{path}' is not a readable Parquet file ({exc})") from None
+    header = tuple(str(name) for name in table.column_names)
+    cells = {name: table.column(i).to_pylist() for i, name in enumerate(header)}
+    return RawTable(path, header, cells, table.num_rows)
+
+
 def load_csv(path: Path, features: list[str], target: str, num_classes: int) -> TabularData:
     """Read and validate a CSV (header row; feature columns; integer label column).
 

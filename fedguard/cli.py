@@ -19,6 +19,7 @@ import traceback
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from client.cli import client_app
 from coordinator.cli import coordinator_app, site_app
@@ -65,7 +66,7 @@ def main() -> None:
     try:
         app()
     except FedguardError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # '[columns]' is text
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")

@@ -8,6 +8,8 @@ Layout (the folder is 0700, private keys 0600)::
     coordinator.crt/.key   the TLS server certificate of the gateway and the SuperLink
     crl.pem            revoked site certificates, re-signed at every rotate/revoke
     superlink.db       the SuperLink's state (runs, nodes) so a restart keeps it
+    contract.json      the federation's data contract (``fedguard coordinator data``), copied into bundles
+    reference/         the coordinator's held-out reference set: test.csv, schema.json, contract.json
     logs/              superlink.log, gateway.log
 """
 
@@ -81,6 +83,8 @@ class FederationLayout:
     crl = property(lambda self: self.root / "crl.pem")
     superlink_db = property(lambda self: self.root / "superlink.db")
     logs = property(lambda self: self.root / "logs")
+    contract = property(lambda self: self.root / "contract.json")
+    reference = property(lambda self: self.root / "reference")
 
     def exists(self) -> bool:
         config: Path = self.config  # the path properties above are untyped lambdas

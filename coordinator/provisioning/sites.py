@@ -9,6 +9,8 @@ private keys exist in the bundle and nowhere else.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from coordinator.provisioning.authority import (
     serial_hex,
 )
 from coordinator.provisioning.federation import FederationLayout
-from coordinator.provisioning.tables import ACTIVE, REVOKED, FederationSite, SiteCredential
+from coordinator.provisioning.tables import ACTIVE, REVOKED, ROTATED, FederationSite, SiteCredential
 from federation.bundle import SiteBundle, write_bundle
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
@@ -83,6 +85,11 @@ def node_keys(registry: Registry) -> list[tuple[str, bool, str]]:
                 for credential, site in rows]
 
 
+def contract_digest(contract: str) -> str | None:
+    """The SHA-256 of a bundle's contract JSON (``DataContract.digest``), None without one."""
+    return hashlib.sha256(contract.encode()).hexdigest() if contract else None
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -96,8 +103,12 @@ class SiteRegistry:
 
     # -- writes ----------------------------------------------------------------
     def enroll(self, name: str, out: Path, *, endpoint: str | None = None, actor: str = "cli",
-               now: datetime | None = None) -> SiteBundle:
-        """Create a site, issue its first credentials and write its bundle to ``out`` (0600)."""
+               now: datetime | None = None, he_secret_context: bytes | None = None) -> SiteBundle:
+        """Create a site, issue its first credentials and write its bundle to ``out`` (0600).
+
+        ``he_secret_context``: the federation's CKKS secret context to carry
+        inside the bundle (never stored by the registry).
+        """
         validate_site_name(name)
         check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
@@ -107,30 +118,38 @@ class SiteRegistry:
             site = FederationSite(name=name, created_at=now or datetime.now(UTC))
             session.add(site)
             session.flush()
-            bundle, credential = self._issue(site, endpoint, now)
+            bundle, credential = self._issue(site, endpoint, now, he_secret_context)
             session.add(credential)
             audit.record(session, "site.enrolled", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "fingerprint": credential.cert_fingerprint,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "contract": contract_digest(bundle.contract),
+                                  "he_secret_context": he_secret_context is not None})
             self._write(out, bundle)
         logger.info("enrolled site %s (certificate serial %s)", name, credential.cert_serial)
         return bundle
 
     def rotate(self, name: str, out: Path, *, endpoint: str | None = None, actor: str = "cli",
-               now: datetime | None = None) -> SiteBundle:
-        """Issue new credentials for ``name`` only; its previous ones are revoked."""
+               now: datetime | None = None, he_secret_context: bytes | None = None) -> SiteBundle:
+        """Issue new credentials for ``name`` only; its previous ones are revoked.
+
+        The registry never holds the CKKS secret context: pass it again
+        (``he_secret_context``) for the new bundle to carry it.
+        """
         now = now or datetime.now(UTC)
         check_endpoint(endpoint)
         with self._bundle_guard(out), self.registry.transaction() as session:
             site = self._site(session, name)
             if site.status != ACTIVE:
                 raise StateError(f"site '{name}' was revoked for good; enrol it under a new name if it must return")
-            old = self._revoke_credentials(session, site, now, "rotated")
-            bundle, credential = self._issue(site, endpoint, now)
+            old = self._revoke_credentials(session, site, now, ROTATED)
+            bundle, credential = self._issue(site, endpoint, now, he_secret_context)
             session.add(credential)
             audit.record(session, "site.rotated", actor=actor, subject=name,
                          details={"serial": credential.cert_serial, "revoked_serials": old,
-                                  "node_key": credential.node_key_fingerprint})
+                                  "node_key": credential.node_key_fingerprint,
+                                  "contract": contract_digest(bundle.contract),
+                                  "he_secret_context": he_secret_context is not None})
             self._write(out, bundle)
         self.write_crl()
         return bundle
@@ -201,7 +220,13 @@ class SiteRegistry:
         return node_keys(self.registry)
 
     def credential_state(self, serial: str) -> tuple[str, str] | None:
-        """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it."""
+        """``(site, status)`` of the credential with ``serial``; ``None`` if this federation never issued it.
+
+        ``status`` is ``active``, ``revoked`` (the site was revoked), or
+        ``rotated`` (the site is active but this credential was replaced by
+        ``fedguard site rotate``: the site must use its new bundle). Only
+        ``active`` may connect.
+        """
         with Session(self.registry.engine) as session:
             row = session.exec(select(SiteCredential, FederationSite)
                                .where(SiteCredential.cert_serial == serial.lower())
@@ -209,8 +234,19 @@ class SiteRegistry:
             if row is None:
                 return None
             credential, site = row
-            status = REVOKED if REVOKED in (credential.status, site.status) else ACTIVE
-            return site.name, status
+            if site.status == REVOKED:
+                return site.name, REVOKED
+            if credential.status == REVOKED:
+                return site.name, ROTATED if credential.revoked_reason == ROTATED else REVOKED
+            return site.name, ACTIVE
+
+    def contract_json(self) -> str:
+        """The federation's data contract as canonical JSON for a bundle; empty before 'coordinator data' ran."""
+        if not self.layout.contract.is_file():
+            return ""
+        from federation.contract import DataContract  # numpy: only when a contract exists
+
+        return DataContract.read(self.layout.contract).to_json()
 
     # -- helpers ---------------------------------------------------------------
     @staticmethod
@@ -242,8 +278,8 @@ class SiteRegistry:
             serials.append(credential.cert_serial)
         return serials
 
-    def _issue(self, site: FederationSite, endpoint: str | None,
-               now: datetime | None) -> tuple[SiteBundle, SiteCredential]:
+    def _issue(self, site: FederationSite, endpoint: str | None, now: datetime | None,
+               he_secret_context: bytes | None = None) -> tuple[SiteBundle, SiteCredential]:
         config = self.layout.read_config()
         ca = self.layout.ca()
         pair = issue_site_certificate(ca, config.federation, site.name, now=now)
@@ -258,7 +294,8 @@ class SiteRegistry:
             federation=config.federation, site=site.name, endpoint=endpoint or config.endpoint,
             ca_cert=ca.cert_pem.decode(), site_cert=pair.cert_pem.decode(), node_public_key=node.public_pem.decode(),
             issued_at=(now or datetime.now(UTC)).isoformat(), site_key=pair.key_pem.decode(),
-            node_key=node.private_openssh.decode())
+            node_key=node.private_openssh.decode(), contract=self.contract_json(),
+            he_secret_context=base64.b64encode(he_secret_context).decode() if he_secret_context else "")
         return bundle, credential
 
     @staticmethod

@@ -17,6 +17,8 @@ from lifecycle.registry.tables import utcnow
 
 ACTIVE = "active"
 REVOKED = "revoked"
+ROTATED = "rotated"
+"""``SiteCredential.revoked_reason`` of a credential replaced by ``fedguard site rotate``."""
 
 
 class FederationSite(SQLModel, table=True):

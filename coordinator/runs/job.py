@@ -7,7 +7,7 @@
     dp-epsilon = 3.0
     secure-aggregation = "secagg+"
     model-name = "cardio"
-    data-dir = "/srv/fedguard/reference"   # the coordinator's schema.json and test.csv
+    data-dir = "/srv/fedguard/reference"   # schema.json and test.csv; left out: what coordinator data wrote
 
 ``--set key=value`` overrides a key (the value is read as TOML, so
 ``--set dp-epsilon=2`` is a number and ``--set model-name=cardio`` a string).

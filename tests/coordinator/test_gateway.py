@@ -8,16 +8,18 @@ tests/integration/test_site_transport.py).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from coordinator.gateway import Gateway, GatewayTls, parse_head, server_context
+from coordinator.gateway import Gateway, GatewayTls, first_certificate, parse_head, server_context
 from tests.coordinator.federation_fixtures import (
     Federation,
     client_context,
@@ -175,3 +177,77 @@ def test_revocation_ends_an_open_keep_alive_connection(world: dict[str, object])
             fed.sites.revoke("kings")
             tls.sendall(request)
             assert tls.recv(4096).startswith(b"HTTP/1.1 403")
+
+
+def _logged(caplog: pytest.LogCaptureFixture, needle: str, timeout: float = 10.0) -> str:
+    """The first gateway log line containing ``needle`` (the relay logs from its own thread, after the alert)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in list(caplog.records):
+            if needle in (message := record.getMessage()):
+                return message
+        time.sleep(0.02)
+    raise AssertionError(f"no log line with {needle!r}: {[r.getMessage() for r in caplog.records]}")
+
+
+def test_every_refusal_is_logged_with_its_reason_and_the_certificates_name(
+        world: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fedguard")
+    ca = world["valid"][0]  # type: ignore[index]
+    for ctx in (client_context(*world["revoked"]), client_context(ca, *world["foreign"]),  # type: ignore[misc]
+                client_context(ca)):
+        with pytest.raises(ssl.SSLError):
+            https_request(ctx, _port(world))
+    assert "site guys (serial" in _logged(caplog, "refused: revoked: site guys")
+    assert "CN=st-marys" in _logged(caplog, "refused: unknown CA: certificate CN=st-marys")
+    _logged(caplog, "refused: no certificate: the client presented none")
+
+
+def test_a_rotated_certificate_is_logged_as_a_rotation_not_a_revocation(
+        world: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    fed, root = world["fed"], world["root"]
+    assert isinstance(fed, Federation) and isinstance(root, Path)
+    caplog.set_level(logging.INFO, logger="fedguard")
+    old = credential_files(fed.enroll("lister"), root / "lister-old")
+    request = b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", _port(world)), timeout=10) as raw:
+        with client_context(*old).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            fed.sites.rotate("lister", root / "lister-2.bundle")
+            tls.sendall(request)  # the open connection: closed as a rotation
+            assert tls.recv(4096).startswith(b"HTTP/1.1 403")
+    with pytest.raises(ssl.SSLError, match="(?i)revoked"):  # a new handshake: the CRL refuses it
+        https_request(client_context(*old), _port(world))
+    expected = "rotated: old certificate of lister (serial"
+    assert "the site must use its new bundle" in _logged(caplog, "site lister connected, now refused: " + expected)
+    assert "the site must use its new bundle" in _logged(caplog, "refused: " + expected)
+    assert not [r for r in caplog.records if "lister" in r.getMessage() and "revoked" in r.getMessage()]
+
+
+def test_first_certificate_reads_tls12_and_tls13_messages_and_survives_garbage() -> None:
+    der = b"\x30\x03abc"
+    entry = len(der).to_bytes(3, "big") + der
+    tls12 = b"\x0b" + (3 + len(entry)).to_bytes(3, "big") + len(entry).to_bytes(3, "big") + entry
+    tls13 = (b"\x0b" + (4 + len(entry) + 2).to_bytes(3, "big") + b"\x00"
+             + (len(entry) + 2).to_bytes(3, "big") + entry + b"\x00\x00")
+    assert first_certificate(tls12, tls13=False) == der
+    assert first_certificate(tls13, tls13=True) == der
+    for junk in (b"", b"\x0b\x00\x00\x04\x00\x00\x00\x00", b"\x0b\x00\x00\x04\x00\x00\x00\x09ab"):
+        assert first_certificate(junk, tls13=True) is None and first_certificate(junk, tls13=False) is None
+
+
+def test_a_ca_signed_certificate_the_registry_never_issued_is_refused_and_logged(
+        world: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    from coordinator.provisioning.authority import issue_site_certificate
+
+    fed, root = world["fed"], world["root"]
+    assert isinstance(fed, Federation) and isinstance(root, Path)
+    caplog.set_level(logging.INFO, logger="fedguard")
+    pair = issue_site_certificate(fed.layout.ca(), "cardio", "ghost")  # signed by the CA, never registered
+    (root / "ghost.crt").write_bytes(pair.cert_pem)
+    (root / "ghost.key").write_bytes(pair.key_pem)
+    ca = world["valid"][0]  # type: ignore[index]
+    assert https_request(client_context(ca, root / "ghost.crt", root / "ghost.key"), _port(world)) == b""
+    line = _logged(caplog, "(CN=ghost) is not one this federation issued to an active site")
+    assert "connection from" in line

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from client.cli import site_node_config
 from client.forwarder import loopback_certificate
 from client.runtime_options import supernode_command, supernode_env, supernode_flags
-from client.supernode import SiteAgent, materialize, node_config, supernode_argv
+from client.supernode import HE_SECRET_CONTEXT_KEY, SiteAgent, materialize, node_config, supernode_argv
 from coordinator.provisioning import FederationLayout
 from coordinator.runtime_options import superlink_env, superlink_flags
 from coordinator.superlink import check_insecure, flower_env, is_loopback, superlink_argv
@@ -136,3 +136,43 @@ def test_cli_refuses_insecure_off_loopback_and_lax_bundles(fedguard_home: Path, 
 def test_cli_without_a_federation_says_what_to_do(fedguard_home: Path) -> None:
     result = runner.invoke(app, ["site", "list"])
     assert isinstance(result.exception, StateError) and "coordinator init" in str(result.exception)
+
+
+def test_ckks_secret_context_travels_inside_the_bundle_to_the_site_agent(fedguard_home: Path, tmp_path: Path) -> None:
+    """``site he-keys`` → ``site enroll|rotate --he-secret-context`` → the agent's 0700 folder and node config."""
+    from privacy.he.errors import HEKeyError
+    from privacy.he.keys import load_coordinator_context, load_site_context
+    from privacy.he.mod import SECRET_CONTEXT_KEY
+
+    assert runner.invoke(app, ["coordinator", "init", "--federation", "cardio"]).exit_code == 0
+    inside = runner.invoke(app, ["site", "he-keys", "--site-out", str(fedguard_home / "he")])
+    assert isinstance(inside.exception, ConfigurationError)
+    assert "out of the coordinator's reach" in str(inside.exception)
+    made = runner.invoke(app, ["site", "he-keys", "--site-out", str(tmp_path / "he"), "--json"])
+    assert made.exit_code == 0, made.output
+    keys = json.loads(made.stdout)
+    secret, public = Path(keys["secret_context"]), Path(keys["public_context"])
+    assert public.parent == FederationLayout.under(fedguard_home).root and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    load_coordinator_context(public)  # the coordinator's file holds no secret key
+    wrong = runner.invoke(app, ["site", "enroll", "kings", "--out", str(tmp_path / "k.bundle"),
+                                "--he-secret-context", str(public)])
+    assert isinstance(wrong.exception, HEKeyError) and wrong.exception.exit_code == 3  # a public context: refused
+    assert not (tmp_path / "k.bundle").exists()
+    result = runner.invoke(app, ["site", "enroll", "st-marys", "--out", str(tmp_path / "b"), "--he-secret-context",
+                                 str(secret), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["he_key_id"] == keys["key_id"]
+    bundle = read_bundle(tmp_path / "b")
+    assert bundle.he_secret_bytes() == secret.read_bytes() and "he_secret" not in repr(bundle)
+    rotated = runner.invoke(app, ["site", "rotate", "st-marys", "--out", str(tmp_path / "b2")])
+    assert rotated.exit_code == 0 and read_bundle(tmp_path / "b2").he_secret_bytes() is None  # never stored
+    assert "pass --he-secret-context" in rotated.output
+
+    cert, key = loopback_certificate()
+    files = materialize(bundle, cert, key)
+    try:
+        assert stat.S_IMODE(files.he_secret_context.stat().st_mode) == 0o600
+        assert load_site_context(files.he_secret_context).is_private()
+    finally:
+        shutil.rmtree(files.root)
+    assert HE_SECRET_CONTEXT_KEY == SECRET_CONTEXT_KEY  # the key ckks_mod reads

@@ -5,7 +5,11 @@ Shared by the integration tests and ``benchmarks/deployment.py``:
 * ``coordinator init`` (:func:`coordinator.provisioning.init_federation`): the
   federation CA, the coordinator's certificate, ``config.toml`` with a gateway
   port and a SuperLink port picked free at run time;
-* ``site enroll`` (:meth:`SiteRegistry.enroll`) writes one bundle per site;
+* ``site he-keys`` (with ``he=True``): the federation's CKKS key pair, the
+  sites' secret context outside the coordinator's home, the public one in
+  ``FEDGUARD_HOME/federation``;
+* ``site enroll`` (:meth:`SiteRegistry.enroll`) writes one bundle per site
+  (with the CKKS secret context inside when ``he=True``);
 * ``coordinator start`` (:class:`coordinator.deployment.CoordinatorService`):
   the SuperLink on loopback with TLS, SuperNode authentication, its state in
   ``superlink.db`` and the runtime options, behind the mutual-TLS gateway;
@@ -107,12 +111,16 @@ class Federation:
     root: Path
     sites: int = 3
     fast: bool = True
+    he: bool = False
     layout: FederationLayout = field(init=False)
     registry: Registry = field(init=False)
     site_registry: SiteRegistry = field(init=False)
     service: CoordinatorService | None = field(init=False, default=None)
     agents: dict[int, SiteAgent] = field(init=False, default_factory=dict)
     bundles: dict[str, SiteBundle] = field(init=False, default_factory=dict)
+    he_public_context: Path | None = field(init=False, default=None)
+    """The coordinator's CKKS public context (``he=True``): a ckks job's ``he-public-context``."""
+    he_secret_context: Path | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +130,11 @@ class Federation:
                                       gateway_port=free_port(), superlink_port=free_port())
         self.registry = Registry.open(self.settings)
         self.site_registry = SiteRegistry(self.registry, self.layout)
+        if self.he:
+            from privacy.he import create_federation_keys
+
+            self.he_secret_context, self.he_public_context = create_federation_keys(self.root / "he-sites",
+                                                                                    self.layout.root)
 
     @property
     def home(self) -> Path:
@@ -169,9 +182,14 @@ class Federation:
     start_superlink = start_coordinator  # the benchmark's name for it
 
     def enroll(self, name: str) -> SiteBundle:
-        """``fedguard site enroll NAME --out bundles/NAME.bundle`` (once per name); a running coordinator syncs."""
+        """``fedguard site enroll NAME --out bundles/NAME.bundle [--he-secret-context]`` (once per name).
+
+        A running coordinator syncs the new node key.
+        """
         if name not in self.bundles:
-            self.bundles[name] = self.site_registry.enroll(name, self.root / "bundles" / f"{name}.bundle")
+            secret = self.he_secret_context.read_bytes() if self.he_secret_context is not None else None
+            self.bundles[name] = self.site_registry.enroll(name, self.root / "bundles" / f"{name}.bundle",
+                                                           he_secret_context=secret)
             if self.service is not None:
                 self.service.sync_now()
         return self.bundles[name]

@@ -1,10 +1,11 @@
-"""Runs over the real deployment runtime on loopback (issue 4, points 4, 5a, 5b, 8).
+"""Runs over the real deployment runtime on loopback (issue 4, points 4, 5a, 5b, 8; CKKS).
 
 One provisioned federation (``tests/integration/deployment.py``): the
 coordinator (SuperLink with TLS, SuperNode authentication and its state in a
 database file, behind the mutual-TLS gateway) and four site agents started
-from their enrolment bundles (SecAgg+ with 4 sites tolerates one dropout:
-k=3, t=2; with 3 it tolerates none), shared by the tests of this module (one
+from their enrolment bundles, which carry the federation's CKKS secret
+context (SecAgg+ with 4 sites tolerates one dropout: k=3, t=2; with 3 it
+tolerates none; CKKS with 4 sites aggregates from 3), shared by the tests of this module (one
 federation per xdist worker that runs any of them; each test leaves it
 whole). Jobs go through the real ``fedguard run launch|resume`` command,
 which finds the SuperLink and its CA in ``FEDGUARD_HOME/federation`` by
@@ -48,7 +49,7 @@ SITES = 4
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Path]]:
     root = tmp_path_factory.mktemp("federation")
     data = prepare_sites(root, SITES)
-    fed = Federation(root, SITES, fast=True)
+    fed = Federation(root, SITES, fast=True, he=True)  # bundles carry the CKKS secret context
     try:
         fed.start_coordinator()
         for i in range(SITES):
@@ -200,6 +201,22 @@ def test_site_killed_mid_round_round_completes_with_survivors(federation: tuple[
     outcome = json.loads((fed.home / "runs" / run_id / "outcome.json").read_text())
     assert outcome["dropouts"] == [{"round": 2, "sites": [f"site-{SITES - 1}"]}]
     assert outcome["secure_aggregation"] == "secagg+"
+
+
+def test_a_deployed_ckks_run_completes_with_the_secret_context_from_the_bundles(
+        federation: tuple[Federation, Path], tmp_path: Path) -> None:
+    """Issue point 6: the sites decrypt with the secret context their bundles carried; the coordinator adds."""
+    fed, data = federation
+    assert fed.he_public_context is not None
+    job = _job(tmp_path, data, watermark="none", **{"secure-aggregation": "ckks",  # reference counts: CKKS too
+                                                    "he-public-context": str(fed.he_public_context)})
+    launched = _fedguard(fed, "launch", str(job))
+    seen = _until(fed, launched, lambda e: e["event"] == "done")
+    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES, SITES]
+    outcome = json.loads((fed.home / "runs" / launched.run_id / "outcome.json").read_text())
+    assert outcome["secure_aggregation"] == "ckks"
+    assert [h["round"] for h in outcome["history"]] == [1, 2]
+    assert not list(fed.home.rglob("he-secret-context*"))  # the coordinator never held the secret key
 
 
 def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Federation, Path],

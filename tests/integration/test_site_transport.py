@@ -4,11 +4,15 @@ Both layers must pass: the gateway's mutual TLS and Flower's SuperNode
 authentication (node key registered from the site registry). After
 ``revoke`` mid-federation, the node key is unregistered at the SuperLink, the
 gateway refuses the site's certificate, and the site agent that was running
-is cut off: its SuperNode, refused, shuts down.
+is cut off: its SuperNode, refused, shuts down; and ``fedguard client start``
+with the revoked bundle says that the coordinator refused its certificate,
+on its console and in its ``agent.log``, and exits 7 after ``--max-refused``
+refused handshakes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -24,6 +28,7 @@ import pytest
 from client.supernode import SiteAgent
 from coordinator.deployment import CoordinatorService
 from coordinator.superlink import control_client
+from federation.bundle import SiteBundle, write_bundle
 from tests.coordinator.federation_fixtures import client_context, credential_files, https_request, make_federation
 from tests.integration.deployment import free_port
 
@@ -42,7 +47,8 @@ def _nodes(port: int, ca: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_it_off(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fedguard")
     fed = make_federation(tmp_path)
     bundle = fed.enroll("st-marys")
     config = replace(fed.layout.read_config(), gateway_address="127.0.0.1", gateway_port=free_port(),
@@ -71,12 +77,38 @@ def test_supernode_activates_through_forwarder_and_gateway_then_revocation_cuts_
             with pytest.raises(ssl.SSLError, match="(?i)revoked"):
                 https_request(client_context(ca, cert, key), service.gateway_port)
 
+            # a site agent started with the revoked bundle says so and stops with exit 7 (runs meanwhile)
+            refused = _revoked_agent(site_bundle, tmp_path / "revoked-site", fed.home)
+
             # the site agent still running is cut off: its next requests are refused (gateway: revoked
             # certificate; SuperLink: node key unregistered) and its SuperNode shuts down by itself
             assert agent.process is not None
             agent.process.wait(timeout=90)  # Flower's heartbeat is every 30 s
             assert "SuperNode terminated" in (tmp_path / "supernode.log").read_text()
             assert _nodes(config.superlink_port, fed.layout.ca_cert)["st-marys"][0] != "online"
+
+            out, _ = refused.communicate(timeout=120)
+            console = " ".join(out.decode(errors="replace").split())  # Rich wraps the log lines
+            assert refused.returncode == 7, console[-3000:]  # CertificateRefusedError (docs/cli.md)
+            assert "the coordinator refused this site's certificate: revoked (1 of 2" in console, console[-3000:]
+            assert "refused this site's certificate (revoked) 2 times in a row" in console
+            agent_log = (tmp_path / "revoked-site" / "home" / "site" / "st-marys" / "agent.log").read_text()
+            assert "the coordinator refused this site's certificate: revoked" in agent_log
+            gateway = [r.getMessage() for r in caplog.records if "refused: revoked: site st-marys" in r.getMessage()]
+            assert gateway, "the gateway did not log the refusals with the site's name"
+
+
+def _revoked_agent(bundle: SiteBundle, root: Path, coordinator_home: Path) -> subprocess.Popen[bytes]:
+    """``fedguard client start --bundle <revoked bundle> --max-refused 2`` in its own FEDGUARD_HOME."""
+    root.mkdir(parents=True)
+    path = write_bundle(root / "site.bundle", bundle)
+    (root / "data.csv").write_text("a\n1\n")  # never read: the SuperNode gets no message
+    env = {**os.environ, "FEDGUARD_HOME": str(root / "home"), "FLWR_HOME": str(root / "flwr"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    assert not str(root).startswith(str(coordinator_home))
+    return subprocess.Popen([sys.executable, "-m", "fedguard.cli", "client", "start", "--bundle", str(path),
+                             "--data", str(root / "data.csv"), "--schema", str(root / "data.csv"),
+                             "--max-refused", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _start_coordinator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
