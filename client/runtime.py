@@ -30,6 +30,7 @@ is given), so another local process cannot take the site's messages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import os
@@ -182,12 +183,16 @@ class IdlePacer:
 
 
 _STOPPING = threading.Event()
+STOP_GRACE_SECONDS = 2.0
+"""How long the executor's watcher waits for the SuperNode's own stop before stopping it (see :func:`_exit_with`)."""
 
 
 def _exit_with(executor: subprocess.Popen[bytes]) -> None:
     """Stop this SuperNode if its executor dies: without it no message would ever be answered."""
     code = executor.wait()
-    if _STOPPING.is_set():
+    # A stop of the whole site (SIGTERM to its process group) reaches the executor too: give the SuperNode's
+    # own handler a moment to begin its graceful exit; a second SIGTERM would kill it before it cleans up.
+    if _STOPPING.wait(STOP_GRACE_SECONDS):
         return
     logger.error("the warm ClientApp executor exited (code %s): stopping the SuperNode; restart the site", code)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -256,6 +261,7 @@ def _auth_secret(args: list[str]) -> str:
 def run_supernode(argv: Sequence[str]) -> None:
     """Start the warm executor, then run Flower's SuperNode in this process (blocks)."""
     import flwr.supernode.start_client_internal as start_client_internal
+    from flwr.supercore.exit import add_exit_handler
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     args = supernode_argv(argv, _free_loopback_port())
@@ -296,15 +302,21 @@ def run_supernode(argv: Sequence[str]) -> None:
     internal.pull_objects = pull_and_wake  # the SuperNode's pulls from the SuperLink
     if os.environ.get(TRACE_ENV):
         _trace_supernode(internal)
+    def cleanup() -> None:
+        _STOPPING.set()
+        if own_secret:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(secret)
+
+    # Flower's signal handler runs its exit handlers first, then exits: the secret goes even on SIGTERM
+    add_exit_handler(cleanup, run_before_force_exit=True)
     sys.argv = ["flower-supernode", *args]
     try:
         flower_supernode()
     finally:
-        _STOPPING.set()
+        cleanup()
         os.close(wake_write)
         executor.terminate()
-        if own_secret:
-            os.unlink(secret)
 
 
 class ForkExecutor:

@@ -10,13 +10,17 @@ settings as ``--node-config`` (``site-name``, ``data-path``, ``schema-path``,
 
 Private keys are written only into a 0700 temporary folder (``mkdtemp``)
 that lives as long as the agent and is deleted when it stops: Flower reads
-its node key from a file and Python's ``ssl`` its certificate key too.
+its node key from a file and Python's ``ssl`` its certificate key too. The
+SuperExec auth secret between the SuperNode and its ClientApp executor
+(``client.runtime``) is written there as well, so that nothing the agent
+started is left in the temporary directory, even if the SuperNode is killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -52,6 +56,7 @@ class SiteFiles:
     node_key = property(lambda self: self.root / "node.key")
     loopback_cert = property(lambda self: self.root / "loopback.crt")
     loopback_key = property(lambda self: self.root / "loopback.key")
+    superexec_secret = property(lambda self: self.root / "superexec.secret")
     he_secret_context = property(lambda self: self.root / "he-secret-context.bin")
 
 
@@ -69,6 +74,7 @@ def materialize(bundle: SiteBundle, loopback_cert: bytes, loopback_key: bytes) -
     write_private(files.site_key, bundle.site_key.encode())
     write_private(files.node_key, bundle.node_key.encode())
     write_private(files.loopback_key, loopback_key)
+    write_private(files.superexec_secret, secrets.token_bytes(32))
     he_secret = bundle.he_secret_bytes()
     if he_secret is not None:
         write_private(files.he_secret_context, he_secret)
@@ -93,11 +99,14 @@ def supernode_argv(files: SiteFiles, forwarder_port: int, config: Mapping[str, s
     per-message process start and 3 s idle polling), followed by
     :func:`~federation.runtime_options.supernode_flags`. ``program`` replaces
     it (the benchmark's baseline passes Flower's own ``flower-supernode``).
+    The warm runtime gets the agent's SuperExec secret file
+    (``--superexec-auth-secret-file``), so that it writes none of its own.
     """
+    own = ["--superexec-auth-secret-file", str(files.superexec_secret)] if program is None else []
     return [*(supernode_command() if program is None else program),
             "--superlink", f"127.0.0.1:{forwarder_port}", "--root-certificates", str(files.loopback_cert),
             "--auth-supernode-private-key", str(files.node_key), "--node-config", node_config(config),
-            "--host", "127.0.0.1", "--port", str(runtime_port), *supernode_flags(), *extra]
+            "--host", "127.0.0.1", "--port", str(runtime_port), *own, *supernode_flags(), *extra]
 
 
 def free_port() -> int:

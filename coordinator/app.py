@@ -33,6 +33,7 @@ from coordinator.publication import embed_watermark, publish_run, published_outc
 from coordinator.reference import ReferenceCollector
 from coordinator.roster import gather, policy_check
 from coordinator.runs import run_dir
+from coordinator.runs.control import record_serverapp, stop_requested
 from coordinator.runs.progress import PROGRESS, ProgressLog
 from coordinator.runs.resume import RunState
 from coordinator.strategies.aggregate_guard import audit_guard
@@ -383,6 +384,8 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = CoordinatorConfig.from_mapping(dict(context.run_config), dict(overrides or {}))
+        if cfg.run_id:  # 'fedguard run status|stop' tell a running ServerApp from a killed one by this pid
+            record_serverapp(Registry.open().home.runs, cfg.run_id, int(context.run_id))
         try:
             result = run_federation(responsive(grid), cfg, observer, flower_run=int(context.run_id))
         except Exception as exc:
@@ -410,9 +413,17 @@ def failure(exc: Exception, flower_run: int | None) -> dict[str, Any]:
 
 
 def _failed(run_id: str, exc: Exception, flower_run: int) -> None:
-    """Tell a follower (``fedguard run launch``) that the run failed, and why, naming the Flower run that did."""
+    """Tell a follower (``fedguard run launch``) that the run failed, and why, naming the Flower run that did.
+
+    Not when an operator stopped that Flower run (``fedguard run stop``): its
+    grid calls fail because of the stop, and ``run stop`` records ``stopped``.
+    """
     try:
-        ProgressLog(run_dir(Registry.open().home.runs, run_id) / PROGRESS)("failed", failure(exc, flower_run))
+        runs = Registry.open().home.runs
+        if stop_requested(runs, run_id, flower_run):
+            logger.info("run %s: Flower run %d was stopped by an operator (%s)", run_id, flower_run, exc)
+            return
+        ProgressLog(run_dir(runs, run_id) / PROGRESS)("failed", failure(exc, flower_run))
     except Exception:  # noqa: BLE001 - the original error matters more
         logger.exception("could not record the failure of run %s", run_id)
 

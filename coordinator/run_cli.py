@@ -1,7 +1,8 @@
-"""``fedguard run launch|resume|status|list``: runs over the deployment runtime, with live progress."""
+"""``fedguard run launch|resume|stop|status|list``: runs over the deployment runtime, with live progress."""
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,6 +13,15 @@ from rich.console import Console
 
 from coordinator.runs import render
 from coordinator.runs.checkpoint import STATE
+from coordinator.runs.control import (
+    UNDER_WAY,
+    flower_statuses,
+    is_serverapp,
+    live_state,
+    serverapp,
+    stop_run,
+    terminal_event,
+)
 from coordinator.runs.job import Job
 from coordinator.runs.launch import (
     JOB,
@@ -25,7 +35,7 @@ from coordinator.runs.launch import (
     submit,
 )
 from coordinator.runs.progress import TERMINAL, ProgressLog, from_other_flower_run, size
-from lifecycle.errors import ConfigurationError, TrainingError
+from lifecycle.errors import ConfigurationError, RunStoppedError, TrainingError
 from lifecycle.home import Home
 from lifecycle.settings import get_settings
 
@@ -59,11 +69,20 @@ def _connection(federation: str, superlink: str | None, root_certificates: Path 
 def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console,
             flower_run: int | None = None) -> None:
     last: Mapping[str, Any] = {}
-    for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
-        last = event
-        text = json.dumps(event) if as_json else render.line(event)
-        if text is not None:
-            console.print(text, highlight=False, soft_wrap=True)
+    try:
+        for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
+            last = event
+            text = json.dumps(event) if as_json else render.line(event)
+            if text is not None:
+                console.print(text, highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:  # only the follow ends: the run is the coordinator's
+        Console(stderr=True).print(
+            f"run {run_id} goes on at the coordinator; follow it with 'fedguard run status {run_id}', "
+            f"stop it with 'fedguard run stop {run_id}'", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if last.get("event") == "stopped":
+        raise RunStoppedError(f"run {run_id} was stopped by {last.get('actor', 'an operator')}; "
+                              f"'fedguard run resume {run_id}' continues it after its last completed round")
     if last.get("event") == "failed":
         raise render.failure(run_id, last)
     if last.get("event") != "done":
@@ -113,6 +132,10 @@ def resume(
     job = resume_job(home, run_id)
     connection = _connection(federation, superlink, root_certificates, insecure, console)
     notes = Console(stderr=True) if as_json else console  # --json: stdout carries the JSON line only
+    segments = flower_runs(home, run_id)
+    if terminal_event(home, run_id, segments[-1] if segments else None) == "stopped":
+        notes.print(f"run {run_id} was stopped by an operator ('fedguard run stop'); it continues after its last "
+                    "completed round", highlight=False)
     for flower_run in stop_earlier_flower_runs(home, run_id, connection):
         notes.print(f"stopped Flower run {flower_run}, which run {run_id} was interrupted in", highlight=False)
     _submit_and_follow(job, connection, follow, timeout, as_json, console)
@@ -136,22 +159,85 @@ def _status(home: Home, run_id: str) -> dict[str, Any]:
             "flower_runs": segments, "site_reasons": render.site_reasons(evts)}
 
 
+def _live(home: Home, infos: list[dict[str, Any]], federation: str, superlink: str | None,
+          root_certificates: Path | None, insecure: bool) -> list[dict[str, Any]]:
+    """``infos`` with the state of each run under way confirmed by the SuperLink (one ``flwr ls`` for all)."""
+    if not any(info["state"] in UNDER_WAY for info in infos):
+        return infos
+    try:
+        connection = resolve_connection(home, federation, superlink, root_certificates, insecure)
+        statuses = flower_statuses(home, connection)
+    except ConfigurationError:
+        statuses = None
+    for info in infos:
+        if info["state"] not in UNDER_WAY:
+            continue
+        current = info["flower_runs"][-1] if info["flower_runs"] else None
+        recorded = serverapp(home.runs, info["run_id"])
+        gone = recorded is not None and recorded[1] == current and not is_serverapp(recorded[0])
+        flower = None if statuses is None or current is None else statuses.get(current)
+        info["state"] = live_state(info["state"], flower, reachable=statuses is not None, serverapp_gone=gone)
+        info["flower_status"] = flower if statuses is not None else None
+    return infos
+
+
+@run_app.command("stop")
+def stop(
+    run_id: Annotated[str, typer.Argument(help="The fedguard run id printed by 'run launch'.")],
+    superlink: Superlink = None, root_certificates: RootCerts = None, federation: Federation = "fedguard",
+    insecure: Insecure = False, as_json: AsJson = False,
+) -> None:
+    """Stop RUN_ID: its Flower run and ServerApp end, the state becomes 'stopped', 'run.stopped' is audited.
+
+    A stopped run keeps its checkpoint: 'fedguard run resume RUN_ID'
+    continues it after its last completed round.
+    """
+    from lifecycle.registry import Registry
+
+    console = Console()
+    home = _home()
+    if not (home.runs / run_id / JOB).exists():
+        raise ConfigurationError(f"no run '{run_id}' in {home.runs}; see 'fedguard run list'")
+    connection = _connection(federation, superlink, root_certificates, insecure, Console(stderr=True))
+    result = stop_run(home, run_id, connection, actor=_actor(), registry=Registry.open(get_settings()))
+    console.print(json.dumps(result.to_dict()) if as_json else
+                  f"run [bold]{run_id}[/bold] stopped (Flower run {result.flower_run}: {result.flower_status}; "
+                  f"ServerApp: {result.serverapp}); 'fedguard run resume {run_id}' continues it",
+                  highlight=False, soft_wrap=True)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
 @run_app.command("status")
-def status(run_id: Annotated[str, typer.Argument()], as_json: AsJson = False) -> None:
-    """Where RUN_ID is: rounds completed (checkpointed), done/failed, the published model."""
-    info = _status(_home(), run_id)
-    Console().print(json.dumps(info) if as_json else render.status_line(info), highlight=False)
+def status(
+    run_id: Annotated[str, typer.Argument()], superlink: Superlink = None, root_certificates: RootCerts = None,
+    federation: Federation = "fedguard", insecure: Insecure = False, as_json: AsJson = False,
+) -> None:
+    """Where RUN_ID is: rounds completed (checkpointed), its state as the SuperLink confirms it, the model."""
+    home = _home()
+    info = _live(home, [_status(home, run_id)], federation, superlink, root_certificates, insecure)[0]
+    Console().print(json.dumps(info) if as_json else render.status_line(info),
+                    highlight=False, soft_wrap=True)
 
 
 @run_app.command("list")
-def list_runs(as_json: AsJson = False) -> None:
-    """Every deployment run in this FEDGUARD_HOME."""
+def list_runs(
+    superlink: Superlink = None, root_certificates: RootCerts = None, federation: Federation = "fedguard",
+    insecure: Insecure = False, as_json: AsJson = False,
+) -> None:
+    """Every deployment run in this FEDGUARD_HOME, with its state as the SuperLink confirms it."""
     home = _home()
     runs: Iterable[Path] = sorted(p.parent for p in home.runs.glob(f"*/{JOB}"))
-    infos = [_status(home, p.name) for p in runs]
+    infos = _live(home, [_status(home, p.name) for p in runs], federation, superlink, root_certificates, insecure)
     console = Console()
     for info in infos:
-        console.print(json.dumps(info) if as_json else render.status_line(info), highlight=False)
+        console.print(json.dumps(info) if as_json else render.status_line(info),
+                      highlight=False, soft_wrap=True)
     if not infos and not as_json:
         console.print(f"no runs in {home.runs}")
 

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 PROGRESS = "progress.jsonl"
-TERMINAL = ("done", "failed")
+TERMINAL = ("done", "failed", "stopped")
+"""Events after which a run's Flower run is over: published, failed, or stopped by ``fedguard run stop``."""
+HISTORY = ("failed", "stopped")
+"""Terminal events that an earlier Flower run of the same run may have written (a resume continues after them)."""
 
 
 class ProgressLog:
@@ -53,13 +56,14 @@ def size(path: Path) -> int:
 
 
 def from_other_flower_run(event: Mapping[str, Any], flower_run: int | None) -> bool:
-    """Whether ``event`` is a failure reported by another Flower run than ``flower_run`` (the current one).
+    """Whether ``event`` is a failure or stop of another Flower run than ``flower_run`` (the current one).
 
     A resume stops the run's earlier Flower run, whose ServerApp may still
-    report its own failure into the same log: that failure is history, not
-    the state of the run. Unknown (``None``) on either side counts as current.
+    report its own failure into the same log, and a stopped run may be
+    resumed: that failure or stop is history, not the state of the run.
+    Unknown (``None``) on either side counts as current.
     """
-    return (flower_run is not None and event.get("event") == "failed"
+    return (flower_run is not None and event.get("event") in HISTORY
             and event.get("flower_run") not in (None, flower_run))
 
 
@@ -67,7 +71,7 @@ def follow(path: Path, *, stop: Callable[[], bool], offset: int = 0, poll: float
            sleep: Callable[[float], None] = time.sleep, flower_run: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield events appended to ``path`` after byte ``offset`` until a terminal event or ``stop()``.
 
-    With ``flower_run``, a failure of another Flower run is skipped
+    With ``flower_run``, a failure or stop of another Flower run is skipped
     (:func:`from_other_flower_run`).
     """
     buffer = ""

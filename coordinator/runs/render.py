@@ -96,6 +96,8 @@ def line(event: Mapping[str, Any]) -> str | None:
         return f"[green]published {event['model']}:{event['version']}[/green]  accuracy {float(event['accuracy']):.3f}"
     if kind == "failed":
         return _failed(event)
+    if kind == "stopped":
+        return f"[yellow]run stopped[/yellow] by {event.get('actor') or 'an operator'}"
     fields = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in event.items() if k not in ("event", "time"))
     return f"[dim]{kind}{': ' + fields if fields else ''}[/dim]"
 

@@ -75,7 +75,7 @@ def test_supernode_argv_and_node_config_round_trip(tmp_path: Path) -> None:
     files = materialize(bundle, *loopback_certificate())
     try:
         assert stat.S_IMODE(os.stat(files.root).st_mode) == 0o700
-        for key in (files.site_key, files.node_key, files.loopback_key):
+        for key in (files.site_key, files.node_key, files.loopback_key, files.superexec_secret):
             assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
         values = site_node_config("st-marys", tmp_path / "my data.csv", tmp_path / "schema.toml",
                                   tmp_path / "audit.jsonl", tmp_path / "ledger.db", 4.5)
@@ -90,6 +90,7 @@ def test_supernode_argv_and_node_config_round_trip(tmp_path: Path) -> None:
         assert _flag(argv, "--root-certificates") == str(files.loopback_cert)
         assert _flag(argv, "--auth-supernode-private-key") == str(files.node_key)
         assert (_flag(argv, "--host"), _flag(argv, "--port")) == ("127.0.0.1", "4343")
+        assert _flag(argv, "--superexec-auth-secret-file") == str(files.superexec_secret)  # in the agent's folder
         assert "--insecure" not in argv
         parsed = parse_config_args([_flag(argv, "--node-config")])
         assert parsed == {"site-name": "st-marys", "data-path": str(tmp_path / "my data.csv"),

@@ -16,8 +16,10 @@ command follows it (:func:`_until`).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ import pytest
 from sqlmodel import select
 
 from client.supernode import SiteAgent
+from coordinator.runs.control import UNREACHABLE, is_serverapp, serverapp
 from coordinator.runs.launch import events, flower_runs, progress_path
-from coordinator.runs.progress import size
+from coordinator.runs.progress import ProgressLog, size
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.registry.tables import AuditEvent
@@ -77,6 +80,19 @@ def _fedguard(fed: Federation, command: str, arg: str) -> Submitted:
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{fed.logs()}"
     reply = json.loads(proc.stdout.strip().splitlines()[-1])
     return Submitted(reply["run_id"], int(reply["flower_run"]), offset)
+
+
+def _run_cli(fed: Federation, *args: str) -> subprocess.CompletedProcess[str]:
+    """``fedguard run ARGS`` on the coordinator machine (it finds the SuperLink and its CA by itself)."""
+    return subprocess.run([sys.executable, "-m", "fedguard.cli", "run", *args], env=fed.client_env(),
+                          capture_output=True, text=True, timeout=180, cwd=fed.root, check=False)
+
+
+def _state(fed: Federation, run_id: str) -> str:
+    """``fedguard run status RUN_ID --json``'s state."""
+    proc = _run_cli(fed, "status", run_id, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return str(json.loads(proc.stdout)["state"])
 
 
 def _job(tmp_path: Path, data: Path, **extra: Any) -> Path:
@@ -136,7 +152,14 @@ def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Fe
     run_id = launched.run_id
     _until(fed, launched, lambda e: e["event"] == "round" and e["round"] == 1)
     fed.kill_coordinator()  # SIGKILL: SuperLink, its SuperExec and the ServerApp, mid-round 2; gateway down
+    assert _state(fed, run_id) == UNREACHABLE  # no guess while the SuperLink is down
     fed.start_coordinator()  # same superlink.db and ports; the sites' forwarders reconnect
+    recorded = serverapp(fed.home / "runs", run_id)
+    assert recorded is not None and recorded[1] == launched.flower_run
+    deadline = time.monotonic() + 60  # the orphaned ServerApp exits once its SuperExec is gone
+    while is_serverapp(recorded[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _state(fed, run_id) == "interrupted"  # the SuperLink says running; nothing runs it
     resumed = _fedguard(fed, "resume", run_id)  # stops the interrupted Flower run first: nothing runs it any more
     assert _flower_status(fed, launched.flower_run) in ("finished:stopped", "finished:failed")  # not "running"
     _until(fed, resumed, lambda e: e["event"] == "done")
@@ -247,3 +270,44 @@ def _claiming(fed: Federation, index: int, data_path: Path, *, enrolled: str, cl
     agent = SiteAgent(fed.enroll(enrolled), {"site-name": claims, "data-path": str(data_path)},
                       log_path=fed.root / "logs" / f"site-{index}.log", env=fed._env(flwr_home, fed.site_home(index)))
     return agent.start()
+
+
+def test_run_stop_ends_a_run_that_ctrl_c_left_running(federation: tuple[Federation, Path], tmp_path: Path) -> None:
+    fed, data = federation
+    job = _job(tmp_path, data, watermark="none", **{"num-server-rounds": 30})  # far from done when stopped
+    follower = subprocess.Popen([sys.executable, "-m", "fedguard.cli", "run", "launch", str(job), "--json"],
+                                env={**fed.client_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=fed.root)
+    assert follower.stdout is not None
+    reply = json.loads(follower.stdout.readline())
+    launched = Submitted(reply["run_id"], int(reply["flower_run"]), 0)
+    run_id = launched.run_id
+    _until(fed, launched, lambda e: e["event"] == "round" and e["round"] == 1)
+    follower.send_signal(signal.SIGINT)  # Ctrl-C: only the follow ends
+    _, err = follower.communicate(timeout=60)
+    assert follower.returncode == 130, err
+    assert (f"run {run_id} goes on at the coordinator; follow it with 'fedguard run status {run_id}', stop it with "
+            f"'fedguard run stop {run_id}'") in " ".join(err.split())
+    assert _state(fed, run_id) == "running"
+    recorded = serverapp(fed.home / "runs", run_id)
+    assert recorded is not None and recorded[1] == launched.flower_run and is_serverapp(recorded[0])
+
+    stopped = _run_cli(fed, "stop", run_id, "--json")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr + fed.logs()
+    result = json.loads(stopped.stdout)
+    assert (result["state"], result["flower_status"]) == ("stopped", "finished:stopped")
+    assert result["serverapp"] in ("ended", "terminated")
+    assert not is_serverapp(recorded[0])  # the process table: the ServerApp is gone
+    assert _flower_status(fed, launched.flower_run) == "finished:stopped"
+    assert _state(fed, run_id) == "stopped"
+    ours = [e for e in ProgressLog(progress_path(Home(fed.home), run_id)).events() if e["event"] != "stage"]
+    assert ours[-1]["event"] == "stopped" and ours[-1]["flower_run"] == launched.flower_run
+    assert "failed" not in [e["event"] for e in ours]  # the stop is not reported as a failure
+    registry = Registry.open(fed.settings)
+    with registry.transaction() as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "run.stopped",
+                                                        AuditEvent.subject == run_id)).all()
+    assert len(audited) == 1 and audited[0].actor.startswith("cli")
+    assert registry.verify_audit_chain() > 0
+    again = _run_cli(fed, "stop", run_id)
+    assert again.returncode == 2 and "already ended (stopped)" in " ".join(again.stderr.split())
