@@ -26,12 +26,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from client.audit import read_log, verify_log
-from client.data import check_file
-from client.device import check_device
-from client.supernode import SiteAgent
-from federation.bundle import read_bundle
-from federation.schema import SiteSchema
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.settings import get_settings
 
@@ -50,6 +44,8 @@ def _existing(path: Path, what: str) -> Path:
 def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledger: Path,
                      epsilon_cap: float | None, device: str | None = None) -> dict[str, str | float]:
     """The ``--node-config`` values the ClientApp reads (absolute paths: the ClientApp runs elsewhere)."""
+    from client.device import check_device  # torch: imported by the command that needs it (fast CLI start)
+
     values: dict[str, str | float] = {"site-name": site, "data-path": str(data), "schema-path": str(schema),
                                       "audit-path": str(audit_log.resolve()), "ledger-path": str(ledger.resolve())}
     if device is not None:
@@ -93,6 +89,9 @@ def start(
         help="Contribute noised histogram counts to the model's drift reference (docs/site-data.md).")] = True,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
+    from client.supernode import SiteAgent
+    from federation.bundle import read_bundle
+
     site_bundle = read_bundle(bundle)
     state = get_settings().home / "site" / site_bundle.site
     state.mkdir(parents=True, exist_ok=True)
@@ -126,6 +125,9 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check a data file against its schema; list every problem (exit 2 if any)."""
+    from client.data import check_file  # numpy, Flower: imported by the command that needs them
+    from federation.schema import SiteSchema
+
     report = check_file(data, SiteSchema.load(schema)).report
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
@@ -144,6 +146,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the lines as JSON.")] = False,
 ) -> None:
     """Show the messages this site sent (kind, size, SHA-256: never their content), or verify the log."""
+    from client.audit import read_log, verify_log  # Flower: imported by the command that needs it
+
     if verify:
         count = verify_log(log)  # raises AuditLogError (exit 5) naming the first bad line
         if as_json:

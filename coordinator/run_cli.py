@@ -5,28 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from coordinator.runs.checkpoint import STATE
-from coordinator.runs.job import Job
-from coordinator.runs.launch import (
-    JOB,
-    Connection,
-    events,
-    flower_runs,
-    progress_path,
-    resolve_connection,
-    resume_job,
-    stop_earlier_flower_runs,
-    submit,
-)
 from coordinator.runs.progress import TERMINAL, ProgressLog, from_other_flower_run, size
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.settings import get_settings
+
+if TYPE_CHECKING:  # coordinator.runs.job, .launch and .checkpoint import Flower and torch: functions import them
+    from coordinator.runs.job import Job
+    from coordinator.runs.launch import Connection
 
 run_app = typer.Typer(help="Submit federated runs to the coordinator's SuperLink and follow them.",
                       no_args_is_help=True)
@@ -50,6 +41,8 @@ def _home() -> Home:
 
 def _connection(federation: str, superlink: str | None, root_certificates: Path | None, insecure: bool,
                 console: Console) -> Connection:
+    from coordinator.runs.launch import resolve_connection
+
     if insecure:
         console.print("[yellow]warning:[/yellow] --insecure: the run is submitted without TLS (loopback only)")
     return resolve_connection(_home(), federation, superlink, root_certificates, insecure)
@@ -76,6 +69,8 @@ def _line(event: Mapping[str, Any]) -> str:
 
 def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console,
             flower_run: int | None = None) -> None:
+    from coordinator.runs.launch import events
+
     last: Mapping[str, Any] = {}
     for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
         last = event
@@ -89,6 +84,8 @@ def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json
 
 def _submit_and_follow(job: Job, connection: Connection, follow: bool, timeout: float | None, as_json: bool,
                        console: Console) -> None:
+    from coordinator.runs.launch import progress_path, submit
+
     home = _home()
     run_id = job.run_id
     offset = size(progress_path(home, run_id)) if run_id else 0
@@ -107,6 +104,8 @@ def launch(
     insecure: Insecure = False, follow: Follow = True, timeout: Timeout = None, as_json: AsJson = False,
 ) -> None:
     """Submit JOB_FILE to the SuperLink and stream progress: round, sites answered, dropped, ε, accuracy."""
+    from coordinator.runs.job import Job
+
     console = Console()
     job = Job.load(job_file, set_ or [])
     _submit_and_follow(job, _connection(federation, superlink, root_certificates, insecure, console),
@@ -124,6 +123,8 @@ def resume(
     The Flower run it was interrupted in is stopped first (a killed
     coordinator leaves it ``running`` in the SuperLink's database).
     """
+    from coordinator.runs.launch import resume_job, stop_earlier_flower_runs
+
     console = Console()
     home = _home()
     job = resume_job(home, run_id)
@@ -135,6 +136,10 @@ def resume(
 
 
 def _status(home: Home, run_id: str) -> dict[str, Any]:
+    from coordinator.runs.checkpoint import STATE
+    from coordinator.runs.job import Job
+    from coordinator.runs.launch import JOB, flower_runs
+
     directory = home.runs / run_id
     if not (directory / JOB).exists():
         raise ConfigurationError(f"no run '{run_id}' in {home.runs}; see 'fedguard run list'")
@@ -163,6 +168,8 @@ def status(run_id: Annotated[str, typer.Argument()], as_json: AsJson = False) ->
 @run_app.command("list")
 def list_runs(as_json: AsJson = False) -> None:
     """Every deployment run in this FEDGUARD_HOME."""
+    from coordinator.runs.launch import JOB
+
     home = _home()
     runs: Iterable[Path] = sorted(p.parent for p in home.runs.glob(f"*/{JOB}"))
     infos = [_status(home, p.name) for p in runs]
