@@ -27,6 +27,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 
 client_app = typer.Typer(help="The site agent: run it, check the site's data, inspect its audit log.",
@@ -93,25 +94,25 @@ def start(
     from federation.bundle import read_bundle
 
     site_bundle = read_bundle(bundle)
-    state = get_settings().home / "site" / site_bundle.site
-    state.mkdir(parents=True, exist_ok=True)
+    state = SiteHome.under(get_settings().home, site_bundle.site)
+    state.root.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
-                              audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
+                              audit_log or state.audit_log, ledger or state.ledger, epsilon_cap, device)
     if not share_reference:
         config["share-reference"] = "false"  # federation.reference_share reads it
     _attach_log_handler()
-    agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log")
+    agent = SiteAgent(site_bundle, config, log_path=state.supernode_log)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
     try:
         err_console.print(f"site [bold]{site_bundle.site}[/bold] of federation {site_bundle.federation} → "
-                          f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state / 'supernode.log'}; "
+                          f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state.supernode_log}; "
                           "stop with Ctrl-C or SIGTERM", highlight=False)
         while not stop.wait(0.5):
             if not agent.alive():
-                raise StateError(f"the SuperNode exited; see {state / 'supernode.log'} (a refused certificate "
+                raise StateError(f"the SuperNode exited; see {state.supernode_log} (a refused certificate "
                                  "shows there as 'could not establish a connection')")
     finally:
         agent.stop()

@@ -130,7 +130,7 @@ def start(
                           "SuperNode authentication; anything on this machine can join. Development only.",
                           highlight=False)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    _attach_log_handler(layout.logs / "gateway.log")
+    _attach_log_handler(layout.gateway_log)
     service = CoordinatorService(layout, config, sites, insecure=insecure)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,11 +141,11 @@ def start(
                  f"gateway on {config.gateway_address}:{service.gateway_port} → SuperLink 127.0.0.1:"
                  f"{config.superlink_port}")
         err_console.print(f"coordinator of [bold]{config.federation}[/bold] running: {where}\n"
-                          f"  logs {layout.logs}/superlink.log, gateway.log · state {layout.superlink_db}\n"
+                          f"  logs {layout.superlink_log}, {layout.gateway_log} · state {layout.superlink_db}\n"
                           "  stop with Ctrl-C or SIGTERM", highlight=False)
         while not stop.wait(0.5):
             if not service.alive():
-                raise StateError(f"the SuperLink exited; see {layout.logs / 'superlink.log'}")
+                raise StateError(f"the SuperLink exited; see {layout.superlink_log}")
     finally:
         service.stop()
         err_console.print("coordinator stopped")

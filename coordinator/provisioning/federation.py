@@ -81,6 +81,8 @@ class FederationLayout:
     crl = property(lambda self: self.root / "crl.pem")
     superlink_db = property(lambda self: self.root / "superlink.db")
     logs = property(lambda self: self.root / "logs")
+    superlink_log = property(lambda self: self.root / "logs" / "superlink.log")
+    gateway_log = property(lambda self: self.root / "logs" / "gateway.log")
 
     def exists(self) -> bool:
         config: Path = self.config  # the path properties above are untyped lambdas

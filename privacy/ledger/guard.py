@@ -29,7 +29,6 @@ whatever the coordinator does, and much more expensive).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from lifecycle.errors import ConfigurationError, FedguardError
+from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import ANY, Charge, PrivacyBudgetExceeded, PrivacyLedger, Projection
@@ -111,20 +111,20 @@ def reserve(ledger: PrivacyLedger, sites: Sequence[str], *, run_id: str, round: 
 # --------------------------------------------------------------------------- site side
 
 _LEDGERS: dict[str, PrivacyLedger] = {}
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     """The site's ledger named by its node config, opened once per process, caps applied.
 
     Node config keys: ``ledger-path`` (or its older name ``privacy-ledger``;
-    default ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (every DP
+    default ``$FEDGUARD_HOME/site/<site>/ledger.db``,
+    :class:`lifecycle.home.SiteHome`), ``epsilon-cap`` (every DP
     kind), ``record-epsilon-cap``, ``site-epsilon-cap``, ``reference-epsilon-cap`` and ``cap-delta``
     (default 1e-5).
     """
     node = context.node_config
     path = str(node.get("ledger-path") or node.get("privacy-ledger") or
-               get_settings().home / "site-ledgers" / f"{_SAFE.sub('_', site)}.db")
+               SiteHome.under(get_settings().home, site).ledger)
     ledger = _LEDGERS.get(path)
     if ledger is None:
         ledger = _LEDGERS.setdefault(path, SiteLedger.open(Path(path)))
