@@ -113,6 +113,23 @@ def reserve(ledger: PrivacyLedger, sites: Sequence[str], *, run_id: str, round: 
 _LEDGERS: dict[str, PrivacyLedger] = {}
 
 
+def _default_ledger_path(site: str) -> Path:
+    """:attr:`SiteHome.ledger`, or the ledger a site kept at ``site-ledgers/<site>.db`` before it moved there.
+
+    A site's ledger carries its spend across runs (its own veto): a new empty
+    file in the new place would forget it, so the old file is used, with a
+    warning, until the operator moves it.
+    """
+    home = get_settings().home
+    layout = SiteHome.under(home, site)
+    legacy = home / "site-ledgers" / f"{layout.root.name}.db"
+    if legacy.is_file() and not layout.ledger.exists():
+        logger.warning("site %s: using its privacy ledger at %s; move it to %s (the default place now)",
+                       site, legacy, layout.ledger)
+        return legacy
+    return layout.ledger
+
+
 def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     """The site's ledger named by its node config, opened once per process, caps applied.
 
@@ -123,8 +140,7 @@ def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     (default 1e-5).
     """
     node = context.node_config
-    path = str(node.get("ledger-path") or node.get("privacy-ledger") or
-               SiteHome.under(get_settings().home, site).ledger)
+    path = str(node.get("ledger-path") or node.get("privacy-ledger") or _default_ledger_path(site))
     ledger = _LEDGERS.get(path)
     if ledger is None:
         ledger = _LEDGERS.setdefault(path, SiteLedger.open(Path(path)))
