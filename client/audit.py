@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,11 +36,11 @@ from client import logger
 from client.config import site_name
 from federation.protocol import CONFIG_RECORD, round_of
 from lifecycle.errors import StateError, VerificationError
+from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 
 GENESIS = "0" * 64
 AUDIT_PATH_KEY = "audit-path"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 Clock = Callable[[], datetime]
 
 
@@ -169,12 +168,11 @@ def verify_log(path: Path) -> int:
 
 
 def default_audit_path(context: Context) -> Path:
-    """Node config ``audit-path``, else ``$FEDGUARD_HOME/site-audit/<site>.jsonl``."""
+    """Node config ``audit-path``, else ``$FEDGUARD_HOME/site/<site>/audit.jsonl`` (:class:`SiteHome`)."""
     node = context.node_config
     if node.get(AUDIT_PATH_KEY):
         return Path(str(node[AUDIT_PATH_KEY]))
-    name = _SAFE.sub("_", site_name(node, context.node_id))
-    return get_settings().home / "site-audit" / f"{name}.jsonl"
+    return SiteHome.under(get_settings().home, site_name(node, context.node_id)).audit_log
 
 
 def make_audit_mod(open_log: Callable[[Context], SiteAuditLog] = lambda c: SiteAuditLog(default_audit_path(c))) -> Mod:

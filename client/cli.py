@@ -31,12 +31,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from client.audit import read_log, verify_log
-from client.device import check_device
 from client.forwarder import ADVICE, DEFAULT_ADVICE, DEFAULT_MAX_REFUSED
-from client.supernode import SiteAgent
 from federation.bundle import read_bundle
 from lifecycle.errors import CertificateRefusedError, ConfigurationError, StateError
+from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 
 client_app = typer.Typer(help="The site agent: run it, check the site's data, inspect its audit log.",
@@ -54,6 +52,8 @@ def _existing(path: Path, what: str) -> Path:
 def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledger: Path,
                      epsilon_cap: float | None, device: str | None = None) -> dict[str, str | float]:
     """The ``--node-config`` values the ClientApp reads (absolute paths: the ClientApp runs elsewhere)."""
+    from client.device import check_device  # torch: imported by the command that needs it (fast CLI start)
+
     values: dict[str, str | float] = {"site-name": site, "data-path": str(data), "schema-path": str(schema),
                                       "audit-path": str(audit_log.resolve()), "ledger-path": str(ledger.resolve())}
     if device is not None:
@@ -106,32 +106,35 @@ def start(
     = DEFAULT_MAX_REFUSED,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
+    from client.supernode import SiteAgent
+    from federation.bundle import read_bundle
+
     site_bundle = read_bundle(bundle)
-    state = get_settings().home / "site" / site_bundle.site
-    state.mkdir(parents=True, exist_ok=True)
+    state = SiteHome.under(get_settings().home, site_bundle.site)
+    state.root.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
-                              audit_log or state / "audit.jsonl", ledger or state / "ledger.db", epsilon_cap, device)
+                              audit_log or state.audit_log, ledger or state.ledger, epsilon_cap, device)
     if not share_reference:
         config["share-reference"] = "false"  # federation.reference_share reads it
     if max_refused < 1:
         raise ConfigurationError(f"--max-refused must be at least 1, got {max_refused}")
-    _attach_log_handler(state / "agent.log")
-    agent = SiteAgent(site_bundle, config, log_path=state / "supernode.log", max_refused=max_refused)
+    _attach_log_handler(state.agent_log)
+    agent = SiteAgent(site_bundle, config, log_path=state.supernode_log, max_refused=max_refused)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
     try:
         err_console.print(f"site [bold]{site_bundle.site}[/bold] of federation {site_bundle.federation} → "
-                          f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state / 'supernode.log'}; "
+                          f"{site_bundle.endpoint} (mutual TLS); SuperNode log {state.supernode_log}; "
                           "stop with Ctrl-C or SIGTERM", highlight=False)
         while not stop.wait(0.5):
             if (reason := agent.refused()) is not None:
                 raise CertificateRefusedError(
                     f"the coordinator refused this site's certificate ({reason}) {max_refused} times in a row. "
-                    f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state / 'agent.log'}")
+                    f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state.agent_log}")
             if not agent.alive():
-                raise StateError(f"the SuperNode exited; see {state / 'supernode.log'} (a refused certificate "
+                raise StateError(f"the SuperNode exited; see {state.supernode_log} (a refused certificate "
                                  "shows there as 'could not establish a connection')")
     finally:
         agent.stop()
@@ -181,6 +184,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the lines as JSON.")] = False,
 ) -> None:
     """Show the messages this site sent (kind, size, SHA-256: never their content), or verify the log."""
+    from client.audit import read_log, verify_log  # Flower: imported by the command that needs it
+
     if verify:
         count = verify_log(log)  # raises AuditLogError (exit 5) naming the first bad line
         if as_json:

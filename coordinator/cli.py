@@ -18,14 +18,16 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
+from rich.table import Column, Table
 
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
@@ -179,7 +181,7 @@ def start(
                           "SuperNode authentication; anything on this machine can join. Development only.",
                           highlight=False)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    _attach_log_handler(layout.logs / "gateway.log")
+    _attach_log_handler(layout.gateway_log)
     service = CoordinatorService(layout, config, sites, insecure=insecure)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -190,11 +192,11 @@ def start(
                  f"gateway on {config.gateway_address}:{service.gateway_port} → SuperLink 127.0.0.1:"
                  f"{config.superlink_port}")
         err_console.print(f"coordinator of [bold]{config.federation}[/bold] running: {where}\n"
-                          f"  logs {layout.logs}/superlink.log, gateway.log · state {layout.superlink_db}\n"
+                          f"  logs {layout.superlink_log}, {layout.gateway_log} · state {layout.superlink_db}\n"
                           "  stop with Ctrl-C or SIGTERM", highlight=False)
         while not stop.wait(0.5):
             if not service.alive():
-                raise StateError(f"the SuperLink exited; see {layout.logs / 'superlink.log'}")
+                raise StateError(f"the SuperLink exited; see {layout.superlink_log}")
     finally:
         service.stop()
         err_console.print("coordinator stopped")
@@ -309,6 +311,37 @@ def revoke(
                       "coordinator unregisters its node key within seconds", highlight=False)
 
 
+SITE_COLUMNS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("site", lambda i: str(i.name)),
+    ("status", lambda i: str(i.status)),
+    ("serial", lambda i: str(i.cert_serial)[:12]),
+    ("cert sha256", lambda i: str(i.cert_fingerprint)[:12]),
+    ("node key sha256", lambda i: str(i.node_key_fingerprint)[:12]),
+    ("issued", lambda i: i.issued_at.date().isoformat()),
+    ("expires", lambda i: i.not_after.date().isoformat()),
+    ("issues", lambda i: str(i.credentials_issued)),
+)
+"""``fedguard site list``'s columns, in display order (``--json`` has every field, whole)."""
+DROP_ORDER = ("issued", "node key sha256", "cert sha256", "serial", "issues", "expires")
+"""Columns left out, first to last, until the longest site name fits the terminal on one line."""
+
+
+def site_columns(infos: Sequence[Any], width: int) -> list[str]:
+    """The columns of :data:`SITE_COLUMNS` that fit ``width`` with every site name whole on one line.
+
+    Names are never cut: optional columns are dropped in :data:`DROP_ORDER`
+    instead; only when even ``site`` and ``status`` do not fit does a name
+    fold onto a second line.
+    """
+    cells = {title: max([len(title)] + [len(render(i)) for i in infos]) for title, render in SITE_COLUMNS}
+    shown = [title for title, _ in SITE_COLUMNS]
+    for title in DROP_ORDER:
+        if sum(cells[t] for t in shown) + 2 * (len(shown) - 1) <= width:
+            break
+        shown.remove(title)
+    return shown
+
+
 @site_app.command("list")
 def list_sites(as_json: JsonOption = False) -> None:
     """List enrolled sites: status, current certificate serial and fingerprint, node key fingerprint."""
@@ -319,8 +352,13 @@ def list_sites(as_json: JsonOption = False) -> None:
     if not infos:
         console.print("no site enrolled yet; see 'fedguard site enroll --help'")
         return
-    table = Table("site", "status", "serial", "cert sha256", "node key sha256", "issued", "expires", "issues")
+    shown = site_columns(infos, console.width)
+    table = Table(*(Column(title, overflow="fold") if title == "site" else Column(title, no_wrap=True)
+                    for title in shown), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    renders = dict(SITE_COLUMNS)
     for i in infos:
-        table.add_row(i.name, i.status, i.cert_serial[:16], i.cert_fingerprint[:16], i.node_key_fingerprint[:16],
-                      i.issued_at.date().isoformat(), i.not_after.date().isoformat(), str(i.credentials_issued))
+        table.add_row(*(renders[title](i) for title in shown))
     console.print(table)
+    hidden = [title for title, _ in SITE_COLUMNS if title not in shown]
+    if hidden:
+        console.print(f"(not shown at this width: {', '.join(hidden)}; '--json' has every field)", highlight=False)

@@ -27,7 +27,7 @@ from federation.defaults import (
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
 )
-from lifecycle.architecture import TRAINING_DEVICES
+from lifecycle.description import TRAINING_DEVICES
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
 from watermark import available_schemes

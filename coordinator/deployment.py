@@ -66,7 +66,7 @@ class CoordinatorService:
         argv = superlink_argv(self.layout, self.config, insecure=self.insecure, extra=self.superlink_extra)
         env = {**flower_env(self.layout, self.base_env), IDENTITY_ENV: "reported" if self.insecure else "enrolled",
                **self.superlink_env}  # the ServerApps it runs bind every site to its enrolled node key, or cannot
-        self.superlink = ManagedProcess("SuperLink", argv, self.layout.logs / "superlink.log", env).start()
+        self.superlink = ManagedProcess("SuperLink", argv, self.layout.superlink_log, env).start()
         try:
             client = self._control = self._client()
             wait_ready(lambda: registered_keys(client), self.superlink)

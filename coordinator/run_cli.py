@@ -61,6 +61,7 @@ def _home() -> Home:
 
 def _connection(federation: str, superlink: str | None, root_certificates: Path | None, insecure: bool,
                 console: Console) -> Connection:
+
     if insecure:
         console.print("[yellow]warning:[/yellow] --insecure: the run is submitted without TLS (loopback only)")
     return resolve_connection(_home(), federation, superlink, root_certificates, insecure)
@@ -68,6 +69,7 @@ def _connection(federation: str, superlink: str | None, root_certificates: Path 
 
 def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json: bool, console: Console,
             flower_run: int | None = None) -> None:
+
     last: Mapping[str, Any] = {}
     try:
         for event in events(home, run_id, offset=offset, timeout=timeout, flower_run=flower_run):
@@ -92,6 +94,7 @@ def _follow(home: Home, run_id: str, offset: int, timeout: float | None, as_json
 
 def _submit_and_follow(job: Job, connection: Connection, follow: bool, timeout: float | None, as_json: bool,
                        console: Console) -> None:
+
     home = _home()
     run_id = job.run_id
     offset = size(progress_path(home, run_id)) if run_id else 0
@@ -142,6 +145,7 @@ def resume(
 
 
 def _status(home: Home, run_id: str) -> dict[str, Any]:
+
     directory = home.runs / run_id
     if not (directory / JOB).exists():
         raise ConfigurationError(f"no run '{run_id}' in {home.runs}; see 'fedguard run list'")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lifecycle.architecture import DataSchema
 from lifecycle.artifacts import file_sha256
+from lifecycle.description import DataSchema
 from lifecycle.errors import ConfigurationError, InputValidationError
 
 

@@ -8,52 +8,146 @@ become one-line messages and documented exit codes (docs/cli.md)::
     (home, registry, keys) · 4 not found · 5 verification failed · 6 training
     failed · 7 authentication/authorization · 8 privacy budget exceeded · 9 sites
     unavailable · 10 run stopped
+
+Start-up is lazy: :data:`COMMANDS` names each command's module and help line,
+and :class:`LazyGroup` imports a command's module only when that command
+runs (or its own ``--help`` is asked for). ``fedguard --help`` imports no
+package of ours beyond this one and :mod:`lifecycle.errors`. Each command
+module follows the same rule one level down: torch, Flower, Ray, Opacus,
+TenSEAL, FastAPI and uvicorn are imported inside the command function that
+needs them, never at module level (``tests/fedguard/test_cli_startup.py``
+checks it in a fresh interpreter).
+
+To add a command: write it in its package's ``cli.py`` (heavy imports inside
+the function body), add one :class:`Entry` to :data:`COMMANDS`, and keep its
+help line equal to the sub-app's own (a test compares them).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import traceback
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from functools import cache
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
-from client.cli import client_app
-from coordinator.cli import coordinator_app, site_app
-from coordinator.run_cli import run_app
-from fedguard.verify import verify
-from lifecycle.cli import models_app
 from lifecycle.errors import FedguardError
-from privacy.cli import privacy_app
-from serving.cli import keys_app, serve
-from serving.rollout.cli import deploy_app
-from simulations.cli import simulate
-from simulations.doctor_cli import doctor_app
-from simulations.flower_cli import flower_app
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One top-level command: where it lives and the help line ``fedguard --help`` shows without importing it.
+
+    ``target`` is ``"module:attribute"``, a :class:`typer.Typer` sub-app or a
+    command function. ``extra`` adds commands to a sub-app from modules that
+    its own package may not import (DESIGN §3): ``{"verify":
+    "fedguard.verify:verify"}`` adds ``fedguard models verify``.
+    """
+
+    target: str
+    help: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Entry] = {
+    "simulate": Entry("simulations.cli:simulate",
+                      "Train a model across simulated sites with DP, then watermark, sign and register it."),
+    "models": Entry("lifecycle.cli:models_app", "Inspect and verify registered models.",
+                    extra={"verify": "fedguard.verify:verify"}),
+    "keys": Entry("serving.cli:keys_app", "Create, list and revoke API keys for the serving tier (stored hashed)."),
+    "privacy": Entry("privacy.cli:privacy_app", "Inspect privacy budgets: spend per site, caps, remaining ε."),
+    "deploy": Entry("serving.rollout.cli:deploy_app",
+                    "Roll model versions out (canary, shadow, blue/green), roll back, and kill or revive a model."),
+    "serve": Entry("serving.cli:serve", "Serve every registered model as deployed, after verifying each signature."),
+    "coordinator": Entry("coordinator.cli:coordinator_app",
+                         "Create and run a federation's coordinator (SuperLink behind a mutual-TLS gateway)."),
+    "site": Entry("coordinator.cli:site_app", "Enrol sites, rotate or revoke their credentials, list them."),
+    "client": Entry("client.cli:client_app", "The site agent: run it, check the site's data, inspect its audit log."),
+    "run": Entry("coordinator.run_cli:run_app",
+                 "Submit federated runs to the coordinator's SuperLink and follow them."),
+    "doctor": Entry("simulations.doctor_cli:doctor_app",
+                    "Find and clean up what a killed fedguard process left behind."),
+    "flower": Entry("simulations.flower_cli:flower_app",
+                    "Flower's own CLI (flwr run): write the local simulation connection, stop it."),
+}
+"""Every top-level command, in the order ``fedguard --help`` lists them."""
+
+
+def _root() -> None:
+    """Federated, privacy-first ML: train across sites with DP, watermark, sign, register, serve."""
+
+
+def _resolve(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@cache
+def load_command(name: str) -> click.Command:
+    """Import the module of top-level command ``name`` and build its click command (once per process).
+
+    The command is mounted on a throw-away parent exactly as an eager
+    ``app.add_typer(sub_app, name=...)`` or ``app.command(name)(function)``
+    would mount it, so options, help and completion settings are the same.
+    """
+    entry = COMMANDS[name]
+    target = _resolve(entry.target)
+    parent = typer.Typer(add_completion=False)
+    parent.callback()(_root)
+    if isinstance(target, typer.Typer):
+        for sub, where in entry.extra.items():
+            target.command(sub)(_resolve(where))
+        parent.add_typer(target, name=name)
+    else:
+        parent.command(name)(target)
+    group = typer.main.get_command(parent)
+    assert isinstance(group, click.Group)
+    return group.commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: lists :data:`COMMANDS` from the table, imports one only to run it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Command names in the table's order (nothing imported)."""
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """A help-only stand-in for ``cmd_name`` (name and help line), for the ``fedguard --help`` listing."""
+        entry = COMMANDS.get(cmd_name)
+        return None if entry is None else click.Command(cmd_name, help=entry.help, short_help=entry.help)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        """The real command named by ``args[0]``, imported now; a usage error with a suggestion otherwise."""
+        name = click.utils.make_str(args[0])
+        if name in COMMANDS:
+            return name, load_command(name), args[1:]
+        message = f"No such command {name!r}."
+        matches = get_close_matches(name, list(COMMANDS))
+        if matches:
+            message = message.rstrip(".") + ". Did you mean " + ", ".join(f"{m!r}" for m in matches) + "?"
+        ctx.fail(message)
+
 
 app = typer.Typer(
     name="fedguard",
-    help="Federated, privacy-first ML: train across sites with DP, watermark, sign, register, serve.",
+    cls=LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("simulate")(simulate)
-models_app.command("verify")(verify)
-app.add_typer(models_app, name="models")
-app.add_typer(keys_app, name="keys")
-app.add_typer(privacy_app, name="privacy")
-app.add_typer(deploy_app, name="deploy")
-app.command("serve")(serve)
-app.add_typer(coordinator_app, name="coordinator")
-app.add_typer(site_app, name="site")
-app.add_typer(client_app, name="client")
-app.add_typer(run_app, name="run")
-app.add_typer(doctor_app, name="doctor")
-app.add_typer(flower_app, name="flower")
+app.callback()(_root)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ a safetensors write into one clear error before any state is touched.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,49 @@ class Home:
                 "set FEDGUARD_HOME to a directory you can write to"
             ) from exc
         return self
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class SiteHome:
+    """Where one site's own files live: ``FEDGUARD_HOME/site/NAME/``.
+
+    The one place that names them: ``fedguard client start`` writes the
+    SuperNode's log here and passes the audit log and privacy ledger paths to
+    the ClientApp, whose defaults (a SuperNode started without those node
+    config keys, a simulated site) are the same files. docs/deployment.md's
+    table of where things live on the site is checked against it
+    (``tests/test_docs_paths.py``).
+    """
+
+    root: Path
+
+    @classmethod
+    def under(cls, home: Path, site: str) -> SiteHome:
+        """Site ``site``'s folder in ``home`` (characters outside ``[A-Za-z0-9._-]`` become ``_``)."""
+        return cls(home / "site" / _UNSAFE.sub("_", site))
+
+    @property
+    def supernode_log(self) -> Path:
+        """Flower's SuperNode log (``fedguard client start``)."""
+        return self.root / "supernode.log"
+
+    @property
+    def agent_log(self) -> Path:
+        """The site agent's own log: refused handshakes, forwarder and relay records (``fedguard client start``)."""
+        return self.root / "agent.log"
+
+    @property
+    def audit_log(self) -> Path:
+        """The site's audit log of outgoing messages (node config ``audit-path``)."""
+        return self.root / "audit.jsonl"
+
+    @property
+    def ledger(self) -> Path:
+        """The site's own privacy ledger (node config ``ledger-path``)."""
+        return self.root / "ledger.db"
 
 
 def write_private(path: Path, data: bytes) -> None:

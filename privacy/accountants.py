@@ -23,25 +23,35 @@ import warnings
 from collections.abc import Callable, KeysView, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-
-import numpy as np
-from opacus.accountants import IAccountant, RDPAccountant
-from opacus.accountants import create_accountant as _opacus_create
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING
 
 from lifecycle.errors import ConfigurationError
 
-AccountantFactory = Callable[[], IAccountant]
+if TYPE_CHECKING:  # Opacus (and with it torch) is imported by the functions that compute ε, not here
+    import numpy as np
+    from opacus.accountants import IAccountant
+
+AccountantFactory = Callable[[], "IAccountant"]
 """Builds a fresh Opacus-compatible accountant (``history`` of ``(σ, q, steps)``, ``get_epsilon(delta)``)."""
 
+
+def _opacus_accountant(name: str) -> IAccountant:
+    from opacus.accountants import create_accountant as opacus_create
+
+    return opacus_create(name)
+
+
 _FACTORIES: dict[str, AccountantFactory] = {
-    "rdp": lambda: _opacus_create("rdp"),
-    "prv": lambda: _opacus_create("prv"),
+    "rdp": lambda: _opacus_accountant("rdp"),
+    "prv": lambda: _opacus_accountant("prv"),
 }
 
 ACCOUNTANTS: KeysView[str] = _FACTORIES.keys()
 """Names :func:`create_accountant` knows (a live view: registering adds to it)."""
-RDP_ORDERS: tuple[float, ...] = (*RDPAccountant.DEFAULT_ALPHAS, 128, 256, 512, 1024)
+OPACUS_DEFAULT_ORDERS: tuple[float, ...] = (*(1 + x / 10.0 for x in range(1, 100)), *range(12, 64))
+"""Opacus' ``RDPAccountant.DEFAULT_ALPHAS``, written out so that importing this module does not import
+Opacus (whose package imports torch); ``tests/privacy/test_accountants.py`` checks they stay equal."""
+RDP_ORDERS: tuple[float, ...] = (*OPACUS_DEFAULT_ORDERS, 128, 256, 512, 1024)
 """Rényi orders searched: Opacus' defaults plus the large orders Google's dp-accounting also uses
 (they matter when ε is small: large σ, tiny q)."""
 
@@ -106,6 +116,8 @@ def calibrate_noise(
         )
     if not 0 < sample_rate <= 1 or steps < 1:
         raise ConfigurationError(f"invalid sampling (q={sample_rate}, steps={steps})")
+    from opacus.accountants.utils import get_noise_multiplier
+
     kwargs = _epsilon_kwargs(accountant)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the")

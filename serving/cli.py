@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -177,6 +176,8 @@ def log_config(settings: ServingSettings) -> dict[str, Any]:
     (:class:`serving.worker.BatchedLineWriter`): stderr may be a pipe that a
     slow log collector lets fill up.
     """
+    import uvicorn.config  # here, not at module level: 'fedguard keys ...' starts without the server
+
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     if settings.access_log:
         config["formatters"]["fedguard-access"] = {"format": ACCESS_FORMAT}
@@ -229,6 +230,8 @@ def serve(
             highlight=False,
         )
     _attach_log_handler()
+    import uvicorn
+
     from serving.app import create_app  # torch and FastAPI load only when serving
     from serving.state import ServingState
 

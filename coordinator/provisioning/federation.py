@@ -85,6 +85,8 @@ class FederationLayout:
     logs = property(lambda self: self.root / "logs")
     contract = property(lambda self: self.root / "contract.json")
     reference = property(lambda self: self.root / "reference")
+    superlink_log = property(lambda self: self.root / "logs" / "superlink.log")
+    gateway_log = property(lambda self: self.root / "logs" / "gateway.log")
 
     def exists(self) -> bool:
         config: Path = self.config  # the path properties above are untyped lambdas

@@ -33,7 +33,6 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.bom.environment import InstalledPackage, canonical_name, code_version, installed_packages
 from lifecycle.bom.lineage import (
     CODE_VERSION,
@@ -47,6 +46,7 @@ from lifecycle.bom.lineage import (
     SITE_REF_PREFIX,
 )
 from lifecycle.bom.model_card import model_card_section, summary_properties
+from lifecycle.description import DataSchema, ModelSpec
 from lifecycle.errors import FedguardError
 
 

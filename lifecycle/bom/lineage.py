@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.bom.environment import MAIN_DEPENDENCIES, canonical_name
+from lifecycle.description import DataSchema, ModelSpec
 from lifecycle.errors import StateError
 
 BOM_NAME = "bom.json"

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lifecycle.architecture import ModelSpec
+from lifecycle.description import ModelSpec
 
 NO_DP = "trained without differential privacy: no bound on what the model reveals about its training records"
 

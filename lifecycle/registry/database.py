@@ -8,6 +8,12 @@ a table missing from the stamped schema (damage), and an empty registry file
 and connection failures into :class:`StateError` with what to do, and (3)
 brings the schema up to date with Alembic inside one transaction. A new SQLite
 registry is created whole, under a private name, and linked into place.
+
+A registry already at :data:`HEAD_REVISION` with every table of
+:data:`HEAD_TABLES` is opened without Alembic (neither imported nor run): that
+is what every command that only reads or writes rows meets, and Alembic's
+import and its migration checks were most of ``fedguard site list``'s time.
+Anything else takes the full path above.
 """
 
 from __future__ import annotations
@@ -16,20 +22,29 @@ import os
 import uuid
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from lifecycle.errors import StateError
 
+if TYPE_CHECKING:  # Alembic is imported only where a schema is created, checked in full or migrated
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 FEDGUARD_TABLES = frozenset(
     {"registered_model", "training_run", "site_participation", "model_version", "audit_event", "api_key"}
 )
+HEAD_REVISION = "0005"
+"""The newest migration in ``lifecycle/migrations/versions`` (a new migration updates it and
+:data:`HEAD_TABLES`; ``tests/lifecycle/test_registry.py`` checks both against Alembic)."""
+HEAD_TABLES = frozenset({
+    "api_key", "audit_event", "deployment", "deployment_event", "federation_site", "model_version",
+    "privacy_ledger_entry", "privacy_site_cap", "registered_model", "site_credential", "site_participation",
+    "training_run",
+})
+"""The tables of fedguard's schema at :data:`HEAD_REVISION` (``schema_tables(HEAD_REVISION)``)."""
 
 
 def _describe(url: str) -> str:
@@ -69,6 +84,8 @@ def _create_sqlite_registry(path: Path) -> None:
     fedguard process is creating it right now". If another process wins the
     race, its registry is used and this one is discarded.
     """
+    from alembic import command
+
     staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.new")
     engine = create_registry_engine(f"sqlite:///{staged}")
     try:
@@ -85,6 +102,8 @@ def _create_sqlite_registry(path: Path) -> None:
 
 
 def _alembic_config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = conn
@@ -94,6 +113,8 @@ def _alembic_config(conn: Connection) -> Config:
 @cache
 def schema_tables(revision: str) -> frozenset[str]:
     """The tables fedguard's schema has at ``revision`` (migrating an in-memory database to it)."""
+    from alembic import command
+
     engine = create_engine("sqlite://")
     try:
         with engine.begin() as conn:
@@ -105,6 +126,8 @@ def schema_tables(revision: str) -> frozenset[str]:
 
 def _check_ours(conn: Connection, where: str) -> None:
     """Refuse a database that is foreign, newer than this fedguard, or missing tables of its revision."""
+    from alembic.script import ScriptDirectory
+
     tables = set(inspect(conn).get_table_names())
     if not tables:
         return
@@ -141,6 +164,40 @@ def _check_ours(conn: Connection, where: str) -> None:
         )
 
 
+def _at_head(conn: Connection) -> bool:
+    """True if the database is stamped :data:`HEAD_REVISION` alone and has every table of :data:`HEAD_TABLES`.
+
+    Then :func:`_check_ours` would pass and the upgrade would do nothing, so
+    neither is run.
+    """
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" not in tables or not HEAD_TABLES <= tables:
+        return False
+    revisions = [str(r) for r in conn.execute(text("SELECT version_num FROM alembic_version")).scalars()]
+    return revisions == [HEAD_REVISION]
+
+
+def _migrate(engine: Engine, path: Path | None, where: str) -> None:
+    """The full path of :func:`migrate`: create, check and upgrade with Alembic."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    try:
+        if path is not None and not path.exists():
+            _create_sqlite_registry(path)
+        elif path is not None and path.stat().st_size == 0:
+            raise StateError(
+                f"the registry file {path} is empty (0 bytes), which fedguard never leaves: the registry is "
+                "damaged, and a new empty one would orphan every model in the artifact store; restore "
+                "registry.db from a backup (or, to start over, move the empty file aside)"
+            )
+        with engine.begin() as conn:
+            _check_ours(conn, where)
+            command.upgrade(_alembic_config(conn), "head")
+    except CommandError as exc:
+        raise StateError(f"cannot migrate the registry at {where}: {exc}; restore it from a backup") from exc
+
+
 def migrate(engine: Engine) -> None:
     """Check the database is ours (or empty) and upgrade it to the newest schema.
 
@@ -157,21 +214,13 @@ def migrate(engine: Engine) -> None:
     where = _describe(str(engine.url))
     path = _sqlite_file(engine)
     try:
-        if path is not None and not path.exists():
-            _create_sqlite_registry(path)
-        elif path is not None and path.stat().st_size == 0:
-            raise StateError(
-                f"the registry file {path} is empty (0 bytes), which fedguard never leaves: the registry is "
-                "damaged, and a new empty one would orphan every model in the artifact store; restore "
-                "registry.db from a backup (or, to start over, move the empty file aside)"
-            )
-        with engine.begin() as conn:
-            _check_ours(conn, where)
-            command.upgrade(_alembic_config(conn), "head")
+        if path is None or (path.exists() and path.stat().st_size > 0):
+            with engine.connect() as conn:
+                if _at_head(conn):
+                    return
+        _migrate(engine, path, where)
     except StateError:
         raise
-    except CommandError as exc:
-        raise StateError(f"cannot migrate the registry at {where}: {exc}; restore it from a backup") from exc
     except OSError as exc:
         raise StateError(f"cannot create the registry at {where}: {exc}") from exc
     except DBAPIError as exc:

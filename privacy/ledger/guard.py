@@ -29,7 +29,6 @@ whatever the coordinator does, and much more expensive).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from lifecycle.errors import ConfigurationError, FedguardError
+from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 from privacy.accountants import GaussianHistory
 from privacy.ledger.base import ANY, Charge, PrivacyBudgetExceeded, PrivacyLedger, Projection
@@ -111,20 +111,36 @@ def reserve(ledger: PrivacyLedger, sites: Sequence[str], *, run_id: str, round: 
 # --------------------------------------------------------------------------- site side
 
 _LEDGERS: dict[str, PrivacyLedger] = {}
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _default_ledger_path(site: str) -> Path:
+    """:attr:`SiteHome.ledger`, or the ledger a site kept at ``site-ledgers/<site>.db`` before it moved there.
+
+    A site's ledger carries its spend across runs (its own veto): a new empty
+    file in the new place would forget it, so the old file is used, with a
+    warning, until the operator moves it.
+    """
+    home = get_settings().home
+    layout = SiteHome.under(home, site)
+    legacy = home / "site-ledgers" / f"{layout.root.name}.db"
+    if legacy.is_file() and not layout.ledger.exists():
+        logger.warning("site %s: using its privacy ledger at %s; move it to %s (the default place now)",
+                       site, legacy, layout.ledger)
+        return legacy
+    return layout.ledger
 
 
 def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
     """The site's ledger named by its node config, opened once per process, caps applied.
 
     Node config keys: ``ledger-path`` (or its older name ``privacy-ledger``;
-    default ``$FEDGUARD_HOME/site-ledgers/<site>.db``), ``epsilon-cap`` (every DP
+    default ``$FEDGUARD_HOME/site/<site>/ledger.db``,
+    :class:`lifecycle.home.SiteHome`), ``epsilon-cap`` (every DP
     kind), ``record-epsilon-cap``, ``site-epsilon-cap``, ``reference-epsilon-cap`` and ``cap-delta``
     (default 1e-5).
     """
     node = context.node_config
-    path = str(node.get("ledger-path") or node.get("privacy-ledger") or
-               get_settings().home / "site-ledgers" / f"{_SAFE.sub('_', site)}.db")
+    path = str(node.get("ledger-path") or node.get("privacy-ledger") or _default_ledger_path(site))
     ledger = _LEDGERS.get(path)
     if ledger is None:
         ledger = _LEDGERS.setdefault(path, SiteLedger.open(Path(path)))

@@ -108,7 +108,7 @@ def test_default_path_is_under_the_site_state_dir(fedguard_home: Path) -> None:
 
     msg = train_message({}, server_round=1)
     site_audit_mod(msg, context({"site-name": "st marys"}), lambda m, c: _reply(m))
-    assert verify_log(fedguard_home / "site-audit" / "st_marys.jsonl") == 1
+    assert verify_log(fedguard_home / "site" / "st_marys" / "audit.jsonl") == 1
 
 
 def test_cli_audit_shows_and_verifies(tmp_path: Path) -> None:

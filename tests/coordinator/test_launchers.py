@@ -176,3 +176,20 @@ def test_ckks_secret_context_travels_inside_the_bundle_to_the_site_agent(fedguar
     finally:
         shutil.rmtree(files.root)
     assert HE_SECRET_CONTEXT_KEY == SECRET_CONTEXT_KEY  # the key ckks_mod reads
+
+
+def test_site_columns_drop_columns_before_cutting_a_name() -> None:
+    from datetime import UTC, datetime
+
+    from coordinator.cli import SITE_COLUMNS, site_columns
+    from coordinator.provisioning.sites import SiteInfo
+
+    def info(name: str) -> SiteInfo:
+        now = datetime(2026, 12, 1, tzinfo=UTC)
+        return SiteInfo(name, "active", "ab" * 10, "cd" * 32, "ef" * 32, now, now, 1, None)
+
+    assert site_columns([info("guys")], 200) == [title for title, _ in SITE_COLUMNS]
+    short = site_columns([info("guys")], 80)
+    assert short[:2] == ["site", "status"] and "expires" in short and "issued" not in short
+    assert site_columns([info("x" * 60)], 80) == ["site", "status", "expires"]
+    assert site_columns([info("x" * 64)], 40) == ["site", "status"]  # folds: nothing else to drop

@@ -182,7 +182,7 @@ def test_a_simulated_site_sending_nan_is_rejected_and_the_run_completes(fedguard
 
     from client.app import make_client_app
     from coordinator.app import make_server_app
-    from lifecycle.home import Home
+    from lifecycle.home import Home, SiteHome
     from simulations.federation import SimulationConfig, _engine_environment, prepare_data
 
     cfg = SimulationConfig(sites=3, rounds=2, watermark="none", secure_agg="none", dp_epsilon=0.0, local_epochs=1)
@@ -207,7 +207,8 @@ def test_a_simulated_site_sending_nan_is_rejected_and_the_run_completes(fedguard
         events = session.exec(select(AuditEvent).where(AuditEvent.action == "update.rejected")).all()
     assert [(e.subject, json.loads(e.details_json)["round"]) for e in events] == [("site-0", 1), ("site-0", 2)]
     registry.verify_audit_chain()
-    poisoned = [json.loads(line) for line in (fedguard_home / "site-audit" / "site-0.jsonl").read_text().splitlines()]
+    site_log = SiteHome.under(fedguard_home, "site-0").audit_log
+    poisoned = [json.loads(line) for line in site_log.read_text().splitlines()]
     assert [line["kind"] for line in poisoned].count("train") == 2  # the site's own log shows what it sent
 
 

@@ -32,7 +32,7 @@ from client.supernode import SiteAgent
 from coordinator.runs.control import UNREACHABLE, is_serverapp, serverapp
 from coordinator.runs.launch import events, flower_runs, progress_path
 from coordinator.runs.progress import ProgressLog, size
-from lifecycle.home import Home
+from lifecycle.home import Home, SiteHome
 from lifecycle.registry import Registry
 from lifecycle.registry.tables import AuditEvent
 from privacy.ledger import coordinator_ledger
@@ -172,7 +172,7 @@ def test_coordinator_killed_mid_run_resumes_from_last_round(federation: tuple[Fe
     charges = _charges(fed, run_id)
     assert len(charges) == len(set(charges)) == SITES * 2  # each site charged once per round
     for i in range(SITES):  # the sites' own ledgers: round 1 (done before the crash) was not run again
-        ledger = SiteLedger.open(fed.site_home(i) / "site-ledgers" / f"site-{i}.db")
+        ledger = SiteLedger.open(SiteHome.under(fed.site_home(i), f"site-{i}").ledger)
         rounds = [c.round for m in ledger.manifests(f"site-{i}") for c in ledger.charges(f"site-{i}", m, "record")]
         assert rounds.count(1) == 1 and 2 in rounds, rounds
     registry = Registry.open(fed.settings)

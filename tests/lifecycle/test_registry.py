@@ -118,3 +118,28 @@ def test_empty_registry_file_is_refused_and_kept(fedguard_home: Path) -> None:
     with pytest.raises(StateError, match=r"empty \(0 bytes\)"):
         Registry.open(Settings(home=fedguard_home))
     assert (fedguard_home / "registry.db").stat().st_size == 0
+
+
+def test_head_constants_are_alembics_head() -> None:
+    """The fast open path's idea of the newest schema is Alembic's (a new migration updates both constants)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from lifecycle.registry.database import HEAD_REVISION, HEAD_TABLES, MIGRATIONS, schema_tables
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+    assert schema_tables(HEAD_REVISION) == HEAD_TABLES
+
+
+def test_a_registry_at_head_opens_without_alembic(registry: Registry, fedguard_home: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys; from lifecycle.registry import Registry; Registry.open(); print('alembic' in sys.modules)"
+    env = {**os.environ, "FEDGUARD_HOME": str(fedguard_home)}
+    env.pop("FEDGUARD_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -11,6 +11,7 @@ from opacus.accountants.analysis.rdp import compute_rdp
 
 from lifecycle.errors import ConfigurationError
 from privacy.accountants import (
+    OPACUS_DEFAULT_ORDERS,
     GaussianHistory,
     calibrate_noise,
     compose,
@@ -131,3 +132,10 @@ def test_a_registered_accountant_is_created_by_name_and_composes() -> None:
             accountants.register_accountant("rdp", RDPAccountant)
     finally:
         accountants._FACTORIES.pop("rdp-copy", None)
+
+
+def test_written_out_orders_are_opacus_defaults() -> None:
+    """The orders copied so that importing the module spares Opacus' import are exactly Opacus' defaults."""
+    from opacus.accountants import RDPAccountant
+
+    assert list(OPACUS_DEFAULT_ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)

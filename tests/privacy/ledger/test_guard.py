@@ -95,3 +95,18 @@ def test_default_site_ledger_from_node_config(tmp_path: Path) -> None:
     assert ledger.cap_for("site-0", M, "record").epsilon == 2.5  # type: ignore[union-attr]
     assert ledger.cap_for("site-0", M, "site").epsilon == 1.0  # type: ignore[union-attr]
     assert (tmp_path / "n.db").exists()
+
+
+def test_a_ledger_at_its_former_default_place_is_kept(fedguard_home: Path) -> None:
+    """A site whose ledger is at site-ledgers/<site>.db (the default before site/<site>/) keeps its spend."""
+    from lifecycle.home import SiteHome
+    from privacy.ledger.guard import _LEDGERS
+
+    legacy = fedguard_home / "site-ledgers" / "site-9.db"
+    legacy.parent.mkdir(parents=True)
+    SiteLedger.open(legacy).close()
+    ledger = default_site_ledger(context({}), "site-9")
+    try:
+        assert _LEDGERS[str(legacy)] is ledger and not SiteHome.under(fedguard_home, "site-9").ledger.exists()
+    finally:
+        _LEDGERS.pop(str(legacy)).close()
