@@ -134,6 +134,10 @@ def start(
                     f"the coordinator refused this site's certificate ({reason}) {max_refused} times in a row. "
                     f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state.agent_log}")
             if not agent.alive():
+                if (reason := agent.probe_refusal()) is not None:  # revoked: the SuperNode gave up first
+                    raise CertificateRefusedError(
+                        f"the SuperNode stopped and the coordinator refuses this site's certificate ({reason}). "
+                        f"{ADVICE.get(reason, DEFAULT_ADVICE)}. The site agent stopped; log {state.agent_log}")
                 raise StateError(f"the SuperNode exited; see {state.supernode_log} (a refused certificate "
                                  "shows there as 'could not establish a connection')")
     finally:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 import threading
 from datetime import UTC, datetime, timedelta
@@ -178,6 +179,28 @@ class Forwarder:
             pass
         finally:
             await close(writer)
+
+    def probe(self, *, timeout: float = CONNECT_TIMEOUT, settle: float = 2.0) -> str | None:
+        """One handshake with the gateway now: why it refuses this site's certificate, or ``None``.
+
+        For a SuperNode that exited on its own: Flower's SuperNode gives up
+        once the SuperLink unregisters its node key, which a revocation does
+        at the same moment as the gateway starts refusing the certificate,
+        so the forwarder may not have seen ``max_refused`` refusals yet.
+        Under TLS 1.3 the gateway's alert arrives after the handshake, hence
+        one read of up to ``settle`` seconds; no byte is sent. A network
+        failure is no refusal (``None``).
+        """
+        try:
+            with socket.create_connection(self.gateway, timeout=timeout) as raw, \
+                    self._gateway_ctx.wrap_socket(raw, server_hostname=self.gateway[0]) as tls:
+                tls.settimeout(settle)
+                tls.recv(1)
+        except ssl.SSLError as exc:
+            return refusal_reason(exc)
+        except OSError:  # TimeoutError included: the gateway kept the connection open, so it accepted us
+            return None
+        return None
 
     def start(self) -> Forwarder:
         self.server.start()

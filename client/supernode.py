@@ -170,11 +170,17 @@ class SiteAgent:
 
     def process_env(self) -> dict[str, str]:
         """The SuperNode's environment: ``env``, the runtime options' quiet/fast variables, ``env_overrides``."""
-        return {**supernode_env(self.env), **self.env_overrides}
+        env = {**supernode_env(self.env), **self.env_overrides}
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.log_path.parent / "cache" / "torchinductor"))  # not TMPDIR
+        return env
 
     def refused(self) -> str | None:
         """Why the coordinator refused this site's certificate ``max_refused`` times in a row, else ``None``."""
         return self.forwarder.refused if self.forwarder is not None else None
+
+    def probe_refusal(self) -> str | None:
+        """Whether the coordinator refuses this site's certificate right now (one handshake), and why."""
+        return self.forwarder.probe() if self.forwarder is not None else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -74,14 +74,21 @@ def superlink_argv(layout: FederationLayout, config: FederationConfig, *, insecu
     return argv + list(extra)
 
 
+TORCH_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+"""Where PyTorch's compiler caches (the ServerApp's and ClientApps' first optimizer step imports it)."""
+
+
 def flower_env(layout: FederationLayout, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the SuperLink.
 
     ``base`` (default: ours) with :func:`coordinator.runtime_options.superlink_env`'s
-    quiet/fast variables, ``FLWR_HOME`` under the federation, unbuffered output.
+    quiet/fast variables, ``FLWR_HOME`` under the federation, unbuffered output,
+    and PyTorch's compile cache under the federation too (its default is
+    ``$TMPDIR/torchinductor_$USER``, which would outlive the coordinator).
     """
     env = superlink_env(os.environ if base is None else base)
     env.update(FLWR_HOME=str(layout.root / "flwr"), PYTHONUNBUFFERED="1")
+    env.setdefault(TORCH_CACHE_ENV, str(layout.root / "cache" / "torchinductor"))
     return env
 
 
