@@ -102,7 +102,14 @@ class Walk:
         for process in self.services.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        return {name: process.wait(90) for name, process in self.services.items()}
+        codes = {}
+        for name, process in self.services.items():
+            try:
+                codes[name] = process.wait(90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        return codes
 
 
 
@@ -142,47 +149,50 @@ def test_the_operators_walk(tmp_path: Path) -> None:
     assert "data contract declared: 30 features" in declared
     for name in (*SITES, LATE):
         walk.fedguard("coordinator", "site", "enroll", name, "--out", f"{name}.bundle")
-    walk.start("coordinator", "coordinator", "coordinator", "start")
+    try:
+        walk.start("coordinator", "coordinator", "coordinator", "start")
 
-    # each site: its export, its mapping schema, the offline check against the contract, the agent
-    for name, rows in zip(SITES, parts, strict=True):
-        export = hospital.write_export(root / f"{name}.csv", rows, rename=RENAMES[name], codes=CODES[name],
-                                       extra=EXTRA.get(name))
-        ignore = [hospital.RECORD_ID, *EXTRA.get(name, {})]
-        (root / f"{name}-schema.toml").write_text(hospital.mapping_toml(rename=RENAMES[name], codes=CODES[name],
-                                                                        ignore=ignore))
-        checked = walk.fedguard(name, "client", "check", "--bundle", f"{name}.bundle", "--data", export.name,
-                                "--schema", f"{name}-schema.toml")
-        assert checked.startswith("ok"), checked
-        walk.start(name, name, "client", "start", "--bundle", f"{name}.bundle", "--data", export.name,
-                   "--schema", f"{name}-schema.toml", "--max-refused", "2")
+        # each site: its export, its mapping schema, the offline check against the contract, the agent
+        for name, rows in zip(SITES, parts, strict=True):
+            export = hospital.write_export(root / f"{name}.csv", rows, rename=RENAMES[name], codes=CODES[name],
+                                           extra=EXTRA.get(name))
+            ignore = [hospital.RECORD_ID, *EXTRA.get(name, {})]
+            (root / f"{name}-schema.toml").write_text(hospital.mapping_toml(rename=RENAMES[name], codes=CODES[name],
+                                                                            ignore=ignore))
+            checked = walk.fedguard(name, "client", "check", "--bundle", f"{name}.bundle", "--data", export.name,
+                                    "--schema", f"{name}-schema.toml")
+            assert checked.startswith("ok"), checked
+            walk.start(name, name, "client", "start", "--bundle", f"{name}.bundle", "--data", export.name,
+                       "--schema", f"{name}-schema.toml", "--max-refused", "2")
 
-    # a run that completes: the job names no data-dir (the reference set of 'coordinator data')
-    (root / "job.toml").write_text('model-name = "cardio"\nnum-server-rounds = 2\nnum-sites = 3\n'
-                                   'local-epochs = 1\nround-timeout = 300.0\nsite-deadline = 300.0\n')
-    launched = walk.fedguard("coordinator", "run", "launch", "job.toml")
-    assert "published cardio:1" in launched, launched
-    assert "{" not in launched, launched  # progress in words, no raw dicts
+        # a run that completes: the job names no data-dir (the reference set of 'coordinator data')
+        (root / "job.toml").write_text('model-name = "cardio"\nnum-server-rounds = 2\nnum-sites = 3\n'
+                                       'local-epochs = 1\nround-timeout = 300.0\nsite-deadline = 300.0\n')
+        launched = walk.fedguard("coordinator", "run", "launch", "job.toml")
+        assert "published cardio:1" in launched, launched
+        assert "{" not in launched, launched  # progress in words, no raw dicts
 
-    # a second run, stopped by the operator
-    second = json.loads(walk.fedguard("coordinator", "run", "launch", "job.toml", "--no-follow", "--json")
-                        .strip().splitlines()[-1])
-    walk.fedguard("coordinator", "run", "stop", second["run_id"])
-    status = json.loads(walk.fedguard("coordinator", "run", "status", second["run_id"], "--json"))
-    assert status["state"] == "stopped", status
+        # a second run, stopped by the operator
+        second = json.loads(walk.fedguard("coordinator", "run", "launch", "job.toml", "--no-follow", "--json")
+                            .strip().splitlines()[-1])
+        walk.fedguard("coordinator", "run", "stop", second["run_id"])
+        status = json.loads(walk.fedguard("coordinator", "run", "status", second["run_id"], "--json"))
+        assert status["state"] == "stopped", status
 
-    # kings revoked: its agent says so and exits 7
-    walk.fedguard("coordinator", "site", "revoke", "kings", "--reason", "left the consortium")
-    assert walk.services["kings"].wait(180) == 7, walk.output("kings")
-    assert "revoked" in walk.output("kings"), walk.output("kings")
+        # kings revoked: its agent says so and exits 7
+        walk.fedguard("coordinator", "site", "revoke", "kings", "--reason", "left the consortium")
+        assert walk.services["kings"].wait(180) == 7, walk.output("kings")
+        assert "revoked" in walk.output("kings"), walk.output("kings")
 
-    # a third run that waits for kings; SIGTERM to every service while it waits
-    third = json.loads(walk.fedguard("coordinator", "run", "launch", "job.toml", "--no-follow", "--json")
-                       .strip().splitlines()[-1])
-    walk.until(lambda: LATE in json.loads(walk.fedguard("coordinator", "run", "status", third["run_id"], "--json"))
-               .get("site_reasons", {}), f"the third run waiting for {LATE}", 180)
-    assert any("flower-superexec" in p for p in _mentions(root))  # what SIGTERM used to leave behind
-    codes = walk.stop_all()
-    assert codes == {"coordinator": 0, "st-marys": 0, "guys": 0, "kings": 7}, (codes, walk.tails())
-    walk.until(lambda: not _mentions(root), "no process of the federation left", 30)
-    assert sorted(p.name for p in walk.tmp.iterdir()) == []
+        # a third run that waits for queens; SIGTERM to every service while it waits
+        third = json.loads(walk.fedguard("coordinator", "run", "launch", "job.toml", "--no-follow", "--json")
+                           .strip().splitlines()[-1])
+        walk.until(lambda: LATE in json.loads(walk.fedguard("coordinator", "run", "status", third["run_id"], "--json"))
+                   .get("site_reasons", {}), f"the third run waiting for {LATE}", 180)
+        assert any("flower-superexec" in p for p in _mentions(root))  # what SIGTERM used to leave behind
+        codes = walk.stop_all()
+        assert codes == {"coordinator": 0, "st-marys": 0, "guys": 0, "kings": 7}, (codes, walk.tails())
+        walk.until(lambda: not _mentions(root), "no process of the federation left", 30)
+        assert sorted(p.name for p in walk.tmp.iterdir()) == []
+    finally:  # a failed walk leaves no federation running
+        walk.stop_all()
