@@ -84,7 +84,8 @@ def test_supernode_argv_and_node_config_round_trip(tmp_path: Path) -> None:
         assert argv[:len(program)] == program and program[-2:] == ["-m", "client.runtime"]  # the warm executor
         assert all(flag in argv for flag in supernode_flags())
         agent = SiteAgent(bundle, values, log_path=tmp_path / "log", env={"PATH": "/bin", "FEDGUARD_HOME": "/h"})
-        assert agent.process_env() == supernode_env({"PATH": "/bin", "FEDGUARD_HOME": "/h"})
+        assert agent.process_env() == {**supernode_env({"PATH": "/bin", "FEDGUARD_HOME": "/h"}),
+                                       "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache" / "torchinductor")}
         assert agent.process_env()["FLWR_TELEMETRY_ENABLED"] == "0"
         assert _flag(argv, "--superlink") == "127.0.0.1:4242"
         assert _flag(argv, "--root-certificates") == str(files.loopback_cert)
