@@ -296,7 +296,8 @@ def he_keys(
         return
     err_console.print(f"CKKS federation key {key}\n  sites' secret context {secret} (0600): pass it to "
                       f"'fedguard site enroll|rotate --he-secret-context', then keep it offline\n  coordinator's "
-                      f"public context {public}: set he-public-context = \"{public}\" in ckks jobs",
+                      f"public context {public}: 'run launch' gives it to ckks jobs that name no "
+                      "he-public-context",
                       highlight=False)
 
 

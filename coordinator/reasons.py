@@ -25,7 +25,8 @@ UNNAMED = "an unidentified site"
 """How a node without an enrolled identity is named to the operator (never by its Flower node id)."""
 
 _FLOWER: dict[int, SiteRefusal] = {
-    ErrorCode.NODE_UNAVAILABLE: SiteRefusal("not-connected", "the site's node went offline"),
+    ErrorCode.NODE_UNAVAILABLE: SiteRefusal("not-connected",
+                                              "the site went offline (its agent stopped or lost the connection)"),
     ErrorCode.MESSAGE_UNAVAILABLE: SiteRefusal("no-answer", "the site did not receive the message in time"),
     ErrorCode.REPLY_MESSAGE_UNAVAILABLE: SiteRefusal("no-answer", "the site did not answer in time"),
     ErrorCode.LOAD_CLIENT_APP_EXCEPTION: SiteRefusal("crash", "the site could not load its ClientApp"),

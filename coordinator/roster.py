@@ -217,20 +217,20 @@ def gather(
     end = start + deadline
     shown: dict[str, Any] | None = None
     seen = -1
+    simulated = isinstance(getattr(grid, "inner", grid), InMemoryGrid)
     while True:
         nodes = list(grid.get_node_ids())
-        inner = getattr(grid, "inner", grid)
-        if isinstance(inner, InMemoryGrid) and 0 < len(nodes) == seen and len(nodes) < needed:
-            raise ConfigurationError(  # simulation: no SuperNode joins later
-                f"the simulation has {len(nodes)} SuperNode(s) but the run needs {needed} sites: give the "
-                f"connection options.num-supernodes = {needed} ('fedguard flower config --num-supernodes "
-                f"{needed}'), or run with --run-config 'num-sites={len(nodes)}'")
-        seen = len(nodes)
         fresh = [node for node in nodes if node not in asker.asked]
         if fresh:  # a connected site gets the query timeout to answer, whatever is left of the deadline
             asker.ask(fresh, query_timeout)
         if roster.complete:
             return roster
+        if simulated and 0 < len(nodes) < needed and (len(nodes) == seen or roster.settled):
+            raise ConfigurationError(  # simulation: no SuperNode joins later
+                f"the simulation has {len(nodes)} SuperNode(s) but the run needs num-sites = {needed}: give the "
+                f"connection options.num-supernodes = {needed} ('fedguard flower config --num-supernodes "
+                f"{needed}'), or run with --run-config 'num-sites={len(nodes)}'")
+        seen = len(nodes)
         if roster.settled or now() >= end:
             if observer is not None:
                 observer("unavailable", roster.waiting())

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from coordinator.provisioning.federation import FederationLayout
 from coordinator.runs import render
 from coordinator.runs.checkpoint import STATE
 from coordinator.runs.control import (
@@ -57,6 +58,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print events and the outco
 
 def _home() -> Home:
     return Home(get_settings().home).ensure()
+
+
+def _machine_defaults() -> dict[str, Any]:
+    """Job keys the coordinator machine supplies when a job leaves them empty (``Job.load``'s ``defaults``)."""
+    public: Path = FederationLayout.under(_home().root).he_public_context
+    return {"he-public-context": str(public.resolve())} if public.is_file() else {}
 
 
 def _connection(federation: str, superlink: str | None, root_certificates: Path | None, insecure: bool,
@@ -114,7 +121,7 @@ def launch(
 ) -> None:
     """Submit JOB_FILE to the SuperLink and stream progress: round, sites answered, dropped, ε, accuracy."""
     console = Console()
-    job = Job.load(job_file, set_ or [])
+    job = Job.load(job_file, set_ or [], defaults=_machine_defaults())
     _submit_and_follow(job, _connection(federation, superlink, root_certificates, insecure, console),
                        follow, timeout, as_json, console)
 

@@ -19,10 +19,13 @@ Abadi et al. publish (ε ≈ 1.26 at q = 0.01, σ = 4, T = 10 000, δ = 1e-5).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
 from collections.abc import Callable, KeysView, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lifecycle.errors import ConfigurationError
@@ -190,20 +193,42 @@ def compose(histories: Sequence[GaussianHistory], delta: float, accountant: str 
         return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
 
 
+@cache
+def _opacus_rdp() -> ModuleType:
+    """Opacus' RDP analysis (``opacus.accountants.analysis.rdp``), without torch while Opacus is not loaded yet.
+
+    That module needs only numpy and scipy, but importing it through its
+    package runs ``opacus/__init__.py``, which imports torch (seconds). A
+    command that only reads a ledger (``fedguard privacy ledger``) loads the
+    same file on its own instead, so that composing ε stays Opacus' code and
+    costs no torch start-up; a process that already imported Opacus uses it.
+    """
+    if "opacus" in sys.modules:
+        return importlib.import_module("opacus.accountants.analysis.rdp")
+    package = importlib.util.find_spec("opacus")  # locates the package without running its __init__
+    if package is None or not package.submodule_search_locations:
+        raise ConfigurationError("Opacus is not installed: install fedguard with its dependencies")
+    path = f"{list(package.submodule_search_locations)[0]}/accountants/analysis/rdp.py"
+    spec = importlib.util.spec_from_file_location("fedguard_opacus_rdp", path)
+    if spec is None or spec.loader is None:
+        raise ConfigurationError(f"Opacus' RDP analysis is missing from {path}: reinstall opacus")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @lru_cache(maxsize=4096)
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """The RDP curve of one subsampled Gaussian step over :data:`RDP_ORDERS` (cached: it is the costly part)."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    curve: np.ndarray = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
+    curve: np.ndarray = _opacus_rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                                  orders=list(RDP_ORDERS))
     curve.flags.writeable = False
     return curve
 
 
 def _rdp_compose(merged: Sequence[tuple[float, float, int]], delta: float) -> float:
     """RDP composition: the per-step curves times their step counts add up order by order (Mironov 2017)."""
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
+    get_privacy_spent = _opacus_rdp().get_privacy_spent
     total = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in merged)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the")
@@ -242,8 +267,7 @@ def epsilon_series(
     if rounds < 0 or steps_per_round < 0:
         raise ConfigurationError(f"invalid schedule: rounds={rounds}, steps per round={steps_per_round}")
     if accountant == "rdp":
-        from opacus.accountants.analysis.rdp import get_privacy_spent
-
+        get_privacy_spent = _opacus_rdp().get_privacy_spent
         orders = list(RDP_ORDERS)
         per_round = _rdp_per_step(float(noise_multiplier), float(sample_rate)) * steps_per_round
         series = []

@@ -85,6 +85,7 @@ class FederationLayout:
     logs = property(lambda self: self.root / "logs")
     contract = property(lambda self: self.root / "contract.json")
     reference = property(lambda self: self.root / "reference")
+    he_public_context = property(lambda self: self.root / "he-public-context.bin")  # 'site he-keys' default
     superlink_log = property(lambda self: self.root / "logs" / "superlink.log")
     gateway_log = property(lambda self: self.root / "logs" / "gateway.log")
 

@@ -122,8 +122,12 @@ def live_state(local: str, flower_status: str | None, *, reachable: bool, server
         return "interrupted"  # the SuperLink no longer knows the Flower run (its database was replaced)
     if flower_status.endswith(":stopped"):
         return "stopped"
+    if flower_status == "finished:failed":
+        # our ServerApp writes a ``failed`` event for any failure of its own (``local`` would be terminal):
+        # without one it was cut off (killed, or its SuperLink died under it), and the run resumes
+        return "interrupted"
     if flower_status.startswith("finished"):
-        return "failed"  # failed, or ended without publishing (no ``done`` event)
+        return "failed"  # ended without publishing (no ``done`` event)
     if flower_status == "running":
         return "interrupted" if serverapp_gone else "running"
     return local  # pending, starting

@@ -8,6 +8,7 @@
     secure-aggregation = "secagg+"
     model-name = "cardio"
     data-dir = "/srv/fedguard/reference"   # schema.json and test.csv; left out: what coordinator data wrote
+    he-public-context = "..."              # ckks jobs; left out: FEDGUARD_HOME/federation/he-public-context.bin
 
 ``--set key=value`` overrides a key (the value is read as TOML, so
 ``--set dp-epsilon=2`` is a number and ``--set model-name=cardio`` a string).
@@ -49,8 +50,14 @@ class Job:
     config: dict[str, Any]
 
     @classmethod
-    def load(cls, path: Path, overrides: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> Job:
-        """Read ``path``, apply ``--set`` overrides then ``extra``, and validate."""
+    def load(cls, path: Path, overrides: Sequence[str] = (), extra: Mapping[str, Any] | None = None,
+             defaults: Mapping[str, Any] | None = None) -> Job:
+        """Read ``path``, apply ``--set`` overrides then ``extra``, fill keys left empty from ``defaults``, validate.
+
+        ``defaults`` are what the coordinator machine itself holds (the CKKS
+        public context ``fedguard site he-keys`` wrote): a job names them only
+        to use another file.
+        """
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -62,6 +69,7 @@ class Job:
             raise ConfigurationError(f"job file '{path}': keep it flat (no tables); found {nested}")
         data.update(parse_override(item) for item in overrides)
         data.update(extra or {})
+        data.update({key: value for key, value in (defaults or {}).items() if not data.get(key)})
         return cls.from_mapping(data)
 
     @classmethod

@@ -7,7 +7,8 @@ coordinator declares the contract and builds its held-out reference set
 with ``fedguard coordinator data``, enrols the sites and starts; each site
 checks its file against the contract with ``fedguard client check
 --bundle`` and starts its agent. Then: a run that completes and publishes;
-a second run stopped with ``fedguard run stop``; one site revoked, whose
+a second run left running by Ctrl-C on its follow, then stopped with
+``fedguard run stop``; one site revoked, whose
 agent says so and exits 7; a third run waiting for a site that never connected while
 every service gets SIGTERM (a fourth site, enrolled, never connected). Afterwards no process of the federation is
 left and the temporary directory is empty.
@@ -28,7 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
+from lifecycle.registry import Registry
+from lifecycle.registry.tables import AuditEvent
+from lifecycle.settings import Settings
 from tests.federation import hospital
 from tests.integration.deployment import REPO, free_port
 
@@ -133,6 +138,11 @@ def _mentions(root: Path) -> list[str]:
     return found
 
 
+def _status(walk: Walk, run_id: str) -> dict[str, object]:
+    """``fedguard run status RUN --json`` on the coordinator machine."""
+    return dict(json.loads(walk.fedguard("coordinator", "run", "status", run_id, "--json")))
+
+
 def test_the_operators_walk(tmp_path: Path) -> None:
     walk = Walk(tmp_path / "walk")
     root = walk.root
@@ -172,12 +182,40 @@ def test_the_operators_walk(tmp_path: Path) -> None:
         assert "published cardio:1" in launched, launched
         assert "{" not in launched, launched  # progress in words, no raw dicts
 
-        # a second run, stopped by the operator
-        second = json.loads(walk.fedguard("coordinator", "run", "launch", "job.toml", "--no-follow", "--json")
-                            .strip().splitlines()[-1])
-        walk.fedguard("coordinator", "run", "stop", second["run_id"])
-        status = json.loads(walk.fedguard("coordinator", "run", "status", second["run_id"], "--json"))
-        assert status["state"] == "stopped", status
+        # a second run: Ctrl-C on its follow leaves it running; 'run stop' stops it, once
+        (root / "long.toml").write_text((root / "job.toml").read_text().replace("num-server-rounds = 2",
+                                                                                "num-server-rounds = 30"))
+        follower = subprocess.Popen([sys.executable, "-m", "fedguard.cli", "run", "launch", "long.toml", "--json"],
+                                    env={**walk.env("coordinator"), "PYTHONUNBUFFERED": "1"}, cwd=root,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert follower.stdout is not None
+        run_id = json.loads(follower.stdout.readline())["run_id"]
+        for line in follower.stdout:  # the follow's events, one JSON object a line
+            if json.loads(line).get("event") == "round":
+                break
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 130, err
+        assert (f"run {run_id} goes on at the coordinator; follow it with 'fedguard run status {run_id}', stop it "
+                f"with 'fedguard run stop {run_id}'") in " ".join(err.split())
+        assert _status(walk, run_id)["state"] == "running"
+        stopped = json.loads(walk.fedguard("coordinator", "run", "stop", run_id, "--json"))
+        assert (stopped["state"], stopped["flower_status"]) == ("stopped", "finished:stopped"), stopped
+        assert stopped["serverapp"] in ("ended", "terminated"), stopped
+        assert not any("flwr-serverapp" in p for p in _mentions(root))  # the process table: the ServerApp is gone
+        assert _status(walk, run_id)["state"] == "stopped"
+        home = root / "coordinator" / "fedguard"
+        events = [json.loads(line) for line in (home / "runs" / run_id / "progress.jsonl").read_text().splitlines()]
+        ours = [e["event"] for e in events if e["event"] != "stage"]
+        assert ours[-1] == "stopped" and "failed" not in ours, ours  # a stop is not reported as a failure
+        registry = Registry.open(Settings(home=home, database_url=None))
+        with registry.transaction() as session:
+            audited = session.exec(select(AuditEvent).where(AuditEvent.action == "run.stopped",
+                                                            AuditEvent.subject == run_id)).all()
+        assert len(audited) == 1 and audited[0].actor.startswith("cli"), audited
+        assert registry.verify_audit_chain() > 0
+        again = walk.fedguard("coordinator", "run", "stop", run_id, code=2)
+        assert "already ended (stopped)" in " ".join(again.split())
 
         # kings revoked: its agent says so and exits 7
         walk.fedguard("coordinator", "site", "revoke", "kings", "--reason", "left the consortium")

@@ -139,3 +139,24 @@ def test_written_out_orders_are_opacus_defaults() -> None:
     from opacus.accountants import RDPAccountant
 
     assert list(OPACUS_DEFAULT_ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def test_rdp_composition_in_a_fresh_process_needs_no_torch_and_gives_opacus_value() -> None:
+    """``fedguard privacy ledger`` composes ε with Opacus' RDP analysis loaded on its own (no torch start-up)."""
+    import json
+    import subprocess
+    import sys
+
+    from opacus.accountants import RDPAccountant
+
+    from privacy.accountants import RDP_ORDERS
+
+    code = ("import json, sys; from privacy.accountants import GaussianHistory, compose; "
+            "e = compose([GaussianHistory(1.1, 0.02, 300, 1e-5), GaussianHistory(0.9, 0.05, 40, 1e-5)], 1e-5); "
+            "print(json.dumps({'epsilon': e, 'loaded': sorted({'torch', 'opacus'} & set(sys.modules))}))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    timeout=120).stdout)
+    assert out["loaded"] == []
+    accountant = RDPAccountant()
+    accountant.history = [(0.9, 0.05, 40), (1.1, 0.02, 300)]
+    assert out["epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5, alphas=list(RDP_ORDERS)), rel=1e-9)

@@ -35,7 +35,7 @@ from lifecycle.home import Home
     ("started", "running", True, False, "running"),
     ("started", "running", True, True, "interrupted"),  # the SuperLink says running, nothing runs it
     ("started", "finished:stopped", True, False, "stopped"),
-    ("started", "finished:failed", True, False, "failed"),
+    ("started", "finished:failed", True, False, "interrupted"),  # cut off: a failure of its own is an event
     ("started", "finished:completed", True, False, "failed"),  # ended without publishing
     ("started", None, True, False, "interrupted"),  # the SuperLink no longer knows the Flower run
     ("submitted", "starting", True, False, "submitted"),

@@ -35,6 +35,21 @@ def test_job_merges_overrides_as_toml_and_validates(tmp_path: Path) -> None:
     assert parse_override("hidden=\"32,16\"") == ("hidden", "32,16")
 
 
+def test_a_ckks_job_takes_the_coordinators_public_context_unless_it_names_one(tmp_path: Path) -> None:
+    from coordinator.provisioning.federation import FederationLayout
+    from privacy.he.keys import PUBLIC_CONTEXT_NAME
+
+    assert FederationLayout.under(tmp_path).he_public_context.name == PUBLIC_CONTEXT_NAME  # 'site he-keys' writes
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('secure-aggregation = "ckks"\nhe-public-context = ""\ndata-dir = "ref"\n')
+    defaults = {"he-public-context": "/home/coordinator/federation/he-public-context.bin"}
+    assert Job.load(job_file, defaults=defaults).config["he-public-context"] == defaults["he-public-context"]
+    own = Job.load(job_file, ["he-public-context=/elsewhere.bin"], defaults=defaults)
+    assert own.config["he-public-context"] == "/elsewhere.bin"
+    with pytest.raises(ConfigurationError, match="needs he-public-context"):
+        Job.load(job_file)  # no default on this machine: the job must name it
+
+
 @pytest.mark.parametrize("text, match", [
     ("rounds = 3\n", "unknown run-config keys"),
     ("[table]\nx = 1\n", "keep it flat"),
