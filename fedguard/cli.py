@@ -65,6 +65,8 @@ COMMANDS: dict[str, Entry] = {
     "models": Entry("lifecycle.cli:models_app", "Inspect and verify registered models.",
                     extra={"verify": "fedguard.verify:verify"}),
     "keys": Entry("serving.cli:keys_app", "Create, list and revoke API keys for the serving tier (stored hashed)."),
+    "audit": Entry("lifecycle.audit.cli:audit_app",
+                   "Verify the audit trail (hash chain and signed checkpoints); sign a checkpoint."),
     "privacy": Entry("privacy.cli:privacy_app", "Inspect privacy budgets: spend per site, caps, remaining ε."),
     "deploy": Entry("serving.rollout.cli:deploy_app",
                     "Roll model versions out (canary, shadow, blue/green), roll back, and kill or revive a model."),

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
 
     home: Path = Path(".fedguard")
     database_url: str | None = None
+    audit_checkpoint_every: int = 100
+    """Sign a checkpoint of the audit chain after this many new events (``lifecycle.audit.checkpoints``)."""
 
     @property
     def registry_url(self) -> str:

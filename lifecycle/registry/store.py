@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from lifecycle import audit
+from lifecycle import audit, logger
 from lifecycle.artifacts import ArtifactStore, StoredArtifact
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.home import Home
@@ -33,6 +33,9 @@ from lifecycle.registry.tables import (
     utcnow,
 )
 from lifecycle.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from lifecycle.audit.checkpoints import CheckpointLog, Signed, Verified
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
@@ -93,10 +96,11 @@ class VersionRecord:
 class Registry:
     """Facade over the registry database and the artifact store."""
 
-    def __init__(self, engine: Engine, home: Home) -> None:
+    def __init__(self, engine: Engine, home: Home, *, checkpoint_every: int = 100) -> None:
         self.engine = engine
         self.home = home
         self.store = ArtifactStore(home.artifacts)
+        self.checkpoint_every = checkpoint_every
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Registry:
@@ -105,7 +109,7 @@ class Registry:
         home = Home(settings.home).ensure()
         engine = create_registry_engine(settings.registry_url)
         migrate(engine)
-        return cls(engine, home)
+        return cls(engine, home, checkpoint_every=settings.audit_checkpoint_every)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -120,6 +124,50 @@ class Registry:
             except BaseException:
                 session.rollback()
                 raise
+        if self.checkpoint_every > 0:
+            self.checkpoint(every=self.checkpoint_every)
+
+    def checkpoint(self, *, every: int = 1, strict: bool = False) -> Signed | None:
+        """Sign the audit chain's head into ``audit/checkpoints.jsonl`` if ``every`` events came since the last.
+
+        Runs after a transaction commits (a checkpoint never names an event
+        that was rolled back). A failure to write it loses nothing: the chain
+        is intact and the next transaction, or ``fedguard audit checkpoint``,
+        writes the checkpoint that is due. ``strict`` (``fedguard audit
+        checkpoint``) raises instead.
+        """
+        from lifecycle.audit import checkpoints
+
+        try:
+            with Session(self.engine) as session:
+                if not checkpoints.due(session, self.checkpoint_log, every):
+                    return None  # the common case: no key to load, no lock to take
+                return checkpoints.write(session, checkpoints.AuditKey.ensure(self.home.keys), self.checkpoint_log,
+                                         every=every)
+        except (OSError, StateError) as exc:
+            if strict:
+                if isinstance(exc, StateError):
+                    raise
+                raise StateError(f"cannot write the audit checkpoint in {self.home.audit}: "
+                                 f"{exc.strerror or exc}") from exc
+            logger.warning("audit checkpoint not written (%s); the next registry write retries", exc)
+            return None
+
+    @property
+    def checkpoint_log(self) -> CheckpointLog:
+        from lifecycle.audit.checkpoints import CHECKPOINTS_NAME, CheckpointLog
+
+        return CheckpointLog(self.home.audit / CHECKPOINTS_NAME)
+
+    def verify_audit(self, public_key: Path | None = None) -> Verified:
+        """``fedguard audit verify``: the chain, the signed checkpoints, and that the registry still extends them."""
+        from lifecycle.audit.checkpoints import PUBLIC_KEY_NAME, Verified, load_public_key, verify
+
+        path = public_key or self.home.keys / PUBLIC_KEY_NAME
+        with Session(self.engine) as session:
+            if public_key is None and not path.exists() and not self.checkpoint_log.read():
+                return Verified(audit.verify_chain(session), 0, None, "")  # no checkpoint was ever due
+            return verify(session, self.checkpoint_log, load_public_key(path))
 
     def publish(
         self,

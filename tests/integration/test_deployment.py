@@ -208,39 +208,16 @@ def test_a_deployed_ckks_run_completes_with_the_secret_context_from_the_bundles(
     fed, data = federation
     assert fed.he_public_context is not None
     assert fed.he_public_context == fed.layout.he_public_context  # where 'fedguard site he-keys' puts it
-    job = _job(tmp_path, data, watermark="none", **{"secure-aggregation": "ckks"})  # reference counts: CKKS too
+    job = _job(tmp_path, data, watermark="none", **{"secure-aggregation": "ckks",  # reference counts: CKKS too
+                                                    "num-server-rounds": 1})
     # the job names no he-public-context: 'run launch' takes the coordinator's own
     launched = _fedguard(fed, "launch", str(job))
     seen = _until(fed, launched, lambda e: e["event"] == "done")
-    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES, SITES]
+    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES]
     outcome = json.loads((fed.home / "runs" / launched.run_id / "outcome.json").read_text())
     assert outcome["secure_aggregation"] == "ckks"
-    assert [h["round"] for h in outcome["history"]] == [1, 2]
+    assert [h["round"] for h in outcome["history"]] == [1]
     assert not list(fed.home.rglob("he-secret-context*"))  # the coordinator never held the secret key
-
-
-def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Federation, Path],
-                                                          tmp_path: Path) -> None:
-    """Issue 12, point 2: enrolled as site-x, configured as site-0: refused, audited, site-0's ledger its own."""
-    fed, data = federation
-    impostor = SITES
-    fed.agents[impostor] = _claiming(fed, impostor, data / "site-0.csv", enrolled="site-x", claims="site-0")
-    try:
-        fed.wait_online({f"site-{i}" for i in range(SITES)} | {"site-x"})
-        launched = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none")))
-        run_id = launched.run_id
-        seen = _until(fed, launched, lambda e: e["event"] == "done")
-    finally:
-        fed.kill_supernode(impostor)
-    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES, SITES]
-    charges = _charges(fed, run_id)
-    assert len(charges) == len(set(charges)) == SITES * 2 and ("site-0", 1, "record") in charges
-    registry = Registry.open(fed.settings)
-    assert not [c for c in coordinator_ledger(registry).charges("site-x") if c.run_id == run_id]
-    with registry.transaction() as session:
-        events = [e for e in session.exec(select(AuditEvent).where(AuditEvent.action == "site.identity-mismatch"))
-                  if json.loads(e.details_json)["run"] == run_id]
-    assert [(e.subject, json.loads(e.details_json)["enrolled"]) for e in events] == [("site-0", "site-x")]
 
 
 def test_a_site_whose_data_cannot_fit_is_named_and_the_run_exits_9(federation: tuple[Federation, Path],
@@ -262,6 +239,30 @@ def test_a_site_whose_data_cannot_fit_is_named_and_the_run_exits_9(federation: t
     assert f"site-{SITES - 1}: the site's data does not match its schema: label (unknown-label)" in out, out
     assert "run failed (exit 9)" in out and "round 1/" not in out
     assert "not-a-label" not in out and "node " not in out and "{" not in out  # no data, no node id, no dict
+
+
+def test_an_agent_reporting_another_sites_name_is_refused(federation: tuple[Federation, Path],
+                                                          tmp_path: Path) -> None:
+    """Issue 12, point 2: enrolled as site-x, configured as site-0: refused, audited, site-0's ledger its own."""
+    fed, data = federation
+    impostor = SITES
+    fed.agents[impostor] = _claiming(fed, impostor, data / "site-0.csv", enrolled="site-x", claims="site-0")
+    try:
+        fed.wait_online({f"site-{i}" for i in range(SITES)} | {"site-x"})
+        launched = _fedguard(fed, "launch", str(_job(tmp_path, data, watermark="none", **{"num-server-rounds": 1})))
+        run_id = launched.run_id
+        seen = _until(fed, launched, lambda e: e["event"] == "done")
+    finally:
+        fed.kill_supernode(impostor)
+    assert [e["sites"] for e in seen if e["event"] == "round"] == [SITES]
+    charges = _charges(fed, run_id)
+    assert len(charges) == len(set(charges)) == SITES and ("site-0", 1, "record") in charges
+    registry = Registry.open(fed.settings)
+    assert not [c for c in coordinator_ledger(registry).charges("site-x") if c.run_id == run_id]
+    with registry.transaction() as session:
+        events = [e for e in session.exec(select(AuditEvent).where(AuditEvent.action == "site.identity-mismatch"))
+                  if json.loads(e.details_json)["run"] == run_id]
+    assert [(e.subject, json.loads(e.details_json)["enrolled"]) for e in events] == [("site-0", "site-x")]
 
 
 def _claiming(fed: Federation, index: int, data_path: Path, *, enrolled: str, claims: str) -> SiteAgent:

@@ -1,0 +1,11 @@
+"""The audit trail: a hash chain in the registry (:mod:`.chain`), signed checkpoints outside it (:mod:`.checkpoints`).
+
+The chain makes an edit, a deletion or a reordering of a past event
+detectable; a signed checkpoint makes a *rewritten and rehashed* history
+detectable too, because the rewriter cannot sign for the new hashes without
+the audit key (``fedguard audit verify``).
+"""
+
+from lifecycle.audit.chain import AUDIT_LOCK_KEY, GENESIS, AuditChainError, record, verify_chain
+
+__all__ = ["AUDIT_LOCK_KEY", "GENESIS", "AuditChainError", "record", "verify_chain"]
