@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from lifecycle import audit, logger
 from lifecycle.artifacts import ArtifactStore, StoredArtifact
-from lifecycle.errors import ConfigurationError, NotFoundError, StateError
+from lifecycle.errors import ConfigurationError, FedguardError, NotFoundError, StateError
 from lifecycle.home import Home
 from lifecycle.registry.database import create_registry_engine, migrate
 from lifecycle.registry.tables import (
@@ -144,12 +144,11 @@ class Registry:
                     return None  # the common case: no key to load, no lock to take
                 return checkpoints.write(session, checkpoints.AuditKey.ensure(self.home.keys), self.checkpoint_log,
                                          every=every)
-        except (OSError, StateError) as exc:
+        except (OSError, SQLAlchemyError, FedguardError) as exc:  # a damaged checkpoint file included
             if strict:
-                if isinstance(exc, StateError):
+                if isinstance(exc, FedguardError):
                     raise
-                raise StateError(f"cannot write the audit checkpoint in {self.home.audit}: "
-                                 f"{exc.strerror or exc}") from exc
+                raise StateError(f"cannot write the audit checkpoint in {self.home.audit}: {exc}") from exc
             logger.warning("audit checkpoint not written (%s); the next registry write retries", exc)
             return None
 

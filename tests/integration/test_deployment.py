@@ -5,8 +5,8 @@ coordinator (SuperLink with TLS, SuperNode authentication and its state in a
 database file, behind the mutual-TLS gateway) and four site agents started
 from their enrolment bundles, which carry the federation's CKKS secret
 context (SecAgg+ with 4 sites tolerates one dropout: k=3, t=2; with 3 it
-tolerates none; CKKS with 4 sites aggregates from 3), shared by the tests of this module (one
-federation per xdist worker that runs any of them; each test leaves it
+tolerates none; CKKS with 4 sites aggregates from 3), shared by the tests of this module (pytest's
+``--dist loadfile`` runs them all on one xdist worker; each test leaves it
 whole). Jobs go through the real ``fedguard run launch|resume`` command,
 which finds the SuperLink and its CA in ``FEDGUARD_HOME/federation`` by
 itself; progress is read from the run's ``progress.jsonl`` the way that
@@ -38,8 +38,7 @@ from privacy.ledger import coordinator_ledger
 from privacy.ledger.factory import SiteLedger
 from tests.integration.deployment import Federation, prepare_sites
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900),
-              pytest.mark.xdist_group("deployment")]  # one federation per worker (with --dist loadgroup: one)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]  # --dist loadfile: one federation
 
 SITES = 4
 

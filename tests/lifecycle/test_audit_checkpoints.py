@@ -136,3 +136,12 @@ def test_audit_verify_command_says_what_it_checked_and_exits_5_on_a_rewrite(tmp_
     assert bad.returncode == 5, bad.stdout + bad.stderr
     assert bad.stderr.startswith("error: checkpoint 1 (event 3") and "rehashed" in bad.stderr, bad.stderr
     opened.engine.dispose()
+
+
+def test_a_damaged_checkpoint_file_never_fails_a_registry_write(registry: Registry) -> None:
+    registry.checkpoint_log.path.write_text("not json\n")
+    with registry.transaction() as session:  # committed; the checkpoint is only warned about
+        audit.record(session, "test.after", actor="cli:tester")
+    assert registry.verify_audit_chain() == 6
+    with pytest.raises(AuditChainError, match="line 1 is not a checkpoint"):
+        registry.verify_audit()
