@@ -6,6 +6,6 @@ detectable too, because the rewriter cannot sign for the new hashes without
 the audit key (``fedguard audit verify``).
 """
 
-from lifecycle.audit.chain import AUDIT_LOCK_KEY, GENESIS, AuditChainError, record, verify_chain
+from lifecycle.audit.chain import APPENDED, AUDIT_LOCK_KEY, GENESIS, AuditChainError, record, verify_chain
 
-__all__ = ["AUDIT_LOCK_KEY", "GENESIS", "AuditChainError", "record", "verify_chain"]
+__all__ = ["APPENDED", "AUDIT_LOCK_KEY", "GENESIS", "AuditChainError", "record", "verify_chain"]

@@ -23,6 +23,8 @@ from lifecycle.registry.tables import AuditEvent, utcnow
 
 GENESIS = "0" * 64
 AUDIT_LOCK_KEY = 0x66656467  # "fedg": one advisory lock serialises audit appenders
+APPENDED = "fedguard.audit.appended"
+"""Key :func:`record` sets in ``session.info``: the registry signs a checkpoint after such a commit, if due."""
 
 
 class AuditChainError(VerificationError):
@@ -74,6 +76,7 @@ def record(
     )
     event.hash = _event_hash(prev_hash, event)
     session.add(event)
+    session.info[APPENDED] = True
     return event
 
 

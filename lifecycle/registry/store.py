@@ -124,7 +124,8 @@ class Registry:
             except BaseException:
                 session.rollback()
                 raise
-        if self.checkpoint_every > 0:
+            audited = bool(session.info.get(audit.APPENDED))
+        if audited and self.checkpoint_every > 0:  # a transaction without an audit event costs no query here
             self.checkpoint(every=self.checkpoint_every)
 
     def checkpoint(self, *, every: int = 1, strict: bool = False) -> Signed | None:

@@ -34,6 +34,17 @@ def registry(backend_settings: Settings) -> Iterator[Registry]:
     opened.engine.dispose()
 
 
+def _rewrite(registry: Registry, event_id: int, **fields: str) -> None:
+    """Edit event ``event_id`` in place, then hide the edit by rehashing the whole chain."""
+    with Session(registry.engine) as session:
+        event = session.get(AuditEvent, event_id)
+        assert event is not None
+        for name, value in fields.items():
+            setattr(event, name, value)
+        session.add(event)
+        _rehash_from(session)
+
+
 def _rehash_from(session: Session) -> None:
     """What an administrator with database access does to hide an edit: recompute every link and hash."""
     prev = audit.GENESIS
@@ -57,12 +68,7 @@ def test_a_checkpoint_is_signed_every_n_events_and_the_trail_verifies(registry: 
 
 
 def test_an_edited_row_rehashed_is_caught_by_the_checkpoint_not_the_chain(registry: Registry) -> None:
-    with Session(registry.engine) as session:
-        event = session.get(AuditEvent, 2)
-        assert event is not None
-        event.actor = "cli:mallory"
-        session.add(event)
-        _rehash_from(session)
+    _rewrite(registry, 2, actor="cli:mallory")
     assert registry.verify_audit_chain() == 5  # the chain alone is fooled
     with pytest.raises(AuditChainError, match=r"checkpoint 1 \(event 2.*rewritten and rehashed"):
         registry.verify_audit()
@@ -126,12 +132,7 @@ def test_audit_verify_command_says_what_it_checked_and_exits_5_on_a_rewrite(tmp_
         " ".join(ok.stdout.split()), ok.stdout + ok.stderr
     signed = fedguard("checkpoint", "--json")
     assert signed.returncode == 0 and json.loads(signed.stdout)["events"] == 4, signed.stderr
-    with Session(opened.engine) as session:
-        event = session.get(AuditEvent, 1)
-        assert event is not None
-        event.subject = "rewritten"
-        session.add(event)
-        _rehash_from(session)
+    _rewrite(opened, 1, subject="rewritten")
     bad = fedguard("verify")
     assert bad.returncode == 5, bad.stdout + bad.stderr
     assert bad.stderr.startswith("error: checkpoint 1 (event 3") and "rehashed" in bad.stderr, bad.stderr
