@@ -7,7 +7,7 @@ become one-line messages and documented exit codes (docs/cli.md)::
     0 ok · 1 internal error · 2 bad argument or configuration · 3 unusable state
     (home, registry, keys) · 4 not found · 5 verification failed · 6 training
     failed · 7 authentication/authorization · 8 privacy budget exceeded · 9 sites
-    unavailable · 10 run stopped
+    unavailable · 10 run stopped · 11 refused by governance
 
 Start-up is lazy: :data:`COMMANDS` names each command's module and help line,
 and :class:`LazyGroup` imports a command's module only when that command

@@ -19,6 +19,8 @@ message that says what is wrong and what to do about it::
     │   └── RunStoppedError (exit 10)             an operator stopped the run ('fedguard run stop')
     ├── AuthError (PermissionError, exit 7)       missing, unknown or under-scoped credential
     │   └── CertificateRefusedError               the coordinator refused this site's certificate
+    ├── GovernanceError (PermissionError, exit 11) a promotion refused by governance: failing gates,
+    │                                             tainted lineage, too few signed approvals
     └── PrivacyBudgetExceeded (RuntimeError, exit 8, in privacy.ledger.base)  a site's cap would be passed
 
 Packages subclass these for their own cases (``privacy.secagg.errors``,
@@ -105,6 +107,16 @@ class AuthError(FedguardError, PermissionError):
     """A credential is missing, unknown, revoked or lacks the needed scope."""
 
     exit_code = 7
+
+
+class GovernanceError(FedguardError, PermissionError):
+    """Governance refuses the action: a gate fails, the lineage holds withdrawn data, or approvals are missing.
+
+    The message names every failing criterion; an approver's signed override
+    (``--override``) is the only way past it, and is audited as such.
+    """
+
+    exit_code = 11
 
 
 class CertificateRefusedError(AuthError):

@@ -36,13 +36,14 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 FEDGUARD_TABLES = frozenset(
     {"registered_model", "training_run", "site_participation", "model_version", "audit_event", "api_key"}
 )
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 """The newest migration in ``lifecycle/migrations/versions`` (a new migration updates it and
 :data:`HEAD_TABLES`; ``tests/lifecycle/test_registry.py`` checks both against Alembic)."""
 HEAD_TABLES = frozenset({
-    "api_key", "audit_event", "deployment", "deployment_event", "federation_site", "model_version",
+    "api_key", "approval", "audit_event", "consent_withdrawal", "deployment", "deployment_event",
+    "federation_site", "gate_decision", "governance_policy", "model_taint", "model_version",
     "privacy_ledger_entry", "privacy_site_cap", "registered_model", "site_credential", "site_participation",
-    "training_run",
+    "stage_event", "subject_exception", "training_run", "version_stage",
 })
 """The tables of fedguard's schema at :data:`HEAD_REVISION` (``schema_tables(HEAD_REVISION)``)."""
 

@@ -37,6 +37,9 @@ from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry.store import _NAME, Registry
 from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
 
+DEFAULT_ENVIRONMENT = "default"
+"""The environment of a deployment that names none (``lifecycle.governance.tables`` re-exports it)."""
+
 
 class DeploymentConflict(ConfigurationError):
     """The action does not fit the model's current deployment (nothing to promote, already stable, ...)."""
@@ -55,6 +58,7 @@ class DeploymentState:
     model: str
     revision: int
     stable_version: int
+    environment: str = DEFAULT_ENVIRONMENT
     previous_version: int | None = None
     candidate_version: int | None = None
     candidate_mode: str | None = None
@@ -104,6 +108,7 @@ class DeploymentRecord:
     pinned_version: int | None
     shares: dict[str, float]
     created_at: datetime
+    environment: str = DEFAULT_ENVIRONMENT
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -132,7 +137,8 @@ def _aware(moment: datetime) -> datetime:
 
 def _state(name: str, row: Deployment) -> DeploymentState:
     return DeploymentState(
-        model=name, revision=row.revision, stable_version=row.stable_version, previous_version=row.previous_version,
+        model=name, revision=row.revision, stable_version=row.stable_version, environment=row.environment,
+        previous_version=row.previous_version,
         candidate_version=row.candidate_version, candidate_mode=row.candidate_mode, canary_weight=row.canary_weight,
         rollout_id=row.rollout_id, killed=row.killed, kill_mode=row.kill_mode, pinned_version=row.pinned_version,
         kill_reason=row.kill_reason, updated_at=_aware(row.updated_at),
@@ -158,11 +164,25 @@ def verify_version(registry: Registry, name: str, version: int, public_key: Path
                  public_key or registry.public_key_path())
 
 
-class DeploymentStore:
-    """Reads and audited writes of deployment state, over one :class:`Registry`."""
+def validate_environment(name: str) -> str:
+    """``name`` unchanged if it is a valid environment name (it appears in URLs, logs and audit subjects)."""
+    if not _NAME.fullmatch(name) or len(name) > 64:
+        raise ConfigurationError(
+            f"invalid environment name {name[:64]!r}: use 1-64 lowercase letters, digits, '.', '_' or '-'"
+        )
+    return name
 
-    def __init__(self, registry: Registry) -> None:
+
+class DeploymentStore:
+    """Reads and audited writes of deployment state in one environment, over one :class:`Registry`.
+
+    Each named environment (a clinic, a region) has its own deployment of a
+    model, so several versions may be live at once in different environments.
+    """
+
+    def __init__(self, registry: Registry, environment: str = DEFAULT_ENVIRONMENT) -> None:
         self.registry = registry
+        self.environment = validate_environment(environment)
 
     # ----------------------------------------------------------------- reads
     def state(self, name: str) -> DeploymentState:
@@ -178,7 +198,8 @@ class DeploymentStore:
             row = self._row(session, model)
             if row is not None:
                 return _state(name, row)
-            return DeploymentState(model=name, revision=0, stable_version=self._newest(session, model))
+            return DeploymentState(model=name, revision=0, stable_version=self._newest(session, model),
+                                   environment=self.environment)
 
     def revisions(self) -> dict[str, int]:
         """``{model name: revision}`` of every deployed model: one cheap query that replicas poll."""
@@ -186,6 +207,7 @@ class DeploymentStore:
             rows = session.exec(
                 select(RegisteredModel.name, Deployment.revision).join(
                     Deployment, col(Deployment.model_id) == col(RegisteredModel.id))
+                .where(Deployment.environment == self.environment)
             ).all()
             return {name: revision for name, revision in rows}
 
@@ -193,7 +215,8 @@ class DeploymentStore:
         """The deployment events of ``name``, oldest first (the last ``limit`` if given)."""
         with Session(self.registry.engine) as session:
             model = self._model(session, name)
-            query = select(DeploymentEvent).where(DeploymentEvent.model_id == model.id)
+            query = select(DeploymentEvent).where(DeploymentEvent.model_id == model.id,
+                                                  DeploymentEvent.environment == self.environment)
             query = query.order_by(col(DeploymentEvent.id).desc())
             if limit is not None:
                 query = query.limit(limit)
@@ -205,6 +228,7 @@ class DeploymentStore:
                     candidate_version=e.candidate_version, candidate_mode=e.candidate_mode,
                     canary_weight=e.canary_weight, killed=e.killed, kill_mode=e.kill_mode,
                     pinned_version=e.pinned_version, shares=json.loads(e.shares_json), created_at=_aware(e.created_at),
+                    environment=e.environment,
                 )
                 for e in rows
             ]
@@ -348,9 +372,9 @@ class DeploymentStore:
             raise NotFoundError(f"model '{model.name}' has no version yet; publish one first")
         return int(newest)
 
-    @staticmethod
-    def _row(session: Session, model: RegisteredModel, lock: bool = False) -> Deployment | None:
-        query = select(Deployment).where(Deployment.model_id == model.id)
+    def _row(self, session: Session, model: RegisteredModel, lock: bool = False) -> Deployment | None:
+        query = select(Deployment).where(Deployment.model_id == model.id,
+                                         Deployment.environment == self.environment)
         if lock:
             query = query.with_for_update()  # PostgreSQL: serialise two operators; SQLite ignores it
         return session.exec(query).first()
@@ -372,7 +396,8 @@ class DeploymentStore:
             assert model.id is not None
             row = self._row(session, model, lock=True)
             if row is None:
-                row = Deployment(model_id=model.id, stable_version=self._newest(session, model))
+                row = Deployment(model_id=model.id, environment=self.environment,
+                                 stable_version=self._newest(session, model))
             details = change(row, session)
             row.revision += 1
             row.updated_at = utcnow()
@@ -380,13 +405,15 @@ class DeploymentStore:
             shares = _shares(row.stable_version, row.candidate_version, row.candidate_mode, row.canary_weight,
                              row.killed, row.pinned_version)
             session.add(DeploymentEvent(
-                model_id=model.id, revision=row.revision, action=action, actor=actor[:128], source=source,
+                model_id=model.id, environment=self.environment, revision=row.revision, action=action,
+                actor=actor[:128], source=source,
                 reason=_clean(reason), stable_version=row.stable_version,
                 candidate_version=row.candidate_version, candidate_mode=row.candidate_mode,
                 canary_weight=row.canary_weight, killed=row.killed, kill_mode=row.kill_mode,
                 pinned_version=row.pinned_version, shares_json=json.dumps(shares, sort_keys=True),
             ))
             audit.record(session, f"deployment.{action}", actor=actor[:128], subject=name,
-                         details={**details, "source": source, "revision": row.revision, "shares": shares})
+                         details={**details, "source": source, "revision": row.revision, "shares": shares,
+                                  "environment": self.environment})
             session.flush()
             return _state(name, row)

@@ -76,6 +76,8 @@ class ModelVersion(SQLModel, table=True):
     metrics_json: str = "{}"
     watermark_json: str = "{}"
     stage: str = Field(default="registered", max_length=32)
+    supersedes: int | None = None
+    """The version of the same model this one replaces (``fedguard retrain``), if any."""
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -110,9 +112,9 @@ class ApiKey(SQLModel, table=True):
 
 
 class Deployment(SQLModel, table=True):
-    """How one model is served now: its stable version, a candidate, the kill switch.
+    """How one model is served now in one environment: its stable version, a candidate, the kill switch.
 
-    One row per model, rewritten in place by each deployment action; the
+    One row per model and environment (``default`` unless named), rewritten in place by each deployment action; the
     ``revision`` grows by one with every change, so a serving replica polls
     ``(model_id, revision)`` pairs and reloads only what changed. A model
     without a row serves its newest version (what ``fedguard serve`` did
@@ -120,9 +122,11 @@ class Deployment(SQLModel, table=True):
     """
 
     __tablename__ = "deployment"
+    __table_args__ = (UniqueConstraint("model_id", "environment"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    model_id: int = Field(foreign_key="registered_model.id", unique=True)
+    model_id: int = Field(foreign_key="registered_model.id", index=True)
+    environment: str = Field(default="default", max_length=64)
     revision: int = 0
     stable_version: int
     previous_version: int | None = None
@@ -151,6 +155,7 @@ class DeploymentEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="registered_model.id", index=True)
+    environment: str = Field(default="default", max_length=64)
     revision: int
     action: str = Field(max_length=32)
     actor: str = Field(max_length=128)
