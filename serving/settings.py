@@ -104,6 +104,10 @@ class ServingSettings(BaseSettings):
         How many signals must cross their threshold for a key to be throttled.
     extraction_throttle_rate, extraction_throttle_burst, extraction_throttle_seconds
         The lowered limits a flagged key gets, and for how long.
+    environment
+        The named environment this server serves (``fedguard serve --env``):
+        the deployments, promotions and subject exceptions of that environment
+        only. ``default`` is the environment of every deployment that names none.
     deploy_refresh_seconds
         How often a replica re-reads the deployment state from the registry
         (one single-row-per-model query): a kill or a rollout reaches every
@@ -174,6 +178,7 @@ class ServingSettings(BaseSettings):
     extraction_throttle_rate: float = Field(default=0.1, gt=0, allow_inf_nan=False)
     extraction_throttle_burst: int = Field(default=1, ge=1)
     extraction_throttle_seconds: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    environment: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     deploy_refresh_seconds: float = Field(default=0.25, gt=0, le=0.9)
     kill_error_rate: float | None = Field(default=0.5, gt=0, le=1)
     kill_min_requests: int = Field(default=20, ge=1)
