@@ -12,7 +12,6 @@ goes to stdout; progress and warnings go to stderr.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from rich.table import Column, Table
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
 from coordinator.provisioning.sites import contract_digest
+from lifecycle.audit import actors
 from lifecycle.errors import ConfigurationError, StateError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings
@@ -57,10 +57,8 @@ def _sites() -> SiteRegistry:
 
 
 def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "cli"
+    """Who runs the command, for the audit trail: the OS user as an identity (``user:alice``, or ``user:uid-N``)."""
+    return actors.actor()
 
 
 @coordinator_app.command("init")

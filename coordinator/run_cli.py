@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from coordinator.runs.launch import (
     submit,
 )
 from coordinator.runs.progress import TERMINAL, ProgressLog, from_other_flower_run, size
+from lifecycle.audit import actors
 from lifecycle.errors import ConfigurationError, RunStoppedError, TrainingError
 from lifecycle.home import Home
 from lifecycle.settings import get_settings
@@ -218,10 +218,8 @@ def stop(
 
 
 def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "cli"
+    """Who runs the command, for the audit trail: the OS user as an identity (``user:alice``, or ``user:uid-N``)."""
+    return actors.actor()
 
 
 @run_app.command("status")

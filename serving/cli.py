@@ -16,7 +16,6 @@ and warnings go to stderr so they never corrupt it.
 from __future__ import annotations
 
 import copy
-import getpass
 import json
 import logging
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from lifecycle.audit import actors
 from lifecycle.errors import NotFoundError
 from lifecycle.registry import Registry
 from lifecycle.settings import get_settings, is_loopback
@@ -59,11 +59,8 @@ def _registry() -> Registry:
 
 
 def _actor() -> str:
-    """Who runs the command, for the audit trail (best effort: containers may lack a user name)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """Who runs the command, for the audit trail: the OS user as an identity (``user:alice``, or ``user:uid-N``)."""
+    return actors.actor()
 
 
 def _emit_json(data: Any) -> None:

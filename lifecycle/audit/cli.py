@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lifecycle.registry import Registry
 
@@ -59,3 +60,57 @@ def checkpoint(as_json: AsJson = False) -> None:
         return
     console.print(f"checkpoint signed: event {signed.checkpoint.event_id}, {signed.checkpoint.events} events, "
                   f"audit key {signed.checkpoint.key[:16]} -> {registry.checkpoint_log.path}", highlight=False)
+
+
+@audit_app.command("trace")
+def trace(
+    model: Annotated[str, typer.Option("--model", help="The registered model to walk back.")],
+    env: Annotated[str | None, typer.Option(
+        "--env", help="The environment [the one the model is deployed in; with --version: all].")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="The time asked about: ISO 8601 with Z or an offset (2026-12-03T14:00Z), or a date alone "
+                     "(00:00 UTC) [now].")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="Tell the story of this version instead.")] = None,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write the self-contained HTML report here (for people).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Write the JSON report here ('-': standard output), same content.")] = None,
+) -> None:
+    """What was serving in an environment at a time (or one version's story), with the evidence behind it.
+
+    Writes an HTML report for compliance staff and/or JSON; each report's
+    SHA-256 is recorded as an 'audit.trace.exported' event. Without --html or
+    --json, prints the summary. Exit 4: unknown model, version or environment;
+    exit 2: a malformed time or one before the first audit event.
+    """
+    from lifecycle.audit import actors
+    from lifecycle.audit.report import complete, export
+    from lifecycle.audit.trace import gather, parse_instant
+
+    moment = parse_instant(at) if at is not None else None
+    registry = Registry.open()
+    report = complete(gather(registry, model, environment=env, at=moment, version=version))
+    actor = actors.actor()
+    for fmt, path in (("html", html_out), ("json", json_out)):
+        if path is None:
+            continue
+        to_stdout = fmt == "json" and str(path) == "-"
+        content, digest = export(registry, report, fmt, None if to_stdout else path, actor=actor)
+        if to_stdout:
+            typer.echo(content.decode(), nl=False)
+        else:
+            Console(stderr=True).print(f"{fmt.upper()} report written to {path} (SHA-256 {digest}, recorded in "
+                                       "the audit trail)", highlight=False, soft_wrap=True)
+    if html_out is None and json_out is None:
+        _print_summary(report)
+
+
+def _print_summary(report: dict[str, object]) -> None:
+    """The report's summary on the terminal: one marked line per finding."""
+    marks = {"ok": "[green]✔[/green]", "bad": "[red]✘[/red]", "warn": "[yellow]⚠[/yellow]", "info": "[blue]ℹ[/blue]"}
+    console.print(f"[bold]{escape(str(report['title']))}[/bold]", highlight=False)
+    findings = report["summary"]
+    assert isinstance(findings, list)
+    for finding in findings:
+        console.print(f"{marks[finding['status']]} {escape(finding['text'])}", highlight=False, soft_wrap=True)
+    console.print("(--html FILE or --json FILE writes the whole report, with its evidence)", highlight=False)

@@ -212,7 +212,7 @@ def test_the_operators_walk(tmp_path: Path) -> None:
         with registry.transaction() as session:
             audited = session.exec(select(AuditEvent).where(AuditEvent.action == "run.stopped",
                                                             AuditEvent.subject == run_id)).all()
-        assert len(audited) == 1 and audited[0].actor.startswith("cli"), audited
+        assert len(audited) == 1 and audited[0].actor.startswith("user:"), audited
         assert registry.verify_audit_chain() > 0
         again = walk.fedguard("coordinator", "run", "stop", run_id, code=2)
         assert "already ended (stopped)" in " ".join(again.split())

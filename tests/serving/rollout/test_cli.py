@@ -47,7 +47,7 @@ def test_a_whole_rollout_from_the_command_line(two: Registry) -> None:
     history = deploy("history", "demo")
     assert isinstance(history, list)
     assert [e["action"] for e in history] == ["adopt", "canary", "shadow", "promote", "rollback", "kill", "revive"]
-    assert all(str(e["actor"]).startswith("cli") for e in history[1:])
+    assert all(str(e["actor"]).startswith("user:") for e in history[1:])
     assert history[5]["reason"] == "drill" and history[5]["shares"] == {"2": 100.0}
 
 
