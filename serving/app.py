@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifecycle.errors import StateError
+from lifecycle.errors import GovernanceError, StateError
 from lifecycle.registry import Registry
 from serving import logger
 from serving.drift import DriftMonitors
@@ -44,7 +44,7 @@ from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
 from serving.rollout.router import Router
-from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router
+from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router, governance_response
 from serving.settings import ServingSettings, get_serving_settings
 from serving.state import ServingState
 
@@ -188,6 +188,7 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(ModelKilled, killed_response)
     app.add_exception_handler(DeploymentConflict, conflict_response)
+    app.add_exception_handler(GovernanceError, governance_response)
     # The routes go straight into the app's router: FastAPI 0.138 matches an included
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
     for routes in (router, drift_router, deploy_router):

@@ -208,16 +208,22 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to bind [env FEDGUARD_SERVE_PORT, default 8000].")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="PEM certificate: terminate TLS in uvicorn.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="PEM private key of --ssl-certfile.")] = None,
+    env: Annotated[str | None, typer.Option(
+        "--env", help="The environment to serve: only the models promoted to production there "
+        "[env FEDGUARD_SERVE_ENVIRONMENT, default 'default': every registered model].")] = None,
 ) -> None:
     """Serve every registered model as deployed, after verifying each signature.
 
     A model never deployed before is served at its newest version, recorded
-    as stable; 'fedguard deploy' changes what is served from then on.
+    as stable; 'fedguard deploy' changes what is served from then on. With
+    --env NAME, only the models promoted to production in that environment
+    are served, as its deployments say.
 
     A model whose signature does not verify stops the command before it binds
     (exit code 5, naming the file that differs).
     """
-    settings = build_settings(host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    settings = build_settings(host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                              environment=env)
     settings.check_files()
     if not is_loopback(settings.host) and not settings.tls:
         err_console.print(
@@ -239,7 +245,8 @@ def serve(
             f"no model is registered in '{get_settings().home}'; publish one first, or point "
             "FEDGUARD_HOME / FEDGUARD_DATABASE_URL at the registry to serve"
         )
-    table = Table("model", "version", "features", "artifact", title="Verified and serving")
+    table = Table("model", "version", "features", "artifact",
+                  title=f"Verified and serving in environment '{settings.environment}'")
     for model in sorted(state.models.values(), key=lambda m: m.name):
         table.add_row(model.name, str(model.version), str(model.num_features), model.digest[:12])
     err_console.print(table)

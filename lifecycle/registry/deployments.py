@@ -12,6 +12,15 @@ the state or with the audit trail.
 A model with no row yet serves its newest version (revision 0); its first
 action creates the row with that version as stable.
 
+Governance holds on every path that points a deployment at a version (a
+canary, a shadow, blue/green, a rollback, a pinned kill, a revive): inside
+the same transaction, :func:`lifecycle.governance.enforce.check_deployable`
+refuses a tainted version, or one whose production gates failed without a
+signed override (:class:`~lifecycle.errors.GovernanceError`, exit code 11).
+Stage promotions (:mod:`lifecycle.governance.stages`) evaluate the gates
+themselves and write through :meth:`DeploymentStore.apply` in their own
+transaction.
+
 Notes
 -----
 Canary, shadow and blue/green are the progressive-delivery patterns of
@@ -286,6 +295,7 @@ class DeploymentStore:
             self._check_version(session, row.model_id, name, target)
             if target == row.stable_version:
                 raise DeploymentConflict(f"{name}:{target} is already stable")
+            self._governed(session, name, target)
             row.previous_version, row.stable_version = row.stable_version, target
             self._clear_candidate(row)
             return {"from": row.previous_version, "to": target}
@@ -297,6 +307,7 @@ class DeploymentStore:
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if row.previous_version is None:
                 raise DeploymentConflict(f"model '{name}' has no previous stable version to roll back to")
+            self._governed(session, name, row.previous_version)
             row.previous_version, row.stable_version = row.stable_version, row.previous_version
             self._clear_candidate(row)
             return {"from": row.previous_version, "to": row.stable_version}
@@ -313,6 +324,7 @@ class DeploymentStore:
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if pin is not None:
                 self._check_version(session, row.model_id, name, pin)
+                self._governed(session, name, pin)
             row.killed, row.kill_mode, row.pinned_version = True, "pinned" if pin is not None else "503", pin
             row.kill_reason = _clean(reason)
             return {"mode": row.kill_mode, "pinned": pin, "reason": row.kill_reason}
@@ -330,6 +342,8 @@ class DeploymentStore:
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if not row.killed:
                 raise DeploymentConflict(f"model '{name}' is not killed; nothing to revive")
+            for version in {row.stable_version, row.candidate_version} - {None}:
+                self._governed(session, name, version)
             was = {"mode": row.kill_mode, "pinned": row.pinned_version}
             row.killed, row.kill_mode, row.pinned_version, row.kill_reason = False, None, None, ""
             return was
@@ -342,6 +356,7 @@ class DeploymentStore:
             self._check_version(session, row.model_id, name, version)
             if version == row.stable_version:
                 raise DeploymentConflict(f"{name}:{version} is the stable version; a {mode} needs another version")
+            self._governed(session, name, version)
             if (row.candidate_version, row.candidate_mode) != (version, mode):
                 row.rollout_id = row.revision + 1  # a new rollout re-draws who is in the canary
             row.candidate_version, row.candidate_mode, row.canary_weight = version, mode, weight
@@ -389,31 +404,50 @@ class DeploymentStore:
         if found is None:
             raise NotFoundError(f"model '{name}' has no version {version}; see 'fedguard models show {name}'")
 
+    def _governed(self, session: Session, name: str, version: int | None) -> None:
+        """Refuse (GovernanceError) to point this environment's deployment at a version governance forbids."""
+        if version is None:
+            return
+        from lifecycle.governance.enforce import check_deployable  # governance's tables import this module
+
+        check_deployable(session, name, version, self.environment)
+
     def _apply(self, name: str, action: str, actor: str, source: str, reason: str, change: Any) -> DeploymentState:
         """Run ``change(row, session)`` on the locked row, then bump, log and audit it, atomically."""
         with self.registry.transaction() as session:
-            model = self._model(session, name)
-            assert model.id is not None
-            row = self._row(session, model, lock=True)
-            if row is None:
-                row = Deployment(model_id=model.id, environment=self.environment,
-                                 stable_version=self._newest(session, model))
-            details = change(row, session)
-            row.revision += 1
-            row.updated_at = utcnow()
-            session.add(row)
-            shares = _shares(row.stable_version, row.candidate_version, row.candidate_mode, row.canary_weight,
-                             row.killed, row.pinned_version)
-            session.add(DeploymentEvent(
-                model_id=model.id, environment=self.environment, revision=row.revision, action=action,
-                actor=actor[:128], source=source,
-                reason=_clean(reason), stable_version=row.stable_version,
-                candidate_version=row.candidate_version, candidate_mode=row.candidate_mode,
-                canary_weight=row.canary_weight, killed=row.killed, kill_mode=row.kill_mode,
-                pinned_version=row.pinned_version, shares_json=json.dumps(shares, sort_keys=True),
-            ))
-            audit.record(session, f"deployment.{action}", actor=actor[:128], subject=name,
-                         details={**details, "source": source, "revision": row.revision, "shares": shares,
-                                  "environment": self.environment})
-            session.flush()
-            return _state(name, row)
+            return self.apply(session, name, action, change, actor=actor, source=source, reason=reason)
+
+    def apply(self, session: Session, name: str, action: str, change: Any, *, actor: str, source: str,
+              reason: str = "") -> DeploymentState:
+        """As :meth:`_apply`, inside the caller's open transaction ``session`` (it commits or rolls back).
+
+        ``change(row, session)`` edits the locked row (a new one has the
+        model's newest version as stable; ``change`` may set another) and
+        returns the audit details. A stage promotion uses this to write its
+        stage rows, its approvals and the deployment in one transaction.
+        """
+        model = self._model(session, name)
+        assert model.id is not None
+        row = self._row(session, model, lock=True)
+        if row is None:
+            row = Deployment(model_id=model.id, environment=self.environment,
+                             stable_version=self._newest(session, model))
+        details = change(row, session)
+        row.revision += 1
+        row.updated_at = utcnow()
+        session.add(row)
+        shares = _shares(row.stable_version, row.candidate_version, row.candidate_mode, row.canary_weight,
+                         row.killed, row.pinned_version)
+        session.add(DeploymentEvent(
+            model_id=model.id, environment=self.environment, revision=row.revision, action=action,
+            actor=actor[:128], source=source,
+            reason=_clean(reason), stable_version=row.stable_version,
+            candidate_version=row.candidate_version, candidate_mode=row.candidate_mode,
+            canary_weight=row.canary_weight, killed=row.killed, kill_mode=row.kill_mode,
+            pinned_version=row.pinned_version, shares_json=json.dumps(shares, sort_keys=True),
+        ))
+        audit.record(session, f"deployment.{action}", actor=actor[:128], subject=name,
+                     details={**details, "source": source, "revision": row.revision, "shares": shares,
+                              "environment": self.environment})
+        session.flush()
+        return _state(name, row)

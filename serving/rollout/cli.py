@@ -6,7 +6,11 @@ transaction with its history entry and audit event, actor ``cli:<user>``);
 running servers that share the registry pick the change up within
 ``deploy_refresh_seconds`` (0.25 s by default). A version a deployment points
 at (canary, shadow, ``promote --version``, ``kill --pin``) must verify against
-the trusted public key first (exit code 5 otherwise, naming the file).
+the trusted public key first (exit code 5 otherwise, naming the file), and
+governance must allow it (exit code 11 for a tainted version, or one whose
+production gates failed without a signed override). Every command takes
+``--env NAME``: the deployment of that environment (``default`` otherwise), as
+``fedguard serve --env NAME`` serves it.
 
 This module imports neither torch nor FastAPI, so ``fedguard deploy kill``
 starts fast.
@@ -22,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
-from lifecycle.registry.deployments import MAX_VERSION, verify_version
+from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT, MAX_VERSION, verify_version
 from lifecycle.settings import get_settings
 from serving.cli import _actor
 from serving.settings import build_settings
@@ -35,11 +39,13 @@ deploy_app = typer.Typer(
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 ModelArg = Annotated[str, typer.Argument(help="The model's name (see 'fedguard models list').")]
+EnvOption = Annotated[str, typer.Option("--env", help="The environment whose deployment to change (as "
+                                        "'fedguard serve --env' serves it).")]
 
 
-def _store() -> tuple[Registry, DeploymentStore]:
+def _store(env: str = DEFAULT_ENVIRONMENT) -> tuple[Registry, DeploymentStore]:
     registry = Registry.open(get_settings())
-    return registry, DeploymentStore(registry)
+    return registry, DeploymentStore(registry, env)
 
 
 def _verify(registry: Registry, name: str, version: int) -> None:
@@ -64,17 +70,24 @@ def _show(state: DeploymentState, as_json: bool, verb: str = "") -> None:
         console.out(json.dumps(state.to_dict()), highlight=False)
         return
     prefix = f"{verb}: " if verb else ""
-    console.print(f"{prefix}{state.model} (revision {state.revision}): {_describe(state)}", highlight=False)
+    where = f" in '{state.environment}'" if state.environment != DEFAULT_ENVIRONMENT else ""
+    console.print(f"{prefix}{state.model}{where} (revision {state.revision}): {_describe(state)}", highlight=False)
 
 
 @deploy_app.command("status")
 def status(
     model: Annotated[str | None, typer.Argument(help="One model; default: every registered model.")] = None,
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """What each model serves now: stable, canary or shadow, kill switch, traffic shares."""
-    registry, store = _store()
-    names = [model] if model else [record.name for record in registry.latest_versions()]
+    registry, store = _store(env)
+    if model:
+        names = [model]
+    elif env == DEFAULT_ENVIRONMENT:
+        names = [record.name for record in registry.latest_versions()]
+    else:
+        names = sorted(store.revisions())  # a named environment serves only what was deployed there
     states = [store.state(name) for name in names]
     if as_json:
         console.out(json.dumps([s.to_dict() for s in states]), highlight=False)
@@ -95,10 +108,11 @@ def canary(
     version: Annotated[int, typer.Argument(help="The candidate version.", min=1, max=MAX_VERSION)],
     weight: Annotated[float, typer.Option(help="Percent of API keys (sticky) answered by the candidate.",
                                           min=0.0, max=100.0)] = 10.0,
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """Answer a sticky WEIGHT percent of API keys with VERSION; raise the weight by running it again."""
-    registry, store = _store()
+    registry, store = _store(env)
     _verify(registry, model, version)
     _show(store.canary(model, version, weight, actor=_actor()), as_json, "canary")
 
@@ -107,10 +121,11 @@ def canary(
 def shadow(
     model: ModelArg,
     version: Annotated[int, typer.Argument(help="The candidate version.", min=1, max=MAX_VERSION)],
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """Send VERSION a copy of live traffic; its answers are compared (metrics, log), never returned."""
-    registry, store = _store()
+    registry, store = _store(env)
     _verify(registry, model, version)
     _show(store.shadow(model, version, actor=_actor()), as_json, "shadow")
 
@@ -121,25 +136,26 @@ def promote(
     version: Annotated[int | None, typer.Option(help="Switch straight to this version (blue/green without a "
                                                      "candidate); default: the current candidate.",
                                                 min=1, max=MAX_VERSION)] = None,
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """Blue/green: the candidate (or --version) becomes stable in one step; the old stable is kept for rollback."""
-    registry, store = _store()
+    registry, store = _store(env)
     if version is not None:
         _verify(registry, model, version)
     _show(store.promote(model, version, actor=_actor()), as_json, "promoted")
 
 
 @deploy_app.command("rollback")
-def rollback(model: ModelArg, as_json: JsonOption = False) -> None:
+def rollback(model: ModelArg, env: EnvOption = DEFAULT_ENVIRONMENT, as_json: JsonOption = False) -> None:
     """Make the previous stable version stable again (dropping any candidate)."""
-    _show(_store()[1].rollback(model, actor=_actor()), as_json, "rolled back")
+    _show(_store(env)[1].rollback(model, actor=_actor()), as_json, "rolled back")
 
 
 @deploy_app.command("abort")
-def abort(model: ModelArg, as_json: JsonOption = False) -> None:
+def abort(model: ModelArg, env: EnvOption = DEFAULT_ENVIRONMENT, as_json: JsonOption = False) -> None:
     """Drop the canary or shadow; stable answers everyone."""
-    _show(_store()[1].abort(model, actor=_actor()), as_json, "aborted")
+    _show(_store(env)[1].abort(model, actor=_actor()), as_json, "aborted")
 
 
 @deploy_app.command("kill")
@@ -148,29 +164,31 @@ def kill(
     pin: Annotated[int | None, typer.Option(help="Serve only this signed, verified version instead of 503.",
                                             min=1, max=MAX_VERSION)] = None,
     reason: Annotated[str, typer.Option(help="Why, for the history and the audit trail.")] = "",
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """Kill switch: every server answers 503 for MODEL within a second (or serves only --pin)."""
-    registry, store = _store()
+    registry, store = _store(env)
     if pin is not None:
         _verify(registry, model, pin)
     _show(store.kill(model, pin=pin, actor=_actor(), reason=reason), as_json, "killed")
 
 
 @deploy_app.command("revive")
-def revive(model: ModelArg, as_json: JsonOption = False) -> None:
+def revive(model: ModelArg, env: EnvOption = DEFAULT_ENVIRONMENT, as_json: JsonOption = False) -> None:
     """Release the kill switch: MODEL serves its stable (and candidate) again."""
-    _show(_store()[1].revive(model, actor=_actor()), as_json, "revived")
+    _show(_store(env)[1].revive(model, actor=_actor()), as_json, "revived")
 
 
 @deploy_app.command("history")
 def history(
     model: ModelArg,
     limit: Annotated[int | None, typer.Option(help="Only the last N entries.", min=1)] = None,
+    env: EnvOption = DEFAULT_ENVIRONMENT,
     as_json: JsonOption = False,
 ) -> None:
     """Who did what when, and which version served which share of traffic from then on."""
-    entries = _store()[1].history(model, limit)
+    entries = _store(env)[1].history(model, limit)
     if as_json:
         console.out(json.dumps([e.to_dict() for e in entries]), highlight=False)
         return

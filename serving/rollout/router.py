@@ -39,8 +39,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lifecycle.errors import FedguardError
+from lifecycle.errors import FedguardError, NotFoundError
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
+from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT
 from serving import logger
 from serving.claims import Claims
 from serving.errors import UnknownModelError
@@ -145,7 +146,7 @@ class Router:
     ) -> None:
         self.registry = registry
         self.settings = settings
-        self.store = DeploymentStore(registry)
+        self.store = DeploymentStore(registry, settings.environment)
         self.public_key = settings.public_key or registry.public_key_path()
         self.live = live
         self.models: dict[str, ServedModel] = {n: v.stable for n, v in live.items() if v.stable is not None}
@@ -167,17 +168,36 @@ class Router:
     def open(cls, registry: Registry, settings: ServingSettings, **kwargs: Any) -> Router:
         """Adopt, verify and load every registered model's deployment: all or nothing.
 
+        In the ``default`` environment every registered model is served (one
+        never deployed is adopted at its newest version). In a named
+        environment (``fedguard serve --env NAME``) only the models deployed
+        there are: those promoted to production in it
+        (``fedguard models promote NAME:V --to production --env NAME``).
+
         Raises
         ------
+        NotFoundError
+            A named environment has no deployment.
         SignatureError
             A needed version (stable, candidate or pinned) does not verify.
         StateError
             An artifact or the public key is missing.
         """
         router = cls(registry, settings, {}, **kwargs)
-        for record in registry.latest_versions():
-            state = router.store.adopt(record.name, actor="serve")
-            router._install(router._load(state, strict=True))
+        environment = router.store.environment
+        if environment == DEFAULT_ENVIRONMENT:
+            for record in registry.latest_versions():
+                state = router.store.adopt(record.name, actor="serve")
+                router._install(router._load(state, strict=True))
+            return router
+        names = sorted(router.store.revisions())
+        if not names:
+            raise NotFoundError(
+                f"no model is deployed in environment '{environment}'; promote one there first: "
+                f"'fedguard models promote NAME:VERSION --to production --env {environment}'"
+            )
+        for name in names:
+            router._install(router._load(router.store.state(name), strict=True))
         return router
 
     @classmethod

@@ -1,7 +1,9 @@
 """Admin routes for rollouts and the kill switch (admin scope; each action audited).
 
 They mirror ``fedguard deploy ...`` one for one and write through the same
-:class:`~lifecycle.registry.DeploymentStore`, so the registry's history names
+:class:`~lifecycle.registry.DeploymentStore` (of the environment the server
+serves, ``fedguard serve --env``), so governance holds here too (409 for a
+tainted version, or one failing its production gates) and the registry's history names
 the admin key (``apikey:<key_id>``) as actor. A version a deployment points at
 (candidate or pin) must verify against the trusted key before it is recorded.
 After each change this replica refreshes at once; the others follow within
@@ -30,7 +32,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
     403: {"model": ErrorBody, "description": "The API key lacks the admin scope"},
     404: {"model": ErrorBody, "description": "No such model or version"},
-    409: {"model": ErrorBody, "description": "The action does not fit the current deployment (the message says why)"},
+    409: {"model": ErrorBody, "description": "The action does not fit the current deployment, or governance "
+          "refuses the version (tainted, or failing its production gates): the message says why"},
 }
 
 
@@ -38,6 +41,7 @@ class DeploymentStatus(BaseModel):
     """The state of a model's deployment, as ``fedguard deploy status --json`` prints it."""
 
     model: str
+    environment: str = Field(default="default", description="The environment this deployment serves")
     revision: int = Field(description="Grows by one with each change; 0: never deployed explicitly")
     stable_version: int
     previous_version: int | None
@@ -58,6 +62,7 @@ class HistoryEntry(BaseModel):
 
     id: int
     model: str
+    environment: str = "default"
     revision: int
     action: str
     actor: str
@@ -113,6 +118,12 @@ class KillRequest(BaseModel):
 async def conflict_response(request: Request, exc: Exception) -> JSONResponse:
     """409 with the store's message: admin callers are operators, and it names only models and versions."""
     logger.info("deployment conflict %s %s: %s", request.method, request.url.path, exc)
+    return error_response(409, "conflict", str(exc))
+
+
+async def governance_response(request: Request, exc: Exception) -> JSONResponse:
+    """409 naming why governance refuses the version (criteria names, withdrawal ids: nothing secret)."""
+    logger.warning("refused by governance %s %s: %s", request.method, request.url.path, exc)
     return error_response(409, "conflict", str(exc))
 
 
@@ -199,4 +210,4 @@ def revive(name: str, state: State, key: AdminKey) -> DeploymentStatus:
     return _done(state, state.deployments.store.revive(name, actor=_actor(key)), "revive", _actor(key))
 
 
-__all__ = ["DeploymentConflict", "conflict_response", "deploy_router"]
+__all__ = ["DeploymentConflict", "conflict_response", "deploy_router", "governance_response"]
