@@ -13,6 +13,8 @@ Revises: 0005
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -27,7 +29,7 @@ _DEPLOYMENT_COLUMNS = (
 )
 
 
-def _when() -> sa.Column[sa.DateTime]:
+def _when() -> sa.Column[datetime]:
     return sa.Column("created_at", sa.DateTime(timezone=True), nullable=False)
 
 
