@@ -15,7 +15,6 @@ key, in hex (the same rule as the audit key's, :mod:`lifecycle.audit.checkpoints
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import stat
@@ -25,6 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lifecycle.audit import actors
 from lifecycle.audit.checkpoints import fingerprint
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.home import write_private
@@ -53,11 +53,8 @@ def identity_path(path: Path) -> Path:
 
 
 def os_actor() -> str:
-    """Who runs the command, as the audit trail names them (``cli:<OS user>``; containers may lack a name)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """Who runs the command, as the audit trail names them (``user:<OS user>``, :mod:`lifecycle.audit.actors`)."""
+    return actors.actor()
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ class ApproverKey:
 
     def actor(self, user: str | None = None) -> str:
         """The audit identity of an action signed with this key: the OS user plus the key's fingerprint."""
-        return f"{user or os_actor()} approver:{self.fingerprint}"
+        return str(actors.approver(self.fingerprint, user or actors.current_user().name))
 
     @classmethod
     def generate(cls, name: str = "") -> ApproverKey:
