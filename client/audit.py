@@ -8,6 +8,15 @@ protobuf serialization (``RecordDict`` or ``Error``, deterministic). A site
 operator can then prove what left the site and when, and compare digests
 with the coordinator's side, without the log holding any update or record.
 
+The log's mod is also where the site acts as a **witness** of the
+coordinator's audit trail (:mod:`lifecycle.audit.witness`): each signed audit
+checkpoint that arrives in a message's instructions is appended to the
+witness file beside the log (``audit.witness.jsonl``, deduplicated by its
+head), and the line of the reply notes it under ``witness``. A checkpoint the
+site cannot trust (another key than the one it first saw, a bad signature)
+is kept and logged as a warning; one that goes backwards or forks what it
+witnessed is kept and logged as an error: never silently accepted.
+
 Every line carries the hash of its predecessor and its own hash over its
 canonical JSON (a linked timestamping chain, Haber & Stornetta 1991), so an
 edited, removed or reordered line is detected by :func:`verify_log`. Lines
@@ -21,7 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +43,9 @@ from flwr.common.serde_utils import error_to_proto
 
 from client import logger
 from client.config import site_name
-from federation.protocol import CONFIG_RECORD, round_of
-from lifecycle.errors import StateError, VerificationError
+from federation.protocol import CONFIG_RECORD, ProtocolError, WitnessCheckpoint, round_of
+from lifecycle.audit.witness import MALFORMED, Observation, WitnessLog, witness_path
+from lifecycle.errors import FedguardError, StateError, VerificationError
 from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 
@@ -82,8 +92,13 @@ class SiteAuditLog:
         self.path = Path(path)
         self.now = now
 
-    def append(self, request: Message, reply: Message | Error) -> dict[str, Any]:
-        """Record that ``reply`` (answering ``request``) is about to leave the site; return the line."""
+    def append(self, request: Message, reply: Message | Error, *,
+               witness: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record that ``reply`` (answering ``request``) is about to leave the site; return the line.
+
+        ``witness``: what the site made of a new audit checkpoint ``request``
+        carried (:meth:`lifecycle.audit.witness.Observation.summary`).
+        """
         blob = wire_bytes(reply)
         failed = isinstance(reply, Error) or reply.has_error()
         entry: dict[str, Any] = {
@@ -96,6 +111,8 @@ class SiteAuditLog:
             "size": len(blob),
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
+        if witness:
+            entry["witness"] = dict(witness)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -183,20 +200,50 @@ def make_audit_mod(open_log: Callable[[Context], SiteAuditLog] = lambda c: SiteA
     """
 
     def site_audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        log = open_log(context)
+        witnessed = witness(log.path, msg)
         try:
             reply = call_next(msg, context)
         except Exception as exc:
             reason = str(type(exc)) + ":<'" + str(exc) + "'>"  # as flwr.supernode.runtime.run_clientapp
-            _record(open_log(context), msg, Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason))
+            _record(log, msg, Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), witnessed)
             raise
-        _record(open_log(context), msg, reply)
+        _record(log, msg, reply, witnessed)
         return reply
 
     return site_audit_mod
 
 
-def _record(log: SiteAuditLog, msg: Message, reply: Message | Error) -> None:
-    entry = log.append(msg, reply)
+def witness(audit_log: Path, msg: Message) -> dict[str, Any] | None:
+    """Witness the audit checkpoint ``msg`` carries, if any; what the audit log line keeps (None: nothing new).
+
+    Witnessing never stops a message: a witness file that cannot be written
+    is logged as an error and noted in the audit line instead.
+    """
+    config = msg.content.config_records.get(CONFIG_RECORD) if msg.has_content() else None
+    try:
+        notice = WitnessCheckpoint.from_record(config) if config is not None else None
+    except ProtocolError as exc:
+        notice, seen = None, Observation(MALFORMED, False, detail=str(exc)[:200])
+    else:
+        if notice is None:
+            return None
+        try:
+            seen = WitnessLog(witness_path(audit_log)).observe(notice.checkpoint, notice.public_key)
+        except (FedguardError, OSError) as exc:
+            logger.error("audit checkpoint not witnessed: %s", exc)
+            return {"status": "unrecorded", "detail": str(exc)[:200]}
+    if seen.alarm:
+        logger.error("audit checkpoint alarm (%s): %s; event %s, %s events, head %s; keep %s for an auditor",
+                     seen.status, seen.detail, seen.event_id, seen.events, seen.hash[:16], witness_path(audit_log))
+    elif seen.warning and (seen.new or seen.status == MALFORMED):
+        logger.warning("audit checkpoint not trusted (%s): %s", seen.status, seen.detail)
+    return seen.summary() if seen.new or seen.status == MALFORMED else None
+
+
+def _record(log: SiteAuditLog, msg: Message, reply: Message | Error, witnessed: Mapping[str, Any] | None = None,
+            ) -> None:
+    entry = log.append(msg, reply, witness=witnessed)
     logger.debug("audit: %s reply for round %s, %d bytes, sha256 %s", entry["kind"], entry["round"],
                  entry["size"], entry["sha256"][:16])
 

@@ -13,7 +13,8 @@ problem at once; exit 2 when any), so an operator can fix a file before the
 site ever joins a run; with ``--bundle`` it checks the file through the
 site's schema (a mapping: renames, label recoding, ignored columns) against
 the federation's data contract that the bundle carries. ``audit`` shows or verifies the site's local audit log
-of outgoing messages (docs/site-data.md).
+of outgoing messages (docs/site-data.md). ``witness`` shows the coordinator's audit checkpoints this site
+witnessed and exports them for ``fedguard audit verify --witness`` (docs/governance.md).
 """
 
 from __future__ import annotations
@@ -208,3 +209,42 @@ def audit(
         table.add_row(str(e["seq"]), str(e["at"]), str(e["run-id"]), str(e["round"]), kind,
                       ",".join(e.get("records", [])), str(e["size"]), str(e["sha256"])[:16] + "…")
     console.print(table)
+
+
+@client_app.command("witness")
+def witness(
+    log: Annotated[Path, typer.Option("--log", help="The site's audit log (node config audit-path); the witness "
+                                      "file is beside it.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the witnessed checkpoints here (JSON lines) for "
+                                             "'fedguard audit verify --witness'.")] = None,
+    site: Annotated[str, typer.Option("--site", help="Name the witness in the exported file.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the witness file's entries as JSON.")] = False,
+) -> None:
+    """Show the coordinator's audit checkpoints this site witnessed (and any alarm); export them with --out."""
+    from lifecycle.audit.witness import ALARMS, WARNINGS, WitnessLog, witness_path
+
+    witness_log = WitnessLog(witness_path(log))
+    entries = witness_log.read()
+    exported = witness_log.export(out, site) if out is not None else None
+    if as_json:
+        typer.echo(json.dumps({"witness_file": str(witness_log.path), "out": str(out) if out else None,
+                               "exported": exported, "entries": [json.loads(e.line()) for e in entries]}))
+        return
+    table = Table("events", "last event", "head", "signed", "received", "status")
+    for e in entries:
+        cp = e.signed.checkpoint
+        style = "red" if e.status in ALARMS else "yellow" if e.status in WARNINGS else ""
+        table.add_row(str(cp.events), str(cp.event_id), cp.hash[:16] + "…", cp.at, e.received_at,
+                      f"[{style}]{e.status}[/{style}]" if style else e.status)
+    if entries:
+        console.print(table)
+    else:
+        console.print(f"no audit checkpoint witnessed yet in '{witness_log.path}' (each run's messages bring one)",
+                      highlight=False, soft_wrap=True)
+    alarms = [e for e in entries if e.status in ALARMS]
+    if alarms:
+        console.print(f"[red]{len(alarms)} alarm(s)[/red]: the coordinator sent a checkpoint that contradicts one "
+                      "this site witnessed; hand the witness file to an auditor", highlight=False)
+    if exported is not None:
+        console.print(f"{exported} witnessed checkpoint(s) written to '{out}': 'fedguard audit verify --witness "
+                      f"{out}' checks the registry against them", highlight=False, soft_wrap=True)

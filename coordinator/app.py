@@ -42,7 +42,7 @@ from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.strategies.validation import audit_rejections
 from federation.contract import CONTRACT_FILE, DataContract
-from federation.protocol import TrainConfig
+from federation.protocol import TrainConfig, WitnessCheckpoint
 from federation.tabular import TabularData, load_csv, load_schema
 from lifecycle.architecture import DataSchema, ModelSpec, build_model, reference_standardization, set_standardization
 from lifecycle.errors import ConfigurationError, FedguardError
@@ -72,6 +72,32 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema, contract: DataCont
         data_dir=cfg.data_dir, labels=tuple(str(v) for v in schema.labels), device=cfg.site_device,
         he_secret_context=cfg.sim_he_secret_context, contract=contract.to_json() if contract is not None else "",
     ).to_record()
+
+
+def witness_checkpoint(registry: Registry, config: ConfigRecord, *, sign: bool = False) -> None:
+    """Put the newest signed audit checkpoint into the sites' instructions: the sites keep it as witnesses.
+
+    The checkpoint rides in the ``config`` record every site already receives
+    (:class:`federation.protocol.WitnessCheckpoint`), so it costs no round
+    trip; :func:`train` refreshes it after each round. ``sign`` (the start of
+    a run) first signs the chain's head if an event came after the last
+    checkpoint, so every run hands its sites the registry as it found it.
+    Witnessing is never worth a failed run: a damaged checkpoint file is
+    logged, and the sites get nothing new this time.
+    """
+    from lifecycle.audit.witness import newest
+
+    try:
+        if sign:
+            registry.checkpoint(every=1)
+        found = newest(registry.home.keys, registry.checkpoint_log)
+    except (FedguardError, OSError) as exc:
+        logger.warning("no audit checkpoint sent to the sites this time (%s); 'fedguard audit verify' says why", exc)
+        return
+    if found is not None:
+        signed, key = found
+        for name, value in WitnessCheckpoint(signed.line(), key).fields().items():
+            config[name] = value
 
 
 def _initial_model(cfg: CoordinatorConfig, spec: ModelSpec, test: TabularData) -> torch.nn.Module:
@@ -177,6 +203,7 @@ def run_federation(
     """
     run = prepare(cfg, observer, flower_run=flower_run)
     train_config = _train_config(cfg, run.schema, run.contract)
+    witness_checkpoint(run.registry, train_config, sign=True)
     reference = identify(run, grid, train_config)
     train(run, grid, train_config)
     outcome = publish(run, reference)
@@ -279,13 +306,21 @@ def train(run: RunContext, grid: Grid, train_config: ConfigRecord) -> None:
         result = run.stack.outer.start(
             grid=grid, initial_arrays=arrays, num_rounds=cfg.num_server_rounds - done,
             timeout=cfg.round_timeout, train_config=train_config,
-            evaluate_fn=lambda r, a: run.progress(r + done if r else 0, a),
+            evaluate_fn=lambda r, a: _evaluated(run, train_config, r + done if r else 0, a),
         )
         arrays = result.arrays
     run.model.load_state_dict(arrays.to_torch_state_dict())
     if run.run_state is not None:
         for name, site in run.tracked.sites.items():
             site.dp = run.run_state.total_dp(name, site)
+
+
+def _evaluated(run: RunContext, train_config: ConfigRecord, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    """A round's central evaluation, then the newest checkpoint for the next round's messages."""
+    metrics = run.progress(server_round, arrays)
+    if server_round > 0:
+        witness_checkpoint(run.registry, train_config)
+    return metrics
 
 
 def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.strategies.aggregation import AGGREGATIONS
+from coordinator.withdrawals import ExcludedWithdrawal
+from coordinator.withdrawals import parse as parse_withdrawals
 from federation.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLIP_NORM,
@@ -68,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "max-accuracy-drop": 0.1,  # largest held-out accuracy drop one round may cause; 1 disables the check
     "result-path": "",
     "run-id": "",  # deployment: a fedguard run id; progress and checkpoints under FEDGUARD_HOME/runs/<run-id>
+    "supersedes": 0,  # fedguard retrain: the version of model-name this run's model replaces (0: none)
+    "excludes-withdrawals": "",  # fedguard retrain: the consent withdrawals left out, ID:SCOPE:SITE,... (withdrawals)
 }
 
 
@@ -106,6 +110,8 @@ class CoordinatorConfig:
     max_accuracy_drop: float
     result_path: str
     run_id: str
+    supersedes: int
+    excludes_withdrawals: str
 
     @classmethod
     def from_mapping(cls, *layers: Mapping[str, Any]) -> CoordinatorConfig:
@@ -170,11 +176,13 @@ class CoordinatorConfig:
             (self.max_rejected_rounds >= 1, "max-rejected-rounds must be at least 1"),
             (0 <= self.max_accuracy_drop <= 1,
              "max-accuracy-drop must be between 0 and 1 (a fraction of accuracy; 1 disables the check)"),
+            (self.supersedes >= 0, "supersedes must be a version number (0: the run supersedes none)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigurationError(message)
         self.hidden_sizes  # noqa: B018 - validates the string
+        self.withdrawals  # noqa: B018 - validates the string
         validate_model_name(self.model_name)
         if self.watermark != "none" and self.watermark not in available_schemes():
             raise ConfigurationError(
@@ -192,6 +200,16 @@ class CoordinatorConfig:
         if not sizes or min(sizes) < 1:
             raise ConfigurationError(f"hidden = '{self.hidden}': give at least one positive layer size")
         return sizes
+
+    @property
+    def withdrawals(self) -> tuple[ExcludedWithdrawal, ...]:
+        """The consent withdrawals this run leaves out (``fedguard retrain``)."""
+        return parse_withdrawals(self.excludes_withdrawals)
+
+    @property
+    def withdrawn_sites(self) -> frozenset[str]:
+        """The sites withdrawn as a whole: refused before round 1 (``coordinator.roster``)."""
+        return frozenset(w.site for w in self.withdrawals if w.whole_site)
 
     @property
     def required_sites(self) -> int:

@@ -154,15 +154,18 @@ def publish_run(
     into the BOM, signed with the weights. ``extra_training`` adds keys to the
     BOM's training section (e.g. the rounds' dropouts in a deployment).
     """
+    excluded = tuple(w.to_dict() for w in cfg.withdrawals)
     version = publish_model(
         registry,
         Publication(
             name=cfg.model_name, model=model, spec=spec, schema=schema, run_id=run_id,
             run_config=cfg.as_dict(), rounds=rounds, sites=_site_records(sites),
             training={**training_section(cfg, sites, rounds, site_plan=site_plan, ledger=ledger),
+                      **({"excludes_withdrawals": list(excluded)} if excluded else {}),
                       **(extra_training or {})},
             watermark=mark.to_dict(), metrics=metrics, reference=reference,
             mode="deployment" if cfg.run_id else "simulation",  # only `fedguard run` sets a run-id
+            supersedes=cfg.supersedes or None, excludes_withdrawals=excluded,
         ),
     )
     return published_outcome(registry, version)

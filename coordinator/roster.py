@@ -50,13 +50,20 @@ _FIXES = {
     "budget-veto": "these sites' privacy caps do not allow the job: lower dp-epsilon or the number of rounds",
     "identity": "give each site agent its own enrolment bundle and site name",
     "no-answer": "check those sites' logs (a first answer slower than round-timeout needs a longer one)",
+    "withdrawn": "these sites withdrew their consent: lower num-sites (and min-sites) by their number",
 }
 
 
 def policy_check(cfg: CoordinatorConfig) -> PolicyCheck:
-    """Refuse, by the policy a site declared, a site that would refuse this job in its first round."""
+    """Refuse, by the policy a site declared, a site that would refuse this job in its first round.
+
+    And a site the job excludes because it withdrew its consent as a whole
+    (``excludes-withdrawals``, written by ``fedguard retrain``).
+    """
 
     def check(site: IdentityReply) -> SiteRefusal | None:
+        if site.name in cfg.withdrawn_sites:  # the name is the enrolled identity here (Asker._file verified it)
+            return SiteRefusal("withdrawn", "the site withdrew its consent; this job excludes it (fedguard retrain)")
         if cfg.secure_aggregation == "none" and site.require_protection:
             return SiteRefusal("unprotected-refused", "the site sends only masked or encrypted updates and the "
                                                       "job has secure-aggregation = \"none\"")

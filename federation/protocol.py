@@ -12,6 +12,9 @@ message                     sent                                       record
 ==========================  =========================================  ====================
 :class:`TrainConfig`        coordinator → site: train, evaluate, the   ``config``
                             identity query (round 0)
+:class:`WitnessCheckpoint`  coordinator → site, beside the             ``config``
+                            instructions: the newest signed audit
+                            checkpoint, which the site witnesses
 :class:`IdentityReply`      site → coordinator, before the first       ``site``
                             round: who, which data, the DP cost of a
                             round
@@ -78,6 +81,7 @@ DATA_CONTRACT = "data-contract"
 """The federation's data contract (canonical JSON) in the ``config`` record, when one is declared."""
 
 __all__ = [
+    "AUDIT_CHECKPOINT", "AUDIT_KEY", "WitnessCheckpoint",
     "CLIP_NORM", "CONFIG_RECORD", "DEFAULT_BATCH_SIZE", "DEFAULT_CLIP_NORM", "DEFAULT_DEVICE", "DEFAULT_DP_DELTA",
     "DEFAULT_DP_EPSILON", "DEFAULT_HIDDEN", "DEFAULT_LOCAL_EPOCHS", "DEFAULT_LR", "DEFAULT_MAX_GRAD_NORM",
     "DEFAULT_SEED", "METRICS_RECORD", "NUM_EXAMPLES", "SERVER_ROUND", "EvaluateMetrics", "IdentityReply",
@@ -208,6 +212,45 @@ class TrainConfig:
         )
 
 
+AUDIT_CHECKPOINT = "audit-checkpoint"
+"""The coordinator's newest signed audit checkpoint (one line of its ``checkpoints.jsonl``) in the ``config`` record."""
+AUDIT_KEY = "audit-key"
+"""The audit public key that signed it (raw Ed25519, base64) in the ``config`` record."""
+
+
+@dataclass(frozen=True)
+class WitnessCheckpoint:
+    """The coordinator's newest signed audit checkpoint and its audit key, for the sites to witness.
+
+    It rides in the ``config`` record the sites already receive (the identity
+    query, every train message), so witnessing costs no extra round trip;
+    the coordinator refreshes it between rounds. The site keeps what it
+    receives in its witness file (:mod:`lifecycle.audit.witness`), which an
+    auditor checks the registry against (``fedguard audit verify --witness``).
+    """
+
+    checkpoint: str
+    public_key: str
+
+    WHAT = "round configuration"
+
+    def fields(self) -> dict[str, str]:
+        return {AUDIT_CHECKPOINT: self.checkpoint, AUDIT_KEY: self.public_key}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> WitnessCheckpoint | None:
+        """The checkpoint a ``config`` record carries, or None when it carries none (an older coordinator).
+
+        Raises
+        ------
+        ProtocolError
+            Only one of the two keys is present, or one is not text.
+        """
+        if AUDIT_CHECKPOINT not in record and AUDIT_KEY not in record:
+            return None
+        return cls(_str(record, AUDIT_CHECKPOINT, cls.WHAT), _str(record, AUDIT_KEY, cls.WHAT))
+
+
 def round_of(config: Mapping[str, Any]) -> int | None:
     """The server round a ``config`` record names, or None when it names none."""
     return _int(config, SERVER_ROUND, "round configuration") if SERVER_ROUND in config else None
@@ -289,6 +332,7 @@ REFUSAL_CODES: dict[str, str] = {
     "not-connected": "the site is not connected",
     "no-answer": "the site did not answer in time",
     "update-rejected": "the coordinator rejected the site's update",
+    "withdrawn": "the site withdrew its consent: the job excludes it (fedguard retrain)",
 }
 """Every reason code, with what it means (docs/runs.md lists them for operators)."""
 MAX_REFUSAL_MESSAGE = 240

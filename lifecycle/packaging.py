@@ -42,6 +42,9 @@ class Publication:
     actor: str = "coordinator"
     mode: str = "simulation"
     reference: dict[str, Any] | None = None
+    supersedes: int | None = None
+    """The version this one replaces (``fedguard retrain``); its ``training`` names the withdrawals it excludes."""
+    excludes_withdrawals: tuple[dict[str, Any], ...] = ()
 
 
 def model_card(bom: dict[str, Any]) -> str:
@@ -103,6 +106,7 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
         name=pub.name, artifact=artifact, signer_fingerprint=key.fingerprint,
         run_id=pub.run_id, run_config=pub.run_config, rounds=pub.rounds, sites=pub.sites,
         metrics=pub.metrics, watermark=pub.watermark, actor=pub.actor, mode=pub.mode,
+        supersedes=pub.supersedes, excludes_withdrawals=pub.excludes_withdrawals,
     )
 
 

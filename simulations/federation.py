@@ -182,8 +182,13 @@ def _engine_environment(home: Home) -> None:
     stop_orphaned_ray(Path(os.environ["RAY_TMPDIR"]))  # what a killed run of this home left behind
 
 
-def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> dict[str, Any]:
-    """Run one simulated federation end to end and return the outcome."""
+def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
+        run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run one simulated federation end to end and return the outcome.
+
+    ``run_config``: coordinator run-config keys set over the ones ``cfg``
+    gives (``fedguard retrain``: fewer sites, the version it supersedes).
+    """
     cfg.validate()
     started = time.monotonic()
     registry = Registry.open()  # fail fast on a bad home, registry or key, before any training
@@ -193,7 +198,8 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False) -> 
     he_keys = None
     if cfg.secure_agg == "ckks":  # sites share the secret context; the coordinator gets the public one only
         he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
-    overrides = cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys)
+    overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
+    CoordinatorConfig.from_mapping(overrides)
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
     prepared = prepare_data(cfg, run_dir / "data")
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})

@@ -170,6 +170,13 @@ class CheckpointLog:
         lines = self.path.read_text(encoding="utf-8").splitlines()
         return [Signed.parse(text, f"{self.path} line {n}") for n, text in enumerate(lines, 1) if text.strip()]
 
+    def last(self) -> Signed | None:
+        """The newest checkpoint (only the last line is parsed: what the coordinator sends its witnesses)."""
+        if not self.path.exists():
+            return None
+        lines = [text for text in self.path.read_text(encoding="utf-8").splitlines() if text.strip()]
+        return Signed.parse(lines[-1], f"{self.path} line {len(lines)}") if lines else None
+
     def append_if(self, make: Callable[[Signed | None], Signed | None]) -> Signed | None:
         """Under the lock: ``make(last)`` builds the next checkpoint (or ``None``), which is appended and synced."""
         with self._locked():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from lifecycle.registry import Registry
+
+if TYPE_CHECKING:
+    from lifecycle.audit.witness import WitnessVerified
 
 audit_app = typer.Typer(help="Verify the audit trail (hash chain and signed checkpoints); sign a checkpoint.",
                         no_args_is_help=True)
@@ -25,26 +28,54 @@ def verify(
     public_key: Annotated[Path | None, typer.Option(
         "--public-key", help="The audit public key to trust [FEDGUARD_HOME/keys/audit-key.pub.pem]; pass the copy "
                              "you were given, not the one beside the registry you are checking.")] = None,
+    witness: Annotated[list[Path] | None, typer.Option(
+        "--witness", help="A site's witnessed checkpoints ('fedguard client witness --out'): the registry must "
+                          "still extend each one (repeatable).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Check every event's hash link, every checkpoint's signature, and that the registry still holds what was signed.
 
     Exits 5 naming the first event or checkpoint that does not verify (an
     edited or deleted event, a history rewritten and rehashed, a forged
-    checkpoint).
+    checkpoint). With ``--witness``, also every checkpoint a site witnessed:
+    that catches a history rewritten by whoever holds the audit key and
+    re-signed the coordinator's own checkpoint file.
     """
-    result = Registry.open().verify_audit(public_key)
+    registry = Registry.open()
+    result = registry.verify_audit(public_key)
+    witnessed = _verify_witnesses(registry, witness or [], public_key)
     if as_json:
-        typer.echo(json.dumps(asdict(result)))
+        typer.echo(json.dumps({**asdict(result), "witnesses": [asdict(w) for w in witnessed]}))
         return
     if not result.checkpoints:
         console.print(f"audit trail verified: {result.events} events, hash chain intact; no signed checkpoint yet "
                       "('fedguard audit checkpoint' signs one)", highlight=False)
-        return
-    last = result.last_checkpoint or {}
-    console.print(f"audit trail verified: {result.events} events, hash chain intact; {result.checkpoints} signed "
-                  f"checkpoint(s), the last at event {last.get('event_id')} ({last.get('at')}), audit key "
-                  f"{result.key[:16]}", highlight=False)
+    else:
+        last = result.last_checkpoint or {}
+        console.print(f"audit trail verified: {result.events} events, hash chain intact; {result.checkpoints} "
+                      f"signed checkpoint(s), the last at event {last.get('event_id')} ({last.get('at')}), audit "
+                      f"key {result.key[:16]}", highlight=False)
+    for w in witnessed:
+        seen = w.last_checkpoint or {}
+        console.print(f"witness {w.file}: {w.checkpoints} checkpoint(s), all extended by the registry"
+                      + (f", the last at event {seen.get('event_id')} ({seen.get('at')})" if seen else "")
+                      + (f"; [red]{w.alarms} alarm(s) the site recorded[/red]" if w.alarms else "")
+                      + (f"; {w.skipped} line(s) the site did not trust, not checked" if w.skipped else ""),
+                      highlight=False, soft_wrap=True)
+
+
+def _verify_witnesses(registry: Registry, files: list[Path], public_key: Path | None) -> list[WitnessVerified]:
+    """Each witness file checked against the registry (:func:`lifecycle.audit.witness.verify_witness`)."""
+    if not files:
+        return []
+    from sqlmodel import Session
+
+    from lifecycle.audit.checkpoints import PUBLIC_KEY_NAME, load_public_key
+    from lifecycle.audit.witness import verify_witness
+
+    key = load_public_key(public_key or registry.home.keys / PUBLIC_KEY_NAME)
+    with Session(registry.engine) as session:
+        return [verify_witness(session, path, key) for path in files]
 
 
 @audit_app.command("checkpoint")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +87,8 @@ class VersionRecord:
     sites: tuple[SiteRecord, ...] = field(default=())
     rounds: int | None = None
     """The training run's aggregated rounds (``None`` for a version without a run)."""
+    supersedes: int | None = None
+    """The version this one replaces (``fedguard retrain``), if any."""
 
     @property
     def ref(self) -> str:
@@ -183,8 +185,16 @@ class Registry:
         watermark: dict[str, Any],
         actor: str,
         mode: str = "simulation",
+        supersedes: int | None = None,
+        excludes_withdrawals: Sequence[Mapping[str, Any]] = (),
     ) -> VersionRecord:
-        """Record a run, its sites and a new model version, with audit events, atomically."""
+        """Record a run, its sites and a new model version, with audit events, atomically.
+
+        ``supersedes``: the version of the same model this one replaces
+        (``fedguard retrain``); ``excludes_withdrawals`` the consent
+        withdrawals its run left out. Both go into a ``model.retrained``
+        event in the same transaction.
+        """
         validate_model_name(name)
         with self.transaction() as session:
             run = TrainingRun(
@@ -207,15 +217,22 @@ class Registry:
             latest = session.exec(
                 select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
             ).one()
+            if supersedes is not None and not 1 <= supersedes <= (latest or 0):
+                raise NotFoundError(f"model '{name}' has no version {supersedes} for version {(latest or 0) + 1} to "
+                                    f"supersede; see 'fedguard models show {name}'")
             row = ModelVersion(
                 model_id=model.id, version=(latest or 0) + 1, run_id=run_id,
                 artifact_digest=artifact.digest, signer_fingerprint=signer_fingerprint,
                 metrics_json=json.dumps(metrics, sort_keys=True),
-                watermark_json=json.dumps(watermark, sort_keys=True),
+                watermark_json=json.dumps(watermark, sort_keys=True), supersedes=supersedes,
             )
             session.add(row)
             audit.record(session, "model.version.registered", actor=actor, subject=f"{name}:{row.version}",
                          details={"artifact": artifact.digest, "signer": signer_fingerprint, "run": run_id})
+            if supersedes is not None:
+                audit.record(session, "model.retrained", actor=actor, subject=f"{name}:{row.version}",
+                             details={"from": f"{name}:{supersedes}", "to": f"{name}:{row.version}",
+                                      "withdrawals": [dict(w) for w in excludes_withdrawals]})
         return self.get_version(name, row.version)
 
     def _to_record(self, session: Session, model: RegisteredModel, row: ModelVersion) -> VersionRecord:
@@ -236,6 +253,7 @@ class Registry:
             run_id=row.run_id, signer_fingerprint=row.signer_fingerprint,
             metrics=json.loads(row.metrics_json), watermark=json.loads(row.watermark_json),
             stage=row.stage, created_at=row.created_at, sites=sites, rounds=run.rounds if run else None,
+            supersedes=row.supersedes,
         )
 
     def get_version(self, name: str, version: int | None = None) -> VersionRecord:
