@@ -64,6 +64,8 @@ COMMANDS: dict[str, Entry] = {
                       "Train a model across simulated sites with DP, then watermark, sign and register it."),
     "models": Entry("lifecycle.cli:models_app", "Inspect and verify registered models.",
                     extra={"verify": "fedguard.verify:verify"}),
+    "policy": Entry("lifecycle.governance.cli:policy_app",
+                    "Declare a model's promotion policy (criteria per stage), show it and its history."),
     "keys": Entry("serving.cli:keys_app", "Create, list and revoke API keys for the serving tier (stored hashed)."),
     "audit": Entry("lifecycle.audit.cli:audit_app",
                    "Verify the audit trail (hash chain and signed checkpoints); sign a checkpoint."),
