@@ -29,7 +29,7 @@ from coordinator.grid import responsive
 from coordinator.identity import expected_sites, site_identities
 from coordinator.ledger import RunLedger
 from coordinator.provisioning.federation import FederationLayout
-from coordinator.publication import embed_watermark, publish_run, published_outcome, site_level_epsilon
+from coordinator.publication import embed_watermark, gate_metrics, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
 from coordinator.roster import gather, policy_check
 from coordinator.runs import run_dir
@@ -341,11 +341,13 @@ def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
         model, mark = embed_watermark(run.model, run.spec, cfg, registry.home, run.test)
         final = evaluate(model, run.test)
         run.observer("stage", {"stage": "publish"})
+        section = reference.section(model, run.schema, run.test)
         outcome = publish_run(
             registry=registry, model=model, spec=run.spec, schema=run.schema, cfg=cfg, sites=run.tracked.sites,
             rounds=run.tracked.rounds_aggregated, run_id=run.run_ledger.run_id, mark=mark, site_plan=run.plan,
-            metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples},
-            ledger=ledger_state, reference=reference.section(model, run.schema, run.test),
+            metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples,
+                     **gate_metrics(registry, cfg, model, run.test, run.schema, section)},
+            ledger=ledger_state, reference=section,
             extra_training={"dropouts": dropouts} if dropouts else None,
         )
         accuracy, watermark = final.accuracy, mark.to_dict()

@@ -16,12 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from coordinator import logger
 from coordinator.config import CoordinatorConfig
-from coordinator.evaluation import evaluate
+from coordinator.evaluation import drift_section, evaluate
+from coordinator.fairness import fairness_section
 from coordinator.strategies.tracked import SiteLedger
 from federation.protocol import bom_dp
 from federation.tabular import TabularData
 from lifecycle.architecture import DataSchema, ModelSpec
+from lifecycle.governance.policies import current_policy
 from lifecycle.home import Home
 from lifecycle.packaging import Publication, publish_model
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
@@ -169,6 +172,32 @@ def publish_run(
         ),
     )
     return published_outcome(registry, version)
+
+
+def gate_metrics(
+    registry: Registry, cfg: CoordinatorConfig, model: nn.Module, test: TabularData, schema: DataSchema,
+    reference: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The metrics the promotion gates read beside accuracy: ``fairness`` and ``drift``, where measurable.
+
+    Fairness needs the model's policy to name a ``sensitive-attribute`` that
+    is a feature of the held-out set (:mod:`coordinator.fairness`); drift
+    needs the reference statistics published with the model
+    (:func:`coordinator.evaluation.drift_section`). A gate whose measurement
+    is absent fails and says why, so nothing here is guessed.
+    """
+    metrics: dict[str, Any] = {}
+    attribute = current_policy(registry, cfg.model_name).sensitive_attribute
+    fairness = fairness_section(model, test, schema, attribute)
+    if fairness is not None:
+        metrics["fairness"] = fairness
+    elif attribute is not None:
+        logger.warning("the policy's sensitive-attribute '%s' is not a feature of the held-out set (%s): "
+                       "fairness is not measured", attribute, ", ".join(schema.features))
+    drift = drift_section(test, reference)
+    if drift is not None:
+        metrics["drift"] = drift
+    return metrics
 
 
 def published_outcome(registry: Registry, version: VersionRecord) -> dict[str, Any]:

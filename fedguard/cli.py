@@ -73,6 +73,8 @@ COMMANDS: dict[str, Entry] = {
                            "approvals": "lifecycle.governance.stages_cli:approvals"}),
     "operator": Entry("lifecycle.governance.stages_cli:operator_app",
                       "Create and show your Ed25519 approver key, which signs approvals and overrides."),
+    "policy": Entry("lifecycle.governance.cli:policy_app",
+                    "Declare a model's promotion policy (criteria per stage), show it and its history."),
     "keys": Entry("serving.cli:keys_app", "Create, list and revoke API keys for the serving tier (stored hashed)."),
     "audit": Entry("lifecycle.audit.cli:audit_app",
                    "Verify the audit trail (hash chain and signed checkpoints); sign a checkpoint."),

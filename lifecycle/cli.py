@@ -1,4 +1,4 @@
-"""``fedguard models list|show``: what the registry holds, with full lineage."""
+"""``fedguard models list|show|gates``: what the registry holds, with full lineage and gate decisions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lifecycle.bom import read_bom, read_lineage
-from lifecycle.errors import StateError
+from lifecycle.errors import ConfigurationError, StateError
+from lifecycle.governance.decisions import PRODUCTION, STAGES, STAGING, GateReport
+from lifecycle.governance.gates import StoredDecision, evaluate, latest_decisions
 from lifecycle.registry import Registry, VersionRecord
 
 models_app = typer.Typer(help="Inspect and verify registered models.", no_args_is_help=True)
@@ -80,9 +82,12 @@ def show(
     ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: newest).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show one version's lineage: run, sites, ε, metrics, watermark, signature."""
-    record = Registry.open().resolve(ref)
+    """Show one version's lineage: run, sites, ε, metrics, watermark, signature, latest gate decisions."""
+    registry = Registry.open()
+    record = registry.resolve(ref)
     summary = version_summary(record)
+    decisions = latest_decisions(registry, record.name, record.version)
+    summary["gates"] = [d.to_dict() for d in decisions]
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -92,7 +97,15 @@ def show(
     console.print(f"run        {record.run_id}  aggregation {summary['aggregation']}  "
                   f"secure aggregation {summary['secure_aggregation']}")
     console.print("metrics    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in record.metrics.items()))
+                                           for k, v in record.metrics.items() if not isinstance(v, dict)))
+    fair, drift = record.metrics.get("fairness"), record.metrics.get("drift")
+    if isinstance(fair, dict):
+        console.print(f"fairness   '{fair.get('attribute')}' ({fair.get('grouping')}): demographic parity difference "
+                      f"{_value(fair.get('demographic_parity_difference'))}, equalized odds difference "
+                      f"{_value(fair.get('equalized_odds_difference'))}", highlight=False)
+    if isinstance(drift, dict):
+        console.print(f"drift      {drift.get('statistic')} {_value(drift.get('max'))} (worst feature "
+                      f"'{drift.get('feature')}') of the held-out set against the reference", highlight=False)
     mark = record.watermark
     console.print(f"watermark  {mark.get('scheme')}  commitment {str(mark.get('commitment', ''))[:16]}…  "
                   f"trigger accuracy {mark.get('trigger_accuracy')}  p={mark.get('p_value')}")
@@ -105,3 +118,70 @@ def show(
                       "-" if row["site_epsilon"] is None else f"{row['site_epsilon']:.3f}", ledger or "-",
                       s.data_manifest[:16] + "…")
     console.print(table)
+    console.print("gates      " + ("; ".join(_gate_line(d) for d in decisions)
+                                    or f"no decision yet ('fedguard models gates {record.ref} --evaluate')"),
+                  highlight=False)
+
+
+def _gate_line(decision: StoredDecision) -> str:
+    report = decision.report
+    where = f"{report.stage}@{report.environment}" if report.environment else report.stage
+    verdict = "pass" if report.passed else "FAIL " + ", ".join(r.criterion for r in report.failing)
+    return f"{where}: {verdict} ({decision.trigger}, {decision.created_at:%Y-%m-%d %H:%M})"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_report(report: GateReport, heading: str) -> None:
+    console.print(heading, highlight=False)
+    table = Table("criterion", "measured", "threshold", "result", "evidence")
+    for r in report.results:
+        table.add_row(r.criterion, _value(r.measured), _value(r.threshold),
+                      "[green]pass[/green]" if r.passed else "[red]FAIL[/red]", r.evidence)
+    if not report.results:
+        console.print("  no criterion declared for this stage: the gate is open", highlight=False)
+    else:
+        console.print(table)
+
+
+@models_app.command("gates")
+def gates(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: newest).")],
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage: " + ", ".join(STAGES) + ".")] = None,
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment ('' : decisions at publication).")
+                   ] = None,
+    now: Annotated[bool, typer.Option("--evaluate", help="Evaluate now under the current policy (trigger "
+                                                         "'manual'), store and show the decisions.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every criterion of the latest gate decisions: measured value, threshold, pass/fail, evidence."""
+    from lifecycle.governance.cli import actor
+
+    if stage is not None and stage not in STAGES:
+        raise ConfigurationError(f"unknown stage '{stage}' for --stage; known stages: {', '.join(STAGES)}")
+    registry = Registry.open()
+    record = registry.resolve(ref)
+    if now:
+        for s in [stage] if stage else [STAGING, PRODUCTION]:
+            evaluate(registry, record.name, record.version, s, environment=env or "", trigger="manual",
+                     actor=actor())
+    decisions = [d for d in latest_decisions(registry, record.name, record.version)
+                 if (stage is None or d.report.stage == stage) and (env is None or d.report.environment == env)]
+    if as_json:
+        typer.echo(json.dumps([d.to_dict() for d in decisions], default=str))
+        return
+    if not decisions:
+        console.print(f"{record.ref}: no gate decision yet; '--evaluate' evaluates now", highlight=False)
+        return
+    for d in decisions:
+        r = d.report
+        policy = f"policy version {r.policy_version}" if r.policy_version is not None else "default policy"
+        _print_report(r, f"[bold]{record.ref}[/bold] {r.stage}" + (f" in {r.environment}" if r.environment else "")
+                      + f": {'[green]PASSED[/green]' if r.passed else '[red]FAILED[/red]'} ({policy}; {d.trigger} "
+                      f"by {d.actor} at {d.created_at:%Y-%m-%d %H:%M:%S})")

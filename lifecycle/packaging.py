@@ -2,10 +2,18 @@
 
 One function does the whole publication so that every producer (the
 coordinator after a run, tests, future import commands) writes the same
-layout: weights → ML-BOM → model card → signature → atomic move into the store
-→ registry rows and audit events in one transaction. If anything fails before
-the registry commit, the staged files are removed and the registry is
-unchanged.
+layout: weights → gates → ML-BOM → model card → signature → atomic move into
+the store → registry rows and audit events in one transaction → gate
+decisions. If anything fails before the registry commit, the staged files are
+removed and the registry is unchanged.
+
+Governance is evaluated twice (issue 14): before signing, every stage of the
+model's current policy is measured on what the publication knows, and the
+summary is written into the ML-BOM so it is signed with the weights; after
+registration, the staging and production gates are evaluated again on the
+registered version (signature included) and stored as decisions with trigger
+``publish``. A gate that fails does not stop the publication: it stops the
+promotion.
 """
 
 from __future__ import annotations
@@ -16,10 +24,16 @@ from typing import Any
 
 from torch import nn
 
+from lifecycle import logger
 from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.artifacts import CARD_NAME, SIGNATURE_NAME, WEIGHTS_NAME, file_sha256
 from lifecycle.bom import model_component, read_lineage, write_bom
 from lifecycle.bom.document import make_bom
+from lifecycle.errors import FedguardError
+from lifecycle.governance.criteria import Facts
+from lifecycle.governance.decisions import PRODUCTION, STAGING
+from lifecycle.governance.gates import evaluate, site_withdrawals, summarise
+from lifecycle.governance.policies import current_policy
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from lifecycle.signing import ensure_signing_key, sign_model
 
@@ -77,7 +91,23 @@ def model_card(bom: dict[str, Any]) -> str:
         )
     lines += ["", "## Metrics"] + [f"- {k}: {v}" for k, v in sorted(metrics.items())]
     lines += ["", "## Watermark", f"- scheme: {mark.get('scheme')}, commitment: `{mark.get('commitment')}`", ""]
+    governance = fg.get("governance")
+    if governance:
+        lines += ["## Governance at publication", f"- policy version: {governance.get('policy_version') or 'default'}"]
+        for stage, gate in governance.get("stages", {}).items():
+            failing = ", ".join(f["criterion"] for f in gate.get("failing", [])) or "none"
+            lines.append(f"- {stage}: {'passes' if gate.get('passed') else 'fails'} (failing: {failing})")
+        lines.append("")
     return "\n".join(lines)
+
+
+def governance_summary(registry: Registry, pub: Publication) -> dict[str, Any]:
+    """The gates of ``pub.name``'s current policy on what ``pub`` will sign (the BOM's governance section)."""
+    policy = current_policy(registry, pub.name)
+    facts = Facts(metrics=pub.metrics, watermark=pub.watermark, sites=pub.sites, training=pub.training,
+                  withdrawals=site_withdrawals(registry, [s.site for s in pub.sites]),
+                  sensitive_attribute=policy.sensitive_attribute)
+    return summarise(policy, facts)
 
 
 def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
@@ -94,6 +124,7 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
             weights_sha256=file_sha256(model_dir / WEIGHTS_NAME),
             training=pub.training, watermark=pub.watermark, metrics=pub.metrics,
             reference=pub.reference, sites=pub.sites, run_id=pub.run_id, rounds=pub.rounds,
+            governance=governance_summary(registry, pub),
         )
         write_bom(bom, model_dir)
         (model_dir / CARD_NAME).write_text(model_card(bom))
@@ -102,11 +133,17 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return registry.publish(
+    version = registry.publish(
         name=pub.name, artifact=artifact, signer_fingerprint=key.fingerprint,
         run_id=pub.run_id, run_config=pub.run_config, rounds=pub.rounds, sites=pub.sites,
         metrics=pub.metrics, watermark=pub.watermark, actor=pub.actor, mode=pub.mode,
         supersedes=pub.supersedes, excludes_withdrawals=pub.excludes_withdrawals,
     )
+    for gate in (STAGING, PRODUCTION):
+        try:
+            evaluate(registry, version.name, version.version, gate, trigger="publish", actor=pub.actor)
+        except FedguardError as exc:  # the version is registered; promotion evaluates its gates again
+            logger.warning("gates %s of %s not evaluated at publication: %s", gate, version.ref, exc)
+    return version
 
 

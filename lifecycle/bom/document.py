@@ -7,7 +7,8 @@ training data as a ``data`` component identified by the SHA-256 manifest of
 the data (never the data), the reference statistics of the training data when
 collected, every installed Python package of the publishing environment with
 its ``pkg:pypi`` purl, and fedguard's lineage (DP parameters and ε per site,
-secure-aggregation mode, watermark, run) as ``fedguard:`` properties.
+secure-aggregation mode, watermark, run, and the promotion gates as evaluated
+at publication) as ``fedguard:`` properties.
 
 ``cyclonedx-python-lib`` (11.x) models components, hashes, purls, properties
 and dependencies but not yet ``modelCard`` nor ``data``; those two are added
@@ -36,6 +37,7 @@ from packageurl import PackageURL
 from lifecycle.bom.environment import InstalledPackage, canonical_name, code_version, installed_packages
 from lifecycle.bom.lineage import (
     CODE_VERSION,
+    GOVERNANCE,
     LINEAGE_PREFIX,
     MODEL_REF,
     REFERENCE_REF,
@@ -118,6 +120,7 @@ def _library(package: InstalledPackage) -> Component:
 
 def _lineage_properties(
     sections: Mapping[str, Any], version: str, run_id: str | None, rounds: int | None,
+    governance: Mapping[str, Any] | None = None,
 ) -> list[Property]:
     props = [Property(name=LINEAGE_PREFIX + suffix, value=_compact(sections[key])) for key, suffix in SECTIONS.items()]
     props.append(Property(name=CODE_VERSION, value=version))
@@ -125,6 +128,8 @@ def _lineage_properties(
         props.append(Property(name=RUN_ID, value=run_id))
     if rounds is not None:
         props.append(Property(name=ROUNDS, value=str(rounds)))
+    if governance is not None:
+        props.append(Property(name=GOVERNANCE, value=_compact(governance)))
     return props
 
 
@@ -157,6 +162,7 @@ def make_bom(
     run_id: str | None = None,
     rounds: int | None = None,
     packages: list[InstalledPackage] | None = None,
+    governance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble and validate the ML-BOM (a JSON-serialisable dict in CycloneDX 1.6).
 
@@ -164,7 +170,9 @@ def make_bom(
     models verify`` compares the registry with); ``reference``, when given, is
     the training data's summed per-feature histograms
     (:class:`federation.reference.ReferenceStats`); ``packages`` defaults to
-    every distribution installed here.
+    every distribution installed here; ``governance``, when given, is the
+    policy's gates as evaluated before signing
+    (:func:`lifecycle.governance.gates.summarise`), signed with the weights.
     """
     version = code_version()
     sections = {"architecture": spec.to_dict(), "feature_schema": schema.to_dict(), "training": training,
@@ -172,7 +180,7 @@ def make_bom(
     model = Component(
         name=model_name, type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=MODEL_REF,
         hashes=_sha256(weights_sha256),
-        properties=[*_lineage_properties(sections, version, run_id, rounds),
+        properties=[*_lineage_properties(sections, version, run_id, rounds, governance),
                     *(Property(name=name, value=value) for name, value in summary_properties(training, watermark))],
     )
     data = [_site_component(site) for site in sites]

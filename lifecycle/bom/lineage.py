@@ -45,6 +45,8 @@ SITE_FIELDS = {"num_examples": "num-examples", "data_manifest": "data-manifest",
 RUN_ID = "fedguard:run-id"
 ROUNDS = "fedguard:rounds"
 CODE_VERSION = "fedguard:code-version"
+GOVERNANCE = "fedguard:governance"
+"""The model's gates at publication (:func:`lifecycle.governance.gates.summarise`), compact JSON; optional."""
 
 
 def properties(node: Mapping[str, Any]) -> dict[str, str]:
@@ -96,7 +98,8 @@ def read_lineage(bom: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys: ``architecture``, ``feature_schema``, ``training``, ``watermark``,
     ``metrics``, ``code_version``, ``dependencies`` (the main libraries'
-    versions), and where known ``run_id`` and ``reference``.
+    versions), and where known ``run_id``, ``rounds``, ``reference`` and
+    ``governance`` (the gates as evaluated at publication, signed with the weights).
 
     Raises
     ------
@@ -116,6 +119,8 @@ def read_lineage(bom: Mapping[str, Any]) -> dict[str, Any]:
         lineage["run_id"] = props[RUN_ID]
     if ROUNDS in props:
         lineage["rounds"] = int(props[ROUNDS])
+    if GOVERNANCE in props:
+        lineage["governance"] = json.loads(props[GOVERNANCE])
     reference = _reference(bom)
     if reference is not None:
         lineage["reference"] = reference

@@ -12,10 +12,11 @@ from lifecycle.registry import Registry, VersionRecord
 
 
 def test_every_registry_write_is_audited(published: VersionRecord, registry: Registry) -> None:
-    assert registry.verify_audit_chain() == 3  # run.finished, model.created, version registered
+    assert registry.verify_audit_chain() == 5  # run.finished, model.created, version registered, 2 gate decisions
     with Session(registry.engine) as session:
         actions = [row[0] for row in session.execute(text("SELECT action FROM audit_event ORDER BY id"))]
-    assert actions == ["run.finished", "model.created", "model.version.registered"]
+    assert actions == ["run.finished", "model.created", "model.version.registered", "gates.evaluated",
+                       "gates.evaluated"]
 
 
 def test_edited_event_is_detected(published: VersionRecord, registry: Registry) -> None:

@@ -71,7 +71,7 @@ def test_canary_promote_rollback_are_history_and_audit(store: DeploymentStore) -
     assert [e.actor for e in history[1:]] == ["ops"] * 4
     assert [e.action for e in store.history("demo", limit=2)] == ["promote", "rollback"]
     assert deployment_audit(store) == [f"deployment.{e.action}" for e in history]
-    assert store.registry.verify_audit_chain() == 5 + 5  # two publications, five deployment actions
+    assert store.registry.verify_audit_chain() == 9 + 5  # two publications with their gate decisions, five actions
 
 
 def test_shadow_then_blue_green_by_version(store: DeploymentStore) -> None:

@@ -38,7 +38,7 @@ def test_versions_lineage_and_lookups(registry: Registry) -> None:
 
 def test_audit_chain_is_written_and_checked(registry: Registry) -> None:
     publish_model(registry, make_publication())
-    assert registry.verify_audit_chain() == 3
+    assert registry.verify_audit_chain() == 5  # publication: 3 events, then 2 gate decisions
     with registry.engine.begin() as conn:
         conn.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE action = 'model.created'"))
     with pytest.raises(AuditChainError, match="altered"):
@@ -60,7 +60,7 @@ def test_failed_write_leaves_nothing(registry: Registry) -> None:
 
         audit.record(session, "test.half-done", actor="t")
         raise RuntimeError("crash between steps")
-    assert registry.verify_audit_chain() == 3
+    assert registry.verify_audit_chain() == 5
 
 
 def test_foreign_database_is_refused(backend_settings: Settings) -> None:
