@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifecycle.audit import actors
 from lifecycle.errors import ConfigurationError
 from lifecycle.governance.criteria import CRITERIA
 from lifecycle.governance.policies import PolicyRecord, PolicyStore
@@ -26,11 +26,8 @@ Name = Annotated[str, typer.Argument(help="The model's name (it need not be trai
 
 
 def actor() -> str:
-    """Who runs the command, for the audit trail (``cli:<OS user>``; containers may lack a user name)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """Who runs the command, for the audit trail (``user:<OS user>``, :mod:`lifecycle.audit.actors`)."""
+    return actors.actor()
 
 
 def _criteria_table(policy: Policy) -> Table:

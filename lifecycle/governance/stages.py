@@ -29,7 +29,6 @@ is killed (503) with the reason.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ from sqlmodel import Session, col, select
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, GovernanceError, NotFoundError
 from lifecycle.governance import approvals as signed
+from lifecycle.governance import policies
 from lifecycle.governance.decisions import PRODUCTION, REGISTERED, STAGES, STAGING, GateReport
 from lifecycle.governance.enforce import OVERRIDE, check_deployable, version_row
 from lifecycle.governance.operator import ApproverKey
@@ -56,11 +56,7 @@ RELEASABLE_KILL_SOURCES: tuple[str, ...] = (GOVERNANCE_SOURCE, "consent")
 
 def required_approvals(registry: Registry, name: str, stage: str) -> int:
     """How many signed approvals the model's policy requires for ``stage`` (0 without a policy)."""
-    try:  # TODO(merge): lifecycle.governance.policies is written by the gates work; drop the fallback then
-        policies = importlib.import_module("lifecycle.governance.policies")
-    except ImportError:
-        return 0
-    return int(policies.required_approvals(registry, name, stage))
+    return policies.required_approvals(registry, name, stage)
 
 
 @dataclass(frozen=True)
