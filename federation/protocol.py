@@ -289,6 +289,7 @@ REFUSAL_CODES: dict[str, str] = {
     "not-connected": "the site is not connected",
     "no-answer": "the site did not answer in time",
     "update-rejected": "the coordinator rejected the site's update",
+    "consent-withdrawn": "the site withdrew its consent as a whole (fedguard client withdraw --all)",
 }
 """Every reason code, with what it means (docs/runs.md lists them for operators)."""
 MAX_REFUSAL_MESSAGE = 240

@@ -184,7 +184,12 @@ class Registry:
         actor: str,
         mode: str = "simulation",
     ) -> VersionRecord:
-        """Record a run, its sites and a new model version, with audit events, atomically."""
+        """Record a run, its sites and a new model version, with audit events, atomically.
+
+        A version whose lineage holds a site that withdrew its consent as a
+        whole is tainted in the same transaction
+        (:func:`lifecycle.governance.consent.taint_at_publication`).
+        """
         validate_model_name(name)
         with self.transaction() as session:
             run = TrainingRun(
@@ -216,6 +221,12 @@ class Registry:
             session.add(row)
             audit.record(session, "model.version.registered", actor=actor, subject=f"{name}:{row.version}",
                          details={"artifact": artifact.digest, "signer": signer_fingerprint, "run": run_id})
+            session.flush()
+            assert row.id is not None
+            from lifecycle.governance.consent import taint_at_publication  # governance builds on the registry
+
+            taint_at_publication(session, version_id=row.id, ref=f"{name}:{row.version}",
+                                 sites=[s.site for s in sites], actor=actor)
         return self.get_version(name, row.version)
 
     def _to_record(self, session: Session, model: RegisteredModel, row: ModelVersion) -> VersionRecord:
