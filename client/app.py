@@ -24,6 +24,7 @@ from torch import nn
 from client import logger
 from client.audit import site_audit_mod
 from client.config import SiteIdentity, TrainConfig
+from client.consent import excluded_records
 from client.data import load_site_data, site_data_mod
 from client.device import describe, training_device
 from client.protection import REQUIRE_KEY, make_protection_mod
@@ -83,12 +84,16 @@ def _site_data(site: SiteIdentity, cfg: TrainConfig) -> TabularData:
 
     A schema that maps the site's export onto the federation's data contract
     is checked through the contract the run carries (``federation.mapping``).
+    Records the site withdrew are left out, and a site that withdrew as a
+    whole refuses here (:mod:`client.consent`), before any training,
+    evaluation or statistic.
     """
+    exclude = excluded_records(site.consent_path, site.name)
     schema = (load_site_schema(site.schema_path) if site.schema_path is not None
               else SiteSchema.implicit(cfg.features, cfg.target, cfg.spec.num_classes))
     contract = DataContract.from_json(cfg.contract, source="the run's data contract") if cfg.contract else None
     return load_site_data(site.data_path, schema, cfg.features, cfg.target, cfg.spec.num_classes, cfg.labels,
-                          contract)
+                          contract, exclude)
 
 
 def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:

@@ -101,7 +101,7 @@ class SiteAuditLog:
         """
         blob = wire_bytes(reply)
         failed = isinstance(reply, Error) or reply.has_error()
-        entry: dict[str, Any] = {
+        return self._append({
             "at": self.now().isoformat(),
             "run-id": int(request.metadata.run_id),
             "round": _round_of(request),
@@ -110,9 +110,19 @@ class SiteAuditLog:
             "records": [] if isinstance(reply, Error) or failed else sorted(reply.content.keys()),
             "size": len(blob),
             "sha256": hashlib.sha256(blob).hexdigest(),
-        }
-        if witness:
-            entry["witness"] = dict(witness)
+            **({"witness": dict(witness)} if witness else {}),
+        })
+
+    def append_document(self, kind: str, blob: bytes) -> dict[str, Any]:
+        """Record that a document of ``kind`` leaves the site by hand (a consent withdrawal statement).
+
+        The same line as a message's (size and SHA-256, never the content),
+        outside any run (``run-id`` 0, no round).
+        """
+        return self._append({"at": self.now().isoformat(), "run-id": 0, "round": None, "kind": kind, "error": False,
+                             "records": [], "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
+
+    def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)

@@ -15,6 +15,13 @@ site's schema (a mapping: renames, label recoding, ignored columns) against
 the federation's data contract that the bundle carries. ``audit`` shows or verifies the site's local audit log
 of outgoing messages (docs/site-data.md). ``witness`` shows the coordinator's audit checkpoints this site
 witnessed and exports them for ``fedguard audit verify --witness`` (docs/governance.md).
+of outgoing messages (docs/site-data.md).
+
+``withdraw`` withdraws consent for a list of the site's records (``--records
+ids.csv``) or for the whole site (``--all``): the agent excludes them from
+every later load (the whole site: it refuses every message, for good), and
+the command writes the signed statement the coordinator's operator records
+with ``fedguard site withdraw NAME --statement FILE`` (docs/governance.md).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from lifecycle.errors import CertificateRefusedError, ConfigurationError, StateE
 from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
 
-client_app = typer.Typer(help="The site agent: run it, check the site's data, inspect its audit log.",
-                         no_args_is_help=True)
+client_app = typer.Typer(
+    help="The site agent: run it, check the site's data, inspect its audit log, withdraw consent.",
+    no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -51,12 +59,15 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def site_node_config(site: str, data: Path, schema: Path, audit_log: Path, ledger: Path,
-                     epsilon_cap: float | None, device: str | None = None) -> dict[str, str | float]:
+                     epsilon_cap: float | None, device: str | None = None,
+                     consent: Path | None = None) -> dict[str, str | float]:
     """The ``--node-config`` values the ClientApp reads (absolute paths: the ClientApp runs elsewhere)."""
     from client.device import check_device  # torch: imported by the command that needs it (fast CLI start)
 
     values: dict[str, str | float] = {"site-name": site, "data-path": str(data), "schema-path": str(schema),
                                       "audit-path": str(audit_log.resolve()), "ledger-path": str(ledger.resolve())}
+    if consent is not None:
+        values["consent-path"] = str(consent.resolve())
     if device is not None:
         values["device"] = check_device(device)
     if epsilon_cap is not None:
@@ -114,7 +125,8 @@ def start(
     state = SiteHome.under(get_settings().home, site_bundle.site)
     state.root.mkdir(parents=True, exist_ok=True)
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
-                              audit_log or state.audit_log, ledger or state.ledger, epsilon_cap, device)
+                              audit_log or state.audit_log, ledger or state.ledger, epsilon_cap, device,
+                              consent=state.consent)
     if not share_reference:
         config["share-reference"] = "false"  # federation.reference_share reads it
     if max_refused < 1:
@@ -248,3 +260,76 @@ def witness(
     if exported is not None:
         console.print(f"{exported} witnessed checkpoint(s) written to '{out}': 'fedguard audit verify --witness "
                       f"{out}' checks the registry against them", highlight=False, soft_wrap=True)
+@client_app.command("withdraw")
+def withdraw(
+    bundle: Annotated[Path, typer.Option("--bundle", help="This site's bundle (its node key signs the statement).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded here and by the coordinator).")],
+    records: Annotated[Path | None, typer.Option("--records", help="CSV of the record ids to withdraw (header row; "
+                                                 "the id column, or the only column).")] = None,
+    whole_site: Annotated[bool, typer.Option("--all", help="Withdraw the whole site, for good.")] = False,
+    schema: Annotated[Path | None, typer.Option("--schema", help="The site's schema: its id-column names the "
+                                                "column to read from --records, and must exist for exclusion.")]
+    = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="The column of --records holding the ids "
+                                                  "[the schema's id-column, else the file's only column].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the signed statement "
+                                             "[FEDGUARD_HOME/site/SITE/withdrawal-TIME.json].")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="Local audit log [FEDGUARD_HOME/site/SITE/audit.jsonl].")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+) -> None:
+    """Withdraw consent for records (--records) or the whole site (--all); write the statement for the coordinator."""
+    from datetime import UTC, datetime
+
+    from client.consent import withdraw as withdraw_consent  # Flower, cryptography: only for this command
+    from federation.consent import read_ids
+
+    if (records is None) == (not whole_site):
+        raise ConfigurationError("give exactly one of --records ids.csv or --all")
+    site_bundle = read_bundle(bundle)
+    state = SiteHome.under(get_settings().home, site_bundle.site)
+    ids = None
+    if records is not None:
+        path, column = _existing(records, "records file"), id_column
+        if column is None and schema is not None:  # the schema's id column if the list uses it, else its only column
+            named = _schema_id_column(schema, site_bundle.contract)
+            column = named if named in _header(path) else None
+        ids = read_ids(path, column)
+    now = datetime.now(UTC)
+    target = out or state.root / f"withdrawal-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    done = withdraw_consent(site_bundle, reason=reason, ids=ids, consent_path=state.consent, out=target,
+                            audit_log=audit_log or state.audit_log, now=now)
+    if as_json:
+        typer.echo(json.dumps(done.to_dict()))
+        return
+    what = ("its consent as a whole: this agent refuses every message from now on, for good" if ids is None else
+            f"{done.signed.statement.record_count} record(s) ({done.new_ids} newly excluded, "
+            f"{done.excluded_total} excluded in all): every later load of the site's file leaves them out")
+    console.print(f"site [bold]{escape(site_bundle.site)}[/bold] withdrew {what}.\n"
+                  f"statement  {escape(str(done.statement_path))} (signed with the node key "
+                  f"{done.signed.key[:16]}…; no record id in it)\n"
+                  f"send it to the coordinator's operator: fedguard site withdraw {escape(site_bundle.site)} "
+                  f"--reason '…' --statement {escape(done.statement_path.name)}", highlight=False, soft_wrap=True)
+
+
+def _schema_id_column(schema: Path | None, contract: str) -> str | None:
+    """The id column the site's schema names (a mapping schema: the contract's record-id, as the site calls it)."""
+    if schema is None:
+        return None
+    from client.data import id_column_of  # numpy, flwr: only for this command
+    from federation.contract import DataContract
+    from federation.mapping import load_site_schema
+
+    parsed = load_site_schema(_existing(schema, "schema file"))
+    column = id_column_of(parsed, DataContract.from_json(contract) if contract else None)
+    if column is None:
+        raise ConfigurationError(f"the schema {schema} names no id column, so the agent could not exclude withdrawn "
+                                 "records: add id-column = \"<column>\" to it (a mapping schema: map the contract's "
+                                 "record-id), then withdraw again")
+    return column
+
+
+def _header(path: Path) -> list[str]:
+    from federation.tabular import read_csv_rows
+
+    return read_csv_rows(path)[0]

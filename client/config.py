@@ -18,11 +18,14 @@ from flwr.app import Context
 
 from federation.protocol import TrainConfig
 from lifecycle.errors import ConfigurationError
+from lifecycle.home import SiteHome
+from lifecycle.settings import get_settings
 
 __all__ = ["NODE_CONFIG_KEYS", "SiteIdentity", "TrainConfig", "site_name"]
 
 
-NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap", "device")
+NODE_CONFIG_KEYS = ("data-path", "schema-path", "site-name", "audit-path", "ledger-path", "epsilon-cap", "device",
+                    "consent-path")
 """The SuperNode node-config keys a deployed site sets (docs/site-data.md)."""
 
 
@@ -44,16 +47,21 @@ class SiteIdentity:
     name: str
     data_path: Path
     schema_path: Path | None = None
+    consent_path: Path | None = None
+    """The site's consent list (``client.consent``): node config ``consent-path``, else ``SiteHome.consent``."""
 
     @classmethod
     def from_context(cls, context: Context, cfg: TrainConfig) -> SiteIdentity:
         node = context.node_config
         schema = Path(str(node["schema-path"])) if node.get("schema-path") else None
+        name = site_name(node)
+        consent = (Path(str(node["consent-path"])) if node.get("consent-path")
+                   else SiteHome.under(get_settings().home, name).consent)
         if "data-path" in node:
-            return cls(site_name(node), Path(str(node["data-path"])), schema)
+            return cls(name, Path(str(node["data-path"])), schema, consent)
         if "partition-id" in node and cfg.data_dir:
             pid = int(node["partition-id"])
-            return cls(site_name(node), Path(cfg.data_dir) / f"site-{pid}.csv", schema)
+            return cls(name, Path(cfg.data_dir) / f"site-{pid}.csv", schema, consent)
         raise ConfigurationError(
             "this site has no data: start the SuperNode with --node-config \"data-path='<your.csv>' "
             "schema-path='<schema.toml>'\""

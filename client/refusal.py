@@ -25,6 +25,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from client import logger
+from client.consent import ConsentWithdrawnError
 from client.data import ContractMismatchError
 from client.protection import UnprotectedUpdateRefused
 from federation.protocol import ProtocolError, SiteRefusal
@@ -35,6 +36,7 @@ from privacy.ledger.guard import BUDGET_VETO, LEDGER_FAILED
 PUBLIC_MESSAGES: dict[type[FedguardError], str] = {
     ContractMismatchError: "contract-mismatch",
     UnprotectedUpdateRefused: "unprotected-refused",
+    ConsentWithdrawnError: "consent-withdrawn",
 }
 """Errors whose messages are written to carry no data: sent as they are, under their code."""
 

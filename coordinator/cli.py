@@ -1,4 +1,4 @@
-"""``fedguard coordinator init|data|start`` and ``fedguard site enroll|rotate|revoke|list|he-keys``.
+"""``fedguard coordinator init|data|start`` and ``fedguard site enroll|rotate|revoke|list|he-keys|withdraw``.
 
 Mounted by ``fedguard/cli.py``::
 
@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
 
+from coordinator.consent_cli import withdraw
 from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
 from coordinator.provisioning.federation import DEFAULT_GATEWAY_PORT, DEFAULT_SUPERLINK_PORT
 from coordinator.provisioning.sites import contract_digest
@@ -41,7 +42,8 @@ err_console = Console(stderr=True)
 
 coordinator_app = typer.Typer(help="Create and run a federation's coordinator (SuperLink behind a mutual-TLS gateway).",
                               no_args_is_help=True)
-site_app = typer.Typer(help="Enrol sites, rotate or revoke their credentials, list them.", no_args_is_help=True)
+site_app = typer.Typer(help="Enrol sites, rotate or revoke their credentials, list them, record consent withdrawals.",
+                       no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -361,3 +363,6 @@ def list_sites(as_json: JsonOption = False) -> None:
     hidden = [title for title, _ in SITE_COLUMNS if title not in shown]
     if hidden:
         console.print(f"(not shown at this width: {', '.join(hidden)}; '--json' has every field)", highlight=False)
+
+
+site_app.command("withdraw")(withdraw)  # coordinator/consent_cli.py

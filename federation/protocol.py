@@ -333,6 +333,7 @@ REFUSAL_CODES: dict[str, str] = {
     "no-answer": "the site did not answer in time",
     "update-rejected": "the coordinator rejected the site's update",
     "withdrawn": "the site withdrew its consent: the job excludes it (fedguard retrain)",
+    "consent-withdrawn": "the site withdrew its consent as a whole (fedguard client withdraw --all)",
 }
 """Every reason code, with what it means (docs/runs.md lists them for operators)."""
 MAX_REFUSAL_MESSAGE = 240

@@ -6,6 +6,7 @@ flat TOML file (hyphenated keys, docs/site-data.md)::
     label = "diagnosis"
     label-values = ["benign", "malignant"]
     extra-columns = "error"              # or "ignore"
+    id-column = "patient_id"             # optional: the record id, never a feature
 
     [columns]
     age = { type = "int", min = 18, max = 110 }
@@ -46,7 +47,7 @@ FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
 EXTRA_COLUMNS = ("error", "ignore")
 FIRST_ROWS = 5
 _COLUMN_KEYS = frozenset({"type", "min", "max", "values", "missing", "unit"})
-_TOP_KEYS = frozenset({"label", "label-values", "extra-columns", "columns"})
+_TOP_KEYS = frozenset({"label", "label-values", "extra-columns", "columns", "id-column"})
 
 
 class SchemaValidationError(InputValidationError):
@@ -231,11 +232,20 @@ class SiteSchema:
     label_values: tuple[str, ...]
     extra_columns: str = "error"
     source: str = "<schema>"
+    id_column: str | None = None
+    """The column holding each record's identifier (``id-column``): checked (present, unique), never a feature.
+
+    A site that withdraws records (``fedguard client withdraw --records``)
+    needs it: its agent excludes the rows whose id was withdrawn.
+    """
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"schema '{self.source}': column names must be unique")
+        if self.id_column is not None and self.id_column in (*names, self.label):
+            raise ConfigurationError(f"schema '{self.source}': id-column '{self.id_column}' is also a feature or "
+                                     "the label; a record id is never trained on: declare it only with id-column")
         if self.label in names:
             raise ConfigurationError(f"schema '{self.source}': the label column '{self.label}' is also "
                                      "declared under [columns]; declare it only with 'label' and 'label-values'")
@@ -269,8 +279,12 @@ class SiteSchema:
         columns = tuple(_column(name, spec, source) for name, spec in raw["columns"].items())
         if not columns:
             raise ConfigurationError(f"schema '{source}' declares no feature columns")
+        id_column = raw.get("id-column")
+        if id_column is not None and (not isinstance(id_column, str) or not id_column.strip()):
+            raise ConfigurationError(f"schema '{source}': id-column must be a column name, e.g. "
+                                     "id-column = \"patient_id\"")
         return cls(columns, str(raw["label"]), tuple(canonical(v) for v in raw["label-values"]),
-                   str(raw.get("extra-columns", "error")), source)
+                   str(raw.get("extra-columns", "error")), source, id_column.strip() if id_column else None)
 
     @classmethod
     def implicit(cls, features: Sequence[str], label: str, num_classes: int) -> SiteSchema:
@@ -288,12 +302,13 @@ class SiteSchema:
             if name in seen:
                 problems.append(Problem(name, "duplicate-column", "appears more than once in the header"))
             seen.add(name)
-        for name in (*self.features, self.label):
+        declared = (*self.features, self.label, *([self.id_column] if self.id_column else []))
+        for name in declared:
             if name not in present:
                 problems.append(Problem(name, "missing-column", "is declared in the schema but absent from the file"))
         if self.extra_columns == "error":
             for name in header:
-                if name not in (*self.features, self.label):
+                if name not in declared:
                     problems.append(Problem(name, "extra-column", "is in the file but not declared in the schema "
                                             "(declare it, or set extra-columns = \"ignore\")"))
         if num_rows == 0:
@@ -307,8 +322,15 @@ class SiteSchema:
                       "missing a label" if kind == "missing" else
                       f"with a label not among the {len(self.label_values)} label-values")
             problems.append(Problem(column, kind, detail, len(rows), tuple(rows[:FIRST_ROWS])))
-        report = ValidationReport(source, num_rows, tuple(problems), len(tally.bad))
-        return CheckedTable(values, labels, report, frozenset(tally.bad))
+        bad = set(tally.bad)
+        if self.id_column is not None and self.id_column in present:
+            from federation.contract import record_id_problems  # the contract's record-id check, one rule
+
+            id_problems, id_rows = record_id_problems(self.id_column, cells.get(self.id_column))
+            problems += id_problems
+            bad |= id_rows
+        report = ValidationReport(source, num_rows, tuple(problems), len(bad))
+        return CheckedTable(values, labels, report, frozenset(bad))
 
     def _parse_column(self, column: Column, cells: Sequence[object] | None, num_rows: int,
                       tally: _Tally) -> np.ndarray:

@@ -59,8 +59,13 @@ def version_summary(record: VersionRecord) -> dict[str, Any]:
 @models_app.command("list")
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tainted: Annotated[bool, typer.Option("--tainted", help="List every version whose lineage holds withdrawn "
+                                          "data, with the withdrawals that taint it.")] = False,
 ) -> None:
-    """List registered models with their newest version."""
+    """List registered models with their newest version (--tainted: every tainted version)."""
+    if tainted:
+        _list_tainted(as_json)
+        return
     records = Registry.open().latest_versions()
     if as_json:
         typer.echo(json.dumps([version_summary(r) for r in records]))
@@ -185,3 +190,27 @@ def gates(
         _print_report(r, f"[bold]{record.ref}[/bold] {r.stage}" + (f" in {r.environment}" if r.environment else "")
                       + f": {'[green]PASSED[/green]' if r.passed else '[red]FAILED[/red]'} ({policy}; {d.trigger} "
                       f"by {d.actor} at {d.created_at:%Y-%m-%d %H:%M:%S})")
+
+
+def _list_tainted(as_json: bool) -> None:
+    """``models list --tainted``: one entry per tainted version, each with its withdrawals."""
+    from lifecycle.governance.consent import ConsentStore
+
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for taint in ConsentStore(Registry.open()).tainted():
+        grouped.setdefault((taint.model, taint.version), []).append(
+            {**taint.withdrawal.to_dict(), "tainted_at": taint.tainted_at.isoformat()})
+    if as_json:
+        typer.echo(json.dumps([{"model": model, "version": version, "ref": f"{model}:{version}",
+                                "withdrawals": withdrawals} for (model, version), withdrawals in grouped.items()]))
+        return
+    if not grouped:
+        console.print("no tainted version: no consent withdrawal covers any model's lineage")
+        return
+    table = Table("version", "withdrawal", "site", "scope", "withdrawn", "reason")
+    for (model, version), withdrawals in grouped.items():
+        for w in withdrawals:
+            scope = "whole site" if w["scope"] == "site" else f"{w['record_count']} record(s)"
+            table.add_row(f"{model}:{version}", f"#{w['id']}", str(w["site"]), scope, str(w["created_at"])[:16],
+                          str(w["reason"]))
+    console.print(table)

@@ -102,6 +102,11 @@ class SiteHome:
         """The site's own privacy ledger (node config ``ledger-path``)."""
         return self.root / "ledger.db"
 
+    @property
+    def consent(self) -> Path:
+        """The site's consent list (0600): withdrawn record ids and the withdrawal history (``consent-path``)."""
+        return self.root / "consent.json"
+
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` readable by the owner only (0600), atomically."""

@@ -20,7 +20,7 @@ from lifecycle.home import SiteHome
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SITE = "st-marys"
-SITE_FILES = {"supernode_log", "agent_log", "audit_log", "ledger"}
+SITE_FILES = {"supernode_log", "agent_log", "audit_log", "ledger", "consent"}
 FEDERATION_FILES = {"config", "ca_cert", "ca_key", "server_cert", "server_key", "crl", "superlink_db",
                     "superlink_log", "gateway_log", "contract", "reference"}
 
@@ -75,11 +75,13 @@ def test_node_config_defaults_and_state_directory_name_the_site_files(tmp_path: 
 
 def test_the_code_writes_where_the_layout_says(fedguard_home: Path) -> None:
     from client.audit import default_audit_path
+    from client.config import SiteIdentity
     from privacy.ledger.guard import _LEDGERS, default_site_ledger
 
-    context: Any = SimpleNamespace(node_config={"site-name": SITE}, node_id=1)
+    context: Any = SimpleNamespace(node_config={"site-name": SITE, "data-path": "x.csv"}, node_id=1)
     layout = SiteHome.under(fedguard_home, SITE)
     assert default_audit_path(context) == layout.audit_log
+    assert SiteIdentity.from_context(context, SimpleNamespace(data_dir="")).consent_path == layout.consent  # type: ignore[arg-type]
     ledger = default_site_ledger(context, SITE)
     try:
         assert layout.ledger.is_file() and _LEDGERS[str(layout.ledger)] is ledger

@@ -271,7 +271,7 @@ class DeploymentStore:
         """Mirror live traffic to ``version``; its answers are compared and logged, never returned."""
         return self._candidate(name, version, "shadow", 0.0, actor)
 
-    def abort(self, name: str, *, actor: str) -> DeploymentState:
+    def abort(self, name: str, *, actor: str, source: str = "operator", reason: str = "") -> DeploymentState:
         """Drop the candidate; stable keeps all the traffic."""
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if row.candidate_version is None:
@@ -281,10 +281,15 @@ class DeploymentStore:
             self._clear_candidate(row)
             return {"dropped": dropped}
 
-        return self._apply(name, "abort", actor, "operator", "", change)
+        return self._apply(name, "abort", actor, source, reason, change)
 
-    def promote(self, name: str, version: int | None = None, *, actor: str) -> DeploymentState:
-        """Blue/green: make the candidate (or ``version``) stable in one step; the old stable is kept for rollback."""
+    def promote(self, name: str, version: int | None = None, *, actor: str, source: str = "operator",
+                reason: str = "") -> DeploymentState:
+        """Blue/green: make the candidate (or ``version``) stable in one step; the old stable is kept for rollback.
+
+        ``source`` and ``reason`` go into the history (a consent withdrawal's
+        replacement is ``source="consent"``).
+        """
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             target = version if version is not None else row.candidate_version
             if target is None:
@@ -300,7 +305,7 @@ class DeploymentStore:
             self._clear_candidate(row)
             return {"from": row.previous_version, "to": target}
 
-        return self._apply(name, "promote", actor, "operator", "", change)
+        return self._apply(name, "promote", actor, source, reason, change)
 
     def rollback(self, name: str, *, actor: str) -> DeploymentState:
         """Make the previous stable version stable again (and drop any candidate)."""

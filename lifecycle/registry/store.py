@@ -194,6 +194,9 @@ class Registry:
         (``fedguard retrain``); ``excludes_withdrawals`` the consent
         withdrawals its run left out. Both go into a ``model.retrained``
         event in the same transaction.
+        A version whose lineage holds a site that withdrew its consent as a
+        whole is tainted in the same transaction
+        (:func:`lifecycle.governance.consent.taint_at_publication`).
         """
         validate_model_name(name)
         with self.transaction() as session:
@@ -233,6 +236,12 @@ class Registry:
                 audit.record(session, "model.retrained", actor=actor, subject=f"{name}:{row.version}",
                              details={"from": f"{name}:{supersedes}", "to": f"{name}:{row.version}",
                                       "withdrawals": [dict(w) for w in excludes_withdrawals]})
+            session.flush()
+            assert row.id is not None
+            from lifecycle.governance.consent import taint_at_publication  # governance builds on the registry
+
+            taint_at_publication(session, version_id=row.id, ref=f"{name}:{row.version}",
+                                 sites=[s.site for s in sites], actor=actor)
         return self.get_version(name, row.version)
 
     def _to_record(self, session: Session, model: RegisteredModel, row: ModelVersion) -> VersionRecord:

@@ -32,10 +32,17 @@ from lifecycle.errors import FedguardError, StateError
 from serving import logger
 
 KILLED_MESSAGE = "this model is switched off for now; try again later"
+WITHDRAWN_MESSAGE = ("this model is withdrawn from service: consent for data it was trained on was withdrawn; "
+                     "the operator has been told")
+"""The public 503 text for a version tainted by a consent withdrawal (no site, no withdrawal: those are logged)."""
 
 
 class ModelKilled(StateError):
     """The model's kill switch is engaged (or its pinned version could not be verified): HTTP 503."""
+
+
+class ModelWithdrawn(ModelKilled):
+    """The answering version is tainted by a consent withdrawal (blocked, or refused at load): HTTP 503."""
 
 
 class ModelFailure(FedguardError, RuntimeError):
@@ -47,7 +54,7 @@ async def killed_response(request: Request, exc: Exception) -> JSONResponse:
     from serving.errors import error_response
 
     logger.warning("refused %s %s: %s", request.method, request.url.path, exc)
-    return error_response(503, "unavailable", KILLED_MESSAGE)
+    return error_response(503, "unavailable", WITHDRAWN_MESSAGE if isinstance(exc, ModelWithdrawn) else KILLED_MESSAGE)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,16 @@ shared registry at most every ``deploy_refresh_seconds`` (one cheap query of
 ``(model, revision)`` pairs, on the request path and at each ``/metrics``
 scrape), so a change made anywhere reaches every replica within that interval.
 
+A version tainted by a consent withdrawal (``lifecycle.governance.consent``)
+is never loaded, whatever the deployment says: a replica that starts after
+the withdrawal, or a kill revived by hand, still cannot serve it.
+
 Per request, :meth:`Router.route` picks the answering version:
 
 - **killed**: :class:`~serving.guards.killswitch.ModelKilled` (503), or the pinned
-  version if the kill pinned one that verifies;
+  version if the kill pinned one that verifies; a kill caused by a consent
+  withdrawal answers :class:`~serving.guards.killswitch.ModelWithdrawn` (503,
+  its own generic text);
 - **canary**: a sticky ``weight`` percent of API keys, by a hash of key id,
   model and rollout id, so a caller sees one version throughout a rollout and a
   new rollout re-draws the sample;
@@ -40,12 +46,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lifecycle.errors import FedguardError, NotFoundError
+from lifecycle.governance.consent import REASON_PREFIX, ConsentStore
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT
 from serving import logger
 from serving.claims import Claims
 from serving.errors import UnknownModelError
-from serving.guards.killswitch import ErrorWindow, ModelFailure, ModelKilled
+from serving.guards.killswitch import ErrorWindow, ModelFailure, ModelKilled, ModelWithdrawn
 from serving.guards.outputs import shape_output
 from serving.models import ServedModel, load_version
 from serving.settings import OutputPolicy, ServingSettings
@@ -160,6 +167,7 @@ class Router:
         }
         self._windows = {name: self._window() for name in live}
         self._served: dict[tuple[str, int, str], Counter] = {}
+        self._tainted: set[tuple[str, int]] = set()
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedguard-shadow")
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
@@ -236,8 +244,11 @@ class Router:
         if state.killed:
             if state.kill_mode == "pinned" and live.pinned is not None:
                 return Route(self, live.pinned, "pinned")
-            raise ModelKilled(f"{name} is killed ({state.kill_mode}, {state.kill_reason or 'no reason given'})")
+            killed = ModelWithdrawn if state.kill_reason.startswith(REASON_PREFIX) else ModelKilled
+            raise killed(f"{name} is killed ({state.kill_mode}, {state.kill_reason or 'no reason given'})")
         if live.stable is None:
+            if (name, state.stable_version) in self._tainted:
+                raise ModelWithdrawn(f"{name}:{state.stable_version} is tainted by a consent withdrawal; not served")
             raise ModelKilled(f"{name}:{state.stable_version} did not verify or load; see the log above")
         if live.candidate is not None and state.candidate_mode == "canary" \
                 and canary_bucket(key_id, name, state.rollout_id) < state.canary_weight:
@@ -409,8 +420,15 @@ class Router:
                            live.state.shares() or "503", " (killed)" if live.state.killed else "")
 
     def _load(self, state: DeploymentState, strict: bool) -> Live:
+        tainted = ConsentStore(self.registry).tainted_versions(state.model)
+
         def get(version: int | None) -> ServedModel | None:
             if version is None:
+                return None
+            if version in tainted:  # never served, even where the deployment still names it
+                self._tainted.add((state.model, version))
+                logger.error("not serving %s:%d: tainted by a consent withdrawal (see 'fedguard models list "
+                             "--tainted')", state.model, version)
                 return None
             cached = self._cache.get((state.model, version))
             if cached is not None:
