@@ -81,6 +81,8 @@ COMMANDS: dict[str, Entry] = {
     "privacy": Entry("privacy.cli:privacy_app", "Inspect privacy budgets: spend per site, caps, remaining ε."),
     "deploy": Entry("serving.rollout.cli:deploy_app",
                     "Roll model versions out (canary, shadow, blue/green), roll back, and kill or revive a model."),
+    "objections": Entry("serving.objections_cli:objections_app",
+                        "Record, lift and count subjects' objections to being scored by a model, per environment."),
     "serve": Entry("serving.cli:serve", "Serve every registered model as deployed, after verifying each signature."),
     "coordinator": Entry("coordinator.cli:coordinator_app",
                          "Create and run a federation's coordinator (SuperLink behind a mutual-TLS gateway)."),

@@ -11,6 +11,10 @@ parsed), and the exception handlers of :mod:`serving.errors`. Outside both,
 :class:`serving.metrics.MetricsMiddleware` counts, times and access-logs every
 request into the app's own Prometheus registry (``GET /metrics``).
 
+A predict request that names its data subject (``subject_id``) is first
+screened against the subjects who objected to the model in this environment
+(:mod:`serving.guards.objections`, ``state.objections``, loaded here).
+
 Every answered predict request also feeds the model's drift monitor
 (:mod:`serving.drift`, ``state.drift``) and the per-key extraction guard
 (:mod:`serving.guards.extraction`, ``state.extraction``), both built here.
@@ -36,6 +40,7 @@ from serving.errors import error_response, install_error_handlers
 from serving.guards.extraction import ExtractionGuard
 from serving.guards.keycache import KeyCache
 from serving.guards.killswitch import ModelKilled, killed_response
+from serving.guards.objections import ObjectionGuard
 from serving.guards.outputs import check_policies
 from serving.guards.quotas import QuotaStore, create_quota_store
 from serving.guards.ranges import build_ranges
@@ -177,11 +182,14 @@ def create_app(
     for model in models.values():
         drift.add(model)
     extraction = ExtractionGuard(settings, quotas, registry, metrics.registry, models)
+    objections = ObjectionGuard(registry, settings.environment, models, refresh_seconds=settings.deploy_refresh_seconds,
+                                refusals=metrics.objection_refusals, monotonic=clock)
+    objections.refresh(force=True)  # subjects' objections (serving.guards.objections), loaded before serving
     if settings.kill_on_drift:  # the automatic cut-out on drift: every replica stops serving the model
         drift.on_drift_alert.append(lambda name, report: deployments.trip(name, report.summary(), "drift"))
     app.state.fedguard = ServingState(
         registry=registry, settings=settings, models=models, quotas=quotas, clock=clock, metrics=metrics,
-        drift=drift, extraction=extraction, deployments=deployments,
+        drift=drift, extraction=extraction, deployments=deployments, objections=objections,
         ranges=ranges, key_cache=KeyCache(settings.auth_cache_seconds),
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -13,6 +13,7 @@ error                                status  code
 ===================================  ======  ===================
 AuthenticationError, AuthError       401     unauthorized
 ScopeError                           403     forbidden
+SubjectObjected                      403     objection (status configurable)
 UnknownModelError, NotFoundError     404     not_found
 method not served on the route       405     method_not_allowed
 DeploymentConflict (rollout routes)  409     conflict
@@ -44,6 +45,7 @@ from lifecycle.errors import (
     AuthError,
     ConfigurationError,
     FedguardError,
+    GovernanceError,
     InputValidationError,
     NotFoundError,
     StateError,
@@ -51,6 +53,7 @@ from lifecycle.errors import (
 from serving import logger
 from serving.guards.keys import AuthenticationError, ScopeError
 from serving.guards.quotas import QuotaExceeded
+from serving.settings import DEFAULT_OBJECTION_MESSAGE, DEFAULT_OBJECTION_STATUS
 
 REALM = 'Bearer realm="fedguard"'
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -72,6 +75,15 @@ class ErrorBody(BaseModel):
 
 class UnknownModelError(NotFoundError):
     """The path names a model this server does not serve."""
+
+
+class SubjectObjected(GovernanceError):
+    """The request's subject objected to automated processing by this model: refused, never scored.
+
+    Answered with the operator's ``objection_status`` and ``objection_message``
+    (code ``objection``); the exception's own message, which names the key and
+    the subject's digest, goes to the log only.
+    """
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -97,6 +109,8 @@ def describe_validation(errors: Sequence[Any], features: Sequence[str] = ()) -> 
         return "the body is not valid JSON"
     if kind == "extra_forbidden":
         return "unexpected field in the body; send only {\"instances\": [[...], ...]}"
+    if loc and loc[0] == "subject_id":
+        return "'subject_id' must be a string of 1-128 printable ASCII characters"
     if kind == "missing" and not loc:
         return "the body is empty; send {\"instances\": [[...], ...]} as application/json"
     if kind == "missing":
@@ -152,6 +166,14 @@ async def _scope(request: Request, exc: Exception) -> JSONResponse:
 async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
     logger.info("not found %s: %s", _where(request), exc)
     return error_response(404, "not_found", "no model by that name is served here; GET /v1/models lists them")
+
+
+async def _objection(request: Request, exc: Exception) -> JSONResponse:
+    settings = getattr(getattr(request.app.state, "fedguard", None), "settings", None)
+    status = getattr(settings, "objection_status", DEFAULT_OBJECTION_STATUS)
+    message = getattr(settings, "objection_message", DEFAULT_OBJECTION_MESSAGE)
+    logger.warning("refused %s: %s", _where(request), exc)
+    return error_response(status, "objection", message)
 
 
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -227,6 +249,7 @@ def install_error_handlers(app: FastAPI) -> None:
         AuthError: _authentication,
         AuthenticationError: _authentication,
         ScopeError: _scope,
+        SubjectObjected: _objection,
         UnknownModelError: _unknown_model,
         NotFoundError: _not_found,
         InputValidationError: _invalid_input,

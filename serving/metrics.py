@@ -44,6 +44,7 @@ class ServingMetrics:
     requests: Counter = field(init=False)
     predict_latency: Histogram = field(init=False)
     quota_refusals: Counter = field(init=False)
+    objection_refusals: Counter = field(init=False)
     models_served: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +58,9 @@ class ServingMetrics:
         put(self, "quota_refusals", Counter(
             "fedguard_quota_refusals", "Predict requests refused by the rate limit or daily budget, by model",
             ("model",), registry=self.registry))
+        put(self, "objection_refusals", Counter(
+            "fedguard_objection_refusals", "Predict requests refused unscored because their subject objected to "
+            "the model (serving.guards.objections), by model", ("model",), registry=self.registry))
         put(self, "models_served", Gauge(
             "fedguard_models_served", "Number of models this server serves", registry=self.registry))
 

@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lifecycle.errors import ConfigurationError
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_OBJECTION_STATUS = 403
+DEFAULT_OBJECTION_MESSAGE = ("this subject has objected to automated processing by this model; "
+                             "no prediction was made")
 FiniteBound = Annotated[float, Field(allow_inf_nan=False)] | None
 
 
@@ -139,6 +142,11 @@ class ServingSettings(BaseSettings):
         How long a server trusts a key it authenticated before asking the
         registry again (:mod:`serving.guards.keycache`): the bound on how late a
         revocation made elsewhere reaches this server. ``0`` asks every time.
+    objection_status, objection_message
+        The answer to a predict request whose ``subject_id`` objected to the
+        model in this environment (``fedguard objections add``): a 4xx status
+        (403 by default; 451 is another fit, RFC 7725) and the message the
+        caller reads (code ``objection``). The model never sees the request.
     access_log
         Whether ``fedguard serve`` writes the access log (one line per request
         to stderr, :mod:`serving.metrics`); on by default.
@@ -188,6 +196,8 @@ class ServingSettings(BaseSettings):
     shadow_max_pending: int = Field(default=32, ge=1)
     feature_ranges: dict[str, dict[str, tuple[FiniteBound, FiniteBound]]] = Field(default_factory=dict)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
+    objection_status: int = Field(default=DEFAULT_OBJECTION_STATUS, ge=400, le=499)
+    objection_message: str = Field(default=DEFAULT_OBJECTION_MESSAGE, min_length=1, max_length=512)
     access_log: bool = True
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from serving.drift import DriftMonitors
 from serving.guards.extraction import ExtractionGuard
 from serving.guards.keycache import KeyCache
 from serving.guards.keys import KeyInfo
+from serving.guards.objections import ObjectionGuard
 from serving.guards.quotas import QuotaStore
 from serving.guards.ranges import FeatureRanges
 from serving.metrics import ServingMetrics
@@ -54,6 +55,8 @@ class ServingState:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # Rollouts and the kill switch (serving.rollout.router); built from ``models`` when not given.
     deployments: Router = field(default=None)  # type: ignore[assignment]
+    # Subjects' objections per served model in this environment (serving.guards.objections); built when not given.
+    objections: ObjectionGuard = field(default=None)  # type: ignore[assignment]
 
     def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run ``work`` on the running loop without waiting for it: held until done, an unexpected failure logged.
@@ -70,6 +73,10 @@ class ServingState:
         if self.deployments is None:
             object.__setattr__(self, "deployments", Router.for_models(self.registry, self.settings, self.models,
                                                                       metrics=self.metrics.registry))
+        if self.objections is None:  # loaded by the first request that names a subject
+            object.__setattr__(self, "objections", ObjectionGuard(
+                self.registry, self.settings.environment, self.models,
+                refresh_seconds=self.settings.deploy_refresh_seconds, refusals=self.metrics.objection_refusals))
 
 
 def _log_failure(task: asyncio.Task[None], what: str) -> None:

@@ -8,6 +8,8 @@ One module per guard, in the order a predict request meets them:
   nesting depth bounded before it is parsed (``GuardedRoute``);
 - :mod:`~serving.guards.keys` and :mod:`~serving.guards.keycache`: API keys,
   stored only as hashes, and the short-lived cache of authenticated ones;
+- :mod:`~serving.guards.objections`: subjects who objected to a model (the
+  right to object), refused before anything reads the instances;
 - :mod:`~serving.guards.ranges`: the operator's per-feature value ranges;
 - :mod:`~serving.guards.quotas`: per-key rate limits and daily budgets (a
   stateful service: memory and Redis stores behind one contract);

@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from lifecycle.errors import NotFoundError
 from serving import logger
-from serving.errors import ErrorBody
+from serving.errors import ErrorBody, SubjectObjected
 from serving.guards.auth import AdminKey, PredictKey
 from serving.guards.body import GuardedRoute
 from serving.guards.keys import KeyInfo, is_key_id, revoke_key
@@ -41,6 +41,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
     403: {"model": ErrorBody, "description": "The API key lacks the needed scope"},
 }
+_OBJECTION = {"model": ErrorBody, "description": "The API key lacks the needed scope; or (code 'objection', status "
+              "configurable) the request's subject_id objected to automated processing by this model"}
 
 # Batches up to this many instances are answered on the event loop (~0.1-0.2 ms for
 # the models fedguard trains); larger ones in the thread pool, so that one big batch
@@ -85,6 +87,7 @@ def list_models(state: State, key: PredictKey) -> ModelList:
     tags=["models"],
     responses={
         **_ERRORS,
+        403: _OBJECTION,
         404: {"model": ErrorBody, "description": "No model of that name is served"},
         503: {"model": ErrorBody, "description": "The model is switched off (kill switch) or unavailable"},
         413: {"model": ErrorBody, "description": "The body exceeds the server's limit"},
@@ -110,6 +113,11 @@ async def predict(name: str, body: PredictRequest, state: State, key: PredictKey
     configured for the model (if any). A valid request takes one token of the
     key's rate limit and one unit of its daily budget per instance; past
     either, the answer is 429 with ``Retry-After``.
+
+    A request may name its data subject (``subject_id``). A subject who
+    objected to automated processing by this model is refused before the
+    model sees the instances: the operator's configured status (403 by
+    default), code ``objection``.
     """
     return await answer_predict(name, body, state, key)
 
@@ -118,6 +126,8 @@ async def answer_predict(name: str, body: PredictRequest, state: ServingState, k
     """Every guard after authentication, and the encoded answer (shared with :mod:`serving.protocols.v1.fastpath`)."""
     if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
         state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
+    if body.subject_id is not None:  # the right to object: decided before anything reads the instances
+        await _screen_subject(name, body.subject_id, state, key)
     if len(body.instances) > INLINE_INSTANCES:
         content = await run_in_threadpool(_predict, name, body, state, key)
     else:
@@ -140,6 +150,33 @@ def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
         return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
     response = PredictResponse(model=model.name, version=model.version, **fields)
     return response.model_dump_json(exclude_none=True).encode()
+
+
+async def _screen_subject(name: str, subject_id: str, state: ServingState, key: KeyInfo) -> None:
+    """Raise :class:`~serving.errors.SubjectObjected` if ``subject_id`` objected to model ``name`` here.
+
+    The lists are re-read first if older than the refresh interval (in the
+    thread pool: this request waits, so no subject is scored on a stale list).
+    A refusal takes one token and one unit of the key's quota, as a request
+    does (each costs an audit write), then is counted and audited.
+    """
+    guard = state.objections
+    if guard.stale():
+        await run_in_threadpool(guard.refresh)
+    digest = guard.listed(name, subject_id)
+    if digest is not None:
+        await run_in_threadpool(_refuse, name, digest, state, key)
+
+
+def _refuse(name: str, digest: str, state: ServingState, key: KeyInfo) -> None:
+    decision = state.quotas.consume(key.key_id, name, 1, state.clock())
+    if not decision.allowed:
+        state.metrics.quota_refusals.labels(name).inc()
+        raise QuotaExceeded(f"key {key.key_id} refused on {name} (objection refusal), retry in "
+                            f"{decision.retry_after:.3f}s", retry_after=decision.retry_after)
+    state.objections.record_refusal(name, digest, key.key_id)
+    raise SubjectObjected(f"key {key.key_id}: subject {digest[:16]}… objected to {name} in environment "
+                          f"{state.objections.environment}; refused unscored")
 
 
 def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:

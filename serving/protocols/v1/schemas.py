@@ -5,6 +5,10 @@ Requests are parsed strictly: a value must be a JSON number (``"1.5"``,
 refused, so that a caller's mistake is reported instead of silently guessed at.
 Shape rules that depend on the model (value count, batch limit, finiteness) are
 checked against the signed feature schema in :mod:`serving.models`.
+
+``subject_id`` is optional; when present it is checked by its pattern alone
+(printable ASCII, :data:`lifecycle.governance.objections.SUBJECT_ID_PATTERN`),
+so a request without it costs nothing more to validate.
 """
 
 from __future__ import annotations
@@ -13,20 +17,35 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lifecycle.governance.objections import MAX_SUBJECT_ID, SUBJECT_ID_PATTERN
+
 
 class PredictRequest(BaseModel):
-    """A batch of instances, each a list of feature values in the schema's order."""
+    """A batch of instances, each a list of feature values in the schema's order, and optionally its subject."""
 
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"examples": [{"instances": [[0.1, 1.2, -0.3, 4.0], [0.0, 0.5, 0.7, 1.1]]}]},
+        json_schema_extra={"examples": [{"instances": [[0.1, 1.2, -0.3, 4.0], [0.0, 0.5, 0.7, 1.1]]},
+                                        {"instances": [[0.1, 1.2, -0.3, 4.0]], "subject_id": "MRN-0042"}]},
     )
 
     instances: list[list[float]] = Field(
         description=(
             "One list of finite numbers per instance, in the order of the model's features "
             "(see GET /v1/models). At least 1 and at most the server's max-instances."
+        ),
+    )
+    subject_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SUBJECT_ID,
+        pattern=SUBJECT_ID_PATTERN,
+        description=(
+            "Optional: the data subject the instances describe (1-128 printable ASCII characters, compared "
+            "exactly). If the subject objected to automated processing by this model in the server's "
+            "environment, the request is refused, unscored, with the operator's configured status (403 by "
+            "default) and code 'objection'. The identifier is never stored or logged in the clear."
         ),
     )
 
