@@ -41,7 +41,6 @@ withdrawal at its own publication: none escapes its taint.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -162,11 +161,9 @@ class WithdrawalResult:
 
 def on_taint_policy(registry: Registry, name: str) -> str:
     """The model's ``on-taint`` policy: ``block`` (default) or ``replace``."""
-    try:  # TODO(merge): lifecycle.governance.policies comes with the policy work; 'block' until then
-        policies = importlib.import_module("lifecycle.governance.policies")
-        policy = str(policies.on_taint(registry, name))
-    except (ImportError, AttributeError):
-        return BLOCK
+    from lifecycle.governance import policies  # policies -> gates -> consent: imported when first needed
+
+    policy = policies.on_taint(registry, name)
     if policy not in ON_TAINT:
         logger.warning("unknown on-taint policy %r for model %s; blocking", policy, name)
         return BLOCK
