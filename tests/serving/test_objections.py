@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from fedguard.cli import app as cli
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.governance.objections import SUBJECT_KEY_NAME, ObjectionStore
+from lifecycle.governance.stages import StageStore
 from lifecycle.home import Home
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.registry.tables import AuditEvent
@@ -215,6 +216,7 @@ def test_a_refusal_takes_a_quota_token(listed: Registry) -> None:
 
 def test_another_environment_has_its_own_list(listed: Registry) -> None:
     ObjectionStore(listed).add("demo", "clinic-north", [UNLISTED], reason="letter", actor="cli:dpo")
+    StageStore(listed).promote("demo", 1, to="production", environment="clinic-north", actor="user:ops")
     for served in serve(listed, ServingSettings(environment="clinic-north")):
         assert served.predict(LISTED).status_code == 200  # listed in 'default' only
         assert served.predict(UNLISTED).status_code == 403

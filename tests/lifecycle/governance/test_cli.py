@@ -42,7 +42,7 @@ def test_policy_set_show_history(run: Any, tmp_path: Path) -> None:
     shown = json.loads(out)
     assert shown["version"] == 1 and shown["document"] == SAMPLE and shown["stages"]["production"]["min-accuracy"]
     code, out, _ = run("policy", "history", "breast-cancer", "--json")
-    assert [r["version"] for r in json.loads(out)] == [1] and json.loads(out)[0]["actor"].startswith("cli")
+    assert [r["version"] for r in json.loads(out)] == [1] and json.loads(out)[0]["actor"].startswith("user:")
 
 
 @pytest.mark.parametrize(("args", "code", "says"), [

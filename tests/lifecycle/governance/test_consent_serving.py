@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from lifecycle.errors import GovernanceError
 from lifecycle.governance import consent
 from lifecycle.governance.consent import ConsentStore
 from lifecycle.registry import DeploymentStore, Registry
@@ -53,7 +54,8 @@ def test_block_answers_503_with_a_generic_reason_on_every_replica(registry: Regi
     ConsentStore(registry).withdraw("st-marys", scope="site", reason="consent withdrawn 2026-12-01", actor="ops")
     assert answers(replicas, key) == [(0, WITHDRAWN_MESSAGE)] * 2
     assert "st-marys" not in WITHDRAWN_MESSAGE
-    DeploymentStore(registry).revive("demo", actor="ops")  # a revive by hand still cannot serve a tainted version
+    with pytest.raises(GovernanceError, match="consent was withdrawn"):  # nor can a revive by hand
+        DeploymentStore(registry).revive("demo", actor="ops")
     assert answers(replicas, key) == [(0, WITHDRAWN_MESSAGE)] * 2
     late = Router.open(registry, ServingSettings())  # a replica started after the withdrawal
     assert late.live["demo"].stable is None and ("demo", 2) in late._tainted
