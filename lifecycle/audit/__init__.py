@@ -7,6 +7,6 @@ the audit key (``fedguard audit verify``); the sites' copies of the checkpoints
 (:mod:`.witness`) make it detectable even for the holder of that key.
 """
 
-from lifecycle.audit.chain import APPENDED, AUDIT_LOCK_KEY, GENESIS, AuditChainError, record, verify_chain
+from lifecycle.audit.chain import APPENDED, AUDIT_LOCK_KEY, GENESIS, AuditChainError, record, serialise, verify_chain
 
-__all__ = ["APPENDED", "AUDIT_LOCK_KEY", "GENESIS", "AuditChainError", "record", "verify_chain"]
+__all__ = ["APPENDED", "AUDIT_LOCK_KEY", "GENESIS", "AuditChainError", "record", "serialise", "verify_chain"]

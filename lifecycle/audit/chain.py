@@ -47,6 +47,20 @@ def _event_hash(prev_hash: str, event: AuditEvent) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def serialise(session: Session) -> None:
+    """Take the audit trail's transaction-scoped lock: until this transaction ends, no other writer audits.
+
+    On PostgreSQL, ``pg_advisory_xact_lock(AUDIT_LOCK_KEY)`` (released at
+    commit or rollback); SQLite serialises writers already. :func:`record`
+    takes it before reading the chain's head; a governance check that must
+    not be separated from its write (a taint re-check, which version is in
+    production) takes it first, so every audited change that could
+    invalidate the check waits until the write commits.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+
+
 def record(
     session: Session,
     action: str,
@@ -60,9 +74,7 @@ def record(
     On PostgreSQL a transaction-scoped advisory lock serialises appenders so
     two writers cannot fork the chain; SQLite serialises writers already.
     """
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+    serialise(session)
     last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
     prev_hash = last.hash if last is not None else GENESIS
     event = AuditEvent(

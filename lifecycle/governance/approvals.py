@@ -37,10 +37,11 @@ from sqlmodel import Session, col, select
 
 from lifecycle import audit
 from lifecycle.audit.checkpoints import fingerprint
-from lifecycle.errors import ConfigurationError, VerificationError
+from lifecycle.errors import ConfigurationError, GovernanceError, VerificationError
 from lifecycle.governance.decisions import REGISTERED, STAGES
 from lifecycle.governance.enforce import APPROVE, KINDS, version_row
 from lifecycle.governance.operator import ApproverKey
+from lifecycle.governance.policy import Policy
 from lifecycle.governance.tables import Approval
 from lifecycle.registry import Registry
 from lifecycle.registry.deployments import validate_environment
@@ -217,19 +218,32 @@ def check_row(row: Approval, name: str, version: ModelVersion, public_key_pem: s
     return statement
 
 
-def usable(session: Session, name: str, version: ModelVersion, *, stage: str, environment: str) -> list[Approval]:
+def usable(session: Session, name: str, version: ModelVersion, *, stage: str, environment: str,
+           policy: Policy | None = None) -> list[Approval]:
     """Unused, verified approvals of ``version`` into ``stage`` in ``environment``: one per approver key.
 
     An approval that fails verification is skipped (and logged), so it never
-    counts towards a policy's required number.
+    counts towards a policy's required number; so is a copy of a stored
+    signature (a used approval duplicated into a fresh row: only the first row
+    holding a signature counts, once), and, when ``policy`` lists
+    ``approvers``, an approval by a key it does not list.
     """
     rows = session.exec(
         select(Approval).where(Approval.model_version_id == version.id, Approval.kind == APPROVE,
                                Approval.stage == stage, Approval.environment == environment,
                                col(Approval.used).is_(False)).order_by(col(Approval.id))
     ).all()
+    first = _first_holders(session, [r.signature for r in rows])
     chosen: dict[str, Approval] = {}
     for row in rows:
+        if first.get(row.signature) != row.id:
+            logger.warning("not counting approval #%s of %s:%d: its signature is a copy of approval #%s", row.id,
+                           name, version.version, first.get(row.signature))
+            continue
+        if policy is not None and not policy.allows(row.approver):
+            logger.warning("not counting approval #%s of %s:%d: approver %s… is not in the policy's approvers",
+                           row.id, name, version.version, row.approver[:16])
+            continue
         try:
             check_row(row, name, version)
         except ApprovalError as exc:
@@ -237,6 +251,35 @@ def usable(session: Session, name: str, version: ModelVersion, *, stage: str, en
             continue
         chosen.setdefault(row.approver, row)
     return list(chosen.values())
+
+
+def _first_holders(session: Session, signatures: list[str]) -> dict[str, int]:
+    """``{signature: id of the first stored row holding it}`` for each of ``signatures`` that is stored."""
+    if not signatures:
+        return {}
+    held = session.exec(select(Approval.signature, Approval.id).where(col(Approval.signature).in_(set(signatures)))
+                        .order_by(col(Approval.id).desc())).all()
+    return {signature: int(row_id) for signature, row_id in held if row_id is not None}
+
+
+def store(session: Session, approval: Approval) -> Approval:
+    """Add a newly signed ``approval`` row (flushed), refusing a signature the registry already holds.
+
+    Ed25519 signatures are deterministic (RFC 8032 §5.1.6): the same key over
+    the same statement gives the same bytes, so a stored signature seen again
+    is a replay of an approval that may already have been used.
+
+    Raises
+    ------
+    GovernanceError
+        The signature is already stored (nothing is added).
+    """
+    if _first_holders(session, [approval.signature]):
+        raise GovernanceError(f"this signed {approval.kind} of stage {approval.stage} in '{approval.environment}' is "
+                              "already stored (a signature counts once); sign a new one")
+    session.add(approval)
+    session.flush()
+    return approval
 
 
 def approve(registry: Registry, name: str, version: int, *, stage: str, environment: str, key: ApproverKey,
@@ -265,9 +308,7 @@ def approve(registry: Registry, name: str, version: int, *, stage: str, environm
             )
         statement = make_statement(key, APPROVE, name, row, stage=stage, environment=environment, reason=reason,
                                    now=now)
-        approval = signed_row(key, statement, row.id)
-        session.add(approval)
-        session.flush()
+        approval = store(session, signed_row(key, statement, row.id))
         audit.record(session, "approval.signed", actor=key.actor(actor)[:128], subject=f"{name}:{version}",
                      details={"approval": approval.id, "kind": APPROVE, "stage": stage, "environment": environment,
                               "approver": key.fingerprint, "approver_name": key.name, "reason": reason,

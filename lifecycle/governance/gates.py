@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from lifecycle import audit, logger
 from lifecycle.errors import ConfigurationError, FedguardError
 from lifecycle.governance.criteria import Facts, measure
-from lifecycle.governance.decisions import STAGES, CriterionResult, GateReport
+from lifecycle.governance.decisions import REGISTERED, STAGES, CriterionResult, GateReport
 from lifecycle.governance.policies import current_policy
 from lifecycle.governance.policy import Policy
 from lifecycle.governance.tables import ConsentWithdrawal, GateDecision, ModelTaint
@@ -90,6 +90,22 @@ def _signed_facts(record: VersionRecord) -> tuple[dict[str, Any] | None, dict[st
     return training, {site: row.get("epsilon") for site, row in rows.items()}, ""
 
 
+CONSENT = "consent-clean"
+
+
+def implied(criteria: tuple[tuple[str, Any], ...], stage: str) -> tuple[tuple[str, Any], ...]:
+    """``criteria`` with ``consent-clean`` added for ``staging`` and ``production`` when the policy omits it.
+
+    Consent is not a policy choice (GDPR Art. 7(3): a withdrawal must take
+    effect): a version whose lineage holds withdrawn data fails every stage's
+    gates, whatever the policy declares (``consent-clean = false`` included),
+    and only a signed override lets it through.
+    """
+    if stage == REGISTERED or any(key == CONSENT for key, _ in criteria):
+        return criteria
+    return (*criteria, (CONSENT, True))
+
+
 def evaluate(registry: Registry, name: str, version: int, stage: str, *, environment: str = "",
              trigger: str = "promote", actor: str = "cli") -> GateReport:
     """Evaluate ``name:version`` against ``stage``'s criteria; store the decision with an audit event.
@@ -108,7 +124,7 @@ def evaluate(registry: Registry, name: str, version: int, stage: str, *, environ
         raise ConfigurationError(f"unknown stage '{stage}'; known stages: {', '.join(STAGES)}")
     record = registry.get_version(name, version)
     policy = current_policy(registry, name)
-    criteria = policy.criteria(stage)
+    criteria = implied(policy.criteria(stage), stage)
     keys = {key for key, _ in criteria}
     signature = _signature(registry, record) if "signature-verified" in keys else None
     training, signed_epsilon, problem = _signed_facts(record)

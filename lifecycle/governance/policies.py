@@ -137,6 +137,19 @@ class PolicyStore:
             return [_record(name, row) for row in self._rows(session, name)]
 
 
+def declared(session: Session, name: str, model_id: int | None) -> Policy | None:
+    """``name``'s newest declared policy, read in ``session`` (``None``: none declared, the model is not governed).
+
+    A model with a declared policy is **governed**: its deployments serve only
+    versions promoted through the stages (:func:`lifecycle.governance.enforce.check_deployable`).
+    """
+    if model_id is None:
+        return None
+    row = session.exec(select(PolicyVersion).where(PolicyVersion.model_id == model_id)
+                       .order_by(col(PolicyVersion.version).desc()).limit(1)).first()
+    return None if row is None else _record(name, row).policy
+
+
 def current_policy(registry: Registry, name: str) -> Policy:
     """The policy in force for ``name``: its newest declared version, else :data:`DEFAULT_POLICY`.
 
@@ -144,10 +157,8 @@ def current_policy(registry: Registry, name: str) -> Policy:
     """
     with Session(registry.engine) as session:
         model = _model(session, name)
-        row = None if model is None else session.exec(
-            select(PolicyVersion).where(PolicyVersion.model_id == model.id)
-            .order_by(col(PolicyVersion.version).desc()).limit(1)).first()
-    return DEFAULT_POLICY if row is None else _record(name, row).policy
+        policy = None if model is None else declared(session, name, model.id)
+    return DEFAULT_POLICY if policy is None else policy
 
 
 def required_approvals(registry: Registry, name: str, stage: str) -> int:

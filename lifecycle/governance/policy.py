@@ -5,6 +5,7 @@ model, one table per stage::
 
     sensitive-attribute = "mean radius"   # model-wide: the feature whose groups fairness compares
     on-taint = "block"                    # or "replace": production's answer when its version gets tainted
+    approvers = ["3f1c…64 hex…"]          # optional: the only approver keys (SHA-256 fingerprints) that count
     [staging]
     min-accuracy = 0.90
     consent-clean = true
@@ -22,6 +23,7 @@ set to ``false`` means "not required" and is not evaluated.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -33,7 +35,8 @@ from lifecycle.governance.decisions import STAGES
 
 ON_TAINT = ("block", "replace")
 """What production does when its version is tainted: answer 503 (``block``) or serve the newest clean version."""
-TOP_LEVEL = ("sensitive-attribute", "on-taint")
+TOP_LEVEL = ("sensitive-attribute", "on-taint", "approvers")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 DEFAULT_DOCUMENT = """\
 # fedguard's built-in policy, in force until 'fedguard policy set' declares one
@@ -66,6 +69,9 @@ class Policy:
         SHA-256 of the document, as stored.
     version
         The registry's policy version (``None``: the built-in default policy).
+    approvers
+        The SHA-256 fingerprints (hex) of the only approver keys whose approvals and overrides count
+        (empty: any valid approver key counts, which ``models promote|approve`` warn about).
     """
 
     stages: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
@@ -74,6 +80,11 @@ class Policy:
     on_taint: str = "block"
     digest: str = ""
     version: int | None = None
+    approvers: tuple[str, ...] = ()
+
+    def allows(self, fingerprint: str) -> bool:
+        """Whether an approval or override signed by the key ``fingerprint`` counts under this policy."""
+        return not self.approvers or fingerprint in self.approvers
 
     def criteria(self, stage: str) -> tuple[tuple[str, Any], ...]:
         """The ``(criterion, threshold)`` pairs a version must meet to enter ``stage`` (empty if none)."""
@@ -97,7 +108,7 @@ class Policy:
         approvals = dict(self.approvals)
         return {
             "version": self.version, "digest": self.digest, "sensitive_attribute": self.sensitive_attribute,
-            "on_taint": self.on_taint,
+            "on_taint": self.on_taint, "approvers": list(self.approvers),
             "stages": {stage: {**dict(criteria), **({"required-approvals": approvals[stage]}
                                                     if stage in approvals else {})}
                        for stage, criteria in self.stages},
@@ -170,12 +181,27 @@ def parse_policy(document: str, *, source: str = "the policy", version: int | No
     if on_taint not in ON_TAINT:
         raise ConfigurationError(f"on-taint = {on_taint!r} in {source} must be one of {', '.join(ON_TAINT)}; "
                                  f"known keys: {', '.join(known_top)}")
+    approvers = _approvers(data.get("approvers", []), source, known_top)
     for stage, criteria in stages:
         needs = [key for key, _ in criteria if key in FAIRNESS]
         if needs and attribute is None:
             raise ConfigurationError(f"[{stage}] {needs[0]} in {source} needs a top-level sensitive-attribute "
                                      "(the feature whose groups are compared); known keys: " + ", ".join(known_top))
-    return Policy(tuple(stages), tuple(approvals), attribute, str(on_taint), digest(document), version)
+    return Policy(tuple(stages), tuple(approvals), attribute, str(on_taint), digest(document), version, approvers)
+
+
+def _approvers(value: Any, source: str, known: list[str]) -> tuple[str, ...]:
+    """The ``approvers`` list: distinct SHA-256 key fingerprints, 64 hex digits each (as ``operator show`` prints)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"approvers = {value!r} in {source} must be a list of approver key fingerprints "
+                                 f"(64 hex digits, from 'fedguard operator show'); known keys: {', '.join(known)}")
+    fingerprints = tuple(dict.fromkeys(v.strip().lower() for v in value))
+    for fingerprint in fingerprints:
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise ConfigurationError(f"approvers entry {fingerprint[:80]!r} in {source} is not a SHA-256 key "
+                                     "fingerprint (64 hex digits, from 'fedguard operator show'); known keys: "
+                                     + ", ".join(known))
+    return fingerprints
 
 
 DEFAULT_POLICY = parse_policy(DEFAULT_DOCUMENT, source="the built-in default policy")

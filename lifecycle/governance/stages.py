@@ -8,13 +8,21 @@ row in an environment is ``registered`` there.
 A promotion goes up (it may skip ``staging``) and is governed:
 
 1. the target stage's declared gates are evaluated for that environment
-   (:func:`lifecycle.governance.gates.evaluate`, a stored decision); a failure
-   refuses it (:class:`~lifecycle.errors.GovernanceError`, exit code 11,
-   naming every failing criterion with its measured value and threshold),
-   unless an approver signs an **override** with a reason;
+   (:func:`lifecycle.governance.gates.evaluate`, a stored decision), and
+   ``staging``'s too when a version goes to production without being at
+   staging there; a failure refuses it
+   (:class:`~lifecycle.errors.GovernanceError`, exit code 11, naming every
+   failing criterion with its measured value and threshold), unless an
+   approver signs an **override** with a reason (under a policy that lists
+   ``approvers``, only a listed key may);
 2. the policy's required number of signed approvals by distinct approver
-   keys must be present and unused (:mod:`lifecycle.governance.approvals`);
-3. in one transaction: the stage row, a :class:`~lifecycle.governance.tables.StageEvent`,
+   keys (listed ones, if the policy lists ``approvers``) must be present and
+   unused (:mod:`lifecycle.governance.approvals`);
+3. under the audit lock (PostgreSQL: taken first, so concurrent promotions,
+   withdrawals and approvals serialise) and the environment's deployment row
+   lock, the stage is read again and the version's taints re-checked (a
+   tainted version needs an override whatever its gates said);
+4. in the same transaction: the stage row, a :class:`~lifecycle.governance.tables.StageEvent`,
    the approvals marked used (and the override stored), and — for
    ``production`` — the deployment of that environment pointed at the version
    (the version it replaces goes back to ``staging``), each with its audit
@@ -40,7 +48,7 @@ from lifecycle.errors import ConfigurationError, GovernanceError, NotFoundError
 from lifecycle.governance import approvals as signed
 from lifecycle.governance import policies
 from lifecycle.governance.decisions import PRODUCTION, REGISTERED, STAGES, STAGING, GateReport
-from lifecycle.governance.enforce import OVERRIDE, check_deployable, version_row
+from lifecycle.governance.enforce import OVERRIDE, check_deployable, taints, version_row
 from lifecycle.governance.operator import ApproverKey
 from lifecycle.governance.tables import GateDecision, StageEvent, VersionStage
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
@@ -105,11 +113,14 @@ class PromotionResult:
     replaced: int | None = None
     """The version that was in production in this environment before (now back in staging)."""
     deployment: DeploymentState | None = None
+    evaluated: tuple[GateReport, ...] = ()
+    """Every gate report the promotion checked: ``staging``'s too when a version goes straight to production."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "environment": self.environment,
                 "from_stage": self.from_stage, "to_stage": self.to_stage, "override": self.override,
                 "approvals": list(self.approvals), "replaced": self.replaced, "gates": self.gates.to_dict(),
+                "evaluated": [r.to_dict() for r in self.evaluated],
                 "deployment": self.deployment.to_dict() if self.deployment else None}
 
 
@@ -226,29 +237,54 @@ class StageStore:
             )
         from lifecycle.governance import gates
 
-        report = gates.evaluate(self.registry, name, version, to, environment=environment, trigger="promote",
-                                actor=override.key.actor(actor) if override is not None else actor)
+        evaluator = override.key.actor(actor) if override is not None else actor
+        reports = [gates.evaluate(self.registry, name, version, stage, environment=environment, trigger="promote",
+                                  actor=evaluator)
+                   for stage in ([STAGING] if to == PRODUCTION and current != STAGING else []) + [to]]
+        report = reports[-1]
+        passed = all(r.passed for r in reports)
         needed = required_approvals(self.registry, name, to)
         with self.registry.transaction() as session:
-            _, row = version_row(session, name, version)
+            # First the audit lock (PostgreSQL): a withdrawal's taint, an approval or another promotion of this
+            # model commits either before the checks below read it, or after this promotion commits.
+            audit.serialise(session)
+            model, row = version_row(session, name, version)
             assert row.id is not None
+            DeploymentStore(self.registry, environment).lock(session, model)
             current = self._stage(session, row.id, environment)  # again, under the transaction
             if STAGES.index(current) >= STAGES.index(to):
                 raise ConfigurationError(f"{name}:{version} was moved to {current} in '{environment}' meanwhile")
-            using_override = override is not None and not report.passed
-            approvals = signed.usable(session, name, row, stage=to, environment=environment)
+            policy = policies.declared(session, name, model.id)
+            withdrawn = taints(session, row.id)
+            if withdrawn and override is None and passed:  # tainted since its gates were evaluated
+                raise GovernanceError(
+                    f"{name}:{version} may not be promoted to {to} in '{environment}': its lineage holds data whose "
+                    f"consent was withdrawn (withdrawal {', '.join(f'#{w}' for w in withdrawn)}); retrain without "
+                    f"it: 'fedguard retrain {name} --without-withdrawn'"
+                )
+            using_override = override is not None and (not passed or bool(withdrawn))
+            if using_override and override and policy is not None and not policy.allows(override.key.fingerprint):
+                raise GovernanceError(
+                    f"approver key {override.key.fingerprint} may not override the gates of '{name}': its policy "
+                    f"lists other approvers; add the key to 'approvers' and declare it: 'fedguard policy set "
+                    f"{name} FILE'"
+                )
+            approvals = signed.usable(session, name, row, stage=to, environment=environment, policy=policy)
             keys = {a.approver for a in approvals} | ({override.key.fingerprint} if using_override and override
                                                      else set())
+            failures = "; ".join(f"{r.stage}: {r.describe_failures()}" if len(reports) > 1 else r.describe_failures()
+                                 for r in reports if not r.passed)
             problems = []
-            if not report.passed and not using_override:
-                problems.append(f"failing gate(s): {report.describe_failures()}")
+            if not passed and not using_override:
+                problems.append(f"failing gate(s): {failures}")
             if len(keys) < needed:
-                problems.append(f"{len(keys)} of the {needed} signed approval(s) by distinct approver keys the "
-                                f"policy requires for {to} (approve with 'fedguard models approve {name}:{version} "
-                                f"--stage {to} --env {environment}')")
+                listed = " by keys its approvers list" if policy is not None and policy.approvers else ""
+                problems.append(f"{len(keys)} of the {needed} signed approval(s) by distinct approver keys{listed} "
+                                f"the policy requires for {to} (approve with 'fedguard models approve "
+                                f"{name}:{version} --stage {to} --env {environment}')")
             if problems:
                 hint = "; or an approver may override the gates with --override --reason TEXT" \
-                    if not report.passed and not using_override else ""
+                    if not passed and not using_override else ""
                 raise GovernanceError(f"{name}:{version} may not be promoted to {to} in '{environment}': "
                                       + "; ".join(problems) + hint)
             decision = self._decision(session, row.id, to, environment)
@@ -259,15 +295,16 @@ class StageStore:
             if using_override and override:
                 statement = signed.make_statement(override.key, OVERRIDE, name, row, stage=to,
                                                   environment=environment, reason=reason, now=now)
-                session.add(signed.signed_row(override.key, statement, row.id, used=True))
+                signed.store(session, signed.signed_row(override.key, statement, row.id, used=True))
             details = {"from": current, "to": to, "environment": environment, "gate_decision": decision,
-                       "gates_passed": report.passed, "approvals": sorted(keys)}
+                       "gates_passed": passed, "approvals": sorted(keys)}
             self._move(session, name, row, environment, current, to, actor_id, reason, using_override, decision)
             if using_override and override:
                 audit.record(session, "stage.override", actor=actor_id[:128], subject=f"{name}:{version}",
                              details={**details, "approver": override.key.fingerprint,
                                       "approver_name": override.key.name, "reason": reason,
-                                      "failing": [r.to_dict() for r in report.failing]})
+                                      "failing": [r.to_dict() for rep in reports for r in rep.failing],
+                                      "tainted_by": withdrawn})
             else:
                 audit.record(session, "stage.promoted", actor=actor_id[:128], subject=f"{name}:{version}",
                              details=details)
@@ -276,7 +313,7 @@ class StageStore:
                 replaced = self._replace_production(session, name, row, environment, actor_id)
                 deployment = self._serve(session, name, version, environment, actor_id)
         return PromotionResult(name, version, environment, current, to, report, using_override,
-                               tuple(sorted(keys)), replaced, deployment)
+                               tuple(sorted(keys)), replaced, deployment, tuple(reports))
 
     def demote(self, name: str, version: int, *, environment: str, to: str | None = None, actor: str,
                reason: str = "") -> DemotionResult:
@@ -384,7 +421,7 @@ class StageStore:
 
         return DeploymentStore(self.registry, environment).apply(
             session, name, "promote", change, actor=actor, source=GOVERNANCE_SOURCE,
-            reason=f"promoted to production in '{environment}'")
+            reason=f"promoted to production in '{environment}'", checked=True)
 
     @staticmethod
     def _kill_source(session: Session, dep: Deployment) -> str:
@@ -406,7 +443,8 @@ class StageStore:
         previous = dep.previous_version if dep.stable_version == version else None
         if previous is not None:
             try:
-                check_deployable(session, name, previous, environment)
+                # the replacement left it at staging: it must still be there (or above) to serve again
+                check_deployable(session, name, previous, environment, candidate=True)
             except GovernanceError:
                 previous = None
         why = f"{name}:{version} demoted from production in '{environment}'" + (f" ({reason})" if reason else "")

@@ -25,6 +25,21 @@ from lifecycle.governance.operator import default_key_path, init_key, load_key, 
 from lifecycle.registry import DeploymentStore, Registry, parse_ref
 
 console = Console()
+warnings = Console(stderr=True)
+
+
+def _warn_approvers(registry: Registry, name: str, fingerprint: str | None = None) -> None:
+    """Say plainly on stderr when any valid approver key counts, or when ``fingerprint``'s approval will not."""
+    from lifecycle.governance.policies import current_policy
+
+    policy = current_policy(registry, name)
+    if not policy.approvers:
+        warnings.print(f"[yellow]warning: the policy of '{name}' lists no approvers, so an approval or override by "
+                       "ANY valid approver key counts; restrict it with approvers = [\"FINGERPRINT\", ...] in the "
+                       f"policy ('fedguard policy set {name} FILE')[/yellow]", highlight=False)
+    elif fingerprint is not None and not policy.allows(fingerprint):
+        warnings.print(f"[yellow]warning: key {fingerprint} is not in the approvers of '{name}''s policy: this "
+                       "approval will not count[/yellow]", highlight=False)
 operator_app = typer.Typer(
     name="operator",
     help="Create and show your Ed25519 approver key, which signs approvals and overrides.",
@@ -68,12 +83,16 @@ def promote(
         signed = Override(load_key(key), reason)
     elif reason:
         raise ConfigurationError("--reason goes with --override (a plain promotion records the gate decision)")
-    result = StageStore(Registry.open()).promote(name, version, to=to, environment=env, actor=os_actor(),
-                                                 override=signed)
+    registry = Registry.open()
+    result = StageStore(registry).promote(name, version, to=to, environment=env, actor=os_actor(),
+                                          override=signed)
+    if result.approvals:
+        _warn_approvers(registry, name)
     if as_json:
         _emit(result.to_dict())
         return
-    how = "[bold red]OVERRIDDEN[/bold red] (failing: " + escape(result.gates.describe_failures()) + ")" \
+    failing = "; ".join(r.describe_failures() for r in result.evaluated if not r.passed) or "tainted lineage"
+    how = "[bold red]OVERRIDDEN[/bold red] (failing: " + escape(failing) + ")" \
         if result.override else "gates passed"
     console.print(f"promoted {name}:{version} from {result.from_stage} to {result.to_stage} in '{env}': {how}",
                   highlight=False)
@@ -169,8 +188,10 @@ def approve(
 
     name, version = _ref(ref)
     approver = load_key(key)
-    record = sign(Registry.open(), name, version, stage=stage, environment=env, key=approver, reason=reason,
+    registry = Registry.open()
+    record = sign(registry, name, version, stage=stage, environment=env, key=approver, reason=reason,
                   actor=os_actor())
+    _warn_approvers(registry, name, approver.fingerprint)
     if as_json:
         _emit(record.to_dict())
         return

@@ -10,13 +10,18 @@ all in one transaction (DESIGN.md §6): the history can never disagree with
 the state or with the audit trail.
 
 A model with no row yet serves its newest version (revision 0); its first
-action creates the row with that version as stable.
+action (or :meth:`DeploymentStore.adopt`) creates the row with that version
+as stable. For a governed model (one with a declared policy) the stable
+version of a new row is the one at ``production`` in that environment; and
+whatever the model, a new row's stable version passes the same governance
+check as any other, so adopting never serves what a deploy could not.
 
 Governance holds on every path that points a deployment at a version (a
 canary, a shadow, blue/green, a rollback, a pinned kill, a revive): inside
 the same transaction, :func:`lifecycle.governance.enforce.check_deployable`
 refuses a tainted version, or one whose production gates failed without a
-signed override (:class:`~lifecycle.errors.GovernanceError`, exit code 11).
+signed override, or — for a governed model — one not promoted to the stage
+its role needs (:class:`~lifecycle.errors.GovernanceError`, exit code 11).
 Stage promotions (:mod:`lifecycle.governance.stages`) evaluate the gates
 themselves and write through :meth:`DeploymentStore.apply` in their own
 transaction.
@@ -58,6 +63,10 @@ KILL_MODES: tuple[str, ...] = ("503", "pinned")
 CANDIDATE_MODES: tuple[str, ...] = ("canary", "shadow")
 MAX_REASON = 256
 MAX_VERSION = 2**31 - 1  # the registry's integer columns
+REPLACEMENT_SOURCE = "consent"
+"""The ``source`` of the consent enforcement's replacement of a tainted stable version (``on-taint = "replace"``,
+declared by the policy itself): the one promotion that needs no stage promotion (taint and gate decisions still
+hold)."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,7 @@ class DeploymentStore:
             row = self._row(session, model)
             if row is not None:
                 return _state(name, row)
-            return DeploymentState(model=name, revision=0, stable_version=self._newest(session, model),
+            return DeploymentState(model=name, revision=0, stable_version=self._initial(session, model),
                                    environment=self.environment)
 
     def revisions(self) -> dict[str, int]:
@@ -249,6 +258,13 @@ class DeploymentStore:
         ``create_app`` calls this for every model it serves, so that a version
         published later is not served until an operator deploys it. Two
         replicas starting together may race; the loser reads the winner's row.
+
+        Raises
+        ------
+        GovernanceError
+            The version it would adopt may not be served: tainted, failed
+            gates without an override, or (governed model) no version is at
+            ``production`` in this environment.
         """
         current = self.state(name)
         if current.revision > 0:
@@ -300,7 +316,7 @@ class DeploymentStore:
             self._check_version(session, row.model_id, name, target)
             if target == row.stable_version:
                 raise DeploymentConflict(f"{name}:{target} is already stable")
-            self._governed(session, name, target)
+            self._governed(session, name, target, staged=source != REPLACEMENT_SOURCE)
             row.previous_version, row.stable_version = row.stable_version, target
             self._clear_candidate(row)
             return {"from": row.previous_version, "to": target}
@@ -347,8 +363,8 @@ class DeploymentStore:
         def change(row: Deployment, session: Session) -> dict[str, Any]:
             if not row.killed:
                 raise DeploymentConflict(f"model '{name}' is not killed; nothing to revive")
-            for version in {row.stable_version, row.candidate_version} - {None}:
-                self._governed(session, name, version)
+            self._governed(session, name, row.stable_version)
+            self._governed(session, name, row.candidate_version, candidate=True)
             was = {"mode": row.kill_mode, "pinned": row.pinned_version}
             row.killed, row.kill_mode, row.pinned_version, row.kill_reason = False, None, None, ""
             return was
@@ -361,7 +377,7 @@ class DeploymentStore:
             self._check_version(session, row.model_id, name, version)
             if version == row.stable_version:
                 raise DeploymentConflict(f"{name}:{version} is the stable version; a {mode} needs another version")
-            self._governed(session, name, version)
+            self._governed(session, name, version, candidate=True)
             if (row.candidate_version, row.candidate_mode) != (version, mode):
                 row.rollout_id = row.revision + 1  # a new rollout re-draws who is in the canary
             row.candidate_version, row.candidate_mode, row.canary_weight = version, mode, weight
@@ -392,6 +408,32 @@ class DeploymentStore:
             raise NotFoundError(f"model '{model.name}' has no version yet; publish one first")
         return int(newest)
 
+    def _initial(self, session: Session, model: RegisteredModel) -> int:
+        """The stable version of a new row: the newest at ``production`` here for a governed model, else the newest.
+
+        A governed model with no version at ``production`` here gets its newest
+        as a placeholder, which :meth:`apply`'s check then refuses (naming the
+        promotion to run).
+        """
+        from lifecycle.governance.policies import declared  # governance's tables import this module
+        from lifecycle.governance.tables import VersionStage
+
+        if declared(session, model.name, model.id) is not None:
+            found = session.exec(
+                select(ModelVersion.version)
+                .join(VersionStage, col(VersionStage.model_version_id) == col(ModelVersion.id))
+                .where(ModelVersion.model_id == model.id, VersionStage.environment == self.environment,
+                       VersionStage.stage == "production")
+                .order_by(col(ModelVersion.version).desc()).limit(1)
+            ).first()
+            if found is not None:
+                return int(found)
+        return self._newest(session, model)
+
+    def lock(self, session: Session, model: RegisteredModel) -> Deployment | None:
+        """The deployment row in this environment of ``model``, locked until ``session`` ends (PostgreSQL), if any."""
+        return self._row(session, model, lock=True)
+
     def _row(self, session: Session, model: RegisteredModel, lock: bool = False) -> Deployment | None:
         query = select(Deployment).where(Deployment.model_id == model.id,
                                          Deployment.environment == self.environment)
@@ -409,13 +451,18 @@ class DeploymentStore:
         if found is None:
             raise NotFoundError(f"model '{name}' has no version {version}; see 'fedguard models show {name}'")
 
-    def _governed(self, session: Session, name: str, version: int | None) -> None:
-        """Refuse (GovernanceError) to point this environment's deployment at a version governance forbids."""
+    def _governed(self, session: Session, name: str, version: int | None, *, candidate: bool = False,
+                  staged: bool = True) -> None:
+        """Refuse (GovernanceError) to point this environment's deployment at a version governance forbids.
+
+        ``candidate``: as a canary or shadow (else as stable or pinned); ``staged=False``: no stage requirement
+        (see :func:`lifecycle.governance.enforce.check_deployable`).
+        """
         if version is None:
             return
         from lifecycle.governance.enforce import check_deployable  # governance's tables import this module
 
-        check_deployable(session, name, version, self.environment)
+        check_deployable(session, name, version, self.environment, candidate=candidate, staged=staged)
 
     def _apply(self, name: str, action: str, actor: str, source: str, reason: str, change: Any) -> DeploymentState:
         """Run ``change(row, session)`` on the locked row, then bump, log and audit it, atomically."""
@@ -423,21 +470,27 @@ class DeploymentStore:
             return self.apply(session, name, action, change, actor=actor, source=source, reason=reason)
 
     def apply(self, session: Session, name: str, action: str, change: Any, *, actor: str, source: str,
-              reason: str = "") -> DeploymentState:
+              reason: str = "", checked: bool = False) -> DeploymentState:
         """As :meth:`_apply`, inside the caller's open transaction ``session`` (it commits or rolls back).
 
-        ``change(row, session)`` edits the locked row (a new one has the
-        model's newest version as stable; ``change`` may set another) and
-        returns the audit details. A stage promotion uses this to write its
-        stage rows, its approvals and the deployment in one transaction.
+        ``change(row, session)`` edits the locked row (a new one has
+        :meth:`_initial` as stable; ``change`` may set another) and returns
+        the audit details. A new row's stable version must then pass
+        :func:`~lifecycle.governance.enforce.check_deployable` (unless the
+        row is killed, which serves nothing, or ``checked``: a stage
+        promotion, which uses this to write its stage rows, its approvals and
+        the deployment in one transaction, has governed the version itself).
         """
         model = self._model(session, name)
         assert model.id is not None
         row = self._row(session, model, lock=True)
+        created = row is None
         if row is None:
             row = Deployment(model_id=model.id, environment=self.environment,
-                             stable_version=self._newest(session, model))
+                             stable_version=self._initial(session, model))
         details = change(row, session)
+        if created and not checked and not row.killed:
+            self._governed(session, name, row.stable_version)
         row.revision += 1
         row.updated_at = utcnow()
         session.add(row)

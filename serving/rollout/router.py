@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lifecycle.errors import FedguardError, NotFoundError
+from lifecycle.errors import FedguardError, GovernanceError, NotFoundError
 from lifecycle.governance.consent import REASON_PREFIX, ConsentStore
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT
@@ -182,10 +182,14 @@ class Router:
         there are: those promoted to production in it
         (``fedguard models promote NAME:V --to production --env NAME``).
 
+        A model whose adoption governance refuses (tainted, failed gates, or
+        a declared policy and no version at ``production`` here) is skipped,
+        with an error log line naming it and the promotion to run.
+
         Raises
         ------
         NotFoundError
-            A named environment has no deployment.
+            A named environment has no deployment, or governance refused every model.
         SignatureError
             A needed version (stable, candidate or pinned) does not verify.
         StateError
@@ -194,9 +198,23 @@ class Router:
         router = cls(registry, settings, {}, **kwargs)
         environment = router.store.environment
         if environment == DEFAULT_ENVIRONMENT:
-            for record in registry.latest_versions():
-                state = router.store.adopt(record.name, actor="serve")
+            records = registry.latest_versions()
+            refused = 0
+            for record in records:
+                try:
+                    state = router.store.adopt(record.name, actor="serve")
+                except GovernanceError as exc:  # one model governance forbids does not stop the others
+                    logger.error("not serving %s: %s (promote a version: 'fedguard models promote %s:VERSION "
+                                 "--to production --env %s')", record.name, exc, record.name, environment)
+                    refused += 1
+                    continue
                 router._install(router._load(state, strict=True))
+            if records and refused == len(records):
+                raise NotFoundError(
+                    f"no model can be served in environment '{environment}': governance refused every one (see "
+                    f"the log); promote one there first: 'fedguard models promote NAME:VERSION --to production "
+                    f"--env {environment}'"
+                )
             return router
         names = sorted(router.store.revisions())
         if not names:

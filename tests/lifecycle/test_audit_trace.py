@@ -33,6 +33,8 @@ from lifecycle.audit.report import EXPORTED, complete, to_html, to_json
 from lifecycle.audit.trace import gather, parse_instant
 from lifecycle.audit.trace_version import verify_approval
 from lifecycle.errors import ConfigurationError
+from lifecycle.governance import approvals as signed
+from lifecycle.governance.operator import ApproverKey
 from lifecycle.governance.tables import Approval, ConsentWithdrawal, GateDecision, ModelTaint, StageEvent
 from lifecycle.packaging import publish_model
 from lifecycle.registry import DeploymentStore, Registry
@@ -120,7 +122,12 @@ def build_history(registry: Registry) -> History:
                             actor=operator)
         session.add(gate)
         session.flush()
-        approval = signed_approval(key, v2, kind="override", reason=HOSTILE)
+        # the deploy paths count only an override whose statement verifies as fedguard signs it
+        approver = ApproverKey(key, "dr-okafor")
+        statement = signed.make_statement(approver, "override", "demo", session.exec(
+            select(ModelVersion).where(ModelVersion.id == v2)).one(), stage="production", environment=ENV,
+            reason=HOSTILE)
+        approval = signed.signed_row(approver, statement, v2)
         session.add(approval)
         who = str(actors.approver(approval.approver, "dr-okafor"))
         session.add(StageEvent(model_version_id=v2, environment=ENV, from_stage="registered", to_stage="production",

@@ -133,6 +133,7 @@ def test_a_tainted_version_fails_its_consent_gate(store: StageStore, registry: R
 def test_an_override_needs_a_reason_and_is_an_audit_event_of_its_own(
         store: StageStore, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     failing(monkeypatch)
+    failed_decision(registry, 2, "")  # failed at publication; the override below answers it
     key = ApproverKey.generate("Dr A. Jones")
     with pytest.raises(ConfigurationError, match="reason"):
         store.promote("demo", 2, to="production", environment=NORTH, actor="cli:ops", override=Override(key, " "))
@@ -146,7 +147,6 @@ def test_an_override_needs_a_reason_and_is_an_audit_event_of_its_own(
     (record,) = approvals(registry, "demo", 2)
     assert (record.kind, record.used, record.approver_name) == ("override", True, "Dr A. Jones")
     # The deployment paths honour the override in NORTH only, where the failed decision was overridden.
-    failed_decision(registry, 2, "")
     DeploymentStore(registry, NORTH).kill("demo", pin=2, actor="ops")
     DeploymentStore(registry, SOUTH).kill("demo", pin=1, actor="ops")
     with pytest.raises(GovernanceError, match=r"production gates failed at publication \(decision #\d+: min-accuracy"):
