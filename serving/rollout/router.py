@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lifecycle.audit import actors
 from lifecycle.errors import FedguardError, NotFoundError
 from lifecycle.governance.consent import REASON_PREFIX, ConsentStore
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
@@ -195,7 +196,7 @@ class Router:
         environment = router.store.environment
         if environment == DEFAULT_ENVIRONMENT:
             for record in registry.latest_versions():
-                state = router.store.adopt(record.name, actor="serve")
+                state = router.store.adopt(record.name, actor=str(actors.service("serve")))
                 router._install(router._load(state, strict=True))
             return router
         names = sorted(router.store.revisions())
