@@ -12,8 +12,9 @@ Three ways in (docs/governance.md, "Consent withdrawal and taint"):
   enrolled for the site, recorded verbatim with source ``site``.
 
 Exit codes: 4 for an unknown site, 5 for a statement that does not verify,
-2 for a malformed one, 3 when a deployment could not be acted on (the taint
-itself is recorded).
+2 for a malformed one, 3 when the registry write fails: the withdrawal, its
+taint and the production changes are one transaction, so then nothing is
+recorded and the command can simply be run again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lifecycle.errors import ConfigurationError, NotFoundError, StateError, VerificationError
+from lifecycle.errors import ConfigurationError, NotFoundError, VerificationError
 
 if TYPE_CHECKING:
     from federation.consent import SignedStatement
@@ -128,10 +129,6 @@ def withdraw(
     else:
         result = store.withdraw(name, scope=SITE, reason=reason, actor=actor, enrolled=enrolled)
     _report(result, records is not None, as_json)
-    if result.failed:
-        raise StateError(f"withdrawal #{result.withdrawal.id} is recorded and its versions are tainted, but "
-                         f"{len(result.failed)} deployment(s) could not be acted on (see above); serving refuses to "
-                         "load tainted versions, so act on them by hand: 'fedguard deploy kill MODEL'")
 
 
 def _report(result: WithdrawalResult, by_records: bool, as_json: bool) -> None:

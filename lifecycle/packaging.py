@@ -27,6 +27,7 @@ from torch import nn
 from lifecycle import logger
 from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.artifacts import CARD_NAME, SIGNATURE_NAME, WEIGHTS_NAME, file_sha256
+from lifecycle.audit import actors
 from lifecycle.bom import model_component, read_lineage, write_bom
 from lifecycle.bom.document import make_bom
 from lifecycle.errors import FedguardError
@@ -53,7 +54,7 @@ class Publication:
     training: dict[str, Any]
     watermark: dict[str, Any]
     metrics: dict[str, Any]
-    actor: str = "coordinator"
+    actor: str = str(actors.service("coordinator"))
     mode: str = "simulation"
     reference: dict[str, Any] | None = None
     supersedes: int | None = None

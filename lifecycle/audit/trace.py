@@ -171,14 +171,18 @@ def _about(event: AuditEvent, model: str, runs: set[str], sites: set[str]) -> bo
     subject = event.subject
     if subject == model or subject in runs or (subject.startswith(model + ":") and subject[len(model) + 1:].isdigit()):
         return True
-    return subject in sites and event.action.startswith(("consent.", "site."))
+    named = subject[len("site:"):] if subject.startswith("site:") else subject  # consent.withdrawn: "site:NAME"
+    return named in sites and event.action.startswith(("consent.", "site."))
 
 
 def _audit_events(session: Session, model: str, runs: set[str], sites: set[str], at: datetime) -> dict[str, Any]:
-    """Audit events about the model (``NAME``, ``NAME:V``), its runs and its sites' consent, up to ``at``."""
+    """Audit events about the model (``NAME``, ``NAME:V``), its runs and its sites' consent, up to ``at``.
+
+    A site's events name it bare (``NAME``) or as ``site:NAME`` (``consent.withdrawn``); both are matched.
+    """
     rows = session.exec(select(AuditEvent).where(
         (col(AuditEvent.subject) == model) | col(AuditEvent.subject).startswith(f"{model}:", autoescape=True)
-        | col(AuditEvent.subject).in_(runs | sites)).order_by(col(AuditEvent.id))).all()
+        | col(AuditEvent.subject).in_(runs | sites | {f"site:{s}" for s in sites})).order_by(col(AuditEvent.id))).all()
     chosen = [e for e in rows if aware(e.created_at) <= at and _about(e, model, runs, sites)]
     kept = chosen[-MAX_AUDIT_EVENTS:]
     return {

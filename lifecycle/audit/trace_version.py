@@ -3,24 +3,20 @@
 Everything here is read, never written. Two checks are made *now*, at the
 time of the report, because a report is only worth what can be re-checked:
 the model signature (OpenSSF Model Signing over every file of the artifact)
-and each approval's Ed25519 signature over its signed statement (RFC 8032),
-against the public key stored with it and the approver fingerprint the row
-names. A registry row that no longer agrees with the signed ML-BOM is said
-too (:func:`lifecycle.registry.lineage.check_lineage`).
+and each approval, as governance checks it before counting one
+(:func:`lifecycle.governance.approvals.check_row`: the Ed25519 signature over
+its signed statement, RFC 8032, by the key whose fingerprint the statement
+names, and every column of the row against that statement). A registry row
+that no longer agrees with the signed ML-BOM is said too (:func:`lifecycle.registry.lineage.check_lineage`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import column, table
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
@@ -168,44 +164,31 @@ def _criteria(text: str) -> list[dict[str, Any]]:
             for c in items if isinstance(c, dict)]
 
 
-def _fingerprints(key: Ed25519PublicKey) -> set[str]:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {hashlib.sha256(raw).hexdigest(), hashlib.sha256(der).hexdigest()}
+def verify_approval(row: Approval, name: str, version: ModelVersion) -> tuple[bool, str]:
+    """Check an approval of ``name:version`` now, exactly as governance does when it counts one.
 
-
-def verify_approval(row: Approval) -> tuple[bool, str]:
-    """Check an approval now: its key is the approver's, its signature covers the statement, the row matches it.
-
-    The statement is what the approver signed (Ed25519, RFC 8032, over the
-    bytes of ``statement_json``); the row's other columns are only a copy, so
-    a row edited afterwards (a different reason) is caught by comparing them.
+    :func:`lifecycle.governance.approvals.check_row` verifies the Ed25519
+    signature (RFC 8032) over the stored statement with the stored key, that
+    the statement's approver is that key's fingerprint, and that the
+    statement names this model, version, artifact digest, action, stage,
+    environment, approver and reason; the approver's name is compared here
+    too. The row's columns are only a copy: a row edited afterwards (another
+    reason, re-pointed to another version, a new name) no longer verifies.
     """
+    from lifecycle.governance.approvals import ApprovalError, check_row
+
     try:
-        key = serialization.load_pem_public_key(row.public_key_pem.encode())
-    except ValueError:
-        return False, "the stored public key is not a PEM key"
-    if not isinstance(key, Ed25519PublicKey):
-        return False, "the stored public key is not an Ed25519 key"
-    if not row.approver or not any(fp.startswith(row.approver.lower()) for fp in _fingerprints(key)):
-        return False, f"the stored public key is not the approver's key {row.approver[:16]}"
-    try:
-        key.verify(base64.b64decode(row.signature, validate=True), row.statement_json.encode())
-    except (InvalidSignature, ValueError, binascii.Error):
-        return False, "the signature does not match the signed statement: the approval was altered or forged"
-    try:
-        statement = json.loads(row.statement_json)
-    except ValueError:
-        return False, "the signed statement is not JSON"
-    if isinstance(statement, dict):
-        for field in ("kind", "stage", "environment", "reason"):
-            if field in statement and str(statement[field]) != str(getattr(row, field)):
-                return False, f"the registry's {field} differs from what the approver signed"
+        statement = check_row(row, name, version)
+    except ApprovalError as exc:
+        return False, str(exc)
+    if row.approver_name != statement.approver_name[:128]:
+        return False, (f"approval #{row.id} of {name}:{version.version} does not match its signed statement "
+                       "(approver_name differs): the registry row was altered")
     return True, "Ed25519 signature verifies against the approver's key; the row matches the signed statement"
 
 
-def _approval(row: Approval) -> dict[str, Any]:
-    verified, detail = verify_approval(row)
+def _approval(row: Approval, name: str, version: ModelVersion) -> dict[str, Any]:
+    verified, detail = verify_approval(row, name, version)
     try:
         statement: Any = json.loads(row.statement_json)
     except ValueError:
@@ -228,7 +211,9 @@ def _in_scope(moment: datetime, at: datetime, env: str, environment: str | None)
     return aware(moment) <= at and (environment is None or env in (environment, ""))
 
 
-def _governance_rows(session: Session, version_id: int, at: datetime, environment: str | None) -> dict[str, Any]:
+def _governance_rows(session: Session, name: str, version: ModelVersion, at: datetime,
+                     environment: str | None) -> dict[str, Any]:
+    version_id = version.id
     gates = session.exec(select(GateDecision).where(GateDecision.model_version_id == version_id)
                          .order_by(col(GateDecision.id))).all()
     approvals = session.exec(select(Approval).where(Approval.model_version_id == version_id)
@@ -244,7 +229,8 @@ def _governance_rows(session: Session, version_id: int, at: datetime, environmen
                    "trigger": g.trigger, "passed": g.passed, "criteria": _criteria(g.criteria_json),
                    "actor": actor_of(g.actor), "at": iso(g.created_at)}
                   for g in gates if _in_scope(g.created_at, at, g.environment, environment)],
-        "approvals": [_approval(a) for a in approvals if _in_scope(a.created_at, at, a.environment, environment)],
+        "approvals": [_approval(a, name, version) for a in approvals
+                      if _in_scope(a.created_at, at, a.environment, environment)],
         "stage_events": [{"id": m.id, "environment": m.environment, "from": m.from_stage, "to": m.to_stage,
                           "actor": actor_of(m.actor), "reason": m.reason, "override": m.override,
                           "gate_decision_id": m.gate_decision_id, "at": iso(m.created_at)} for m in stage_events],
@@ -283,7 +269,7 @@ def version_story(registry: Registry, session: Session, model: str, row: ModelVe
     record = registry.get_version(model, row.version)
     bom, bom_sites = _bom(record)
     sites = _sites(session, run, bom_sites)
-    governance = _governance_rows(session, row.id, at, environment)
+    governance = _governance_rows(session, model, row, at, environment)
     overrides = (sum(1 for m in governance["stage_events"] if m["override"])
                  + sum(1 for a in governance["approvals"] if a["override"]))
     return {

@@ -16,14 +16,21 @@ lineage still holds the site (:func:`taint_at_publication`, called inside
 :meth:`Registry.publish`'s transaction); a records withdrawal does not,
 since the site's agent excludes those records from then on.
 
-Right after the commit, every deployment (each model and environment)
+In the **same** transaction, every deployment (each model and environment)
 whose stable, candidate or pinned version is now tainted is acted on, per
 the model's policy (``on-taint``, :func:`on_taint_policy`), each change an
-audited deployment event of source ``consent``:
+audited deployment event of source ``consent`` written through
+:meth:`DeploymentStore.apply`: the withdrawal, its taint and the production
+change commit together or not at all, so a crash can never leave a tainted
+version live after its withdrawal is recorded.
 
 - ``block`` (default): the kill switch, 503 on every replica;
-- ``replace``: the newest clean version whose signature verifies becomes
-  stable (blocked when there is none);
+- ``replace``: the newest clean version at ``production`` or ``staging`` in
+  that environment whose signature verifies (checked *before* the
+  transaction: file IO holds no lock) becomes stable; if there is none, or
+  governance refuses it (:func:`lifecycle.governance.enforce.check_deployable`:
+  failed production gates, a taint), the deployment is killed as for
+  ``block`` and the outcome names both steps;
 - a tainted canary or shadow alone is dropped (stable keeps serving).
 
 Replicas pick the change up through the deployment revision they poll, and
@@ -50,9 +57,12 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from lifecycle import audit, logger
-from lifecycle.errors import ConfigurationError, FedguardError, NotFoundError
-from lifecycle.governance.tables import ConsentWithdrawal, ModelTaint
-from lifecycle.registry.deployments import DeploymentStore, verify_version
+from lifecycle.errors import ConfigurationError, FedguardError, GovernanceError, NotFoundError
+from lifecycle.governance.decisions import PRODUCTION, STAGING
+from lifecycle.governance.enforce import check_deployable
+from lifecycle.governance.tables import ConsentWithdrawal, ModelTaint, VersionStage
+from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT, DeploymentStore, verify_version
+from lifecycle.registry.deployments import MAX_REASON as MAX_KILL_REASON
 from lifecycle.registry.store import Registry
 from lifecycle.registry.tables import Deployment, ModelVersion, RegisteredModel, SiteParticipation, utcnow
 
@@ -127,7 +137,11 @@ class TaintRecord:
 
 @dataclass(frozen=True)
 class DeploymentOutcome:
-    """What a withdrawal did to one deployment: ``blocked``, ``replaced``, ``candidate-dropped`` or ``failed``."""
+    """What a withdrawal did to one deployment: ``blocked``, ``replaced`` or ``candidate-dropped``.
+
+    ``steps`` says each step in order: a refused replacement, then the kill
+    that followed it, are both there.
+    """
 
     model: str
     environment: str
@@ -137,9 +151,12 @@ class DeploymentOutcome:
     to_version: int | None = None
     revision: int | None = None
     detail: str = ""
+    steps: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["steps"] = list(self.steps)
+        return data
 
 
 @dataclass(frozen=True)
@@ -149,10 +166,6 @@ class WithdrawalResult:
     withdrawal: Withdrawal
     tainted: tuple[str, ...]
     deployments: tuple[DeploymentOutcome, ...]
-
-    @property
-    def failed(self) -> tuple[DeploymentOutcome, ...]:
-        return tuple(d for d in self.deployments if d.action == "failed")
 
     def to_dict(self) -> dict[str, Any]:
         return {"withdrawal": self.withdrawal.to_dict(), "tainted": list(self.tainted),
@@ -229,6 +242,33 @@ def _clean(reason: str) -> str:
     return "".join(c if c.isprintable() else " " for c in reason).strip()[:MAX_REASON]
 
 
+def _drop_candidate(row: Deployment, session: Session) -> dict[str, Any]:
+    """A deployment change: drop the tainted canary or shadow (stable keeps all the traffic)."""
+    dropped = row.candidate_version
+    row.candidate_version, row.candidate_mode, row.canary_weight = None, None, 0.0
+    return {"dropped": dropped}
+
+
+def _promote(target: int) -> Any:
+    """A deployment change: ``target`` (already cleared by governance in this session) becomes stable."""
+    def change(row: Deployment, session: Session) -> dict[str, Any]:
+        row.previous_version, row.stable_version = row.stable_version, target
+        row.candidate_version, row.candidate_mode, row.canary_weight = None, None, 0.0
+        return {"from": row.previous_version, "to": target}
+
+    return change
+
+
+def _kill(reason: str, refused: dict[str, Any]) -> Any:
+    """A deployment change: the kill switch, 503 (``refused``: the replacement governance refused first)."""
+    def change(row: Deployment, session: Session) -> dict[str, Any]:
+        row.killed, row.kill_mode, row.pinned_version = True, "503", None
+        row.kill_reason = "".join(c if c.isprintable() else " " for c in reason)[:MAX_KILL_REASON]
+        return {"mode": "503", "pinned": None, "reason": row.kill_reason, **refused}
+
+    return change
+
+
 class ConsentStore:
     """Withdrawals, taint and their enforcement over one :class:`Registry` (see the module docstring)."""
 
@@ -239,7 +279,7 @@ class ConsentStore:
     def withdraw(self, site: str, *, scope: str, reason: str, actor: str, record_count: int | None = None,
                  records_digest: str = "", source: str = "coordinator", statement_json: str = "{}",
                  signature: str = "", enrolled: Collection[str] = ()) -> WithdrawalResult:
-        """Record a withdrawal, taint every version it covers (one transaction), then act on production.
+        """Record a withdrawal, taint every version it covers and act on production, in one transaction.
 
         ``enrolled``: the federation's enrolled site names (the coordinator
         CLI passes them); a site in no lineage and not enrolled is unknown.
@@ -251,12 +291,13 @@ class ConsentStore:
         ConfigurationError
             A malformed withdrawal, the site already withdrew as a whole, or the same signed statement twice.
         StateError
-            The registry write failed (nothing was recorded or tainted).
+            The registry write failed (nothing was recorded, tainted or changed in production).
         """
         _validate(site, scope, record_count, records_digest, source)
         reason = _clean(reason)
         if not reason:
             raise ConfigurationError("a withdrawal needs a reason; pass --reason TEXT")
+        policies, replacements = self._plan(site)  # reads and signature checks: before any lock is taken
         with self.registry.transaction() as session:
             _serialise(session)
             self._check_known(session, site, enrolled)
@@ -276,67 +317,128 @@ class ConsentStore:
                                   "records_digest": records_digest, "source": source, "signed": bool(signature),
                                   "reason": reason, "tainted": list(refs)})
             withdrawal = Withdrawal.of(row)
-        logger.info("consent withdrawn by site %s (withdrawal #%d, %s): %d version(s) tainted", site,
-                       withdrawal.id, scope, len(refs))
-        outcomes = self.enforce(withdrawal, {(name, version) for _, name, version in covered}, actor=actor)
+            outcomes = self._enforce(session, withdrawal, {(name, version) for _, name, version in covered},
+                                     actor=actor, policies=policies, replacements=replacements)
+        logger.info("consent withdrawn by site %s (withdrawal #%d, %s): %d version(s) tainted, %d deployment(s) "
+                    "acted on", site, withdrawal.id, scope, len(refs), len(outcomes))
         return WithdrawalResult(withdrawal, refs, tuple(outcomes))
 
-    def enforce(self, withdrawal: Withdrawal, tainted: set[tuple[str, int]], *,
-                actor: str) -> list[DeploymentOutcome]:
-        """Act on every deployment serving a version in ``tainted``, per its model's policy (each audited)."""
+    def _plan(self, site: str) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
+        """Before the transaction: each affected model's policy, and each replacement whose signature verifies.
+
+        A replacement is planned for every deployment whose stable version the
+        withdrawal will taint, under ``replace``; the transaction re-checks it
+        under governance (a version tainted meanwhile is refused there).
+        """
+        with Session(self.registry.engine) as session:
+            covered = self._lineage(session, site)
+        bad: dict[str, set[int]] = {}
+        for _, name, version in covered:
+            bad.setdefault(name, set()).add(version)
+        policies = {name: on_taint_policy(self.registry, name) for name in bad}
+        replacements: dict[tuple[str, str], int] = {}
+        for name, environment in self._deployments({n for n, p in policies.items() if p == REPLACE}):
+            if DeploymentStore(self.registry, environment).state(name).stable_version not in bad[name]:
+                continue
+            target = self.newest_clean(name, environment, exclude=bad[name])
+            if target is not None:
+                replacements[(name, environment)] = target
+        return policies, replacements
+
+    def _enforce(self, session: Session, withdrawal: Withdrawal, tainted: set[tuple[str, int]], *, actor: str,
+                 policies: dict[str, str], replacements: dict[tuple[str, str], int]) -> list[DeploymentOutcome]:
+        """Inside the withdrawal's transaction: act on every deployment serving a version in ``tainted``.
+
+        A model the plan did not know (published between the plan and the
+        transaction) is blocked: the safe action needs no policy read.
+        """
         outcomes: list[DeploymentOutcome] = []
-        for name, environment in self._deployments({name for name, _ in tainted}):
+        names = sorted({name for name, _ in tainted})
+        rows = session.exec(
+            select(RegisteredModel.name, Deployment)
+            .join(Deployment, col(Deployment.model_id) == col(RegisteredModel.id))
+            .where(col(RegisteredModel.name).in_(names))
+            .order_by(col(RegisteredModel.name), col(Deployment.environment))
+        ).all() if names else []
+        for name, row in rows:
             bad = {version for model, version in tainted if model == name}
-            try:
-                outcome = self._enforce_one(withdrawal, name, environment, bad, actor)
-            except FedguardError as exc:
-                logger.error("could not act on the deployment of %s in %s after withdrawal #%d: %s", name,
-                             environment, withdrawal.id, exc)
-                outcome = DeploymentOutcome(name, environment, "failed", on_taint_policy(self.registry, name), 0,
-                                            detail=str(exc))
+            outcome = self._enforce_one(session, withdrawal, str(name), row, bad, actor,
+                                        policies.get(name, BLOCK), replacements.get((name, row.environment)))
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
 
-    def _enforce_one(self, withdrawal: Withdrawal, name: str, environment: str, bad: set[int],
-                     actor: str) -> DeploymentOutcome | None:
+    def _enforce_one(self, session: Session, withdrawal: Withdrawal, name: str, row: Deployment, bad: set[int],
+                     actor: str, policy: str, replacement: int | None) -> DeploymentOutcome | None:
+        environment = row.environment
         store = DeploymentStore(self.registry, environment)
-        state = store.state(name)
-        stable_bad = state.stable_version in bad
-        pinned_bad = state.killed and state.pinned_version in bad
-        candidate_bad = state.candidate_version in bad
-        if not (stable_bad or pinned_bad or candidate_bad):
+        stable, candidate = row.stable_version, row.candidate_version
+        stable_bad = stable in bad
+        pinned_bad = row.killed and row.pinned_version in bad
+        if not (stable_bad or pinned_bad or candidate in bad):
             return None
-        policy = on_taint_policy(self.registry, name)
         reason = withdrawal.kill_reason()
-        if not (stable_bad or pinned_bad):  # only the canary or shadow: drop it, stable keeps serving
-            after = store.abort(name, actor=actor, source=DEPLOYMENT_SOURCE, reason=reason)
-            return DeploymentOutcome(name, environment, "candidate-dropped", policy, state.stable_version,
-                                     state.stable_version, after.revision,
-                                     f"candidate {state.candidate_version} dropped")
-        if policy == REPLACE and stable_bad and not pinned_bad:
-            target = self.newest_clean(name)
-            if target is not None:
-                after = store.promote(name, target, actor=actor, source=DEPLOYMENT_SOURCE, reason=reason)
-                return DeploymentOutcome(name, environment, "replaced", policy, state.stable_version, target,
-                                         after.revision, f"newest clean signed version {target} is stable")
-        after = store.kill(name, actor=actor, source=DEPLOYMENT_SOURCE, reason=reason)
-        detail = "503 on every replica" + (" (no clean signed version to replace it)" if policy == REPLACE else "")
-        return DeploymentOutcome(name, environment, "blocked", policy, state.stable_version, None, after.revision,
-                                 detail)
 
-    def newest_clean(self, name: str) -> int | None:
-        """The newest version of ``name`` that no withdrawal taints and whose signature verifies, if any."""
-        tainted = self.tainted_versions(name)
-        for record in reversed(self.registry.versions(name)):
-            if record.version in tainted:
+        def apply(action: str, change: Any) -> int:
+            return store.apply(session, name, action, change, actor=actor, source=DEPLOYMENT_SOURCE,
+                               reason=reason).revision
+
+        if not (stable_bad or pinned_bad):  # only the canary or shadow: drop it, stable keeps serving
+            revision = apply("abort", _drop_candidate)
+            step = f"candidate {candidate} dropped"
+            return DeploymentOutcome(name, environment, "candidate-dropped", policy, stable, stable, revision, step,
+                                     (step,))
+        steps: list[str] = []
+        refused: dict[str, Any] = {}
+        if policy == REPLACE and stable_bad and not pinned_bad:
+            if replacement is None:
+                steps.append(f"no clean signed version at {PRODUCTION} or {STAGING} in '{environment}' "
+                             "to replace it")
+            else:
+                try:
+                    check_deployable(session, name, replacement, environment)  # reads only: nothing to undo
+                except (GovernanceError, NotFoundError) as exc:
+                    steps.append(f"replacement by version {replacement} refused: {exc}")
+                    refused = {"replacement_refused": {"version": replacement, "error": str(exc)}}
+                else:
+                    revision = apply("promote", _promote(replacement))
+                    step = f"newest clean signed version {replacement} is stable"
+                    return DeploymentOutcome(name, environment, "replaced", policy, stable, replacement, revision,
+                                             step, (step,))
+        revision = apply("kill", _kill(reason, refused))
+        steps.append("503 on every replica")
+        detail = steps[-1] + (f" ({'; '.join(steps[:-1])})" if len(steps) > 1 else "")
+        return DeploymentOutcome(name, environment, "blocked", policy, stable, None, revision, detail, tuple(steps))
+
+    def newest_clean(self, name: str, environment: str = DEFAULT_ENVIRONMENT, *,
+                     exclude: Collection[int] = ()) -> int | None:
+        """The newest version of ``name`` at ``production`` or ``staging`` in ``environment`` to replace a tainted one.
+
+        It must be tainted by no withdrawal (nor be in ``exclude``: what the
+        withdrawal being recorded will taint) and its signature must verify
+        (file IO: call it outside any transaction). A version that governance
+        never staged in the environment is not a replacement: nobody judged it
+        fit to serve there.
+        """
+        tainted = self.tainted_versions(name) | set(exclude)
+        with Session(self.registry.engine) as session:
+            staged = session.exec(
+                select(ModelVersion.version)
+                .join(VersionStage, col(VersionStage.model_version_id) == col(ModelVersion.id))
+                .join(RegisteredModel, col(RegisteredModel.id) == col(ModelVersion.model_id))
+                .where(RegisteredModel.name == name, VersionStage.environment == environment,
+                       col(VersionStage.stage).in_([PRODUCTION, STAGING]))
+                .order_by(col(ModelVersion.version).desc())
+            ).all()
+        for version in (int(v) for v in staged):
+            if version in tainted:
                 continue
             try:
-                verify_version(self.registry, name, record.version)
+                verify_version(self.registry, name, version)
             except FedguardError as exc:
-                logger.warning("not replacing with %s: %s", record.ref, exc)
+                logger.warning("not replacing with %s:%d: %s", name, version, exc)
                 continue
-            return record.version
+            return version
         return None
 
     # ----------------------------------------------------------------- reads

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -39,10 +39,16 @@ class StoredDecision:
     trigger: str
     actor: str
     created_at: datetime
+    """Aware, in UTC, on every backend."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.report.to_dict(), "id": self.id, "trigger": self.trigger, "actor": self.actor,
                 "created_at": self.created_at.isoformat()}
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC time: SQLite hands back naive datetimes, PostgreSQL aware ones (both UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _version_id(session: Session, name: str, version: int) -> int:
@@ -106,9 +112,13 @@ def implied(criteria: tuple[tuple[str, Any], ...], stage: str) -> tuple[tuple[st
     return (*criteria, (CONSENT, True))
 
 
-def evaluate(registry: Registry, name: str, version: int, stage: str, *, environment: str = "",
-             trigger: str = "promote", actor: str = "cli") -> GateReport:
+def evaluate(registry: Registry, name: str, version: int, stage: str, *, actor: str, environment: str = "",
+             trigger: str = "promote") -> GateReport:
     """Evaluate ``name:version`` against ``stage``'s criteria; store the decision with an audit event.
+
+    ``actor`` is required (an identity string of :mod:`lifecycle.audit.actors`,
+    e.g. ``str(actors.service("coordinator"))``): a stored decision must say who
+    or what took it, never a default nobody chose.
 
     A checkpoint of the audit chain is signed after every gate decision
     (DESIGN.md §6), whatever ``audit_checkpoint_every`` says.
@@ -207,5 +217,5 @@ def latest_decisions(registry: Registry, name: str, version: int) -> list[Stored
         assert row.id is not None
         results = tuple(CriterionResult.from_dict(r) for r in json.loads(row.criteria_json))
         report = GateReport(name, version, row.stage, row.environment, row.policy_version, results)
-        decisions.append(StoredDecision(row.id, report, row.trigger, row.actor, row.created_at))
+        decisions.append(StoredDecision(row.id, report, row.trigger, row.actor, _aware(row.created_at)))
     return decisions

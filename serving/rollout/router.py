@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lifecycle.audit import actors
 from lifecycle.errors import FedguardError, GovernanceError, NotFoundError
 from lifecycle.governance.consent import REASON_PREFIX, ConsentStore
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
@@ -202,7 +203,7 @@ class Router:
             refused = 0
             for record in records:
                 try:
-                    state = router.store.adopt(record.name, actor="serve")
+                    state = router.store.adopt(record.name, actor=str(actors.service("serve")))
                 except GovernanceError as exc:  # one model governance forbids does not stop the others
                     logger.error("not serving %s: %s (promote a version: 'fedguard models promote %s:VERSION "
                                  "--to production --env %s')", record.name, exc, record.name, environment)

@@ -10,7 +10,6 @@ fixed, the code that fills them is built elsewhere.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import sys
@@ -21,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlmodel import Session, select
 
@@ -33,7 +30,7 @@ from lifecycle.audit.report import EXPORTED, complete, to_html, to_json
 from lifecycle.audit.trace import gather, parse_instant
 from lifecycle.audit.trace_version import verify_approval
 from lifecycle.errors import ConfigurationError
-from lifecycle.governance import approvals as signed
+from lifecycle.governance.approvals import make_statement, signed_row
 from lifecycle.governance.operator import ApproverKey
 from lifecycle.governance.tables import Approval, ConsentWithdrawal, GateDecision, ModelTaint, StageEvent
 from lifecycle.packaging import publish_model
@@ -71,18 +68,16 @@ def _version_id(registry: Registry, version: int) -> int:
         return row.id
 
 
-def signed_approval(key: Ed25519PrivateKey, version_id: int, *, kind: str, reason: str) -> Approval:
-    """An approval as the approver's key signs it: Ed25519 over the statement's JSON bytes."""
-    public = key.public_key()
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    statement = json.dumps({"model": "demo", "version": 2, "stage": "production", "environment": ENV, "kind": kind,
-                            "reason": reason}, sort_keys=True)
-    return Approval(model_version_id=version_id, stage="production", environment=ENV, kind=kind,
-                    approver=hashlib.sha256(raw).hexdigest(), approver_name="dr-okafor", reason=reason,
-                    statement_json=statement,
-                    signature=base64.b64encode(key.sign(statement.encode())).decode(),
-                    public_key_pem=public.public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+def _version_row(registry: Registry, version: int) -> ModelVersion:
+    with Session(registry.engine) as session:
+        return session.exec(select(ModelVersion).where(ModelVersion.version == version)).one()
+
+
+def signed_approval(key: ApproverKey, row: ModelVersion, *, kind: str, reason: str) -> Approval:
+    """An approval as ``fedguard models approve`` stores it: Ed25519 over the canonical statement."""
+    assert row.id is not None
+    statement = make_statement(key, kind, "demo", row, stage="production", environment=ENV, reason=reason)
+    return signed_row(key, statement, row.id)
 
 
 def enroll(registry: Registry, name: str, *fingerprints: tuple[str, datetime]) -> None:
@@ -111,7 +106,8 @@ def build_history(registry: Registry) -> History:
     stable_v1 = _now()
     publish_model(registry, make_publication(seed=1))
     v1, v2 = _version_id(registry, 1), _version_id(registry, 2)
-    key = Ed25519PrivateKey.generate()
+    key = ApproverKey.generate("dr-okafor")
+    version_2 = _version_row(registry, 2)
     with registry.transaction() as session:
         gate = GateDecision(model_version_id=v2, stage="production", environment=ENV, trigger="promote", passed=False,
                             criteria_json=json.dumps([
@@ -122,12 +118,7 @@ def build_history(registry: Registry) -> History:
                             actor=operator)
         session.add(gate)
         session.flush()
-        # the deploy paths count only an override whose statement verifies as fedguard signs it
-        approver = ApproverKey(key, "dr-okafor")
-        statement = signed.make_statement(approver, "override", "demo", session.exec(
-            select(ModelVersion).where(ModelVersion.id == v2)).one(), stage="production", environment=ENV,
-            reason=HOSTILE)
-        approval = signed.signed_row(approver, statement, v2)
+        approval = signed_approval(key, version_2, kind="override", reason=HOSTILE)
         session.add(approval)
         who = str(actors.approver(approval.approver, "dr-okafor"))
         session.add(StageEvent(model_version_id=v2, environment=ENV, from_stage="registered", to_stage="production",
@@ -144,7 +135,8 @@ def build_history(registry: Registry) -> History:
         session.flush()
         assert withdrawal.id is not None
         session.add_all([ModelTaint(model_version_id=v, withdrawal_id=withdrawal.id) for v in (v1, v2)])
-        audit.record(session, "consent.withdrawn", actor=operator, subject="site-0", details={"scope": "site"})
+        audit.record(session, "consent.withdrawn", actor=operator, subject="site:site-0",  # as ConsentStore does
+                     details={"scope": "site"})
     store.kill("demo", actor=operator, reason="lineage holds withdrawn data")
     publish_model(registry, make_publication(seed=2))
     with registry.transaction() as session:
@@ -211,6 +203,8 @@ def test_after_the_withdrawal_the_model_is_killed_and_version_2_tainted(history:
     assert story["superseded_by"][0]["version"] == 3
     assert report["summary"][0]["status"] == "bad" and "switched off" in report["summary"][0]["text"]
     assert any("TAINTED" in s["text"] for s in report["summary"])
+    [withdrawn] = [e for e in report["audit"]["events"] if e["action"] == "consent.withdrawn"]
+    assert withdrawn["subject"] == "site:site-0"  # a site's consent events name it "site:NAME"
     assert report["audit"]["chain"]["verified"]
     assert all(e["hash"] and len(e["hash"]) == 64 for e in report["audit"]["events"])
 
@@ -235,15 +229,44 @@ def test_html_is_self_contained_and_escapes_registry_values(history: History) ->
 
 
 def test_an_altered_approval_no_longer_verifies(history: History) -> None:
-    key = Ed25519PrivateKey.generate()
-    approval = signed_approval(key, 1, kind="approval", reason="looks good")
-    assert verify_approval(approval)[0]
-    edited = approval.model_copy(update={"reason": "ship it"})
-    assert verify_approval(edited) == (False, "the registry's reason differs from what the approver signed")
+    v1, v2 = _version_row(history.registry, 1), _version_row(history.registry, 2)
+    key = ApproverKey.generate("dr-okafor")
+    approval = signed_approval(key, v1, kind="approve", reason="looks good")
+    assert verify_approval(approval, "demo", v1)[0]
+    for update, differs in (({"reason": "ship it"}, "reason"), ({"kind": "override"}, "action"),
+                            ({"approver_name": "dr-mallory"}, "approver_name"),
+                            ({"model_version_id": v2.id}, "artifact_digest, version")):
+        verified, detail = verify_approval(approval.model_copy(update=update), "demo",
+                                           v2 if "model_version_id" in update else v1)
+        assert not verified and f"({differs} differ" in detail, detail
     forged = approval.model_copy(update={"statement_json": approval.statement_json.replace("good", "fine")})
-    assert not verify_approval(forged)[0]
-    other = signed_approval(Ed25519PrivateKey.generate(), 1, kind="approval", reason="looks good")
-    assert not verify_approval(approval.model_copy(update={"public_key_pem": other.public_key_pem}))[0]
+    assert not verify_approval(forged, "demo", v1)[0]
+    other = ApproverKey.generate("dr-okafor")
+    verified, detail = verify_approval(approval.model_copy(update={"public_key_pem": other.public_pem}), "demo", v1)
+    assert not verified and "does not verify" in detail
+
+
+def test_the_report_shows_a_re_pointed_or_renamed_approval_as_not_verified(tmp_path: Path) -> None:
+    registry = Registry.open(Settings(home=tmp_path / "home", database_url=None))
+    try:
+        publish_model(registry, make_publication())
+        publish_model(registry, make_publication(seed=1))
+        DeploymentStore(registry, ENV).adopt("demo", actor=str(actors.service("serve")))
+        v1, v2 = _version_row(registry, 1), _version_row(registry, 2)
+        key = ApproverKey.generate("dr-okafor")
+        with registry.transaction() as session:
+            moved = signed_approval(key, v1, kind="approve", reason="for version 1")
+            moved.model_version_id = int(v2.id or 0)  # re-pointed in the database to another version
+            renamed = signed_approval(key, v2, kind="approve", reason="for version 2")
+            renamed.approver_name = "dr-mallory"
+            session.add_all([signed_approval(key, v2, kind="approve", reason="good"), moved, renamed])
+        [story] = complete(gather(registry, "demo", version=2))["versions"]
+        assert [(a["reason"], a["verified"]) for a in story["approvals"]] == [
+            ("good", True), ("for version 1", False), ("for version 2", False)]
+        assert "does not match its signed statement" in story["approvals"][1]["verification"]
+        assert "approver_name differs" in story["approvals"][2]["verification"]
+    finally:
+        registry.engine.dispose()
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -13,6 +13,8 @@ import uuid
 import weakref
 
 from lifecycle.artifacts import StoredArtifact
+from lifecycle.governance.enforce import version_row
+from lifecycle.governance.tables import VersionStage
 from lifecycle.packaging import publish_model
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from tests.conftest import make_publication
@@ -38,4 +40,13 @@ def publish(registry: Registry, sites: tuple[str, ...] = ("st-marys", "guys"), *
     signer = registry.latest_versions()[0].signer_fingerprint
     return registry.publish(name=name, artifact=artifact, signer_fingerprint=signer, run_id=run_id,
                             run_config={"rounds": 1}, rounds=1, sites=records, metrics={"accuracy": 0.5},
-                            watermark={"scheme": "none"}, actor="coordinator")
+                            watermark={"scheme": "none"}, actor="service:coordinator")
+
+
+def stage(registry: Registry, version: int, to: str = "staging", *, name: str = "demo",
+          environment: str = "default") -> None:
+    """Put ``name:version`` at stage ``to`` in ``environment`` (the row a stage promotion writes; no gates)."""
+    with registry.transaction() as session:
+        _, row = version_row(session, name, version)
+        assert row.id is not None
+        session.add(VersionStage(model_version_id=row.id, environment=environment, stage=to))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlmodel import Session, col, select
@@ -13,11 +14,11 @@ from lifecycle.errors import ConfigurationError, NotFoundError
 from lifecycle.governance import consent
 from lifecycle.governance.consent import ConsentStore
 from lifecycle.governance.gates import evaluate
-from lifecycle.governance.tables import ConsentWithdrawal, ModelTaint
+from lifecycle.governance.tables import ConsentWithdrawal, GateDecision, ModelTaint
 from lifecycle.registry import DeploymentStore, Registry
-from lifecycle.registry.tables import AuditEvent
+from lifecycle.registry.tables import AuditEvent, ModelVersion
 from lifecycle.settings import Settings
-from tests.lifecycle.governance.consent_helpers import publish
+from tests.lifecycle.governance.consent_helpers import publish, stage
 
 DIGEST = "ab" * 32
 
@@ -27,6 +28,13 @@ def registry(backend_settings: Settings) -> Iterator[Registry]:
     opened = Registry.open(backend_settings)
     yield opened
     opened.engine.dispose()
+
+
+def _version_id(registry: Registry, version: int) -> int:
+    with Session(registry.engine) as session:
+        found = session.exec(select(ModelVersion.id).where(ModelVersion.version == version)).first()
+        assert found is not None
+        return int(found)
 
 
 def _events(registry: Registry, action: str) -> list[dict[str, object]]:
@@ -50,9 +58,9 @@ def test_a_site_withdrawal_taints_its_whole_lineage_in_one_audited_transaction(r
     assert event["subject"] == "site:st-marys" and event["tainted"] == ["demo:1", "other:1"]
     assert (event["scope"], event["record_count"], event["source"]) == ("site", None, "coordinator")
     assert registry.verify_audit_chain() > 0
-    report = evaluate(registry, "demo", 1, "production")  # the gates see it
+    report = evaluate(registry, "demo", 1, "production", actor="user:ops")  # the gates see it
     assert [r.criterion for r in report.failing] == ["consent-clean"] and "#1" in report.failing[0].evidence
-    assert evaluate(registry, "demo", 2, "production").passed
+    assert evaluate(registry, "demo", 2, "production", actor="user:ops").passed
 
 
 def test_a_failure_after_the_first_taint_row_leaves_nothing(registry: Registry,
@@ -148,6 +156,9 @@ def test_replace_makes_the_newest_clean_signed_version_stable(registry: Registry
     tampered = publish(registry, ("guys",), seed=3, fresh=True)  # 4: clean, its signature no longer verifies
     weights = tampered.artifact.model_dir / WEIGHTS_NAME
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    for version in (2, 4):
+        stage(registry, version)
+    publish(registry, ("guys",), seed=4)  # 5: clean and signed, but never staged in 'default': not a replacement
     deployments = DeploymentStore(registry)
     deployments.promote("demo", 3, actor="ops")
     deployments.canary("demo", 1, 10.0, actor="ops")
@@ -158,8 +169,56 @@ def test_replace_makes_the_newest_clean_signed_version_stable(registry: Registry
     assert deployments.history("demo")[-1].source == "consent"
     guys = ConsentStore(registry).withdraw("guys", scope="site", reason="r", actor="cli:ops")  # nothing clean left
     assert [(d.action, d.detail) for d in guys.deployments] == [
-        ("blocked", "503 on every replica (no clean signed version to replace it)")]
+        ("blocked", "503 on every replica (no clean signed version at production or staging in 'default' "
+                    "to replace it)")]
     assert deployments.state("demo").killed
+
+
+def test_replace_refused_by_governance_kills_and_says_both_steps(registry: Registry,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consent, "on_taint_policy", lambda registry, name: "replace")
+    clean = publish(registry, ("guys",))  # 1: clean, staged, but its production gates failed
+    publish(registry, ("st-marys",), seed=1)  # 2: stable, tainted by the withdrawal
+    stage(registry, 1)
+    with registry.transaction() as session:
+        session.add(GateDecision(model_version_id=_version_id(registry, clean.version), stage="production",
+                                 environment="", trigger="publish", passed=False, actor="service:coordinator",
+                                 criteria_json=json.dumps([{"criterion": "min-accuracy", "passed": False}])))
+    DeploymentStore(registry).adopt("demo", actor="service:serve")
+    result = ConsentStore(registry).withdraw("st-marys", scope="site", reason="r", actor="cli:ops")
+    [outcome] = result.deployments
+    assert (outcome.action, outcome.from_version, outcome.to_version) == ("blocked", 2, None)
+    assert outcome.steps[0].startswith("replacement by version 1 refused: demo:1 cannot be deployed in 'default'")
+    assert "min-accuracy" in outcome.steps[0] and outcome.steps[1] == "503 on every replica"
+    assert outcome.detail.startswith("503 on every replica (replacement by version 1 refused")
+    state = DeploymentStore(registry).state("demo")
+    assert (state.killed, state.kill_mode, state.stable_version) == (True, "503", 2)
+    kill = _events(registry, "deployment.kill")[-1]
+    refused = kill["replacement_refused"]
+    assert kill["source"] == "consent" and isinstance(refused, dict) and refused["version"] == 1
+
+
+def test_a_failure_after_the_kill_leaves_nothing(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish(registry, ("st-marys",))
+    deployments = DeploymentStore(registry)
+    deployments.adopt("demo", actor="service:serve")
+    real = DeploymentStore.apply
+
+    def failing(self: DeploymentStore, session: Session, *args: Any, **kwargs: Any) -> Any:
+        real(self, session, *args, **kwargs)  # the kill is written in the withdrawal's session ...
+        raise RuntimeError("injected: the process died")  # ... and then the transaction fails
+
+    monkeypatch.setattr(DeploymentStore, "apply", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        ConsentStore(registry).withdraw("st-marys", scope="site", reason="r", actor="cli:ops")
+    monkeypatch.undo()
+    with Session(registry.engine) as session:
+        assert session.exec(select(ConsentWithdrawal)).all() == []
+        assert session.exec(select(ModelTaint)).all() == []
+    state = deployments.state("demo")
+    assert not state.killed and state.revision == 1 and [e.action for e in deployments.history("demo")] == ["adopt"]
+    assert _events(registry, "consent.withdrawn") == [] and _events(registry, "deployment.kill") == []
+    assert registry.verify_audit_chain() > 0
 
 
 def test_a_tainted_candidate_alone_is_dropped(registry: Registry) -> None:

@@ -19,7 +19,7 @@ from serving.guards.keys import create_key
 from serving.guards.killswitch import WITHDRAWN_MESSAGE
 from serving.rollout.router import Router
 from serving.settings import ServingSettings
-from tests.lifecycle.governance.consent_helpers import publish
+from tests.lifecycle.governance.consent_helpers import publish, stage
 from tests.serving.conftest import bearer
 
 BODY = {"instances": [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]}
@@ -64,6 +64,7 @@ def test_block_answers_503_with_a_generic_reason_on_every_replica(registry: Regi
 def test_replace_serves_the_newest_clean_version_on_every_replica(registry: Registry, replicas: list[TestClient],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consent, "on_taint_policy", lambda registry, name: "replace")
+    stage(registry, 1)  # the replacement: clean, signed and staged in this environment
     key = bearer(create_key(registry, "predict", "app"))
     ConsentStore(registry).withdraw("st-marys", scope="site", reason="r", actor="ops")
     assert answers(replicas, key) == [(1, None), (1, None)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -69,8 +70,8 @@ def test_publication_evaluates_every_criterion_and_signs_the_summary(registry: R
         "consent-clean": (True, True), "privacy-audit-passed": (False, None)}
     assert _results(registry, bad.version, "staging")["max-drift"] == (False, 0.3)
     decisions = latest_decisions(registry, "demo", bad.version)
-    assert [(d.report.stage, d.trigger, d.actor, d.report.policy_version) for d in decisions] == [
-        ("production", "publish", "coordinator", 1), ("staging", "publish", "coordinator", 1)]  # newest first
+    assert [(d.report.stage, d.trigger, d.actor, d.report.policy_version) for d in decisions] == [  # newest first
+        ("production", "publish", "service:coordinator", 1), ("staging", "publish", "service:coordinator", 1)]
     governance = read_lineage(read_bom(bad.artifact.model_dir))["governance"]
     assert governance["policy_version"] == 1 and len(governance["policy_digest"]) == 64
     production = governance["stages"]["production"]
@@ -114,6 +115,7 @@ def test_a_tampered_artifact_and_a_taint_fail_the_gates_when_evaluated_again(pub
     latest = latest_decisions(registry, "demo", 1)
     assert [(d.report.stage, d.report.environment, d.trigger) for d in latest] == [
         ("production", "clinic-north", "manual"), ("production", "", "publish"), ("staging", "", "publish")]
+    assert all(d.created_at.utcoffset() == timedelta(0) for d in latest)  # aware UTC on SQLite too
     with registry.engine.connect() as conn:
         details = json.loads(conn.execute(text("SELECT details_json FROM audit_event WHERE action = "
                                                "'gates.evaluated' ORDER BY id DESC LIMIT 1")).scalar_one())
@@ -133,4 +135,4 @@ def test_a_whole_site_withdrawal_fails_consent_in_the_summary_of_a_new_publicati
 
 def test_an_unknown_stage_is_a_configuration_error(published: Any, registry: Registry) -> None:
     with pytest.raises(ConfigurationError, match="unknown stage 'prod'"):
-        evaluate(registry, "demo", 1, "prod")
+        evaluate(registry, "demo", 1, "prod", actor="user:ops")

@@ -113,7 +113,7 @@ def test_kill_pin_revive_and_cut_out_reach_both_replicas(fedguard_home: Path, pu
         assert tripped < LIMIT_S
     history = DeploymentStore(first).history("demo")
     assert [(e.action, e.source, e.actor.split(":")[0]) for e in history] == [
-        ("adopt", "serve", "serve"), ("kill", "operator", "user"), ("kill", "operator", "apikey"),
+        ("adopt", "serve", "service"), ("kill", "operator", "user"), ("kill", "operator", "apikey"),
         ("revive", "operator", "apikey"), ("kill", "error-rate", "serve")]
     assert first.verify_audit_chain() > 0
     first.engine.dispose()
