@@ -243,6 +243,10 @@ def witness(audit_log: Path, msg: Message) -> dict[str, Any] | None:
         except (FedguardError, OSError) as exc:
             logger.error("audit checkpoint not witnessed: %s", exc)
             return {"status": "unrecorded", "detail": str(exc)[:200]}
+    if seen.damaged:
+        logger.error("audit witness alarm: %d damaged line(s) in %s (line %s) are skipped; witnessing goes on. Keep "
+                     "the file for an auditor; 'fedguard client witness --out FILE' exports the good lines",
+                     len(seen.damaged), witness_path(audit_log), ", ".join(map(str, seen.damaged[:10])))
     if seen.alarm:
         logger.error("audit checkpoint alarm (%s): %s; event %s, %s events, head %s; keep %s for an auditor",
                      seen.status, seen.detail, seen.event_id, seen.events, seen.hash[:16], witness_path(audit_log))

@@ -15,7 +15,6 @@ site's schema (a mapping: renames, label recoding, ignored columns) against
 the federation's data contract that the bundle carries. ``audit`` shows or verifies the site's local audit log
 of outgoing messages (docs/site-data.md). ``witness`` shows the coordinator's audit checkpoints this site
 witnessed and exports them for ``fedguard audit verify --witness`` (docs/governance.md).
-of outgoing messages (docs/site-data.md).
 
 ``withdraw`` withdraws consent for a list of the site's records (``--records
 ids.csv``) or for the whole site (``--all``): the agent excludes them from
@@ -116,22 +115,28 @@ def start(
     max_refused: Annotated[int, typer.Option(
         help="Stop (exit 7) after this many refused handshakes in a row (certificate revoked, unknown CA).")]
     = DEFAULT_MAX_REFUSED,
+    consent: Annotated[Path | None, typer.Option(
+        "--consent", help="The site's consent list (what 'fedguard client withdraw' writes) "
+        "[FEDGUARD_HOME/site/SITE/consent.json].")] = None,
 ) -> None:
     """Start the forwarder and a SuperNode for this site and stay in the foreground until SIGTERM/Ctrl-C."""
+    from client.consent import log_in_force
     from client.supernode import SiteAgent
     from federation.bundle import read_bundle
 
     site_bundle = read_bundle(bundle)
     state = SiteHome.under(get_settings().home, site_bundle.site)
     state.root.mkdir(parents=True, exist_ok=True)
+    consent_path = (consent or state.consent).resolve()
     config = site_node_config(site_bundle.site, _existing(data, "data file"), _existing(schema, "schema file"),
                               audit_log or state.audit_log, ledger or state.ledger, epsilon_cap, device,
-                              consent=state.consent)
+                              consent=consent_path)
     if not share_reference:
         config["share-reference"] = "false"  # federation.reference_share reads it
     if max_refused < 1:
         raise ConfigurationError(f"--max-refused must be at least 1, got {max_refused}")
     _attach_log_handler(state.agent_log)
+    log_in_force(consent_path, site_bundle.site)
     agent = SiteAgent(site_bundle, config, log_path=state.supernode_log, max_refused=max_refused)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -236,11 +241,12 @@ def witness(
     from lifecycle.audit.witness import ALARMS, WARNINGS, WitnessLog, witness_path
 
     witness_log = WitnessLog(witness_path(log))
-    entries = witness_log.read()
-    exported = witness_log.export(out, site) if out is not None else None
+    entries, damaged = witness_log.scan()
+    exported = witness_log.export(out, site)[0] if out is not None else None
     if as_json:
         typer.echo(json.dumps({"witness_file": str(witness_log.path), "out": str(out) if out else None,
-                               "exported": exported, "entries": [json.loads(e.line()) for e in entries]}))
+                               "exported": exported, "skipped_damaged": len(damaged), "damaged_lines": list(damaged),
+                               "entries": [json.loads(e.line()) for e in entries]}))
         return
     table = Table("events", "last event", "head", "signed", "received", "status")
     for e in entries:
@@ -257,9 +263,16 @@ def witness(
     if alarms:
         console.print(f"[red]{len(alarms)} alarm(s)[/red]: the coordinator sent a checkpoint that contradicts one "
                       "this site witnessed; hand the witness file to an auditor", highlight=False)
+    if damaged:
+        console.print(f"[red]{len(damaged)} damaged line(s)[/red] in '{escape(str(witness_log.path))}' (line "
+                      f"{', '.join(map(str, damaged[:10]))}) skipped: keep the file for an auditor", highlight=False,
+                      soft_wrap=True)
     if exported is not None:
-        console.print(f"{exported} witnessed checkpoint(s) written to '{out}': 'fedguard audit verify --witness "
-                      f"{out}' checks the registry against them", highlight=False, soft_wrap=True)
+        console.print(f"{exported} witnessed checkpoint(s) written to '{out}'"
+                      f"{f' ({len(damaged)} damaged line(s) skipped)' if damaged else ''}: 'fedguard audit verify "
+                      f"--witness {out}' checks the registry against them", highlight=False, soft_wrap=True)
+
+
 @client_app.command("withdraw")
 def withdraw(
     bundle: Annotated[Path, typer.Option("--bundle", help="This site's bundle (its node key signs the statement).")],
@@ -276,6 +289,9 @@ def withdraw(
                                              "[FEDGUARD_HOME/site/SITE/withdrawal-TIME.json].")] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Local audit log [FEDGUARD_HOME/site/SITE/audit.jsonl].")]
     = None,
+    consent: Annotated[Path | None, typer.Option(
+        "--consent", help="The consent list the site agent reads: the same as 'fedguard client start --consent' "
+        "[FEDGUARD_HOME/site/SITE/consent.json, as 'client start' uses].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
 ) -> None:
     """Withdraw consent for records (--records) or the whole site (--all); write the statement for the coordinator."""
@@ -297,7 +313,8 @@ def withdraw(
         ids = read_ids(path, column)
     now = datetime.now(UTC)
     target = out or state.root / f"withdrawal-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
-    done = withdraw_consent(site_bundle, reason=reason, ids=ids, consent_path=state.consent, out=target,
+    consent_path = (consent or state.consent).resolve()
+    done = withdraw_consent(site_bundle, reason=reason, ids=ids, consent_path=consent_path, out=target,
                             audit_log=audit_log or state.audit_log, now=now)
     if as_json:
         typer.echo(json.dumps(done.to_dict()))
@@ -306,6 +323,8 @@ def withdraw(
             f"{done.signed.statement.record_count} record(s) ({done.new_ids} newly excluded, "
             f"{done.excluded_total} excluded in all): every later load of the site's file leaves them out")
     console.print(f"site [bold]{escape(site_bundle.site)}[/bold] withdrew {what}.\n"
+                  f"consent list {escape(str(consent_path))} (start the agent with this list: 'fedguard client "
+                  "start' logs the one it has in force)\n"
                   f"statement  {escape(str(done.statement_path))} (signed with the node key "
                   f"{done.signed.key[:16]}…; no record id in it)\n"
                   f"send it to the coordinator's operator: fedguard site withdraw {escape(site_bundle.site)} "

@@ -171,6 +171,27 @@ def excluded_records(path: Path | None, site: str) -> frozenset[str]:
     return ConsentList.read(path, site).for_training()
 
 
+def log_in_force(path: Path, site: str) -> None:
+    """Log which consent list the agent has in force and what it excludes (the agent calls it at start).
+
+    ``fedguard client withdraw`` writes the list wherever it is told
+    (``--consent``); an operator reads here whether the agent reads the same one.
+    """
+    try:
+        listed = ConsentList.read(path, site)
+    except StateError as exc:
+        logger.error("consent list in force: %s cannot be used (%s); the agent refuses to train until it is fixed",
+                     path, exc)
+        return
+    if listed.site_withdrawn:
+        logger.warning("consent list in force: %s: this site withdrew its consent as a whole; the agent refuses "
+                       "every message", path)
+    elif not path.exists():
+        logger.info("consent list in force: %s (no withdrawal yet: no record is excluded)", path)
+    else:
+        logger.info("consent list in force: %s: %d record(s) excluded from every load", path, len(listed.excluded))
+
+
 @dataclass(frozen=True)
 class SiteWithdrawal:
     """What ``fedguard client withdraw`` did: the signed statement, where it went, what the list holds now."""

@@ -41,6 +41,7 @@ from coordinator.strategies.builder import StrategyStack, build_strategy
 from coordinator.strategies.site_dp import site_dp_plan
 from coordinator.strategies.tracked import RoundReport, SiteLedger, TrackedStrategy
 from coordinator.strategies.validation import audit_rejections
+from coordinator.withdrawals import check_against_registry, registry_withdrawn_sites
 from federation.contract import CONTRACT_FILE, DataContract
 from federation.protocol import TrainConfig, WitnessCheckpoint
 from federation.tabular import TabularData, load_csv, load_schema
@@ -220,6 +221,7 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
     spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
     model = _initial_model(cfg, spec, test)
     registry = Registry.open()
+    check_against_registry(registry, model=cfg.model_name, supersedes=cfg.supersedes, withdrawals=cfg.withdrawals)
     run_state = RunState.open(registry.home.runs, cfg.run_id) if cfg.run_id else None
     if run_state is not None:
         observer = _both(observer, run_state.progress)
@@ -290,7 +292,7 @@ def identify(run: RunContext, grid: Grid, train_config: ConfigRecord) -> Referen
     cfg = run.cfg
     roster = gather(grid, train_config, run.run_ledger, needed=cfg.required_sites, deadline=cfg.site_deadline,
                     query_timeout=cfg.round_timeout, enrolled=expected_sites(identities, run.registry),
-                    check=policy_check(cfg), observer=run.observer)
+                    check=policy_check(cfg, registry_withdrawn_sites(run.registry)), observer=run.observer)
     run.observer("stage", {"stage": "identified", **roster.summary(), "resumed_after": run.done})
     reference = ReferenceCollector.from_held_out(run.test, run.cfg)
     reference.collect(grid, run.run_ledger, train_config,

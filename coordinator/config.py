@@ -70,8 +70,10 @@ DEFAULTS: dict[str, Any] = {
     "max-accuracy-drop": 0.1,  # largest held-out accuracy drop one round may cause; 1 disables the check
     "result-path": "",
     "run-id": "",  # deployment: a fedguard run id; progress and checkpoints under FEDGUARD_HOME/runs/<run-id>
-    "supersedes": 0,  # fedguard retrain: the version of model-name this run's model replaces (0: none)
-    "excludes-withdrawals": "",  # fedguard retrain: the consent withdrawals left out, ID:SCOPE:SITE,... (withdrawals)
+    # fedguard retrain: the tainted version of model-name this run's model replaces (0: none), and the consent
+    # withdrawals it leaves out, ID:SCOPE:SITE,...; both checked against the registry at run start (withdrawals)
+    "supersedes": 0,
+    "excludes-withdrawals": "",
 }
 
 

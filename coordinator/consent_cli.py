@@ -8,8 +8,10 @@ Three ways in (docs/governance.md, "Consent withdrawal and taint"):
   stored), and the site must still exclude them itself
   (``fedguard client withdraw``);
 - ``--statement FILE``: the site's own signed statement
-  (:mod:`federation.consent`), verified against the node key the federation
-  enrolled for the site, recorded verbatim with source ``site``.
+  (:mod:`federation.consent`), verified against the site's active node key
+  (a rotated or revoked one only with ``--accept-revoked-key``), recorded
+  with source ``site`` and its signature in canonical form, so that a
+  replay in another encoding of the same signature is refused.
 
 Exit codes: 4 for an unknown site, 5 for a statement that does not verify,
 2 for a malformed one, 3 when the registry write fails: the withdrawal, its
@@ -53,19 +55,104 @@ def enrolled_sites(registry: Registry) -> list[str]:
         return [str(n) for n in session.exec(select(FederationSite.name)).all()]
 
 
-def check_statement(registry: Registry, name: str, signed: SignedStatement) -> None:
-    """Verify ``signed`` against the node key the federation issued to site ``name``.
+_CURVE_ORDERS = {
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+                     16),
+    "secp521r1": int("01FF" + "FFFFFFFF" * 7 + "FFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8"
+                     "899C47AEBB6FB71E91386409", 16),
+}
+"""The order n of each NIST curve a node key may use (SP 800-186 §3.2.1; the fedguard node key is P-384)."""
 
-    A key that was rotated or revoked since is accepted only for a statement
-    issued before that happened.
+
+def canonical_signature(signed: SignedStatement, public_pem: str) -> SignedStatement:
+    """``signed`` with its signature in one canonical encoding: base64 re-encoded, DER with low ``s``.
+
+    ECDSA signatures are malleable: if ``(r, s)`` verifies, so does
+    ``(r, n - s)``, and base64 leaves the padding bits free, so anyone holding
+    a statement can write other signature texts that verify for it (the
+    "low-s" rule of Bitcoin's BIP 62 and BIP 146 closes the first). Stored
+    canonically, a replayed statement is the same bytes whatever encoding it
+    came in.
+
+    Raises
+    ------
+    VerificationError
+        The signature is not base64 DER ``(r, s)``, or the key is not on a known NIST curve.
+    """
+    import base64
+    import binascii
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    try:
+        public = serialization.load_pem_public_key(public_pem.encode())
+        r, s = decode_dss_signature(base64.b64decode(signed.signature, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise VerificationError(f"the withdrawal statement's signature is malformed ({exc})") from None
+    order = _CURVE_ORDERS.get(public.curve.name) if isinstance(public, ec.EllipticCurvePublicKey) else None
+    if order is None:
+        raise VerificationError("the site's enrolled node key is not an elliptic-curve key on a NIST curve")
+    low = encode_dss_signature(r, min(s, order - s))
+    return replace(signed, signature=base64.b64encode(low).decode())
+
+
+def statement_key(signed: SignedStatement) -> str:
+    """SHA-256 of the statement's canonical bytes and its key's fingerprint: what a replay is recognised by.
+
+    One value per statement, however its signature is encoded.
+    """
+    import hashlib
+
+    from federation.consent import DOMAIN
+
+    return hashlib.sha256(DOMAIN + signed.statement.canonical_bytes() + b"\n" + signed.key.encode()).hexdigest()
+
+
+def recorded_as(registry: Registry, signed: SignedStatement) -> int | None:
+    """The id of the withdrawal that already recorded this statement (any signature encoding), or None."""
+    from sqlmodel import Session, col, select
+
+    from federation.consent import SignedStatement as Statement
+    from lifecycle.governance.tables import ConsentWithdrawal
+
+    wanted = statement_key(signed)
+    with Session(registry.engine) as session:
+        rows = session.exec(select(ConsentWithdrawal.id, ConsentWithdrawal.statement_json)
+                            .where(ConsentWithdrawal.site == signed.statement.site, ConsentWithdrawal.signature != "")
+                            .order_by(col(ConsentWithdrawal.id))).all()
+    for number, text in rows:
+        try:
+            if statement_key(Statement.from_json(text)) == wanted:
+                return number
+        except ConfigurationError:
+            continue  # not a statement (a row recorded otherwise): it cannot be this one
+    return None
+
+
+def check_statement(registry: Registry, name: str, signed: SignedStatement, *,
+                    accept_revoked: bool = False) -> tuple[str, str]:
+    """Verify ``signed`` against the node key the federation issued to site ``name``; that key and a note.
+
+    Only the site's **active** key is accepted: the statement's ``issued-at``
+    is chosen by whoever signs it, so a key that leaked and was revoked could
+    sign a "backdated" statement. ``accept_revoked`` (``--accept-revoked-key``,
+    after the operator checked out of band that the site sent it) accepts a
+    rotated or revoked key for a statement claiming to predate its
+    revocation; the returned note (empty for the active key) says which key,
+    for the withdrawal's audit record. Returns ``(node public key PEM, note)``.
 
     Raises
     ------
     NotFoundError
         No site ``name`` is enrolled.
     VerificationError
-        The statement is another site's, names a key never issued to ``name``, was signed after that key
-        was revoked, or its signature does not verify.
+        The statement is another site's, names a key never issued to ``name``, is signed by a rotated or
+        revoked key (without ``accept_revoked``, or claiming a time after the revocation), or its
+        signature does not verify.
     """
     from sqlmodel import Session, select
 
@@ -78,18 +165,28 @@ def check_statement(registry: Registry, name: str, signed: SignedStatement) -> N
             raise NotFoundError(f"no enrolled site '{name}' to verify the statement against; see 'fedguard site list'")
         credentials = session.exec(select(SiteCredential).where(SiteCredential.site_id == site.id)).all()
     if signed.statement.site != name:
-        raise VerificationError(f"the statement is site '{signed.statement.site}''s, not '{name}''s")
+        raise VerificationError(f"the statement is for site '{signed.statement.site}', not '{name}'")
     credential = next((c for c in credentials if key_fingerprint(c.node_public_key) == signed.key), None)
     if credential is None:
         raise VerificationError(f"the statement is signed with a key that site '{name}' was never issued "
                                 f"({signed.key[:16]}…)")
-    revoked = _aware(credential.revoked_at)
-    issued = _aware(datetime.fromisoformat(signed.statement.issued_at))
-    if credential.status != ACTIVE and (revoked is None or issued is None or issued > revoked):
-        raise VerificationError(f"the statement was signed with site '{name}''s node key after that key was "
-                                f"{credential.revoked_reason or 'revoked'}; the site must sign again with its "
-                                "current bundle")
+    note = ""
+    if credential.status != ACTIVE:
+        what = credential.revoked_reason or credential.status
+        revoked = _aware(credential.revoked_at)
+        when = f" on {revoked.isoformat(timespec='seconds')}" if revoked is not None else ""
+        if not accept_revoked:
+            raise VerificationError(f"the statement is signed with a node key of site '{name}' that was {what}{when} "
+                                    f"({signed.key[:16]}…); only the site's active key is accepted, since the signer "
+                                    "chooses issued-at: have the site sign again with its current bundle, or pass "
+                                    "--accept-revoked-key once you confirmed out of band that the site sent it")
+        issued = _aware(datetime.fromisoformat(signed.statement.issued_at))
+        if revoked is None or issued is None or issued > revoked:
+            raise VerificationError(f"the statement claims to be issued after the node key of site '{name}' was {what}"
+                                    f"{when}; the site must sign again with its current bundle")
+        note = f"signed with the site's {what} node key {signed.key[:16]} (--accept-revoked-key)"
     verify_statement(signed, credential.node_public_key)
+    return credential.node_public_key, note
 
 
 def withdraw(
@@ -101,6 +198,9 @@ def withdraw(
                                                   "[the file's only column].")] = None,
     statement: Annotated[Path | None, typer.Option("--statement", help="The site's signed statement from "
                                                    "'fedguard client withdraw'.")] = None,
+    accept_revoked_key: Annotated[bool, typer.Option(
+        "--accept-revoked-key", help="Accept a --statement signed by the site's rotated or revoked node key "
+        "(confirm with the site first; recorded with the withdrawal).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Record a consent withdrawal (whole site, --records, or the site's --statement); taint and block its models."""
@@ -116,11 +216,18 @@ def withdraw(
     store, enrolled, actor = ConsentStore(registry), enrolled_sites(registry), _actor()
     if statement is not None:
         signed = SignedStatement.read(statement)
-        check_statement(registry, name, signed)
+        public_pem, note = check_statement(registry, name, signed, accept_revoked=accept_revoked_key)
+        signed = canonical_signature(signed, public_pem)
+        same = recorded_as(registry, signed)
+        if same is not None:
+            raise ConfigurationError(f"this signed statement is already recorded (withdrawal #{same})")
+        if note:
+            err_console.print(f"[yellow]warning[/yellow]: {escape(note)}: the statement's issued-at is the signer's "
+                              "claim; recorded with the withdrawal", highlight=False, soft_wrap=True)
         s = signed.statement
         result = store.withdraw(name, scope=s.scope, record_count=s.record_count, records_digest=s.records_digest,
-                                reason=reason, actor=actor, source="site", statement_json=signed.to_json(),
-                                signature=signed.signature, enrolled=enrolled)
+                                reason=f"{reason} [{note}]" if note else reason, actor=actor, source="site",
+                                statement_json=signed.to_json(), signature=signed.signature, enrolled=enrolled)
     elif records is not None:
         ids = {canonical_id(i) for i in read_ids(records, id_column)}
         digest = records_digest(ids, new_salt())  # the salt is dropped: the coordinator cannot open it

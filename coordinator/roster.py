@@ -22,7 +22,7 @@ Time is injected (``now=``, ``sleep=``) so that tests wait for nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,20 +50,27 @@ _FIXES = {
     "budget-veto": "these sites' privacy caps do not allow the job: lower dp-epsilon or the number of rounds",
     "identity": "give each site agent its own enrolment bundle and site name",
     "no-answer": "check those sites' logs (a first answer slower than round-timeout needs a longer one)",
-    "withdrawn": "these sites withdrew their consent: lower num-sites (and min-sites) by their number",
+    "withdrawn": "these sites withdrew their consent: lower num-sites (and min-sites) by their number, or "
+                 "'fedguard retrain NAME --without-withdrawn' to retrain a model without them",
+    "consent-withdrawn": "these sites withdrew their consent: lower num-sites (and min-sites) by their number, or "
+                         "'fedguard retrain NAME --without-withdrawn' to retrain a model without them",
 }
 
 
-def policy_check(cfg: CoordinatorConfig) -> PolicyCheck:
+def policy_check(cfg: CoordinatorConfig, withdrawn: Collection[str] = ()) -> PolicyCheck:
     """Refuse, by the policy a site declared, a site that would refuse this job in its first round.
 
-    And a site the job excludes because it withdrew its consent as a whole
+    And a site that withdrew its consent as a whole: ``withdrawn`` (every
+    such site in the registry, :func:`coordinator.withdrawals.registry_withdrawn_sites`,
+    whatever the run config says) and those the job itself excludes
     (``excludes-withdrawals``, written by ``fedguard retrain``).
     """
+    refused = frozenset(withdrawn) | cfg.withdrawn_sites
 
     def check(site: IdentityReply) -> SiteRefusal | None:
-        if site.name in cfg.withdrawn_sites:  # the name is the enrolled identity here (Asker._file verified it)
-            return SiteRefusal("withdrawn", "the site withdrew its consent; this job excludes it (fedguard retrain)")
+        if site.name in refused:  # the name is the enrolled identity here (Asker._file verified it)
+            return SiteRefusal("withdrawn", "the site withdrew its consent as a whole; no run trains on it again "
+                                            "(fedguard retrain leaves it out)")
         if cfg.secure_aggregation == "none" and site.require_protection:
             return SiteRefusal("unprotected-refused", "the site sends only masked or encrypted updates and the "
                                                       "job has secure-aggregation = \"none\"")

@@ -30,6 +30,13 @@ instead of dropping it (never silently):
   different head at the same count (``fork``), is an *alarm*: the
   coordinator rewound or forked its history.
 
+A damaged line in the witness file (a crash in the middle of an append, a
+disk error) is skipped and reported with every observation
+(:attr:`Observation.damaged`, logged by the site as an alarm), never fatal:
+one bad line must not stop a site from witnessing every later checkpoint.
+The next append starts on a fresh line, and ``fedguard client witness
+--out`` exports the good lines and says how many it skipped.
+
 Notes
 -----
 This is the gossip and witness-cosigning idea of Certificate Transparency
@@ -159,6 +166,8 @@ class Observation:
     event_id: int | None = None
     hash: str = ""
     detail: str = ""
+    damaged: tuple[int, ...] = ()
+    """Line numbers of the witness file that do not parse (skipped; the site logs them as an alarm)."""
 
     @property
     def alarm(self) -> bool:
@@ -170,7 +179,8 @@ class Observation:
 
     def summary(self) -> dict[str, Any]:
         """What the site's audit log line keeps of it."""
-        return {k: v for k, v in asdict(self).items() if k != "new" and v not in (None, "")}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "new" and v not in (None, "", ())}
 
 
 @dataclass
@@ -205,8 +215,27 @@ class WitnessLog:
             raise StateError(f"cannot read the witness file {self.path}: {exc.strerror or exc}") from None
         return [Witnessed.parse(text, f"{self.path} line {n}") for n, text in enumerate(lines, 1) if text.strip()]
 
+    def scan(self) -> tuple[list[Witnessed], tuple[int, ...]]:
+        """Every line that parses, and the numbers of the damaged ones (skipped: module docstring)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return [], ()
+        except OSError as exc:
+            raise StateError(f"cannot read the witness file {self.path}: {exc.strerror or exc}") from None
+        entries: list[Witnessed] = []
+        damaged: list[int] = []
+        for n, text in enumerate(lines, 1):
+            if not text.strip():
+                continue
+            try:
+                entries.append(Witnessed.parse(text, f"{self.path} line {n}"))
+            except (AuditChainError, ValueError, TypeError, AttributeError):
+                damaged.append(n)
+        return entries, tuple(damaged)
+
     def witnessed(self) -> list[Witnessed]:
-        return [entry for entry in self.read() if entry.status == WITNESSED]
+        return [entry for entry in self.scan()[0] if entry.status == WITNESSED]
 
     def pinned(self, entries: list[Witnessed]) -> str | None:
         """The key this site trusts: the one it was given, else the key of its first accepted checkpoint."""
@@ -227,18 +256,18 @@ class WitnessLog:
             return Observation(MALFORMED, False, detail=str(exc)[:200])
         cp = signed.checkpoint
         with self._locked():
-            entries = self.read()
+            entries, damaged = self.scan()
             if any(e.signed == signed for e in entries):
                 held = next(e for e in entries if e.signed == signed)
                 return Observation(held.status if held.status != WITNESSED else KNOWN, False, cp.events,
-                                   cp.event_id, cp.hash)
+                                   cp.event_id, cp.hash, damaged=damaged)
             status = self._judge(signed, key, entries)
             if status == KNOWN:
-                return Observation(KNOWN, False, cp.events, cp.event_id, cp.hash)
+                return Observation(KNOWN, False, cp.events, cp.event_id, cp.hash, damaged=damaged)
             detail = WARNINGS.get(status) or ALARMS.get(status) or ""
             entry = Witnessed(signed, public_key, status, self.now().isoformat(timespec="seconds"), detail)
             self._append(entry)
-        return Observation(status, True, cp.events, cp.event_id, cp.hash, detail)
+        return Observation(status, True, cp.events, cp.event_id, cp.hash, detail, damaged)
 
     def _judge(self, signed: Signed, key: Ed25519PublicKey, entries: list[Witnessed]) -> str:
         cp = signed.checkpoint
@@ -260,18 +289,24 @@ class WitnessLog:
 
     def _append(self, entry: Witnessed) -> None:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"  # a torn last line: start a fresh one
             with os.fdopen(fd, "a", encoding="utf-8") as out:
-                out.write(entry.line() + "\n")
+                out.write(("\n" if torn else "") + entry.line() + "\n")
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
             raise StateError(f"cannot append to the witness file {self.path} ({exc.strerror or exc}); fix its "
                              "folder's permissions") from None
 
-    def export(self, out: Path, site: str = "") -> int:
-        """Write the accepted checkpoints to ``out`` (JSON lines) for ``audit verify --witness``; their number."""
-        entries = self.witnessed()
+    def export(self, out: Path, site: str = "") -> tuple[int, int]:
+        """Write the accepted checkpoints to ``out`` (JSON lines) for ``audit verify --witness``.
+
+        Returns their number and the number of damaged lines skipped.
+        """
+        scanned, damaged = self.scan()
+        entries = [entry for entry in scanned if entry.status == WITNESSED]
         lines = []
         for entry in entries:
             data = json.loads(entry.line())
@@ -279,7 +314,7 @@ class WitnessLog:
             lines.append(json.dumps(data, sort_keys=True))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        return len(entries)
+        return len(entries), len(damaged)
 
 
 @dataclass(frozen=True)

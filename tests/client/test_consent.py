@@ -148,3 +148,36 @@ def test_the_schema_id_column_is_checked_and_never_a_feature(tmp_path: Path) -> 
         SiteSchema.from_mapping({**SCHEMA, "id-column": "a"})
     with pytest.raises(ConfigurationError, match="id-column must be a column name"):
         SiteSchema.from_mapping({**SCHEMA, "id-column": 3})
+
+
+def test_client_withdraw_writes_the_consent_list_it_is_given_and_the_agent_logs_the_one_in_force(
+        bundle: SiteBundle, tmp_path: Path, fedguard_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from typer.testing import CliRunner
+
+    from client.consent import log_in_force
+    from federation.bundle import write_bundle
+    from fedguard.cli import app
+
+    bundle_path = write_bundle(tmp_path / "st-marys.bundle", bundle)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("patient_id\np-1\np-2\n")
+    chosen = tmp_path / "agent" / "consent.json"
+    runner = CliRunner()
+    base = ["client", "withdraw", "--bundle", str(bundle_path), "--records", str(ids), "--reason", "asked",
+            "--out", str(tmp_path / "w.json")]
+    done = runner.invoke(app, [*base, "--consent", str(chosen), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["consent_list"] == str(chosen.resolve())
+    assert ConsentList.read(chosen, "st-marys").excluded == {"p-1", "p-2"}
+    default = fedguard_home / "site" / "st-marys" / "consent.json"
+    assert not default.exists()
+    text = runner.invoke(app, [*base[:-1], str(tmp_path / "w2.json")])  # no --consent: what 'client start' uses
+    assert text.exit_code == 0 and default.is_file(), text.output
+    assert str(default.resolve()) in text.stdout.replace("\n", "")
+    with caplog.at_level(logging.INFO, logger="fedguard"):
+        log_in_force(chosen, "st-marys")
+        log_in_force(tmp_path / "none.json", "st-marys")
+    assert f"{chosen}: 2 record(s) excluded" in caplog.text and "no withdrawal yet" in caplog.text

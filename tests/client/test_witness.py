@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from flwr.app import ConfigRecord
 
 from client.audit import SiteAuditLog, make_audit_mod
@@ -37,6 +39,22 @@ def test_the_coordinator_sends_its_newest_checkpoint_and_a_site_keeps_it(registr
     assert [e.signed.checkpoint.events for e in WitnessLog(witness_path(log)).read()] == [5]
 
 
+def test_a_damaged_witness_line_is_an_alarm_and_later_checkpoints_are_still_kept(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _events(registry, 3)
+    log = tmp_path / "site" / "audit.jsonl"
+    witness_path(log).parent.mkdir(parents=True)
+    witness_path(log).write_text("{damaged\n")
+    config = ConfigRecord({"server-round": 1})
+    witness_checkpoint(registry, config, sign=True)
+    mod = make_audit_mod(lambda ctx: SiteAuditLog(log))
+    with caplog.at_level(logging.ERROR, logger="fedguard"):
+        mod(train_message({"config": config}), context({"site-name": "st-marys"}), lambda m, c: _reply(m))
+    line = json.loads(log.read_text())
+    assert line["witness"]["status"] == WITNESSED and line["witness"]["damaged"] == [1]
+    assert "1 damaged line(s)" in caplog.text and "witnessing goes on" in caplog.text
+    assert [e.signed.checkpoint.events for e in WitnessLog(witness_path(log)).witnessed()] == [3]
 
 
 def test_a_malformed_checkpoint_is_noted_and_never_stops_the_reply(tmp_path: Path) -> None:

@@ -15,7 +15,13 @@ from coordinator.config import CoordinatorConfig
 from coordinator.retrain import launch, plan
 from coordinator.roster import policy_check
 from coordinator.runs.job import Job
-from coordinator.withdrawals import ExcludedWithdrawal, encode, parse
+from coordinator.withdrawals import (
+    ExcludedWithdrawal,
+    check_against_registry,
+    encode,
+    parse,
+    registry_withdrawn_sites,
+)
 from federation.protocol import IdentityReply
 from lifecycle.errors import ConfigurationError, NotFoundError
 from lifecycle.governance.tables import ConsentWithdrawal, ModelTaint
@@ -37,11 +43,12 @@ def publish_trained(registry: Registry, mode: str, *, name: str = "demo", data_d
     return publish_model(registry, replace(make_publication(name), run_config=run_config, sites=sites, mode=mode))
 
 
-def withdraw(registry: Registry, record: VersionRecord, site: str, scope: str = "site", *, taint: bool = True) -> int:
+def withdraw(registry: Registry, record: VersionRecord, site: str, scope: str = "site", *, taint: bool = True,
+             source: str = "coordinator", count: int = 12) -> int:
     """A consent withdrawal row (and its taint of ``record``), as the consent work records them."""
     with registry.transaction() as session:
-        row = ConsentWithdrawal(site=site, scope=scope, reason="consent withdrawn", actor="cli:dpo", source="operator",
-                                record_count=12 if scope != "site" else None)
+        row = ConsentWithdrawal(site=site, scope=scope, reason="consent withdrawn", actor="cli:dpo", source=source,
+                                record_count=count if scope != "site" else None)
         session.add(row)
         session.flush()
         assert row.id is not None
@@ -69,7 +76,7 @@ def test_a_deployment_retrain_resubmits_the_job_without_its_identity_and_with_fe
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = publish_trained(registry, "deployment", config={"run-id": "abc123", "min-sites": 3})
-    records = withdraw(registry, record, "site-0", "records")
+    records = withdraw(registry, record, "site-0", "records", source="site")  # the site's agent excludes them
     whole = withdraw(registry, record, "site-2", taint=False)  # a whole-site withdrawal of its lineage counts too
     retrain = plan(registry, "demo", 1)
     assert (retrain.kept, retrain.dropped) == (("site-0", "site-1"), ("site-2",))
@@ -87,13 +94,32 @@ def test_a_deployment_retrain_resubmits_the_job_without_its_identity_and_with_fe
 
 
 def test_a_retrain_of_a_retrained_version_keeps_excluding_what_its_run_excluded(registry: Registry) -> None:
-    first = withdraw(registry, publish_trained(registry, "simulation"), "site-1", taint=False)
-    record = publish_trained(registry, "simulation", lineage=("site-0", "site-2"),
+    first = withdraw(registry, publish_trained(registry, "deployment"), "site-1", taint=False)
+    record = publish_trained(registry, "deployment", lineage=("site-0", "site-2"),
                              config={"num-sites": 2, "excludes-withdrawals": f"{first}:site:site-1"})
-    second = withdraw(registry, record, "site-0", "records")
+    second = withdraw(registry, record, "site-0", "records", source="site")
     retrain = plan(registry, "demo", 2)
     assert [w.id for w in retrain.withdrawals] == [first, second] and retrain.dropped == ()
     assert retrain.changes["num-sites"] == 2 and retrain.changes["supersedes"] == 2
+
+
+def test_records_withdrawals_nothing_would_exclude_refuse_the_retrain(registry: Registry) -> None:
+    simulated = publish_trained(registry, "simulation", name="sim")
+    withdraw(registry, simulated, "site-1", "records", source="site")
+    with pytest.raises(ConfigurationError, match="simulation keep no consent list.*withdraw the whole site"):
+        plan(registry, "sim")
+    withdraw(registry, simulated, "site-1")  # the whole site after all: its records go with it
+    assert plan(registry, "sim").dropped == ("site-1",)
+    deployed = publish_trained(registry, "deployment", config={"run-id": "d1"})
+    operator = withdraw(registry, deployed, "site-0", "records", count=3)
+    with pytest.raises(ConfigurationError, match=f"#{operator} \\(site-0, records\\) that the operator recorded"):
+        plan(registry, "demo")
+    withdraw(registry, deployed, "site-0", "records", source="site", count=2, taint=False)  # another list: no match
+    with pytest.raises(ConfigurationError, match="the operator recorded"):
+        plan(registry, "demo")
+    withdraw(registry, deployed, "site-0", "records", source="site", count=3, taint=False)  # the site's own statement
+    confirmed = plan(registry, "demo")  # site-1 withdrew as a whole above: left out of this one too
+    assert operator in {w.id for w in confirmed.withdrawals} and confirmed.dropped == ("site-1",)
 
 
 def test_bad_input_is_refused_with_its_exit_code(registry: Registry) -> None:
@@ -136,6 +162,9 @@ def test_the_coordinator_refuses_a_withdrawn_site_before_round_1() -> None:
     refusal = check(IdentityReply("guys", "m" * 64, 10, require_protection=False))
     assert refusal is not None and refusal.code == "withdrawn"
     assert check(IdentityReply("kings", "m" * 64, 10, require_protection=False)) is None
+    registry_check = policy_check(CoordinatorConfig.from_mapping({"secure-aggregation": "none"}), {"kings"})
+    refusal = registry_check(IdentityReply("kings", "m" * 64, 10, require_protection=False))
+    assert refusal is not None and refusal.code == "withdrawn"  # withdrawn in the registry: whatever the run config
     assert parse("3:site:guys, 4:records:kings") == (ExcludedWithdrawal(3, "guys", "site"),
                                                      ExcludedWithdrawal(4, "kings", "records"))
     with pytest.raises(ConfigurationError, match="not ID:SCOPE:SITE"):
@@ -172,6 +201,26 @@ def test_a_simulation_retrain_reads_the_settings_its_run_kept(registry: Registry
     (run_dir / "outcome.json").write_text(json.dumps({"config": {"sites": 3, "alpha": 0.3, "seed": 7,
                                                                  "dataset": "wine", "retired": 1}}))
     assert simulation_config(retrain) == SimulationConfig(sites=3, alpha=0.3, seed=7, dataset="wine")
+
+
+def test_the_run_config_withdrawals_and_supersedes_are_checked_against_the_registry(registry: Registry) -> None:
+    record = publish_trained(registry, "deployment", config={"run-id": "r1"})
+    whole = withdraw(registry, record, "site-1")
+    withdraw(registry, record, "site-0", "records", taint=False)
+    assert registry_withdrawn_sites(registry) == {"site-1"}
+    good = ExcludedWithdrawal(whole, "site-1", "site")
+    check_against_registry(registry, model="demo", supersedes=1, withdrawals=[good])
+    check_against_registry(registry, model="demo", supersedes=0, withdrawals=[])
+    for bad, message in ((ExcludedWithdrawal(whole, "site-2", "site"), "it is site 'site-1' scope 'site'"),
+                         (ExcludedWithdrawal(whole, "site-1", "records"), "it is site 'site-1' scope 'site'"),
+                         (ExcludedWithdrawal(99, "site-1", "site"), "99:site:site-1, but there is none")):
+        with pytest.raises(ConfigurationError, match=message):
+            check_against_registry(registry, model="demo", supersedes=1, withdrawals=[good, bad])
+    with pytest.raises(ConfigurationError, match="'supersedes' = 4: model 'demo' has no such version"):
+        check_against_registry(registry, model="demo", supersedes=4, withdrawals=[])
+    publish_trained(registry, "deployment", name="clean", lineage=("site-0",), config={"num-sites": 1})
+    with pytest.raises(ConfigurationError, match="clean:1 is not tainted"):
+        check_against_registry(registry, model="clean", supersedes=1, withdrawals=[])
 
 
 @pytest.mark.postgres

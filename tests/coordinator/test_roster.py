@@ -75,10 +75,10 @@ def _ledger() -> RunLedger:
 
 
 def _gather(grid: SiteGrid, clock: Clock, events: list[tuple[str, dict[str, Any]]], *, needed: int = 3,
-            deadline: float = 60.0, **cfg: Any) -> Any:
+            deadline: float = 60.0, withdrawn: tuple[str, ...] = (), **cfg: Any) -> Any:
     config = CoordinatorConfig.from_mapping({"num-sites": needed, **cfg})
     return gather(grid, ConfigRecord({"x": 1}), _ledger(), needed=needed, deadline=deadline, query_timeout=30.0,
-                  enrolled=sorted(NAMES.values()), check=policy_check(config),
+                  enrolled=sorted(NAMES.values()), check=policy_check(config, withdrawn),
                   observer=lambda e, p: events.append((e, dict(p))), now=clock.now, sleep=clock.sleep)
 
 
@@ -151,3 +151,16 @@ def test_a_refused_site_is_left_out_when_enough_others_take_part() -> None:
     assert roster.summary() == {"sites": 2, "needed": 2, "names": ["guys", "st-marys"],
                                 "refused": {"kings": "cap reached"}}
     assert ledger.refused(3) and not ledger.refused(1)  # left out of every round
+
+
+def test_a_site_withdrawn_in_the_registry_is_refused_whatever_the_run_config_says() -> None:
+    clock = Clock()
+    grid = SiteGrid(clock, {1: 0.0, 2: 0.0, 3: 0.0}, {})
+    with pytest.raises(SitesUnavailableError) as caught:
+        _gather(grid, clock, [], withdrawn=("guys",))
+    message = str(caught.value)
+    assert "guys: the site withdrew its consent as a whole" in message
+    assert "fedguard retrain NAME --without-withdrawn" in message and clock.t == 0.0
+    roster = _gather(SiteGrid(clock, {1: 0.0, 2: 0.0, 3: 0.0}, {}), clock, [], needed=2, withdrawn=("guys",),
+                     **{"secure-aggregation": "ckks", "he-public-context": "ctx"})
+    assert sorted(roster.identified) == ["kings", "st-marys"] and roster.refused["guys"].code == "withdrawn"

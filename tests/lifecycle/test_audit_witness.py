@@ -93,6 +93,24 @@ def test_a_site_never_silently_accepts_a_checkpoint_it_cannot_trust(tmp_path: Pa
     assert given.observe(_signed(other, 2, 2, "a" * 64).line(), other_public).status == WITNESSED
 
 
+def test_a_damaged_line_is_skipped_and_flagged_and_witnessing_goes_on(tmp_path: Path) -> None:
+    key = AuditKey(Ed25519PrivateKey.generate())
+    public = encode_public_key(key.private.public_key())
+    site = WitnessLog(tmp_path / "audit.witness.jsonl", now=lambda: NOW)
+    assert site.observe(_signed(key, 2, 2, "a" * 64).line(), public).new
+    with site.path.open("a") as damaged:
+        damaged.write('{"checkpoint": {"event_id": 3, "ha')  # a torn append: no newline
+    seen = site.observe(_signed(key, 4, 4, "b" * 64).line(), public)
+    assert (seen.status, seen.new, seen.damaged) == (WITNESSED, True, (2,))
+    assert seen.summary()["damaged"] == [2]
+    assert [e.signed.checkpoint.events for e in site.witnessed()] == [2, 4]  # appended on a fresh line
+    assert site.scan()[1] == (2,) and site.observe(_signed(key, 4, 4, "b" * 64).line(), public).damaged == (2,)
+    out = tmp_path / "export.jsonl"
+    assert site.export(out) == (2, 1) and len(out.read_text().splitlines()) == 2
+    with pytest.raises(AuditChainError):
+        site.read()  # the strict reader (an auditor's check of an exported file) still names the damage
+
+
 def test_verify_with_a_witness_passes_on_a_clean_registry(registry: Registry, tmp_path: Path) -> None:
     site = _site_witnesses(registry, tmp_path / "audit.witness.jsonl")
     _events(registry, 3)  # the chain grew since: it still extends what the site witnessed
@@ -145,6 +163,12 @@ def test_the_cli_exports_a_sites_witness_and_verify_fails_with_exit_5_on_a_rewri
     exported = runner.invoke(cli, ["client", "witness", "--log", str(audit_log), "--out", str(out),
                                    "--site", "st-marys", "--json"])
     assert exported.exit_code == 0 and json.loads(exported.stdout)["exported"] == 2, exported.output
+    with witness_path(audit_log).open("a") as damaged:
+        damaged.write("not a checkpoint\n")
+    skipped = runner.invoke(cli, ["client", "witness", "--log", str(audit_log), "--out", str(out), "--site",
+                                  "st-marys"])
+    assert skipped.exit_code == 0 and "2 witnessed checkpoint(s) written" in skipped.output, skipped.output
+    assert "1 damaged line(s) skipped" in skipped.output
     assert {json.loads(line)["witness"] for line in out.read_text().splitlines()} == {"st-marys"}
     ok = runner.invoke(cli, ["audit", "verify", "--witness", str(out), "--witness", str(out), "--json"])
     assert ok.exit_code == 0 and [w["checkpoints"] for w in json.loads(ok.stdout)["witnesses"]] == [2, 2], ok.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,3 +84,93 @@ def test_the_coordinator_records_a_withdrawal_on_the_sites_behalf(bundle: Path, 
     assert whole["tainted"] == ["demo:1"]
     listing = runner.invoke(app, ["models", "list", "--tainted"])
     assert listing.exit_code == 0 and "whole site" in listing.output and "2 record(s)" in listing.output
+
+
+def _variant(signature: str, *, high_s: bool = False, pad_bits: bool = False) -> str:
+    """Another encoding of the same ECDSA signature: (r, n - s), and/or non-zero base64 padding bits."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    from coordinator.consent_cli import _CURVE_ORDERS
+
+    der = base64.b64decode(signature)
+    if high_s:
+        r, s = decode_dss_signature(der)
+        der = encode_dss_signature(r, _CURVE_ORDERS["secp384r1"] - s)
+    text = base64.b64encode(der).decode()
+    if pad_bits and text.endswith("="):
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        data = text.rstrip("=")
+        text = data[:-1] + alphabet[alphabet.index(data[-1]) | 1] + text[len(data):]
+    return text
+
+
+def test_another_encoding_of_a_recorded_signature_is_still_a_replay(bundle: Path, tmp_path: Path) -> None:
+    statement = tmp_path / "statement.json"
+    assert runner.invoke(app, ["client", "withdraw", "--bundle", str(bundle), "--all", "--reason", "leaving",
+                               "--out", str(statement)]).exit_code == 0
+    original = json.loads(statement.read_text())
+    replays = []
+    for high_s, pad_bits in ((True, False), (False, True), (True, True)):
+        data = {**original, "signature": _variant(original["signature"], high_s=high_s, pad_bits=pad_bits)}
+        replay = tmp_path / f"replay-{high_s}-{pad_bits}.json"
+        replay.write_text(json.dumps(data))
+        replays.append(replay)
+    first = ok("site", "withdraw", "st-marys", "--reason", "statement", "--statement", str(replays[0]))
+    assert first["withdrawal"]["signed"] is True  # type: ignore[index]
+    for replay in (statement, *replays[1:]):
+        result = runner.invoke(app, ["site", "withdraw", "st-marys", "--reason", "again", "--statement", str(replay)])
+        assert isinstance(result.exception, ConfigurationError), result.output
+        assert "already recorded (withdrawal #1)" in str(result.exception)
+
+
+def test_a_statement_signed_by_a_rotated_key_needs_accept_revoked_key(
+    bundle: Path, tmp_path: Path, registry: Registry
+) -> None:
+    from sqlmodel import select
+
+    from lifecycle.registry.tables import AuditEvent
+
+    statement = tmp_path / "statement.json"
+    assert runner.invoke(app, ["client", "withdraw", "--bundle", str(bundle), "--all", "--reason", "leaving",
+                               "--out", str(statement)]).exit_code == 0
+    rotated = runner.invoke(app, ["site", "rotate", "st-marys", "--out", str(tmp_path / "new.bundle")])
+    assert rotated.exit_code == 0, rotated.output
+    result = runner.invoke(app, ["site", "withdraw", "st-marys", "--reason", "r", "--statement", str(statement)])
+    assert isinstance(result.exception, VerificationError) and "only the site's active key" in str(result.exception)
+    assert "--accept-revoked-key" in str(result.exception) and "site 'st-marys''s" not in str(result.exception)
+    accepted = runner.invoke(app, ["site", "withdraw", "st-marys", "--reason", "r", "--statement", str(statement),
+                                   "--accept-revoked-key"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "warning" in accepted.stderr and "--accept-revoked-key" in accepted.stderr
+    with registry.transaction() as session:
+        event = session.exec(select(AuditEvent).where(AuditEvent.action == "consent.withdrawn")).one()
+    assert "rotated node key" in json.loads(event.details_json)["reason"]
+
+
+def test_the_canonical_signature_is_one_text_per_signature() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from coordinator.consent_cli import canonical_signature, statement_key
+    from federation.consent import WithdrawalStatement, sign_statement, verify_statement
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    statement = WithdrawalStatement.create("st-marys", "site", "leaving")
+    padded = next(s for s in (sign_statement(statement, private, public) for _ in range(200))
+                  if s.signature.endswith("="))  # a DER length that leaves base64 padding bits
+    canonical = canonical_signature(padded, public)
+    verify_statement(canonical, public)
+    for high_s, pad_bits in ((True, False), (False, True), (True, True)):
+        variant = dataclasses.replace(padded, signature=_variant(padded.signature, high_s=high_s, pad_bits=pad_bits))
+        assert variant.signature != padded.signature
+        verify_statement(variant, public)  # every variant verifies: only the canonical text tells them apart
+        assert canonical_signature(variant, public).signature == canonical.signature
+        assert statement_key(variant) == statement_key(padded)
+    with pytest.raises(VerificationError, match="malformed"):
+        canonical_signature(dataclasses.replace(padded, signature="bm90IERFUg=="), public)
