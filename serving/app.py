@@ -18,6 +18,11 @@ screened against the subjects who objected to the model in this environment
 Every answered predict request also feeds the model's drift monitor
 (:mod:`serving.drift`, ``state.drift``) and the per-key extraction guard
 (:mod:`serving.guards.extraction`, ``state.extraction``), both built here.
+
+A model the router starts serving after startup (deployed in this
+environment later, or blocked at startup and then replaced by a clean
+version) gets the same per-model state through the router's
+``on_new_model`` hook (:func:`_guard_new_models`), before it answers.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifecycle.errors import GovernanceError, StateError
+from lifecycle.errors import FedguardError, GovernanceError, StateError
 from lifecycle.registry import Registry
 from serving import logger
 from serving.drift import DriftMonitors
@@ -43,8 +48,9 @@ from serving.guards.killswitch import ModelKilled, killed_response
 from serving.guards.objections import ObjectionGuard
 from serving.guards.outputs import check_policies
 from serving.guards.quotas import QuotaStore, create_quota_store
-from serving.guards.ranges import build_ranges
+from serving.guards.ranges import RangeConfig, build_ranges
 from serving.metrics import PREDICT_ROUTE, MetricsMiddleware, ServingMetrics
+from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
@@ -119,6 +125,46 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _served_ranges(registry: Registry, settings: ServingSettings, models: dict[str, ServedModel]) -> RangeConfig:
+    """The configured feature ranges of the models served now.
+
+    Those of a registered model not served yet (deployed in this environment
+    later, or its version withdrawn) are compiled when the router first
+    serves it (:func:`_guard_new_models`); a name that no registered model
+    has is still refused by :func:`~serving.guards.ranges.build_ranges`.
+    """
+    config = settings.feature_ranges
+    later = set(config) - set(models)
+    if later:
+        later &= {record.name for record in registry.latest_versions()}
+    return {name: features for name, features in config.items() if name not in later}
+
+
+def _guard_new_models(app: ServingAPI, state: ServingState) -> Callable[[ServedModel], None]:
+    """The router's ``on_new_model`` hook: build for a model served since startup what startup builds for each.
+
+    Runs in the router's refresh (thread pool), before the model answers its
+    first request. An exception (an output policy or a feature range that
+    does not fit the model) leaves it answering 503; the router logs it.
+    """
+    settings = state.settings
+
+    def guard(model: ServedModel) -> None:
+        check_policies(settings, {model.name: model})
+        state.ranges.add(settings.feature_ranges, model)
+        state.drift.add(model)
+        state.extraction.add(model)
+        try:  # its list, loaded now (else the first request naming a subject waits for it)
+            state.objections.refresh(force=True)
+        except FedguardError as exc:  # the guard fails closed: a subject is answered 503 until the list loads
+            logger.error("could not load the objection list of %s: %s", model.name, exc)
+        state.metrics.models_served.set(len(state.models))
+        app.predict_limits = PredictLimits.of(state.models, settings.max_instances)
+        app.openapi_schema = None  # rebuilt with the new limits at the next request for it
+
+    return guard
+
+
 def create_app(
     registry: Registry,
     settings: ServingSettings | None = None,
@@ -167,7 +213,7 @@ def create_app(
     deployments = Router.open(registry, settings, metrics=metrics.registry, monotonic=clock)
     models = deployments.models
     check_policies(settings, models)
-    ranges = build_ranges(settings.feature_ranges, models)
+    ranges = build_ranges(_served_ranges(registry, settings, models), models)
     quotas = quota_store if quota_store is not None else create_quota_store(settings)
     app = ServingAPI(
         title="fedguard serving",
@@ -182,7 +228,8 @@ def create_app(
     for model in models.values():
         drift.add(model)
     extraction = ExtractionGuard(settings, quotas, registry, metrics.registry, models)
-    objections = ObjectionGuard(registry, settings.environment, models, refresh_seconds=settings.deploy_refresh_seconds,
+    objections = ObjectionGuard(registry, settings.environment, deployments.names,  # follows the router's models
+                                refresh_seconds=settings.deploy_refresh_seconds,
                                 refusals=metrics.objection_refusals, monotonic=clock)
     objections.refresh(force=True)  # subjects' objections (serving.guards.objections), loaded before serving
     if settings.kill_on_drift:  # the automatic cut-out on drift: every replica stops serving the model
@@ -192,6 +239,7 @@ def create_app(
         drift=drift, extraction=extraction, deployments=deployments, objections=objections,
         ranges=ranges, key_cache=KeyCache(settings.auth_cache_seconds),
     )
+    deployments.on_new_model = _guard_new_models(app, app.state.fedguard)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.add_exception_handler(ModelKilled, killed_response)
@@ -207,7 +255,7 @@ def create_app(
                                       methods=["POST"], include_in_schema=False))
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
-        MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=frozenset(models)
+        MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()
     )
     logger.info("serving app ready with %d model(s): %s", len(models), ", ".join(sorted(models)) or "none")
     return app

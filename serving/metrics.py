@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ class MetricsMiddleware:
     """Count, time and access-log every HTTP request (outermost user middleware)."""
 
     def __init__(
-        self, app: ASGIApp, metrics: ServingMetrics, routes: list[BaseRoute], models: frozenset[str]
+        self, app: ASGIApp, metrics: ServingMetrics, routes: list[BaseRoute], models: Container[str]
     ) -> None:
         self.app = app
         self.metrics = metrics

@@ -75,7 +75,7 @@ class ServingState:
                                                                       metrics=self.metrics.registry))
         if self.objections is None:  # loaded by the first request that names a subject
             object.__setattr__(self, "objections", ObjectionGuard(
-                self.registry, self.settings.environment, self.models,
+                self.registry, self.settings.environment, self.deployments.names,
                 refresh_seconds=self.settings.deploy_refresh_seconds, refusals=self.metrics.objection_refusals))
 
 

@@ -171,6 +171,13 @@ class ExtractionGuard:
         self.throttles = Counter("fedguard_extraction_throttles", "API keys throttled by the extraction guard",
                                  ("model",), registry=metrics_registry or CollectorRegistry())
 
+    def add(self, model: ServedModel) -> None:
+        """Build ``model``'s coarse grid (a model served only since startup; none without reference statistics)."""
+        if model.reference is not None:
+            grid = coarse_edges(model.reference, self.settings.extraction_grid_bins)
+            self._radix[model.name] = cell_radix(grid)
+            self.grids[model.name] = grid
+
     def observe(
         self, key_id: str, model: ServedModel, batch: torch.Tensor, now: float,
         probabilities: torch.Tensor | None = None,

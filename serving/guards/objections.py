@@ -13,6 +13,14 @@ model see its instances. The refusal is counted
 ``inference.refused.objection`` with the model, environment, API key id and
 the subject's digest, never the instances nor the identifier.
 
+The guard follows the router's live model set (``models`` is a callable,
+:meth:`serving.rollout.router.Router.names`): a model served only since
+startup (deployed in this environment later, or blocked at startup and then
+replaced by a clean version) has its list loaded when the router first serves
+it, or by the first request naming a subject for it. It fails closed: a
+request naming a subject for a model whose list is not loaded is refused
+with 503 (:class:`ObjectionsUnavailable`), never scored.
+
 Freshness: the lists are loaded when the app is built and re-read from the
 registry when a request that names a subject finds them older than
 ``deploy_refresh_seconds``. One cheap query of revisions (count, newest id
@@ -34,12 +42,17 @@ from collections.abc import Callable, Iterable
 from prometheus_client import Counter
 
 from lifecycle import audit
+from lifecycle.errors import StateError
 from lifecycle.governance.objections import ObjectionRevision, ObjectionStore, subject_digest
 from lifecycle.registry import Registry
 from serving import logger
 from serving.metrics import ServingMetrics
 
 REFUSAL_ACTION = "inference.refused.objection"
+
+
+class ObjectionsUnavailable(StateError):
+    """A request names a subject for a model whose objection list is not loaded: 503, never scored."""
 
 
 class ObjectionGuard:
@@ -49,7 +62,7 @@ class ObjectionGuard:
         self,
         registry: Registry,
         environment: str,
-        models: Iterable[str],
+        models: Iterable[str] | Callable[[], Iterable[str]],
         *,
         refresh_seconds: float,
         refusals: Counter | None = None,
@@ -58,7 +71,8 @@ class ObjectionGuard:
         self.registry = registry
         self.store = ObjectionStore(registry)
         self.environment = environment
-        self.models = frozenset(models)
+        fixed = frozenset(() if callable(models) else models)
+        self._names: Callable[[], Iterable[str]] = models if callable(models) else (lambda: fixed)
         self.refresh_seconds = refresh_seconds
         self.refusals = refusals if refusals is not None else ServingMetrics().objection_refusals
         self._monotonic = monotonic
@@ -68,6 +82,15 @@ class ObjectionGuard:
         self._checked: float | None = None  # never loaded
         self._lock = threading.Lock()
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The models whose lists this guard keeps: the router's live set now (or the fixed set it was given)."""
+        return frozenset(self._names())
+
+    def holds(self, model: str) -> bool:
+        """Whether ``model``'s list is loaded (an empty one counts): a subject can be screened for it."""
+        return model in self._digests
+
     def stale(self) -> bool:
         """Whether the lists are older than the refresh interval (or were never loaded; a clock stepped back)."""
         if self._checked is None:
@@ -75,10 +98,13 @@ class ObjectionGuard:
         elapsed = self._monotonic() - self._checked
         return not 0.0 <= elapsed < self.refresh_seconds
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False, need: str | None = None) -> None:
         """Re-read the revisions and the digests of every model whose list changed (blocking: thread pool only).
 
-        Threads that find a refresh running wait for it, then use its result.
+        Threads that find a refresh running wait for it, then use its result
+        (unless it is stale, or still lacks the list of model ``need``).
+        A model new to :attr:`models` has its list loaded, whatever the
+        revisions say.
 
         Raises
         ------
@@ -88,14 +114,15 @@ class ObjectionGuard:
             and a request naming a subject is answered 503, not scored.
         """
         with self._lock:
-            if not force and not self.stale():
+            if not force and not self.stale() and (need is None or need in self._digests):
                 return  # refreshed by the thread this one waited for
             started = self._monotonic()
+            models = self.models
             revisions = self.store.revisions(self.environment)
             digests = dict(self._digests)
-            for name in self.models:
+            for name in models:
                 revision = revisions.get(name)
-                if revision == self._revisions.get(name):
+                if name in digests and revision == self._revisions.get(name):
                     continue
                 digests[name] = self.store.digests(name, self.environment) if revision else frozenset()
                 logger.log(logging.INFO if self._checked is None else logging.WARNING,
@@ -103,7 +130,7 @@ class ObjectionGuard:
             if self._key is None and any(digests.values()):
                 self._key = self.store.key(create=False)  # never a new one: it would match nothing
             self._digests = digests
-            self._revisions = {name: r for name, r in revisions.items() if name in self.models}
+            self._revisions = {name: r for name, r in revisions.items() if name in models}
             self._checked = started
 
     def listed(self, model: str, subject_id: str) -> str | None:
@@ -111,8 +138,18 @@ class ObjectionGuard:
 
         A model without exceptions costs one dictionary look-up; the HMAC is
         computed only for a model that has some.
+
+        Raises
+        ------
+        ObjectionsUnavailable
+            ``model``'s list is not loaded (it failed to load, or the model
+            is served only since the last refresh): refuse with 503 rather
+            than score a subject on a list never checked.
         """
         digests = self._digests.get(model)
+        if digests is None:
+            raise ObjectionsUnavailable(f"the objection list of model {model[:128]!r} in {self.environment} is not "
+                                        "loaded; a request naming a subject is refused unscored")
         if not digests or self._key is None:
             return None
         digest = subject_digest(self._key, subject_id)

@@ -97,6 +97,18 @@ class FeatureRanges:
         if ranges is not None:
             ranges.check(batch)
 
+    def add(self, config: RangeConfig, model: ServedModel) -> None:
+        """Compile ``model``'s configured ranges, if any (a model served only since startup).
+
+        Raises
+        ------
+        ConfigurationError
+            The configuration names a feature the model does not have.
+        """
+        features = config.get(model.name)
+        if features:
+            self.by_model[model.name] = _model_ranges(model, features)
+
 
 def _model_ranges(model: ServedModel, config: Mapping[str, tuple[Bound, Bound]]) -> ModelRanges:
     features = tuple(model.schema.features)

@@ -9,7 +9,20 @@ scrape), so a change made anywhere reaches every replica within that interval.
 
 A version tainted by a consent withdrawal (``lifecycle.governance.consent``)
 is never loaded, whatever the deployment says: a replica that starts after
-the withdrawal, or a kill revived by hand, still cannot serve it.
+the withdrawal, or a kill revived by hand, still cannot serve it. Nor does a
+running replica keep serving one: each refresh also reads a taint marker
+(newest ``model_taint`` id and row count, one query), and when it moved, the
+versions loaded (stable, candidate, pinned) are checked against the taint
+table and the tainted ones dropped (the model answers 503 "withdrawn"), even
+if the consent step that should have killed or replaced the deployment never
+ran (it failed, or its process died).
+
+A model deployed in this environment after the server started (first
+promoted to production there, say) is loaded at the next refresh, as the
+startup loads one; the app's :attr:`Router.on_new_model` hook then builds its
+per-model guards (drift monitor, feature ranges, extraction grid, objection
+list) before it answers. A model whose guards cannot be built answers 503
+and the log says to fix the configuration and restart the server.
 
 Per request, :meth:`Router.route` picks the answering version:
 
@@ -44,12 +57,16 @@ import torch
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from lifecycle.audit import actors
 from lifecycle.errors import FedguardError, GovernanceError, NotFoundError
 from lifecycle.governance.consent import REASON_PREFIX, ConsentStore
+from lifecycle.governance.tables import ModelTaint
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT
+from lifecycle.registry.tables import ModelVersion, RegisteredModel
 from serving import logger
 from serving.claims import Claims
 from serving.errors import UnknownModelError
@@ -62,6 +79,9 @@ _HASH_SPACE = float(2**64)
 CLAIM_LAPSE_SECONDS = 5.0
 """How long a claimed background refresh (:meth:`Router.claim_refresh`) keeps others from claiming one."""
 _REFRESH = "refresh"
+
+ModelHook = Callable[[ServedModel], None]
+"""Called with a model's stable version when the router first serves a model not served at startup."""
 
 
 def canary_bucket(key_id: str, model: str, rollout_id: int) -> float:
@@ -169,6 +189,10 @@ class Router:
         self._windows = {name: self._window() for name in live}
         self._served: dict[tuple[str, int, str], Counter] = {}
         self._tainted: set[tuple[str, int]] = set()
+        self._taint_marker: tuple[int, int] | None = None  # (newest model_taint id, rows) at the last refresh
+        self._unprepared: dict[str, str] = {}  # model -> why on_new_model failed: it answers 503 until a restart
+        self.on_new_model: ModelHook | None = None
+        """Set by the app once it built the startup models' guards; see :meth:`_install`."""
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedguard-shadow")
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
@@ -259,6 +283,9 @@ class Router:
         live = self.live.get(name)
         if live is None:
             raise UnknownModelError(f"key {key_id} asked for unserved model {name[:128]!r}")
+        if self._unprepared and name in self._unprepared:
+            raise ModelKilled(f"{name} is deployed here since startup but its guards could not be built "
+                              f"({self._unprepared[name]}); fix the configuration and restart the server")
         state = live.state
         if state.killed:
             if state.kill_mode == "pinned" and live.pinned is not None:
@@ -274,6 +301,27 @@ class Router:
             return Route(self, live.candidate, "canary")
         shadow = live.candidate if state.candidate_mode == "shadow" else None
         return Route(self, live.stable, "stable", shadow)
+
+    def names(self) -> frozenset[str]:
+        """The models this router holds a deployment of (served, killed or withdrawn): a snapshot, thread-safe."""
+        return frozenset(self.live)
+
+    def listed(self) -> list[ServedModel]:
+        """The stable version of each model a request can be answered by now, by name (``GET /v1/models``).
+
+        Leaves out a model whose stable version is withdrawn (tainted) or did
+        not load, one killed by a consent withdrawal, and one whose guards
+        could not be built: listing them would advertise a model that answers
+        only 503.
+        """
+        listed = []
+        for name, live in sorted(self.live.items()):
+            if live.stable is None or name in self._unprepared:
+                continue
+            if live.state.killed and live.state.kill_reason.startswith(REASON_PREFIX):
+                continue
+            listed.append(live.stable)
+        return listed
 
     def answer(
         self, route: Route, batch: torch.Tensor, policy: OutputPolicy
@@ -401,11 +449,15 @@ class Router:
         return self.refresh_due() and self._claims.take(_REFRESH, self._monotonic())
 
     def refresh(self, force: bool = False) -> None:
-        """Re-read deployment revisions if the interval passed (or ``force``), reloading what changed.
+        """Re-read deployment revisions and the taint marker if the interval passed (or ``force``).
 
-        Only one thread refreshes at a time; the others keep the current
-        state rather than wait. A registry that cannot be read keeps the last
-        known state (logged): the next due request tries again.
+        Reloads a model whose revision changed, loads one newly deployed in
+        this environment, and re-checks the loaded versions against the taint
+        table when the marker moved (two cheap queries per interval, on the
+        refresh path only, never per request). Only one thread refreshes at a
+        time; the others keep the current state rather than wait. A registry
+        that cannot be read keeps the last known state (logged): the next due
+        request tries again.
         """
         now = self._monotonic()
         elapsed = now - self._checked
@@ -420,23 +472,92 @@ class Router:
             for name, live in list(self.live.items()):
                 if revisions.get(name, live.state.revision) != live.state.revision:
                     self._install(self._load(self.store.state(name), strict=False))
+            for name in sorted(revisions.keys() - self.live.keys()):  # deployed here since startup
+                logger.warning("model %s is now deployed in environment '%s': loading it", name,
+                               self.store.environment)
+                self._install(self._load(self.store.state(name), strict=False))
+            marker = self._read_taint_marker()
+            if marker != self._taint_marker:
+                self._taint_marker = marker
+                self._drop_tainted()
         except FedguardError as exc:
             logger.error("could not refresh the deployment state: %s", exc)
         finally:
             self._claims.release(_REFRESH)
             self._refreshing.release()
 
+    def _read_taint_marker(self) -> tuple[int, int]:
+        """The newest ``model_taint`` id and the row count: moves whenever a version is tainted (or cleared)."""
+        with Session(self.registry.engine) as session:
+            newest, rows = session.exec(select(func.max(ModelTaint.id), func.count(col(ModelTaint.id)))).one()
+        return int(newest or 0), int(rows)
+
+    def _drop_tainted(self) -> None:
+        """Stop serving every loaded version that is now tainted (one query), whatever the deployment says.
+
+        The consent step kills or replaces a tainted deployment, which every
+        replica then follows through the revision; this check holds even when
+        that step never completed, so a replica never keeps answering from a
+        version whose lineage holds withdrawn data.
+        """
+        loaded = {(name, m.version) for name, live in self.live.items()
+                  for m in (live.stable, live.candidate, live.pinned) if m is not None}
+        if not loaded:
+            return
+        with Session(self.registry.engine) as session:
+            rows = session.exec(
+                select(RegisteredModel.name, ModelVersion.version)
+                .join(ModelTaint, col(ModelTaint.model_version_id) == col(ModelVersion.id))
+                .join(RegisteredModel, col(RegisteredModel.id) == col(ModelVersion.model_id))
+                .where(col(RegisteredModel.name).in_(sorted({name for name, _ in loaded})))
+            ).all()
+        tainted = {(name, int(v)) for name, v in rows} & loaded
+        def kept(served: ServedModel | None) -> ServedModel | None:
+            return None if served is not None and (served.name, served.version) in tainted else served
+
+        for name, version in sorted(tainted):
+            self._tainted.add((name, version))
+            self._cache.pop((name, version), None)
+            logger.error("no longer serving %s:%d: tainted by a consent withdrawal while served (see "
+                         "'fedguard models list --tainted')", name, version)
+        for name in sorted({name for name, _ in tainted}):
+            live = self.live[name]
+            self.live[name] = Live(live.state, kept(live.stable), kept(live.candidate), kept(live.pinned))
+
     def _install(self, live: Live) -> None:
+        """Serve ``live`` for its model; a model served for the first time since startup gets its guards first.
+
+        ``on_new_model`` (the app's hook) builds the per-model state the app
+        built at startup; if it fails, the model answers 503 (logged) until
+        the server restarts with a configuration that fits it.
+        """
         name = live.state.model
         old = self.live.get(name)
         self.live[name] = live
         if live.stable is not None:
+            first = name not in self.models
             self.models[name] = live.stable
+            if first and self.on_new_model is not None:
+                self._prepare(live.stable)
         if name not in self._windows or (old is not None and old.state.stable_version != live.state.stable_version):
             self._windows[name] = self._window()
         if old is not None:
             logger.warning("deployment of %s is now revision %d: %s%s", name, live.state.revision,
                            live.state.shares() or "503", " (killed)" if live.state.killed else "")
+
+    def _prepare(self, model: ServedModel) -> None:
+        hook = self.on_new_model
+        assert hook is not None
+        try:
+            hook(model)
+        except Exception as exc:  # noqa: BLE001 - the model answers 503; the other models are unaffected
+            self._unprepared[model.name] = f"{type(exc).__name__}: {exc}"
+            self.models.pop(model.name, None)
+            logger.error("not serving %s:%d, deployed since startup: its guards could not be built (%s: %s); "
+                         "restart the server to serve it", model.name, model.version, type(exc).__name__, exc)
+            return
+        self._unprepared.pop(model.name, None)
+        logger.warning("now serving %s:%d, deployed since startup", model.name, model.version)
 
     def _load(self, state: DeploymentState, strict: bool) -> Live:
         tainted = ConsentStore(self.registry).tainted_versions(state.model)

@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from lifecycle.errors import NotFoundError
 from serving import logger
-from serving.errors import ErrorBody, SubjectObjected
+from serving.errors import ErrorBody, SubjectObjected, UnknownModelError
 from serving.guards.auth import AdminKey, PredictKey
 from serving.guards.body import GuardedRoute
 from serving.guards.keys import KeyInfo, is_key_id, revoke_key
@@ -71,11 +71,16 @@ def metrics(state: State) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
 def list_models(state: State, key: PredictKey) -> ModelList:
-    """The models served (the stable version of each) and the features they expect."""
+    """The models served (the stable version of each) and the features they expect.
+
+    A model whose version was withdrawn (tainted by a consent withdrawal) is
+    not listed: it answers only 503.
+    """
+    state.deployments.refresh()  # a thread-pool handler: the due registry query may run here
     return ModelList(
         models=[
             ModelInfo(name=m.name, version=m.version, num_features=m.num_features, features=list(m.schema.features))
-            for m in sorted(state.models.values(), key=lambda m: m.name)
+            for m in state.deployments.listed()
         ]
     )
 
@@ -155,14 +160,18 @@ def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
 async def _screen_subject(name: str, subject_id: str, state: ServingState, key: KeyInfo) -> None:
     """Raise :class:`~serving.errors.SubjectObjected` if ``subject_id`` objected to model ``name`` here.
 
-    The lists are re-read first if older than the refresh interval (in the
-    thread pool: this request waits, so no subject is scored on a stale list).
-    A refusal takes one token and one unit of the key's quota, as a request
-    does (each costs an audit write), then is counted and audited.
+    The lists are re-read first if older than the refresh interval, or if
+    the model's list is not loaded yet (a model served only since startup),
+    in the thread pool: this request waits, so no subject is scored on a
+    stale or missing list; one still missing is a 503. A refusal takes one
+    token and one unit of the key's quota, as a request does (each costs an
+    audit write), then is counted and audited.
     """
     guard = state.objections
-    if guard.stale():
-        await run_in_threadpool(guard.refresh)
+    if name not in state.deployments.live:  # as routing would: no list to load for a model not served here
+        raise UnknownModelError(f"key {key.key_id} asked for unserved model {name[:128]!r}")
+    if guard.stale() or not guard.holds(name):
+        await run_in_threadpool(guard.refresh, False, name)
     digest = guard.listed(name, subject_id)
     if digest is not None:
         await run_in_threadpool(_refuse, name, digest, state, key)
