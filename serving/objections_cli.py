@@ -118,6 +118,25 @@ def _emit(data: dict[str, Any]) -> None:
     console.out(json.dumps(data, default=str), highlight=False)
 
 
+def _change(verb: str, model: str, env: str, subjects: list[str], reason: str, as_json: bool) -> None:
+    """Add or remove ``subjects`` on ``model``'s list in ``env`` and say what changed (``verb``: add, remove)."""
+    store = _store()
+    change = store.add if verb == "add" else store.remove
+    changed = change(model, env, subjects, reason=reason, actor=_actor())
+    total = store.count(model, env)
+    unchanged = len(set(subjects)) - changed
+    if verb == "add":
+        result = {"model": model, "environment": env, "added": changed, "already_listed": unchanged, "total": total}
+        text = f"{changed} subject exception(s) added, {unchanged} already listed; {total} in all."
+    else:
+        result = {"model": model, "environment": env, "removed": changed, "not_listed": unchanged, "total": total}
+        text = f"{changed} subject exception(s) removed, {unchanged} were not listed; {total} remain."
+    if as_json:
+        _emit(result)
+        return
+    console.print(f"{model} ({env}): {text}", highlight=False, markup=False)
+
+
 @objections_app.command("add")
 def add(
     model: ModelArg,
@@ -129,17 +148,7 @@ def add(
     as_json: JsonOption = False,
 ) -> None:
     """Record subjects' objections: servers of the environment refuse them, unscored, from then on."""
-    subjects = _subjects(subject, file, column)
-    store = _store()
-    added = store.add(model, env, subjects, reason=reason, actor=_actor())
-    total = store.count(model, env)
-    result = {"model": model, "environment": env, "added": added, "already_listed": len(set(subjects)) - added,
-              "total": total}
-    if as_json:
-        _emit(result)
-        return
-    console.print(f"{model} ({env}): {added} subject exception(s) added, {result['already_listed']} already "
-                  f"listed; {total} in all.", highlight=False, markup=False)
+    _change("add", model, env, _subjects(subject, file, column), reason, as_json)
 
 
 @objections_app.command("remove")
@@ -153,17 +162,7 @@ def remove(
     as_json: JsonOption = False,
 ) -> None:
     """Lift subjects' objections (e.g. consent given again): servers score them again."""
-    subjects = _subjects(subject, file, column)
-    store = _store()
-    removed = store.remove(model, env, subjects, reason=reason, actor=_actor())
-    total = store.count(model, env)
-    result = {"model": model, "environment": env, "removed": removed, "not_listed": len(set(subjects)) - removed,
-              "total": total}
-    if as_json:
-        _emit(result)
-        return
-    console.print(f"{model} ({env}): {removed} subject exception(s) removed, {result['not_listed']} were not "
-                  f"listed; {total} remain.", highlight=False, markup=False)
+    _change("remove", model, env, _subjects(subject, file, column), reason, as_json)
 
 
 @objections_app.command("list")

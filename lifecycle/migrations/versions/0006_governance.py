@@ -23,22 +23,13 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-_DEPLOYMENT_COLUMNS = (
-    "model_id, revision, stable_version, previous_version, candidate_version, candidate_mode, canary_weight, "
-    "rollout_id, killed, kill_mode, pinned_version, kill_reason, updated_at"
-)
-
-
 def _when() -> sa.Column[datetime]:
     return sa.Column("created_at", sa.DateTime(timezone=True), nullable=False)
 
 
-def _deployments() -> None:
-    op.create_table(
-        "deployment_by_env",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("model_id", sa.Integer, sa.ForeignKey("registered_model.id"), nullable=False),
-        sa.Column("environment", sa.String(64), nullable=False),
+def _state_columns() -> list[sa.Column[object]]:
+    """The deployment row's state columns, identical before and after this revision."""
+    return [
         sa.Column("revision", sa.Integer, nullable=False),
         sa.Column("stable_version", sa.Integer, nullable=False),
         sa.Column("previous_version", sa.Integer, nullable=True),
@@ -51,12 +42,25 @@ def _deployments() -> None:
         sa.Column("pinned_version", sa.Integer, nullable=True),
         sa.Column("kill_reason", sa.String(256), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    ]
+
+
+def _copied() -> str:
+    """The columns copied between the old and the new deployment table."""
+    return ", ".join(["model_id", *(str(c.name) for c in _state_columns())])
+
+
+def _deployments() -> None:
+    op.create_table(
+        "deployment_by_env",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("model_id", sa.Integer, sa.ForeignKey("registered_model.id"), nullable=False),
+        sa.Column("environment", sa.String(64), nullable=False),
+        *_state_columns(),
         sa.UniqueConstraint("model_id", "environment", name="uq_deployment_model_environment"),
     )
-    op.execute(
-        f"INSERT INTO deployment_by_env (environment, {_DEPLOYMENT_COLUMNS}) "
-        f"SELECT 'default', {_DEPLOYMENT_COLUMNS} FROM deployment"
-    )
+    op.execute(f"INSERT INTO deployment_by_env (environment, {_copied()}) "
+               f"SELECT 'default', {_copied()} FROM deployment")
     op.drop_table("deployment")
     op.rename_table("deployment_by_env", "deployment")
     op.create_index("ix_deployment_model_id", "deployment", ["model_id"])
@@ -173,21 +177,10 @@ def downgrade() -> None:
         "deployment_single",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("model_id", sa.Integer, sa.ForeignKey("registered_model.id"), nullable=False, unique=True),
-        sa.Column("revision", sa.Integer, nullable=False),
-        sa.Column("stable_version", sa.Integer, nullable=False),
-        sa.Column("previous_version", sa.Integer, nullable=True),
-        sa.Column("candidate_version", sa.Integer, nullable=True),
-        sa.Column("candidate_mode", sa.String(16), nullable=True),
-        sa.Column("canary_weight", sa.Float, nullable=False),
-        sa.Column("rollout_id", sa.Integer, nullable=False),
-        sa.Column("killed", sa.Boolean, nullable=False),
-        sa.Column("kill_mode", sa.String(16), nullable=True),
-        sa.Column("pinned_version", sa.Integer, nullable=True),
-        sa.Column("kill_reason", sa.String(256), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        *_state_columns(),
     )
-    op.execute(f"INSERT INTO deployment_single ({_DEPLOYMENT_COLUMNS}) "
-               f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployment WHERE environment = 'default'")
+    op.execute(f"INSERT INTO deployment_single ({_copied()}) "
+               f"SELECT {_copied()} FROM deployment WHERE environment = 'default'")
     op.drop_index("ix_deployment_model_id", table_name="deployment")
     op.drop_table("deployment")
     op.rename_table("deployment_single", "deployment")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,11 +197,11 @@ def test_a_replayed_approval_signature_neither_stores_nor_counts(registry: Regis
         assert signed.usable(session, "demo", version, stage="staging", environment=NORTH) == []
 
 
-def test_concurrent_promotions_leave_one_version_in_production(backend_settings: Settings,
+@pytest.mark.postgres
+def test_concurrent_promotions_leave_one_version_in_production(pg_url: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    if backend_settings.database_url is None:
-        pytest.skip("SQLite serialises writers; the race is PostgreSQL's")
-    registry = Registry.open(backend_settings)
+    """PostgreSQL only: SQLite serialises writers, so the race cannot happen there."""
+    registry = Registry.open(Settings(home=tmp_path / "home", database_url=pg_url))
     publish_model(registry, make_publication())
     add_versions(registry, 2)
     evaluate, barrier = gates.evaluate, threading.Barrier(2, timeout=20)
