@@ -33,7 +33,7 @@ from lifecycle.bom.document import make_bom
 from lifecycle.errors import FedguardError
 from lifecycle.governance.criteria import Facts
 from lifecycle.governance.decisions import PRODUCTION, STAGING
-from lifecycle.governance.gates import evaluate, site_withdrawals, summarise
+from lifecycle.governance.gates import evaluate_stages, site_withdrawals, summarise
 from lifecycle.governance.policies import current_policy
 from lifecycle.registry import Registry, SiteRecord, VersionRecord
 from lifecycle.signing import ensure_signing_key, sign_model
@@ -140,11 +140,11 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
         metrics=pub.metrics, watermark=pub.watermark, actor=pub.actor, mode=pub.mode,
         supersedes=pub.supersedes, excludes_withdrawals=pub.excludes_withdrawals,
     )
-    for gate in (STAGING, PRODUCTION):
-        try:
-            evaluate(registry, version.name, version.version, gate, trigger="publish", actor=pub.actor)
-        except FedguardError as exc:  # the version is registered; promotion evaluates its gates again
-            logger.warning("gates %s of %s not evaluated at publication: %s", gate, version.ref, exc)
+    try:
+        evaluate_stages(registry, version.name, version.version, (STAGING, PRODUCTION), trigger="publish",
+                        actor=pub.actor)
+    except FedguardError as exc:  # the version is registered; promotion evaluates its gates again
+        logger.warning("gates of %s not evaluated at publication: %s", version.ref, exc)
     return version
 
 

@@ -13,6 +13,7 @@ back for ``models gates``, ``models show``, ``audit trace`` and the console.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -130,33 +131,52 @@ def evaluate(registry: Registry, name: str, version: int, stage: str, *, actor: 
     NotFoundError
         No such model or version.
     """
-    if stage not in STAGES:
-        raise ConfigurationError(f"unknown stage '{stage}'; known stages: {', '.join(STAGES)}")
+    (report,) = evaluate_stages(registry, name, version, (stage,), actor=actor, environment=environment,
+                                trigger=trigger)
+    return report
+
+
+def evaluate_stages(registry: Registry, name: str, version: int, stages: Sequence[str], *, actor: str,
+                    environment: str = "", trigger: str = "promote") -> list[GateReport]:
+    """:func:`evaluate` for several stages at once, measuring the version once.
+
+    Its signature is verified and its BOM read once; each stage's decision is
+    stored with its own audit event, all in one transaction, and one
+    checkpoint is signed after it (publication evaluates staging and
+    production this way).
+    """
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise ConfigurationError(f"unknown stage '{unknown[0]}'; known stages: {', '.join(STAGES)}")
     record = registry.get_version(name, version)
     policy = current_policy(registry, name)
-    criteria = implied(policy.criteria(stage), stage)
-    keys = {key for key, _ in criteria}
-    signature = _signature(registry, record) if "signature-verified" in keys else None
+    criteria = {stage: implied(policy.criteria(stage), stage) for stage in stages}
+    needs_signature = any(key == "signature-verified" for declared in criteria.values() for key, _ in declared)
+    signature = _signature(registry, record) if needs_signature else None
     training, signed_epsilon, problem = _signed_facts(record)
+    reports = []
     with registry.transaction() as session:
         version_id = _version_id(session, name, version)
         facts = Facts(metrics=record.metrics, watermark=record.watermark, sites=record.sites,
                       signed_epsilon=signed_epsilon, training=training,
                       withdrawals=_withdrawals(session, version_id), signature=signature,
                       sensitive_attribute=policy.sensitive_attribute, problems={"bom": problem} if problem else {})
-        report = GateReport(name, version, stage, environment, policy.version, measure(facts, criteria))
-        session.add(GateDecision(model_version_id=version_id, stage=stage, environment=environment,
-                                 policy_version=policy.version, trigger=trigger, passed=report.passed,
-                                 criteria_json=json.dumps([r.to_dict() for r in report.results], default=str),
-                                 actor=actor[:128]))
-        audit.record(session, "gates.evaluated", actor=actor[:128], subject=f"{name}:{version}",
-                     details={"stage": stage, "environment": environment, "trigger": trigger,
-                              "policy_version": policy.version, "passed": report.passed,
-                              "failing": [r.criterion for r in report.failing]})
+        for stage in stages:
+            report = GateReport(name, version, stage, environment, policy.version, measure(facts, criteria[stage]))
+            session.add(GateDecision(model_version_id=version_id, stage=stage, environment=environment,
+                                     policy_version=policy.version, trigger=trigger, passed=report.passed,
+                                     criteria_json=json.dumps([r.to_dict() for r in report.results], default=str),
+                                     actor=actor[:128]))
+            audit.record(session, "gates.evaluated", actor=actor[:128], subject=f"{name}:{version}",
+                         details={"stage": stage, "environment": environment, "trigger": trigger,
+                                  "policy_version": policy.version, "passed": report.passed,
+                                  "failing": [r.criterion for r in report.failing]})
+            reports.append(report)
     registry.checkpoint(every=1)
-    logger.info("gates %s for %s:%d (%s): %s", stage, name, version, trigger,
-                "passed" if report.passed else f"failed: {report.describe_failures()}")
-    return report
+    for report in reports:
+        logger.info("gates %s for %s:%d (%s): %s", report.stage, name, version, trigger,
+                    "passed" if report.passed else f"failed: {report.describe_failures()}")
+    return reports
 
 
 def _pending(criteria: tuple[tuple[str, Any], ...]) -> list[str]:
