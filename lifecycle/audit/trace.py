@@ -35,12 +35,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from lifecycle.audit.trace_version import actor_of, aware, iso, version_story
+from lifecycle.audit.trace_version import actor_of, iso, version_story
 from lifecycle.errors import ConfigurationError, FedguardError, NotFoundError
 from lifecycle.governance.tables import Approval, GateDecision, StageEvent, VersionStage
 from lifecycle.registry import Registry
 from lifecycle.registry.store import validate_model_name
-from lifecycle.registry.tables import AuditEvent, DeploymentEvent, ModelVersion, RegisteredModel
+from lifecycle.registry.tables import AuditEvent, DeploymentEvent, ModelVersion, RegisteredModel, aware
 
 FORMAT = 1
 """Version of the report's layout (the JSON's ``format``); bumped when a key changes meaning."""

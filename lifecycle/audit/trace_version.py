@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import column, table
@@ -26,17 +26,13 @@ from lifecycle.bom import BOM_NAME, model_component, read_bom, read_lineage
 from lifecycle.errors import FedguardError
 from lifecycle.governance.tables import Approval, ConsentWithdrawal, GateDecision, ModelTaint, StageEvent
 from lifecycle.registry import Registry, VersionRecord
-from lifecycle.registry.tables import ModelVersion, SiteParticipation, TrainingRun
+from lifecycle.registry.tables import ModelVersion, SiteParticipation, TrainingRun, aware
 
 _SITES = table("federation_site", column("id"), column("name"))
 _CREDENTIALS = table("site_credential", column("site_id"), column("node_key_fingerprint"), column("issued_at"),
                      column("revoked_at"))
 """The coordinator's site registry (migration 0005), read by name only: lifecycle may not import coordinator."""
 
-
-def aware(moment: datetime) -> datetime:
-    """``moment`` in UTC (SQLite hands back naive datetimes; the registry writes UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -64,7 +64,7 @@ from lifecycle.governance.tables import ConsentWithdrawal, ModelTaint, VersionSt
 from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT, DeploymentStore, verify_version
 from lifecycle.registry.deployments import MAX_REASON as MAX_KILL_REASON
 from lifecycle.registry.store import Registry
-from lifecycle.registry.tables import Deployment, ModelVersion, RegisteredModel, SiteParticipation, utcnow
+from lifecycle.registry.tables import Deployment, ModelVersion, RegisteredModel, SiteParticipation, aware, utcnow
 
 SITE = "site"
 RECORDS = "records"
@@ -81,9 +81,6 @@ REASON_PREFIX = "consent withdrawn"
 MAX_SITE = 64
 MAX_REASON = 512
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ class Withdrawal:
     @classmethod
     def of(cls, row: ConsentWithdrawal) -> Withdrawal:
         return cls(int(row.id or 0), row.site, row.scope, row.record_count, row.records_digest, row.reason,
-                   row.actor, row.source, bool(row.signature), _aware(row.created_at))
+                   row.actor, row.source, bool(row.signature), aware(row.created_at))
 
     def kill_reason(self) -> str:
         """The operator-facing reason of a deployment change it causes (the public 503 names no site)."""
@@ -453,7 +450,7 @@ class ConsentStore:
                 query = query.where(RegisteredModel.name == name)
             rows = session.exec(query.order_by(col(RegisteredModel.name), col(ModelVersion.version),
                                                col(ConsentWithdrawal.id))).all()
-            return [TaintRecord(model, version, Withdrawal.of(w), _aware(t.created_at))
+            return [TaintRecord(model, version, Withdrawal.of(w), aware(t.created_at))
                     for model, version, t, w in rows]
 
     def tainted_versions(self, name: str) -> set[int]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -40,7 +40,7 @@ from lifecycle.governance.decisions import PRODUCTION, REGISTERED, STAGING
 from lifecycle.governance.policies import declared
 from lifecycle.governance.policy import Policy
 from lifecycle.governance.tables import Approval, GateDecision, ModelTaint, VersionStage
-from lifecycle.registry.tables import ModelVersion, RegisteredModel
+from lifecycle.registry.tables import ModelVersion, RegisteredModel, aware
 
 logger = logging.getLogger("fedguard.lifecycle.governance")
 
@@ -84,9 +84,6 @@ def latest_production_decision(session: Session, version_id: int, environment: s
     ).first()
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
 
 def stage_of(session: Session, version_id: int, environment: str) -> str:
     """The stage of a version in ``environment`` (``registered`` without a :class:`VersionStage` row)."""
@@ -112,7 +109,7 @@ def has_override(session: Session, name: str, version: ModelVersion, environment
         .order_by(col(Approval.id).desc())
     ).all()
     for row in rows:
-        if since is not None and _aware(row.created_at) < _aware(since):
+        if since is not None and aware(row.created_at) < aware(since):
             continue
         if policy is not None and not policy.allows(row.approver):
             continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -28,7 +28,7 @@ from lifecycle.governance.policies import current_policy
 from lifecycle.governance.policy import Policy
 from lifecycle.governance.tables import ConsentWithdrawal, GateDecision, ModelTaint
 from lifecycle.registry import Registry, VersionRecord
-from lifecycle.registry.tables import ModelVersion, RegisteredModel
+from lifecycle.registry.tables import ModelVersion, RegisteredModel, aware
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,6 @@ class StoredDecision:
         return {**self.report.to_dict(), "id": self.id, "trigger": self.trigger, "actor": self.actor,
                 "created_at": self.created_at.isoformat()}
 
-
-def _aware(moment: datetime) -> datetime:
-    """``moment`` as an aware UTC time: SQLite hands back naive datetimes, PostgreSQL aware ones (both UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _version_id(session: Session, name: str, version: int) -> int:
@@ -237,5 +233,5 @@ def latest_decisions(registry: Registry, name: str, version: int) -> list[Stored
         assert row.id is not None
         results = tuple(CriterionResult.from_dict(r) for r in json.loads(row.criteria_json))
         report = GateReport(name, version, row.stage, row.environment, row.policy_version, results)
-        decisions.append(StoredDecision(row.id, report, row.trigger, row.actor, _aware(row.created_at)))
+        decisions.append(StoredDecision(row.id, report, row.trigger, row.actor, aware(row.created_at)))
     return decisions

@@ -46,7 +46,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.governance.tables import SubjectException
 from lifecycle.registry.deployments import DEFAULT_ENVIRONMENT, validate_environment
 from lifecycle.registry.store import _NAME, Registry
-from lifecycle.registry.tables import AuditEvent, RegisteredModel, utcnow
+from lifecycle.registry.tables import AuditEvent, RegisteredModel, aware, utcnow
 
 SUBJECT_KEY_NAME = "subject-key"
 SUBJECT_KEY_BYTES = 32
@@ -157,10 +157,6 @@ def _clean_reason(reason: str, subject_ids: Iterable[str]) -> str:
                                  "and in the audit trail: describe the objection without naming the subject")
     return text
 
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; every one stored here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -319,7 +315,7 @@ class ObjectionStore:
                 .where(SubjectException.model_id == model_id,
                        SubjectException.environment == validate_environment(environment))
             ).one()
-            return ObjectionRevision(int(row[0]), int(row[1] or 0), _aware(row[2]) if row[2] else None)
+            return ObjectionRevision(int(row[0]), int(row[1] or 0), aware(row[2]) if row[2] else None)
 
     def revisions(self, environment: str = DEFAULT_ENVIRONMENT) -> dict[str, ObjectionRevision]:
         """``{model name: revision}`` of every model with exceptions in ``environment``: one query, for polling."""
@@ -331,7 +327,7 @@ class ObjectionStore:
                 .where(SubjectException.environment == validate_environment(environment))
                 .group_by(RegisteredModel.name)
             ).all()
-            return {name: ObjectionRevision(int(n), int(last or 0), _aware(at) if at else None)
+            return {name: ObjectionRevision(int(n), int(last or 0), aware(at) if at else None)
                     for name, n, last, at in rows}
 
     def summary(self, model: str, environment: str = DEFAULT_ENVIRONMENT) -> ObjectionSummary:
@@ -347,7 +343,7 @@ class ObjectionStore:
                           col(SubjectException.reason))
                 .order_by(col(SubjectException.created_at))
             ).all()
-        batches = tuple(ObjectionBatch(_aware(at), actor, reason, int(n)) for at, actor, reason, n in rows)
+        batches = tuple(ObjectionBatch(aware(at), actor, reason, int(n)) for at, actor, reason, n in rows)
         return ObjectionSummary(model, environment, sum(b.count for b in batches), batches)
 
     # --------------------------------------------------------------- helpers

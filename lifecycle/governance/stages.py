@@ -38,7 +38,7 @@ is killed (503) with the reason.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -53,7 +53,7 @@ from lifecycle.governance.operator import ApproverKey
 from lifecycle.governance.tables import GateDecision, StageEvent, VersionStage
 from lifecycle.registry import DeploymentState, DeploymentStore, Registry
 from lifecycle.registry.deployments import validate_environment
-from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
+from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, aware, utcnow
 
 GOVERNANCE_SOURCE = "governance"
 """The deployment-event ``source`` of changes made by stage moves (a kill with this source is released by the
@@ -143,9 +143,6 @@ class DemotionResult:
                 "deployment": self.deployment.to_dict() if self.deployment else None}
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
 
 def _target(to: str) -> str:
     if to not in STAGES or to == REGISTERED:
@@ -181,7 +178,7 @@ class StageStore:
                 query = query.where(StageEvent.environment == environment)
             rows = session.exec(query.order_by(col(StageEvent.id))).all()
             return [StageRecord(int(e.id or 0), name, int(v), e.environment, e.from_stage, e.to_stage, e.actor,
-                                e.reason, e.override, e.gate_decision_id, _aware(e.created_at)) for e, v in rows]
+                                e.reason, e.override, e.gate_decision_id, aware(e.created_at)) for e, v in rows]
 
     def live(self, name: str) -> dict[str, dict[str, list[int]]]:
         """``{environment: {stage: [versions]}}`` of every version above ``registered``."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from sqlmodel import Session, col, select
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError
 from lifecycle.registry.store import _NAME, Registry
-from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, utcnow
+from lifecycle.registry.tables import Deployment, DeploymentEvent, ModelVersion, RegisteredModel, aware, utcnow
 
 DEFAULT_ENVIRONMENT = "default"
 """The environment of a deployment that names none (``lifecycle.governance.tables`` re-exports it)."""
@@ -148,10 +148,6 @@ def _clean(reason: str) -> str:
     return "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON]
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; every one stored here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
 
 def _state(name: str, row: Deployment) -> DeploymentState:
     return DeploymentState(
@@ -159,7 +155,7 @@ def _state(name: str, row: Deployment) -> DeploymentState:
         previous_version=row.previous_version,
         candidate_version=row.candidate_version, candidate_mode=row.candidate_mode, canary_weight=row.canary_weight,
         rollout_id=row.rollout_id, killed=row.killed, kill_mode=row.kill_mode, pinned_version=row.pinned_version,
-        kill_reason=row.kill_reason, updated_at=_aware(row.updated_at),
+        kill_reason=row.kill_reason, updated_at=aware(row.updated_at),
     )
 
 
@@ -245,7 +241,7 @@ class DeploymentStore:
                     source=e.source, reason=e.reason, stable_version=e.stable_version,
                     candidate_version=e.candidate_version, candidate_mode=e.candidate_mode,
                     canary_weight=e.canary_weight, killed=e.killed, kill_mode=e.kill_mode,
-                    pinned_version=e.pinned_version, shares=json.loads(e.shares_json), created_at=_aware(e.created_at),
+                    pinned_version=e.pinned_version, shares=json.loads(e.shares_json), created_at=aware(e.created_at),
                     environment=e.environment,
                 )
                 for e in rows

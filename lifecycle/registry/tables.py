@@ -20,6 +20,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A timestamp read back from the registry, in UTC with its zone (SQLite returns them naive; all are UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class RegisteredModel(SQLModel, table=True):
     """A named model; its versions are the published artifacts."""
 
