@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.config import TrainConfig
+from client.proximal import proximal_term
 from federation.tabular import TabularData
 from privacy.dp_sgd import FUSED, DPPlan, clipping_path, make_private
 
@@ -42,13 +43,23 @@ def train_locally(
     On ``device`` (the CPU by default); the model is back on the CPU when this
     returns, so its weights serialize as they always do. Batches are drawn on
     the CPU (Opacus' Poisson sampler and the seeded ``generator`` live there)
-    and moved one at a time.
+    and moved one at a time. With ``cfg.proximal_mu`` > 0 (FedProx) the
+    proximal term's gradient joins every step, outside DP-SGD's clipping and
+    noise (:mod:`client.proximal` says why the ε is unchanged).
     """
     device = device or torch.device("cpu")
     model.to(device)
     dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
     loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, generator=generator)
     optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    with proximal_term(model, optimizer, cfg.proximal_mu):  # on the plain optimiser, before Opacus wraps it
+        return _train(model, optimizer, loader, cfg, plan, device, data.num_examples)
+
+
+def _train(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[tuple[torch.Tensor, ...]],
+    cfg: TrainConfig, plan: DPPlan | None, device: torch.device, num_examples: int,
+) -> LocalResult:
     module: nn.Module = model
     clipping = "none"
     if plan is not None:
@@ -74,4 +85,4 @@ def train_locally(
     model.to("cpu")
     if plan is not None:
         steps = plan.steps_per_epoch * cfg.local_epochs  # every sampled step counts, empty or not
-    return LocalResult(data.num_examples, total / max(count, 1), steps, clipping)
+    return LocalResult(num_examples, total / max(count, 1), steps, clipping)

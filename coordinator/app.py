@@ -72,6 +72,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema, contract: DataCont
         spec=ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes), seed=cfg.seed,
         data_dir=cfg.data_dir, labels=tuple(str(v) for v in schema.labels), device=cfg.site_device,
         he_secret_context=cfg.sim_he_secret_context, contract=contract.to_json() if contract is not None else "",
+        proximal_mu=cfg.proximal_mu,
     ).to_record()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.strategies.aggregation import AGGREGATIONS
+from coordinator.strategies.server_optimizer import validate_strategy
 from coordinator.withdrawals import ExcludedWithdrawal
 from coordinator.withdrawals import parse as parse_withdrawals
 from federation.defaults import (
@@ -52,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "data-dir": "",
     "watermark": "trigger-set",
     "aggregation": "fedavg",
+    # fedavg | fedprox | fedadam | fedyogi | fedavgm, orthogonal to aggregation (strategies.server_optimizer)
+    "strategy": "fedavg",
+    "proximal-mu": 0.0,  # FedProx μ (strategy fedprox only, > 0)
+    "server-lr": 0.0,  # the server optimiser's η (fedadam, fedyogi, fedavgm); 0: the strategy's default
     "secure-aggregation": "secagg+",
     "clip-norm": DEFAULT_CLIP_NORM,
     "max-weight": 10000.0,
@@ -96,6 +101,9 @@ class CoordinatorConfig:
     data_dir: str
     watermark: str
     aggregation: str
+    strategy: str
+    proximal_mu: float
+    server_lr: float
     secure_aggregation: str
     clip_norm: float
     max_weight: float
@@ -183,6 +191,7 @@ class CoordinatorConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigurationError(message)
+        validate_strategy(self.strategy, self.proximal_mu, self.server_lr)
         self.hidden_sizes  # noqa: B018 - validates the string
         self.withdrawals  # noqa: B018 - validates the string
         validate_model_name(self.model_name)

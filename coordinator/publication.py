@@ -20,6 +20,7 @@ from coordinator import logger
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import drift_section, evaluate
 from coordinator.fairness import fairness_section
+from coordinator.strategies.server_optimizer import describe_strategy
 from coordinator.strategies.tracked import SiteLedger
 from federation.protocol import bom_dp
 from federation.tabular import TabularData
@@ -122,6 +123,7 @@ def training_section(
     return {
         "rounds": rounds,
         "aggregation": cfg.aggregation,
+        "strategy": describe_strategy(cfg.strategy, cfg.proximal_mu, cfg.server_lr),
         "secure_aggregation": cfg.secure_aggregation,
         "local_epochs": cfg.local_epochs,
         "batch_size": cfg.batch_size,

@@ -78,6 +78,8 @@ NUM_EXAMPLES = "num-examples"
 CLIP_NORM = "clip-norm"
 """The L2 bound a clear update is clipped to and checked against (``coordinator.strategies.validation``)."""
 DATA_CONTRACT = "data-contract"
+PROXIMAL_MU = "proximal-mu"
+"""FedProx's μ in the ``config`` record (Flower's ``FedProx`` uses the same key); absent: no proximal term."""
 """The federation's data contract (canonical JSON) in the ``config`` record, when one is declared."""
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
     "lineage_report", "round_of", "with_steps", "REFERENCE_MESSAGE_TYPE", "REFERENCE_RECORD", "ReferenceAnswer",
     "ReferenceRequest", "decode_edges", "encode_edges", "REFUSAL_CODES", "REFUSAL_PREFIX", "SiteRefusal",
+    "PROXIMAL_MU",
 ]
 
 
@@ -169,6 +172,8 @@ class TrainConfig:
     contract: str = ""
     """The federation's data contract as canonical JSON (:mod:`federation.contract`), empty when none is declared:
     a site whose bundle predates a contract change still checks and trains against the run's."""
+    proximal_mu: float = 0.0
+    """FedProx's μ (strategy ``fedprox``): the site adds μ/2·‖w − w_global‖² (``client.proximal``); 0: none."""
 
     WHAT = "round configuration"
 
@@ -189,6 +194,8 @@ class TrainConfig:
             values[SECRET_CONTEXT_KEY] = self.he_secret_context
         if self.contract:
             values[DATA_CONTRACT] = self.contract
+        if self.proximal_mu:
+            values[PROXIMAL_MU] = self.proximal_mu
         return ConfigRecord(values)
 
     @classmethod
@@ -209,6 +216,7 @@ class TrainConfig:
             device=_optional(record, "device", _str, w, DEFAULT_DEVICE),
             he_secret_context=_optional(record, SECRET_CONTEXT_KEY, _str, w, ""),
             contract=_optional(record, DATA_CONTRACT, _str, w, ""),
+            proximal_mu=_optional(record, PROXIMAL_MU, _float, w, 0.0),
         )
 
 

@@ -144,6 +144,11 @@ def simulate(
         "--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(
         "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help="fedavg, fedprox, fedadam, fedyogi or fedavgm (docs/research.md).")] = "fedavg",
+    proximal_mu: Annotated[float, typer.Option("--proximal-mu", help="FedProx μ (--strategy fedprox).")] = 0.0,
+    server_lr: Annotated[float, typer.Option(
+        "--server-lr", help="Server optimiser η (fedadam, fedyogi, fedavgm); 0: the strategy's default.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -157,6 +162,7 @@ def simulate(
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
+        strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
     )
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):

@@ -78,6 +78,9 @@ class SimulationConfig:
     site_clip: float = 1.0
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0
+    server_lr: float = 0.0  # 0 = the strategy's default
 
     def validate(self) -> None:
         if self.sites < 1:
@@ -133,6 +136,7 @@ class SimulationConfig:
             "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
             "site-clip": self.site_clip, "site-device": "cuda" if self.gpus_per_site > 0 else "cpu",
         }
+        overrides.update({"strategy": self.strategy, "proximal-mu": self.proximal_mu, "server-lr": self.server_lr})
         if self.secure_agg == "ckks":
             secret, public = he_keys or (Path("site-secret.ctx"), Path("coordinator-public.ctx"))
             overrides.update({"he-public-context": str(public), "sim-he-secret-context": str(secret)})

@@ -3,6 +3,7 @@
 The layers, outermost first::
 
     RoundOffset                (resumed runs) every layer inside sees true round numbers
+     ServerOptimizerStrategy   (fedadam, fedyogi, fedavgm) a server step on each *accepted* aggregate
       AggregateGuardStrategy   the round's sum must fit the honest bounds and keep held-out accuracy;
                                else retried once (fresh masks, same sites), then skipped; repeats stop the run
         UpdateValidationStrategy malformed replies become audited rejections before anything counts them
@@ -20,7 +21,10 @@ sits outside everything, so that its retry runs the whole stack again (the
 retry's replies are validated, tracked and charged like the first
 attempt's), and it reads what the secure layer summed (``contributors``,
 ``total_weight``) to check the bounds of
-:mod:`coordinator.strategies.aggregate_bounds`.
+:mod:`coordinator.strategies.aggregate_bounds`. The server optimiser sits
+outside the guard, so the guard judges what the sites sent and the
+optimiser never steps on a rejected sum
+(:mod:`coordinator.strategies.server_optimizer` says why).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from coordinator.strategies.aggregate_guard import (
 )
 from coordinator.strategies.aggregation import create_aggregation
 from coordinator.strategies.round_offset import RoundOffset
+from coordinator.strategies.server_optimizer import ServerOptimizerStrategy, create_server_optimizer
 from coordinator.strategies.site_dp import SiteDPStrategy
 from coordinator.strategies.tracked import RoundReport, TrackedStrategy
 from coordinator.strategies.validation import Rejection, UpdateValidationStrategy, UpdateValidator
@@ -133,5 +138,7 @@ def build_strategy(
         max_rejected_rounds=cfg.max_rejected_rounds, timeout=cfg.round_timeout, attempt=attempt,
         on_event=on_guard, on_discard=tracked.discard,
     )
-    outer: Strategy = RoundOffset(guard, completed_rounds) if completed_rounds else guard
+    optimizer = create_server_optimizer(cfg.strategy, cfg.server_lr)
+    stepped: Strategy = guard if optimizer is None else ServerOptimizerStrategy(guard, optimizer)
+    outer: Strategy = RoundOffset(stepped, completed_rounds) if completed_rounds else stepped
     return StrategyStack(outer, validated, tracked, guard)

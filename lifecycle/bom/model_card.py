@@ -95,6 +95,7 @@ def summary_properties(training: Mapping[str, Any], watermark: Mapping[str, Any]
     site_dp = training.get("site_dp", {}) or {}
     facts = {
         "fedguard:aggregation": training.get("aggregation"),
+        "fedguard:strategy": (training.get("strategy") or {}).get("name"),
         "fedguard:secure-aggregation": training.get("secure_aggregation"),
         "fedguard:dp:kind": dp.get("kind"),
         "fedguard:dp:target-epsilon": dp.get("target_epsilon"),
