@@ -77,7 +77,7 @@ from lifecycle.errors import ConfigurationError, TrainingError
 from privacy.strategy_wrapper import StrategyWrapper
 
 SERVER_MOMENTUM = 0.9
-"""FedAvgM's β (Hsu et al. 2019 sweep it; 0.9 is their usual value and Flower's examples')."""
+"""FedAvgM's β, fixed (Hsu et al. 2019 sweep β; 0.9 is the customary server momentum)."""
 
 ServerOptimizerFactory = Callable[[float], FedAvg]
 """Builds the Flower strategy that takes the server step, from ``server-lr`` (0: its own default η)."""
