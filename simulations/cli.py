@@ -164,7 +164,7 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a model across simulated sites with DP, then watermark, sign and register it."""
-    from simulations.data.options import cli_sites, resolve_sites
+    from simulations.data.options import cli_sites, resolve_data
     from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
 
     console = Console(stderr=as_json)
@@ -176,7 +176,7 @@ def simulate(
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
         data=data, schema=schema, partition=partition, records=records, features=features,
     )
-    cfg = resolve_sites(cfg)  # by-column: one site per value of the column
+    cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):
         console.print(f"[yellow]{warning}[/yellow]", highlight=False)

@@ -45,7 +45,7 @@ from lifecycle.signing import ensure_signing_key
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
-from simulations.data.options import DataOptions, resolve_sites
+from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import write_sites
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
@@ -186,7 +186,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     ``run_config``: coordinator run-config keys set over the ones ``cfg``
     gives (``fedguard retrain``: fewer sites, the version it supersedes).
     """
-    cfg = resolve_sites(cfg)  # by-column: one site per value of the column
+    cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()
     started = time.monotonic()
     registry = Registry.open()  # fail fast on a bad home, registry or key, before any training

@@ -121,25 +121,31 @@ def cli_sites(sites: int | None, partition: str) -> int:
     return 0 if partition.strip().startswith("by-column") else DEFAULT_SITES
 
 
-def resolve_sites(cfg: Any) -> Any:
-    """``cfg`` (a ``SimulationConfig``) with ``sites`` set by the data under ``by-column`` (checked), else as is.
+def resolve_data(cfg: Any) -> Any:
+    """Check ``cfg``'s data (a ``SimulationConfig``) before anything starts; under ``by-column``, set ``sites``.
 
-    Under ``by-column:COL`` the number of sites is the number of distinct
-    values of ``COL``; ``sites`` 0 takes it, any other number must equal it.
+    A ``--data`` file is read and checked here (once: :func:`load_source`
+    caches it for the split), so a bad file fails before the registry, keys
+    or engine are touched. Under ``by-column:COL`` the number of sites is the
+    number of distinct values of ``COL``; ``sites`` 0 takes it, any other
+    number must equal it.
 
     Raises
     ------
     ConfigurationError
-        ``sites`` contradicts the data, or the data or column cannot be read.
+        Contradictory flags, ``sites`` contradicting the data, or a data file or column that cannot be read.
     """
     options = DataOptions.of(cfg)
     options.check()
     partitioner = create_partitioner(options.partition, alpha=options.alpha)
-    if not isinstance(partitioner, ByColumn):
+    if not options.data and not isinstance(partitioner, ByColumn):
         return cfg
     from simulations.data.sources import load_source
 
-    found = partitioner.sites_for(load_source(options).column(partitioner.column or ""))
+    source = load_source(options)
+    if not isinstance(partitioner, ByColumn):
+        return cfg
+    found = partitioner.sites_for(source.column(partitioner.column or ""))
     if options.sites not in (0, found):
         raise ConfigurationError(
             f"--partition {partitioner.spec} gives {found} sites (one per value of '{partitioner.column}'), but "

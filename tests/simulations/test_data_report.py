@@ -14,7 +14,7 @@ from rich.console import Console
 
 from federation.tabular import load_csv, load_schema
 from lifecycle.errors import ConfigurationError
-from simulations.data.options import DataOptions, cli_sites, resolve_sites
+from simulations.data.options import DataOptions, cli_sites, resolve_data
 from simulations.data.plot import MAX_BARS, plot_partition
 from simulations.data.render import print_report
 from simulations.data.report import PartitionReport
@@ -79,15 +79,20 @@ def test_sites_follow_the_column_or_must_match_it(tmp_path: Path) -> None:
     from simulations.federation import SimulationConfig
 
     cfg = SimulationConfig(data=str(data), schema=str(schema), partition="by-column:hospital_id", sites=0)
-    assert resolve_sites(cfg).sites == 3 and resolve_sites(replace(cfg, sites=3)) == replace(cfg, sites=3)
+    assert resolve_data(cfg).sites == 3 and resolve_data(replace(cfg, sites=3)) == replace(cfg, sites=3)
     with pytest.raises(ConfigurationError, match="gives 3 sites .* but --sites is 5: leave --sites out or pass"):
-        resolve_sites(replace(cfg, sites=5))
-    resolve_sites(cfg).validate()
-    assert resolve_sites(cfg).coordinator_overrides(tmp_path, tmp_path / "o.json")["model-name"] == "pooled"
+        resolve_data(replace(cfg, sites=5))
+    resolve_data(cfg).validate()
+    assert resolve_data(cfg).coordinator_overrides(tmp_path, tmp_path / "o.json")["model-name"] == "pooled"
     with pytest.raises(ConfigurationError, match="--records 10 sizes the generated data"):
         SimulationConfig(records=10).validate()
     assert SimulationConfig(dataset="synthetic", records=500).coordinator_overrides(
         tmp_path, tmp_path / "o.json")["model-name"] == "synthetic"
+    columns = pooled_columns()
+    columns["diagnosis"][0] = "maybe"
+    bad, _ = write_pooled(tmp_path / "bad", ".csv", columns)
+    with pytest.raises(ConfigurationError, match="pooled.csv' does not match schema"):  # before any engine starts
+        resolve_data(SimulationConfig(data=str(bad), schema=str(schema), partition="iid"))
     assert cli_sites(None, "by-column:x") == 0 and cli_sites(None, "") == 5 and cli_sites(7, "by-column:x") == 7
 
 
