@@ -62,6 +62,8 @@ class Entry:
 COMMANDS: dict[str, Entry] = {
     "simulate": Entry("simulations.cli:simulate",
                       "Train a model across simulated sites with DP, then watermark, sign and register it."),
+    "data": Entry("simulations.data.cli:data_app",
+                  "Preview how a simulation splits its data across virtual sites (no training)."),
     "retrain": Entry("simulations.retrain:retrain",
                      "Relaunch a version's job without the data withdrawn from it; the new version supersedes it."),
     "models": Entry("lifecycle.cli:models_app", "Inspect and verify registered models.",

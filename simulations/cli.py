@@ -70,6 +70,11 @@ class ProgressPrinter:
         elif event == "stage":
             if payload["stage"] == "watermark" and self.watermark == "none":
                 return  # nothing is embedded; the start of the run already warned
+            if payload["stage"] == "partition":
+                from simulations.data.render import print_report  # light: no engine
+
+                print_report(self.console, str(payload["report"]))
+                return
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
                 "engine": f"starting Flower simulation on Ray (site sizes {_sizes(payload.get('site_sizes'))})",
@@ -86,8 +91,10 @@ class ProgressPrinter:
 
 
 def _sizes(sizes: Any) -> str:
-    """``[120, 80]`` as ``120, 80`` (a list, never its repr)."""
-    return ", ".join(str(s) for s in sizes) if isinstance(sizes, (list, tuple)) else str(sizes)
+    """``[120, 80]`` as ``120, 80`` (a list, never its repr; the first 10 of more)."""
+    if not isinstance(sizes, (list, tuple)):
+        return str(sizes)
+    return ", ".join(str(s) for s in sizes[:10]) + (f", … ({len(sizes)} sites)" if len(sizes) > 10 else "")
 
 
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
@@ -120,7 +127,8 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
 
 
 def simulate(
-    sites: Annotated[int, typer.Option("--sites", help="Number of virtual sites.")] = 5,
+    sites: Annotated[int | None, typer.Option(
+        "--sites", help="Number of virtual sites (default 5; by-column: one per value).")] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for split, init and sampling.")] = DEFAULT_SEED,
     dp_epsilon: Annotated[float, typer.Option(
@@ -129,9 +137,17 @@ def simulate(
     max_grad_norm: Annotated[float, typer.Option(
         "--max-grad-norm", help="DP-SGD per-example clipping norm.")] = DEFAULT_MAX_GRAD_NORM,
     alpha: Annotated[float, typer.Option("--alpha", help="Dirichlet α of the non-IID split.")] = 0.5,
-    dataset: Annotated[str, typer.Option("--dataset", help="breast-cancer, digits or wine.")] = "breast-cancer",
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="breast-cancer, digits, wine or synthetic[:classes].")] = "breast-cancer",
+    data: Annotated[str, typer.Option("--data", help="Your pooled CSV or Parquet file (with --schema).")] = "",
+    schema: Annotated[str, typer.Option("--schema", help="The site schema of --data (TOML or JSON).")] = "",
+    partition: Annotated[str, typer.Option(
+        "--partition", help="iid, dirichlet:α, by-column:COL or quantity-skew:β (default dirichlet:<alpha>).")] = "",
+    records: Annotated[int, typer.Option("--records", help="Rows of --dataset synthetic (0: 10000).")] = 0,
+    features: Annotated[int, typer.Option("--features", help="Columns of --dataset synthetic (0: 20).")] = 0,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = DEFAULT_LOCAL_EPOCHS,
-    model_name: Annotated[str, typer.Option("--model-name", help="Registry name (default: the dataset).")] = "",
+    model_name: Annotated[str, typer.Option(
+        "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
@@ -153,17 +169,20 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a model across simulated sites with DP, then watermark, sign and register it."""
+    from simulations.data.options import cli_sites, resolve_data
     from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
 
     console = Console(stderr=as_json)
     cfg = SimulationConfig(
-        sites=sites, rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+        sites=cli_sites(sites, partition), rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
+        data=data, schema=schema, partition=partition, records=records, features=features,
     )
+    cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):
         console.print(f"[yellow]{warning}[/yellow]", highlight=False)

@@ -18,12 +18,11 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flwr.clientapp.typing import Mod
-from sklearn.model_selection import train_test_split
 
 from coordinator.app import Observer, make_server_app
 from coordinator.config import CoordinatorConfig
@@ -38,8 +37,7 @@ from federation.defaults import (
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
 )
-from federation.tabular import write_csv
-from lifecycle.architecture import DataSchema, ModelSpec
+from lifecycle.architecture import ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
@@ -47,8 +45,8 @@ from lifecycle.signing import ensure_signing_key
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
-from simulations.datasets import available_datasets, load_dataset
-from simulations.partition import dirichlet_partition
+from simulations.data.options import DataOptions, resolve_data
+from simulations.data.sites import write_sites
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
@@ -81,8 +79,14 @@ class SimulationConfig:
     strategy: str = "fedavg"
     proximal_mu: float = 0.0
     server_lr: float = 0.0  # 0 = the strategy's default
+    data: str = ""
+    schema: str = ""
+    partition: str = ""
+    records: int = 0
+    features: int = 0
 
     def validate(self) -> None:
+        DataOptions.of(self).check()  # --data/--schema/--dataset/--partition/--records/--features together
         if self.sites < 1:
             raise ConfigurationError(f"--sites {self.sites}: a federation needs at least 1 site")
         if self.rounds < 1:
@@ -97,10 +101,6 @@ class SimulationConfig:
             raise ConfigurationError("test fraction must be between 0 and 1")
         if self.alpha <= 0:
             raise ConfigurationError(f"--alpha {self.alpha}: the Dirichlet α must be positive")
-        if self.dataset not in available_datasets():
-            raise ConfigurationError(
-                f"--dataset {self.dataset}: unknown; choose one of {', '.join(available_datasets())}"
-            )
         self._check_resources()
         self.coordinator_overrides(Path("."), Path("outcome.json"))  # the coordinator's own checks
 
@@ -130,7 +130,7 @@ class SimulationConfig:
             "num-server-rounds": self.rounds, "num-sites": self.sites, "local-epochs": self.local_epochs,
             "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon,
             "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
-            "hidden": self.hidden, "model-name": self.model_name or self.dataset,
+            "hidden": self.hidden, "model-name": self.model_name or DataOptions.of(self).name,
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
             "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
             "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
@@ -151,27 +151,24 @@ class PreparedData:
     data_dir: Path
     baseline_accuracy: float
     site_sizes: tuple[int, ...]
+    partition: dict[str, Any] = field(default_factory=dict)
+    """The partition report's summary (``<run>/partition.json`` has every site)."""
 
 
 def prepare_data(cfg: SimulationConfig, data_dir: Path) -> PreparedData:
-    """Split the dataset, write site CSVs + held-out test set + schema, and train the baseline."""
-    data = load_dataset(cfg.dataset)
-    train_x, test_x, train_y, test_y = train_test_split(
-        data.features, data.labels, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=data.labels
-    )
-    parts = dirichlet_partition(train_y, cfg.sites, cfg.alpha, seed=cfg.seed)
-    schema = DataSchema(data.feature_names, "label", data.label_names)
-    names = list(schema.features)
-    for site, idx in enumerate(parts):
-        write_csv(data_dir / f"site-{site}.csv", train_x[idx], train_y[idx], names, schema.target)
-    write_csv(data_dir / "test.csv", test_x, test_y, names, schema.target)
-    (data_dir / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2))
-    spec = ModelSpec(len(names), len(schema.labels), tuple(int(h) for h in cfg.hidden.split(",")))
+    """Split the data, write site CSVs + held-out test set + schema + partition report, and train the baseline.
+
+    The baseline trains on at most ``BASELINE_MAX_RECORDS`` training records (a seeded sample above that).
+    """
+    split = write_sites(DataOptions.of(cfg), data_dir)
+    spec = ModelSpec(len(split.source.feature_names), len(split.source.label_names),
+                     tuple(int(h) for h in cfg.hidden.split(",")))
+    train_x, train_y = split.baseline_sample(cfg.seed)
     baseline = central_accuracy(
-        spec, train_x, train_y, test_x, test_y, epochs=cfg.rounds * cfg.local_epochs,
+        spec, train_x, train_y, split.test_x, split.test_y, epochs=cfg.rounds * cfg.local_epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
     )
-    return PreparedData(data_dir, baseline, tuple(len(p) for p in parts))
+    return PreparedData(data_dir, baseline, split.sizes, split.report.summary())
 
 
 def _engine_environment(home: Home) -> None:
@@ -193,6 +190,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     ``run_config``: coordinator run-config keys set over the ones ``cfg``
     gives (``fedguard retrain``: fewer sites, the version it supersedes).
     """
+    cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()
     started = time.monotonic()
     registry = Registry.open()  # fail fast on a bad home, registry or key, before any training
@@ -204,8 +202,9 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
         he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
     overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
     CoordinatorConfig.from_mapping(overrides)
-    observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
+    observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": DataOptions.of(cfg).name})
     prepared = prepare_data(cfg, run_dir / "data")
+    observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
     _engine_environment(home)
     outcome: dict[str, Any] = {}
@@ -213,7 +212,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     if "model" not in outcome:
         raise TrainingError("the federation ended without publishing a model; see the log above")
     outcome.update(baseline_accuracy=prepared.baseline_accuracy, seconds=time.monotonic() - started,
-                   run_dir=str(run_dir), config=asdict(cfg))
+                   partition=prepared.partition, run_dir=str(run_dir), config=asdict(cfg))
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
     return outcome
 
