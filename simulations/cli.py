@@ -90,6 +90,14 @@ def _sizes(sizes: Any) -> str:
     return ", ".join(str(s) for s in sizes) if isinstance(sizes, (list, tuple)) else str(sizes)
 
 
+def audit_line(section: Mapping[str, Any]) -> str:
+    """``metrics.privacy_audit`` in one line: ε̂ against the ledger's ε, and the guesses behind it."""
+    claimed = "none (no DP)" if section["epsilon"] is None else f"{section['epsilon']:.2f}"
+    return (f"{'passed' if section['passed'] else 'FAILED'}: ε̂ ≥ {section['epsilon_lower_bound']:.3f} "
+            f"({section['confidence']:.0%} confidence) vs ledger ε {claimed}; {section['correct']}/"
+            f"{section['guesses']} guesses right, {section['included']} of {section['canaries']} canaries planted")
+
+
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     table = Table(title=f"{outcome['model']}:{outcome['version']}", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -112,6 +120,7 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("signature", f"verified={outcome['signature']['verified']}  {outcome['signature_path']}"),
         ("artifact", outcome["artifact"]),
         ("public key", outcome["public_key"]),
+        *((("privacy audit", audit_line(outcome["privacy_audit"])),) if outcome.get("privacy_audit") else ()),
         ("time", f"{outcome['seconds']:.1f} s"),
     ]
     for key, value in rows:
@@ -144,6 +153,8 @@ def simulate(
         "--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(
         "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
+    canaries: Annotated[int, typer.Option(
+        "--canaries", help="Audit this run: plant N mislabelled canaries; ε̂ is signed into the model's metrics.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -156,7 +167,7 @@ def simulate(
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
-        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
+        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
     )
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):
