@@ -129,7 +129,7 @@ def candidate_ks(m: int) -> tuple[int, ...]:
 
 def best_guesses(scores: ArrayLike, included: ArrayLike, delta: float, confidence: float = CONFIDENCE,
                  ks: Sequence[int] | None = None) -> tuple[Guesses, float]:
-    """The ``k+ = k-`` among ``ks`` with the highest ε̂, each tried at a Bonferroni-corrected level.
+    """The ``k+ = k-`` among ``ks`` with the highest ε̂ (ties: the larger), each at a Bonferroni-corrected level.
 
     Returns the chosen guesses and their ε̂ at ``1 - (1 - confidence) / len(ks)``,
     which holds at ``confidence`` for the choice as a whole.
@@ -141,7 +141,7 @@ def best_guesses(scores: ArrayLike, included: ArrayLike, delta: float, confidenc
     for k in tries:
         g = guess(s, included, k, k)
         bound = epsilon_lower_bound(s.size, g.r, g.v, delta, level)
-        if best is None or bound > best[1]:
+        if best is None or bound >= best[1]:  # ties: the larger k (more guesses to report)
             best = (g, bound)
     assert best is not None
     return best

@@ -32,10 +32,12 @@ def test_canaries_are_deterministic_mislabelled_and_half_included() -> None:
     assert set(a.sites[a.included]) <= {0, 1, 2, 3} and (a.sites[~a.included] == -1).all()
 
 
-def test_more_canaries_than_records_are_jittered_apart() -> None:
+def test_each_canary_copies_a_distinct_record_and_no_more_than_there_are() -> None:
     x, y = _data(n=30)
-    canaries = make_canaries(x, y, 3, 100, 2, seed=1)
-    assert len({tuple(row) for row in canaries.features.tolist()}) == 100
+    canaries = make_canaries(x, y, 3, 30, 2, seed=1)
+    assert len({tuple(row) for row in canaries.features.tolist()}) == 30
+    with pytest.raises(ConfigurationError, match="--canaries 31: .* has 30; use at most 30"):
+        make_canaries(x, y, 3, 31, 2, seed=1)
 
 
 def test_canary_file_round_trips_with_its_digest(tmp_path: Path) -> None:
