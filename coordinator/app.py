@@ -28,6 +28,7 @@ from coordinator.evaluation import evaluate
 from coordinator.grid import responsive
 from coordinator.identity import expected_sites, site_identities
 from coordinator.ledger import RunLedger
+from coordinator.privacy_audit import privacy_audit_metrics
 from coordinator.provisioning.federation import FederationLayout
 from coordinator.publication import embed_watermark, gate_metrics, publish_run, published_outcome, site_level_epsilon
 from coordinator.reference import ReferenceCollector
@@ -345,15 +346,17 @@ def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
         final = evaluate(model, run.test)
         run.observer("stage", {"stage": "publish"})
         section = reference.section(model, run.schema, run.test)
+        audited = privacy_audit_metrics(cfg, model, run.tracked.sites)  # canaries of a simulation, if any
         outcome = publish_run(
             registry=registry, model=model, spec=run.spec, schema=run.schema, cfg=cfg, sites=run.tracked.sites,
             rounds=run.tracked.rounds_aggregated, run_id=run.run_ledger.run_id, mark=mark, site_plan=run.plan,
             metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples,
-                     **gate_metrics(registry, cfg, model, run.test, run.schema, section)},
+                     **gate_metrics(registry, cfg, model, run.test, run.schema, section), **audited},
             ledger=ledger_state, reference=section,
             extra_training={"dropouts": dropouts} if dropouts else None,
         )
         accuracy, watermark = final.accuracy, mark.to_dict()
+        outcome.update(audited)  # as signed; the simulation fails loudly on ε̂ > ε
     outcome.update(_privacy_outcome(cfg, run.tracked, run.plan, ledger_state))
     outcome.update(site_devices={name: site.device for name, site in sorted(run.tracked.sites.items())})
     outcome.update(accuracy=accuracy, history=run.progress.history, watermark=watermark, run_id=run.run_ledger.run_id,

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "reference-epsilon": 0.5,
     "he-public-context": "",  # the coordinator's CKKS public context (no secret key)
     "sim-he-secret-context": "",  # simulation only: where virtual sites find the shared secret context
+    "sim-canaries": "",  # simulation only: the one-run audit's canary set (privacy.audit.canaries), audited at publish
     "round-timeout": 600.0,
     "site-deadline": 120.0,  # seconds to wait before round 1 for enough sites to be identified (then exit 9)
     "max-rejected-rounds": 2,  # rounds the aggregate guard may skip before the run stops (strategies.aggregate_guard)
@@ -114,6 +115,7 @@ class CoordinatorConfig:
     reference_epsilon: float
     he_public_context: str
     sim_he_secret_context: str
+    sim_canaries: str
     round_timeout: float
     site_deadline: float
     max_rejected_rounds: int

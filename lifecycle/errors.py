@@ -13,7 +13,8 @@ message that says what is wrong and what to do about it::
     ├── NotFoundError (LookupError, exit 4)       unknown model, version, key or artifact
     ├── VerificationError (exit 5)                a signature or watermark does not verify
     │   ├── SignatureError
-    │   └── WatermarkError
+    │   ├── WatermarkError
+    │   └── PrivacyAuditFailed (in privacy.audit.errors)  an empirical ε lower bound above the ledger's ε
     ├── TrainingError (RuntimeError, exit 6)      a round aggregated nothing, a site failed
     │   ├── SitesUnavailableError (exit 9)        too few sites identified by the deadline
     │   └── RunStoppedError (exit 10)             an operator stopped the run ('fedguard run stop')

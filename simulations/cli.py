@@ -97,6 +97,14 @@ def _sizes(sizes: Any) -> str:
     return ", ".join(str(s) for s in sizes[:10]) + (f", … ({len(sizes)} sites)" if len(sizes) > 10 else "")
 
 
+def audit_line(section: Mapping[str, Any]) -> str:
+    """``metrics.privacy_audit`` in one line: ε̂ against the ledger's ε, and the guesses behind it."""
+    claimed = "none (no DP)" if section["epsilon"] is None else f"{section['epsilon']:.2f}"
+    return (f"{'passed' if section['passed'] else 'FAILED'}: ε̂ ≥ {section['epsilon_lower_bound']:.3f} "
+            f"({section['confidence']:.0%} confidence) vs ledger ε {claimed}; {section['correct']}/"
+            f"{section['guesses']} guesses right, {section['included']} of {section['canaries']} canaries planted")
+
+
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     table = Table(title=f"{outcome['model']}:{outcome['version']}", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -119,6 +127,7 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("signature", f"verified={outcome['signature']['verified']}  {outcome['signature_path']}"),
         ("artifact", outcome["artifact"]),
         ("public key", outcome["public_key"]),
+        *((("privacy audit", audit_line(outcome["privacy_audit"])),) if outcome.get("privacy_audit") else ()),
         ("time", f"{outcome['seconds']:.1f} s"),
     ]
     for key, value in rows:
@@ -165,6 +174,8 @@ def simulate(
     proximal_mu: Annotated[float, typer.Option("--proximal-mu", help="FedProx μ (--strategy fedprox).")] = 0.0,
     server_lr: Annotated[float, typer.Option(
         "--server-lr", help="Server optimiser η (fedadam, fedyogi, fedavgm); 0: the strategy's default.")] = 0.0,
+    canaries: Annotated[int, typer.Option(
+        "--canaries", help="Audit this run: plant N mislabelled canaries; ε̂ is signed into the model's metrics.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -178,7 +189,7 @@ def simulate(
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
-        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
+        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         data=data, schema=schema, partition=partition, records=records, features=features,
     )

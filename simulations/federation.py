@@ -42,11 +42,13 @@ from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
 from lifecycle.signing import ensure_signing_key
+from privacy.audit import raise_if_failed
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
+from simulations.canaries import canary_path, plant
 from simulations.data.options import DataOptions, resolve_data
-from simulations.data.sites import write_sites
+from simulations.data.sites import SiteRecords, Split, TrainRecords, write_sites
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
@@ -84,6 +86,7 @@ class SimulationConfig:
     partition: str = ""
     records: int = 0
     features: int = 0
+    canaries: int = 0  # one-run privacy audit: mislabelled canaries planted at the sites (simulations.canaries)
 
     def validate(self) -> None:
         DataOptions.of(self).check()  # --data/--schema/--dataset/--partition/--records/--features together
@@ -99,6 +102,8 @@ class SimulationConfig:
                                      "or 0 for no site-level DP")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test fraction must be between 0 and 1")
+        if self.canaries < 0:
+            raise ConfigurationError(f"--canaries {self.canaries}: plant 0 (no audit) or more canaries")
         if self.alpha <= 0:
             raise ConfigurationError(f"--alpha {self.alpha}: the Dirichlet α must be positive")
         self._check_resources()
@@ -137,6 +142,8 @@ class SimulationConfig:
             "site-clip": self.site_clip, "site-device": "cuda" if self.gpus_per_site > 0 else "cpu",
         }
         overrides.update({"strategy": self.strategy, "proximal-mu": self.proximal_mu, "server-lr": self.server_lr})
+        if self.canaries:
+            overrides["sim-canaries"] = str(canary_path(data_dir))
         if self.secure_agg == "ckks":
             secret, public = he_keys or (Path("site-secret.ctx"), Path("coordinator-public.ctx"))
             overrides.update({"he-public-context": str(public), "sim-he-secret-context": str(secret)})
@@ -155,12 +162,23 @@ class PreparedData:
     """The partition report's summary (``<run>/partition.json`` has every site)."""
 
 
-def prepare_data(cfg: SimulationConfig, data_dir: Path) -> PreparedData:
+def prepare_data(cfg: SimulationConfig, data_dir: Path, *, train: TrainRecords | None = None) -> PreparedData:
     """Split the data, write site CSVs + held-out test set + schema + partition report, and train the baseline.
 
     The baseline trains on at most ``BASELINE_MAX_RECORDS`` training records (a seeded sample above that).
+    ``train`` replaces the split's training records (a LiRA shadow federation
+    trains on its half of the records, :mod:`simulations.shadows`); with
+    ``--canaries`` the audit's canaries are planted at the sites.
     """
-    split = write_sites(DataOptions.of(cfg), data_dir)
+    planted: list[int] = []  # the sizes the sites hold once the canaries are in
+
+    def canaries(sites: SiteRecords, split: Split) -> SiteRecords:
+        sites = plant(sites, split.train_x, split.train_y, len(split.source.label_names), cfg.canaries, cfg.seed,
+                      data_dir)
+        planted.extend(len(y) for _, y in sites)
+        return sites
+
+    split = write_sites(DataOptions.of(cfg), data_dir, train_records=train, plant=canaries if cfg.canaries else None)
     spec = ModelSpec(len(split.source.feature_names), len(split.source.label_names),
                      tuple(int(h) for h in cfg.hidden.split(",")))
     train_x, train_y = split.baseline_sample(cfg.seed)
@@ -168,7 +186,7 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path) -> PreparedData:
         spec, train_x, train_y, split.test_x, split.test_y, epochs=cfg.rounds * cfg.local_epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
     )
-    return PreparedData(data_dir, baseline, split.sizes, split.report.summary())
+    return PreparedData(data_dir, baseline, tuple(planted) or split.sizes, split.report.summary())
 
 
 def _engine_environment(home: Home) -> None:
@@ -184,11 +202,12 @@ def _engine_environment(home: Home) -> None:
 
 
 def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
-        run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        run_config: Mapping[str, Any] | None = None, train: TrainRecords | None = None) -> dict[str, Any]:
     """Run one simulated federation end to end and return the outcome.
 
     ``run_config``: coordinator run-config keys set over the ones ``cfg``
     gives (``fedguard retrain``: fewer sites, the version it supersedes).
+    ``train``: the training records instead of the split's (:func:`prepare_data`).
     """
     cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()
@@ -203,7 +222,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
     CoordinatorConfig.from_mapping(overrides)
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": DataOptions.of(cfg).name})
-    prepared = prepare_data(cfg, run_dir / "data")
+    prepared = prepare_data(cfg, run_dir / "data", train=train)
     observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
     _engine_environment(home)
@@ -214,6 +233,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     outcome.update(baseline_accuracy=prepared.baseline_accuracy, seconds=time.monotonic() - started,
                    partition=prepared.partition, run_dir=str(run_dir), config=asdict(cfg))
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
+    raise_if_failed(outcome.get("privacy_audit"), f"{outcome['model']}:{outcome['version']}")  # ε̂ > ε: a bug
     return outcome
 
 

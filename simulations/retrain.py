@@ -12,6 +12,7 @@ while each virtual site withdrawn as a whole is refused before round 1.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -37,16 +38,27 @@ def simulation_config(retrain: RetrainPlan) -> SimulationConfig:
         The run folder or its ``outcome.json`` is gone (the data split
         cannot be redone without the dataset and seed it names).
     """
+    return saved_config(retrain.ref, retrain.run_config)
+
+
+def saved_config(ref: str, run_config: Mapping[str, Any]) -> SimulationConfig:
+    """The ``fedguard simulate`` settings kept in the run folder of the run whose config is ``run_config``.
+
+    Raises
+    ------
+    ConfigurationError
+        The run folder or its ``outcome.json`` is gone or damaged.
+    """
     from simulations.federation import SimulationConfig
 
-    data_dir = str(retrain.run_config.get("data-dir", ""))
+    data_dir = str(run_config.get("data-dir", ""))
     path = Path(data_dir).parent / OUTCOME if data_dir else Path(OUTCOME)
     try:
         saved = json.loads(path.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError):
         saved = None
     if not isinstance(saved, dict):
-        raise ConfigurationError(f"the simulation that trained {retrain.ref} kept its settings in {path}, which is "
+        raise ConfigurationError(f"the simulation that trained {ref} kept its settings in {path}, which is "
                                  "gone or damaged: run 'fedguard simulate' again with its settings and the withdrawn "
                                  "sites left out")
     known = {f.name for f in fields(SimulationConfig)}

@@ -20,7 +20,8 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,15 @@ from simulations.data.partitioners import Partition, create_partitioner
 from simulations.data.plot import plot_partition
 from simulations.data.report import PartitionReport
 from simulations.data.sources import Source, load_source
+
+TrainRecords = tuple[np.ndarray, np.ndarray]
+"""Training features and labels given instead of the split's (shadow federations)."""
+
+SiteRecords = list[tuple[np.ndarray, np.ndarray]]
+"""Each site's (features, labels), in site order."""
+
+SitesHook = Callable[[SiteRecords, "Split"], SiteRecords]
+"""Rewrites the sites' records before they are written, given the split they come from."""
 
 BASELINE_MAX_RECORDS = 20_000
 """Above this many training records the central baseline trains on a seeded sample of this size."""
@@ -97,8 +107,12 @@ def write_table(path: Path, features: np.ndarray, labels: np.ndarray, names: lis
         pa_csv.write_csv(table, handle, pa_csv.WriteOptions(include_header=False))
 
 
-def split(options: DataOptions) -> Split:
+def split(options: DataOptions, *, train_records: TrainRecords | None = None) -> Split:
     """Load the source, hold out the test set, partition the rest (``options.sites`` 0: one site per value).
+
+    ``train_records`` (features, labels) replace the training rows of the
+    split, beside the same held-out set (a LiRA shadow federation trains on
+    its half of the records, :mod:`simulations.shadows`).
 
     Raises
     ------
@@ -115,6 +129,8 @@ def split(options: DataOptions) -> Split:
     except ValueError as exc:  # a class too rare to appear on both sides
         raise ConfigurationError(f"{source.name}: cannot hold out a stratified test set ({exc}); "
                                  "add records of the rare classes or drop them") from None
+    if train_records is not None:
+        source, train, test = _replace_training(source, test, train_records)
     column = source.column(partitioner.column)[train] if partitioner.column else None
     sites = options.sites or partitioner.sites_for(column) or 0
     local = partitioner.split(source.labels[train], sites, seed=options.seed, column=column)
@@ -124,14 +140,31 @@ def split(options: DataOptions) -> Split:
     return Split(source, train, test, partition, report)
 
 
-def write_sites(options: DataOptions, data_dir: Path, *, plot: bool = True) -> Split:
-    """:func:`split`, then write the files of the module docstring (report and figure beside ``data_dir``)."""
+def _replace_training(source: Source, test: np.ndarray, records: TrainRecords) -> tuple[Source, np.ndarray, np.ndarray]:
+    """A source of ``records`` followed by the held-out rows, with the indices of both parts."""
+    features, labels = records
+    pooled = replace(source, features=np.concatenate([features, source.features[test]]).astype(np.float32),
+                     labels=np.concatenate([labels, source.labels[test]]).astype(np.int64), columns={})
+    return pooled, np.arange(len(labels)), np.arange(len(labels), len(pooled.labels))
+
+
+def write_sites(options: DataOptions, data_dir: Path, *, plot: bool = True, train_records: TrainRecords | None = None,
+                plant: SitesHook | None = None) -> Split:
+    """:func:`split`, then write the files of the module docstring (report and figure beside ``data_dir``).
+
+    ``plant`` may add records to the sites' data before it is written (the
+    one-run audit's canaries, :mod:`simulations.canaries`); the report
+    describes the partition before it.
+    """
     started = time.monotonic()
-    result = split(options)
+    result = split(options, train_records=train_records)
     source = result.source
     names = list(source.feature_names)
-    for site, rows in enumerate(result.partition.sites):
-        write_table(data_dir / f"site-{site}.csv", source.features[rows], source.labels[rows], names, source.target)
+    sites = [(source.features[rows], source.labels[rows]) for rows in result.partition.sites]
+    if plant is not None:
+        sites = plant(sites, result)
+    for site, (site_x, site_y) in enumerate(sites):
+        write_table(data_dir / f"site-{site}.csv", site_x, site_y, names, source.target)
     write_table(data_dir / "test.csv", result.test_x, result.test_y, names, source.target)
     schema = DataSchema(source.feature_names, source.target, source.label_names)
     (data_dir / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2))
