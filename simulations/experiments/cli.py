@@ -35,7 +35,11 @@ def run(
     summary = run_sweep(parsed, SweepOptions(out, ray_address, concurrent, retry_failed, trial_timeout), console)
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))
     console.print(f"{summary.total} trials ({statuses}); ran {summary.ran} now; results in "
-                  f"{out / 'results.parquet'} and {out / 'trials'}")
+                  f"{out / 'results.parquet'} and {out / 'trials'}", highlight=False)
+    if summary.missing:
+        console.print(f"[yellow]interrupted: {summary.missing} trials have no result yet; run the same command "
+                      "to resume[/yellow]")
+        raise typer.Exit(130)
 
 
 @experiment_app.command("report")
@@ -47,4 +51,5 @@ def report(
     from simulations.experiments.report import write_report
 
     written = write_report(results, html or results / "report.html")
-    Console().print(f"report: {written.html} ({len(written.figures)} figures in {written.figures_dir})")
+    Console(soft_wrap=True).print(f"report: {written.html} ({len(written.figures) // 2} figures as SVG and PNG in "
+                                  f"{written.figures_dir})", highlight=False)

@@ -73,16 +73,23 @@ def execute(spec: Mapping[str, Any]) -> dict[str, Any]:
         try:
             code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:  # the trial and what it started (its local Ray) go together
-            os.killpg(child.pid, signal.SIGKILL)
+            _stop_group(child.pid)
             child.wait()
             return make_record(str(spec["id"]), spec["settings"], "failed", seconds=time.monotonic() - started,
                                error=f"timed out after {timeout:g} s (--trial-timeout); see {log_path}")
         finally:
-            if child.poll() is None:  # interrupted (Ctrl-C, Tune stopping): leave nothing running
-                os.killpg(child.pid, signal.SIGKILL)
+            _stop_group(child.pid)  # interrupted, or a local Ray the trial left behind: leave nothing running
     if record_path.exists():
         record: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
         return record
     tail = last_line(log_path.read_text(encoding="utf-8", errors="replace"))
     return make_record(str(spec["id"]), spec["settings"], "failed", seconds=time.monotonic() - started,
                        error=f"the trial's process exited with code {code}: {tail}")
+
+
+def _stop_group(pgid: int) -> None:
+    """Kill what is left of a trial's process group (the trial leads its own session)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -19,7 +19,7 @@ Training Run"): a point above the diagonal would be a broken guarantee.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from simulations.experiments.aggregate import (
@@ -46,8 +46,6 @@ class Drawn:
     figure: Any
     records: Sequence[Record]
     note: str = ""
-    excluded: Sequence[str] = field(default_factory=tuple)
-    """Settings the figure's own axes and series name (left out of the 'common settings')."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +94,12 @@ def accuracy_per_round(records: Sequence[Record]) -> Result:
         line = ax.plot(xs, [s.mean for s in kept], marker="o", label=label(keys, values))
         ax.fill_between(xs, [s.mean - s.sd for s in kept], [s.mean + s.sd for s in kept],
                         alpha=0.2, color=line[0].get_color())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="round", ylabel="test accuracy (mean ± sd over seeds)", title=title)
     ax.legend(fontsize="small")
-    return Drawn("accuracy-per-round", title, figure, with_history, excluded=keys)
+    return Drawn("accuracy-per-round", title, figure, with_history)
 
 
 def dp_kind(record: Record) -> str:
@@ -130,7 +131,7 @@ def privacy_utility(records: Sequence[Record]) -> Result:
             ax.axhspan(s.mean - s.sd, s.mean + s.sd, color="grey", alpha=0.15)
     ax.set(xlabel="target ε (per site, whole run)", ylabel="final test accuracy (mean ± sd over seeds)", title=title)
     ax.legend(fontsize="small")
-    return Drawn("privacy-utility", title, figure, records, excluded=[*EPSILON_KEYS, *others])
+    return Drawn("privacy-utility", title, figure, records)
 
 
 def attacks(records: Sequence[Record]) -> Result:
@@ -160,8 +161,7 @@ def attacks(records: Sequence[Record]) -> Result:
     left.legend(fontsize="small")
     right.legend(fontsize="small")
     figure.suptitle(title)
-    return Drawn("attacks", title, figure, attacked, note="; ".join(notes),
-                 excluded=["attackers", *defences, *others])
+    return Drawn("attacks", title, figure, attacked, note="; ".join(notes))
 
 
 def _roc(audit: Any) -> tuple[list[float], list[float]] | None:
@@ -194,7 +194,7 @@ def mia_roc(records: Sequence[Record]) -> Result:
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title + " (one line per seed)")
     ax.legend(fontsize="small")
-    return Drawn("mia-roc", title, figure, audited, excluded=keys)
+    return Drawn("mia-roc", title, figure, audited)
 
 
 def _lower_bound(record: Record) -> float | None:
@@ -228,7 +228,7 @@ def epsilon_audit(records: Sequence[Record]) -> Result:
     ax.plot([0, top], [0, top], linestyle=":", color="grey", label="ε̂ = ε")
     ax.set(xlabel="claimed ε", ylabel="empirical ε̂ (mean ± sd over seeds)", title=title)
     ax.legend(fontsize="small")
-    return Drawn("epsilon-audit", title, figure, audited, excluded=[*EPSILON_KEYS, *keys])
+    return Drawn("epsilon-audit", title, figure, audited)
 
 
 FIGURES: tuple[Callable[[Sequence[Record]], Result], ...] = (

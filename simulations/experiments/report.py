@@ -92,10 +92,10 @@ def _settings_text(settings: Mapping[str, Any]) -> str:
 
 
 def _caption(drawn: Drawn, command: str) -> str:
-    shared = common(drawn.records, exclude=["seed", *drawn.excluded])
+    shared = common(drawn.records, exclude=["seed"])
     ids = ", ".join(sorted(str(r["id"]) for r in drawn.records))
     parts = [f"Mean ± sd over seeds {_e(seeds(drawn.records))} ({len(drawn.records)} trials).",
-             f"Series and axes vary: {_e(', '.join(drawn.excluded) or 'nothing')}.",
+             f"Settings that vary between them: {_e(', '.join(varied(drawn.records, exclude=['seed'])) or 'none')}.",
              f"Settings shared by every trial drawn: {_settings_text(shared)}.",
              f"Trials: <code>{_e(ids)}</code> (<code>trials/&lt;id&gt;.json</code> holds each one's exact settings).",
              f"Rerun: <code>{_e(command)}</code>."]

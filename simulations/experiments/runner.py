@@ -67,8 +67,14 @@ class SweepSummary:
 
     total: int
     ran: int
+    """Trials recorded by this invocation."""
     statuses: Mapping[str, int]
     concurrency: int
+
+    @property
+    def missing(self) -> int:
+        """Trials still without a record (the sweep was interrupted)."""
+        return self.total - sum(self.statuses.values())
 
 
 def pending(grid: Grid, out: Path, *, retry_failed: bool = False) -> list[Trial]:
@@ -124,7 +130,7 @@ def run_sweep(grid: Grid, options: SweepOptions, console: Console) -> SweepSumma
                       f"({cluster_cpus:g} CPUs in the Ray cluster)")
         _tune(grid, todo, out, options, n, done, console)
     final = Counter(r["status"] for r in read_records(out) if r["id"] in {t.id for t in grid.trials})
-    return SweepSummary(len(grid.trials), len(todo), dict(final), n)
+    return SweepSummary(len(grid.trials), sum(final.values()) - sum(done.values()), dict(final), n)
 
 
 def _describe(grid: Grid, out: Path) -> None:

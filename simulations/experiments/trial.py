@@ -19,6 +19,7 @@ trial runs again when the sweep resumes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -50,9 +51,20 @@ def run_trial(trial: str, settings: Mapping[str, Any], extra: Mapping[str, Any],
         outcome = run(cfg, _observer(events))
     except Exception as exc:  # noqa: BLE001 - any failure is the trial's result; the sweep goes on
         return make_record(trial, settings, "failed", config=asdict(cfg),
-                           error=f"{type(exc).__name__}: {last_line(str(exc))}", seconds=time.monotonic() - started)
+                           error=describe(exc), seconds=time.monotonic() - started)
     return make_record(trial, settings, "ok", config=asdict(cfg), outcome=outcome,
                        seconds=time.monotonic() - started)
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the error and, when it wraps another (Flower's "Simulation Runtime crashed"), the root cause."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(nxt)
+    text = f"{type(exc).__name__}: {last_line(str(exc))}"
+    if len(chain) > 1:
+        text += f" (caused by {type(chain[-1]).__name__}: {last_line(str(chain[-1]))})"
+    return text
 
 
 def last_line(text: str) -> str:
@@ -85,5 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Leave now, the record written: a crashed Flower runtime can leave non-daemon engine threads behind.
+
+    Flower's ServerApp thread outlives a simulation whose Ray failed to
+    start, and the interpreter would wait for it forever; the record is all
+    this process owes, so Ray is stopped and the process exits hard.
+    """
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -111,3 +111,29 @@ def test_privacy_utility_curves_per_dp_kind_and_round_bands() -> None:
     lines = rounds.figure.axes[0].get_lines()  # type: ignore[union-attr]
     assert len(lines) == 3  # one per ε, seeds averaged
     assert list(lines[1].get_ydata()) == pytest.approx([0.7, 0.8])  # ε = 1: rounds 1 and 2, mean over the two seeds
+
+
+PROBE = """
+import json, sys
+from fedguard.cli import main
+sys.argv = ["fedguard", "experiment", "report", sys.argv[1]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps([m for m in ("torch", "flwr", "ray", "opacus", "sklearn") if m in sys.modules]), file=sys.stderr)
+"""
+
+
+def test_report_command_imports_no_training_engine(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _write(tmp_path, _records())
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.strip().splitlines()[-1]) == []
+    assert (tmp_path / "report.html").exists() and "5 figures" in result.stdout

@@ -52,3 +52,17 @@ def test_a_bad_grid_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "unknown setting 'dp-epsilom'" in result.stderr and "dp-epsilon" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_wrapped_error_is_described_with_its_root_cause() -> None:
+    from simulations.experiments.trial import describe
+
+    try:
+        try:
+            raise Exception("The current node timed out during startup.")
+        except Exception as inner:
+            raise RuntimeError("Simulation Runtime crashed.\nAn error was encountered.") from inner
+    except RuntimeError as outer:
+        assert describe(outer) == ("RuntimeError: An error was encountered. (caused by Exception: "
+                                   "The current node timed out during startup.)")
+    assert describe(ValueError("plain")) == "ValueError: plain"
