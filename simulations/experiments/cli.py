@@ -30,7 +30,7 @@ def run(
     from simulations.experiments.grid import load_grid
     from simulations.experiments.runner import SweepOptions, run_sweep
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     parsed = load_grid(grid)  # exit 2 names the file and the key
     summary = run_sweep(parsed, SweepOptions(out, ray_address, concurrent, retry_failed, trial_timeout), console)
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))

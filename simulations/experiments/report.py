@@ -44,7 +44,7 @@ def write_report(results: Path, html_path: Path) -> Written:
     records = read_records(results)
     if not records:
         raise NotFoundError(f"{results}: no trial records in {results / 'trials'}; "
-                            "run 'fedguard experiment run GRID --out' this folder first")
+                            f"run 'fedguard experiment run GRID --out {results}' first")
     sweep = _sweep(results)
     command = sweep.get("command") or f"fedguard experiment run GRID --out {results}"
     figures_dir = html_path.parent / "figures"
