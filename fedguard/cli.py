@@ -95,6 +95,8 @@ COMMANDS: dict[str, Entry] = {
                     "The site agent: run it, check the site's data, inspect its audit log, withdraw consent."),
     "run": Entry("coordinator.run_cli:run_app",
                  "Submit federated runs to the coordinator's SuperLink and follow them."),
+    "experiment": Entry("simulations.experiments.cli:experiment_app",
+                        "Run grids of simulations as Ray Tune trials (resumable), and report them (HTML, figures)."),
     "doctor": Entry("simulations.doctor_cli:doctor_app",
                     "Find and clean up what a killed fedguard process left behind."),
     "flower": Entry("simulations.flower_cli:flower_app",

@@ -15,12 +15,13 @@ and TPR at 0.1 % and 1 % FPR, as Carlini et al. (IEEE S&P 2022) ask.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from privacy.audit.canaries import CanarySet
-from privacy.audit.metrics import AttackReport, report
+from privacy.audit.metrics import AttackReport, report, roc
 from privacy.audit.mia import loss_scores
 from simulations.canaries import canary_path
 
@@ -56,3 +57,26 @@ def loss_attack(model_dir: Path, data_dir: Path) -> AttackReport:
         losses = torch.nn.functional.cross_entropy(model(torch.from_numpy(features)), torch.from_numpy(labels),
                                                    reduction="none")
     return report("loss-threshold", loss_scores(losses.numpy()), members)
+
+
+def membership_section(model_dir: Path, data_dir: Path, *, points: int = 101) -> dict[str, Any]:
+    """The loss-threshold attack on a run's model as an outcome section: AUC, TPRs and its ROC curve.
+
+    The ROC is thinned to about ``points`` points (kept in order, the ends
+    included) so that an experiment's records stay small.
+    """
+    import torch
+
+    from lifecycle.artifacts import load_model
+
+    model, _ = load_model(model_dir)
+    features, labels, members = member_split(data_dir)
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(torch.from_numpy(features)), torch.from_numpy(labels),
+                                                   reduction="none")
+    scores = loss_scores(losses.numpy())
+    fpr, tpr = roc(scores, members)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).round().astype(int))
+    return {**report("loss-threshold", scores, members).to_dict(),
+            "roc": {"fpr": [float(v) for v in fpr[keep]], "tpr": [float(v) for v in tpr[keep]]}}
+

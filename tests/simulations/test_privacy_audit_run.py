@@ -12,7 +12,7 @@ from lifecycle.bom import read_bom, read_lineage
 from lifecycle.governance.criteria import CRITERIA, Facts
 from lifecycle.registry import Registry
 from simulations.federation import SimulationConfig, run
-from simulations.membership import loss_attack
+from simulations.membership import loss_attack, membership_section
 
 pytestmark = pytest.mark.slow  # one federation, ~30 s here
 
@@ -38,3 +38,8 @@ def test_simulate_with_canaries_signs_a_passing_audit(fedguard_home: Path) -> No
 
     attack = loss_attack(Path(outcome["artifact"]), Path(outcome["run_dir"]) / "data")
     assert attack.members + attack.non_members == 569 and 0 <= attack.auc <= 1
+    section = membership_section(Path(outcome["artifact"]), Path(outcome["run_dir"]) / "data", points=11)
+    assert section["auc"] == attack.auc  # the experiment's section is the same attack, with its curve
+    fpr, tpr = section["roc"]["fpr"], section["roc"]["tpr"]
+    assert len(fpr) == len(tpr) <= 11 and fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+    assert fpr == sorted(fpr) and tpr == sorted(tpr)
