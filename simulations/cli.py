@@ -133,7 +133,8 @@ def simulate(
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = DEFAULT_LOCAL_EPOCHS,
     model_name: Annotated[str, typer.Option("--model-name", help="Registry name (default: the dataset).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
-    aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
+    aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean, krum, multi-krum "
+                                             "or bulyan (robust rules need --secure-agg none).")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
     clip_norm: Annotated[float, typer.Option(
         "--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
@@ -144,6 +145,9 @@ def simulate(
         "--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(
         "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
+    attack: Annotated[str, typer.Option("--attack", help="Attack run by some sites, name[:param] (label-flipping, "
+                                        "sign-flipping, scaling, backdoor, alie; docs/research.md).")] = "none",
+    attackers: Annotated[float, typer.Option("--attackers", help="Fraction of the sites that attack.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -156,7 +160,7 @@ def simulate(
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
-        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
+        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, attack=attack, attackers=attackers,
     )
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):
