@@ -90,6 +90,13 @@ def _sizes(sizes: Any) -> str:
     return ", ".join(str(s) for s in sizes) if isinstance(sizes, (list, tuple)) else str(sizes)
 
 
+def _attack_line(attack: Mapping[str, Any]) -> str:
+    """``scaling by site-3: attack_success_rate 0.91`` (the outcome's ``attack`` section, docs/research.md)."""
+    measures = {key: value for key, value in attack.items() if key.endswith(("_rate", "_error"))}
+    return (f"{attack['name']} by {', '.join(attack['attacker_sites'])}"
+            + "".join(f"; {key} {value:.3f}" for key, value in measures.items()))
+
+
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     table = Table(title=f"{outcome['model']}:{outcome['version']}", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -113,6 +120,7 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("artifact", outcome["artifact"]),
         ("public key", outcome["public_key"]),
         ("time", f"{outcome['seconds']:.1f} s"),
+        *((("attack experiment", _attack_line(outcome["attack"])),) if outcome.get("attack") else ()),
     ]
     for key, value in rows:
         table.add_row(key, str(value))

@@ -72,12 +72,9 @@ def attack_folder(site_path: Path) -> Path:
 
 
 def poisoned_copy(site: SiteFile, attack: Attack, records: Records, rng: np.random.Generator) -> tuple[Path, Records]:
-    """The site's file after :meth:`Attack.poison` (written once; the same bytes every round)."""
+    """The site's file after :meth:`Attack.poison` (rewritten every round: the same bytes for the same seed)."""
     poisoned = attack.poison(records, rng)
-    path = attack_folder(site.path) / f"{site.path.stem}-{attack.name}.csv"
-    if not path.is_file():
-        site.write(path, poisoned)
-    return path, poisoned
+    return site.write(attack_folder(site.path) / f"{site.path.stem}-{attack.name}.csv", poisoned), poisoned
 
 
 def bootstrap_copy(site: SiteFile, records: Records, rng: np.random.Generator, tag: str) -> Path:

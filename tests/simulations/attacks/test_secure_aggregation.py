@@ -70,3 +70,26 @@ def test_an_attacker_that_clips_honestly_stays_inside_the_aggregate_bound(tmp_pa
                                  arrays, config)
     bounds = AggregateBounds(CLIP, CONFIG.max_weight, resolution=1 / (2 * CONFIG.effective_scale))
     assert bounds.check(flatten(arrays)[0], attacked, weight, 4) is None
+
+
+def test_under_ckks_a_skipping_attacker_raises_its_clipping_instruction_and_still_goes_through_the_ckks_mod() -> None:
+    """The HE instruction's ``clip-norm`` is what the CKKS mod clips to; the attacker rewrites only that."""
+    from flwr.app import Context, Message, MessageType, RecordDict
+
+    from privacy.he.instruction import HE_RECORD
+    from simulations.attacks.unclipped import UNBOUNDED, skip_clipping
+
+    seen: list[Message] = []
+
+    def ckks_and_below(msg: Message, context: Context) -> Message:
+        seen.append(msg)
+        return Message(RecordDict(), reply_to=msg)
+
+    instruction = ConfigRecord({"stage": "encrypt", "clip-norm": 2.0, "max-weight": 50.0})
+    message = Message(RecordDict({HE_RECORD: instruction, "config": ConfigRecord({"clip-norm": 2.0, "lr": 0.1})}),
+                      dst_node_id=1, message_type=MessageType.TRAIN)
+    skip_clipping(message, Context(1, 1, {"partition-id": 0}, RecordDict(), {}), ckks_and_below)
+    (passed,) = seen
+    assert passed.content.config_records[HE_RECORD]["clip-norm"] == UNBOUNDED
+    assert passed.content.config_records[HE_RECORD]["max-weight"] == 50.0 and HE_RECORD in passed.content
+    assert "clip-norm" not in passed.content.config_records["config"]
