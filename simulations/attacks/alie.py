@@ -60,6 +60,8 @@ class ALIE(Attack):
         if self.z < 0 or not math.isfinite(self.z) or self.samples < 1:
             raise ConfigurationError(f"alie z={self.z}, samples={self.samples}: use z ≥ 0 (0: the paper's z_max) "
                                      "and at least 1 bootstrap sample")
+        if self.z == 0 and self.setting.sites:
+            self.step  # noqa: B018 (refuse an impossible n, f before any site trains)
 
     @property
     def step(self) -> float:

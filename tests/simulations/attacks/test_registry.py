@@ -60,6 +60,8 @@ def test_a_simulation_refuses_an_attack_without_attackers_and_attackers_without_
         SimulationConfig(attackers=0.2, watermark="none").validate()
     with pytest.raises(ConfigurationError, match="between 0 and 1"):
         plan_attack("scaling", 1.5, 5, 0)
+    with pytest.raises(ConfigurationError, match="1 ≤ f < n; got n=4, f=4"):  # before any site trains
+        plan_attack("alie", 1.0, 4, 0)
     plan = plan_attack("alie", 0.4, 5, 0)
     assert len(plan.attackers) == 2 and plan.attack is not None and plan.attack.setting.attackers == 2
 
