@@ -202,19 +202,22 @@ def reference(msg: Message, context: Context) -> Message:
     return share_reference(msg, context, local)
 
 
-def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()) -> ClientApp:
+def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = (),
+                    update_mods: Sequence[Mod] = ()) -> ClientApp:
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
     Mod order on the train path (outermost first): the site's audit log
     (sees every final reply), the refusal mod (any failure below becomes a
     reason code and a line without data, ``client.refusal``), the data check
     (a bad file becomes a ``data-invalid`` refusal), any extra ``mods``
-    (tests), protection routing (SecAgg+ or CKKS), the site's own privacy
-    ledger (veto), site-level DP noise, then local training.
+    (tests), protection routing (SecAgg+ or CKKS), any extra ``update_mods``
+    (research: a site that rewrites its trained update before protection
+    clips and masks or encrypts it, ``simulations.attacks``), the site's own
+    privacy ledger (veto), site-level DP noise, then local training.
     """
     client_app = ClientApp(mods=[site_audit_mod, refusal_mod, site_data_mod, *mods])
     protection = make_protection_mod(require_protection=require_protection)
-    client_app.train(mods=[protection, ledger_mod, site_dp_mod])(train)
+    client_app.train(mods=[protection, *update_mods, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)
 
     def identify_site(msg: Message, context: Context) -> Message:

@@ -105,6 +105,13 @@ def audit_line(section: Mapping[str, Any]) -> str:
             f"{section['guesses']} guesses right, {section['included']} of {section['canaries']} canaries planted")
 
 
+def _attack_line(attack: Mapping[str, Any]) -> str:
+    """``scaling by site-3: attack_success_rate 0.91`` (the outcome's ``attack`` section, docs/research.md)."""
+    measures = {key: value for key, value in attack.items() if key.endswith(("_rate", "_error"))}
+    return (f"{attack['name']} by {', '.join(attack['attacker_sites'])}"
+            + "".join(f"; {key} {value:.3f}" for key, value in measures.items()))
+
+
 def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
     table = Table(title=f"{outcome['model']}:{outcome['version']}", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -129,6 +136,7 @@ def _summary(console: Console, outcome: Mapping[str, Any]) -> None:
         ("public key", outcome["public_key"]),
         *((("privacy audit", audit_line(outcome["privacy_audit"])),) if outcome.get("privacy_audit") else ()),
         ("time", f"{outcome['seconds']:.1f} s"),
+        *((("attack experiment", _attack_line(outcome["attack"])),) if outcome.get("attack") else ()),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
@@ -158,7 +166,8 @@ def simulate(
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
-    aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean or krum.")] = "fedavg",
+    aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean, krum, multi-krum "
+                                             "or bulyan (robust rules need --secure-agg none).")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
     clip_norm: Annotated[float, typer.Option(
         "--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
@@ -176,6 +185,9 @@ def simulate(
         "--server-lr", help="Server optimiser η (fedadam, fedyogi, fedavgm); 0: the strategy's default.")] = 0.0,
     canaries: Annotated[int, typer.Option(
         "--canaries", help="Audit this run: plant N mislabelled canaries; ε̂ is signed into the model's metrics.")] = 0,
+    attack: Annotated[str, typer.Option("--attack", help="Attack run by some sites, name[:param] (label-flipping, "
+                                        "sign-flipping, scaling, backdoor, alie; docs/research.md).")] = "none",
+    attackers: Annotated[float, typer.Option("--attackers", help="Fraction of the sites that attack.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -192,6 +204,7 @@ def simulate(
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         data=data, schema=schema, partition=partition, records=records, features=features,
+        attack=attack, attackers=attackers,
     )
     cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"

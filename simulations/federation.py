@@ -45,6 +45,8 @@ from lifecycle.signing import ensure_signing_key
 from privacy.audit import raise_if_failed
 from privacy.he import create_federation_keys
 from simulations import logger
+from simulations.attacks.experiment import model_name as attack_model_name
+from simulations.attacks.experiment import plan_attack
 from simulations.baseline import central_accuracy
 from simulations.canaries import canary_path, plant
 from simulations.data.options import DataOptions, resolve_data
@@ -87,6 +89,10 @@ class SimulationConfig:
     records: int = 0
     features: int = 0
     canaries: int = 0  # one-run privacy audit: mislabelled canaries planted at the sites (simulations.canaries)
+    attack: str = "none"
+    """An attack run by a seeded fraction of the sites, ``name[:param]`` (``simulations.attacks``)."""
+    attackers: float = 0.0
+    """The fraction of the sites that run ``attack`` (⌈fraction · sites⌉ of them)."""
 
     def validate(self) -> None:
         DataOptions.of(self).check()  # --data/--schema/--dataset/--partition/--records/--features together
@@ -107,6 +113,7 @@ class SimulationConfig:
         if self.alpha <= 0:
             raise ConfigurationError(f"--alpha {self.alpha}: the Dirichlet α must be positive")
         self._check_resources()
+        plan_attack(self.attack, self.attackers, self.sites, self.seed)
         self.coordinator_overrides(Path("."), Path("outcome.json"))  # the coordinator's own checks
 
     def _check_resources(self) -> None:
@@ -135,7 +142,8 @@ class SimulationConfig:
             "num-server-rounds": self.rounds, "num-sites": self.sites, "local-epochs": self.local_epochs,
             "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon,
             "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
-            "hidden": self.hidden, "model-name": self.model_name or DataOptions.of(self).name,
+            "hidden": self.hidden,
+            "model-name": self.model_name or attack_model_name(self.attack, DataOptions.of(self).name),
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
             "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
             "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
@@ -227,9 +235,11 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
     _engine_environment(home)
     outcome: dict[str, Any] = {}
-    _simulate(overrides, observer, outcome, cfg, verbose)
+    attack = plan_attack(cfg.attack, cfg.attackers, cfg.sites, cfg.seed)
+    _simulate(overrides, observer, outcome, cfg, verbose, mods=attack.mods, update_mods=attack.update_mods)
     if "model" not in outcome:
         raise TrainingError("the federation ended without publishing a model; see the log above")
+    outcome.update(attack.report(outcome, prepared.data_dir))
     outcome.update(baseline_accuracy=prepared.baseline_accuracy, seconds=time.monotonic() - started,
                    partition=prepared.partition, run_dir=str(run_dir), config=asdict(cfg))
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
@@ -239,9 +249,9 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
 
 def _simulate(
     overrides: Mapping[str, Any], observer: Observer, outcome: dict[str, Any], cfg: SimulationConfig,
-    verbose: bool, *, mods: Sequence[Mod] = (),
+    verbose: bool, *, mods: Sequence[Mod] = (), update_mods: Sequence[Mod] = (),
 ) -> None:
-    """Run the engine; ``mods`` go into every virtual site's ClientApp (tests: a misbehaving site)."""
+    """Run the engine; ``mods`` and ``update_mods`` go into every virtual site's ClientApp (attacks, tests)."""
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
@@ -254,7 +264,8 @@ def _simulate(
     try:
         run_simulation(
             server_app=make_server_app(overrides, observer, outcome),
-            client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods),
+            client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,
+                                       update_mods=update_mods),
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
