@@ -73,6 +73,7 @@ class ProgressPrinter:
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
                 "engine": f"starting Flower simulation on Ray (site sizes {_sizes(payload.get('site_sizes'))})",
+                "cluster": f"attached to the Ray cluster at {payload.get('cluster')}",
             }
             stage = str(payload["stage"])
             text = (f"[dim]{messages[stage]}[/dim]" if stage in messages
@@ -144,6 +145,8 @@ def simulate(
         "--cpus-per-site", help="CPU cores Ray reserves for each site.")] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(
         "--gpus-per-site", help="GPU share Ray reserves for each site (e.g. 0.25); sites then train on it.")] = 0.0,
+    ray_address: Annotated[str, typer.Option("--ray-address", help=(
+        "Attach to a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray"))] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -156,7 +159,7 @@ def simulate(
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
-        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site,
+        cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, ray_address=ray_address,
     )
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"
     for warning in off_warnings(dp_epsilon, watermark, secure_agg):

@@ -43,12 +43,14 @@ from lifecycle.architecture import DataSchema, ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
+from lifecycle.settings import get_settings
 from lifecycle.signing import ensure_signing_key
 from privacy.he import create_federation_keys
 from simulations import logger
 from simulations.baseline import central_accuracy
 from simulations.datasets import available_datasets, load_dataset
 from simulations.partition import dirichlet_partition
+from simulations.ray_cluster import attach, cluster_address, detach
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
@@ -78,6 +80,7 @@ class SimulationConfig:
     site_clip: float = 1.0
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
+    ray_address: str = ""
 
     def validate(self) -> None:
         if self.sites < 1:
@@ -109,7 +112,7 @@ class SimulationConfig:
             raise ConfigurationError(
                 f"--gpus-per-site {self.gpus_per_site}: use a share of one GPU (0 < x ≤ 1) or a whole number"
             )
-        if self.gpus_per_site > 0:
+        if self.gpus_per_site > 0 and not cluster_address(self.ray_address):  # a cluster's GPUs: checked on attach
             import torch
 
             gpus = torch.cuda.device_count()
@@ -170,11 +173,13 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path) -> PreparedData:
     return PreparedData(data_dir, baseline, tuple(len(p) for p in parts))
 
 
-def _engine_environment(home: Home) -> None:
+def _engine_environment(home: Home, ray_address: str = "") -> None:
     """Keep Flower and Ray state local and quiet; nothing leaves the machine unasked."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("FLWR_HOME", str((home.root / "flwr").resolve()))
+    if cluster_address(ray_address):
+        return  # a cluster we attach to is not ours: its temp dir and processes stay as they are
     # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes): one per home.
     os.environ["RAY_TMPDIR"] = str(prepare_ray_tmpdir(ray_tmpdir(home.root)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -203,7 +208,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": cfg.dataset})
     prepared = prepare_data(cfg, run_dir / "data")
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
-    _engine_environment(home)
+    _engine_environment(home, cfg.ray_address)
     outcome: dict[str, Any] = {}
     _simulate(overrides, observer, outcome, cfg, verbose)
     if "model" not in outcome:
@@ -228,6 +233,13 @@ def _simulate(
     if not verbose:
         flwr_logger.setLevel(logging.ERROR)
     cpus = max(1, min(os.cpu_count() or 1, 2 * cfg.sites))
+    init_args: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
+                                 "logging_level": logging.INFO if verbose else logging.ERROR}
+    if address := cluster_address(cfg.ray_address):  # Flower's backend uses the connection as it finds it
+        cluster = attach(address, home=get_settings().home, cpus_per_site=cfg.cpus_per_site,
+                         gpus_per_site=cfg.gpus_per_site, verbose=verbose)
+        observer("stage", {"stage": "cluster", "cluster": cluster.describe()})
+        outcome["ray_cluster"], init_args = cluster.to_dict(), {}
     try:
         run_simulation(
             server_app=make_server_app(overrides, observer, outcome),
@@ -235,11 +247,12 @@ def _simulate(
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
-                              "logging_level": logging.INFO if verbose else logging.ERROR},
+                "init_args": init_args,
             },
             verbose_logging=verbose,
         )
     finally:
         flwr_logger.setLevel(level)
+        if address:
+            detach()
     logger.info("simulation finished with %d sites", cfg.sites)
