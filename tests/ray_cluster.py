@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 _ADDRESS = re.compile(r"ray start --address='([^']+)'")
@@ -155,3 +156,22 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_simulation_on_test_ray(home: Path, **kwargs: Any) -> None:
+    """Flower's ``run_simulation`` for a test that builds its own apps: on the session's Ray head when the
+    test uses the ``shared_ray`` fixture (``RAY_ADDRESS``), else on a local Ray of 2 CPUs, one per site."""
+    from flwr.simulation import run_simulation
+
+    from simulations.ray_cluster import attach, cluster_address, detach
+
+    address = cluster_address()
+    local: dict[str, Any] = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+    if address:
+        attach(address, home=home, cpus_per_site=1, gpus_per_site=0)
+    try:
+        run_simulation(backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {} if address else local}, **kwargs)
+    finally:
+        if address:
+            detach()
