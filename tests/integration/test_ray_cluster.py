@@ -51,8 +51,9 @@ def hosted_site_actor(node_root: Path) -> bool:
                for log in node_root.glob("ray/session_*/logs/worker-*.out"))
 
 
-def test_a_run_attached_with_ray_address_places_its_sites_on_both_nodes(two_nodes: RayCluster,
-                                                                       tmp_path: Path) -> None:
+def test_a_run_attached_with_ray_address_places_its_sites_on_both_nodes(
+    two_nodes: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     result = simulate(home, "--sites", "3", "--rounds", "1", "--watermark", "none", "--ray-address",
                       two_nodes.address, "--json")
@@ -63,6 +64,7 @@ def test_a_run_attached_with_ray_address_places_its_sites_on_both_nodes(two_node
     assert (cluster["address"], len(cluster["nodes"]), cluster["cpus"]) == (two_nodes.address, 2, 2.0)
     assert f"attached to the Ray cluster at {two_nodes.address}: 2 nodes, 2 CPUs, 0 GPUs" in result.stderr
     assert hosted_site_actor(two_nodes.root) and hosted_site_actor(two_nodes.root / "node-1")
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)  # the run's own default, as its environment had none
     assert not ray_tmpdir(home).exists()  # no local Ray of its own, no cleanup of a cluster it does not own
     assert len(two_nodes.processes()) >= 4  # the cluster outlives the run: gcs, raylets, agents
 
