@@ -16,8 +16,8 @@ The virtual sites then run in the cluster's worker processes, started by its
 raylets rather than by this process: they inherit nothing from the driver's
 environment. What they read from it travels as the job's ``runtime_env``
 (:func:`site_environment`): ``FEDGUARD_HOME`` made absolute (a worker's
-working directory is the one its node was started from), the other
-``FEDGUARD_*`` settings, the quiet Flower variables, and ``PYTHONPATH`` so a
+working directory is the one its node was started from), the runtime trace
+switch, the quiet Flower variables, and ``PYTHONPATH`` so a
 worker imports the same fedguard as the driver (what Flower's backend does
 for a local Ray). Ray starts fresh worker processes per job, so one run's
 sites never see another run's imported state.
@@ -44,6 +44,11 @@ from simulations import logger
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 """Set for every virtual site: no telemetry leaves a site (DESIGN §4), Ray leaves GPU-less sites' devices alone."""
+
+SITE_VARIABLES = ("FEDGUARD_RUNTIME_TRACE", "FLWR_HOME")
+"""What a virtual site reads from the environment besides ``FEDGUARD_HOME`` (``client``, ``privacy.ledger``).
+Never ``FEDGUARD_DATABASE_URL``: the registry is the coordinator's (the driver's), and a job's
+``runtime_env`` is readable by anyone who can list the cluster's jobs."""
 
 HEAD_HINT = "start one with `ray start --head --port 6379` and pass HOST:6379"
 CONNECT_TIMEOUT_S = 5.0
@@ -101,7 +106,7 @@ def _num(value: float) -> str:
 def site_environment(home: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment variables every virtual site's worker needs, for the job's ``runtime_env``."""
     source = dict(os.environ if environ is None else environ)
-    env = {k: v for k, v in source.items() if k.startswith("FEDGUARD_") or k == "FLWR_HOME"}
+    env = {k: source[k] for k in SITE_VARIABLES if source.get(k)}
     env["FEDGUARD_HOME"] = str(home.resolve())
     env.update(QUIET_ENV)
     paths = [p for p in sys.path if p]

@@ -29,14 +29,14 @@ def test_the_flag_wins_over_ray_address_and_neither_means_a_local_ray(monkeypatc
     assert cluster_address(" head:6380 ") == "head:6380"
 
 
-def test_sites_get_an_absolute_home_the_fedguard_settings_and_no_telemetry(tmp_path: Path,
+def test_sites_get_an_absolute_home_and_no_telemetry_but_never_the_registry_url(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     environ = {"FEDGUARD_HOME": "rel", "FEDGUARD_DATABASE_URL": "postgresql://db/x", "FLWR_TELEMETRY_ENABLED": "1",
                "PYTHONPATH": "/extra", "SECRET_TOKEN": "never", "HOME": "/root"}
     env = site_environment(Path("rel"), environ)
     assert env["FEDGUARD_HOME"] == str(tmp_path / "rel")  # a worker's cwd is its node's, not the driver's
-    assert env["FEDGUARD_DATABASE_URL"] == "postgresql://db/x"
+    assert "FEDGUARD_DATABASE_URL" not in env  # the coordinator's registry, and a credential: not in runtime_env
     assert (env["FLWR_TELEMETRY_ENABLED"], env["FLWR_DISABLE_UPDATE_CHECK"]) == ("0", "1")
     assert env["PYTHONPATH"].split(os.pathsep)[-1] == "/extra" and sys.path[1] in env["PYTHONPATH"]
     assert "SECRET_TOKEN" not in env and "HOME" not in env  # only what the sites read, not the driver's secrets
