@@ -78,6 +78,7 @@ class ProgressPrinter:
             messages = {
                 "data": f"preparing data: {payload.get('dataset')} split across {payload.get('sites')} sites",
                 "engine": f"starting Flower simulation on Ray (site sizes {_sizes(payload.get('site_sizes'))})",
+                "cluster": f"attached to the Ray cluster at {payload.get('cluster')}",
             }
             stage = str(payload["stage"])
             text = (f"[dim]{messages[stage]}[/dim]" if stage in messages
@@ -188,6 +189,8 @@ def simulate(
     attack: Annotated[str, typer.Option("--attack", help="Attack run by some sites, name[:param] (label-flipping, "
                                         "sign-flipping, scaling, backdoor, alie; docs/research.md).")] = "none",
     attackers: Annotated[float, typer.Option("--attackers", help="Fraction of the sites that attack.")] = 0.0,
+    ray_address: Annotated[str, typer.Option("--ray-address", help=(
+        "Attach to a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray"))] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON (last stdout line).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -204,7 +207,7 @@ def simulate(
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         data=data, schema=schema, partition=partition, records=records, features=features,
-        attack=attack, attackers=attackers,
+        attack=attack, attackers=attackers, ray_address=ray_address,
     )
     cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()  # refuses an infinite or NaN ε: 0 is the explicit "no DP"

@@ -41,6 +41,7 @@ from lifecycle.architecture import ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
+from lifecycle.settings import get_settings
 from lifecycle.signing import ensure_signing_key
 from privacy.audit import raise_if_failed
 from privacy.he import create_federation_keys
@@ -51,6 +52,7 @@ from simulations.baseline import central_accuracy
 from simulations.canaries import canary_path, plant
 from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import SiteRecords, Split, TrainRecords, write_sites
+from simulations.ray_cluster import attach, cluster_address, detach
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 
 
@@ -93,6 +95,7 @@ class SimulationConfig:
     """An attack run by a seeded fraction of the sites, ``name[:param]`` (``simulations.attacks``)."""
     attackers: float = 0.0
     """The fraction of the sites that run ``attack`` (⌈fraction · sites⌉ of them)."""
+    ray_address: str = ""
 
     def validate(self) -> None:
         DataOptions.of(self).check()  # --data/--schema/--dataset/--partition/--records/--features together
@@ -124,7 +127,7 @@ class SimulationConfig:
             raise ConfigurationError(
                 f"--gpus-per-site {self.gpus_per_site}: use a share of one GPU (0 < x ≤ 1) or a whole number"
             )
-        if self.gpus_per_site > 0:
+        if self.gpus_per_site > 0 and not cluster_address(self.ray_address):  # a cluster's GPUs: checked on attach
             import torch
 
             gpus = torch.cuda.device_count()
@@ -197,15 +200,17 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path, *, train: TrainRecords |
     return PreparedData(data_dir, baseline, tuple(planted) or split.sizes, split.report.summary())
 
 
-def _engine_environment(home: Home) -> None:
+def _engine_environment(home: Home, ray_address: str = "") -> None:
     """Keep Flower and Ray state local and quiet; nothing leaves the machine unasked."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("FLWR_HOME", str((home.root / "flwr").resolve()))
-    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes): one per home.
-    os.environ["RAY_TMPDIR"] = str(prepare_ray_tmpdir(ray_tmpdir(home.root)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if cluster_address(ray_address):
+        return  # a cluster we attach to is not ours: its temp dir and processes stay as they are
+    # Ray puts UNIX sockets under its temp dir, whose path must stay short (< 108 bytes): one per home.
+    os.environ["RAY_TMPDIR"] = str(prepare_ray_tmpdir(ray_tmpdir(home.root)))
     stop_orphaned_ray(Path(os.environ["RAY_TMPDIR"]))  # what a killed run of this home left behind
 
 
@@ -233,7 +238,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     prepared = prepare_data(cfg, run_dir / "data", train=train)
     observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
     observer("stage", {"stage": "engine", "site_sizes": prepared.site_sizes})
-    _engine_environment(home)
+    _engine_environment(home, cfg.ray_address)
     outcome: dict[str, Any] = {}
     attack = plan_attack(cfg.attack, cfg.attackers, cfg.sites, cfg.seed)
     _simulate(overrides, observer, outcome, cfg, verbose, mods=attack.mods, update_mods=attack.update_mods)
@@ -261,6 +266,13 @@ def _simulate(
     if not verbose:
         flwr_logger.setLevel(logging.ERROR)
     cpus = max(1, min(os.cpu_count() or 1, 2 * cfg.sites))
+    init_args: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
+                                 "logging_level": logging.INFO if verbose else logging.ERROR}
+    if address := cluster_address(cfg.ray_address):  # Flower's backend uses the connection as it finds it
+        cluster = attach(address, home=get_settings().home, cpus_per_site=cfg.cpus_per_site,
+                         gpus_per_site=cfg.gpus_per_site, verbose=verbose)
+        observer("stage", {"stage": "cluster", "cluster": cluster.describe()})
+        outcome["ray_cluster"], init_args = cluster.to_dict(), {}
     try:
         run_simulation(
             server_app=make_server_app(overrides, observer, outcome),
@@ -269,11 +281,12 @@ def _simulate(
             num_supernodes=cfg.sites,
             backend_config={
                 "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
-                              "logging_level": logging.INFO if verbose else logging.ERROR},
+                "init_args": init_args,
             },
             verbose_logging=verbose,
         )
     finally:
         flwr_logger.setLevel(level)
+        if address:
+            detach()
     logger.info("simulation finished with %d sites", cfg.sites)

@@ -35,6 +35,38 @@ def fedguard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def session_ray_head() -> Iterator[str]:
+    """One Ray head per test process (each xdist worker its own), started on first use, stopped at the end.
+
+    A local Ray per simulation costs ~10 s to start and stop (Flower's backend
+    always shuts it down); a run attached to this head starts only its job's
+    workers, fresh per job (no state crosses from one test's sites to the
+    next's). Its own short temp dir; stopped by its own pids, never ``ray stop``.
+    """
+    from tests.ray_cluster import RayCluster, short_tmpdir
+
+    cluster = RayCluster(short_tmpdir("fgray-"))
+    try:
+        yield cluster.start_head(cpus=max(1, min(os.cpu_count() or 1, 2)))
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def shared_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this test's simulations (in process or ``fedguard simulate`` children) at the session's Ray head.
+
+    ``FEDGUARD_TEST_LOCAL_RAY=1`` keeps a local Ray per simulation (to compare, or to debug one test).
+    """
+    if os.environ.get("FEDGUARD_TEST_LOCAL_RAY") == "1":
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        return ""
+    address = str(request.getfixturevalue("session_ray_head"))
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    return address
+
+
 @pytest.fixture
 def registry(fedguard_home: Path) -> Registry:
     return Registry.open(Settings(home=fedguard_home))

@@ -302,30 +302,29 @@ def test_violation_messages_name_the_bound() -> None:
 
 
 def _simulate(home: Path, tmp_path: Path, overrides: dict[str, Any], mods: list[Any], **sim: Any) -> dict[str, Any]:
-    from flwr.simulation import run_simulation
-
     from client.app import make_client_app
     from coordinator.app import make_server_app
     from lifecycle.home import Home
     from simulations.federation import SimulationConfig, _engine_environment, prepare_data
+    from tests.ray_cluster import run_simulation_on_test_ray
 
     cfg = SimulationConfig(sites=3, watermark="none", secure_agg="secagg+", **sim)
     prepared = prepare_data(cfg, tmp_path / "data")
     _engine_environment(Home(home).ensure())
     outcome: dict[str, Any] = {"baseline": prepared.baseline_accuracy}
-    run_simulation(
+    run_simulation_on_test_ray(
+        home,
         server_app=make_server_app({**cfg.coordinator_overrides(prepared.data_dir, tmp_path / "out.json"),
                                     **overrides}, lambda event, payload: None, outcome),
         client_app=make_client_app(require_protection=not mods, mods=mods),
         num_supernodes=cfg.sites,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}},
     )
     return outcome
 
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_simulated_sites_sending_minus_10_and_1000_times_their_update_are_never_applied(
     fedguard_home: Path, tmp_path: Path, registry: Registry
 ) -> None:
@@ -345,6 +344,7 @@ def test_simulated_sites_sending_minus_10_and_1000_times_their_update_are_never_
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_an_honest_simulation_with_record_and_site_level_dp_is_never_rejected(
     fedguard_home: Path, tmp_path: Path, registry: Registry
 ) -> None:

@@ -11,7 +11,7 @@ from lifecycle.home import Home
 from lifecycle.registry import Registry
 from simulations.federation import SimulationConfig, _engine_environment, _simulate, prepare_data
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_every_site_failing_raises_before_round_1_naming_each_site(fedguard_home: Path, tmp_path: Path) -> None:

@@ -141,6 +141,7 @@ class ClaimName:
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_a_virtual_site_reporting_another_name_is_refused_in_simulation(fedguard_home: Path, tmp_path: Path,
                                                                        registry: Registry) -> None:
     cfg = SimulationConfig(sites=3, rounds=ROUNDS, local_epochs=1, dp_epsilon=0.0, site_epsilon=2.0,

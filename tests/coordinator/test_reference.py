@@ -259,6 +259,7 @@ def test_a_resumed_run_reuses_the_saved_sum_and_asks_no_site_again(fedguard_home
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_simulated_run_signs_the_noised_secure_sum_of_the_sites_histograms(fedguard_home: Path, tmp_path: Path) -> None:
     cfg = SimulationConfig(sites=3, rounds=1, watermark="none", secure_agg="secagg+", dp_epsilon=0.0)
     prepared = prepare_data(cfg, tmp_path / "data")

@@ -177,25 +177,24 @@ def poison_site_zero(msg: Message, context: Any, call_next: Callable[[Message, A
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_a_simulated_site_sending_nan_is_rejected_and_the_run_completes(fedguard_home: Path, tmp_path: Path) -> None:
-    from flwr.simulation import run_simulation
-
     from client.app import make_client_app
     from coordinator.app import make_server_app
     from lifecycle.home import Home, SiteHome
     from simulations.federation import SimulationConfig, _engine_environment, prepare_data
+    from tests.ray_cluster import run_simulation_on_test_ray
 
     cfg = SimulationConfig(sites=3, rounds=2, watermark="none", secure_agg="none", dp_epsilon=0.0, local_epochs=1)
     prepared = prepare_data(cfg, tmp_path / "data")
     _engine_environment(Home(fedguard_home).ensure())
     outcome: dict[str, Any] = {}
-    run_simulation(
+    run_simulation_on_test_ray(
+        fedguard_home,
         server_app=make_server_app(cfg.coordinator_overrides(prepared.data_dir, tmp_path / "out.json"),
                                    lambda event, payload: None, outcome),
         client_app=make_client_app(require_protection=False, mods=[poison_site_zero]),
         num_supernodes=cfg.sites,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}},
     )
     assert "model" in outcome, "the run did not complete"
     assert [(h["sites"], h["failed"], h["rejected"]) for h in outcome["history"]] == [(2, 1, 1), (2, 1, 1)]

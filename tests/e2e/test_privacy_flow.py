@@ -11,7 +11,8 @@ import pytest
 from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration,
+              pytest.mark.usefixtures("shared_ray")]  # one Ray head per pytest worker, not one per run
 
 
 def _simulate(home: Path, *extra: str) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from lifecycle.artifacts import load_model
 from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli, serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration,
+              pytest.mark.usefixtures("shared_ray")]  # one Ray head per pytest worker, not one per run
 
 
 def _test_rows(run_dir: Path) -> list[list[float]]:
