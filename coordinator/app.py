@@ -416,11 +416,14 @@ def make_server_app(
     overrides: Mapping[str, Any] | None = None,
     observer: Observer = _log_observer,
     outcome: dict[str, Any] | None = None,
+    engine_stopped: Callable[[], bool] | None = None,
 ) -> ServerApp:
     """A ServerApp whose run config is Flower's merged with ``overrides``.
 
     ``outcome``, when given, receives the run's outcome (the simulation reads
     it after the engine returns, since the ServerApp runs in its own thread).
+    ``engine_stopped`` (a simulation) ends the run once its engine is gone
+    (:class:`coordinator.grid.ResponsiveGrid`).
     """
     server_app = ServerApp()
 
@@ -430,7 +433,7 @@ def make_server_app(
         if cfg.run_id:  # 'fedguard run status|stop' tell a running ServerApp from a killed one by this pid
             record_serverapp(Registry.open().home.runs, cfg.run_id, int(context.run_id))
         try:
-            result = run_federation(responsive(grid), cfg, observer, flower_run=int(context.run_id))
+            result = run_federation(responsive(grid, engine_stopped), cfg, observer, flower_run=int(context.run_id))
         except Exception as exc:
             if cfg.run_id:
                 _failed(cfg.run_id, exc, int(context.run_id))

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -273,9 +274,10 @@ def _simulate(
                          gpus_per_site=cfg.gpus_per_site, verbose=verbose)
         observer("stage", {"stage": "cluster", "cluster": cluster.describe()})
         outcome["ray_cluster"], init_args = cluster.to_dict(), {}
+    engine_down = threading.Event()  # the ServerApp thread ends when the engine does (coordinator.grid)
     try:
         run_simulation(
-            server_app=make_server_app(overrides, observer, outcome),
+            server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
             client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,
                                        update_mods=update_mods),
             num_supernodes=cfg.sites,
@@ -286,6 +288,7 @@ def _simulate(
             verbose_logging=verbose,
         )
     finally:
+        engine_down.set()  # a ServerApp still waiting for sites stops now instead of at its deadlines
         flwr_logger.setLevel(level)
         if address:
             detach()

@@ -202,6 +202,24 @@ def test_responsive_grid_polls_at_its_interval_and_honours_the_timeout() -> None
     assert clock[0] == pytest.approx(0.1 + 1.0, abs=0.06)
 
 
+def test_responsive_grid_ends_the_run_once_its_engine_stopped() -> None:
+    """A simulation whose engine died: the ServerApp stops at its next pull, not at its deadlines."""
+    from coordinator.grid import EngineStopped
+
+    stopped = [False]
+
+    def sleep(seconds: float) -> None:
+        stopped[0] = True  # the engine fails while the ServerApp waits for replies
+
+    inner = _FakeGrid([])
+    grid = ResponsiveGrid(inner, poll=0.05, sleep=sleep, stopped=lambda: stopped[0])  # type: ignore[arg-type]
+    with pytest.raises(EngineStopped, match="engine stopped"):
+        list(grid.send_and_receive([], timeout=600))
+    assert inner.pulls == 1  # one pull, one wait, then the stop was seen
+    with pytest.raises(EngineStopped):
+        grid.get_node_ids()  # waiting for sites to connect ends too
+
+
 def test_resume_refuses_unknown_and_finished_runs(tmp_path: Path) -> None:
     from coordinator.runs.launch import resume_job
     from lifecycle.home import Home
