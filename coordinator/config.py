@@ -29,6 +29,7 @@ from federation.defaults import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
+    local_epochs_for,
 )
 from lifecycle.description import TRAINING_DEVICES
 from lifecycle.errors import ConfigurationError
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 5,
     "num-sites": 5,
     "min-sites": 0,  # 0: all num-sites must be connected and sampled
-    "local-epochs": DEFAULT_LOCAL_EPOCHS,
+    "local-epochs": DEFAULT_LOCAL_EPOCHS,  # 0: chosen from dp-epsilon (federation.defaults.local_epochs_for)
     "batch-size": DEFAULT_BATCH_SIZE,
     "lr": DEFAULT_LR,
     "dp-epsilon": DEFAULT_DP_EPSILON,
@@ -143,6 +144,7 @@ class CoordinatorConfig:
                 values[f.name] = type(DEFAULTS[f.name.replace("_", "-")])(raw)
             except (TypeError, ValueError):
                 raise ConfigurationError(f"run-config '{f.name.replace('_', '-')}' = {raw!r} is not valid") from None
+        values["local_epochs"] = local_epochs_for(values["local_epochs"], values["dp_epsilon"])
         config = cls(**values)
         config.validate()
         return config

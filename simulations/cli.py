@@ -163,7 +163,8 @@ def simulate(
         "--partition", help="iid, dirichlet:α, by-column:COL or quantity-skew:β (default dirichlet:<alpha>).")] = "",
     records: Annotated[int, typer.Option("--records", help="Rows of --dataset synthetic (0: 10000).")] = 0,
     features: Annotated[int, typer.Option("--features", help="Columns of --dataset synthetic (0: 20).")] = 0,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = DEFAULT_LOCAL_EPOCHS,
+    local_epochs: Annotated[int, typer.Option(
+        "--local-epochs", help="Local epochs per round (0: 1 under DP with ε < 3, else 2).")] = DEFAULT_LOCAL_EPOCHS,
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",

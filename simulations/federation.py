@@ -37,6 +37,7 @@ from federation.defaults import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
+    local_epochs_for,
 )
 from lifecycle.architecture import ModelSpec
 from lifecycle.errors import ConfigurationError, TrainingError
@@ -70,7 +71,7 @@ class SimulationConfig:
     alpha: float = 0.5
     dataset: str = "breast-cancer"
     test_fraction: float = 0.2
-    local_epochs: int = DEFAULT_LOCAL_EPOCHS
+    local_epochs: int = DEFAULT_LOCAL_EPOCHS  # 0: chosen from dp_epsilon (federation.defaults.local_epochs_for)
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
     hidden: str = DEFAULT_HIDDEN
@@ -194,8 +195,9 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path, *, train: TrainRecords |
     spec = ModelSpec(len(split.source.feature_names), len(split.source.label_names),
                      tuple(int(h) for h in cfg.hidden.split(",")))
     train_x, train_y = split.baseline_sample(cfg.seed)
+    epochs = cfg.rounds * local_epochs_for(cfg.local_epochs, 0.0)  # the central baseline is not private
     baseline = central_accuracy(
-        spec, train_x, train_y, split.test_x, split.test_y, epochs=cfg.rounds * cfg.local_epochs,
+        spec, train_x, train_y, split.test_x, split.test_y, epochs=epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
     )
     return PreparedData(data_dir, baseline, tuple(planted) or split.sizes, split.report.summary())

@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from federation.defaults import local_epochs_for
 from lifecycle.architecture import ModelSpec, build_model, reference_standardization, set_standardization
 from simulations.baseline import central_accuracy
 from simulations.datasets import available_datasets, load_dataset
@@ -25,7 +26,8 @@ def test_every_bundled_datasets_baseline_matches_sklearn_logistic_regression(nam
     )
     ours = central_accuracy(
         ModelSpec(data.features.shape[1], len(data.label_names), (32,)), train_x, train_y, test_x, test_y,
-        epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+        epochs=cfg.rounds * local_epochs_for(cfg.local_epochs, 0.0), batch_size=cfg.batch_size, lr=cfg.lr,
+        seed=cfg.seed,
     )
     sklearn = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(train_x, train_y)
     reference = float(sklearn.score(test_x, test_y))
