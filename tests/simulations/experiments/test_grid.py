@@ -101,3 +101,23 @@ def test_the_shipped_smoke_grid_is_a_2x2() -> None:
     grid = load_grid(ROOT / "simulations" / "grids" / "smoke.toml")
     assert len(grid.trials) == 4
     assert grid.varied == ("dp-epsilon", "seed")
+
+
+@pytest.mark.parametrize("name", ["privacy_utility", "attacks", "membership"])
+def test_the_reference_grids_load_and_every_setting_validates_or_is_not_applicable(name: str) -> None:
+    """The shipped reference experiments (docs/research.md) parse, and no trial is refused for a typo.
+
+    A trial that validation refuses must be a robust rule under secure
+    aggregation (recorded as not applicable by design), nothing else.
+    """
+    from simulations.federation import SimulationConfig
+
+    grid = load_grid(ROOT / "simulations" / "grids" / f"{name}.toml")
+    assert len({t.id for t in grid.trials}) == len(grid.trials)
+    for trial in grid.trials:
+        cfg = SimulationConfig(**{k.replace("-", "_"): v for k, v in trial.settings.items()})
+        try:
+            cfg.validate()
+        except ConfigurationError as exc:
+            assert trial.settings.get("secure-agg", "secagg+") != "none", exc
+            assert trial.settings.get("aggregation") not in (None, "fedavg"), exc
