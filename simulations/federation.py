@@ -48,6 +48,7 @@ from simulations.baseline import central_accuracy
 from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import write_sites
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
+from simulations.threads import single_torch_thread
 
 
 @dataclass(frozen=True)
@@ -232,17 +233,18 @@ def _simulate(
         flwr_logger.setLevel(logging.ERROR)
     cpus = max(1, min(os.cpu_count() or 1, 2 * cfg.sites))
     try:
-        run_simulation(
-            server_app=make_server_app(overrides, observer, outcome),
-            client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods),
-            num_supernodes=cfg.sites,
-            backend_config={
-                "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
-                              "logging_level": logging.INFO if verbose else logging.ERROR},
-            },
-            verbose_logging=verbose,
-        )
+        with single_torch_thread():  # the ServerApp thread's evaluations: Ray's actors hold the cores
+            run_simulation(
+                server_app=make_server_app(overrides, observer, outcome),
+                client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods),
+                num_supernodes=cfg.sites,
+                backend_config={
+                    "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
+                    "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": verbose,
+                                  "logging_level": logging.INFO if verbose else logging.ERROR},
+                },
+                verbose_logging=verbose,
+            )
     finally:
         flwr_logger.setLevel(level)
     logger.info("simulation finished with %d sites", cfg.sites)
