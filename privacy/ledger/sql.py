@@ -99,15 +99,12 @@ class SqlLedger(PrivacyLedger):
     # -- interface -----------------------------------------------------------
     def record(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> bool:
         with self._write() as session:
-            existing = session.exec(
-                select(LedgerEntry).where(
-                    LedgerEntry.site == charge.site, LedgerEntry.manifest == charge.manifest,
-                    LedgerEntry.run_id == charge.run_id, LedgerEntry.round == charge.round,
-                    LedgerEntry.kind == charge.kind,
-                )
-            ).first()
+            # one read of this site's, manifest's and kind's charges (under the writers' lock) serves both
+            # the duplicate check and the budget evaluation
+            charges = self._select_charges(session, charge.site, charge.manifest, charge.kind)
+            existing = next((c for c in charges if c.run_id == charge.run_id and c.round == charge.round), None)
             if existing is not None:
-                if not _to_charge(existing).same_mechanism(charge):
+                if not existing.same_mechanism(charge):
                     raise LedgerConflictError(
                         f"round {charge.round} of run {charge.run_id} was already charged to site "
                         f"'{charge.site}' with other parameters (σ={existing.noise_multiplier:g}, "
@@ -115,7 +112,6 @@ class SqlLedger(PrivacyLedger):
                         "DP parameters; investigate before retrying"
                     )
                 return False
-            charges = self._select_charges(session, charge.site, charge.manifest, charge.kind)
             caps = [_to_cap(r) for r in session.exec(select(SiteCap)).all()]
             cap = applicable_cap(caps, charge.site, charge.manifest, charge.kind)
             spent, delta, _ = evaluate(charges, cap)
