@@ -64,14 +64,21 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _stat(pid: int) -> tuple[int, float, int] | None:
-    """(parent pid, CPU seconds user+system, RSS bytes) of a live process, or None."""
+def _stat(pid: int) -> tuple[int, float, int, str] | None:
+    """(parent pid, CPU seconds user+system, RSS bytes, command name) of a live process, or None."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+            text = handle.read()
+        fields = text.rsplit(")", 1)[1].split()
+        comm = text[text.index("(") + 1:text.rindex(")")]
+    except (OSError, IndexError, ValueError):
         return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, int(fields[21]) * PAGE
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, int(fields[21]) * PAGE, comm
+
+
+GROUPS = ("driver", "actors", "ray")
+"""CPU time is also split by process: the driver (ServerApp, Flower's in-memory SuperLink and simulation
+engine), the Ray actors running the sites' ClientApps, and Ray's own processes (raylet, GCS, idle workers)."""
 
 
 @dataclass
@@ -81,7 +88,8 @@ class TreeSampler:
     root: int
     interval: float = 0.2
     cpu: dict[int, float] = field(default_factory=dict)
-    series: list[tuple[float, float]] = field(default_factory=list)
+    group: dict[int, str] = field(default_factory=dict)
+    series: list[tuple[float, float, dict[str, float]]] = field(default_factory=list)
     peak_rss: int = 0
     seen: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -92,7 +100,7 @@ class TreeSampler:
             if name.isdigit() and (stat := _stat(int(name))) is not None:
                 stats[int(name)] = stat
         children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in stats.items():
+        for pid, (ppid, _, _, _) in stats.items():
             children.setdefault(ppid, []).append(pid)
         # a tree member that outlived its parent is re-parented: keep following the pids already seen
         tree, todo = set(), [self.root, *(p for p in self.seen if p in stats)]
@@ -105,17 +113,20 @@ class TreeSampler:
         self.seen |= tree
         for pid in tree:
             self.cpu[pid] = stats[pid][1]
+            comm = stats[pid][3]
+            self.group[pid] = "driver" if pid == self.root else "actors" if comm.startswith("ray::ClientApp") else "ray"
         self.peak_rss = max(self.peak_rss, sum(stats[pid][2] for pid in tree))
-        self.series.append((time.monotonic(), sum(self.cpu.values())))
+        groups = {g: sum(c for p, c in self.cpu.items() if self.group[p] == g) for g in GROUPS}
+        self.series.append((time.monotonic(), sum(self.cpu.values()), groups))
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def cpu_at(self, t: float) -> float:
-        """The tree's cumulative CPU seconds at monotonic time ``t`` (linear between samples)."""
-        before = [(ts, c) for ts, c in self.series if ts <= t]
-        after = [(ts, c) for ts, c in self.series if ts > t]
+    def cpu_at(self, t: float, group: str = "") -> float:
+        """The tree's (or a group's) cumulative CPU seconds at monotonic time ``t`` (linear between samples)."""
+        before = [(ts, g[group] if group else c) for ts, c, g in self.series if ts <= t]
+        after = [(ts, g[group] if group else c) for ts, c, g in self.series if ts > t]
         if not before:
             return after[0][1] if after else 0.0
         if not after:
@@ -168,7 +179,8 @@ def _phases(marks: list[tuple[str, float]], sampler: TreeSampler) -> dict[str, d
     """Wall and CPU seconds between consecutive marks."""
     phases = {}
     for (_, t0), (name, t1) in zip(marks, marks[1:], strict=False):
-        phases[name] = {"wall": t1 - t0, "cpu": sampler.cpu_at(t1) - sampler.cpu_at(t0)}
+        phases[name] = {"wall": t1 - t0, "cpu": sampler.cpu_at(t1) - sampler.cpu_at(t0),
+                        **{g: sampler.cpu_at(t1, g) - sampler.cpu_at(t0, g) for g in GROUPS}}
     return phases
 
 
@@ -224,14 +236,26 @@ def _summary(marks: list[tuple[str, float]], sampler: TreeSampler, sites: int, r
     }
 
 
+def _write_sites(sites: int, records: int, data_dir: Path) -> str:
+    """The site files a fedguard run of these options writes (``--variants plain`` alone: no run wrote them)."""
+    code = ("import sys; from pathlib import Path; from simulations.data.options import DataOptions; "
+            "from simulations.data.sites import write_sites; from simulations.federation import SimulationConfig; "
+            "write_sites(DataOptions.of(SimulationConfig(sites=int(sys.argv[1]), dataset='synthetic', "
+            "partition='iid', records=int(sys.argv[2]), features=int(sys.argv[3]))), Path(sys.argv[4]))")
+    subprocess.run([sys.executable, "-c", code, str(sites), str(records), str(FEATURES), str(data_dir)], check=True,
+                   cwd=HERE)
+    return str(data_dir)
+
+
 def _describe(name: str, r: dict[str, Any]) -> str:
     if r["failed"]:
         return f"{name}: FAILED or timed out after {r['seconds']:.0f} s"
-    phases = ", ".join(f"{k} {v['wall']:.1f}/{v['cpu']:.1f}" for k, v in r["phases"].items())
+    phases = ", ".join(f"{k} {v['wall']:.1f}/{v['cpu']:.1f} ({v['driver']:.1f}+{v['actors']:.1f}+{v['ray']:.1f})"
+                       for k, v in r["phases"].items())
     return (f"{name}: {r['rate_wall']:.1f} client-rounds/s wall, {r['rate_cpu']:.1f} per CPU-s "
             f"(steady rounds 2+: {r['steady_wall']:.1f} wall, {r['steady_cpu']:.1f} per CPU-s); "
             f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB; whole process {r['seconds']:.0f} s wall, {r['cpu']:.0f} CPU-s; "
-            f"acc {r['accuracy']:.3f}\n    phases (wall/CPU s): {phases}")
+            f"acc {r['accuracy']:.3f}\n    phases (wall/CPU s (driver+actors+ray)): {phases}")
 
 
 def _profile_report(path: Path) -> None:
@@ -255,6 +279,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="write cProfile stats of fedguard's driver here")
     parser.add_argument("--label", default="", help="words added to the rows' notes (e.g. 'before')")
     parser.add_argument("--no-record", action="store_true", help="print only; append nothing to RESULTS.md")
+    parser.add_argument("--out", type=Path, default=None, help="also write every figure and phase here (JSON)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     for sites in (int(s) for s in args.sites.split(",")):
@@ -276,14 +301,15 @@ def main() -> None:
                         _profile_report(profile.with_suffix(".clients"))
             if "plain" in variants:
                 source = next((r["run_dir"] for r in results.values() if not r["failed"]), None)
-                if source is None:
-                    print(f"{sites} sites: no fedguard run wrote site files; plain Flower skipped", file=sys.stderr)
-                else:
-                    print(f"[{time.strftime('%H:%M:%S')}] {sites} sites: plain Flower …", file=sys.stderr)
-                    results["plain"] = run_plain(str(Path(source) / "data"), sites, args.rounds, tmp, args.timeout)
-                    print("  " + _describe("plain", results["plain"]), file=sys.stderr)
+                data_dir = str(Path(source) / "data") if source else _write_sites(sites, records, tmp / "data")
+                print(f"[{time.strftime('%H:%M:%S')}] {sites} sites: plain Flower …", file=sys.stderr)
+                results["plain"] = run_plain(data_dir, sites, args.rounds, tmp, args.timeout)
+                print("  " + _describe("plain", results["plain"]), file=sys.stderr)
         load = max(load, os.getloadavg()[0])
         _record(args, sites, records, results, load)
+        if args.out:
+            previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+            args.out.write_text(json.dumps({**previous, str(sites): {"load": load, **results}}, indent=1))
 
 
 def _record(args: argparse.Namespace, sites: int, records: int, results: dict[str, dict[str, Any]],
