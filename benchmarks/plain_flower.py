@@ -5,13 +5,17 @@ and local epochs as ``fedguard simulate`` — but no DP, no watermark, no
 signing, no registry. Run as ``python benchmarks/plain_flower.py DATA_DIR ROUNDS SITES``.
 """
 
+# ruff: noqa: E402  (STARTED is stamped before the imports)
 from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # before the imports: benchmarks/simulation.py reports them apart
 
 import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -61,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
 
 server = ServerApp()
 RESULT: dict[str, float] = {}
+EVALUATED: list[float] = []  # time.monotonic() of each central evaluation: round 0 (before any training), 1, …
 
 
 @server.main()
@@ -76,6 +81,7 @@ def main(grid: Grid, context: Context) -> None:
         with torch.no_grad():
             acc = float((model(feats).argmax(1) == torch.from_numpy(test.labels)).float().mean())
         RESULT["accuracy"] = acc
+        EVALUATED.append(time.monotonic())
         return MetricRecord({"accuracy": acc})
 
     FedAvg(fraction_evaluate=0.0, min_train_nodes=SITES, min_available_nodes=SITES).start(
@@ -92,4 +98,5 @@ if __name__ == "__main__":
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": min(os.cpu_count() or 1, 2 * SITES),
                                                  "include_dashboard": False, "logging_level": logging.ERROR}})
-    print(json.dumps({"accuracy": RESULT.get("accuracy"), "seconds": time.monotonic() - started}))
+    print(json.dumps({"accuracy": RESULT.get("accuracy"), "seconds": time.monotonic() - started,
+                      "started": STARTED, "engine": started, "evaluated": EVALUATED, "finished": time.monotonic()}))

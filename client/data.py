@@ -132,7 +132,7 @@ def load_site_data(path: Path, schema: SiteSchema | SiteMapping, features: Seque
                  tuple(labels), contract, exclude)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1024)  # a simulation's Ray actor serves every virtual site: one entry per site file
 def _load(path: Path, stamp: tuple[int, int], schema: SiteSchema | SiteMapping, features: tuple[str, ...],
           target: str, num_classes: int, labels: tuple[str, ...], contract: DataContract | None,
           exclude: frozenset[str]) -> TabularData:

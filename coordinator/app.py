@@ -307,6 +307,7 @@ def train(run: RunContext, grid: Grid, train_config: ConfigRecord) -> None:
     done, cfg = run.done, run.cfg
     arrays = ArrayRecord(run.model.state_dict())
     if done < cfg.num_server_rounds:
+        run.observer("stage", {"stage": "training", "rounds": cfg.num_server_rounds - done})
         result = run.stack.outer.start(
             grid=grid, initial_arrays=arrays, num_rounds=cfg.num_server_rounds - done,
             timeout=cfg.round_timeout, train_config=train_config,

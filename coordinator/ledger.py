@@ -90,6 +90,7 @@ class RunLedger:
         names another site is never charged (the tracker refused it before
         aggregation already).
         """
+        released: list[Charge] = []
         for reply in replies:
             try:
                 site = SiteReply.of(reply)
@@ -103,9 +104,9 @@ class RunLedger:
             self.nodes[reply.metadata.src_node_id] = name
             self.manifests[name] = site.manifest
             charges = self._charges(server_round, name, site)
-            for charge in charges:
-                self.ledger.record(charge, actor="coordinator", enforce=False)
+            released.extend(charges)
             self.per_round[name] = {c.kind: c.history() for c in charges}
+        self.ledger.record_released(released, actor="coordinator")  # one transaction for the round
 
     def _charges(self, server_round: int, name: str, site: SiteReply) -> list[Charge]:
         """:func:`privacy.ledger.charges.round_charges`, the site's veto's function, with this run's plan."""

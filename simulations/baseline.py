@@ -13,13 +13,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lifecycle.architecture import ModelSpec, build_model, reference_standardization, set_standardization
+from simulations.threads import single_torch_thread
 
 
 def central_accuracy(
     spec: ModelSpec, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
     *, epochs: int, batch_size: int, lr: float, seed: int,
 ) -> float:
-    """Train centrally without DP and return test accuracy."""
+    """Train centrally without DP and return test accuracy (on one torch thread: :mod:`simulations.threads`)."""
+    with single_torch_thread():
+        return _central_accuracy(spec, train_x, train_y, test_x, test_y, epochs, batch_size, lr, seed)
+
+
+def _central_accuracy(
+    spec: ModelSpec, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    epochs: int, batch_size: int, lr: float, seed: int,
+) -> float:
     torch.manual_seed(seed)
     model = build_model(spec)
     reference = torch.from_numpy(test_x)

@@ -56,6 +56,7 @@ from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import SiteRecords, Split, TrainRecords, write_sites
 from simulations.ray_cluster import attach, cluster_address, detach
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
+from simulations.threads import single_torch_thread
 
 
 @dataclass(frozen=True)
@@ -278,17 +279,18 @@ def _simulate(
         outcome["ray_cluster"], init_args = cluster.to_dict(), {}
     engine_down = threading.Event()  # the ServerApp thread ends when the engine does (coordinator.grid)
     try:
-        run_simulation(
-            server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
-            client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,
-                                       update_mods=update_mods),
-            num_supernodes=cfg.sites,
-            backend_config={
-                "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
-                "init_args": init_args,
-            },
-            verbose_logging=verbose,
-        )
+        with single_torch_thread():  # the ServerApp thread's evaluations: Ray's actors hold the cores
+            run_simulation(
+                server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
+                client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,
+                                           update_mods=update_mods),
+                num_supernodes=cfg.sites,
+                backend_config={
+                    "client_resources": {"num_cpus": cfg.cpus_per_site, "num_gpus": cfg.gpus_per_site},
+                    "init_args": init_args,
+                },
+                verbose_logging=verbose,
+            )
     finally:
         engine_down.set()  # a ServerApp still waiting for sites stops now instead of at its deadlines
         flwr_logger.setLevel(level)

@@ -20,6 +20,7 @@ _STAGES = {
     "publish": "signing and registering the model",
     "data": "preparing data",
     "engine": "starting the Flower simulation",
+    "training": "training",
 }
 
 

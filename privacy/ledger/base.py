@@ -226,6 +226,15 @@ class PrivacyLedger(ABC):
             The same key was recorded with different parameters.
         """
 
+    def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
+        """Record releases that already happened (``enforce=False``), e.g. one round's sites; how many were new.
+
+        Each charge is checked as :meth:`record` checks it; a backend may
+        write them in one transaction (:class:`privacy.ledger.sql.SqlLedger`
+        does: a round of a thousand sites is one commit, not a thousand).
+        """
+        return sum(self.record(charge, actor=actor, enforce=False) for charge in charges)
+
     @abstractmethod
     def charges(self, site: str | None = None, manifest: str | None = None, kind: str | None = None) -> list[Charge]:
         """Recorded charges, oldest first, optionally filtered."""

@@ -174,9 +174,10 @@ def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampl
     run_id, rnd = str(msg.metadata.run_id), _round_of(msg)
     # A second train message for a round (the coordinator's retry of a rejected aggregate) is a second
     # release: charged under −round, as the coordinator does (coordinator.strategies.aggregate_guard).
-    if any(c.run_id == run_id and c.round == rnd for c in ledger.charges(report.site, report.manifest)):
+    charged = ledger.charges(report.site, report.manifest)  # one read: a query costs more than the filter
+    if any(c.run_id == run_id and c.round == rnd for c in charged):
         rnd = -rnd
-    before = sum(c.steps for c in ledger.charges(report.site, report.manifest, "record") if c.run_id == run_id)
+    before = sum(c.steps for c in charged if c.kind == "record" and c.run_id == run_id)
     instructions = msg.content.config_records.get(CONFIG_KEY)
     return round_charges(report, run_id=run_id, server_round=rnd, record_steps_before=before,
                          site_sampling=site_sampling,

@@ -15,7 +15,7 @@ does; a site ledger has its own).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -99,48 +99,69 @@ class SqlLedger(PrivacyLedger):
     # -- interface -----------------------------------------------------------
     def record(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> bool:
         with self._write() as session:
-            existing = session.exec(
-                select(LedgerEntry).where(
-                    LedgerEntry.site == charge.site, LedgerEntry.manifest == charge.manifest,
-                    LedgerEntry.run_id == charge.run_id, LedgerEntry.round == charge.round,
-                    LedgerEntry.kind == charge.kind,
-                )
-            ).first()
-            if existing is not None:
-                if not _to_charge(existing).same_mechanism(charge):
-                    raise LedgerConflictError(
-                        f"round {charge.round} of run {charge.run_id} was already charged to site "
-                        f"'{charge.site}' with other parameters (σ={existing.noise_multiplier:g}, "
-                        f"q={existing.sample_rate:g}, steps={existing.steps}); a run must not change its "
-                        "DP parameters; investigate before retrying"
-                    )
-                return False
-            charges = self._select_charges(session, charge.site, charge.manifest, charge.kind)
             caps = [_to_cap(r) for r in session.exec(select(SiteCap)).all()]
-            cap = applicable_cap(caps, charge.site, charge.manifest, charge.kind)
-            spent, delta, _ = evaluate(charges, cap)
-            projected, delta, _ = evaluate(charges, cap, [charge.history()])
-            over = cap is not None and projected > cap.epsilon
-            if over and enforce:
-                assert cap is not None
-                raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, spent, projected,
-                                            cap.epsilon, delta)
-            session.add(LedgerEntry(
-                site=charge.site, manifest=charge.manifest, run_id=charge.run_id, round=charge.round,
-                kind=charge.kind, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
-                steps=charge.steps, delta=charge.delta, accountant=charge.accountant,
-                created_at=charge.created_at or self.now(),
-            ))
-            self._audit(session, "privacy.charged" if not over else "privacy.overspent", actor,
-                        f"{charge.site}/{charge.run_id}/{charge.round}",
-                        {"manifest": charge.manifest, "kind": charge.kind, "sigma": charge.noise_multiplier,
-                         "q": charge.sample_rate, "steps": charge.steps, "delta": delta,
-                         "epsilon": projected, "cap": None if cap is None else cap.epsilon})
+            if not self._add(session, charge, caps, actor, enforce):
+                return False
             try:
                 session.flush()
             except IntegrityError:  # a concurrent writer without our lock recorded it first
                 session.rollback()
                 return False
+        return True
+
+    def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
+        """One transaction for all ``charges`` (each checked as :meth:`record` checks it); how many were new."""
+        if not charges:
+            return 0
+        try:
+            with self._write() as session:
+                caps = [_to_cap(r) for r in session.exec(select(SiteCap)).all()]
+                added = 0
+                for charge in charges:
+                    if self._add(session, charge, caps, actor, enforce=False):
+                        session.flush()  # the next charge of the same site sees this one
+                        added += 1
+        except StateError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            # a concurrent writer without our lock recorded one of them first: one transaction each
+            return sum(self.record(charge, actor=actor, enforce=False) for charge in charges)
+        return added
+
+    def _add(self, session: Session, charge: Charge, caps: list[Cap], actor: str, enforce: bool) -> bool:
+        """Check ``charge`` against the charges in ``session`` and add it with its audit line; False: already there."""
+        # one read of this site's, manifest's and kind's charges (under the writers' lock) serves both
+        # the duplicate check and the budget evaluation
+        charges = self._select_charges(session, charge.site, charge.manifest, charge.kind)
+        existing = next((c for c in charges if c.run_id == charge.run_id and c.round == charge.round), None)
+        if existing is not None:
+            if not existing.same_mechanism(charge):
+                raise LedgerConflictError(
+                    f"round {charge.round} of run {charge.run_id} was already charged to site "
+                    f"'{charge.site}' with other parameters (σ={existing.noise_multiplier:g}, "
+                    f"q={existing.sample_rate:g}, steps={existing.steps}); a run must not change its "
+                    "DP parameters; investigate before retrying"
+                )
+            return False
+        cap = applicable_cap(caps, charge.site, charge.manifest, charge.kind)
+        spent, delta, _ = evaluate(charges, cap)
+        projected, delta, _ = evaluate(charges, cap, [charge.history()])
+        over = cap is not None and projected > cap.epsilon
+        if over and enforce:
+            assert cap is not None
+            raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, spent, projected,
+                                        cap.epsilon, delta)
+        session.add(LedgerEntry(
+            site=charge.site, manifest=charge.manifest, run_id=charge.run_id, round=charge.round,
+            kind=charge.kind, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
+            steps=charge.steps, delta=charge.delta, accountant=charge.accountant,
+            created_at=charge.created_at or self.now(),
+        ))
+        self._audit(session, "privacy.charged" if not over else "privacy.overspent", actor,
+                    f"{charge.site}/{charge.run_id}/{charge.round}",
+                    {"manifest": charge.manifest, "kind": charge.kind, "sigma": charge.noise_multiplier,
+                     "q": charge.sample_rate, "steps": charge.steps, "delta": delta,
+                     "epsilon": projected, "cap": None if cap is None else cap.epsilon})
         return True
 
     def charges(self, site: str | None = None, manifest: str | None = None, kind: str | None = None) -> list[Charge]:

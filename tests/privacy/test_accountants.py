@@ -160,3 +160,15 @@ def test_rdp_composition_in_a_fresh_process_needs_no_torch_and_gives_opacus_valu
     accountant = RDPAccountant()
     accountant.history = [(0.9, 0.05, 40), (1.1, 0.02, 300)]
     assert out["epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5, alphas=list(RDP_ORDERS)), rel=1e-9)
+
+
+def test_a_repeated_calibration_returns_the_same_sigma_without_a_second_search() -> None:
+    from privacy.accountants import _calibrated
+
+    first = calibrate_noise(3.0, 1e-5, 1 / 7, 42)
+    searches = _calibrated.cache_info().misses
+    assert calibrate_noise(3, 1e-5, 1 / 7, 42) == first  # an int ε is the same request
+    assert _calibrated.cache_info().misses == searches
+    assert GaussianHistory(first, 1 / 7, 42, 1e-5).epsilon() <= 3.0 * 1.0001
+    with pytest.raises(ConfigurationError):  # the checks still run on every call
+        calibrate_noise(3.0, 0.0, 1 / 7, 42)

@@ -58,6 +58,23 @@ def test_recording_twice_does_not_double_count(ledger: PrivacyLedger) -> None:
         ledger.record(charge(steps=41))
 
 
+def test_a_round_of_releases_is_recorded_as_one_batch_with_the_same_checks(ledger: PrivacyLedger) -> None:
+    ledger.set_cap("site-b", 0.5, 1e-5)
+    ledger.record(charge("run-1", 1, site="site-a"))
+    released = [charge("run-1", 1, site="site-a"), charge("run-1", 2, site="site-a"),
+                charge("run-1", 2, site="site-b", steps=400)]  # site-a round 1 is there already; site-b goes over cap
+    assert ledger.record_released(released, actor="coordinator") == 2
+    assert ledger.record_released(released, actor="coordinator") == 0
+    assert len(ledger.charges("site-a")) == 2 and len(ledger.charges("site-b")) == 1  # over cap: recorded, truthfully
+    assert ledger.spent("site-a", M1, "record") == pytest.approx(
+        compose([charge("run-1", 1).history(), charge("run-1", 2).history()], 1e-5), rel=1e-9)
+    with pytest.raises(LedgerConflictError, match="other parameters"):
+        ledger.record_released([charge("run-1", 3), charge("run-1", 2, steps=41)])
+    assert len(ledger.charges("site-a")) == 2  # nothing of the failed batch was written
+    if isinstance(ledger, SqlLedger):
+        assert audit_events(ledger) >= 4
+
+
 def test_levels_manifests_and_sites_are_separate(ledger: PrivacyLedger) -> None:
     ledger.record(charge())
     ledger.record(charge(kind="site", q=0.2, steps=1))
