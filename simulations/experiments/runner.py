@@ -14,6 +14,17 @@ wait for), so the CPUs are accounted for by *concurrency* instead: at most
 trial counts; at least 1), which is 1 on a 2-core machine; ``--concurrent N``
 overrides it.
 
+On a cluster the sweep attaches to (``--ray-address``) the trials'
+simulations attach to that cluster too, and there Flower sizes each
+simulation's pool of site actors to the *whole* cluster (one actor per
+``cpus-per-site`` on every node): two simulations at once would each leave
+actors waiting for CPUs the other holds, and a site given to a waiting
+actor never answers. So trials on a shared cluster run one at a time
+(``--concurrent`` above 1 is refused), and the trial's worker reserves a
+little memory instead of CPU (:data:`SHARED_TRIAL_DRIVER`), leaving every
+CPU to the simulation's actors. Without ``--ray-address`` each trial starts
+a local Ray of its own, and the CPU accounting above applies.
+
 Resume. A trial with a record is done, whatever its status, and is not run
 again (``retry_failed`` reruns failed ones), so the same command after an
 interruption runs only what is missing. Tune's own experiment state (which
@@ -40,12 +51,15 @@ from typing import Any
 
 from rich.console import Console
 
+from lifecycle.errors import ConfigurationError
 from simulations import logger
 from simulations.experiments.grid import Grid, Trial, setting_types
 from simulations.experiments.records import read_records, record_path, write_table
 
 TRIAL_DRIVER_CPUS = 0.05
 """What a trial's own Tune worker reserves: it only waits on the simulation's process."""
+SHARED_TRIAL_DRIVER: dict[str, int | float] = {"memory": 64 * 2**20}
+"""What it reserves on a cluster its simulation shares: memory only, every CPU stays with the site actors."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,22 @@ def concurrency(trials: Sequence[Trial], cluster_cpus: float, requested: int = 0
     return max(1, min(len(trials), math.floor(cluster_cpus / max(need, 1e-9))))
 
 
+def shared_concurrency(requested: int) -> int:
+    """Trials at once on a cluster the simulations share: one (module docstring); more is refused.
+
+    Raises
+    ------
+    ConfigurationError
+        ``requested`` is above 1.
+    """
+    if requested > 1:
+        raise ConfigurationError(
+            f"--concurrent {requested} with --ray-address: each simulation sizes its site actors to the whole "
+            "cluster, so simulations sharing it would wait on each other; leave --concurrent out (one trial at a "
+            "time, its sites spread over the cluster)")
+    return 1
+
+
 def rerun_command(grid_path: Path, out: Path) -> str:
     """The command that runs (or resumes) this sweep."""
     return f"fedguard experiment run {shlex.quote(str(grid_path))} --out {shlex.quote(str(out))}"
@@ -125,7 +155,8 @@ def run_sweep(grid: Grid, options: SweepOptions, console: Console) -> SweepSumma
         console.print(f"all {len(grid.trials)} trials already have results in {out}; nothing to run")
         return SweepSummary(len(grid.trials), 0, dict(done), 0)
     with _ray(options.ray_address, out) as cluster_cpus:
-        n = concurrency(todo, cluster_cpus, options.concurrent)
+        n = shared_concurrency(options.concurrent) if options.ray_address else concurrency(
+            todo, cluster_cpus, options.concurrent)
         console.print(f"{len(todo)} of {len(grid.trials)} trials to run, {n} at a time "
                       f"({cluster_cpus:g} CPUs in the Ray cluster)")
         _tune(grid, todo, out, options, n, done, console)
@@ -206,7 +237,8 @@ def _tune(grid: Grid, todo: Sequence[Trial], out: Path, options: SweepOptions, n
     progress = SweepProgress(out, len(grid.trials), done, console, {t.id: t.settings for t in todo})
     with tempfile.TemporaryDirectory(prefix="fedguard-tune-") as storage, progress.progress:
         tuner = tune.Tuner(
-            tune.with_resources(tune_trial, {"cpu": TRIAL_DRIVER_CPUS}),
+            tune.with_resources(tune_trial, tune.PlacementGroupFactory([SHARED_TRIAL_DRIVER]) if options.ray_address
+                                else {"cpu": TRIAL_DRIVER_CPUS}),
             param_space={"trial": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=n, trial_name_creator=_name,
                                         trial_dirname_creator=_name),

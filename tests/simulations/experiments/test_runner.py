@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from lifecycle.errors import ConfigurationError
 from simulations.experiments.grid import Trial, load_grid, trial_id
 from simulations.experiments.records import make_record, write_record
-from simulations.experiments.runner import concurrency, pending
+from simulations.experiments.runner import concurrency, pending, shared_concurrency
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,6 +30,13 @@ def test_concurrency_is_cluster_cpus_over_the_largest_trial() -> None:
     assert concurrency([_trial(sites=50)], 2.0) == 1  # never 0, even if a trial asks for more than the cluster
     assert concurrency([_trial(sites=2, seed=s) for s in range(3)], 64.0) == 3  # no more than there are trials
     assert concurrency([_trial(sites=2)], 2.0, requested=4) == 4
+
+
+def test_trials_sharing_a_cluster_run_one_at_a_time() -> None:
+    """Each simulation's Flower actor pool claims the whole cluster: two at once would wait on each other."""
+    assert shared_concurrency(0) == shared_concurrency(1) == 1
+    with pytest.raises(ConfigurationError, match="--concurrent 3 with --ray-address"):
+        shared_concurrency(3)
 
 
 def test_trials_with_a_record_are_not_run_again(tmp_path: Path) -> None:
