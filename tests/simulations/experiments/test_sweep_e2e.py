@@ -43,12 +43,14 @@ def _fedguard(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_grid_runs_as_tune_trials_resumes_and_reports(tmp_path: Path) -> None:
+def test_grid_runs_as_tune_trials_resumes_and_reports(tmp_path: Path, shared_ray: str) -> None:
+    """On the test session's Ray head, as on a researcher's cluster: Tune and every trial's simulation attach."""
     grid = tmp_path / "grid.toml"
     grid.write_text((ROOT / "simulations" / "grids" / "smoke.toml").read_text() + EXTRA)
     out = tmp_path / "results"
+    cluster = ("--ray-address", shared_ray) if shared_ray else ()
     started = time.monotonic()
-    first = _fedguard(tmp_path / "home", "experiment", "run", str(grid), "--out", str(out))
+    first = _fedguard(tmp_path / "home", "experiment", "run", str(grid), "--out", str(out), *cluster)
     seconds = time.monotonic() - started
     assert first.returncode == 0, first.stderr
     records = read_records(out)
