@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.conftest import run_cli
 from tests.simulations.pooled import write_pooled
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_simulate_on_a_csv_split_by_hospital(tmp_path: Path) -> None:

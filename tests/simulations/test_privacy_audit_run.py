@@ -17,7 +17,7 @@ from simulations.membership import loss_attack, membership_section
 pytestmark = pytest.mark.slow  # one federation, ~30 s here
 
 
-def test_simulate_with_canaries_signs_a_passing_audit(fedguard_home: Path) -> None:
+def test_simulate_with_canaries_signs_a_passing_audit(fedguard_home: Path, shared_ray: str) -> None:
     events: list[tuple[str, Any]] = []
     cfg = SimulationConfig(sites=3, rounds=2, local_epochs=1, watermark="none", secure_agg="none", canaries=60,
                            dp_epsilon=1.0, model_name="audited")

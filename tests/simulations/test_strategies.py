@@ -15,7 +15,7 @@ import pytest
 from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def _simulate(home: Path, *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:

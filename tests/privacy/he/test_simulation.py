@@ -78,10 +78,10 @@ def expected_model() -> np.ndarray:
     return vector
 
 
-def test_ckks_federation_matches_plain_fedavg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.simulation import run_simulation
-
+def test_ckks_federation_matches_plain_fedavg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             shared_ray: str) -> None:
     from privacy.he import create_federation_keys
+    from tests.ray_cluster import run_simulation_on_test_ray
 
     ray_tmp = Path(tempfile.gettempdir()) / "fedguard-ray"
     ray_tmp.mkdir(exist_ok=True)
@@ -103,11 +103,8 @@ def test_ckks_federation_matches_plain_fedavg(tmp_path: Path, monkeypatch: pytes
                                 timeout=120, train_config=ConfigRecord({"he-secret-context": str(secret)}))
         outcome.update(arrays=result.arrays, received=recording.received)
 
-    run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=SITES,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}},
-    )
+    run_simulation_on_test_ray(tmp_path / "home", server_app=server_app, client_app=client_app,
+                               num_supernodes=SITES)
     assert outcome.get("rounds") == [SITES] * ROUNDS, "a round did not aggregate every site"
     final, _ = flatten(outcome["arrays"])
     assert np.allclose(final, expected_model(), rtol=1e-6, atol=1e-6)

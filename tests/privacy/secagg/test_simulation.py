@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_secaggplus_in_a_flower_simulation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, shared_ray: str
 ) -> None:
-    from flwr.simulation import run_simulation
+    from tests.ray_cluster import run_simulation_on_test_ray
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -37,12 +37,9 @@ def test_secaggplus_in_a_flower_simulation(
     clear.mkdir()
     config = SecAggConfig(num_sites=5, threshold=3, num_neighbours=4, clip_norm=10.0, max_weight=40.0)
     outcome: dict = {}
-    run_simulation(
-        server_app=make_server_app(config, num_rounds=2, outcome=outcome),
-        client_app=make_client_app(str(clear)),
-        num_supernodes=5,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}},
+    run_simulation_on_test_ray(
+        tmp_path / "home", server_app=make_server_app(config, num_rounds=2, outcome=outcome),
+        client_app=make_client_app(str(clear)), num_supernodes=5,
     )
     assert "result" in outcome, "the ServerApp did not finish"
     records = [json.loads(p.read_text()) for p in sorted(clear.glob("*.json"))]

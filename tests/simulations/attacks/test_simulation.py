@@ -26,7 +26,7 @@ def _run(aggregation: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_a_sign_flipping_site_hurts_fedavg_but_krum_keeps_the_accuracy(
-        fedguard_home: Path, registry: Registry) -> None:
+        fedguard_home: Path, registry: Registry, shared_ray: str) -> None:
     fedavg, krum = _run("fedavg"), _run("krum")
     for outcome in (fedavg, krum):
         attack = outcome["attack"]
