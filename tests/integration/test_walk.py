@@ -230,7 +230,10 @@ def test_the_operators_walk(tmp_path: Path) -> None:
         assert any("flower-superexec" in p for p in _mentions(root))  # what SIGTERM used to leave behind
         codes = walk.stop_all()
         assert codes == {"coordinator": 0, "st-marys": 0, "guys": 0, "kings": 7}, (codes, walk.tails())
-        walk.until(lambda: not _mentions(root), "no process of the federation left", 30)
+        try:
+            walk.until(lambda: not _mentions(root), "no process of the federation left", 30)
+        except AssertionError as exc:  # name what is left, so that a failure says which process lingered
+            raise AssertionError(f"still running: {_mentions(root)}\n{exc}") from None
         assert sorted(p.name for p in walk.tmp.iterdir()) == []
     finally:  # a failed walk leaves no federation running
         walk.stop_all()
