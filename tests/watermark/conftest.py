@@ -9,7 +9,6 @@ made setups ten times slower.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +18,7 @@ from sklearn.model_selection import train_test_split  # type: ignore[import-unty
 from torch import nn
 
 from lifecycle.architecture import ModelSpec, build_model, set_standardization
+from simulations.threads import single_torch_thread
 from watermark import EmbedReport, WatermarkSecret, create_scheme
 from watermark.schemes.trigger_set import TriggerSetScheme
 
@@ -33,19 +33,9 @@ class Data:
     y_test: torch.Tensor
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    with one_thread():
+    with single_torch_thread():
         yield
 
 
@@ -80,7 +70,7 @@ def data() -> Data:
 @pytest.fixture(scope="session")
 def aggregate(data: Data) -> nn.Sequential:
     """Stands in for the model the last federated round produced."""
-    with one_thread():
+    with single_torch_thread():
         return train_model(data, seed=0)
 
 
@@ -98,5 +88,5 @@ def secret(scheme: TriggerSetScheme, aggregate: nn.Sequential) -> WatermarkSecre
 
 @pytest.fixture(scope="session")
 def embedded(scheme: TriggerSetScheme, aggregate: nn.Sequential, secret: WatermarkSecret) -> EmbedReport:
-    with one_thread():
+    with single_torch_thread():
         return scheme.embed(aggregate, secret, generator=torch.Generator().manual_seed(7))
