@@ -103,7 +103,7 @@ def test_the_shipped_smoke_grid_is_a_2x2() -> None:
     assert grid.varied == ("dp-epsilon", "seed")
 
 
-@pytest.mark.parametrize("name", ["privacy_utility", "attacks", "membership"])
+@pytest.mark.parametrize("name", ["privacy_utility", "attacks", "membership", "site_dp_sites"])
 def test_the_reference_grids_load_and_every_setting_validates_or_is_not_applicable(name: str) -> None:
     """The shipped reference experiments (docs/research.md) parse, and no trial is refused for a typo.
 
