@@ -15,6 +15,7 @@ from federation.defaults import (
     DEFAULT_CLIP_NORM,
     DEFAULT_DP_DELTA,
     DEFAULT_DP_EPSILON,
+    DEFAULT_HIDDEN,
     DEFAULT_LOCAL_EPOCHS,
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_SEED,
@@ -165,6 +166,9 @@ def simulate(
     features: Annotated[int, typer.Option("--features", help="Columns of --dataset synthetic (0: 20).")] = 0,
     local_epochs: Annotated[int, typer.Option(
         "--local-epochs", help="Local epochs per round (0: 1 under DP with ε < 3, else 2).")] = DEFAULT_LOCAL_EPOCHS,
+    hidden: Annotated[str, typer.Option(
+        "--hidden", help="Hidden layer sizes, e.g. 32 or 64,32; 'none': a linear model (better under ε < 3).")
+    ] = DEFAULT_HIDDEN,
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
@@ -203,7 +207,7 @@ def simulate(
     cfg = SimulationConfig(
         sites=cli_sites(sites, partition), rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
-        model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
+        hidden=hidden, model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,

@@ -40,6 +40,7 @@ from federation.defaults import (
     local_epochs_for,
 )
 from lifecycle.architecture import ModelSpec
+from lifecycle.description import parse_hidden
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
@@ -194,7 +195,7 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path, *, train: TrainRecords |
 
     split = write_sites(DataOptions.of(cfg), data_dir, train_records=train, plant=canaries if cfg.canaries else None)
     spec = ModelSpec(len(split.source.feature_names), len(split.source.label_names),
-                     tuple(int(h) for h in cfg.hidden.split(",")))
+                     parse_hidden(cfg.hidden))
     train_x, train_y = split.baseline_sample(cfg.seed)
     epochs = cfg.rounds * local_epochs_for(cfg.local_epochs, 0.0)  # the central baseline is not private
     baseline = central_accuracy(

@@ -46,10 +46,16 @@ def run(
 def report(
     results: Annotated[Path, typer.Argument(help="The results folder of 'fedguard experiment run'.")],
     html: Annotated[Path | None, typer.Option("--html", help="The HTML file (default: RESULTS/report.html).")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        "--markdown", help="Also write the results per setting (mean ± sd over seeds) as a Markdown table here.")
+    ] = None,
 ) -> None:
     """Write a self-contained HTML report with its figures (PNG and SVG) from a results folder."""
-    from simulations.experiments.report import write_report
+    from simulations.experiments.report import write_markdown, write_report
 
     written = write_report(results, html or results / "report.html")
-    Console(soft_wrap=True).print(f"report: {written.html} ({len(written.figures) // 2} figures as SVG and PNG in "
-                                  f"{written.figures_dir})", highlight=False)
+    console = Console(soft_wrap=True)
+    console.print(f"report: {written.html} ({len(written.figures) // 2} figures as SVG and PNG in "
+                  f"{written.figures_dir})", highlight=False)
+    if markdown is not None:
+        console.print(f"table: {write_markdown(results, markdown)}", highlight=False)

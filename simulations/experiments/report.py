@@ -67,6 +67,23 @@ def write_report(results: Path, html_path: Path) -> Written:
     return Written(html_path, figures_dir, tuple(files))
 
 
+def write_markdown(results: Path, path: Path) -> Path:
+    """Write the results per setting as Markdown (:mod:`.markdown`): the settings shared, the command, the table."""
+    from simulations.experiments.markdown import settings_line, summary_markdown
+
+    records = read_records(results)
+    if not records:
+        raise NotFoundError(f"{results}: no trial records in {results / 'trials'}; "
+                            f"run 'fedguard experiment run GRID --out {results}' first")
+    sweep = _sweep(results)
+    command = sweep.get("command") or f"fedguard experiment run GRID --out {results}"
+    text = (f"Experiment `{sweep.get('name', '')}`: {len(records)} trials, mean ± sd over seeds; shared settings: "
+            f"{settings_line(records)}. Rerun: `{command}`.\n\n{summary_markdown(records)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _sweep(results: Path) -> dict[str, Any]:
     path = results / "sweep.json"
     loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

@@ -24,6 +24,8 @@ from simulations.federation import SimulationConfig
         ({"watermark": "stamp"}, "trigger-set, none"),
         ({"model_name": "Bad Name"}, "invalid model name"),
         ({"hidden": "32,x"}, "comma-separated"),
+        ({"hidden": "32,0"}, "must be positive"),
+        ({"hidden": "none"}, "cannot carry the trigger-set watermark"),
         ({"dp_delta": 2.0}, "dp-delta"),
         ({"max_grad_norm": 0.0}, "max-grad-norm"),
         ({"aggregation": "mode"}, "fedavg, median, trimmed-mean, krum"),
@@ -46,6 +48,20 @@ def test_bad_settings(change: dict[str, Any], match: str) -> None:
 
 def test_defaults_are_valid() -> None:
     SimulationConfig().validate()
+
+
+@pytest.mark.parametrize(("hidden", "sizes"), [("none", ()), ("", ()), ("Linear", ()), ("64, 32", (64, 32))])
+def test_hidden_none_is_a_linear_model(hidden: str, sizes: tuple[int, ...]) -> None:
+    """``--hidden none --watermark none``: logistic regression, the model that learns under ε=1 on small sites."""
+    from lifecycle.architecture import ModelSpec, build_model
+
+    SimulationConfig(hidden=hidden, watermark="none").validate()
+    config = CoordinatorConfig.from_mapping({"hidden": hidden, "watermark": "none"})
+    assert config.hidden_sizes == sizes
+    model = build_model(ModelSpec(30, 2, config.hidden_sizes))
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == len(sizes) + 1
+    assert sum(p.numel() for p in model.parameters()) == (62 if not sizes else 30 * 64 + 64 + 64 * 32 + 32 + 66)
 
 
 @pytest.mark.parametrize("key", ["dp-epsilon", "site-epsilon"])

@@ -12,7 +12,7 @@ import pytest
 
 from simulations.experiments.figures import accuracy_per_round, privacy_utility
 from simulations.experiments.records import make_record, read_records, write_record, write_table
-from simulations.experiments.report import write_report
+from simulations.experiments.report import write_markdown, write_report
 
 COMMAND = "fedguard experiment run grid.toml --out results"
 
@@ -88,6 +88,22 @@ def test_report_is_self_contained_with_every_figure_and_caption(tmp_path: Path) 
     assert "0.800 ± 0.141 (n=2)" in page
     assert "not applicable — aggregation &#x27;median&#x27; needs each site&#x27;s update" in page  # n/a shown
     assert "455 examples cannot give 50 sites" in page  # the failed trial is listed with its error
+
+
+def test_markdown_table_gives_mean_and_sd_per_setting_with_the_reasons_for_trials_not_run(tmp_path: Path) -> None:
+    _write(tmp_path, _records())
+    text = write_markdown(tmp_path, tmp_path / "table.md").read_text(encoding="utf-8")
+    assert f"Rerun: `{COMMAND}`" in text and "shared settings: " in text
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:7] == ["aggregation", "attack", "attackers", "dp-epsilon", "secure-agg", "site-epsilon", "sites"]
+    assert "attack backdoor success rate" in head and "audit epsilon lower bound" in head
+    rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:7:3]: line for line in lines[2:]}
+    # ε = 1: accuracies 0.7 and 0.9 → 0.800 ± 0.141 over seeds 1 and 2, never one seed's value
+    assert "| 1,2 | 0.800 ± 0.141 | 0.990 ± 0.000 | 0.450 ± 0.071 |" in rows[("fedavg", "1.0", "3")]
+    assert "not-applicable: aggregation 'median' needs each site's update" in rows[("median", "", "")]
+    assert "failed: ConfigurationError: 455 examples" in rows[("", "", "50")]
+    assert len(lines) == 2 + 5
 
 
 def test_figures_missing_data_are_skipped_with_a_note(tmp_path: Path) -> None:
