@@ -12,7 +12,23 @@ and names the file that differs.
 Notes
 -----
 The signature is a Sigstore bundle over an in-toto statement listing the
-SHA-256 of every file (OpenSSF Model Signing v1.0 specification).
+SHA-256 of every file (OpenSSF Model Signing v1.0 specification, file
+serialization: every file of the directory is an entry, so a changed, added or
+removed file fails verification). Signing and verifying each cost one SHA-256
+pass over the model (1.0–1.1×, ``benchmarks/signing.py``), the floor for this
+format: the largest file's digest cannot be split across threads. Two faster
+configurations of ``model-signing`` were measured and rejected: BLAKE3 digests
+(sign + verify 0.8× one SHA-256 pass) cannot be checked by the upstream
+``model_signing verify key``, which hashes with SHA-256 whatever the signature
+says; shard serialization cannot be verified at all by model-signing 1.1.1
+(the shard size comes back from the signature as a float).
+
+The first call in a process imports ``model_signing``: 0.3–0.5 s here, 5× the
+hashing of a 100 MB model, because its package imports the keyless Sigstore
+client (``sigstore``, TUF, ``requests``, pydantic models) that key-based
+signing never uses; the key path's own dependencies alone take 0.15–0.2 s.
+The import stays in the first call so that commands that never sign or verify
+do not pay it.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,11 +46,20 @@ from lifecycle import logger
 from lifecycle.errors import SignatureError, StateError
 from lifecycle.home import write_private
 
+if TYPE_CHECKING:
+    from model_signing import hashing
+
 PRIVATE_KEY_NAME = "signing-key.pem"
 PUBLIC_KEY_NAME = "signing-key.pub.pem"
 # model_signing reports mismatches as the repr() of a list, so quoting varies with the bytes.
 _HASH_MISMATCH = re.compile(r"Hash mismatch for \\*'(.+?)\\*': Expected")
 _SET_MISMATCH = re.compile(r"(?:Missing files in|Extra files found in) model \\*'[^']*\\*': ([^\"'\]]+)")
+
+SIGNING_HASH: Final = "sha256"
+"""The per-file digest: the one the upstream ``model_signing verify key`` checks (see the module's Notes)."""
+# model_signing leaves these out of the manifest whatever it is told at verification (its default
+# configuration ignores them), so fedguard, which never writes them, refuses any of them outright.
+_UNSIGNED_NAMES: Final = (".git", ".gitattributes", ".github", ".gitignore")
 
 
 @dataclass(frozen=True)
@@ -109,15 +135,39 @@ def public_key_fingerprint(public_key: Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _unsigned_files(model_dir: Path) -> list[str]:
+    """Entries of ``model_dir`` that model_signing would leave out of the manifest."""
+    return sorted(name for name in _UNSIGNED_NAMES if (model_dir / name).exists() or (model_dir / name).is_symlink())
+
+
+def _hashing_config() -> hashing.Config:
+    """One SHA-256 per file, files hashed on a thread pool in 1 MiB reads (model_signing's file serialization)."""
+    from model_signing import hashing
+
+    return hashing.Config().use_file_serialization(  # type: ignore[no-untyped-call]
+        hashing_algorithm=SIGNING_HASH
+    )
+
+
 def sign_model(model_dir: Path, signature_path: Path, key: SigningKey) -> None:
-    """Sign every file of ``model_dir``; write the bundle to ``signature_path``."""
+    """Sign every file of ``model_dir``; write the bundle to ``signature_path``.
+
+    Refuses a directory holding a path that model_signing would leave out of
+    the signature (``.git``, ``.gitattributes``, ``.github``, ``.gitignore``).
+    """
     from model_signing import signing
 
     if not key.private_key.exists():
         raise StateError(f"signing key '{key.private_key}' is missing; restore it from your backup")
+    unsigned = _unsigned_files(model_dir)
+    if unsigned:
+        raise StateError(
+            f"'{model_dir}' holds {', '.join(unsigned)}, which model_signing leaves out of every signature; "
+            "remove them before signing"
+        )
     signing.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
         private_key=key.private_key
-    ).sign(model_dir, signature_path)
+    ).set_hashing_config(_hashing_config()).sign(model_dir, signature_path)
 
 
 def verify_model(model_dir: Path, signature_path: Path, public_key: Path) -> None:
@@ -140,6 +190,13 @@ def verify_model(model_dir: Path, signature_path: Path, public_key: Path) -> Non
         )
     if not signature_path.exists():
         raise SignatureError(f"model '{model_dir}' has no signature at '{signature_path}'; it is unsigned and refused")
+    unsigned = _unsigned_files(model_dir)
+    if unsigned:  # the verifier would ignore them: an addition no signature covers
+        raise SignatureError(
+            f"signature does not verify: {', '.join(unsigned)} in '{model_dir}' differ(s) from what was "
+            "signed (added: no signature covers it); do not use this model",
+            files=unsigned,
+        )
     try:
         verifying.Config().use_elliptic_key_verifier(  # type: ignore[no-untyped-call]
             public_key=public_key

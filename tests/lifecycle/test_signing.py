@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from lifecycle.artifacts import CARD_NAME, WEIGHTS_NAME
 from lifecycle.bom import BOM_NAME
 from lifecycle.errors import SignatureError, StateError
 from lifecycle.registry import Registry, VersionRecord
-from lifecycle.signing import differing_files, verify_model
+from lifecycle.signing import SIGNING_HASH, differing_files, ensure_signing_key, sign_model, verify_model
 
 
 def _copy(version: VersionRecord, tmp_path: Path) -> tuple[Path, Path]:
@@ -58,8 +59,6 @@ def test_tampered_signature_file_raises(published: VersionRecord, registry: Regi
 
 
 def test_other_key_is_refused(published: VersionRecord, tmp_path: Path) -> None:
-    from lifecycle.signing import ensure_signing_key
-
     other = ensure_signing_key(tmp_path / "other-keys")
     with pytest.raises(SignatureError):
         verify_model(published.artifact.model_dir, published.artifact.signature_path, other.public_key)
@@ -106,3 +105,37 @@ def test_private_key_is_owner_only(published: VersionRecord, registry: Registry)
 )
 def test_differing_files_reads_every_quoting(detail: str, files: list[str]) -> None:
     assert differing_files(detail) == files
+
+
+def _signed_digests(signature: Path) -> dict[str, str]:
+    """File name → digest algorithm, as the signed in-toto statement lists them."""
+    import base64
+    import json
+
+    bundle = json.loads(signature.read_text())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    return {r["name"]: r["algorithm"] for r in statement["predicate"]["resources"]}
+
+
+def test_every_file_is_signed_with_sha256(published: VersionRecord) -> None:
+    """One SHA-256 per file: what the upstream `model_signing verify key` recomputes."""
+    names = {p.name for p in published.artifact.model_dir.iterdir()}
+    assert SIGNING_HASH == "sha256"
+    assert _signed_digests(published.artifact.signature_path) == dict.fromkeys(names, "sha256")
+
+
+@pytest.mark.parametrize("name", [".gitattributes", ".gitignore", ".github", ".git"])
+def test_added_git_files_are_refused(name: str, published: VersionRecord, registry: Registry,
+                                     tmp_path: Path) -> None:
+    """model_signing's verifier ignores .git* paths; fedguard, which never writes them, refuses them."""
+    model_dir, sig = _copy(published, tmp_path)
+    if name in (".github", ".git"):
+        (model_dir / name).mkdir()
+        (model_dir / name / "hook.py").write_text("print('hi')")
+    else:
+        (model_dir / name).write_text("* filter=lfs")
+    with pytest.raises(SignatureError, match=re.escape(name)) as raised:
+        verify_model(model_dir, sig, registry.public_key_path())
+    assert raised.value.files == [name]
+    with pytest.raises(StateError, match=re.escape(name)):
+        sign_model(model_dir, tmp_path / "again.sig", ensure_signing_key(tmp_path / "keys"))
