@@ -68,6 +68,13 @@ def group_by(records: Sequence[Record], keys: Sequence[str]) -> dict[tuple[Any, 
     return groups
 
 
+def sorted_groups(records: Sequence[Record], keys: Sequence[str]) -> list[tuple[tuple[Any, ...], list[Record]]]:
+    """:func:`group_by`, ordered by the settings' values (numbers as numbers, then text), for tables and legends."""
+    def order(values: tuple[Any, ...]) -> tuple[tuple[int, float, str], ...]:
+        return tuple((0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)) for v in values)
+    return sorted(group_by(records, keys).items(), key=lambda item: order(item[0]))
+
+
 def label(keys: Sequence[str], values: Sequence[Any]) -> str:
     """``dp-epsilon=3.0, aggregation=median`` (or ``all trials`` when nothing varies)."""
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all trials"

@@ -28,6 +28,7 @@ from simulations.experiments.aggregate import (
     label,
     metric,
     settings_of,
+    sorted_groups,
     spread,
     varied,
 )
@@ -86,7 +87,7 @@ def accuracy_per_round(records: Sequence[Record]) -> Result:
         return Skipped("accuracy-per-round", title, "no finished trial recorded a per-round history")
     keys = varied(with_history, exclude=["seed"])
     figure, (ax,) = _axes()
-    for values, group in group_by(with_history, keys).items():
+    for values, group in sorted_groups(with_history, keys):
         rounds = sorted({e["round"] for r in group for e in r["history"]})
         spreads = [spread(e["accuracy"] for r in group for e in r["history"] if e["round"] == n) for n in rounds]
         xs = [n for n, s in zip(rounds, spreads, strict=True) if s is not None]

@@ -13,9 +13,8 @@ secure aggregation) or failed keep their row, with the reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from simulations.experiments.aggregate import Record, group_by, metric, seeds, settings_of, spread, varied
+from simulations.experiments.aggregate import Record, metric, seeds, settings_of, sorted_groups, spread, varied
 
 COLUMNS = (
     ("final_accuracy", "accuracy"),
@@ -35,11 +34,6 @@ def _columns(records: Sequence[Record]) -> list[tuple[str, str]]:
     return [(n, t) for n, t in columns if any(metric(n)(r) is not None for r in records)]
 
 
-def _order(values: tuple[Any, ...]) -> tuple[tuple[int, float, str], ...]:
-    """Rows sorted by their settings: numbers as numbers, then text."""
-    return tuple((0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)) for v in values)
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -51,7 +45,7 @@ def summary_markdown(records: Sequence[Record], *, exclude: Sequence[str] = ("se
     shown = _columns(ok)
     head = [*keys, "seeds", *(title for _, title in shown), "not run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for values, group in sorted(group_by(records, keys).items(), key=lambda item: _order(item[0])):
+    for values, group in sorted_groups(records, keys):
         ran = [r for r in group if r["status"] == "ok"]
         cells = ["" if v is None else str(v) for v in values] + [",".join(str(s) for s in seeds(group))]
         for name, _ in shown:
