@@ -185,7 +185,7 @@ def mia_roc(records: Sequence[Record]) -> Result:
         return Skipped("mia-roc", title, "no trial recorded membership-inference ROC points (privacy_audit.roc)")
     keys = varied(audited, exclude=["seed"])
     figure, (ax,) = _axes()
-    for values, group in group_by(audited, keys).items():
+    for values, group in sorted_groups(audited, keys):
         color = None
         for r in group:
             fpr, tpr = _roc(r["privacy_audit"]) or ([], [])
@@ -207,6 +207,7 @@ def _lower_bound(record: Record) -> float | None:
 
 
 def _claimed(record: Record) -> float:
+    """The ε the audited run claimed; 0 for a run without record-level DP (it claims nothing)."""
     audit = record.get("privacy_audit") or {}
     value = audit.get("epsilon")
     return float(value) if isinstance(value, (int, float)) else float(settings_of(record).get("dp-epsilon") or 0)
@@ -220,11 +221,20 @@ def epsilon_audit(records: Sequence[Record]) -> Result:
         return Skipped("epsilon-audit", title, "no trial recorded an audit ε̂ (privacy_audit.epsilon_lower_bound)")
     keys = varied(audited, exclude=["seed", *EPSILON_KEYS])
     figure, (ax,) = _axes()
-    for values, group in group_by(audited, keys).items():
+    claiming = [r for r in audited if _claimed(r) > 0]
+    for values, group in sorted_groups(claiming, keys):
         by_claim: dict[float, list[Record]] = {}
         for r in group:
             by_claim.setdefault(_claimed(r), []).append(r)
-        _errorbar(ax, [(x, spread(_lower_bound(r) for r in g)) for x, g in by_claim.items()], label(keys, values))
+        _errorbar(ax, sorted(((x, spread(_lower_bound(r) for r in g)) for x, g in by_claim.items()),
+                             key=lambda point: point[0]), label(keys, values))
+    # Runs without DP claim nothing (ε = ∞): their ε̂ is drawn as a band, not as a point at ε = 0, where it
+    # would sit above the diagonal as if it refuted a claim.
+    unclaimed = spread(_lower_bound(r) for r in audited if _claimed(r) <= 0)
+    if unclaimed is not None:
+        ax.axhspan(unclaimed.mean - unclaimed.sd, unclaimed.mean + unclaimed.sd, color="tab:red", alpha=0.12)
+        ax.axhline(unclaimed.mean, color="tab:red", linestyle="--",
+                   label=f"no DP (no claim): ε̂ = {unclaimed.mean:.2f} ± {unclaimed.sd:.2f}")
     top = max([_claimed(r) for r in audited] + [_lower_bound(r) or 0 for r in audited] + [1.0])
     ax.plot([0, top], [0, top], linestyle=":", color="grey", label="ε̂ = ε")
     ax.set(xlabel="claimed ε", ylabel="empirical ε̂ (mean ± sd over seeds)", title=title)

@@ -26,11 +26,20 @@ MEASURES = ("success", "error", "auc", "tpr", "lower_bound")
 """Attack and audit metrics (``attack_*``, ``audit_*``) whose names hold one of these are shown too."""
 
 
+TITLES = {
+    "audit_epsilon_lower_bound": "audit ε̂ (95 %)",
+    "audit_mia_auc": "MIA AUC",
+    "audit_mia_tpr_at_0_1pct_fpr": "TPR @ 0.1 % FPR",
+    "audit_mia_tpr_at_1pct_fpr": "TPR @ 1 % FPR",
+}
+"""Headings of the measures fedguard records (others are shown by their names)."""
+
+
 def _columns(records: Sequence[Record]) -> list[tuple[str, str]]:
     """The columns some trial has a value for: :data:`COLUMNS`, then attack and audit measures by name."""
     names = sorted({k for r in records for k in r.get("metrics", {})
                     if k.startswith(("attack_", "audit_")) and any(m in k for m in MEASURES)})
-    columns = [*COLUMNS, *((n, n.replace("_", " ")) for n in names)]
+    columns = [*COLUMNS, *((n, TITLES.get(n, n.replace("_", " "))) for n in names)]
     return [(n, t) for n, t in columns if any(metric(n)(r) is not None for r in records)]
 
 

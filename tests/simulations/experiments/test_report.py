@@ -97,7 +97,7 @@ def test_markdown_table_gives_mean_and_sd_per_setting_with_the_reasons_for_trial
     lines = [line for line in text.splitlines() if line.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     assert head[:7] == ["aggregation", "attack", "attackers", "dp-epsilon", "secure-agg", "site-epsilon", "sites"]
-    assert "attack backdoor success rate" in head and "audit epsilon lower bound" in head
+    assert "attack backdoor success rate" in head and "audit ε̂ (95 %)" in head
     rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:7:3]: line for line in lines[2:]}
     # ε = 1: accuracies 0.7 and 0.9 → 0.800 ± 0.141 over seeds 1 and 2, never one seed's value
     assert "| 1,2 | 0.800 ± 0.141 | 0.990 ± 0.000 | 0.450 ± 0.071 |" in rows[("fedavg", "1.0", "3")]
