@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,8 +153,13 @@ def publish_run(
     sites: dict[str, SiteLedger], rounds: int, run_id: str, metrics: dict[str, Any], mark: WatermarkOutcome,
     site_plan: SiteDPPlan | None = None, ledger: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None, extra_training: dict[str, Any] | None = None,
+    held_out: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Register the model and return the outcome (paths, checks) for the caller.
+
+    ``held_out`` are the held-out set's feature rows: the model's ONNX export
+    must give PyTorch's logits on them (:func:`lifecycle.export.export_checked`),
+    or nothing is published.
 
     ``reference`` (summed site histograms, :mod:`coordinator.reference`) goes
     into the BOM, signed with the weights. ``extra_training`` adds keys to the
@@ -170,7 +176,7 @@ def publish_run(
                       **(extra_training or {})},
             watermark=mark.to_dict(), metrics=metrics, reference=reference,
             mode="deployment" if cfg.run_id else "simulation",  # only `fedguard run` sets a run-id
-            supersedes=cfg.supersedes or None, excludes_withdrawals=excluded,
+            supersedes=cfg.supersedes or None, excludes_withdrawals=excluded, held_out=held_out,
         ),
     )
     return published_outcome(registry, version)
