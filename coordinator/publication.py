@@ -1,8 +1,9 @@
-"""After the last round: watermark, package, sign, register, and check it all.
+"""After the last round: watermark, package, export to ONNX, sign, register, and check it all.
 
 The coordinator publishes nothing it has not verified: the watermark must be
-detected on the final weights and the signature must verify from the stored
-artifact before the outcome is reported as a success. The lineage it
+detected on the final weights, the ONNX export must give the model's logits
+on the held-out set (:mod:`lifecycle.export`), and the signature must verify
+from the stored artifact before the outcome is reported as a success. The lineage it
 registers and signs names each site by its enrolled identity (the keys of
 ``TrackedStrategy.sites``, bound by ``coordinator.identity``), never by a
 name a site reported about itself.

@@ -180,3 +180,16 @@ def test_any_valid_batch_gets_one_label_per_instance(served: ServedModel, instan
 def test_any_wrong_width_is_refused(served: ServedModel, instances: list[list[float]]) -> None:
     with pytest.raises(InputValidationError, match="the model expects 4"):
         served.to_batch(instances, max_instances=8)
+
+
+def test_one_session_per_version_with_the_configured_threads(registry: Registry, published: VersionRecord) -> None:
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    default = load_version(published, registry.public_key_path())
+    assert isinstance(default.runtime, OnnxModel)
+    assert default.runtime.session.get_providers() == ["CPUExecutionProvider"]
+    assert default.runtime.session.get_session_options().intra_op_num_threads == 1
+    app = create_app(registry, ServingSettings(onnx_threads=3))
+    served = app.state.fedguard.models["demo"]
+    assert served.runtime.session.get_session_options().intra_op_num_threads == 3
