@@ -20,7 +20,7 @@ promotion.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ class Publication:
     supersedes: int | None = None
     """The version this one replaces (``fedguard retrain``); its ``training`` names the withdrawals it excludes."""
     excludes_withdrawals: tuple[dict[str, Any], ...] = ()
-    held_out: np.ndarray | None = None
+    held_out: np.ndarray | None = field(default=None, compare=False, repr=False)
     """Feature rows of the held-out set: the ONNX export must reproduce the model's logits on them
     (:func:`lifecycle.export.export_checked`; a fixed probe batch without them)."""
 
