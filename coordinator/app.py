@@ -354,7 +354,7 @@ def publish(run: RunContext, reference: ReferenceCollector) -> dict[str, Any]:
             metrics={"accuracy": final.accuracy, "loss": final.loss, "test_examples": final.num_examples,
                      **gate_metrics(registry, cfg, model, run.test, run.schema, section), **audited},
             ledger=ledger_state, reference=section,
-            extra_training={"dropouts": dropouts} if dropouts else None,
+            extra_training={"dropouts": dropouts} if dropouts else None, held_out=run.test.features,
         )
         accuracy, watermark = final.accuracy, mark.to_dict()
         outcome.update(audited)  # as signed; the simulation fails loudly on ε̂ > ε

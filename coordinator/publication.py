@@ -1,8 +1,9 @@
-"""After the last round: watermark, package, sign, register, and check it all.
+"""After the last round: watermark, package, export to ONNX, sign, register, and check it all.
 
 The coordinator publishes nothing it has not verified: the watermark must be
-detected on the final weights and the signature must verify from the stored
-artifact before the outcome is reported as a success. The lineage it
+detected on the final weights, the ONNX export must give the model's logits
+on the held-out set (:mod:`lifecycle.export`), and the signature must verify
+from the stored artifact before the outcome is reported as a success. The lineage it
 registers and signs names each site by its enrolled identity (the keys of
 ``TrackedStrategy.sites``, bound by ``coordinator.identity``), never by a
 name a site reported about itself.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,8 +154,13 @@ def publish_run(
     sites: dict[str, SiteLedger], rounds: int, run_id: str, metrics: dict[str, Any], mark: WatermarkOutcome,
     site_plan: SiteDPPlan | None = None, ledger: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None, extra_training: dict[str, Any] | None = None,
+    held_out: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Register the model and return the outcome (paths, checks) for the caller.
+
+    ``held_out`` are the held-out set's feature rows: the model's ONNX export
+    must give PyTorch's logits on them (:func:`lifecycle.export.export_checked`),
+    or nothing is published.
 
     ``reference`` (summed site histograms, :mod:`coordinator.reference`) goes
     into the BOM, signed with the weights. ``extra_training`` adds keys to the
@@ -170,7 +177,7 @@ def publish_run(
                       **(extra_training or {})},
             watermark=mark.to_dict(), metrics=metrics, reference=reference,
             mode="deployment" if cfg.run_id else "simulation",  # only `fedguard run` sets a run-id
-            supersedes=cfg.supersedes or None, excludes_withdrawals=excluded,
+            supersedes=cfg.supersedes or None, excludes_withdrawals=excluded, held_out=held_out,
         ),
     )
     return published_outcome(registry, version)

@@ -1,7 +1,7 @@
 """The content-addressed artifact store under ``FEDGUARD_HOME/artifacts``.
 
-An artifact is a model directory (``weights.safetensors``, ``bom.json``,
-``MODEL_CARD.md``) plus its signature beside it::
+An artifact is a model directory (``weights.safetensors``, ``model.onnx``,
+``bom.json``, ``MODEL_CARD.md``) plus its signature beside it::
 
     artifacts/<sha256>/model/...      the signed directory
     artifacts/<sha256>/model.sig      OpenSSF Model Signing bundle
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 WEIGHTS_NAME = "weights.safetensors"
+ONNX_NAME = "model.onnx"
+"""The model exported to ONNX (:mod:`lifecycle.export`): what serving runs."""
 CARD_NAME = "MODEL_CARD.md"
 SIGNATURE_NAME = "model.sig"
 

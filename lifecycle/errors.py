@@ -14,6 +14,7 @@ message that says what is wrong and what to do about it::
     ├── VerificationError (exit 5)                a signature or watermark does not verify
     │   ├── SignatureError
     │   ├── WatermarkError
+    │   ├── ExportError                           the ONNX export does not reproduce the model
     │   └── PrivacyAuditFailed (in privacy.audit.errors)  an empirical ε lower bound above the ledger's ε
     ├── TrainingError (RuntimeError, exit 6)      a round aggregated nothing, a site failed
     │   ├── SitesUnavailableError (exit 9)        too few sites identified by the deadline
@@ -84,6 +85,10 @@ class SignatureError(VerificationError):
 
 class WatermarkError(VerificationError):
     """A watermark is absent or not detected with the required confidence."""
+
+
+class ExportError(VerificationError):
+    """The model cannot be exported to ONNX, or the export's logits differ from the model's (parity check)."""
 
 
 class TrainingError(FedguardError, RuntimeError):

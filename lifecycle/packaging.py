@@ -2,7 +2,8 @@
 
 One function does the whole publication so that every producer (the
 coordinator after a run, tests, future import commands) writes the same
-layout: weights → gates → ML-BOM → model card → signature → atomic move into
+layout: weights → ONNX export checked against PyTorch (:mod:`lifecycle.export`)
+→ gates → ML-BOM → model card → signature → atomic move into
 the store → registry rows and audit events in one transaction → gate
 decisions. If anything fails before the registry commit, the staged files are
 removed and the registry is unchanged.
@@ -19,9 +20,10 @@ promotion.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from lifecycle import logger
@@ -31,6 +33,7 @@ from lifecycle.audit import actors
 from lifecycle.bom import model_component, read_lineage, write_bom
 from lifecycle.bom.document import make_bom
 from lifecycle.errors import FedguardError
+from lifecycle.export import export_checked
 from lifecycle.governance.criteria import Facts
 from lifecycle.governance.decisions import PRODUCTION, STAGING
 from lifecycle.governance.gates import evaluate_stages, site_withdrawals, summarise
@@ -60,6 +63,9 @@ class Publication:
     supersedes: int | None = None
     """The version this one replaces (``fedguard retrain``); its ``training`` names the withdrawals it excludes."""
     excludes_withdrawals: tuple[dict[str, Any], ...] = ()
+    held_out: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Feature rows of the held-out set: the ONNX export must reproduce the model's logits on them
+    (:func:`lifecycle.export.export_checked`; a fixed probe batch without them)."""
 
 
 def model_card(bom: dict[str, Any]) -> str:
@@ -92,6 +98,13 @@ def model_card(bom: dict[str, Any]) -> str:
         )
     lines += ["", "## Metrics"] + [f"- {k}: {v}" for k, v in sorted(metrics.items())]
     lines += ["", "## Watermark", f"- scheme: {mark.get('scheme')}, commitment: `{mark.get('commitment')}`", ""]
+    onnx = fg.get("serving_format")
+    if onnx:
+        parity = onnx.get("parity", {})
+        lines += ["## Serving format",
+                  f"- ONNX opset {onnx.get('opset')} (`{onnx.get('file')}`), ONNX Runtime {onnx.get('onnxruntime')}: "
+                  f"max |logit difference| {parity.get('max_abs_diff'):.3g} against PyTorch on "
+                  f"{parity.get('rows')} {parity.get('set')} rows (tolerance {parity.get('tolerance')})", ""]
     governance = fg.get("governance")
     if governance:
         lines += ["## Governance at publication", f"- policy version: {governance.get('policy_version') or 'default'}"]
@@ -120,12 +133,13 @@ def publish_model(registry: Registry, pub: Publication) -> VersionRecord:
     try:
         model_dir = stage / "model"
         save_weights(pub.model, model_dir / WEIGHTS_NAME)
+        exported = export_checked(pub.model, pub.spec.in_features, model_dir, pub.held_out)
         bom = make_bom(
             model_name=pub.name, spec=pub.spec, schema=pub.schema,
             weights_sha256=file_sha256(model_dir / WEIGHTS_NAME),
             training=pub.training, watermark=pub.watermark, metrics=pub.metrics,
             reference=pub.reference, sites=pub.sites, run_id=pub.run_id, rounds=pub.rounds,
-            governance=governance_summary(registry, pub),
+            governance=governance_summary(registry, pub), serving_format=exported.to_dict(),
         )
         write_bom(bom, model_dir)
         (model_dir / CARD_NAME).write_text(model_card(bom))

@@ -235,7 +235,7 @@ def serve(
     _attach_log_handler()
     import uvicorn
 
-    from serving.app import create_app  # torch and FastAPI load only when serving
+    from serving.app import create_app  # ONNX Runtime and FastAPI load only when serving
     from serving.state import ServingState
 
     app = create_app(_registry(), settings)

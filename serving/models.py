@@ -1,36 +1,37 @@
 """The models a server holds: verified first, then loaded, then checked per request.
 
 Serving loads a model only after its signature verifies against the trusted
-public key (DESIGN.md §5), and only then rebuilds it from ``bom.json`` and
-``weights.safetensors`` (never pickle). The feature schema comes from the same
-signed BOM, so the checks a request must pass are exactly those the model's
-publisher signed. Everything happens when the app is created: a bad artifact
-stops the server before it accepts a single request.
+public key (DESIGN.md §5), and only then opens its signed ONNX export
+(``model.onnx``, :mod:`serving.runtime`) with ONNX Runtime: the serving
+process imports neither torch nor any training code (never pickle either).
+A model published before models were exported to ONNX has no ``model.onnx``
+and is refused with a message asking to re-publish it. The feature schema
+comes from the same signed BOM, so the checks a request must pass are
+exactly those the model's publisher signed. Everything happens when the app
+is created: a bad artifact stops the server before it accepts a single request.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from lifecycle.architecture import DataSchema
-from lifecycle.artifacts import load_model
-from lifecycle.bom import bom_schema, bom_spec
+from lifecycle.artifacts import ONNX_NAME
+from lifecycle.bom import bom_schema, bom_serving_format, bom_spec, read_bom
 from lifecycle.bom.reference import ReferenceStats, bom_reference
+from lifecycle.description import DataSchema
 from lifecycle.errors import ConfigurationError, InputValidationError, SignatureError, StateError
 from lifecycle.registry import Registry, VersionRecord
 from lifecycle.signing import verify_model
 from serving import logger
-from serving.inference import MAX_ROWS, MLPPlan, softmax64
+from serving.runtime import ModelRuntime, OnnxModel, softmax64
 
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 """Largest finite float32: a value beyond it cannot reach the model (422; the OpenAPI document says so too)."""
 _SHOWN_FEATURES = 12
 # model_signing reports differences inside a repr()'d list, whose quoting (' or
@@ -44,14 +45,9 @@ class ServedModel:
     name: str
     version: int
     digest: str
-    module: nn.Module
+    runtime: ModelRuntime  # the signed ONNX export in ONNX Runtime (serving.runtime.OnnxModel)
     schema: DataSchema
     reference: ReferenceStats | None = None  # training-data histograms (drift, extraction grid)
-    plan: MLPPlan | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # numpy evaluation for request-sized batches (serving.inference); None: PyTorch only
-        object.__setattr__(self, "plan", MLPPlan.of(self.module))
 
     @property
     def num_features(self) -> int:
@@ -59,9 +55,8 @@ class ServedModel:
 
     @property
     def num_classes(self) -> int:
-        """Classes the model scores: its last linear layer's outputs (the schema's labels otherwise)."""
-        linear = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
-        return int(linear[-1].out_features) if linear else len(self.schema.labels)
+        """Classes the model scores (its ONNX output's width)."""
+        return self.runtime.num_classes
 
     def class_names(self) -> list[str] | list[int]:
         """The schema's label names, or class indices when it has none."""
@@ -73,7 +68,7 @@ class ServedModel:
         hidden = self.num_features - len(names)
         return ", ".join(names) + (f", … ({hidden} more)" if hidden > 0 else "")
 
-    def to_batch(self, instances: Sequence[Sequence[float]], max_instances: int) -> torch.Tensor:
+    def to_batch(self, instances: Sequence[Sequence[float]], max_instances: int) -> np.ndarray:
         """Check ``instances`` against the schema and return them as one float32 batch.
 
         Instances and values are numbered from 0, as in the JSON array.
@@ -96,8 +91,6 @@ class ServedModel:
                     f"instance {i} has {len(row)} values; the model expects {self.num_features} "
                     f"(features: {self.describe_features()})"
                 )
-        # numpy, not torch, for the checks: on a request-sized batch each torch op costs
-        # ~10 µs of dispatch, a numpy one ~1 µs (benchmarks/serving.py).
         values = np.asarray(instances, dtype=np.float64)
         # Two reductions on the common (valid) path; NaN makes max/min NaN, which compares False.
         if not (values.max() <= FLOAT32_MAX and values.min() >= -FLOAT32_MAX):
@@ -107,20 +100,22 @@ class ServedModel:
             raise InputValidationError(
                 f"instance {i} value {j} (feature '{self.schema.features[j]}') is {problem}; send finite numbers"
             )
-        return torch.from_numpy(values.astype(np.float32))
+        return values.astype(np.float32)
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax class probabilities for ``batch`` at full precision (callers round them).
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's float32 logits for a float32 ``batch`` (the drift monitor bins their argmax)."""
+        return self.runtime.logits(batch)
 
-        Only :mod:`serving.guards.outputs` should call this, and only for a model whose
-        operator configured a score-bearing output mode.
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax class probabilities (float64) for ``batch`` at full precision (callers round them).
+
+        Only :mod:`serving.guards.outputs` and the server's own monitors should call
+        this; scores leave only for a model whose operator configured a score-bearing
+        output mode.
         """
-        if self.plan is not None and len(batch) <= MAX_ROWS:
-            return torch.from_numpy(softmax64(self.plan.logits(batch.detach().numpy())))
-        with torch.no_grad():
-            return torch.softmax(self.module(batch).to(torch.float64), dim=1)
+        return softmax64(self.runtime.logits(batch))
 
-    def predict(self, batch: torch.Tensor) -> list[str] | list[int]:
+    def predict(self, batch: np.ndarray) -> list[str] | list[int]:
         """Labels for ``batch``: the schema's label names, or class indices without them.
 
         Only the winning label leaves the model: scores and probabilities help
@@ -128,18 +123,16 @@ class ServedModel:
         Tramèr et al. 2016), so they are returned only through
         :mod:`serving.guards.outputs`, rounded, for a model configured to.
         """
-        if self.plan is not None and len(batch) <= MAX_ROWS:
-            classes: list[int] = self.plan.logits(batch.detach().numpy()).argmax(axis=1).tolist()
-        else:
-            with torch.no_grad():
-                classes = self.module(batch).argmax(dim=1).tolist()
+        classes: list[int] = self.runtime.logits(batch).argmax(axis=1).tolist()
         if self.schema.labels:
             return [self.schema.labels[c] for c in classes]
         return classes
 
 
-def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
-    """Verify ``record``'s signature, then load it and check its BOM is coherent.
+def load_version(record: VersionRecord, public_key: Path, *, threads: int = 1) -> ServedModel:
+    """Verify ``record``'s signature, then open its ONNX export and check its BOM is coherent.
+
+    ``threads`` is ONNX Runtime's intra-op thread count for this version's session.
 
     Raises
     ------
@@ -147,8 +140,9 @@ def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
         The signature does not verify; the message names the model version
         and the file that differs.
     StateError
-        The artifact is missing, the public key is missing, or the BOM's
-        feature schema does not fit the architecture.
+        The artifact is missing, the public key is missing, the model was
+        published without an ONNX export (re-publish it), or the BOM's feature
+        schema does not fit the model.
     """
     artifact = record.artifact
     if not artifact.model_dir.is_dir():
@@ -167,20 +161,33 @@ def load_version(record: VersionRecord, public_key: Path) -> ServedModel:
                 "the artifact from a backup"
             ) from exc
         raise SignatureError(f"refusing to serve {record.ref}: {exc}") from exc
-    module, bom = load_model(artifact.model_dir)
+    bom = read_bom(artifact.model_dir)
     schema, spec = bom_schema(bom), bom_spec(bom)
+    runtime = _runtime(record, artifact.model_dir, bom, spec.in_features, threads)
     if len(schema.features) != spec.in_features:
         raise StateError(
             f"{record.ref}: the BOM lists {len(schema.features)} features but the model takes "
             f"{spec.in_features} inputs; re-publish the model"
         )
-    if schema.labels and len(schema.labels) != spec.num_classes:
+    if schema.labels and len(schema.labels) != runtime.num_classes:
         raise StateError(
             f"{record.ref}: the BOM lists {len(schema.labels)} labels but the model has "
-            f"{spec.num_classes} classes; re-publish the model"
+            f"{runtime.num_classes} classes; re-publish the model"
         )
-    logger.info("serving %s (artifact %s, %d features)", record.ref, artifact.digest[:12], len(schema.features))
-    return ServedModel(record.name, record.version, artifact.digest, module, schema, _reference(record, bom, schema))
+    logger.info("serving %s (artifact %s, %d features, ONNX Runtime)", record.ref, artifact.digest[:12],
+                len(schema.features))
+    return ServedModel(record.name, record.version, artifact.digest, runtime, schema, _reference(record, bom, schema))
+
+
+def _runtime(record: VersionRecord, model_dir: Path, bom: dict[str, Any], features: int, threads: int) -> OnnxModel:
+    """The ONNX Runtime session of a verified model directory; a model published before ONNX is refused."""
+    section = bom_serving_format(bom)
+    path = model_dir / ONNX_NAME
+    if section is None or not path.is_file():
+        raise StateError(f"{record.ref} was published before models were exported to ONNX and cannot be served; "
+                         "re-publish it: run its job again with this fedguard version")
+    return OnnxModel(path.read_bytes(), sha256=str(section["sha256"]), num_features=features, ref=record.ref,
+                     intra_op_threads=threads)
 
 
 def _reference(record: VersionRecord, bom: dict[str, Any], schema: DataSchema) -> ReferenceStats | None:
@@ -195,7 +202,9 @@ def _reference(record: VersionRecord, bom: dict[str, Any], schema: DataSchema) -
     return reference
 
 
-def load_served_models(registry: Registry, public_key: Path | None = None) -> dict[str, ServedModel]:
+def load_served_models(
+    registry: Registry, public_key: Path | None = None, *, threads: int = 1
+) -> dict[str, ServedModel]:
     """Verify and load the newest version of every registered model, by name.
 
     All or nothing: one model that fails verification stops the whole server,
@@ -207,6 +216,8 @@ def load_served_models(registry: Registry, public_key: Path | None = None) -> di
         Where the versions and artifacts are.
     public_key
         The trusted signer's PEM public key; defaults to the registry's own.
+    threads
+        ONNX Runtime's intra-op threads per session.
     """
     key = public_key or registry.public_key_path()
-    return {record.name: load_version(record, key) for record in registry.latest_versions()}
+    return {record.name: load_version(record, key, threads=threads) for record in registry.latest_versions()}

@@ -147,6 +147,10 @@ class ServingSettings(BaseSettings):
         model in this environment (``fedguard objections add``): a 4xx status
         (403 by default; 451 is another fit, RFC 7725) and the message the
         caller reads (code ``objection``). The model never sees the request.
+    onnx_threads
+        ONNX Runtime's intra-op threads per loaded model version (1 by
+        default: request-sized batches gain nothing from a thread pool; the
+        server scales by workers and replicas).
     access_log
         Whether ``fedguard serve`` writes the access log (one line per request
         to stderr, :mod:`serving.metrics`); on by default.
@@ -198,6 +202,7 @@ class ServingSettings(BaseSettings):
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
     objection_status: int = Field(default=DEFAULT_OBJECTION_STATUS, ge=400, le=499)
     objection_message: str = Field(default=DEFAULT_OBJECTION_MESSAGE, min_length=1, max_length=512)
+    onnx_threads: int = Field(default=1, ge=1, le=256)
     access_log: bool = True
 
     @model_validator(mode="after")

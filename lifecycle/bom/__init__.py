@@ -7,7 +7,8 @@ data), rounds, DP parameters and ε per site, aggregation rule,
 secure-aggregation mode, watermark scheme and commitment, metrics, code
 version, every installed package, and, where the coordinator collected them,
 the ``reference`` statistics of the training data (summed per-feature
-histograms; see :mod:`lifecycle.bom.reference`).
+histograms; see :mod:`lifecycle.bom.reference`), and the ``serving_format``:
+the ONNX export's SHA-256, opset and parity with PyTorch (:mod:`lifecycle.export`).
 
 Read it only through :func:`read_lineage` and the accessors here
 (:mod:`lifecycle.bom.lineage` says where each part lives in the document).
@@ -26,6 +27,7 @@ from lifecycle.bom.environment import (
 from lifecycle.bom.lineage import (
     BOM_NAME,
     bom_schema,
+    bom_serving_format,
     bom_spec,
     model_component,
     read_bom,
@@ -34,6 +36,7 @@ from lifecycle.bom.lineage import (
     write_bom,
 )
 
-__all__ = ["BOM_NAME", "MAIN_DEPENDENCIES", "InstalledPackage", "bom_schema", "bom_spec", "code_version",
+__all__ = ["BOM_NAME", "MAIN_DEPENDENCIES", "InstalledPackage", "bom_schema", "bom_serving_format", "bom_spec",
+           "code_version",
            "dependency_versions", "installed_packages", "model_component", "read_bom", "read_lineage",
            "signed_sites", "write_bom"]

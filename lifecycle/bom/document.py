@@ -41,10 +41,12 @@ from lifecycle.bom.lineage import (
     GOVERNANCE,
     LINEAGE_PREFIX,
     MODEL_REF,
+    ONNX_PREFIX,
     REFERENCE_REF,
     ROUNDS,
     RUN_ID,
     SECTIONS,
+    SERVING_FORMAT,
     SITE_FIELDS,
     SITE_REF_PREFIX,
 )
@@ -121,6 +123,17 @@ def _library(package: InstalledPackage) -> Component:
                      purl=purl, bom_ref=purl.to_string())
 
 
+def _serving_format_properties(section: Mapping[str, Any]) -> list[Property]:
+    """The ONNX export section (exact, compact JSON) and its main facts spelled one per property."""
+    parity = section.get("parity", {})
+    return [
+        Property(name=SERVING_FORMAT, value=_compact(section)),
+        Property(name=f"{ONNX_PREFIX}opset", value=str(section.get("opset"))),
+        Property(name=f"{ONNX_PREFIX}max-abs-diff", value=repr(parity.get("max_abs_diff"))),
+        Property(name=f"{ONNX_PREFIX}onnxruntime", value=str(section.get("onnxruntime"))),
+    ]
+
+
 def _lineage_properties(
     sections: Mapping[str, Any], version: str, run_id: str | None, rounds: int | None,
     governance: Mapping[str, Any] | None = None,
@@ -166,6 +179,7 @@ def make_bom(
     rounds: int | None = None,
     packages: list[InstalledPackage] | None = None,
     governance: dict[str, Any] | None = None,
+    serving_format: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble and validate the ML-BOM (a JSON-serialisable dict in CycloneDX 1.6).
 
@@ -175,7 +189,9 @@ def make_bom(
     (:class:`federation.reference.ReferenceStats`); ``packages`` defaults to
     every distribution installed here; ``governance``, when given, is the
     policy's gates as evaluated before signing
-    (:func:`lifecycle.governance.gates.summarise`), signed with the weights.
+    (:func:`lifecycle.governance.gates.summarise`), signed with the weights;
+    ``serving_format``, when given, is the ONNX export and its parity check
+    (:meth:`lifecycle.export.OnnxExport.to_dict`).
     """
     version = code_version()
     sections = {"architecture": spec.to_dict(), "feature_schema": schema.to_dict(), "training": training,
@@ -184,6 +200,7 @@ def make_bom(
         name=model_name, type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=MODEL_REF,
         hashes=_sha256(weights_sha256),
         properties=[*_lineage_properties(sections, version, run_id, rounds, governance),
+                    *(_serving_format_properties(serving_format) if serving_format is not None else []),
                     *(Property(name=name, value=value) for name, value in summary_properties(training, watermark))],
     )
     data = [_site_component(site) for site in sites]

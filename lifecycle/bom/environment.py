@@ -17,7 +17,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-MAIN_DEPENDENCIES = ("torch", "flwr", "opacus", "safetensors", "model-signing", "cryptography", "scikit-learn")
+MAIN_DEPENDENCIES = ("torch", "flwr", "opacus", "safetensors", "model-signing", "cryptography", "scikit-learn", "onnx",
+                     "onnxruntime")
 """The libraries the lineage's ``dependencies`` summary names (the full list is in the BOM's components)."""
 
 _SEPARATORS = re.compile(r"[-_.]+")

@@ -47,6 +47,11 @@ ROUNDS = "fedguard:rounds"
 CODE_VERSION = "fedguard:code-version"
 GOVERNANCE = "fedguard:governance"
 """The model's gates at publication (:func:`lifecycle.governance.gates.summarise`), compact JSON; optional."""
+SERVING_FORMAT = "fedguard:serving-format"
+"""The ONNX export and its parity check (:class:`lifecycle.export.OnnxExport`), compact JSON; absent in a BOM
+written before models were exported (such a model cannot be served: re-publish it)."""
+ONNX_PREFIX = "fedguard:onnx:"
+"""Readable properties repeating the export's main facts (opset, max-abs-diff, onnxruntime)."""
 
 
 def properties(node: Mapping[str, Any]) -> dict[str, str]:
@@ -98,8 +103,9 @@ def read_lineage(bom: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys: ``architecture``, ``feature_schema``, ``training``, ``watermark``,
     ``metrics``, ``code_version``, ``dependencies`` (the main libraries'
-    versions), and where known ``run_id``, ``rounds``, ``reference`` and
-    ``governance`` (the gates as evaluated at publication, signed with the weights).
+    versions), and where known ``run_id``, ``rounds``, ``reference``,
+    ``governance`` (the gates as evaluated at publication, signed with the weights)
+    and ``serving_format`` (the ONNX export, its opset and parity check).
 
     Raises
     ------
@@ -121,6 +127,8 @@ def read_lineage(bom: Mapping[str, Any]) -> dict[str, Any]:
         lineage["rounds"] = int(props[ROUNDS])
     if GOVERNANCE in props:
         lineage["governance"] = json.loads(props[GOVERNANCE])
+    if SERVING_FORMAT in props:
+        lineage["serving_format"] = json.loads(props[SERVING_FORMAT])
     reference = _reference(bom)
     if reference is not None:
         lineage["reference"] = reference
@@ -159,6 +167,12 @@ def signed_sites(bom: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
 def bom_spec(bom: Mapping[str, Any]) -> ModelSpec:
     """The architecture a model is rebuilt from."""
     return ModelSpec.from_dict(read_lineage(bom)["architecture"])
+
+
+def bom_serving_format(bom: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The signed ONNX export section (file, SHA-256, opset, parity), or ``None`` for a model published before."""
+    section = read_lineage(bom).get("serving_format")
+    return dict(section) if isinstance(section, Mapping) else None
 
 
 def bom_schema(bom: Mapping[str, Any]) -> DataSchema:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from prometheus_client import CollectorRegistry, Counter, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -216,7 +215,7 @@ class ModelDrift:
                 self._last = self._build(*self._scored)
             return self._last
 
-    def observe(self, batch: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[DriftReport, bool]:
+    def observe(self, batch: np.ndarray, scores: np.ndarray | None = None) -> tuple[DriftReport, bool]:
         """Add ``batch`` to the window; return the new report and whether the alert just turned on.
 
         ``scores`` are the model's outputs for ``batch`` when the caller has
@@ -225,7 +224,7 @@ class ModelDrift:
         raised = self.add(batch, scores)
         return self.last, raised
 
-    def add(self, batch: torch.Tensor, scores: torch.Tensor | None = None) -> bool:
+    def add(self, batch: np.ndarray, scores: np.ndarray | None = None) -> bool:
         """As :meth:`observe`, without building the report: whether the alert just turned on.
 
         Instances are held until the next scoring point (every ``check_every``
@@ -234,11 +233,8 @@ class ModelDrift:
         binning run once per scoring instead of once per request (each costs
         microseconds of dispatch on a request-sized batch, ``benchmarks/serving.py``).
         """
-        values = batch.detach().numpy()
-        if scores is None:
-            with torch.no_grad():
-                scores = self.model.module(batch)
-        outputs = scores.detach().numpy()
+        values = batch
+        outputs = self.model.logits(batch) if scores is None else scores
         with self.lock:
             self._held.append((values, outputs))
             self.pending += len(values)
@@ -333,7 +329,7 @@ class DriftMonitors:
         self.monitors[model.name] = ModelDrift(model, model.reference, self.settings)
         self.alert_counter.labels(model.name)
 
-    def observe(self, model: ServedModel, batch: torch.Tensor, scores: torch.Tensor | None = None) -> None:
+    def observe(self, model: ServedModel, batch: np.ndarray, scores: np.ndarray | None = None) -> None:
         """Score ``batch`` of answered instances against ``model``'s reference (no-op without one)."""
         monitor = self.monitors.get(model.name)
         if monitor is None:

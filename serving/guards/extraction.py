@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import torch
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -179,8 +178,8 @@ class ExtractionGuard:
             self.grids[model.name] = grid
 
     def observe(
-        self, key_id: str, model: ServedModel, batch: torch.Tensor, now: float,
-        probabilities: torch.Tensor | None = None,
+        self, key_id: str, model: ServedModel, batch: np.ndarray, now: float,
+        probabilities: np.ndarray | None = None,
     ) -> ExtractionSignals | None:
         """Add an answered ``batch`` to the pair's window; throttle the key if it crosses. Returns the signals.
 
@@ -218,13 +217,10 @@ class ExtractionGuard:
             return self._signals(key_id, model, window)
 
     def _features(
-        self, model: ServedModel, batch: torch.Tensor, probabilities: torch.Tensor | None
+        self, model: ServedModel, batch: np.ndarray, probabilities: np.ndarray | None
     ) -> tuple[list[int], list[bool]]:
-        # numpy on the whole batch: on a request-sized batch each torch op costs ~10 µs
-        # of dispatch and a per-row Python hash more (benchmarks/serving.py).
-        if probabilities is None:
-            probabilities = model.probabilities(batch)
-        scores = probabilities.detach().numpy()
+        # numpy on the whole batch: a per-row Python hash costs more (benchmarks/serving.py).
+        scores = model.probabilities(batch) if probabilities is None else probabilities
         if scores.shape[1] == 2:
             margin = np.abs(scores[:, 0] - scores[:, 1])
         else:
@@ -235,7 +231,7 @@ class ExtractionGuard:
         if grid is None:  # no reference: every instance in one cell, the coverage signal stays quiet
             return [0] * len(near), near
         # float32 values against float64 edges: numpy compares them exactly, as float64.
-        index = bin_indices(batch.detach().numpy(), grid).astype(np.uint64)
+        index = bin_indices(batch, grid).astype(np.uint64)
         return (index @ self._radix[model.name]).tolist(), near
 
     def _signals(self, key_id: str, model: str, window: _PairWindow) -> ExtractionSignals:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import numpy as np
 
 from lifecycle.errors import ConfigurationError
 from serving.models import ServedModel
@@ -60,7 +60,7 @@ def check_policies(settings: ServingSettings, models: dict[str, ServedModel]) ->
 
 
 def shape_output(
-    model: ServedModel, batch: torch.Tensor, policy: OutputPolicy, probabilities: torch.Tensor | None = None
+    model: ServedModel, batch: np.ndarray, policy: OutputPolicy, probabilities: np.ndarray | None = None
 ) -> dict[str, Any]:
     """The response fields for ``batch`` under ``policy``: ``predictions`` and the mode's extras.
 
@@ -73,12 +73,13 @@ def shape_output(
             return {"predictions": model.predict(batch)}
         probabilities = model.probabilities(batch)
     names = model.class_names()
-    labels = [names[int(c)] for c in probabilities.argmax(dim=1).tolist()]
+    labels = [names[int(c)] for c in probabilities.argmax(axis=1).tolist()]
     fields: dict[str, Any] = {"predictions": labels}
     if policy.output_mode == "label":
         return fields
     if policy.output_mode == "top-k":
-        scores, indices = probabilities.topk(policy.top_k, dim=1)
+        indices = np.argsort(-probabilities, axis=1, kind="stable")[:, : policy.top_k]  # ties: lower class first
+        scores = np.take_along_axis(probabilities, indices, axis=1)
         fields["top_k"] = [
             [{"label": names[int(i)], "score": _round(float(p), policy.precision)}
              for p, i in zip(row_p, row_i, strict=True)]

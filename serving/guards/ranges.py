@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from lifecycle.errors import ConfigurationError, InputValidationError
 from serving.models import ServedModel
@@ -49,18 +49,18 @@ def _show(bound: Bound, open_side: str) -> str:
 
 @dataclass(frozen=True)
 class ModelRanges:
-    """The configured bounds of one model, as float32 tensors over its features.
+    """The configured bounds of one model, as float32 arrays over its features.
 
     ``low`` holds ``-inf`` and ``high`` ``+inf`` where a feature has no bound.
     """
 
     model: str
     features: tuple[str, ...]
-    low: torch.Tensor
-    high: torch.Tensor
+    low: np.ndarray
+    high: np.ndarray
     bounds: dict[int, tuple[Bound, Bound]]
 
-    def check(self, batch: torch.Tensor) -> None:
+    def check(self, batch: np.ndarray) -> None:
         """Refuse ``batch`` if a value lies outside its feature's range.
 
         Raises
@@ -71,7 +71,7 @@ class ModelRanges:
         bad = (batch < self.low) | (batch > self.high)
         if not bool(bad.any()):
             return
-        i, j = (int(index) for index in bad.nonzero()[0])
+        i, j = (int(index) for index in np.argwhere(bad)[0])
         low, high = self.bounds[j]
         raise InputValidationError(
             f"instance {i} value {j} (feature '{self.features[j]}') is outside its configured range "
@@ -85,7 +85,7 @@ class FeatureRanges:
 
     by_model: dict[str, ModelRanges] = field(default_factory=dict)
 
-    def check(self, model: str, batch: torch.Tensor) -> None:
+    def check(self, model: str, batch: np.ndarray) -> None:
         """Refuse ``batch`` for ``model`` if a value lies outside its configured range.
 
         Raises
@@ -112,8 +112,8 @@ class FeatureRanges:
 
 def _model_ranges(model: ServedModel, config: Mapping[str, tuple[Bound, Bound]]) -> ModelRanges:
     features = tuple(model.schema.features)
-    low = torch.full((len(features),), -math.inf, dtype=torch.float32)
-    high = torch.full((len(features),), math.inf, dtype=torch.float32)
+    low = np.full((len(features),), -math.inf, dtype=np.float32)
+    high = np.full((len(features),), math.inf, dtype=np.float32)
     bounds: dict[int, tuple[Bound, Bound]] = {}
     for feature, (lo, hi) in config.items():
         if feature not in features:

@@ -53,7 +53,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -113,11 +113,11 @@ class Route:
     role: str
     shadow: ServedModel | None = None
 
-    def predict(self, batch: torch.Tensor, policy: OutputPolicy) -> dict[str, Any]:
+    def predict(self, batch: np.ndarray, policy: OutputPolicy) -> dict[str, Any]:
         """The response fields from the answering version; records the outcome and mirrors to the shadow."""
         return self.router.answer(self, batch, policy)[0]
 
-    def answer(self, batch: torch.Tensor, policy: OutputPolicy) -> tuple[dict[str, Any], torch.Tensor]:
+    def answer(self, batch: np.ndarray, policy: OutputPolicy) -> tuple[dict[str, Any], np.ndarray]:
         """As :meth:`predict`, with the full-precision probabilities for the server's own monitors."""
         return self.router.answer(self, batch, policy)
 
@@ -324,8 +324,8 @@ class Router:
         return listed
 
     def answer(
-        self, route: Route, batch: torch.Tensor, policy: OutputPolicy
-    ) -> tuple[dict[str, Any], torch.Tensor]:
+        self, route: Route, batch: np.ndarray, policy: OutputPolicy
+    ) -> tuple[dict[str, Any], np.ndarray]:
         model = route.model
         try:
             probabilities = model.probabilities(batch)  # one forward pass serves the answer and the monitors
@@ -380,7 +380,7 @@ class Router:
         return ErrorWindow(s.kill_error_rate, s.kill_min_requests, s.kill_window_seconds)
 
     # --------------------------------------------------------------- shadow
-    def _mirror(self, shadow: ServedModel, batch: torch.Tensor, returned: list[Any], primary: ServedModel) -> None:
+    def _mirror(self, shadow: ServedModel, batch: np.ndarray, returned: list[Any], primary: ServedModel) -> None:
         with self._pending_lock:
             if len(self._pending) >= self.settings.shadow_max_pending:
                 self.metrics.shadow_dropped.labels(shadow.name, "queue-full").inc()
@@ -393,7 +393,7 @@ class Router:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _compare(self, shadow: ServedModel, batch: torch.Tensor, returned: list[Any], primary: ServedModel) -> None:
+    def _compare(self, shadow: ServedModel, batch: np.ndarray, returned: list[Any], primary: ServedModel) -> None:
         try:
             labels = shadow.predict(batch)
         except Exception as exc:  # noqa: BLE001 - a broken candidate must never affect live traffic
@@ -574,7 +574,8 @@ class Router:
             if cached is not None:
                 return cached
             try:
-                model = load_version(self.registry.get_version(state.model, version), self.public_key)
+                model = load_version(self.registry.get_version(state.model, version), self.public_key,
+                                     threads=self.settings.onnx_threads)
             except Exception as exc:  # a replica keeps serving what verified; the log says what did not
                 if strict:
                     raise

@@ -50,6 +50,8 @@ def test_simulate_verify_serve_predict(cli_home: Path) -> None:
         expected = model(torch.tensor(rows)).argmax(1).tolist()
     bom = read_lineage(read_bom(Path(outcome["artifact"])))
     labels = bom["feature_schema"]["labels"]
+    parity = bom["serving_format"]["parity"]  # the served ONNX export, checked on the coordinator's held-out set
+    assert parity["set"] == "held-out" and parity["rows"] > 20 and parity["max_abs_diff"] <= parity["tolerance"]
     assert {site["dp"]["clipping"] for site in bom["training"]["sites"]} == {"fused"}  # the default MLP's path
     assert set(outcome["dp_clipping"].values()) == {"fused"}
     assert outcome["site_devices"] == {name: "cpu" for name in outcome["epsilon"]}  # no --gpus-per-site

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.artifacts import CARD_NAME, WEIGHTS_NAME
+from lifecycle.artifacts import CARD_NAME, ONNX_NAME, WEIGHTS_NAME
 from lifecycle.bom import BOM_NAME
 from lifecycle.errors import SignatureError, StateError
 from lifecycle.registry import Registry, VersionRecord
@@ -27,7 +27,7 @@ def test_fresh_artifact_verifies(published: VersionRecord, registry: Registry) -
     verify_model(published.artifact.model_dir, published.artifact.signature_path, registry.public_key_path())
 
 
-@pytest.mark.parametrize("name", [WEIGHTS_NAME, BOM_NAME, CARD_NAME])
+@pytest.mark.parametrize("name", [WEIGHTS_NAME, ONNX_NAME, BOM_NAME, CARD_NAME])
 def test_one_flipped_byte_is_named(name: str, published: VersionRecord, registry: Registry, tmp_path: Path) -> None:
     model_dir, sig = _copy(published, tmp_path)
     target = model_dir / name

@@ -205,7 +205,7 @@ def test_create_app_refuses_tampered_weights(registry: Registry, published: Vers
 def test_internal_errors_are_sanitized(client: TestClient, predict_key: CreatedKey, app: object) -> None:
     state = app.state.fedguard  # type: ignore[attr-defined]
 
-    def explode(_batch: torch.Tensor) -> list[str]:
+    def explode(_batch: object) -> list[str]:
         raise RuntimeError("secret detail /etc/shadow")
 
     object.__setattr__(state.models["demo"], "probabilities", explode)

@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from torch import nn
 from typer.testing import CliRunner
 
 from fedguard.cli import app as cli
@@ -32,6 +31,7 @@ from lifecycle.registry.tables import AuditEvent
 from serving.app import create_app
 from serving.guards.keys import CreatedKey, create_key
 from serving.guards.objections import REFUSAL_ACTION
+from serving.runtime import ModelRuntime
 from serving.settings import DEFAULT_OBJECTION_MESSAGE, ServingSettings
 from tests.serving.conftest import bearer
 
@@ -52,18 +52,20 @@ class Clock:
         return self.now
 
 
-class Recording(nn.Module):
-    """The served module, wrapped: counts forward passes (a refused request must cause none)."""
+class Recording:
+    """The served model's runtime, wrapped: counts model runs (a refused request must cause none)."""
 
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
+    def __init__(self, inner: ModelRuntime) -> None:
         self.inner = inner
         self.calls = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        return self.inner.num_classes
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
-        result: torch.Tensor = self.inner(x)
-        return result
+        return self.inner.logits(batch)
 
 
 @dataclasses.dataclass
@@ -87,8 +89,8 @@ def serve(registry: Registry, settings: ServingSettings) -> Iterator[Served]:
     app = create_app(registry, settings, clock=clock)
     router = app.state.fedguard.deployments
     live = router.live["demo"]
-    module = Recording(live.stable.module)
-    router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, module=module))
+    module = Recording(live.stable.runtime)
+    router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, runtime=module))
     with TestClient(app) as client:
         yield Served(client, app, module, clock, create_key(registry, "predict", "app", actor="test"),
                      ObjectionStore(registry))

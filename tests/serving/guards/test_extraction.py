@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from sklearn.neural_network import MLPClassifier
 from sqlmodel import Session, select
@@ -86,7 +85,7 @@ def _attack(client: TestClient, key: CreatedKey, clock: Clock, requests: int = 4
     surrogate.fit((train_x - low) / (high - low), train_y)
     held_out = sample(2000, seed=4)[0]
     model = client.app.state.fedguard.models["demo"]  # type: ignore[attr-defined]
-    truth = model.module(torch.from_numpy(held_out)).argmax(1).numpy()
+    truth = model.logits(held_out.astype(np.float32)).argmax(1)
     agreement = float((surrogate.predict((held_out - low) / (high - low)) == truth).mean())
     return Attack(len(train_y), refused, agreement)
 

@@ -100,7 +100,7 @@ def test_kill_pin_revive_and_cut_out_reach_both_replicas(fedguard_home: Path, pu
         router: Router = apps[0].state.fedguard.deployments  # test hook: replica 0's stable now fails
         live = router.live["demo"]
         assert live.stable is not None
-        router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, module=Exploding()))
+        router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, runtime=Exploding()))
         # Failures until they are half the window's outcomes (the window also holds the successes the
         # polling above happened to get, so the count varies), then the cut-out answers 503.
         statuses: list[int] = []

@@ -8,11 +8,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
+import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from torch import nn
 
 from lifecycle.artifacts import WEIGHTS_NAME
 from lifecycle.packaging import publish_model
@@ -39,10 +38,12 @@ class Clock:
         return self.now
 
 
-class Exploding(nn.Module):
-    """A model whose forward pass fails, as a broken deployment would."""
+class Exploding:
+    """A model runtime whose run fails, as a broken deployment would."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    num_classes = 2
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
 
@@ -89,7 +90,7 @@ def router_of(app: FastAPI) -> Router:
 
 def labels(app: FastAPI, version: int) -> list[Any]:
     model = router_of(app)._cache[("demo", version)]
-    return list(model.predict(torch.tensor(ROWS)))
+    return list(model.predict(np.asarray(ROWS, dtype=np.float32)))
 
 
 def metric(client: TestClient, name: str, **labels_: str) -> float:
@@ -165,7 +166,7 @@ def test_a_slow_or_broken_shadow_never_holds_the_answer(store: DeploymentStore, 
     store.shadow("demo", 2, actor="ops")
     settings = ServingSettings(shadow_max_pending=2)
     router = Router.open(registry, settings, executor=Stalled())
-    batch = torch.tensor(ROWS)
+    batch = np.asarray(ROWS, dtype=np.float32)
     policy = settings.output_policy("demo")
     for _ in range(5):
         route = router.route("demo", "0" * 16)
@@ -175,7 +176,7 @@ def test_a_slow_or_broken_shadow_never_holds_the_answer(store: DeploymentStore, 
     broken = Router.open(registry, ServingSettings())
     live = broken.live["demo"]
     assert live.candidate is not None
-    broken.live["demo"] = dataclasses.replace(live, candidate=dataclasses.replace(live.candidate, module=Exploding()))
+    broken.live["demo"] = dataclasses.replace(live, candidate=dataclasses.replace(live.candidate, runtime=Exploding()))
     fields = broken.route("demo", "0" * 16).predict(batch, policy)
     broken.drain()
     assert len(fields["predictions"]) == len(ROWS)
@@ -262,7 +263,7 @@ def break_stable(app: FastAPI) -> None:
     router = router_of(app)
     live = router.live["demo"]
     assert live.stable is not None
-    router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, module=Exploding()))
+    router.live["demo"] = dataclasses.replace(live, stable=dataclasses.replace(live.stable, runtime=Exploding()))
 
 
 @pytest.mark.parametrize("pins", [{}, {"demo": 2}])
