@@ -135,33 +135,87 @@ def privacy_utility(records: Sequence[Record]) -> Result:
     return Drawn("privacy-utility", title, figure, records)
 
 
+SUCCESS_HINTS = ("success", "flipped_class_error")
+"""An attack's own measure, by metric name: a backdoor's success rate, label flipping's flipped-class error."""
+
+
+def _success_metric(records: Sequence[Record]) -> str | None:
+    """The attack's own measure among ``records``' metrics (``None`` for untargeted attacks: accuracy is it)."""
+    for hint in SUCCESS_HINTS:
+        names = sorted({str(k) for r in records for k in r.get("metrics", {})
+                        if hint in k and metric(k)(r) is not None})
+        if names:
+            return names[0]
+    return None
+
+
+def _defence_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """``secagg+ · fedavg``: the defence's settings' values, secure aggregation first."""
+    ordered = sorted(zip(keys, values, strict=True), key=lambda kv: kv[0] != "secure-agg")
+    return " · ".join(str(v) for _, v in ordered) or "fedavg"
+
+
 def attacks(records: Sequence[Record]) -> Result:
-    """Attack success and main-task accuracy per defence and attacker fraction; n/a trials named, not dropped."""
-    title = "Attacks: success and main-task accuracy per defence and attacker fraction"
+    """Per attack, main-task accuracy and the attack's own measure against the attacker fraction, a line per defence.
+
+    The fraction 0 of each line is the same defence with every site honest
+    (trials with ``attack = none``), so a line starts from what the defence
+    costs without attackers. Settings a defence cannot run under (robust
+    rules under secure aggregation) are named in the caption with the
+    reason, not dropped.
+    """
+    title = "Attacks: main-task accuracy and attack success per defence and attacker fraction"
     attacked = [r for r in records if str(settings_of(r).get("attack", "none")) != "none"]
     if not attacked:
         return Skipped("attacks", title, "no trial ran an attack (no 'attack' setting other than 'none')")
+    honest = [r for r in records if r["status"] == "ok" and str(settings_of(r).get("attack", "none")) == "none"]
     ok = [r for r in attacked if r["status"] == "ok"]
-    names = sorted({k for r in ok for k in r.get("metrics", {}) if "success" in k})
-    defences = [k for k in DEFENCE_KEYS if k in varied(attacked)] or ["aggregation"]
-    others = varied(ok, exclude=["seed", "attackers", *defences])
-    figure, (left, right) = _axes(2)
-    panels: list[tuple[Any, Callable[[Record], float | None], str]] = [
-        (left, metric(names[0]) if names else (lambda r: None), names[0] if names else "attack success (not recorded)"),
-        (right, metric("final_accuracy"), "main-task accuracy")]
-    for ax, get, ylabel in panels:
-        for values, group in group_by(ok, [*defences, *others]).items():
-            points = [(float(x[0] or 0), spread(get(r) for r in g)) for x, g in group_by(group, ["attackers"]).items()]
-            _errorbar(ax, points, label([*defences, *others], values))
-        ax.set(xlabel="attacker fraction", ylabel=f"{ylabel} (mean ± sd)")
+    defences = [k for k in DEFENCE_KEYS if k in varied([*attacked, *honest])] or ["aggregation"]
+    names = sorted({str(settings_of(r).get("attack")) for r in attacked})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "fedguard", "figure.dpi": 100})
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.4 * len(names) + 2.6, 6.4), layout="constrained")
+    grid = figure.subplots(2, len(names), squeeze=False, sharex=True)
+    colours: dict[str, Any] = {}
+    for column, name in enumerate(names):
+        runs = [r for r in ok if str(settings_of(r).get("attack")) == name]
+        measure = _success_metric(runs)
+        top, bottom = grid[0][column], grid[1][column]
+        for values, group in sorted_groups(runs, defences):
+            text = _defence_label(defences, values)
+            baseline = [r for r in honest if all(settings_of(r).get(k) == v for k, v in zip(defences, values,
+                                                                                            strict=True))]
+            for ax, get in ((top, metric("final_accuracy")), (bottom, metric(measure) if measure else None)):
+                if get is None:
+                    continue
+                by_fraction = group_by(group, ["attackers"]).items()
+                points = [(float(x[0] or 0), spread(get(r) for r in g)) for x, g in by_fraction]
+                if ax is top and baseline:
+                    points.append((0.0, spread(get(r) for r in baseline)))
+                drawn = sorted((x, sp) for x, sp in points if sp is not None)
+                if drawn:
+                    line = ax.errorbar([x for x, _ in drawn], [sp.mean for _, sp in drawn],
+                                       yerr=[sp.sd for _, sp in drawn], marker="o", capsize=3,
+                                       color=colours.get(text), label=text if text not in colours else None)
+                    colours.setdefault(text, line.lines[0].get_color())
+        top.set_title(name)
+        top.set(ylabel="main-task accuracy" if column == 0 else "")
+        if measure is None:
+            bottom.text(0.5, 0.5, "untargeted attack:\nmain-task accuracy\nis its measure", ha="center",
+                        va="center", transform=bottom.transAxes, fontsize="small")
+            bottom.set_yticks([])
+        else:
+            bottom.set(ylabel=measure.removeprefix("attack_").replace("_", " "))
+        bottom.set(xlabel="attacker fraction")
     inapplicable = [r for r in attacked if r["status"] == "not-applicable"]
-    notes = sorted({f"{label(defences, [settings_of(r).get(k) for k in defences])}: not applicable — {r['error']}"
-                    for r in inapplicable})
-    for note in notes:
-        right.plot([], [], " ", label=note.split(" — ")[0])
-    left.legend(fontsize="small")
-    right.legend(fontsize="small")
-    figure.suptitle(title)
+    notes = sorted({f"{_defence_label(defences, [settings_of(r).get(k) for k in defences])}: not applicable — "
+                    f"{r['error']}" for r in inapplicable})
+    figure.legend(loc="outside right center", fontsize="small", title="defence")
+    figure.suptitle(title + (" (mean ± sd over seeds)" if len({settings_of(r).get("seed") for r in ok}) > 1 else ""))
     return Drawn("attacks", title, figure, attacked, note="; ".join(notes))
 
 

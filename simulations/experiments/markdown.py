@@ -4,7 +4,8 @@ The HTML report (:mod:`.report`) is for reading; this is for pasting. Each
 row is one setting (the grid's varied keys, seeds left out), each cell the
 mean ± sample sd over that setting's seeds of the trials that ran, so a
 table never shows one seed's last round (the rule of
-:mod:`simulations.experiments.aggregate`). Columns appear only when some
+:mod:`simulations.experiments.aggregate`); a setting run with one seed shows
+its value alone, with the seed in the seeds column. Columns appear only when some
 trial has the metric: attack success under an attack, the audit's AUC and
 ε̂ under canaries. Settings recorded as not applicable (a robust rule under
 secure aggregation) or failed keep their row, with the reason.
@@ -59,7 +60,7 @@ def summary_markdown(records: Sequence[Record], *, exclude: Sequence[str] = ("se
         cells = ["" if v is None else str(v) for v in values] + [",".join(str(s) for s in seeds(group))]
         for name, _ in shown:
             s = spread(metric(name)(r) for r in ran)
-            cells.append("–" if s is None else f"{s.mean:.3f} ± {s.sd:.3f}")
+            cells.append("–" if s is None else f"{s.mean:.3f}" if s.n == 1 else f"{s.mean:.3f} ± {s.sd:.3f}")
         reasons = sorted({f"{r['status']}: {r.get('error', '')}".strip() for r in group if r["status"] != "ok"})
         cells.append("; ".join(reasons))
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")

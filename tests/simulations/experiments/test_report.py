@@ -106,6 +106,30 @@ def test_markdown_table_gives_mean_and_sd_per_setting_with_the_reasons_for_trial
     assert len(lines) == 2 + 5
 
 
+def test_attack_lines_start_from_the_same_defence_with_every_site_honest() -> None:
+    """Fraction 0 of each defence's line is its no-attack trial; a panel per attack; n/a named in the caption."""
+    from simulations.experiments.figures import Drawn, attacks
+
+    records = []
+    for aggregation, honest, attacked in (("fedavg", 0.95, 0.6), ("median", 0.93, 0.9)):
+        for attack, fraction, accuracy in (("none", 0.0, honest), ("sign-flipping", 0.3, attacked)):
+            settings = {"attack": attack, "attackers": fraction, "aggregation": aggregation, "secure-agg": "none",
+                        "seed": 1}
+            records.append(make_record(f"{aggregation}-{attack}", settings, "ok", config={},
+                                       outcome={"accuracy": accuracy, "history": []}, seconds=1.0))
+    records.append(make_record("na", {"attack": "sign-flipping", "attackers": 0.3, "aggregation": "median",
+                                      "secure-agg": "secagg+", "seed": 1}, "not-applicable",
+                               error="aggregation 'median' needs each site's update"))
+    drawn = attacks(records)
+    assert isinstance(drawn, Drawn)
+    top = drawn.figure.axes[0]
+    assert top.get_title() == "sign-flipping"
+    lines = sorted((tuple(line.get_xdata()), tuple(line.get_ydata())) for line in top.lines
+                   if line.get_marker() == "o")
+    assert lines == [((0.0, 0.3), (0.93, 0.9)), ((0.0, 0.3), (0.95, 0.6))]
+    assert "secagg+ · median: not applicable — aggregation 'median' needs each site's update" in drawn.note
+
+
 def test_figures_missing_data_are_skipped_with_a_note(tmp_path: Path) -> None:
     records = _records(attack=False)
     for record in records:
