@@ -37,6 +37,14 @@ from lifecycle.errors import ConfigurationError, SitesUnavailableError
 from privacy.site_dp import SITE_RECORD
 
 NOT_CONNECTED = "not connected"
+SIMULATION_SETTLE = 15.0
+"""Seconds a simulation's SuperNode count must stay below num-sites before the run is refused.
+
+Flower's simulation engine registers its SuperNodes one by one in its own
+thread while the ServerApp starts; with 1000 sites on busy cores the count
+was seen to pause for over a second at 622, so one unchanged poll is not
+"no SuperNode joins later".
+"""
 Observer = Callable[[str, Mapping[str, Any]], None]
 PolicyCheck = Callable[[IdentityReply], SiteRefusal | None]
 
@@ -230,7 +238,7 @@ def gather(
     start = now()
     end = start + deadline
     shown: dict[str, Any] | None = None
-    seen = -1
+    seen, changed = -1, start
     simulated = isinstance(getattr(grid, "inner", grid), InMemoryGrid)
     while True:
         nodes = list(grid.get_node_ids())
@@ -239,7 +247,9 @@ def gather(
             asker.ask(fresh, query_timeout)
         if roster.complete:
             return roster
-        if simulated and 0 < len(nodes) < needed and (len(nodes) == seen or roster.settled):
+        if len(nodes) != seen:
+            changed = now()
+        if simulated and 0 < len(nodes) < needed and (now() - changed >= SIMULATION_SETTLE or roster.settled):
             raise ConfigurationError(  # simulation: no SuperNode joins later
                 f"the simulation has {len(nodes)} SuperNode(s) but the run needs num-sites = {needed}: give the "
                 f"connection options.num-supernodes = {needed} ('fedguard flower config --num-supernodes "

@@ -17,7 +17,7 @@ from coordinator.identity import SiteIdentities
 from coordinator.ledger import RunLedger
 from coordinator.roster import gather, policy_check
 from federation.protocol import IdentityReply, SiteRefusal
-from lifecycle.errors import SitesUnavailableError
+from lifecycle.errors import ConfigurationError, SitesUnavailableError
 
 M = "ab" * 32
 NAMES = {1: "st-marys", 2: "guys", 3: "kings"}
@@ -164,3 +164,37 @@ def test_a_site_withdrawn_in_the_registry_is_refused_whatever_the_run_config_say
     roster = _gather(SiteGrid(clock, {1: 0.0, 2: 0.0, 3: 0.0}, {}), clock, [], needed=2, withdrawn=("guys",),
                      **{"secure-aggregation": "ckks", "he-public-context": "ctx"})
     assert sorted(roster.identified) == ["kings", "st-marys"] and roster.refused["guys"].code == "withdrawn"
+
+
+class SimulatedGrid(SiteGrid):
+    """A :class:`SiteGrid` that the roster takes for Flower's simulation (its ``inner`` is an InMemoryGrid)."""
+
+    def __init__(self, clock: Clock, connects: Mapping[int, float]) -> None:
+        from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+        super().__init__(clock, connects, {})
+        self.inner = object.__new__(InMemoryGrid)  # only its type is read
+
+
+def _gather_simulated(grid: SimulatedGrid, clock: Clock) -> Any:
+    return gather(grid, ConfigRecord({"x": 1}), _ledger(), needed=3, deadline=600.0, query_timeout=30.0,
+                  now=clock.now, sleep=clock.sleep)
+
+
+def test_a_simulation_whose_supernodes_register_slowly_is_waited_for() -> None:
+    """Flower registers a simulation's SuperNodes in its own thread: a pause below the settle time is not the end."""
+    from coordinator.roster import SIMULATION_SETTLE
+
+    clock = Clock()
+    grid = SimulatedGrid(clock, {1: 0.0, 2: 0.0, 3: SIMULATION_SETTLE - 2})
+    roster = _gather_simulated(grid, clock)
+    assert roster.complete and sorted(grid.asked) == [1, 2, 3]
+
+
+def test_a_simulation_with_too_few_supernodes_is_refused_once_their_count_settles() -> None:
+    from coordinator.roster import SIMULATION_SETTLE
+
+    clock = Clock()
+    with pytest.raises(ConfigurationError, match="the simulation has 2 SuperNode.s. but the run needs num-sites = 3"):
+        _gather_simulated(SimulatedGrid(clock, {1: 0.0, 2: 0.0}), clock)
+    assert SIMULATION_SETTLE <= clock.t < SIMULATION_SETTLE + 2
