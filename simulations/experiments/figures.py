@@ -119,17 +119,21 @@ def privacy_utility(records: Sequence[Record]) -> Result:
     others = varied(records, exclude=["seed", *EPSILON_KEYS])
     final = metric("final_accuracy")
     figure, (ax,) = _axes()
+    colours: dict[tuple[Any, ...], Any] = {}  # a no-DP line takes the colour of its setting's DP curve
     for kind, x_key in (("record", "dp-epsilon"), ("site", "site-epsilon"), ("record + site", "site-epsilon")):
         subset = [r for r in records if dp_kind(r) == kind]
-        for values, group in group_by(subset, others).items():
+        for values, group in sorted_groups(subset, others):
             points = [(float(x[0]), spread(final(r) for r in g)) for x, g in group_by(group, [x_key]).items()]
             _errorbar(ax, points, f"{kind}-level DP" + (f" ({label(others, values)})" if others else ""))
-    for values, group in group_by([r for r in records if dp_kind(r) == "none"], others).items():
+            if ax.lines:
+                colours.setdefault(values, ax.lines[-1].get_color())
+    for values, group in sorted_groups([r for r in records if dp_kind(r) == "none"], others):
         s = spread(final(r) for r in group)
         if s is not None:
-            ax.axhline(s.mean, linestyle="--", color="grey",
+            colour = colours.get(values, "grey") if others else "grey"
+            ax.axhline(s.mean, linestyle="--", color=colour,
                        label="no DP" + (f" ({label(others, values)})" if others else ""))
-            ax.axhspan(s.mean - s.sd, s.mean + s.sd, color="grey", alpha=0.15)
+            ax.axhspan(s.mean - s.sd, s.mean + s.sd, color=colour, alpha=0.12)
     ax.set(xlabel="target ε (per site, whole run)", ylabel="final test accuracy (mean ± sd over seeds)", title=title)
     ax.legend(fontsize="small")
     return Drawn("privacy-utility", title, figure, records)
