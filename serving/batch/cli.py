@@ -70,7 +70,7 @@ def predict(
         "--raw-outputs", help="Write full-precision probabilities of every class instead of the model's hardened "
         "outputs. Needs an admin-scoped API key.")] = False,
     admin_key: Annotated[str | None, typer.Option(
-        envvar="FEDGUARD_ADMIN_KEY", show_envvar=True,
+        envvar="FEDGUARD_ADMIN_KEY", show_envvar=True, show_default=False,
         help="An admin-scoped API key ('fedguard keys create --scope admin'), needed by --raw-outputs.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,

@@ -78,6 +78,9 @@ class Problems:
         """One phrase per problem, in the order they were first met."""
         phrases = []
         for (column, problem), (count, rows) in self.found.items():
+            if not column:  # the file as a whole
+                phrases.append(problem)
+                continue
             if not rows:
                 whole = problem.endswith("column")
                 phrases.append(f"{problem} '{column}'" if whole else f"column '{column}' {problem}")

@@ -50,7 +50,7 @@ from lifecycle.errors import ConfigurationError, GovernanceError, StateError
 from lifecycle.governance.consent import ConsentStore
 from lifecycle.registry import Registry
 from serving.batch.inputs import DEFAULT_CHUNK_ROWS, FeatureReader, InputFile, Problems, open_input
-from serving.guards.outputs import shape_output
+from serving.guards.outputs import check_policies, shape_output
 from serving.guards.ranges import FeatureRanges
 from serving.models import ServedModel, load_version
 from serving.settings import OutputPolicy, ServingSettings
@@ -160,6 +160,7 @@ def score_file(
         raise ConfigurationError(f"--output '{output}' is the input file; write the predictions elsewhere")
     model = load_for_batch(registry, ref, settings)
     model_ref = f"{model.name}:{model.version}"
+    check_policies(settings, {model.name: model})  # a top_k above the model's classes: exit 2, as serve does
     ranges = FeatureRanges()
     ranges.add(settings.feature_ranges, model)
     policy = OutputPolicy(output_mode="probabilities", precision=None) if raw_outputs else (
@@ -171,7 +172,7 @@ def score_file(
     reader = FeatureReader(model, file, ranges.by_model.get(model.name), id_column, problems)
     rows = _validate(file, reader, chunk_rows, shown)
     if rows == 0 and not problems:
-        problems.add("(file)", "has no rows")
+        problems.add("", "the file has no rows")
     problems.raise_if_any(source, model_ref)
     schema = _output_schema(model, file, id_column, policy, mode)
     output.parent.mkdir(parents=True, exist_ok=True)

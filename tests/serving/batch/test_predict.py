@@ -127,6 +127,13 @@ def test_every_schema_problem_is_listed_at_once_and_nothing_is_written(
     assert events(registry) == []
 
 
+def test_a_file_without_rows_is_refused(registry: Registry, published: VersionRecord, tmp_path: Path) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text("f0,f1,f2,f3\n")
+    with pytest.raises(InputValidationError, match=r"\(1 problem; rows count from 1\): the file has no rows;"):
+        score_file(registry, "demo", source, tmp_path / "o.parquet", settings=ServingSettings(), actor="user:t")
+
+
 def test_parquet_column_types_are_checked(registry: Registry, published: VersionRecord, tmp_path: Path) -> None:
     data = table(rows(5)).set_column(2, "f0", pa.array([True, False, True, True, False]))
     data = data.set_column(3, "f1", pa.array([1.0, None, float("nan"), 2.0, 3.0]))
