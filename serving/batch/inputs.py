@@ -27,6 +27,7 @@ name columns, rows and configured ranges, never a value: they reach logs.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,22 +120,43 @@ class InputFile:
             # No pre-buffering and a 1 MiB read buffer: Arrow otherwise reads whole column chunks ahead
             # (190 MB allocated for 1M rows × 17 columns in row groups of 250k, against 63 MB this way).
             parquet = pq.ParquetFile(self.path, memory_map=False, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+            done = 0
             try:
                 batches = parquet.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False)
-                yield from _rechunk(batches, chunk_rows)
+                for chunk in _rechunk(batches, chunk_rows):
+                    done += chunk.num_rows
+                    yield chunk
+            except (pa.ArrowInvalid, OSError) as exc:  # a damaged or truncated file
+                raise ConfigurationError(f"'{self.path.name}' cannot be read as Parquet after row {done:,} "
+                                         f"({type(exc).__name__}); pass an intact Parquet file") from exc
             finally:
                 parquet.close()
             return
-        reader = pacsv.open_csv(
-            self.path,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-            convert_options=pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
-                                                 column_types={c: pa.string() for c in columns}),
-        )
+        done = 0
         try:
-            yield from _rechunk(reader, chunk_rows)
+            reader = pacsv.open_csv(  # parses the first block already
+                self.path,
+                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+                                                     column_types={c: pa.string() for c in columns}),
+            )
+        except pa.ArrowInvalid as exc:
+            raise self._broken(done) from exc
+        try:
+            for chunk in _rechunk(reader, chunk_rows):
+                done += chunk.num_rows
+                yield chunk
+        except pa.ArrowInvalid as exc:
+            raise self._broken(done) from exc
         finally:
             reader.close()
+
+    def _broken(self, rows: int) -> InputValidationError:
+        """A CSV parse error, by position: Arrow's own message quotes the offending line, whose values stay out."""
+        return InputValidationError(
+            f"'{self.path.name}' is not a well-formed CSV file after row {rows:,} (a line with another number "
+            "of fields than the header, or broken quoting); fix the file and run again"
+        )
 
 
 def open_input(path: Path) -> InputFile:
@@ -159,14 +181,12 @@ def open_input(path: Path) -> InputFile:
                                  parquet.metadata.num_rows)
             finally:
                 parquet.close()
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
-        try:
-            names = tuple(reader.schema.names)
-        finally:
-            reader.close()
+        with path.open(newline="", encoding="utf-8") as handle:  # the header only: rows are Arrow's to read
+            names = tuple(next(csv.reader(handle), []))
         return InputFile(path, kind, names, {name: pa.string() for name in names}, None)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ConfigurationError(f"cannot read '{path}' as {kind.upper()}: {exc}") from exc
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as exc:  # the type only: no line of the file
+        raise ConfigurationError(f"cannot read '{path}' as {kind.upper()} ({type(exc).__name__}); "
+                                 f"pass a well-formed {kind.upper()} file") from exc
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch] | pacsv.CSVStreamingReader, rows: int) -> Iterator[pa.RecordBatch]:

@@ -134,6 +134,17 @@ def test_a_file_without_rows_is_refused(registry: Registry, published: VersionRe
         score_file(registry, "demo", source, tmp_path / "o.parquet", settings=ServingSettings(), actor="user:t")
 
 
+def test_a_broken_csv_line_is_named_by_position_not_content(
+    registry: Registry, published: VersionRecord, tmp_path: Path
+) -> None:
+    source = tmp_path / "broken.csv"
+    source.write_text("f0,f1,f2,f3\n" + "1,2,3,4\n" * 5 + "1,2,secret-value\n")
+    with pytest.raises(InputValidationError) as caught:
+        score_file(registry, "demo", source, tmp_path / "o.parquet", settings=ServingSettings(), actor="user:t")
+    assert "not a well-formed CSV file after row 0" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
 def test_parquet_column_types_are_checked(registry: Registry, published: VersionRecord, tmp_path: Path) -> None:
     data = table(rows(5)).set_column(2, "f0", pa.array([True, False, True, True, False]))
     data = data.set_column(3, "f1", pa.array([1.0, None, float("nan"), 2.0, 3.0]))
