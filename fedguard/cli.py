@@ -87,6 +87,8 @@ COMMANDS: dict[str, Entry] = {
     "objections": Entry("serving.objections_cli:objections_app",
                         "Record, lift and count subjects' objections to being scored by a model, per environment."),
     "serve": Entry("serving.cli:serve", "Serve every registered model as deployed, after verifying each signature."),
+    "predict": Entry("serving.batch.cli:predict",
+                     "Score a CSV or Parquet file with a registered model, after verifying its signature."),
     "coordinator": Entry("coordinator.cli:coordinator_app",
                          "Create and run a federation's coordinator (SuperLink behind a mutual-TLS gateway)."),
     "site": Entry("coordinator.cli:site_app",
