@@ -12,7 +12,7 @@ raises it for large batches).
 ONNX Runtime's ``run`` costs ~7 µs for a one-row batch of the default MLP
 here, against ~100 µs for a PyTorch forward pass and its dispatch
 (``benchmarks/serving.py``); the answers equal PyTorch's logits within the
-tolerance the publication checked (:data:`lifecycle.export.PARITY_TOLERANCE`).
+tolerance the publication checked (:func:`lifecycle.export.tolerance_for`).
 """
 
 from __future__ import annotations

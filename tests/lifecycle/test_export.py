@@ -85,6 +85,22 @@ def test_onnx_runtime_gives_pytorchs_logits_at_any_batch_size(hidden: tuple[int,
         np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE)
 
 
+def test_a_model_with_large_logits_is_checked_to_float32_digits_not_to_an_absolute_bound(tmp_path: Path) -> None:
+    """Site-level DP trained models with logits in the hundreds: float32 rounding alone then exceeds 1e-5."""
+    from lifecycle.export import PARITY_RELATIVE_TOLERANCE, tolerance_for
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(in_features=30, num_classes=2, hidden=(32,)))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(40.0)
+    held_out = np.random.default_rng(0).normal(0, 3, (114, 30)).astype(np.float32)
+    exported = export_checked(model, 30, tmp_path, held_out)
+    assert exported.logit_scale > 1000 and exported.tolerance == PARITY_RELATIVE_TOLERANCE * exported.logit_scale
+    assert exported.max_abs_diff <= exported.tolerance
+    assert tolerance_for(0.5) == PARITY_TOLERANCE and tolerance_for(1e4) == pytest.approx(1e-2)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the very defect this test publishes
 def test_an_export_that_is_not_the_model_refuses_the_publication(registry: Registry) -> None:
     pub = make_publication()
@@ -102,3 +118,23 @@ def test_a_parity_set_of_the_wrong_width_is_refused(registry: Registry) -> None:
     pub = dataclasses.replace(make_publication(), held_out=np.zeros((5, 3), dtype=np.float32))
     with pytest.raises(ExportError, match=r"shape \(5, 3\); expected rows of 4 features"):
         publish_model(registry, pub)
+
+
+def test_onnx_runtime_writes_nothing_outside_the_model(tmp_path: Path) -> None:
+    """ONNX Runtime 1.29 and later embed Microsoft's 1DS telemetry client, which writes ``.ses`` and
+    ``mat-debug-<pid>.log`` into TMPDIR at import: the pinned runtime must not (nothing about a site's or a
+    consumer's use of a model is written for, or sent to, a third party)."""
+    import os
+    import subprocess
+    import sys
+
+    model = build_model(ModelSpec(in_features=4, num_classes=2, hidden=(8,)))
+    export_checked(model, 4, tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    probe = ("import sys, numpy as np, onnxruntime as ort; "
+             "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
+             "s.run(None, {'input': np.zeros((1, 4), np.float32)})")
+    subprocess.run([sys.executable, "-c", probe, str(tmp_path / ONNX_NAME)], check=True, timeout=120,
+                   env={**os.environ, "TMPDIR": str(scratch)})
+    assert sorted(p.name for p in scratch.iterdir()) == []
