@@ -56,6 +56,8 @@ class CoordinatorService:
     gateway: Gateway | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
+    _sync_lock: threading.Lock = field(default_factory=threading.Lock)
+    """One node-key sync at a time in this process: the loop and :meth:`sync_now` would both register a new key."""
     _control: object | None = None
 
     def start(self) -> CoordinatorService:
@@ -93,7 +95,8 @@ class CoordinatorService:
             try:
                 if self.sites.refresh_crl():
                     logger.info("CRL re-signed (daily refresh)")
-                added, removed = sync_nodes(client, self.sites)
+                with self._sync_lock:
+                    added, removed = sync_nodes(client, self.sites)
                 if added or removed:
                     logger.info("node keys registered for %s; unregistered for %s", added, removed)
             except Exception as exc:  # noqa: BLE001 - keep serving; log and retry
@@ -103,7 +106,8 @@ class CoordinatorService:
         """Synchronise node keys right away (the loop does it every ``sync_interval`` seconds)."""
         client = self._client()
         try:
-            return sync_nodes(client, self.sites)
+            with self._sync_lock:
+                return sync_nodes(client, self.sites)
         finally:
             client.close()  # type: ignore[attr-defined]
 

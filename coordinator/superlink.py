@@ -162,8 +162,14 @@ def sync_nodes(client: object, sites: SiteRegistry) -> tuple[list[str], list[str
             client.UnregisterNode(UnregisterNodeRequest(node_id=known[key]))  # type: ignore[attr-defined]
             unregistered.append(name)
         elif active and key not in known:
-            # exactly the bytes the SuperNode sends (PEM with its final newline)
-            client.RegisterNode(RegisterNodeRequest(public_key=pem.encode(), name=name))  # type: ignore[attr-defined]
+            try:  # exactly the bytes the SuperNode sends (PEM with its final newline)
+                client.RegisterNode(RegisterNodeRequest(public_key=pem.encode(), name=name))  # type: ignore[attr-defined]
+            except Exception:
+                # Another sync (the service's loop, or a command in another process) may have registered the
+                # key between the listing and this call: Flower then refuses it as already in use (HTTP 412).
+                if key in registered_keys(client):
+                    continue
+                raise
             registered.append(name)
     return registered, unregistered
 
