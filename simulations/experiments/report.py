@@ -39,14 +39,19 @@ class Written:
     figures: tuple[Path, ...]
 
 
-def write_report(results: Path, html_path: Path) -> Written:
-    """Draw every figure the records allow and write the HTML page and the figure files."""
+def _load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """A results folder's trial records, its sweep description and the command that reruns it."""
     records = read_records(results)
     if not records:
         raise NotFoundError(f"{results}: no trial records in {results / 'trials'}; "
                             f"run 'fedguard experiment run GRID --out {results}' first")
     sweep = _sweep(results)
-    command = sweep.get("command") or f"fedguard experiment run GRID --out {results}"
+    return records, sweep, sweep.get("command") or f"fedguard experiment run GRID --out {results}"
+
+
+def write_report(results: Path, html_path: Path) -> Written:
+    """Draw every figure the records allow and write the HTML page and the figure files."""
+    records, sweep, command = _load(results)
     figures_dir = html_path.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     ok = [r for r in records if r["status"] == "ok"]
@@ -71,12 +76,7 @@ def write_markdown(results: Path, path: Path) -> Path:
     """Write the results per setting as Markdown (:mod:`.markdown`): the settings shared, the command, the table."""
     from simulations.experiments.markdown import settings_line, summary_markdown
 
-    records = read_records(results)
-    if not records:
-        raise NotFoundError(f"{results}: no trial records in {results / 'trials'}; "
-                            f"run 'fedguard experiment run GRID --out {results}' first")
-    sweep = _sweep(results)
-    command = sweep.get("command") or f"fedguard experiment run GRID --out {results}"
+    records, sweep, command = _load(results)
     text = (f"Experiment `{sweep.get('name', '')}`: {len(records)} trials, mean ± sd over seeds; shared settings: "
             f"{settings_line(records)}. Rerun: `{command}`.\n\n{summary_markdown(records)}")
     path.parent.mkdir(parents=True, exist_ok=True)
