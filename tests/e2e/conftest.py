@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.served import wait_served
 
 FEDGUARD = shutil.which("fedguard") or str(Path(sys.executable).with_name("fedguard"))
 
 
-LISTENING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
 """The line uvicorn logs once its socket listens, with the port the kernel gave it for ``--port 0``."""
 
 
@@ -44,23 +42,7 @@ def serve(home: Path, log: Path, timeout: float = 300) -> tuple[subprocess.Popen
     with open(log, "wb") as out:
         process = subprocess.Popen([FEDGUARD, "serve", "--host", "127.0.0.1", "--port", "0"], env=_env(home),
                                    stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    url = None
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"fedguard serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"fedguard serve not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-        if url is None and (found := LISTENING.search(log.read_text(errors="replace"))):
-            url = found.group(1)
-        if url is not None:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    return process, url
-            except httpx.TransportError:
-                pass
-        time.sleep(0.2)
+    return process, wait_served(process, log, timeout)
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,12 +23,12 @@ import pytest
 from lifecycle.artifacts import ONNX_NAME
 from lifecycle.registry import Registry, VersionRecord
 from serving.guards.keys import create_key
+from tests.served import wait_served
 from tests.serving.conftest import bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "client", "coordinator", "simulations", "opacus", "flwr", "ray", "tenseal")
 """Top-level packages the serving process must not import: PyTorch and the training side."""
-LISTENING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
 INSTANCES = [[0.5, -1.0, 2.0, 0.0], [3.0, 3.0, -3.0, 1.0]]
 # Runs `fedguard serve` exactly as the console script does, and writes the loaded modules when it exits
 # (uvicorn re-raises SIGTERM after its graceful shutdown; this handler turns it into a normal exit).
@@ -76,7 +74,7 @@ def test_the_real_serving_process_answers_without_torch(
         process = subprocess.Popen([sys.executable, "-c", SERVE, str(dump)], env=_env(fedguard_home), cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
-        url = _listening(process, log)
+        url = wait_served(process, log, 120)
         response = httpx.post(f"{url}/v1/models/demo/predict", json={"instances": INSTANCES}, headers=bearer(key),
                               timeout=30)
         assert response.status_code == 200, response.text
@@ -93,23 +91,3 @@ def test_the_real_serving_process_answers_without_torch(
     modules = json.loads(dump.read_text())
     assert "serving.app" in modules and "onnxruntime" in modules
     assert forbidden(modules) == [], log.read_text()[-2000:]
-
-
-def _listening(process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> str:
-    """The URL uvicorn logs once it listens, then ``/healthz`` answering 200 (each step waits for its event)."""
-    deadline = time.monotonic() + timeout
-    url = None
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"fedguard serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fedguard serve not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-        if url is None and (found := LISTENING.search(log.read_text(errors="replace"))):
-            url = found.group(1)
-        if url is not None:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-        time.sleep(0.1)
