@@ -65,6 +65,12 @@ def predict(
                                          "it appears only once every row is scored.")],
     id_column: Annotated[str | None, typer.Option(
         help="A column of the input copied to the output unchanged, to join predictions back to rows.")] = None,
+    subject_column: Annotated[str | None, typer.Option(
+        help="The column of data subjects' identifiers: rows of subjects who objected to the model "
+        "('fedguard objections add') are left unscored. Needed when the model has objections on record.")] = None,
+    environment: Annotated[str, typer.Option(
+        "--env", help="The environment whose objection list applies (as 'fedguard serve --env' and "
+        "'fedguard objections add --env').")] = "default",
     chunk_rows: Annotated[int, typer.Option(help="Rows read and scored at once (memory grows with it).")] = 65_536,
     raw_outputs: Annotated[bool, typer.Option(
         "--raw-outputs", help="Write full-precision probabilities of every class instead of the model's hardened "
@@ -100,7 +106,8 @@ def predict(
     with Progress(*columns, console=err_console, disable=quiet, transient=False) as bar:
         report = score_file(registry, model, input_path, output, settings=settings, actor=actors.actor(),
                             id_column=id_column, chunk_rows=chunk_rows, raw_outputs=raw_outputs,
-                            raw_key_id=key_id, progress=_RichProgress(bar))
+                            raw_key_id=key_id, progress=_RichProgress(bar), subject_column=subject_column,
+                            environment=environment)
     _print(report, as_json)
 
 
@@ -120,9 +127,12 @@ def _print(report: BatchReport, as_json: bool) -> None:
     if as_json:
         console.out(json.dumps({"model": report.model, "version": report.version, "rows": report.rows,
                                 "output": str(report.output), "output_mode": report.output_mode,
-                                "input_sha256": report.input_sha256, "output_sha256": report.output_sha256,
+                                "objected": report.objected, "input_sha256": report.input_sha256,
+                                "output_sha256": report.output_sha256,
                                 "seconds": round(report.seconds, 3)}), highlight=False)
         return
+    refused = (f" {report.objected:,} row(s) of objecting subjects were left unscored (column 'objected')."
+               if report.objected else "")
     err_console.print(f"Scored {report.rows:,} rows with {report.ref} ({report.output_mode} outputs) into "
                       f"'{report.output}' in {report.seconds:.1f} s ({rate:,.0f} rows/s); audited as "
-                      f"model.batch_scored (output SHA-256 {report.output_sha256[:16]}…).", highlight=False)
+                      f"model.batch_scored (output SHA-256 {report.output_sha256[:16]}…).{refused}", highlight=False)

@@ -39,6 +39,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from lifecycle.errors import ConfigurationError, InputValidationError
+from lifecycle.governance.objections import SUBJECT_ID_PATTERN, SUBJECT_ID_RULE
 from serving.guards.ranges import ModelRanges
 from serving.models import FLOAT32_MAX, ServedModel
 
@@ -205,6 +206,10 @@ def _rechunk(batches: Iterator[pa.RecordBatch] | pacsv.CSVStreamingReader, rows:
         yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
+def _identifier(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind))
+
+
 def _numeric(kind: pa.DataType) -> bool:
     return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
 
@@ -213,7 +218,7 @@ class FeatureReader:
     """Turns chunks into the float32 batch the model receives, recording every problem met on the way."""
 
     def __init__(self, model: ServedModel, source: InputFile, ranges: ModelRanges | None,
-                 id_column: str | None, problems: Problems) -> None:
+                 id_column: str | None, problems: Problems, subject_column: str | None = None) -> None:
         self.features = list(model.schema.features)
         self.ranges = ranges
         self.problems = problems
@@ -224,10 +229,16 @@ class FeatureReader:
                 problems.add(name, f"has type {source.types[name]}, not numbers")
         if id_column is not None and id_column not in source.columns:
             problems.add(id_column, "missing id column")
+        self.subject_column = subject_column
+        if subject_column is not None:
+            if subject_column not in source.columns:
+                problems.add(subject_column, "missing subject column")
+            elif source.format == "parquet" and not _identifier(source.types[subject_column]):
+                problems.add(subject_column, f"has type {source.types[subject_column]}, not identifiers")
         # What a chunk is read and converted from (the rest is reported already; its rows are still checked).
         self.usable = [j for j, name in enumerate(self.features) if (name, "missing column") not in problems.found
                        and not any(c == name and p.startswith("has type") for c, p in problems.found)]
-        wanted = [*([id_column] if id_column else []), *self.features]
+        wanted = [*([id_column] if id_column else []), *([subject_column] if subject_column else []), *self.features]
         self.columns = [c for c in dict.fromkeys(wanted) if c in source.columns]
 
     def batch(self, chunk: pa.RecordBatch, offset: int) -> np.ndarray:
@@ -247,6 +258,29 @@ class FeatureReader:
                 shown = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
                 self.problems.add(self.features[j], f"outside its configured range {shown}", outside, offset)
         return batch
+
+    def subjects(self, chunk: pa.RecordBatch, offset: int) -> pa.Array | None:
+        """The chunk's subject identifiers as text (``None`` without a subject column); problems are recorded.
+
+        An identifier follows the API's rule for ``subject_id``
+        (:data:`~lifecycle.governance.objections.SUBJECT_ID_RULE`); integers
+        are read as their decimal text, as a patient number typed into the API
+        would be. Problems name rows, never an identifier.
+        """
+        name = self.subject_column
+        if name is None or name not in chunk.schema.names:
+            return None
+        column = chunk.column(name)
+        if not _identifier(column.type):
+            return None  # reported once, by the constructor
+        text = pc.cast(column, pa.string())
+        missing = text.is_null()
+        self.problems.add(name, "missing (null or empty)", np.flatnonzero(missing.to_numpy(zero_copy_only=False)),
+                          offset)
+        well_formed = pc.fill_null(pc.match_substring_regex(text, SUBJECT_ID_PATTERN), True)
+        self.problems.add(name, f"not subject identifiers ({SUBJECT_ID_RULE})",
+                          np.flatnonzero(pc.invert(well_formed).to_numpy(zero_copy_only=False)), offset)
+        return text
 
     def _column(self, column: pa.Array, name: str, offset: int) -> np.ndarray:
         """One feature column as float64, NaN where a value is missing or not a number."""

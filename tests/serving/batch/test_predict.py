@@ -244,3 +244,66 @@ def test_a_failure_while_scoring_leaves_no_output_and_no_event(
     assert out.read_bytes() == b"an older output"
     assert sorted(p.name for p in work.iterdir()) == ["in.parquet", "p.parquet"]
     assert events(registry) == []
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_objecting_subjects_rows_are_left_unscored_and_counted(
+    suffix: str, registry: Registry, published: VersionRecord, tmp_path: Path
+) -> None:
+    from lifecycle.governance.objections import ObjectionStore
+
+    values = rows(30, seed=5)
+    data = table(values).append_column("patient", pa.array([f"P-{i:03d}" for i in range(30)]))
+    source = write(tmp_path / f"in{suffix}", data)
+    settings = ServingSettings(outputs={"demo": OutputPolicy(output_mode="top-k", top_k=1, precision=2)})
+    unlisted = tmp_path / "before.parquet"
+    before = score_file(registry, "demo", source, unlisted, settings=settings, actor="user:t",
+                        subject_column="patient", chunk_rows=7)
+    assert before.objected == 0 and pq.read_table(unlisted).column("objected").to_pylist() == [False] * 30
+    ObjectionStore(registry).add("demo", "default", ["P-003", "P-017", "P-018"], reason="art. 21", actor="user:t")
+
+    with pytest.raises(GovernanceError, match=r"3 data subject\(s\) objected to demo.*--subject-column"):
+        score_file(registry, "demo", source, tmp_path / "none.parquet", settings=settings, actor="user:t")
+    assert not (tmp_path / "none.parquet").exists()
+
+    out = tmp_path / "p.parquet"
+    report = score_file(registry, "demo", source, out, settings=settings, actor="user:t", id_column="id",
+                        subject_column="patient", chunk_rows=7)
+    assert report.objected == 3
+    result = pq.read_table(out).to_pydict()
+    assert "patient" not in result  # identifiers stay in the input
+    refused = {3, 17, 18}
+    assert result["objected"] == [i in refused for i in range(30)]
+    expected = pq.read_table(unlisted).to_pydict()
+    for name in ("prediction", "top_k"):
+        assert result[name] == [None if i in refused else v for i, v in enumerate(expected[name])]
+    details = json.loads(events(registry)[-1].details_json)
+    assert (details["objected"], details["subject_column"], details["environment"]) == (3, "patient", "default")
+    assert "P-0" not in events(registry)[-1].details_json
+    # Another environment's list does not apply; a whole chunk of objecting subjects is written empty.
+    other = score_file(registry, "demo", source, tmp_path / "o.parquet", settings=settings, actor="user:t",
+                       subject_column="patient", environment="staging")
+    assert other.objected == 0
+    ObjectionStore(registry).add("demo", "default", [f"P-{i:03d}" for i in range(14, 21)], reason="r", actor="u")
+    score_file(registry, "demo", source, tmp_path / "w.parquet", settings=settings, actor="user:t",
+               subject_column="patient", chunk_rows=7)
+    whole = pq.read_table(tmp_path / "w.parquet").to_pydict()
+    assert whole["prediction"][14:21] == [None] * 7 and whole["objected"].count(True) == 8
+
+
+def test_a_bad_subject_column_is_listed_with_the_other_problems(
+    registry: Registry, published: VersionRecord, tmp_path: Path
+) -> None:
+    values = rows(6)
+    subjects = pa.array(["ok-1", None, "Q9Z\tK7W", "ok-4", "x" * 200, "ok-6"])
+    source = write(tmp_path / "in.parquet", table(values).append_column("patient", subjects))
+    with pytest.raises(InputValidationError) as caught:
+        score_file(registry, "demo", source, tmp_path / "o.parquet", settings=ServingSettings(), actor="user:t",
+                   subject_column="patient")
+    message = str(caught.value)
+    assert "column 'patient': 1 value missing (null or empty) (row 2)" in message
+    assert "column 'patient': 2 values not subject identifiers" in message and "(rows 3, 5)" in message
+    assert "Q9Z" not in message
+    with pytest.raises(InputValidationError, match="missing subject column 'nobody'"):
+        score_file(registry, "demo", source, tmp_path / "o.parquet", settings=ServingSettings(), actor="user:t",
+                   subject_column="nobody")
