@@ -13,6 +13,7 @@ Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -129,17 +130,36 @@ async def predict(name: str, body: PredictRequest, state: State, key: PredictKey
 
 async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
     """Every guard after authentication, and the encoded answer (shared with :mod:`serving.protocols.v1.fastpath`)."""
-    if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
-        state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
-    if body.subject_id is not None:  # the right to object: decided before anything reads the instances
-        await _screen_subject(name, body.subject_id, state, key)
-    if len(body.instances) > INLINE_INSTANCES:
-        content = await run_in_threadpool(_predict, name, body, state, key)
-    else:
-        content = _predict(name, body, state, key)
+    model, fields = await guarded_predict(name, body.instances, body.subject_id, state, key)
     # Encoded here, not by FastAPI: its validation of the returned value repeats what
     # the route built itself (the declared response_model still documents the shape).
-    return Response(content, media_type=JSON)
+    return Response(encode_answer(model, fields), media_type=JSON)
+
+
+async def guarded_predict(
+    name: str, instances: Sequence[Sequence[float]], subject_id: str | None, state: ServingState, key: KeyInfo,
+    *, version: int | None = None,
+) -> tuple[ServedModel, dict[str, Any]]:
+    """Every guard after authentication, for any protocol: the answering version and its hardened answer fields.
+
+    In order: the due deployment refresh (in the background), the subject's
+    objection, routing (kill switch, canary, shadow), the feature schema and
+    ranges, the quotas, the forward pass with output hardening
+    (:func:`serving.guards.outputs.shape_output`), then the drift and
+    extraction monitors. ``fields`` are those of :class:`PredictResponse`
+    (``predictions`` and the output mode's extras); the v1 routes encode them
+    as JSON, :mod:`serving.protocols.v2` as Open Inference Protocol tensors.
+    ``version``, when given, must be the version the router picks for this
+    key (else :class:`~serving.errors.UnknownModelError`, 404), so naming a
+    version never bypasses a rollout.
+    """
+    if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
+        state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
+    if subject_id is not None:  # the right to object: decided before anything reads the instances
+        await _screen_subject(name, subject_id, state, key)
+    if len(instances) > INLINE_INSTANCES:
+        return await run_in_threadpool(_predict, name, instances, state, key, version)
+    return _predict(name, instances, state, key, version)
 
 
 def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
@@ -188,16 +208,20 @@ def _refuse(name: str, digest: str, state: ServingState, key: KeyInfo) -> None:
                           f"{state.objections.environment}; refused unscored")
 
 
-def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
-    route = state.deployments.route(name, key.key_id, refresh=False)  # answer_predict refreshed it
+def _predict(name: str, instances: Sequence[Sequence[float]], state: ServingState, key: KeyInfo,
+             version: int | None = None) -> tuple[ServedModel, dict[str, Any]]:
+    route = state.deployments.route(name, key.key_id, refresh=False)  # guarded_predict refreshed it
     model = route.model
-    batch = model.to_batch(body.instances, state.settings.max_instances)
+    if version is not None and version != model.version:
+        raise UnknownModelError(f"key {key.key_id} asked for {name[:128]!r} version {version}, "
+                                f"but version {model.version} answers it")
+    batch = model.to_batch(instances, state.settings.max_instances)
     state.ranges.check(model.name, batch)
-    decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
+    decision = state.quotas.consume(key.key_id, model.name, len(instances), state.clock())
     if not decision.allowed:
         state.metrics.quota_refusals.labels(model.name).inc()
         raise QuotaExceeded(
-            f"key {key.key_id} refused on {model.name}: {len(body.instances)} instance(s), "
+            f"key {key.key_id} refused on {model.name}: {len(instances)} instance(s), "
             f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
             retry_after=decision.retry_after,
         )
@@ -207,7 +231,7 @@ def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo)
     state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
     logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                  policy.output_mode, model.name, model.version)
-    return encode_answer(model, fields)
+    return model, fields
 
 
 @router.post(
