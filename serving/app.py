@@ -284,7 +284,6 @@ def create_app(
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
     for routes in (router, drift_router, deploy_router):
         app.router.routes.extend(routes.routes)
-    app.router.routes.extend(V2_ROUTES)  # the Open Inference Protocol v2 (serving.protocols.v2.rest)
     if settings.grpc_port is not None:  # and its gRPC service, in this process's lifespan
         from serving.protocols.v2.grpc.server import check_transport
 
@@ -294,6 +293,9 @@ def create_app(
     # hands anything but the common case to the FastAPI route behind it.
     app.router.routes.insert(0, Route(PREDICT_ROUTE, PredictFastPath(_api_route(router, PREDICT_ROUTE)),
                                       methods=["POST"], include_in_schema=False))
+    # Then the Open Inference Protocol v2 (serving.protocols.v2.rest): matched before the ~20 other routes,
+    # each of which costs a regex match per request.
+    app.router.routes[1:1] = V2_ROUTES
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()

@@ -153,7 +153,9 @@ async def infer(state: ServingState, key: KeyInfo, name: str, version: int | Non
         live = state.deployments.live.get(name)
         if live is not None and live.stable is not None:
             check_requested(live.stable, state.settings.output_policy(name), request.outputs)
+    def finish(model: ServedModel, fields: dict[str, Any]) -> InferAnswer:
+        return InferAnswer(model.name, str(model.version), answer_tensors(model, fields, request.outputs),
+                           request.request_id)
+
     instances: list[list[float]] = request.instances.tolist()  # ServedModel.to_batch checks the rows
-    model, fields = await guarded_predict(name, instances, request.subject_id, state, key, version=version)
-    return InferAnswer(model.name, str(model.version), answer_tensors(model, fields, request.outputs),
-                       request.request_id)
+    return await guarded_predict(name, instances, request.subject_id, state, key, finish, version=version)
