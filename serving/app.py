@@ -28,10 +28,13 @@ version) gets the same per-model state through the router's
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import metadata
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,6 +57,7 @@ from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
+from serving.protocols.v2.rest import ROUTES as V2_ROUTES
 from serving.rollout.router import Router
 from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router, governance_response
 from serving.settings import ServingSettings, get_serving_settings
@@ -74,8 +78,9 @@ class BodyLimitMiddleware:
     """Refuse request bodies larger than ``max_bytes`` with HTTP 413.
 
     A declared ``Content-Length`` over the limit is refused before any byte is
-    read; a body without one (chunked) is counted as it arrives and refused as
-    soon as it crosses the limit, so memory use stays bounded either way.
+    read (in the Open Inference Protocol's error shape under ``/v2/``); a body
+    without one (chunked) is counted as it arrives and refused as soon as it
+    crosses the limit, so memory use stays bounded either way.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -89,7 +94,9 @@ class BodyLimitMiddleware:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             logger.warning("refused a body of %r bytes (limit %d)", declared[:20], self.max_bytes)
-            response = error_response(413, "payload_too_large", self._message())
+            response = (JSONResponse({"error": self._message()}, status_code=413)  # the v2 protocol's shape
+                        if scope["path"].startswith("/v2/") else error_response(413, "payload_too_large",
+                                                                                self._message()))
             await response(scope, receive, send)
             return
         seen = 0
@@ -163,6 +170,34 @@ def _guard_new_models(app: ServingAPI, state: ServingState) -> Callable[[ServedM
         app.openapi_schema = None  # rebuilt with the new limits at the next request for it
 
     return guard
+
+
+def _with_grpc(
+    lifespan: Callable[[Any], AbstractAsyncContextManager[Any]], app: FastAPI, state: ServingState
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    """``lifespan`` with the Open Inference Protocol's gRPC server started after it and stopped before it.
+
+    The server runs on the HTTP server's event loop (:mod:`serving.protocols.v2.grpc.server`), so it lives
+    and dies with the worker; the port it bound is ``app.state.grpc_port``, also handed to
+    ``app.state.announce_grpc(port)`` if the caller set one (``fedguard serve`` prints it).
+    """
+
+    @asynccontextmanager
+    async def with_grpc(asgi_app: Any) -> AsyncIterator[Any]:
+        from serving.protocols.v2.grpc.server import GRACE_SECONDS, start  # grpc loads only when it serves
+
+        async with lifespan(asgi_app) as inner:
+            server, port = await start(state)
+            app.state.grpc_port = port
+            announce = getattr(app.state, "announce_grpc", None)  # fedguard serve prints where it listens
+            if callable(announce):
+                announce(port)
+            try:
+                yield inner
+            finally:
+                await server.stop(GRACE_SECONDS)
+
+    return with_grpc
 
 
 def create_app(
@@ -249,10 +284,18 @@ def create_app(
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
     for routes in (router, drift_router, deploy_router):
         app.router.routes.extend(routes.routes)
+    if settings.grpc_port is not None:  # and its gRPC service, in this process's lifespan
+        from serving.protocols.v2.grpc.server import check_transport
+
+        check_transport(settings)
+        app.router.lifespan_context = _with_grpc(app.router.lifespan_context, app, app.state.fedguard)
     # First, so that it is matched first: the predict fast path (serving.protocols.v1.fastpath), which
     # hands anything but the common case to the FastAPI route behind it.
     app.router.routes.insert(0, Route(PREDICT_ROUTE, PredictFastPath(_api_route(router, PREDICT_ROUTE)),
                                       methods=["POST"], include_in_schema=False))
+    # Then the Open Inference Protocol v2 (serving.protocols.v2.rest): matched before the ~20 other routes,
+    # each of which costs a regex match per request.
+    app.router.routes[1:1] = V2_ROUTES
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()

@@ -211,6 +211,10 @@ def serve(
     env: Annotated[str | None, typer.Option(
         "--env", help="The environment to serve: only the models promoted to production there "
         "[env FEDGUARD_SERVE_ENVIRONMENT, default 'default': every registered model].")] = None,
+    grpc_port: Annotated[int | None, typer.Option(
+        help="Also serve the Open Inference Protocol v2 over gRPC on this port, same host, same process, "
+        "TLS with --ssl-certfile/--ssl-keyfile (KServe's convention: 8081; 0: a free port, logged) "
+        "[env FEDGUARD_SERVE_GRPC_PORT, default: no gRPC].")] = None,
 ) -> None:
     """Serve every registered model as deployed, after verifying each signature.
 
@@ -219,11 +223,14 @@ def serve(
     --env NAME, only the models promoted to production in that environment
     are served, as its deployments say.
 
+    The Open Inference Protocol v2 (KServe, Triton) is served over HTTP beside
+    /v1 at /v2/...; with --grpc-port, over gRPC too.
+
     A model whose signature does not verify stops the command before it binds
     (exit code 5, naming the file that differs).
     """
     settings = build_settings(host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                              environment=env)
+                              environment=env, grpc_port=grpc_port)
     settings.check_files()
     if not is_loopback(settings.host) and not settings.tls:
         err_console.print(
@@ -253,5 +260,9 @@ def serve(
     scheme = "https" if settings.tls else "http"
     where = f"[{settings.host}]" if ":" in settings.host else settings.host
     err_console.print(f"Listening on {scheme}://{where}:{settings.port} (OpenAPI at /docs)", highlight=False)
+    if settings.grpc_port is not None:  # the port it bound is known once the app's lifespan started it
+        transport = "TLS" if settings.tls else "plaintext, loopback only"
+        app.state.announce_grpc = lambda bound: err_console.print(
+            f"gRPC (Open Inference Protocol v2) on {where}:{bound} ({transport})", highlight=False)
     settle_heap()
     uvicorn.run(app, **uvicorn_options(settings))

@@ -30,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 access_logger = logging.getLogger("fedguard.serving.access")
 ACCESS_KEY = "fedguard.access"
 PREDICT_ROUTE = "/v1/models/{name}/predict"
+PREDICT_ROUTES = frozenset({PREDICT_ROUTE, "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
+"""Route templates timed as predict requests: v1 predict and the Open Inference Protocol's infer."""
 UNMATCHED = "<unmatched>"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _MEMO_SIZE = 4096
@@ -161,7 +163,7 @@ class MetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             self._counter(template, model, status).inc()
-            if template == PREDICT_ROUTE and model:
+            if template in PREDICT_ROUTES and model:
                 self._latency(model).observe(elapsed)
             access_logger.info("%s %s %d %.1fms key=%s", scope.get("method", "?"), template, status,
                                elapsed * 1000.0, access.get("key_id", "-"))

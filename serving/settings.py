@@ -68,7 +68,12 @@ class ServingSettings(BaseSettings):
         PEM public key trusted to have signed served models; ``None`` trusts
         the registry's own signing key (``FEDGUARD_HOME/keys``).
     ssl_certfile, ssl_keyfile
-        Passed to uvicorn to terminate TLS in-process.
+        Passed to uvicorn to terminate TLS in-process; the gRPC port uses them too.
+    grpc_port
+        Port of the Open Inference Protocol's gRPC service
+        (:mod:`serving.protocols.v2.grpc.server`), on ``host``, in the same
+        process; ``None`` (the default) serves no gRPC. ``0`` picks a free
+        port (logged). Without TLS it may bind only to loopback.
     quota_backend
         ``memory`` (per process, the default) or ``redis`` (shared by replicas).
     redis_url, quota_prefix
@@ -165,6 +170,7 @@ class ServingSettings(BaseSettings):
     public_key: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     quota_backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     quota_prefix: str = "fedguard:quota:"

@@ -268,7 +268,7 @@ class Router:
         """Choose the version that answers ``key_id`` for model ``name``.
 
         ``refresh=False`` is for a caller on the event loop that has already
-        started a due :meth:`refresh` in the background (:func:`serving.protocols.v1.routes.answer_predict`):
+        started a due :meth:`refresh` in the background (:func:`serving.protocols.v1.routes.guarded_predict`):
         the registry query must not run here, on the loop.
 
         Raises

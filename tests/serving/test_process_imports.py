@@ -37,7 +37,7 @@ import atexit, json, runpy, signal, sys
 dump = sys.argv[1]
 atexit.register(lambda: open(dump, "w").write(json.dumps(sorted(sys.modules))))
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-sys.argv = ["fedguard", "serve", "--host", "127.0.0.1", "--port", "0"]
+sys.argv = ["fedguard", "serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"]
 runpy.run_module("fedguard.cli", run_name="__main__")
 """
 

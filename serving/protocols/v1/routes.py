@@ -13,7 +13,8 @@ Errors are raised as fedguard errors and translated in :mod:`serving.errors`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
@@ -49,6 +50,7 @@ _OBJECTION = {"model": ErrorBody, "description": "The API key lacks the needed s
 # cannot hold up every other connection.
 INLINE_INSTANCES = 64
 JSON = "application/json"
+Answer = TypeVar("Answer")
 
 router = APIRouter(route_class=GuardedRoute)
 
@@ -129,17 +131,38 @@ async def predict(name: str, body: PredictRequest, state: State, key: PredictKey
 
 async def answer_predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> Response:
     """Every guard after authentication, and the encoded answer (shared with :mod:`serving.protocols.v1.fastpath`)."""
+    # Encoded by encode_answer, not by FastAPI: its validation of the returned value repeats
+    # what the route built itself (the declared response_model still documents the shape).
+    content = await guarded_predict(name, body.instances, body.subject_id, state, key, encode_answer)
+    return Response(content, media_type=JSON)
+
+
+async def guarded_predict(
+    name: str, instances: Sequence[Sequence[float]], subject_id: str | None, state: ServingState, key: KeyInfo,
+    finish: Callable[[ServedModel, dict[str, Any]], Answer], *, version: int | None = None,
+) -> Answer:
+    """Every guard after authentication, for any protocol: ``finish(model, fields)`` of the hardened answer.
+
+    In order: the due deployment refresh (in the background), the subject's
+    objection, routing (kill switch, canary, shadow), the feature schema and
+    ranges, the quotas, the forward pass with output hardening
+    (:func:`serving.guards.outputs.shape_output`), then the drift and
+    extraction monitors. ``fields`` are those of :class:`PredictResponse`
+    (``predictions`` and the output mode's extras) and ``model`` the version
+    that answered; ``finish`` encodes them (the v1 routes as JSON,
+    :mod:`serving.protocols.v2` as Open Inference Protocol tensors), in the
+    thread pool with the rest for a batch over :data:`INLINE_INSTANCES`.
+    ``version``, when given, must be the version the router picks for this
+    key (else :class:`~serving.errors.UnknownModelError`, 404), so naming a
+    version never bypasses a rollout.
+    """
     if state.deployments.claim_refresh():  # a registry query: never on the event loop, and nobody waits for it
         state.in_background(run_in_threadpool(state.deployments.refresh), "the deployment refresh")
-    if body.subject_id is not None:  # the right to object: decided before anything reads the instances
-        await _screen_subject(name, body.subject_id, state, key)
-    if len(body.instances) > INLINE_INSTANCES:
-        content = await run_in_threadpool(_predict, name, body, state, key)
-    else:
-        content = _predict(name, body, state, key)
-    # Encoded here, not by FastAPI: its validation of the returned value repeats what
-    # the route built itself (the declared response_model still documents the shape).
-    return Response(content, media_type=JSON)
+    if subject_id is not None:  # the right to object: decided before anything reads the instances
+        await _screen_subject(name, subject_id, state, key)
+    if len(instances) > INLINE_INSTANCES:
+        return await run_in_threadpool(_predict, name, instances, state, key, finish, version)
+    return _predict(name, instances, state, key, finish, version)
 
 
 def encode_answer(model: ServedModel, fields: dict[str, Any]) -> bytes:
@@ -188,16 +211,20 @@ def _refuse(name: str, digest: str, state: ServingState, key: KeyInfo) -> None:
                           f"{state.objections.environment}; refused unscored")
 
 
-def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo) -> bytes:
-    route = state.deployments.route(name, key.key_id, refresh=False)  # answer_predict refreshed it
+def _predict(name: str, instances: Sequence[Sequence[float]], state: ServingState, key: KeyInfo,
+             finish: Callable[[ServedModel, dict[str, Any]], Answer], version: int | None) -> Answer:
+    route = state.deployments.route(name, key.key_id, refresh=False)  # guarded_predict refreshed it
     model = route.model
-    batch = model.to_batch(body.instances, state.settings.max_instances)
+    if version is not None and version != model.version:
+        raise UnknownModelError(f"key {key.key_id} asked for {name[:128]!r} version {version}, "
+                                f"but version {model.version} answers it")
+    batch = model.to_batch(instances, state.settings.max_instances)
     state.ranges.check(model.name, batch)
-    decision = state.quotas.consume(key.key_id, model.name, len(body.instances), state.clock())
+    decision = state.quotas.consume(key.key_id, model.name, len(instances), state.clock())
     if not decision.allowed:
         state.metrics.quota_refusals.labels(model.name).inc()
         raise QuotaExceeded(
-            f"key {key.key_id} refused on {model.name}: {len(body.instances)} instance(s), "
+            f"key {key.key_id} refused on {model.name}: {len(instances)} instance(s), "
             f"{decision.remaining} left today, retry in {decision.retry_after:.3f}s",
             retry_after=decision.retry_after,
         )
@@ -207,7 +234,7 @@ def _predict(name: str, body: PredictRequest, state: ServingState, key: KeyInfo)
     state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
     logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                  policy.output_mode, model.name, model.version)
-    return encode_answer(model, fields)
+    return finish(model, fields)
 
 
 @router.post(
