@@ -54,6 +54,7 @@ from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
+from serving.protocols.v1.watermark import router as watermark_router
 from serving.rollout.router import Router
 from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router, governance_response
 from serving.settings import ServingSettings, get_serving_settings
@@ -247,7 +248,7 @@ def create_app(
     app.add_exception_handler(GovernanceError, governance_response)
     # The routes go straight into the app's router: FastAPI 0.138 matches an included
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
-    for routes in (router, drift_router, deploy_router):
+    for routes in (router, drift_router, deploy_router, watermark_router):
         app.router.routes.extend(routes.routes)
     # First, so that it is matched first: the predict fast path (serving.protocols.v1.fastpath), which
     # hands anything but the common case to the FastAPI route behind it.
