@@ -36,6 +36,9 @@ from privacy.site_dp import SiteDPPlan
 from watermark import create_scheme
 from watermark.secret import commitment, save_secret, secret_path
 
+COST_BOUND = 0.01
+"""Held-out accuracy the watermark may cost (one point) before the publication flags it (issue 16)."""
+
 
 @dataclass(frozen=True)
 class WatermarkOutcome:
@@ -48,17 +51,30 @@ class WatermarkOutcome:
     p_value: float
     accuracy_before: float
     accuracy_after: float
+    held_out: int = 0  # records the accuracies were measured on (one record is 1/held_out of accuracy)
 
     @property
     def accuracy_cost(self) -> float:
         return self.accuracy_before - self.accuracy_after
+
+    @property
+    def cost_statement(self) -> str:
+        """What the watermark cost, in words, for the BOM and the run's output (issue 16: say it plainly)."""
+        if self.scheme == "none":
+            return "no watermark embedded"
+        points = 100 * self.accuracy_cost
+        within = "within" if points <= 100 * COST_BOUND else "ABOVE"
+        return (f"embedding the {self.scheme} watermark changed held-out accuracy from {self.accuracy_before:.4f} "
+                f"to {self.accuracy_after:.4f} ({points:+.2f} points on {self.held_out} records), {within} the "
+                f"{100 * COST_BOUND:.0f}-point bound")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scheme": self.scheme, "commitment": self.commitment, "verified": self.verified,
             "trigger_accuracy": self.trigger_accuracy, "p_value": self.p_value,
             "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-            "accuracy_cost": self.accuracy_cost,
+            "accuracy_cost": self.accuracy_cost, "held_out_records": self.held_out,
+            "cost_within_bound": self.accuracy_cost <= COST_BOUND, "cost_statement": self.cost_statement,
         }
 
 
@@ -82,10 +98,15 @@ def embed_watermark(
     marked = scheme.embed(model, secret, generator=generator).model
     verification = scheme.verify(marked, secret)  # raises WatermarkError if not detected
     digest = save_secret(secret, secret_path(home.keys, commitment(secret)))
-    return marked, WatermarkOutcome(
+    outcome = WatermarkOutcome(
         scheme.name, digest, verification.verified, verification.trigger_accuracy,
-        verification.p_value, before, evaluate(marked, test).accuracy,
+        verification.p_value, before, evaluate(marked, test).accuracy, len(test.labels),
     )
+    if outcome.accuracy_cost > COST_BOUND:
+        logger.warning("%s", outcome.cost_statement)
+    else:
+        logger.info("%s", outcome.cost_statement)
+    return marked, outcome
 
 
 def _site_records(sites: dict[str, SiteLedger]) -> list[SiteRecord]:

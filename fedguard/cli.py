@@ -78,6 +78,8 @@ COMMANDS: dict[str, Entry] = {
     "policy": Entry("lifecycle.governance.cli:policy_app",
                     "Declare a model's promotion policy (criteria per stage), show it and its history."),
     "keys": Entry("serving.cli:keys_app", "Create, list and revoke API keys for the serving tier (stored hashed)."),
+    "watermark": Entry("watermark.cli:watermark_app",
+                       "Verify a model's watermark through a running fedguard server (admin key)."),
     "audit": Entry("lifecycle.audit.cli:audit_app",
                    "Verify the audit trail (hash chain and signed checkpoints); sign a checkpoint.",
                    extra={"privacy": "simulations.privacy_audit:audit_privacy"}),

@@ -57,6 +57,7 @@ from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
+from serving.protocols.v1.watermark import router as watermark_router
 from serving.protocols.v2.rest import ROUTES as V2_ROUTES
 from serving.rollout.router import Router
 from serving.rollout.routes import DeploymentConflict, conflict_response, deploy_router, governance_response
@@ -282,7 +283,7 @@ def create_app(
     app.add_exception_handler(GovernanceError, governance_response)
     # The routes go straight into the app's router: FastAPI 0.138 matches an included
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).
-    for routes in (router, drift_router, deploy_router):
+    for routes in (router, drift_router, deploy_router, watermark_router):
         app.router.routes.extend(routes.routes)
     if settings.grpc_port is not None:  # and its gRPC service, in this process's lifespan
         from serving.protocols.v2.grpc.server import check_transport

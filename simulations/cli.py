@@ -171,7 +171,8 @@ def simulate(
     ] = DEFAULT_HIDDEN,
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
-    watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
+    watermark: Annotated[str, typer.Option(
+        "--watermark", help="Watermark scheme: trigger-set, weight-key, or 'none'.")] = "trigger-set",
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean, krum, multi-krum "
                                              "or bulyan (robust rules need --secure-agg none).")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",

@@ -23,11 +23,9 @@ argument of Adi et al. (2018, Sec. 3: commit to the marking key before release).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -37,8 +35,9 @@ from safetensors.torch import save as save_tensors
 from lifecycle.errors import ConfigurationError, NotFoundError, StateError, WatermarkError
 from lifecycle.home import write_private
 from watermark.base import WatermarkSecret
+from watermark.evidence import FORMAT as FORMAT  # re-exported: the format tag of a secret file
+from watermark.evidence import commitment_of, safetensors_metadata
 
-FORMAT = "fedguard-watermark-secret/1"
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -51,13 +50,7 @@ def commitment(secret: WatermarkSecret) -> str:
     their float32 little-endian bytes, the labels' shape as JSON and their
     int64 little-endian bytes.
     """
-    params = json.dumps(dict(secret.params), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    parts = [
-        FORMAT.encode(), secret.scheme.encode(), params.encode(),
-        json.dumps(list(secret.inputs.shape)).encode(), secret.inputs.numpy().astype("<f4").tobytes(),
-        json.dumps(list(secret.labels.shape)).encode(), secret.labels.numpy().astype("<i8").tobytes(),
-    ]
-    return _hash_parts(parts)
+    return commitment_of(secret.scheme, secret.params, secret.inputs.numpy(), secret.labels.numpy())
 
 
 def secret_path(keys_dir: Path, digest: str) -> Path:
@@ -132,7 +125,7 @@ def _decode(data: bytes, path: Path) -> tuple[WatermarkSecret, str]:
     """Parse the file's tensors and metadata; return the secret and its stored commitment."""
     try:
         tensors = load_tensors(data)
-        metadata = _metadata(data)
+        metadata = safetensors_metadata(data)
         secret = WatermarkSecret(
             scheme=metadata["scheme"], inputs=tensors["inputs"], labels=tensors["labels"],
             params=json.loads(metadata["params"]),
@@ -145,21 +138,3 @@ def _decode(data: bytes, path: Path) -> tuple[WatermarkSecret, str]:
     if metadata.get("format") != FORMAT or not isinstance(stored, str):
         raise WatermarkError(f"watermark secret '{path}' has an unknown format; expected {FORMAT}")
     return secret, stored
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` map of a safetensors byte string."""
-    header_length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_length])
-    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-    return {str(key): str(value) for key, value in metadata.items()}
-
-
-def _hash_parts(parts: Iterable[bytes]) -> str:
-    """SHA-256 of length-prefixed parts (so no two part lists encode alike)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
-

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from watermark.schemes.trigger_set import TriggerSetScheme
+from watermark.schemes.weight_key import WeightKeyScheme
 
-__all__ = ["TriggerSetScheme"]
+__all__ = ["TriggerSetScheme", "WeightKeyScheme"]
