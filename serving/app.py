@@ -39,6 +39,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.errors import FedguardError, GovernanceError, StateError
 from lifecycle.registry import Registry
 from serving import logger
+from serving.console.app import mount_console
+from serving.console.sources import ConsoleSources
 from serving.drift import DriftMonitors
 from serving.drift.routes import router as drift_router
 from serving.errors import error_response, install_error_handlers
@@ -171,6 +173,7 @@ def create_app(
     *,
     quota_store: QuotaStore | None = None,
     clock: Callable[[], float] = time.time,
+    console_sources: ConsoleSources | None = None,
 ) -> FastAPI:
     """Build the serving app for every model in ``registry``, as its deployment state says.
 
@@ -193,6 +196,11 @@ def create_app(
         Seconds since the epoch, read once per request for the quotas, and by
         the router for its refresh interval and error window (tests pass a
         fake one so that nothing sleeps).
+    console_sources
+        What the operator console (``/console``, :mod:`serving.console`) reads
+        beyond the registry: runs, the privacy ledger, enrolled sites, retrain
+        launches (``fedguard serve`` passes them; see :mod:`fedguard.console`).
+        The console is mounted unless ``settings.console`` is off.
 
     Raises
     ------
@@ -253,6 +261,8 @@ def create_app(
     # hands anything but the common case to the FastAPI route behind it.
     app.router.routes.insert(0, Route(PREDICT_ROUTE, PredictFastPath(_api_route(router, PREDICT_ROUTE)),
                                       methods=["POST"], include_in_schema=False))
+    if settings.console:
+        mount_console(app, registry, settings, console_sources or ConsoleSources(), clock=clock)
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()

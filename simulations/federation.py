@@ -239,6 +239,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
         he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
     overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
     CoordinatorConfig.from_mapping(overrides)
+    observer = _logged(observer, run_dir, cfg)
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": DataOptions.of(cfg).name})
     prepared = prepare_data(cfg, run_dir / "data", train=train)
     observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
@@ -255,6 +256,26 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
     raise_if_failed(outcome.get("privacy_audit"), f"{outcome['model']}:{outcome['version']}")  # ε̂ > ε: a bug
     return outcome
+
+
+def _logged(observer: Observer, run_dir: Path, cfg: SimulationConfig) -> Observer:
+    """``observer``, also writing every event to the run's ``progress.jsonl`` (with its settings beside it).
+
+    The same log a deployed run's ServerApp writes (:mod:`coordinator.runs.progress`),
+    so the operator console (``/console/runs``) follows a simulation live as it
+    follows a deployed run.
+    """
+    from coordinator.runs.progress import PROGRESS, ProgressLog
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "simulation.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    log = ProgressLog(run_dir / PROGRESS)
+
+    def both(event: str, payload: Mapping[str, Any]) -> None:
+        log(event, {k: v for k, v in payload.items() if k != "report"} if event == "stage" else payload)
+        observer(event, payload)
+
+    return both
 
 
 def _simulate(
