@@ -239,7 +239,20 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
         he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
     overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
     CoordinatorConfig.from_mapping(overrides)
-    observer = _logged(observer, run_dir, cfg)
+    observer, log = _logged(observer, run_dir, cfg)
+    try:
+        return _train(cfg, observer, run_dir, overrides, home=home, started=started, verbose=verbose, train=train)
+    except KeyboardInterrupt:
+        log("stopped", {"actor": "interrupted"})  # the console shows it ended (the CLI says the rest)
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for the console, then raised unchanged
+        log("failed", {"message": str(exc) or type(exc).__name__})
+        raise
+
+
+def _train(cfg: SimulationConfig, observer: Observer, run_dir: Path, overrides: Mapping[str, Any], *,
+           home: Home, started: float, verbose: bool, train: TrainRecords | None) -> dict[str, Any]:
+    """Prepare the data, run the engine and write the outcome (:func:`run`'s work once the run folder exists)."""
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": DataOptions.of(cfg).name})
     prepared = prepare_data(cfg, run_dir / "data", train=train)
     observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
@@ -258,8 +271,8 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     return outcome
 
 
-def _logged(observer: Observer, run_dir: Path, cfg: SimulationConfig) -> Observer:
-    """``observer``, also writing every event to the run's ``progress.jsonl`` (with its settings beside it).
+def _logged(observer: Observer, run_dir: Path, cfg: SimulationConfig) -> tuple[Observer, Observer]:
+    """``observer`` also writing every event to the run's ``progress.jsonl``, and that log (for the run's end).
 
     The same log a deployed run's ServerApp writes (:mod:`coordinator.runs.progress`),
     so the operator console (``/console/runs``) follows a simulation live as it
@@ -275,7 +288,7 @@ def _logged(observer: Observer, run_dir: Path, cfg: SimulationConfig) -> Observe
         log(event, {k: v for k, v in payload.items() if k != "report"} if event == "stage" else payload)
         observer(event, payload)
 
-    return both
+    return both, log
 
 
 def _simulate(
