@@ -42,6 +42,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.errors import FedguardError, GovernanceError, StateError
 from lifecycle.registry import Registry
 from serving import logger
+from serving.console.app import mount_console
+from serving.console.sources import ConsoleSources
 from serving.drift import DriftMonitors
 from serving.drift.routes import router as drift_router
 from serving.errors import error_response, install_error_handlers
@@ -207,6 +209,7 @@ def create_app(
     *,
     quota_store: QuotaStore | None = None,
     clock: Callable[[], float] = time.time,
+    console_sources: ConsoleSources | None = None,
 ) -> FastAPI:
     """Build the serving app for every model in ``registry``, as its deployment state says.
 
@@ -229,6 +232,11 @@ def create_app(
         Seconds since the epoch, read once per request for the quotas, and by
         the router for its refresh interval and error window (tests pass a
         fake one so that nothing sleeps).
+    console_sources
+        What the operator console (``/console``, :mod:`serving.console`) reads
+        beyond the registry: runs, the privacy ledger, enrolled sites, retrain
+        launches (``fedguard serve`` passes them; see :mod:`fedguard.console`).
+        The console is mounted unless ``settings.console`` is off.
 
     Raises
     ------
@@ -297,6 +305,8 @@ def create_app(
     # Then the Open Inference Protocol v2 (serving.protocols.v2.rest): matched before the ~20 other routes,
     # each of which costs a regex match per request.
     app.router.routes[1:1] = V2_ROUTES
+    if settings.console:
+        mount_console(app, registry, settings, console_sources or ConsoleSources(), clock=clock)
     # Added last, so outermost: it also sees what the body limit refuses.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()

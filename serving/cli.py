@@ -21,7 +21,7 @@ import logging
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -37,6 +37,9 @@ from serving.guards.keys import KeyInfo, create_key, list_keys, parse_duration, 
 from serving.settings import ServingSettings, build_settings
 from serving.worker import settle_heap
 
+if TYPE_CHECKING:
+    from serving.console.sources import ConsoleSources
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -48,10 +51,11 @@ keys_app = typer.Typer(
 
 
 class Scope(StrEnum):
-    """Key scopes offered on the command line (``admin`` implies ``predict``)."""
+    """Key scopes offered on the command line (``admin`` implies ``predict`` and ``viewer``)."""
 
     predict = "predict"
     admin = "admin"
+    viewer = "viewer"
 
 
 def _registry() -> Registry:
@@ -79,7 +83,8 @@ def _when(moment: datetime) -> str:
 
 @keys_app.command("create")
 def create(
-    scope: Annotated[Scope, typer.Option(help="What the key may do: 'predict', or 'admin' (implies predict).")]
+    scope: Annotated[Scope, typer.Option(help="What the key may do: 'predict'; 'viewer' (read the operator console); "
+                                       "or 'admin' (implies both, and changes things).")]
     = Scope.predict,
     name: Annotated[str, typer.Option(help="A label to recognise the key by (who or what uses it).")] = "",
     expires_in: Annotated[str | None, typer.Option(
@@ -229,6 +234,17 @@ def serve(
     A model whose signature does not verify stops the command before it binds
     (exit code 5, naming the file that differs).
     """
+    serve_with(None, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, env=env)
+
+
+def serve_with(console_sources: ConsoleSources | None, *, host: str | None = None, port: int | None = None,
+               ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, env: str | None = None) -> None:
+    """:func:`serve`, with the operator console reading ``console_sources``.
+
+    ``fedguard serve`` runs this through :mod:`fedguard.console`, which builds
+    the sources from the packages serving may not import (runs, the privacy
+    ledger, sites: DESIGN §3); ``None`` serves the console's registry pages only.
+    """
     settings = build_settings(host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                               environment=env, grpc_port=grpc_port)
     settings.check_files()
@@ -245,7 +261,7 @@ def serve(
     from serving.app import create_app  # ONNX Runtime and FastAPI load only when serving
     from serving.state import ServingState
 
-    app = create_app(_registry(), settings)
+    app = create_app(_registry(), settings, console_sources=console_sources)
     state: ServingState = app.state.fedguard
     if not state.models:
         raise NotFoundError(

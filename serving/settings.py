@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.errors import ConfigurationError
@@ -159,6 +159,16 @@ class ServingSettings(BaseSettings):
     access_log
         Whether ``fedguard serve`` writes the access log (one line per request
         to stderr, :mod:`serving.metrics`); on by default.
+    console
+        Whether the app serves the operator console under ``/console``
+        (:mod:`serving.console`); on by default.
+    console_secret
+        The key that signs console session cookies and CSRF tokens (at least
+        32 characters). Unset: a random one per process, so sessions end when
+        the server restarts; set it when several workers or replicas share
+        one address, so that a session signed by one is accepted by another.
+    console_session_minutes
+        How long a console sign-in lasts (8 hours by default).
     """
 
     model_config = SettingsConfigDict(env_prefix="FEDGUARD_SERVE_", extra="ignore")
@@ -210,6 +220,9 @@ class ServingSettings(BaseSettings):
     objection_message: str = Field(default=DEFAULT_OBJECTION_MESSAGE, min_length=1, max_length=512)
     onnx_threads: int = Field(default=1, ge=1, le=256)
     access_log: bool = True
+    console: bool = True
+    console_secret: SecretStr | None = Field(default=None, min_length=32)
+    console_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServingSettings:

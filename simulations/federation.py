@@ -239,6 +239,20 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
         he_keys = create_federation_keys(run_dir / "sites", run_dir / "coordinator")
     overrides = {**cfg.coordinator_overrides(run_dir / "data", run_dir / "outcome.json", he_keys), **(run_config or {})}
     CoordinatorConfig.from_mapping(overrides)
+    observer, log = _logged(observer, run_dir, cfg)
+    try:
+        return _train(cfg, observer, run_dir, overrides, home=home, started=started, verbose=verbose, train=train)
+    except KeyboardInterrupt:
+        log("stopped", {"actor": "interrupted"})  # the console shows it ended (the CLI says the rest)
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for the console, then raised unchanged
+        log("failed", {"message": str(exc) or type(exc).__name__})
+        raise
+
+
+def _train(cfg: SimulationConfig, observer: Observer, run_dir: Path, overrides: Mapping[str, Any], *,
+           home: Home, started: float, verbose: bool, train: TrainRecords | None) -> dict[str, Any]:
+    """Prepare the data, run the engine and write the outcome (:func:`run`'s work once the run folder exists)."""
     observer("stage", {"stage": "data", "sites": cfg.sites, "dataset": DataOptions.of(cfg).name})
     prepared = prepare_data(cfg, run_dir / "data", train=train)
     observer("stage", {"stage": "partition", "report": str(run_dir / "partition.json")})
@@ -255,6 +269,26 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
     raise_if_failed(outcome.get("privacy_audit"), f"{outcome['model']}:{outcome['version']}")  # ε̂ > ε: a bug
     return outcome
+
+
+def _logged(observer: Observer, run_dir: Path, cfg: SimulationConfig) -> tuple[Observer, Observer]:
+    """``observer`` also writing every event to the run's ``progress.jsonl``, and that log (for the run's end).
+
+    The same log a deployed run's ServerApp writes (:mod:`coordinator.runs.progress`),
+    so the operator console (``/console/runs``) follows a simulation live as it
+    follows a deployed run.
+    """
+    from coordinator.runs.progress import PROGRESS, ProgressLog
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "simulation.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    log = ProgressLog(run_dir / PROGRESS)
+
+    def both(event: str, payload: Mapping[str, Any]) -> None:
+        log(event, {k: v for k, v in payload.items() if k != "report"} if event == "stage" else payload)
+        observer(event, payload)
+
+    return both, log
 
 
 def _simulate(

@@ -12,7 +12,9 @@ refused exactly like a revoked one: the caller sees the same generic 401, and
 only the operator log says "expired". Expiry is checked against an injected
 clock (``now=``), so tests never sleep.
 
-Scopes are ordered: ``admin`` implies ``predict``. A key lacking the scope a
+Scopes are ordered: ``admin`` implies ``predict`` and ``viewer``. A ``viewer``
+key (compliance staff) may only read the operator console (:mod:`serving.console`):
+it can neither predict nor change anything. A key lacking the scope a
 route needs is *authenticated but forbidden* (HTTP 403), which is a different
 answer from *unknown* (HTTP 401).
 
@@ -45,10 +47,11 @@ from lifecycle.registry import Registry
 from lifecycle.registry.tables import ApiKey
 
 PREFIX = "fgk_"
-SCOPES: tuple[str, ...] = ("predict", "admin")
+SCOPES: tuple[str, ...] = ("predict", "admin", "viewer")
 _IMPLIED: dict[str, frozenset[str]] = {
     "predict": frozenset({"predict"}),
-    "admin": frozenset({"predict", "admin"}),
+    "admin": frozenset({"predict", "admin", "viewer"}),
+    "viewer": frozenset({"viewer"}),
 }
 _KEY = re.compile(r"fgk_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
 KEY_PATTERN = _KEY  # a whole key: groups (key_id, secret)
@@ -92,7 +95,7 @@ class KeyInfo:
         return self.expires_at is not None and now >= self.expires_at
 
     def allows(self, scope: str) -> bool:
-        """Whether this key's scope covers ``scope`` (``admin`` implies ``predict``)."""
+        """Whether this key's scope covers ``scope`` (``admin`` implies ``predict`` and ``viewer``)."""
         return scope in _IMPLIED.get(self.scope, frozenset())
 
 
