@@ -234,11 +234,13 @@ def serve(
     A model whose signature does not verify stops the command before it binds
     (exit code 5, naming the file that differs).
     """
-    serve_with(None, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, env=env)
+    serve_with(None, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, env=env,
+               grpc_port=grpc_port)
 
 
 def serve_with(console_sources: ConsoleSources | None, *, host: str | None = None, port: int | None = None,
-               ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, env: str | None = None) -> None:
+               ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, env: str | None = None,
+               grpc_port: int | None = None) -> None:
     """:func:`serve`, with the operator console reading ``console_sources``.
 
     ``fedguard serve`` runs this through :mod:`fedguard.console`, which builds
