@@ -70,10 +70,27 @@ class RayCluster:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result.stdout + result.stderr
 
-    def start_head(self, cpus: int) -> str:
-        """Start the head node with ``cpus`` CPUs on a port the kernel picks; return its address."""
-        out = self._ray("--head", "--port", "0", "--num-cpus", str(cpus), "--temp-dir", str(self.root / "ray"),
-                        "--ray-client-server-port", str(_unused_port()), *_HEAD_PORTS)
+    def start_head(self, cpus: int, attempts: int = 3) -> str:
+        """Start the head node with ``cpus`` CPUs on a port the kernel picks; return its address.
+
+        Ray waits a hard-coded 30 s for its raylet to register with the GCS;
+        on a loaded 2-core machine that wait can run out (``The current node
+        timed out during startup``), and a session head that failed fails every
+        Ray test of its xdist worker. What the failed start left running is
+        stopped (this cluster's pids only) and the head is started again,
+        ``attempts`` times at most.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                out = self._ray("--head", "--port", "0", "--num-cpus", str(cpus), "--temp-dir",
+                                str(self.root / "ray"), "--ray-client-server-port", str(_unused_port()),
+                                *_HEAD_PORTS)
+                break
+            except AssertionError as exc:
+                if "timed out during startup" not in str(exc) or attempt == attempts:
+                    raise
+                self.stop()  # what the failed start left running; removes root
+                self.root.mkdir(parents=True, exist_ok=True)
         found = _ADDRESS.search(out)
         if found is None:
             self.stop()

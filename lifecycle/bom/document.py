@@ -32,7 +32,6 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from lifecycle.bom.environment import InstalledPackage, canonical_name, code_version, installed_packages
@@ -157,6 +156,11 @@ def validate_bom(bom: Mapping[str, Any]) -> None:
     FedguardError
         The document does not validate (a fedguard bug: report it with the message).
     """
+    # Imported here, not with the module: the validator's jsonschema format checks import rfc3987_syntax,
+    # which builds a Lark grammar at import (~1.5 s of CPU), paid by every process importing lifecycle.packaging
+    # (CLI refusals, ``fedguard run``, the serving tier) though only a publication validates.
+    from cyclonedx.validation.json import JsonStrictValidator
+
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(bom))
     if error is not None:
         detail = getattr(error.data, "message", str(error))
