@@ -196,11 +196,14 @@ def test_the_common_request_is_answered_in_front_of_the_middleware_and_counted_o
 )
 def test_what_the_front_does_not_answer_goes_through_the_middleware_once(
     client: TestClient, app: FastAPI, predict_key: CreatedKey, through_middleware: list[str],
-    headers: dict[str, str], content: bytes | None,
+    headers: dict[str, str], content: bytes | None, caplog: pytest.LogCaptureFixture,
 ) -> None:
     body = content if content is not None else iter([json.dumps(GOOD).encode()])  # an iterator is sent chunked
-    response = client.post(PREDICT, content=body, headers={**headers, **bearer(predict_key)})
+    with caplog.at_level("INFO", logger="fedguard.serving.access"):
+        response = client.post(PREDICT, content=body, headers={**headers, **bearer(predict_key)})
     assert through_middleware == [PREDICT]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedguard.serving.access"]
+    assert len(lines) == 1 and lines[0].endswith(f"key={predict_key.info.key_id}")  # also when read and replayed
     assert response.status_code == (200 if content is None else 422)
     served = app.state.fedguard.metrics.exposition().decode()
     counted = [line for line in served.splitlines() if line.startswith("fedguard_requests_total{")]
