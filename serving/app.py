@@ -54,7 +54,7 @@ from serving.guards.objections import ObjectionGuard
 from serving.guards.outputs import check_policies
 from serving.guards.quotas import QuotaStore, create_quota_store
 from serving.guards.ranges import RangeConfig, build_ranges
-from serving.metrics import PREDICT_ROUTE, MetricsMiddleware, ServingMetrics
+from serving.metrics import PREDICT_ROUTE, MetricsMiddleware, RequestRecorder, ServingMetrics
 from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
@@ -300,16 +300,21 @@ def create_app(
         app.router.lifespan_context = _with_grpc(app.router.lifespan_context, app, app.state.fedguard)
     # First, so that it is matched first: the predict fast path (serving.protocols.v1.fastpath), which
     # hands anything but the common case to the FastAPI route behind it.
-    app.router.routes.insert(0, Route(PREDICT_ROUTE, PredictFastPath(_api_route(router, PREDICT_ROUTE)),
-                                      methods=["POST"], include_in_schema=False))
+    fast = PredictFastPath(_api_route(router, PREDICT_ROUTE))
+    app.router.routes.insert(0, Route(PREDICT_ROUTE, fast, methods=["POST"], include_in_schema=False))
     # Then the Open Inference Protocol v2 (serving.protocols.v2.rest): matched before the ~20 other routes,
     # each of which costs a regex match per request.
     app.router.routes[1:1] = V2_ROUTES
     if settings.console:
         mount_console(app, registry, settings, console_sources or ConsoleSources(), clock=clock)
-    # Added last, so outermost: it also sees what the body limit refuses.
+    # Added last, so outermost: it also sees what the body limit refuses. The fast path, which answers the
+    # common predict request in front of the middleware, counts into the same recorder.
+    recorder = RequestRecorder(metrics, models.keys())
     app.add_middleware(
-        MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys()
+        MetricsMiddleware, metrics=metrics, routes=[*router.routes, *app.router.routes], models=models.keys(),
+        recorder=recorder,
     )
+    fast.attach(app.through_middleware, recorder, settings.max_body_bytes)
+    app.fast_path = fast
     logger.info("serving app ready with %d model(s): %s", len(models), ", ".join(sorted(models)) or "none")
     return app

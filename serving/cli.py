@@ -182,7 +182,7 @@ def log_config(settings: ServingSettings) -> dict[str, Any]:
 
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     if settings.access_log:
-        config["formatters"]["fedguard-access"] = {"format": ACCESS_FORMAT}
+        config["formatters"]["fedguard-access"] = {"()": "serving.worker.AccessFormatter", "fmt": ACCESS_FORMAT}
         config["handlers"]["fedguard-access"] = {
             "()": "serving.worker.BatchedLineWriter", "stream": "ext://sys.stderr", "formatter": "fedguard-access",
         }

@@ -93,38 +93,24 @@ def route_template(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str
     return partial if partial is not None else (UNMATCHED, {})
 
 
-class MetricsMiddleware:
-    """Count, time and access-log every HTTP request (outermost user middleware)."""
+class RequestRecorder:
+    """Counts, times and access-logs one answered request: what :class:`MetricsMiddleware` does per request.
 
-    def __init__(
-        self, app: ASGIApp, metrics: ServingMetrics, routes: list[BaseRoute], models: Container[str]
-    ) -> None:
-        self.app = app
+    Shared by the middleware and the predict fast path
+    (:mod:`serving.protocols.v1.fastpath`), which answers outside the
+    middleware stack, so that both count into the same label children.
+    """
+
+    def __init__(self, metrics: ServingMetrics, models: Container[str]) -> None:
         self.metrics = metrics
-        self.routes = routes
         self.models = models
-        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
         # Bounded: templates, served models and status codes are finite sets.
         self._children: dict[tuple[str, str, int], Counter] = {}
         self._latencies: dict[str, Histogram] = {}
 
-    def _label(self, scope: Scope) -> tuple[str, str]:
-        """The route template and served-model label of a request, memoised per (method, path).
-
-        Matching every route costs tens of microseconds per request; the memo is
-        bounded (cleared past :data:`_MEMO_SIZE` entries) so that probing random
-        paths cannot grow it.
-        """
-        cache_key = (scope.get("method", ""), scope.get("path", ""))
-        labels = self._memo.get(cache_key)
-        if labels is None:
-            template, params = route_template(self.routes, scope)
-            name = params.get("name")
-            labels = (template, name if isinstance(name, str) and name in self.models else "")
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[cache_key] = labels
-        return labels
+    def model_label(self, name: object) -> str:
+        """The served-model label of a path's ``name``: the name if this server serves it, else empty."""
+        return name if isinstance(name, str) and name in self.models else ""
 
     def _counter(self, template: str, model: str, status: int) -> Counter:
         """The request counter's child for these labels (looked up once: ``labels()`` costs µs per call)."""
@@ -141,6 +127,45 @@ class MetricsMiddleware:
             child = self.metrics.predict_latency.labels(model)
             self._latencies[model] = child
         return child
+
+    def record(self, method: str, template: str, model: str, status: int, elapsed: float, key_id: str) -> None:
+        """Count the request, time a predict, and write its access line."""
+        self._counter(template, model, status).inc()
+        if template in PREDICT_ROUTES and model:
+            self._latency(model).observe(elapsed)
+        access_logger.info("%s %s %d %.1fms key=%s", method, template, status, elapsed * 1000.0, key_id)
+
+
+class MetricsMiddleware:
+    """Count, time and access-log every HTTP request (outermost user middleware)."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: ServingMetrics, routes: list[BaseRoute], models: Container[str],
+        recorder: RequestRecorder | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        self.models = models
+        self.recorder = recorder if recorder is not None else RequestRecorder(metrics, models)
+        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def _label(self, scope: Scope) -> tuple[str, str]:
+        """The route template and served-model label of a request, memoised per (method, path).
+
+        Matching every route costs tens of microseconds per request; the memo is
+        bounded (cleared past :data:`_MEMO_SIZE` entries) so that probing random
+        paths cannot grow it.
+        """
+        cache_key = (scope.get("method", ""), scope.get("path", ""))
+        labels = self._memo.get(cache_key)
+        if labels is None:
+            template, params = route_template(self.routes, scope)
+            labels = (template, self.recorder.model_label(params.get("name")))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[cache_key] = labels
+        return labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,9 +186,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            elapsed = time.perf_counter() - started
-            self._counter(template, model, status).inc()
-            if template in PREDICT_ROUTES and model:
-                self._latency(model).observe(elapsed)
-            access_logger.info("%s %s %d %.1fms key=%s", scope.get("method", "?"), template, status,
-                               elapsed * 1000.0, access.get("key_id", "-"))
+            self.recorder.record(scope.get("method", "?"), template, model, status, time.perf_counter() - started,
+                                 access.get("key_id", "-"))

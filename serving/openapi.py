@@ -22,9 +22,10 @@ declared, every error code documented).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from serving.models import FLOAT32_MAX, ServedModel
 
@@ -47,10 +48,36 @@ class PredictLimits:
         return cls(max_instances=max_instances, min_features=min(counts), max_features=max(counts))
 
 
+class FastPath(Protocol):
+    """A path answered in front of the middleware stack (see :meth:`ServingAPI.__call__`)."""
+
+    def takes(self, scope: Scope) -> bool: ...
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
 class ServingAPI(FastAPI):
     """A FastAPI app whose ``openapi()`` states the predict limits and the error shape (see the module)."""
 
     predict_limits: PredictLimits | None = None
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand a request the fast path takes to it, before the middleware stack; the rest to FastAPI.
+
+        The fast path (:class:`serving.protocols.v1.fastpath.PredictFastPath`)
+        counts, logs, limits and handles errors as the middleware would.
+        """
+        fast = self.fast_path
+        if fast is not None and scope["type"] == "http" and not self.root_path and fast.takes(scope):
+            scope["app"] = self
+            await fast.serve(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def through_middleware(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The whole app, middleware and routes, without the fast path (where the fast path hands a request back)."""
+        await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document, built once and refined for this server."""

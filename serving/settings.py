@@ -41,6 +41,10 @@ class OutputPolicy(BaseModel):
     precision: int | None = Field(default=2, ge=0, le=8)
 
 
+LABELS_ONLY = OutputPolicy()
+"""The policy of a model configured with none (frozen, so shared: built once, not per request)."""
+
+
 class QuotaOverride(BaseModel):
     """Per-model or per-key quota limits; a field left out keeps the broader value."""
 
@@ -245,7 +249,7 @@ class ServingSettings(BaseSettings):
 
     def output_policy(self, model: str) -> OutputPolicy:
         """The output policy of ``model`` (labels only unless configured)."""
-        return self.outputs.get(model) or OutputPolicy()
+        return self.outputs.get(model) or LABELS_ONLY
 
     def check_files(self) -> None:
         """Fail early, with the path, if a configured key or certificate is missing.

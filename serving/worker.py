@@ -24,6 +24,8 @@ per-route, and are set here once, when ``fedguard serve`` starts:
   request: on a saturated event loop (requests driven in-process) the
   per-record hand-off doubled a request's latency; at 1k requests/s through
   uvicorn the two cost the same CPU per request (``benchmarks/serving.py``).
+  Its :class:`AccessFormatter` writes the same lines as :class:`logging.Formatter`
+  but formats the timestamp's date and time once per second, not per line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import atexit
 import gc
 import logging
 import threading
+import time
 from typing import TextIO
 
 
@@ -39,6 +42,28 @@ def settle_heap() -> None:
     """Collect once, then exempt everything alive now from future collections (call after start-up)."""
     gc.collect()
     gc.freeze()
+
+
+class AccessFormatter(logging.Formatter):
+    """:class:`logging.Formatter` with ``formatTime`` cached per second (no ``datefmt``: the default format).
+
+    ``time.strftime`` of the local time is most of a default formatter's cost
+    per access line, and every line within one second shares it; the
+    milliseconds are added per line as :meth:`logging.Formatter.formatTime` adds them.
+    """
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._cached: tuple[int, str] = (-1, "")  # (second, its formatted date and time): one object, swapped whole
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._cached
+        if cached[0] != second:  # threads racing here only format the same second twice
+            cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created)))
+        return f"{cached[1]},{int(record.msecs):03d}"  # as logging.Formatter.default_msec_format, "%s,%03d"
 
 
 WRITE_INTERVAL = 0.05

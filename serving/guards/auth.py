@@ -98,8 +98,10 @@ async def authorize(asgi_scope: MutableMapping[str, Any], state: ServingState, p
     info = asgi_scope.get(_AUTHENTICATED)
     if not isinstance(info, KeyInfo):
         info = await resolve_key(state, presented)
-        note_key_id(asgi_scope, info.key_id)
         asgi_scope[_AUTHENTICATED] = info
+    # Noted every time: a request the predict fast path read and replays through the middleware gets a
+    # fresh access-log record there, which must still name the key.
+    note_key_id(asgi_scope, info.key_id)
     return require_scope(info, scope)
 
 

@@ -55,7 +55,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from lifecycle import audit
-from lifecycle.bom.reference import ReferenceStats, bin_indices, padded_edges
+from lifecycle.bom.reference import ReferenceStats, padded_edges
 from lifecycle.errors import FedguardError
 from lifecycle.registry import Registry
 from serving import logger
@@ -113,6 +113,11 @@ def cell_radix(grid: np.ndarray) -> np.ndarray:
     return weights
 
 
+def _edge_weights(grid: np.ndarray, radix: np.ndarray) -> np.ndarray:
+    """Each padded edge's weight in a cell id: its feature's radix (``grid`` is features × edges)."""
+    return np.repeat(radix, grid.shape[1])
+
+
 @dataclass
 class _PairWindow:
     """Answered instances of one (key, model) pair: (time, cell id, near-boundary) in time order."""
@@ -164,6 +169,8 @@ class ExtractionGuard:
         self.grids = {name: coarse_edges(m.reference, self.settings.extraction_grid_bins)
                       for name, m in (models or {}).items() if m.reference is not None}
         self._radix = {name: cell_radix(grid) for name, grid in self.grids.items()}
+        self._weights = {name: _edge_weights(grid, radix) for (name, grid), radix in
+                         zip(self.grids.items(), self._radix.values(), strict=True)}
         self.windows: dict[tuple[str, str], _PairWindow] = {}
         self.throttled_until: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -174,7 +181,8 @@ class ExtractionGuard:
         """Build ``model``'s coarse grid (a model served only since startup; none without reference statistics)."""
         if model.reference is not None:
             grid = coarse_edges(model.reference, self.settings.extraction_grid_bins)
-            self._radix[model.name] = cell_radix(grid)
+            self._radix[model.name] = radix = cell_radix(grid)
+            self._weights[model.name] = _edge_weights(grid, radix)
             self.grids[model.name] = grid
 
     def observe(
@@ -230,9 +238,11 @@ class ExtractionGuard:
         grid = self.grids.get(model.name)
         if grid is None:  # no reference: every instance in one cell, the coverage signal stays quiet
             return [0] * len(near), near
-        # float32 values against float64 edges: numpy compares them exactly, as float64.
-        index = bin_indices(batch, grid).astype(np.uint64)
-        return (index @ self._radix[model.name]).tolist(), near
+        # float32 values against float64 edges: numpy compares them exactly, as float64. The cell id
+        # ``bin_indices(batch, grid) @ radix`` in one product: every edge a value reaches adds its
+        # feature's radix (the same sum modulo 2^64, two numpy calls fewer per request).
+        above = batch[:, :, None] >= grid[None, :, :]
+        return (above.reshape(len(batch), -1) @ self._weights[model.name]).tolist(), near
 
     def _signals(self, key_id: str, model: str, window: _PairWindow) -> ExtractionSignals:
         s = self.settings

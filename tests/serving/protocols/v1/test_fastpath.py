@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -10,7 +12,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
+import serving.protocols.v1.fastpath as fastpath
 from serving.guards.keys import CreatedKey
+from serving.openapi import ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import encode_answer
 from serving.protocols.v1.schemas import PredictResponse
@@ -117,7 +121,7 @@ def test_the_fast_path_keeps_the_guards_after_authentication(
     assert client.post(PREDICT, json=wrong_width, headers=bearer(predict_key)).status_code == 422
     assert client.post("/v1/models/nope/predict", json=GOOD, headers=bearer(predict_key)).status_code == 404
     assert fallbacks == []  # all three refused by the shared guards, on the fast path
-    served = app.state.fedguard.metrics.exposition().decode()  # type: ignore[attr-defined]
+    served = app.state.fedguard.metrics.exposition().decode()
     assert 'fedguard_requests_total{model="demo",route="/v1/models/{name}/predict",status="422"} 2.0' in served
 
 
@@ -132,7 +136,112 @@ def test_the_fast_path_keeps_the_guards_after_authentication(
     ],
 )
 def test_the_encoded_answer_is_what_the_response_model_dumps(app: FastAPI, fields: dict[str, Any]) -> None:
-    model = app.state.fedguard.models["demo"]  # type: ignore[attr-defined]
+    model = app.state.fedguard.models["demo"]
     expected = PredictResponse(model=model.name, version=model.version, **fields).model_dump_json(exclude_none=True)
     assert json.loads(encode_answer(model, fields)) == json.loads(expected)
     assert encode_answer(model, fields) == expected.encode()
+
+
+def front(app: FastAPI) -> PredictFastPath:
+    """The predict fast path that ``app`` runs in front of its middleware."""
+    assert isinstance(app, ServingAPI) and isinstance(app.fast_path, PredictFastPath)
+    return app.fast_path
+
+
+@pytest.fixture
+def through_middleware(app: FastAPI) -> list[str]:
+    """Paths of the predict requests that went through the app's middleware stack instead of PredictFastPath.serve."""
+    assert isinstance(app, ServingAPI)
+    inner = app.through_middleware
+    seen: list[str] = []
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        await inner(scope, receive, send)
+
+    fast = front(app)
+    assert fast.recorder is not None
+    fast.attach(counting, fast.recorder, fast.max_body_bytes)
+    return seen
+
+
+def test_the_common_request_is_answered_in_front_of_the_middleware_and_counted_once(
+    client: TestClient, app: FastAPI, predict_key: CreatedKey, through_middleware: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("INFO", logger="fedguard.serving.access"):
+        ok = client.post(PREDICT, json=GOOD, headers=bearer(predict_key))
+        unknown = client.post("/v1/models/nope/predict", json=GOOD, headers=bearer(predict_key))
+        bad_key = client.post(PREDICT, json=GOOD, headers={"Authorization": "Bearer fgk_0123456789abcdef_wrong"})
+    assert through_middleware == []  # all three answered by PredictFastPath.serve
+    assert ok.status_code == 200 and unknown.status_code == 404 and bad_key.status_code == 401
+    assert bad_key.headers["www-authenticate"] and set(bad_key.json()) == set(unknown.json()) == {"error"}
+    served = app.state.fedguard.metrics.exposition().decode()
+    for model, status in (("demo", "200"), ("", "404"), ("demo", "401")):
+        assert f'fedguard_requests_total{{model="{model}",route="/v1/models/{{name}}/predict",status="{status}"}} 1.0' \
+            in served
+    assert 'fedguard_predict_duration_seconds_count{model="demo"} 2.0' in served  # the 200 and the 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedguard.serving.access"]
+    assert len(lines) == 3 and lines[0].startswith("POST /v1/models/{name}/predict 200 ")
+    assert lines[0].endswith(f"key={predict_key.info.key_id}") and lines[2].endswith("key=-")
+
+
+@pytest.mark.parametrize(
+    ("headers", "content"),
+    [
+        ({"Content-Type": "application/json", "Transfer-Encoding": "chunked"}, None),  # no Content-Length
+        ({"Content-Type": "text/plain"}, b'{"instances": [[0.5, -1.0, 2.0, 0.0]]}'),
+        ({"Content-Type": "application/json"}, b'{"instances": [[0.5, -1.0,'),  # read, then replayed
+    ],
+)
+def test_what_the_front_does_not_answer_goes_through_the_middleware_once(
+    client: TestClient, app: FastAPI, predict_key: CreatedKey, through_middleware: list[str],
+    headers: dict[str, str], content: bytes | None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = content if content is not None else iter([json.dumps(GOOD).encode()])  # an iterator is sent chunked
+    with caplog.at_level("INFO", logger="fedguard.serving.access"):
+        response = client.post(PREDICT, content=body, headers={**headers, **bearer(predict_key)})
+    assert through_middleware == [PREDICT]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedguard.serving.access"]
+    assert len(lines) == 1 and lines[0].endswith(f"key={predict_key.info.key_id}")  # also when read and replayed
+    assert response.status_code == (200 if content is None else 422)
+    served = app.state.fedguard.metrics.exposition().decode()
+    counted = [line for line in served.splitlines() if line.startswith("fedguard_requests_total{")]
+    assert len(counted) == 1 and counted[0].endswith(" 1.0")  # by the middleware, not twice
+
+
+def test_an_unexpected_error_in_front_of_the_middleware_is_a_500_and_reaches_the_server(
+    app: FastAPI, predict_key: CreatedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fastpath, "answer_predict", broken)
+    with TestClient(app, raise_server_exceptions=False) as quiet:
+        response = quiet.post(PREDICT, json=GOOD, headers=bearer(predict_key))
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal"
+    assert "boom" not in response.text
+    with TestClient(app) as loud, pytest.raises(RuntimeError, match="boom"):  # re-raised, for uvicorn to log
+        loud.post(PREDICT, json=GOOD, headers=bearer(predict_key))
+    served = app.state.fedguard.metrics.exposition().decode()
+    assert 'fedguard_requests_total{model="demo",route="/v1/models/{name}/predict",status="500"} 2.0' in served
+
+
+def test_a_body_longer_than_the_limit_is_refused_while_it_is_read(app: FastAPI, predict_key: CreatedKey) -> None:
+    limit = front(app).max_body_bytes
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "http.request", "body": b"[" * (limit // 2), "more_body": True},
+                     {"type": "http.request", "body": b"[" * (limit // 2 + 1), "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "http", "method": "POST", "path": PREDICT, "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"10"),
+                         (b"authorization", f"Bearer {predict_key.key}".encode())]}
+    asyncio.run(app(scope, receive, send))  # a Content-Length that understates the body
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["code"] == "payload_too_large"
