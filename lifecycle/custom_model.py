@@ -196,7 +196,7 @@ def describe_custom(
     model = build_custom(spec)
     changes = fix_changes(plain, model) if fix else []
     if changes:
-        logger.info("model %s: ModuleValidator.fix replaced %s", module_path, ", ".join(changes))
+        logger.warning("model %s: ModuleValidator.fix replaced %s", module_path, ", ".join(changes))
     with torch.no_grad():
         try:
             out = model.eval()(torch.zeros(2, in_features))

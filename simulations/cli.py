@@ -53,7 +53,7 @@ MODEL_KEYS = ("model", "model-kwargs", "image-shape", "fix-model")
 
 
 def app_model_config(folder: str) -> dict[str, Any]:
-    """The model keys of ``FOLDER/pyproject.toml``'s ``[tool.flwr.app.config]`` (empty without ``--app``)."""
+    """The model keys of ``[tool.flwr.app.config]`` in ``FOLDER/pyproject.toml`` (empty: no such file, or no app)."""
     if not folder:
         return {}
     import tomllib
@@ -65,7 +65,7 @@ def app_model_config(folder: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigurationError(f"--app '{folder}' has no pyproject.toml; create one with fedguard new") from None
+        return {}  # a plain folder: only put on the import path
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"'{path}' is not valid TOML: {exc}") from None
     config = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
@@ -203,8 +203,8 @@ def simulate(
     fix_model: Annotated[bool | None, typer.Option(
         "--fix-model", help="Let Opacus' ModuleValidator.fix replace the layers DP-SGD cannot train.")] = None,
     app: Annotated[str, typer.Option(
-        "--app", help="Your project folder (fedguard new): its model is importable, its "
-        "[tool.flwr.app.config] model keys are the defaults.")] = "",
+        "--app", help="Your project folder (fedguard new): its model is importable, and the model keys of its "
+        "pyproject's tool.flwr.app.config are the defaults.")] = "",
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option("--watermark", help="Watermark scheme, or 'none'.")] = "trigger-set",
