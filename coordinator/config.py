@@ -240,7 +240,7 @@ class CoordinatorConfig:
         (:func:`lifecycle.custom_model.describe_custom`).
         """
         if self.model_kind == "cnn":
-            return ModelSpec.cnn(in_features, num_classes, hidden=self.hidden_sizes,
+            return ModelSpec.cnn(in_features, num_classes, channels=self.hidden_sizes,
                                  image_shape=parse_image_shape(self.image_shape, in_features))
         if self.model_kind == "custom":
             from lifecycle.custom_model import describe_custom  # imports torch and the user's code

@@ -15,7 +15,7 @@ from typing import Any
 
 from lifecycle.errors import ConfigurationError
 
-__all__ = ["DEFAULT_CNN_CHANNELS", "MODEL_KINDS", "TRAINING_DEVICES", "DataSchema", "ModelSpec", "canonical_json",
+__all__ = ["MODEL_KINDS", "TRAINING_DEVICES", "DataSchema", "ModelSpec", "canonical_json",
            "parse_hidden", "parse_image_shape", "square_image"]
 
 TRAINING_DEVICES = ("cpu", "cuda", "auto")
@@ -47,8 +47,6 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 
 MODEL_KINDS = ("mlp", "cnn", "custom")
 """What :func:`lifecycle.architecture.build_model` builds: fedguard's MLP, its small CNN, or a user's module."""
-DEFAULT_CNN_CHANNELS = (16, 32)
-"""Output channels of the CNN's convolution blocks (each 3×3, group norm, ReLU, 2×2 max-pool)."""
 
 
 def square_image(in_features: int) -> tuple[int, int, int]:
@@ -93,10 +91,11 @@ class ModelSpec:
     ``mlp``
         ``Standardize → [Linear → ReLU]* → Linear`` with ``hidden`` widths.
     ``cnn``
-        ``Standardize → Unflatten(image_shape) → [Conv3×3 → GroupNorm → ReLU → MaxPool2]*
-        (channels) → Flatten → [Linear → ReLU]* (hidden) → Linear``: the flat
-        feature row *is* the image, so the table-based pipeline (schema,
-        serving validation, batch scoring, drift) is unchanged.
+        ``Standardize → Unflatten(image_shape) → [Conv3×3 → GroupNorm → ReLU →
+        MaxPool2]* → Flatten → Linear``, one convolution block per entry of
+        ``hidden`` (its output channels): the flat feature row *is* the
+        image, so the table-based pipeline (schema, serving validation, batch
+        scoring, drift) is unchanged.
     ``custom``
         ``Standardize → module(in_features=…, num_classes=…, **kwargs)``,
         where ``module`` is ``package.module:ClassName``, imported (never
@@ -109,7 +108,6 @@ class ModelSpec:
     hidden: tuple[int, ...] = (32,)
     kind: str = "mlp"
     image_shape: tuple[int, ...] = ()
-    channels: tuple[int, ...] = ()
     module: str = ""
     kwargs: str = ""
     """The custom module's keyword arguments as canonical JSON (an object); empty for none."""
@@ -126,8 +124,8 @@ class ModelSpec:
             )
         if self.kind == "cnn":
             self._check_cnn()
-        elif self.image_shape or self.channels:
-            raise ConfigurationError(f"image-shape and channels describe a cnn, not a model of kind '{self.kind}'")
+        elif self.image_shape:
+            raise ConfigurationError(f"an image shape describes a cnn, not a model of kind '{self.kind}'")
         if self.kind == "custom":
             self._check_custom()
         elif self.module or self.kwargs or self.code_sha256 or self.fix:
@@ -140,11 +138,11 @@ class ModelSpec:
                 f"cnn image shape {tuple(shape)} does not hold {self.in_features} features; give "
                 "channels,height,width whose product is the number of features"
             )
-        if not self.channels or min(self.channels) < 1:
-            raise ConfigurationError(f"cnn channels {self.channels}: give at least one positive channel count")
-        if min(shape[1], shape[2]) < 2 ** len(self.channels):
+        if not self.hidden:
+            raise ConfigurationError("a cnn needs at least one convolution block: hidden = its channels, e.g. '32'")
+        if min(shape[1], shape[2]) < 2 ** len(self.hidden):
             raise ConfigurationError(
-                f"a {shape[1]}×{shape[2]} image cannot be halved {len(self.channels)} times; use fewer channel blocks"
+                f"a {shape[1]}×{shape[2]} image cannot be halved {len(self.hidden)} times; use fewer convolution blocks"
             )
 
     def _check_custom(self) -> None:
@@ -162,10 +160,10 @@ class ModelSpec:
 
     @classmethod
     def cnn(cls, in_features: int, num_classes: int, *, image_shape: tuple[int, ...] | None = None,
-            channels: tuple[int, ...] = DEFAULT_CNN_CHANNELS, hidden: tuple[int, ...] = (32,)) -> ModelSpec:
+            channels: tuple[int, ...] = (32,)) -> ModelSpec:
         """A CNN spec; ``image_shape`` defaults to the square single-channel image of ``in_features`` pixels."""
         shape = image_shape if image_shape is not None else square_image(in_features)
-        return cls(in_features, num_classes, hidden, "cnn", tuple(shape), tuple(channels))
+        return cls(in_features, num_classes, tuple(channels), "cnn", tuple(shape))
 
     @property
     def kwargs_dict(self) -> Any:
@@ -181,8 +179,7 @@ class ModelSpec:
         """One line for model cards and summaries (``cnn 1×8×8 conv 16,32 → 32 → 10``)."""
         if self.kind == "cnn":
             shape = "×".join(str(v) for v in self.image_shape)
-            dense = "".join(f" → {h}" for h in self.hidden)
-            return f"cnn {shape} conv {','.join(str(c) for c in self.channels)}{dense} → {self.num_classes}"
+            return f"cnn {shape} conv {','.join(str(c) for c in self.hidden)} → {self.num_classes}"
         if self.kind == "custom":
             return f"custom {self.module} (sha256 {self.code_sha256[:12] or 'unpinned'}) {self.in_features} → " \
                    f"{self.num_classes}"
@@ -193,7 +190,7 @@ class ModelSpec:
         data: dict[str, Any] = {"in_features": self.in_features, "num_classes": self.num_classes,
                                 "hidden": list(self.hidden), "kind": self.kind}
         if self.kind == "cnn":
-            data.update(image_shape=list(self.image_shape), channels=list(self.channels))
+            data["image_shape"] = list(self.image_shape)
         if self.kind == "custom":
             data.update(module=self.module, kwargs=self.kwargs_dict, code_sha256=self.code_sha256, fix=self.fix)
         return data
@@ -207,7 +204,6 @@ class ModelSpec:
             hidden=tuple(int(h) for h in data.get("hidden", (32,))),
             kind=str(data.get("kind", "mlp")),
             image_shape=tuple(int(v) for v in data.get("image_shape", ())),
-            channels=tuple(int(v) for v in data.get("channels", ())),
             module=str(data.get("module", "")),
             kwargs=kwargs if isinstance(kwargs, str) else (canonical_json(kwargs) if kwargs else ""),
             code_sha256=str(data.get("code_sha256", "")),

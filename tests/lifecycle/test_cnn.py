@@ -51,14 +51,17 @@ def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Sequential:
 
 
 def test_the_digits_image_is_the_feature_row_and_the_spec_round_trips() -> None:
-    assert SPEC.image_shape == (1, 8, 8) and SPEC.channels == (16, 32)
+    assert SPEC.image_shape == (1, 8, 8) and SPEC.hidden == (32,)  # one block of 32 channels
     assert ModelSpec.from_dict(json.loads(json.dumps(SPEC.to_dict()))) == SPEC
     assert parse_image_shape("1,8,8", 64) == (1, 8, 8) == parse_image_shape("", 64)
     model = build_model(SPEC)
     assert model(torch.zeros(3, 64)).shape == (3, 10)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     card = model_card_section(SPEC, {}, {}, datasets=[])["modelParameters"]
-    assert card["architectureFamily"] == "cnn" and card["modelArchitecture"] == "cnn 1×8×8 conv 16,32 → 32 → 10"
+    assert card["architectureFamily"] == "cnn" and card["modelArchitecture"] == "cnn 1×8×8 conv 32 → 10"
+    two = ModelSpec.cnn(64, 10, channels=(8, 16))
+    assert [type(m).__name__ for m in build_model(two)][-3:] == ["MaxPool2d", "Flatten", "Linear"]
+    assert build_model(two)[-1].in_features == 16 * 2 * 2
 
 
 def test_an_mlp_is_described_exactly_as_before() -> None:
@@ -69,13 +72,13 @@ def test_an_mlp_is_described_exactly_as_before() -> None:
 @pytest.mark.parametrize("bad", [
     {"image_shape": (1, 7, 8)},  # 56 pixels, 64 features
     {"image_shape": (1, 8)},
-    {"channels": ()},
-    {"channels": (4, 4, 4, 4)},  # 8×8 halves only three times
+    {"hidden": ()},  # no convolution block
+    {"hidden": (4, 4, 4, 4)},  # 8×8 halves only three times
 ])
 def test_an_image_that_does_not_hold_the_features_is_refused(bad: dict[str, tuple[int, ...]]) -> None:
-    values = {"image_shape": (1, 8, 8), "channels": (16,), **bad}
+    values = {"image_shape": (1, 8, 8), "hidden": (16,), **bad}
     with pytest.raises(ConfigurationError):
-        ModelSpec(64, 10, (32,), "cnn", values["image_shape"], values["channels"])
+        ModelSpec(64, 10, values["hidden"], "cnn", values["image_shape"])
     with pytest.raises(ConfigurationError, match="square"):
         ModelSpec.cnn(30, 2)
 
