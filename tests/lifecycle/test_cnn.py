@@ -144,3 +144,23 @@ def test_the_trigger_set_watermark_embeds_image_patterns_in_the_cnn_and_verifies
         before = float((trained(x).argmax(1) == y).float().mean())
         after = float((report.model(x).argmax(1) == y).float().mean())
     assert before > 0.9 and before - after <= 0.03
+
+
+def test_a_deployment_job_selects_the_cnn_and_flower_knows_the_keys(tmp_path: Path) -> None:
+    """``fedguard run launch job.toml``: the job's model keys validate, and the app's run config declares them.
+
+    Flower overrides only the keys that ``[tool.flwr.app.config]`` declares, so
+    every model key must be there for a job to reach the ServerApp.
+    """
+    import tomllib
+
+    from coordinator.runs.job import Job
+
+    job = tmp_path / "job.toml"
+    job.write_text('model = "cnn"\nimage-shape = "1,8,8"\nhidden = "16"\nmodel-name = "digits-cnn"\n')
+    loaded = Job.load(job)
+    assert 'model="cnn"' in loaded.run_config_arg().replace(" = ", "=")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
+    assert {"model", "model-kwargs", "image-shape", "fix-model"} <= set(declared)
+    assert declared["model"] == "mlp" and declared["fix-model"] is False
