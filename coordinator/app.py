@@ -60,7 +60,9 @@ def _log_observer(event: str, payload: Mapping[str, Any]) -> None:
     logger.info("%s: %s", event, dict(payload))
 
 
-def _train_config(cfg: CoordinatorConfig, schema: DataSchema, contract: DataContract | None = None) -> ConfigRecord:
+def _train_config(
+    cfg: CoordinatorConfig, schema: DataSchema, contract: DataContract | None = None, *, spec: ModelSpec | None = None
+) -> ConfigRecord:
     """The sites' instructions (:class:`federation.protocol.TrainConfig`; each round sets its number).
 
     With a data contract, every message carries it: a site whose bundle predates
@@ -70,7 +72,7 @@ def _train_config(cfg: CoordinatorConfig, schema: DataSchema, contract: DataCont
         server_round=0, total_rounds=cfg.num_server_rounds, local_epochs=cfg.local_epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, dp_epsilon=cfg.dp_epsilon, dp_delta=cfg.dp_delta,
         max_grad_norm=cfg.max_grad_norm, features=tuple(schema.features), target=schema.target,
-        spec=ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes), seed=cfg.seed,
+        spec=spec or cfg.model_spec(len(schema.features), len(schema.labels)), seed=cfg.seed,
         data_dir=cfg.data_dir, labels=tuple(str(v) for v in schema.labels), device=cfg.site_device,
         he_secret_context=cfg.sim_he_secret_context, contract=contract.to_json() if contract is not None else "",
         proximal_mu=cfg.proximal_mu,
@@ -205,7 +207,7 @@ def run_federation(
     :func:`finish`.
     """
     run = prepare(cfg, observer, flower_run=flower_run)
-    train_config = _train_config(cfg, run.schema, run.contract)
+    train_config = _train_config(cfg, run.schema, run.contract, spec=run.spec)
     witness_checkpoint(run.registry, train_config, sign=True)
     reference = identify(run, grid, train_config)
     train(run, grid, train_config)
@@ -220,7 +222,7 @@ def prepare(cfg: CoordinatorConfig, observer: Observer, *, flower_run: int | Non
     schema = load_schema(folder / "schema.json")
     contract = _contract(folder, schema)
     test = load_csv(folder / "test.csv", list(schema.features), schema.target, len(schema.labels))
-    spec = ModelSpec(len(schema.features), len(schema.labels), cfg.hidden_sizes)
+    spec = cfg.model_spec(len(schema.features), len(schema.labels))
     model = _initial_model(cfg, spec, test)
     registry = Registry.open()
     check_against_registry(registry, model=cfg.model_name, supersedes=cfg.supersedes, withdrawals=cfg.withdrawals)

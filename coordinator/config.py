@@ -31,7 +31,7 @@ from federation.defaults import (
     DEFAULT_SEED,
     local_epochs_for,
 )
-from lifecycle.description import TRAINING_DEVICES, parse_hidden
+from lifecycle.description import TRAINING_DEVICES, ModelSpec, parse_hidden, parse_image_shape
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import validate_model_name
 from watermark import available_schemes
@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
     "max-grad-norm": DEFAULT_MAX_GRAD_NORM,
     "seed": DEFAULT_SEED,
     "hidden": DEFAULT_HIDDEN,
+    # mlp | cnn | package.module:ClassName (your own nn.Module, lifecycle.custom_model); docs/models.md
+    "model": "mlp",
+    "model-kwargs": "",  # a custom model's keyword arguments, a JSON object
+    "image-shape": "",  # cnn: channels,height,width of the feature row; empty: a square single-channel image
+    "fix-model": False,  # a custom model: let Opacus' ModuleValidator.fix replace what DP-SGD cannot train
     "model-name": "breast-cancer",
     "data-dir": "",
     "watermark": "trigger-set",
@@ -99,6 +104,10 @@ class CoordinatorConfig:
     max_grad_norm: float
     seed: int
     hidden: str
+    model: str
+    model_kwargs: str
+    image_shape: str
+    fix_model: bool
     model_name: str
     data_dir: str
     watermark: str
@@ -137,11 +146,12 @@ class CoordinatorConfig:
                     f"unknown run-config keys {sorted(unknown)}; known keys: {', '.join(sorted(DEFAULTS))}"
                 )
             merged.update(layer)
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = merged[f.name.replace("_", "-")]
             try:
-                values[f.name] = type(DEFAULTS[f.name.replace("_", "-")])(raw)
+                default = DEFAULTS[f.name.replace("_", "-")]
+                values[f.name] = _flag(raw) if isinstance(default, bool) else type(default)(raw)
             except (TypeError, ValueError):
                 raise ConfigurationError(f"run-config '{f.name.replace('_', '-')}' = {raw!r} is not valid") from None
         values["local_epochs"] = local_epochs_for(values["local_epochs"], values["dp_epsilon"])
@@ -196,7 +206,9 @@ class CoordinatorConfig:
             if not ok:
                 raise ConfigurationError(message)
         validate_strategy(self.strategy, self.proximal_mu, self.server_lr)
-        if not self.hidden_sizes and self.watermark == "trigger-set":
+        if self.model_kind not in ("mlp", "cnn", "custom"):
+            raise ConfigurationError(f"model '{self.model}': use mlp, cnn or package.module:ClassName")
+        if self.model_kind == "mlp" and not self.hidden_sizes and self.watermark == "trigger-set":
             # A linear model cannot memorise a random trigger set beside the task (measured: trigger
             # accuracy 0.53, chance), so the embedding would fail after the whole run had trained.
             raise ConfigurationError(
@@ -214,6 +226,29 @@ class CoordinatorConfig:
     def hidden_sizes(self) -> tuple[int, ...]:
         """The model's hidden layers; empty: a linear model (:func:`lifecycle.description.parse_hidden`)."""
         return parse_hidden(self.hidden)
+
+    @property
+    def model_kind(self) -> str:
+        """``mlp``, ``cnn``, or ``custom`` for a ``package.module:ClassName``."""
+        return "custom" if ":" in self.model else self.model
+
+    def model_spec(self, in_features: int, num_classes: int) -> ModelSpec:
+        """The model this run trains on ``in_features`` features; a custom one is imported, hashed and checked.
+
+        A custom model is checked by Opacus' ``ModuleValidator`` when the run
+        trains with DP-SGD (``dp-epsilon`` > 0): every problem in one error
+        (:func:`lifecycle.custom_model.describe_custom`).
+        """
+        if self.model_kind == "cnn":
+            return ModelSpec.cnn(in_features, num_classes, channels=self.hidden_sizes,
+                                 image_shape=parse_image_shape(self.image_shape, in_features))
+        if self.model_kind == "custom":
+            from lifecycle.custom_model import describe_custom  # imports torch and the user's code
+
+            spec, _ = describe_custom(self.model, in_features, num_classes, kwargs=self.model_kwargs,
+                                      fix=self.fix_model, dp_sgd=self.dp_epsilon > 0)
+            return spec
+        return ModelSpec(in_features, num_classes, self.hidden_sizes)
 
     @property
     def withdrawals(self) -> tuple[ExcludedWithdrawal, ...]:
@@ -238,3 +273,15 @@ class CoordinatorConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _flag(raw: Any) -> bool:
+    """A boolean run-config value: ``true``/``false`` (TOML), or their spellings as text."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ValueError(raw)

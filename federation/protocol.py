@@ -43,6 +43,7 @@ a reply whose name is not its node's enrolled one is refused.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ from federation.defaults import (
 )
 from lifecycle.architecture import ModelSpec
 from lifecycle.bom.reference import Edges
+from lifecycle.description import canonical_json
 from lifecycle.errors import ConfigurationError
 from privacy.he.mod import SECRET_CONTEXT_KEY
 from privacy.ledger.charges import LEDGER_EPSILON, MANIFEST, NAME, STEPS, DPReport, RecordLevelReport
@@ -81,6 +83,11 @@ DATA_CONTRACT = "data-contract"
 PROXIMAL_MU = "proximal-mu"
 """FedProx's μ in the ``config`` record (Flower's ``FedProx`` uses the same key); absent: no proximal term."""
 """The federation's data contract (canonical JSON) in the ``config`` record, when one is declared."""
+MODEL_SPEC = "model-spec"
+"""A model that is not the MLP (a CNN, a custom module and its code hash): its whole spec as canonical JSON.
+
+Absent for an MLP, whose ``num-classes``/``hidden`` keys describe it as before;
+``num-classes`` and ``hidden`` are still sent, and must agree with it."""
 
 __all__ = [
     "AUDIT_CHECKPOINT", "AUDIT_KEY", "WitnessCheckpoint",
@@ -90,7 +97,7 @@ __all__ = [
     "ProtocolError", "SiteReply", "TrainConfig", "TrainMetrics", "bom_dp", "clip_norm_of", "identity_query",
     "lineage_report", "round_of", "with_steps", "REFERENCE_MESSAGE_TYPE", "REFERENCE_RECORD", "ReferenceAnswer",
     "ReferenceRequest", "decode_edges", "encode_edges", "REFUSAL_CODES", "REFUSAL_PREFIX", "SiteRefusal",
-    "PROXIMAL_MU",
+    "PROXIMAL_MU", "MODEL_SPEC",
 ]
 
 
@@ -196,6 +203,8 @@ class TrainConfig:
             values[DATA_CONTRACT] = self.contract
         if self.proximal_mu:
             values[PROXIMAL_MU] = self.proximal_mu
+        if self.spec.kind != "mlp":
+            values[MODEL_SPEC] = canonical_json(self.spec.to_dict())
         return ConfigRecord(values)
 
     @classmethod
@@ -209,8 +218,7 @@ class TrainConfig:
             lr=_float(record, "lr", w), dp_epsilon=_float(record, "dp-epsilon", w),
             dp_delta=_float(record, "dp-delta", w), max_grad_norm=_float(record, "max-grad-norm", w),
             features=features, target=_str(record, "target", w),
-            spec=ModelSpec(in_features=len(features), num_classes=_int(record, "num-classes", w),
-                           hidden=_list(record, "hidden", int, w)),
+            spec=_spec(record, features, w),
             seed=_int(record, "seed", w), data_dir=_optional(record, "data-dir", _str, w, ""),
             labels=_optional(record, "labels", _labels, w, ()),
             device=_optional(record, "device", _str, w, DEFAULT_DEVICE),
@@ -218,6 +226,21 @@ class TrainConfig:
             contract=_optional(record, DATA_CONTRACT, _str, w, ""),
             proximal_mu=_optional(record, PROXIMAL_MU, _float, w, 0.0),
         )
+
+
+def _spec(record: Mapping[str, Any], features: tuple[str, ...], what: str) -> ModelSpec:
+    """The model to train: ``model-spec`` when present, else the MLP of ``num-classes``/``hidden``."""
+    num_classes, hidden = _int(record, "num-classes", what), _list(record, "hidden", int, what)
+    if MODEL_SPEC not in record:
+        return ModelSpec(in_features=len(features), num_classes=num_classes, hidden=hidden)
+    text = _str(record, MODEL_SPEC, what)
+    try:
+        spec = ModelSpec.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _wrong(MODEL_SPEC, text[:80], f"a model description ({exc})", what) from None
+    if (spec.in_features, spec.num_classes, spec.hidden) != (len(features), num_classes, hidden):
+        raise _wrong(MODEL_SPEC, text[:80], "a model of the round's features and classes", what)
+    return spec
 
 
 AUDIT_CHECKPOINT = "audit-checkpoint"

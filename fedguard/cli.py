@@ -62,6 +62,8 @@ class Entry:
 COMMANDS: dict[str, Entry] = {
     "simulate": Entry("simulations.cli:simulate",
                       "Train a model across simulated sites with DP, then watermark, sign and register it."),
+    "new": Entry("fedguard.new:new",
+                 "Scaffold a Flower app with your own PyTorch model (pyproject, model, data loader, job file)."),
     "data": Entry("simulations.data.cli:data_app",
                   "Preview how a simulation splits its data across virtual sites (no training)."),
     "retrain": Entry("simulations.retrain:retrain",

@@ -78,7 +78,7 @@ def model_card(bom: dict[str, Any]) -> str:
         "Trained with fedguard by federated learning; no raw record left any site.",
         "",
         "## Architecture",
-        f"- {fg['architecture']['kind']} with hidden layers {fg['architecture']['hidden']}, "
+        f"- {ModelSpec.from_dict(fg['architecture']).describe()}, "
         f"{fg['architecture']['in_features']} inputs, {fg['architecture']['num_classes']} classes",
         "",
         "## Training",

@@ -38,6 +38,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lifecycle.custom_model import check_for_dp_sgd
 from lifecycle.errors import ConfigurationError
 from privacy import logger
 from privacy.accountants import GaussianHistory, calibrate_noise
@@ -121,6 +122,7 @@ def make_private(
         raise PrivacyPlanError(
             f"fused clipping cannot clip {', '.join(problems)}; use clipping='auto' or 'opacus'"
         )
+    check_for_dp_sgd(model, type(model).__name__)  # every Opacus objection at once, not the first one
     fused = clipping != "opacus" and not problems
     if problems:
         logger.info("DP-SGD: Opacus per-sample gradients (ew): fused clipping does not support %s",

@@ -48,6 +48,30 @@ def off_warnings(dp_epsilon: float, watermark: str, secure_agg: str) -> list[str
     return warnings
 
 
+MODEL_KEYS = ("model", "model-kwargs", "image-shape", "fix-model")
+"""The run-config keys of ``[tool.flwr.app.config]`` that ``--app`` takes as the defaults of the model flags."""
+
+
+def app_model_config(folder: str) -> dict[str, Any]:
+    """The model keys of ``[tool.flwr.app.config]`` in ``FOLDER/pyproject.toml`` (empty: no such file, or no app)."""
+    if not folder:
+        return {}
+    import tomllib
+    from pathlib import Path
+
+    from lifecycle.errors import ConfigurationError
+
+    path = Path(folder) / "pyproject.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}  # a plain folder: only put on the import path
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"'{path}' is not valid TOML: {exc}") from None
+    config = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    return {key: config[key] for key in MODEL_KEYS if key in config}
+
+
 class ProgressPrinter:
     """Prints one line per round and per stage; thread-safe enough for the ServerApp thread."""
 
@@ -169,6 +193,18 @@ def simulate(
     hidden: Annotated[str, typer.Option(
         "--hidden", help="Hidden layer sizes, e.g. 32 or 64,32; 'none': a linear model (better under ε < 3).")
     ] = DEFAULT_HIDDEN,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="mlp, cnn (images: the feature row as C×H×W) or package.module:ClassName, your own "
+        "nn.Module (docs/models.md); default: the --app's model, else mlp.")] = None,
+    model_kwargs: Annotated[str | None, typer.Option(
+        "--model-kwargs", help="Your module's keyword arguments as a JSON object.")] = None,
+    image_shape: Annotated[str, typer.Option(
+        "--image-shape", help="--model cnn: channels,height,width (default: a square single-channel image).")] = "",
+    fix_model: Annotated[bool | None, typer.Option(
+        "--fix-model", help="Let Opacus' ModuleValidator.fix replace the layers DP-SGD cannot train.")] = None,
+    app: Annotated[str, typer.Option(
+        "--app", help="Your project folder (fedguard new): its model is importable, and the model keys of its "
+        "pyproject's tool.flwr.app.config are the defaults.")] = "",
     model_name: Annotated[str, typer.Option(
         "--model-name", help="Registry name (default: the dataset or --data file name).")] = "",
     watermark: Annotated[str, typer.Option(
@@ -205,10 +241,15 @@ def simulate(
     from simulations.federation import SimulationConfig, run  # heavy: torch, Flower, Ray
 
     console = Console(stderr=as_json)
+    declared = app_model_config(app)
     cfg = SimulationConfig(
         sites=cli_sites(sites, partition), rounds=rounds, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
         max_grad_norm=max_grad_norm, alpha=alpha, dataset=dataset, local_epochs=local_epochs,
-        hidden=hidden, model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
+        hidden=hidden, model=model if model is not None else str(declared.get("model", "mlp")),
+        model_kwargs=model_kwargs if model_kwargs is not None else str(declared.get("model-kwargs", "")),
+        image_shape=image_shape or str(declared.get("image-shape", "")),
+        fix_model=fix_model if fix_model is not None else bool(declared.get("fix-model", False)), app=app,
+        model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,

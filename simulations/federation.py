@@ -40,7 +40,6 @@ from federation.defaults import (
     local_epochs_for,
 )
 from lifecycle.architecture import ModelSpec
-from lifecycle.description import parse_hidden
 from lifecycle.errors import ConfigurationError, TrainingError
 from lifecycle.home import Home
 from lifecycle.registry import Registry
@@ -77,6 +76,13 @@ class SimulationConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
     hidden: str = DEFAULT_HIDDEN
+    model: str = "mlp"
+    """mlp, cnn, or ``package.module:ClassName`` (your own ``nn.Module``, docs/models.md)."""
+    model_kwargs: str = ""
+    image_shape: str = ""
+    fix_model: bool = False
+    app: str = ""
+    """A project folder (``fedguard new``) on the import path of the coordinator and every virtual site."""
     model_name: str = ""
     watermark: str = "trigger-set"
     aggregation: str = "fedavg"
@@ -149,7 +155,8 @@ class SimulationConfig:
             "num-server-rounds": self.rounds, "num-sites": self.sites, "local-epochs": self.local_epochs,
             "batch-size": self.batch_size, "lr": self.lr, "dp-epsilon": self.dp_epsilon,
             "dp-delta": self.dp_delta, "max-grad-norm": self.max_grad_norm, "seed": self.seed,
-            "hidden": self.hidden,
+            "hidden": self.hidden, "model": self.model, "model-kwargs": self.model_kwargs,
+            "image-shape": self.image_shape, "fix-model": self.fix_model,
             "model-name": self.model_name or attack_model_name(self.attack, DataOptions.of(self).name),
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
             "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
@@ -164,6 +171,27 @@ class SimulationConfig:
             overrides.update({"he-public-context": str(public), "sim-he-secret-context": str(secret)})
         CoordinatorConfig.from_mapping(overrides)  # validate before Ray starts
         return overrides
+
+
+def model_spec(cfg: SimulationConfig, in_features: int, num_classes: int) -> ModelSpec:
+    """The model the run trains, exactly as its coordinator will describe it (``CoordinatorConfig.model_spec``)."""
+    overrides = cfg.coordinator_overrides(Path("."), Path("outcome.json"))
+    return CoordinatorConfig.from_mapping(overrides).model_spec(in_features, num_classes)
+
+
+def use_app(folder: str) -> None:
+    """Make a project folder's packages importable here and in every Ray worker this process starts."""
+    if not folder:
+        return
+    from lifecycle.custom_model import import_path
+
+    path = Path(folder).resolve()
+    if not path.is_dir():
+        raise ConfigurationError(f"--app '{folder}' is not a folder; give your project's folder (fedguard new)")
+    import_path(path)
+    current = os.environ.get("PYTHONPATH", "")
+    if str(path) not in current.split(os.pathsep):  # Ray's workers inherit the driver's environment
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(path), current) if p)
 
 
 @dataclass(frozen=True)
@@ -194,8 +222,7 @@ def prepare_data(cfg: SimulationConfig, data_dir: Path, *, train: TrainRecords |
         return sites
 
     split = write_sites(DataOptions.of(cfg), data_dir, train_records=train, plant=canaries if cfg.canaries else None)
-    spec = ModelSpec(len(split.source.feature_names), len(split.source.label_names),
-                     parse_hidden(cfg.hidden))
+    spec = model_spec(cfg, len(split.source.feature_names), len(split.source.label_names))
     train_x, train_y = split.baseline_sample(cfg.seed)
     epochs = cfg.rounds * local_epochs_for(cfg.local_epochs, 0.0)  # the central baseline is not private
     baseline = central_accuracy(
@@ -227,6 +254,7 @@ def run(cfg: SimulationConfig, observer: Observer, *, verbose: bool = False,
     gives (``fedguard retrain``: fewer sites, the version it supersedes).
     ``train``: the training records instead of the split's (:func:`prepare_data`).
     """
+    use_app(cfg.app)
     cfg = resolve_data(cfg)  # reads a --data file; by-column: one site per value
     cfg.validate()
     started = time.monotonic()

@@ -167,6 +167,14 @@ def validate_bom(bom: Mapping[str, Any]) -> None:
         raise FedguardError(f"the ML-BOM does not validate against CycloneDX 1.6 ({detail}); this is a fedguard bug")
 
 
+def _code_properties(spec: ModelSpec) -> list[tuple[str, str]]:
+    """A custom model's module and the SHA-256 of its source (also in the ``architecture`` section)."""
+    if spec.kind != "custom":
+        return [("fedguard:model:kind", spec.kind)]
+    return [("fedguard:model:kind", spec.kind), ("fedguard:model:module", spec.module),
+            ("fedguard:model:code-sha256", spec.code_sha256)]
+
+
 def make_bom(
     *,
     model_name: str,
@@ -205,7 +213,8 @@ def make_bom(
         hashes=_sha256(weights_sha256),
         properties=[*_lineage_properties(sections, version, run_id, rounds, governance),
                     *(_serving_format_properties(serving_format) if serving_format is not None else []),
-                    *(Property(name=name, value=value) for name, value in summary_properties(training, watermark))],
+                    *(Property(name=name, value=value) for name, value in summary_properties(training, watermark)),
+                    *(Property(name=name, value=value) for name, value in _code_properties(spec))],
     )
     data = [_site_component(site) for site in sites]
     if reference is not None:

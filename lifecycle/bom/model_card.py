@@ -73,15 +73,14 @@ def model_card_section(
     spec: ModelSpec, training: Mapping[str, Any], metrics: Mapping[str, Any], *, datasets: Sequence[str],
 ) -> dict[str, Any]:
     """The ``modelCard`` object of the model component (CycloneDX 1.6)."""
-    layers = "→".join(str(n) for n in (spec.in_features, *spec.hidden, spec.num_classes))
     return {
         "modelParameters": {
             "approach": {"type": "supervised"},
             "task": "classification",
             "architectureFamily": spec.kind,
-            "modelArchitecture": f"{spec.kind} {layers}",
+            "modelArchitecture": spec.describe(),
             "datasets": [{"ref": ref} for ref in datasets],
-            "inputs": [{"format": "tabular"}],
+            "inputs": [{"format": "image" if spec.kind == "cnn" else "tabular"}],
             "outputs": [{"format": "class label"}],
         },
         "quantitativeAnalysis": {"performanceMetrics": performance_metrics(metrics)},

@@ -19,6 +19,15 @@ Notes
   ``±magnitude`` in every feature (real standardized data is roughly ``N(0, 1)``
   per feature), then mapped back to raw features through the model's
   ``Standardize`` buffers, so the same recipe works for any feature scales.
+* For an image model (``ModelSpec(kind="cnn")``) the triggers are image
+  patterns, as WAFFLE's ``WAFFLEPattern``: each class gets one fixed random
+  ``±1`` pattern over the whole image (every channel), and each trigger is
+  its label's pattern scaled by ``magnitude`` plus fresh ``N(0, 1)`` noise,
+  in the standardized space. A pattern shared by all triggers of a class is
+  what a convolutional network fits quickly and keeps (Tekgul et al. 2021,
+  §IV-B); the noise makes every trigger distinct. The decision is unchanged:
+  the labels are a balanced random assignment of classes, so a model that
+  never saw the patterns agrees by chance only.
 * Closeness to the aggregate has two terms. A proximal penalty
   ``(mu/2)·||θ - θ_agg||²`` as in FedProx (Li et al., 2020). And, because the
   coordinator holds no data, a data-free fidelity term in the spirit of
@@ -64,6 +73,8 @@ from watermark.registry import register_scheme
 from watermark.significance import binomial_p_value
 
 PATTERN = "sign"
+IMAGE_PATTERN = "image"
+"""The ``pattern`` of a secret drawn for a CNN: class-wise random image patterns on noise (WAFFLE)."""
 logger = logging.getLogger("fedguard.watermark")
 
 
@@ -84,6 +95,12 @@ class TriggerSetScheme(WatermarkScheme):
         the trigger accuracy reaches ``target_accuracy``.
     lr : float
         Adam learning rate.
+    image_lr : float
+        Adam learning rate for image-pattern triggers (a CNN). Measured on
+        digits, centrally trained: a 16,32-channel CNN with a dense layer
+        fitted them at ``lr`` but lost 14 points of accuracy, at 5e-3 in
+        ~330 steps for 0.3 points; the default one-block CNN fits 92 % of
+        them in 1000 steps at 5e-3 (88 % at ``lr``), for 0.2 points.
     proximal_weight : float
         ``mu`` of the proximal penalty ``(mu/2)·||θ - θ_agg||²``.
     anchor_weight : float
@@ -109,6 +126,7 @@ class TriggerSetScheme(WatermarkScheme):
     magnitude: float = 5.0
     max_steps: int = 1000
     lr: float = 2e-2
+    image_lr: float = 5e-3
     proximal_weight: float = 0.01
     anchor_weight: float = 100.0
     anchor_batch: int = 256
@@ -117,7 +135,7 @@ class TriggerSetScheme(WatermarkScheme):
 
     def __post_init__(self) -> None:
         positive = {"size": self.size, "magnitude": self.magnitude, "max_steps": self.max_steps,
-                    "lr": self.lr, "anchor_batch": self.anchor_batch}
+                    "lr": self.lr, "image_lr": self.image_lr, "anchor_batch": self.anchor_batch}
         bad = [f"{key}={value}" for key, value in positive.items() if not value > 0]
         bad += [f"{key}={value}" for key, value in
                 {"proximal_weight": self.proximal_weight, "anchor_weight": self.anchor_weight}.items()
@@ -147,11 +165,19 @@ class TriggerSetScheme(WatermarkScheme):
                 f"{self.size} triggers over {spec.num_classes} classes cannot reach p < {self.threshold}; "
                 "raise size"
             )
-        signs = _sign_patterns(self.size, spec.in_features, generator)
-        labels = torch.randperm(self.size, generator=generator) % spec.num_classes
-        inputs = _to_raw(signs.to(torch.float32) * self.magnitude, standardize)
-        params = {"num_classes": spec.num_classes, "in_features": spec.in_features,
-                  "size": self.size, "magnitude": self.magnitude, "pattern": PATTERN}
+        if spec.kind == "cnn":
+            labels = torch.randperm(self.size, generator=generator) % spec.num_classes
+            standardized = _image_triggers(labels, spec, self.magnitude, generator)
+            pattern = IMAGE_PATTERN
+        else:
+            signs = _sign_patterns(self.size, spec.in_features, generator)
+            labels = torch.randperm(self.size, generator=generator) % spec.num_classes
+            standardized, pattern = signs.to(torch.float32) * self.magnitude, PATTERN
+        inputs = _to_raw(standardized, standardize)
+        params: dict[str, object] = {"num_classes": spec.num_classes, "in_features": spec.in_features,
+                                     "size": self.size, "magnitude": self.magnitude, "pattern": pattern}
+        if spec.kind == "cnn":
+            params["image_shape"] = list(spec.image_shape)
         return WatermarkSecret(self.name, inputs, labels, params)
 
     def embed(self, model: nn.Module, secret: WatermarkSecret, *, generator: torch.Generator) -> EmbedReport:
@@ -165,7 +191,8 @@ class TriggerSetScheme(WatermarkScheme):
         work = copy.deepcopy(model).requires_grad_(True)
         reference = [p.detach().clone() for p in model.parameters()]
         inputs, labels = _placed(model, secret)
-        optimizer = torch.optim.Adam(work.parameters(), lr=self.lr)
+        lr = self.image_lr if secret.params.get("pattern") == IMAGE_PATTERN else self.lr
+        optimizer = torch.optim.Adam(work.parameters(), lr=lr)
         steps = 0
         with torch.enable_grad(), _evaluating(model):
             while steps < self.max_steps and _accuracy(work, inputs, labels) < self.target_accuracy:
@@ -236,6 +263,20 @@ def _sign_patterns(size: int, in_features: int, generator: torch.Generator) -> t
         draw = torch.randint(0, 2, (size, in_features), generator=generator) * 2 - 1
         signs = torch.unique(torch.cat([signs, draw]), dim=0)
     return signs[torch.randperm(signs.shape[0], generator=generator)[:size]]
+
+
+def _image_triggers(
+    labels: torch.Tensor, spec: ModelSpec, magnitude: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Standardized image triggers: each label's fixed ``±1`` pattern times ``magnitude``, plus ``N(0, 1)`` noise.
+
+    Flat rows of ``spec.in_features`` values in the feature order of the
+    model's ``Unflatten`` (channels, height, width), so that the image the
+    CNN sees carries the pattern.
+    """
+    patterns = torch.randint(0, 2, (spec.num_classes, spec.in_features), generator=generator) * 2 - 1
+    noise = torch.randn(int(labels.shape[0]), spec.in_features, generator=generator)
+    return patterns[labels].to(torch.float32) * magnitude + noise
 
 
 def _to_raw(standardized: torch.Tensor, standardize: Standardize) -> torch.Tensor:
