@@ -72,10 +72,12 @@ class Task:
     dataset: str
     build: Callable[[ModelSpec, torch.Tensor], nn.Module]
     hidden: tuple[int, ...] = (32,)
+    kind: str = "mlp"
+    image_shape: tuple[int, ...] = ()
 
 
-def build_mlp(spec: ModelSpec, x_train: torch.Tensor) -> nn.Module:
-    """fedguard's MLP with its standardization fixed from the training split."""
+def build_builtin(spec: ModelSpec, x_train: torch.Tensor) -> nn.Module:
+    """fedguard's built-in model of ``spec.kind`` (MLP, CNN) with its standardization fixed from the training split."""
     model = build_model(spec)
     scale = x_train.std(dim=0)
     scale[scale < 1e-6] = 1.0
@@ -84,8 +86,9 @@ def build_mlp(spec: ModelSpec, x_train: torch.Tensor) -> nn.Module:
 
 
 TASKS = {
-    "mlp-breast-cancer": Task("mlp-breast-cancer", "breast-cancer", build_mlp),
-    "mlp-digits": Task("mlp-digits", "digits", build_mlp),
+    "mlp-breast-cancer": Task("mlp-breast-cancer", "breast-cancer", build_builtin),
+    "mlp-digits": Task("mlp-digits", "digits", build_builtin),
+    "cnn-digits": Task("cnn-digits", "digits", build_builtin, kind="cnn", image_shape=(1, 8, 8)),
 }
 
 
@@ -192,7 +195,8 @@ def study(tasks: Sequence[Task], settings: Settings, schemes: Sequence[str] = SC
     for task in tasks:
         x_tr, y_tr, x_te, y_te = split_data(task.dataset)
         test = (x_te, y_te)
-        spec = ModelSpec(in_features=x_tr.shape[1], num_classes=int(y_tr.max()) + 1, hidden=task.hidden)
+        spec = ModelSpec(in_features=x_tr.shape[1], num_classes=int(y_tr.max()) + 1, hidden=task.hidden,
+                         kind=task.kind, image_shape=task.image_shape)
         torch.manual_seed(0)
         base = train(task.build(spec, x_tr), x_tr, y_tr, settings.train_steps)
         thief = slice(0, max(1, len(y_tr) // 10))

@@ -15,8 +15,12 @@ The signature is a Sigstore bundle over an in-toto statement listing the
 SHA-256 of every file (OpenSSF Model Signing v1.0 specification, file
 serialization: every file of the directory is an entry, so a changed, added or
 removed file fails verification). Signing and verifying each cost one SHA-256
-pass over the model (1.0–1.1×, ``benchmarks/signing.py``), the floor for this
-format: the largest file's digest cannot be split across threads. Two faster
+pass over the model's CPU time, the floor for this format; in wall time each
+takes about half a single-threaded pass on two cores, because a published
+model holds two large files of equal size (``weights.safetensors`` and the
+ONNX export, which carries the same parameters) and model_signing hashes files
+on a thread pool: sign + verify 1.12× one pass (``benchmarks/signing.py``,
+RESULTS.md). The largest file's digest cannot be split across threads. Two faster
 configurations of ``model-signing`` were measured and rejected: BLAKE3 digests
 (sign + verify 0.8× one SHA-256 pass) cannot be checked by the upstream
 ``model_signing verify key``, which hashes with SHA-256 whatever the signature
