@@ -21,7 +21,7 @@ from simulations.federation import SimulationConfig
         ({"dp_epsilon": -1.0}, "--dp-epsilon"),
         ({"alpha": 0.0}, "--alpha"),
         ({"dataset": "mnist"}, "breast-cancer, digits, wine"),
-        ({"watermark": "stamp"}, "trigger-set, none"),
+        ({"watermark": "stamp"}, "trigger-set, weight-key, none"),
         ({"model_name": "Bad Name"}, "invalid model name"),
         ({"hidden": "32,x"}, "comma-separated"),
         ({"hidden": "32,0"}, "must be positive"),

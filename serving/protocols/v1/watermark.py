@@ -48,7 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from lifecycle import audit
 from lifecycle.bom import read_bom
 from lifecycle.bom.lineage import read_lineage
-from lifecycle.errors import ConfigurationError, InputValidationError, NotFoundError, WatermarkError
+from lifecycle.errors import InputValidationError, NotFoundError, WatermarkError
+from lifecycle.registry.deployments import DeploymentConflict
 from serving import logger
 from serving.errors import ErrorBody
 from serving.guards.auth import AdminKey
@@ -95,7 +96,8 @@ class WatermarkVerification(BaseModel):
         401: {"model": ErrorBody, "description": "No API key, or an unknown, revoked or expired one"},
         403: {"model": ErrorBody, "description": "The API key lacks the admin scope"},
         404: {"model": ErrorBody, "description": "That version of that model is not served here"},
-        400: {"model": ErrorBody, "description": "The version carries no black-box watermark"},
+        409: {"model": ErrorBody, "description": "The version carries no black-box watermark (none, or a "
+                                                  "weight-key, verified from the weights)"},
         422: {"model": ErrorBody, "description": "The secret is malformed or is not the one the version's "
                                                   "signed ML-BOM commits to"},
     },
@@ -123,7 +125,7 @@ def verify_watermark(name: str, version: int, body: WatermarkVerifyRequest, stat
         raise InputValidationError(f"the secret's commitment is not the one signed in {model.name}:{model.version}'s "
                                    "ML-BOM; send that version's secret file")
     if secret.scheme != "trigger-set":
-        raise ConfigurationError(f"a {secret.scheme} watermark is verified from the weights, not by querying; "
+        raise DeploymentConflict(f"a {secret.scheme} watermark is verified from the weights, not by querying; "
                                  "run 'fedguard models verify' where the registry is")
     result = _decide(model, secret.inputs, secret.labels, secret.params, committed)
     _audit(state, key.key_id, result)
@@ -149,7 +151,8 @@ def _committed(state: ServingState, model: ServedModel) -> str:
         raise NotFoundError(f"{model.name}:{model.version} in the registry is not the artifact served")
     mark: dict[str, Any] = read_lineage(read_bom(record.artifact.model_dir)).get("watermark") or {}
     if mark.get("scheme", "none") == "none" or not mark.get("commitment"):
-        raise ConfigurationError(f"{model.name}:{model.version} was published without a watermark")
+        raise DeploymentConflict(f"{model.name}:{model.version} was published without a watermark; "
+                                 "there is nothing to verify")
     return str(mark["commitment"])
 
 
