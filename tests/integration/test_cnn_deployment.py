@@ -71,4 +71,4 @@ def test_a_cnn_on_digits_images_trains_watermarked_and_signed_in_a_deployment(
     outcome = json.loads((fed.home / "runs" / launched.run_id / "outcome.json").read_text())
     assert outcome["secure_aggregation"] == "secagg+"
     assert outcome["watermark"]["verified"] is True  # the image-pattern trigger set, measured at publication
-    assert outcome["accuracy"] > 0.3, outcome  # chance is 0.10; measured 0.xx (2 rounds, 3 sites, ε=3)
+    assert outcome["accuracy"] > 0.3, outcome  # chance is 0.10; measured 0.617 (2 rounds, 3 sites, ε=3)
