@@ -182,8 +182,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/figures/console"), help="Folder for the PNGs.")
     args = parser.parse_args()
+    from rich.console import Console
+
+    console = Console()
     for path in shoot(args.out):
-        print(path)  # noqa: T201 - the command's output: the files written
+        console.print(str(path), highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

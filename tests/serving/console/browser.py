@@ -23,10 +23,15 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def need_browser() -> None:
-    """Skip, saying what to install, where Debian's chromium or chromium-driver is missing (CI installs both)."""
+    """Fail, saying what to install, where Debian's chromium or chromium-driver is missing (.ci/run installs both).
+
+    A failure, not a skip: the console's browser tests are the only check of
+    its pages in a real browser, and a run that silently skipped them would
+    pass without it.
+    """
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver", pytrace=False)
 
 
 @contextmanager
