@@ -345,6 +345,7 @@ class ForkExecutor:
         from flwr.supernode.runtime.run_clientapp import run_clientapp
 
         trace("executor", "fork")
+        executor_pid = os.getpid()
         pid = os.fork()
         if pid:
             self.children.add(pid)
@@ -359,7 +360,9 @@ class ForkExecutor:
                 insecure=spec.insecure,  # type: ignore[attr-defined]
                 certificates=validate_and_resolve_root_certificates(
                     spec.root_certificates_path, spec.insecure),  # type: ignore[attr-defined]
-                parent_pid=None, runtime_dependency_install=False,
+                # a fork inherits no thread, so not the executor's parent monitor: the child watches the
+                # executor itself, or a child whose SuperNode is gone retries its Runtime API forever
+                parent_pid=executor_pid, runtime_dependency_install=False,
             )
             code = 0
         except SystemExit as done:
@@ -380,7 +383,11 @@ class ForkExecutor:
                 self.children.discard(pid)
 
     def close(self) -> None:
+        """Reap finished children and ask the rest to stop (Flower's ClientApp handles SIGTERM)."""
         self.reconcile()
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def serve_executor(address: str, *, insecure: bool, root_certificates: str | None, parent_pid: int | None,
@@ -431,14 +438,17 @@ def serve_executor(address: str, *, insecure: bool, root_certificates: str | Non
     plugin = AutoExecPlugin(runtime_api_address=address, insecure=insecure, root_certificates_path=root_certificates,
                             runtime_dependency_install=False, executor=executor)  # type: ignore[arg-type]
     logger.info("warm executor ready (%s preloaded)", ", ".join(preload))
-    while True:
-        executor.reconcile()
-        types, hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
-        res = client.AcquireTask(AcquireTaskRequest(supported_task_types=types, agentapp_fab_hashes=hashes))
-        if res.HasField("task") and res.token:
-            plugin.launch_task(token=res.token, task=res.task)
-            continue
-        _wait_for_wake(wake_fd, poll if wake_fd is None else EXECUTOR_IDLE_POLL_SECONDS)
+    try:
+        while True:
+            executor.reconcile()
+            types, hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
+            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=types, agentapp_fab_hashes=hashes))
+            if res.HasField("task") and res.token:
+                plugin.launch_task(token=res.token, task=res.task)
+                continue
+            _wait_for_wake(wake_fd, poll if wake_fd is None else EXECUTOR_IDLE_POLL_SECONDS)
+    finally:
+        executor.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

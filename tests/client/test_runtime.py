@@ -197,3 +197,46 @@ def test_preloaded_executor_trains_without_importing_more_of_torch() -> None:
     imported = json.loads(out.stdout.strip().splitlines()[-1])
     heavy = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx", "opacus")
     assert [m for m in imported if m.startswith(heavy)] == [] and len(imported) <= 3, imported
+
+
+_ORPHAN = """
+import os, socket, sys
+from types import SimpleNamespace
+from client.runtime import ForkExecutor
+with socket.socket() as s:  # a Runtime API that is gone: the child's pulls are refused and retried forever
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+executor = ForkExecutor()
+executor.launch(SimpleNamespace(runtime_api_address=f"127.0.0.1:{port}", token="t", insecure=True,
+                                root_certificates_path=None))
+print(*executor.children, flush=True)
+os._exit(0)  # the executor dies as under SIGKILL: nothing of its own gets to clean up
+"""
+
+
+def test_a_forked_clientapp_does_not_outlive_its_executor() -> None:
+    """A ClientApp child stops within seconds of its executor's death, even while it retries its SuperNode."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    # stdout is read line by line: the child inherits the pipe, so it reaches EOF only when the child is gone
+    executor = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True)
+    assert executor.stdout is not None
+    child = int(executor.stdout.readline())
+    assert executor.wait(60) == 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            stat = ") Z"
+        if stat[stat.rfind(")") + 2:].startswith("Z"):  # gone, or exited and not yet reaped by its new parent
+            executor.stdout.close()
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    executor.stdout.close()
+    raise AssertionError(f"the ClientApp child {child} outlived its executor by 15 s")
