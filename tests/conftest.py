@@ -27,20 +27,30 @@ HEAVIEST_FIRST = (
     "tests/integration/test_deployment.py",
     "tests/simulations/experiments/test_sweep_e2e.py",
     "tests/integration/test_walk.py",
-    "tests/e2e/test_models.py",
     "tests/integration/test_cnn_deployment.py",
+    "tests/simulations/test_flower_run.py",
+    "tests/e2e/test_privacy_flow.py",
+    "tests/e2e/test_models.py",
+    "tests/integration/test_ray_cluster.py",
+    "tests/simulations/test_strategies.py",
     "tests/serving/console/test_live_simulation.py",
     "tests/simulations/test_ray_cleanup.py",
     "tests/e2e/test_cli_errors.py",
-    "tests/simulations/test_engine_failure.py",
-    "tests/integration/test_ray_cluster.py",
-    "tests/privacy/test_dp_sgd.py",
     "tests/coordinator/test_aggregate_guard.py",
+    "tests/integration/test_site_transport.py",
+    "tests/e2e/test_governance.py",
+    "tests/e2e/test_quickstart.py",
+    "tests/simulations/attacks/test_simulation.py",
+    "tests/simulations/test_data_simulation.py",
+    "tests/coordinator/test_reference.py",
     "tests/coordinator/test_validation.py",
+    "tests/coordinator/test_identity.py",
+    "tests/simulations/test_engine_failure.py",
+    "tests/privacy/test_dp_sgd.py",
 )
-"""The test files that take longest (``pytest --durations``; in CI 600, 390, 260 s for the first three), longest first.
+"""The test files that take longest, longest first (``pytest --durations`` 2026-12-06: 440, 270, 250 s first).
 
-CI runs ``pytest -n auto --dist loadfile --no-loadscope-reorder`` (pyproject):
+The suite runs as ``pytest -n auto --dist loadfile --no-loadscope-reorder`` (pyproject; CI adds ``-m 'not slow'``):
 xdist hands whole files to its workers in collection order. Its default
 reorder (files with the most tests first) handed the one-test files out
 last, the 390 s sweep and the 260 s walk among them, so a run could end

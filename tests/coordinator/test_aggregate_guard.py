@@ -322,7 +322,6 @@ def _simulate(home: Path, tmp_path: Path, overrides: dict[str, Any], mods: list[
     return outcome
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_simulated_sites_sending_minus_10_and_1000_times_their_update_are_never_applied(
@@ -342,7 +341,6 @@ def test_simulated_sites_sending_minus_10_and_1000_times_their_update_are_never_
     assert len(_audited(registry)) == 4
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.usefixtures("shared_ray")  # one Ray head per test process, not one per run
 def test_an_honest_simulation_with_record_and_site_level_dp_is_never_rejected(

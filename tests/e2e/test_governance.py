@@ -45,7 +45,7 @@ from tests.e2e.conftest import run_cli
 from tests.serving.conftest import bearer
 from tests.serving.rollout.test_killswitch_replicas import replica
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration,
+pytestmark = [pytest.mark.integration,
               pytest.mark.usefixtures("shared_ray")]  # one Ray head per pytest worker, not one per run
 
 MODEL, ENV = "consortium", "clinic-north"

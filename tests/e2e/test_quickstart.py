@@ -14,7 +14,7 @@ from lifecycle.artifacts import load_model
 from lifecycle.bom import read_bom, read_lineage
 from tests.e2e.conftest import run_cli, serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration,
+pytestmark = [pytest.mark.integration,
               pytest.mark.usefixtures("shared_ray")]  # one Ray head per pytest worker, not one per run
 
 

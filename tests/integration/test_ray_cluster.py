@@ -22,7 +22,7 @@ import pytest
 from simulations.ray_processes import ray_tmpdir
 from tests.ray_cluster import RayCluster, short_tmpdir
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

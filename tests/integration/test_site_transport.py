@@ -32,7 +32,7 @@ from federation.bundle import SiteBundle, write_bundle
 from tests.coordinator.federation_fixtures import client_context, credential_files, https_request, make_federation
 from tests.integration.deployment import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 def _nodes(port: int, ca: Path) -> dict[str, tuple[str, str]]:

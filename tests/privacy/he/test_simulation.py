@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from privacy.he import CKKSStrategy, ckks_mod
 from privacy.updates import flatten
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.integration]
 
 SITES, ROUNDS = 3, 2
 SIZES = (40, 9)

@@ -19,7 +19,7 @@ import pytest
 from privacy.secagg import SecAggConfig
 from tests.privacy.secagg.apps import SHAPES, initial_arrays, make_client_app, make_server_app
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.integration]
 
 
 def test_secaggplus_in_a_flower_simulation(

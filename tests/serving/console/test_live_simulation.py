@@ -27,7 +27,7 @@ from serving.settings import ServingSettings
 from tests.e2e.conftest import FEDGUARD, _env
 from tests.serving.console.browser import chromium, need_browser, served, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 ROUNDS = 3
 
 
