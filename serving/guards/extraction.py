@@ -22,6 +22,18 @@ replicas with the Redis store), an ``apikey.throttled`` audit event is written
 and a WARNING logged. The guard keeps cell ids and margins flags, never input
 values; a key's memory is bounded by :data:`MAX_TRACKED` instances.
 
+Answered batches are held and added to the windows together, once
+:data:`HOLD_INSTANCES` instances wait or the oldest has waited
+:data:`HOLD_SECONDS` (by the app's clock, checked at each answer), and
+before any read of the signals: the dozen numpy calls that turn a batch into
+cells and margins, and the softmax they read, then run once per hold instead
+of once per request (each costs microseconds of dispatch on a one-instance
+batch; ``benchmarks/serving.py``). The price is a bounded delay: a key is
+throttled at most ``HOLD_INSTANCES - 1`` answered instances (of all keys) or
+``HOLD_SECONDS`` later than if every answer were added at once, a few percent
+of ``extraction_min_queries`` at the defaults (1000), and the daily budget of
+:mod:`serving.guards.quotas` still bounds the total.
+
 Notes
 -----
 Model extraction needs many queries spread over the input space (Tramèr et
@@ -61,10 +73,15 @@ from lifecycle.registry import Registry
 from serving import logger
 from serving.guards.quotas import QuotaStore
 from serving.models import ServedModel
+from serving.runtime import softmax64
 from serving.settings import ServingSettings
 
 MAX_TRACKED = 50_000
 SIGNALS = ("rate", "cells", "boundary")
+HOLD_INSTANCES = 64
+"""Answered instances held before they are added to the windows together (see the module docstring)."""
+HOLD_SECONDS = 0.05
+"""The longest an answered instance is held, by the app's clock, when further answers come."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,21 @@ def cell_radix(grid: np.ndarray) -> np.ndarray:
 def _edge_weights(grid: np.ndarray, radix: np.ndarray) -> np.ndarray:
     """Each padded edge's weight in a cell id: its feature's radix (``grid`` is features × edges)."""
     return np.repeat(radix, grid.shape[1])
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """One answered batch, held until the windows are updated."""
+
+    key_id: str
+    model: ServedModel
+    batch: np.ndarray
+    logits: np.ndarray | None
+    now: float
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 @dataclass
@@ -174,6 +206,8 @@ class ExtractionGuard:
         self.windows: dict[tuple[str, str], _PairWindow] = {}
         self.throttled_until: dict[str, float] = {}
         self.lock = threading.Lock()
+        self._held: list[_Answered] = []
+        self._held_instances = 0
         self.throttles = Counter("fedguard_extraction_throttles", "API keys throttled by the extraction guard",
                                  ("model",), registry=metrics_registry or CollectorRegistry())
 
@@ -186,37 +220,29 @@ class ExtractionGuard:
             self.grids[model.name] = grid
 
     def observe(
-        self, key_id: str, model: ServedModel, batch: np.ndarray, now: float,
-        probabilities: np.ndarray | None = None,
+        self, key_id: str, model: ServedModel, batch: np.ndarray, now: float, logits: np.ndarray | None = None,
     ) -> ExtractionSignals | None:
-        """Add an answered ``batch`` to the pair's window; throttle the key if it crosses. Returns the signals.
+        """Hold an answered ``batch``; add what is held to the windows when due, throttling keys that cross.
 
-        ``probabilities`` are the softmax scores the route already computed;
-        without them the model is run here.
+        ``logits`` are the model's outputs for ``batch`` when the route has
+        them; otherwise the model is run here. Returns the pair's signals when
+        this answer added the held batches, else ``None``.
         """
         if not self.enabled:
             return None
-        cells, near = self._features(model, batch, probabilities)
         with self.lock:
-            window = self.windows.get((key_id, model.name))
-            if window is None:  # (not setdefault: that would build a window on every request)
-                window = self.windows[(key_id, model.name)] = _PairWindow()
-            window.expire(now - self.settings.extraction_window_seconds)
-            window.add(now, cells, near)
-            signals = self._signals(key_id, model.name, window)
-            act = (
-                len(window.entries) >= self.settings.extraction_min_queries
-                and len(signals.crossed) >= self.settings.extraction_min_signals
-                and self.throttled_until.get(key_id, float("-inf")) <= now
-            )
-            if act:
-                self.throttled_until[key_id] = now + self.settings.extraction_throttle_seconds
-        if act:
-            self._throttle(signals, now)
-        return signals
+            self._held.append(_Answered(key_id, model, batch, logits, now))
+            self._held_instances += len(batch)
+            if self._held_instances < HOLD_INSTANCES and now - self._held[0].now < HOLD_SECONDS:
+                return None
+            held = self._take_held()
+        return self._add(held).get((key_id, model.name))
 
     def signals(self, key_id: str, model: str, now: float) -> ExtractionSignals | None:
-        """The pair's current signals (``None`` if the key never queried ``model`` here)."""
+        """The pair's current signals, held answers included (``None`` if the key never queried ``model`` here)."""
+        with self.lock:
+            held = self._take_held()
+        self._add(held)
         with self.lock:
             window = self.windows.get((key_id, model))
             if window is None:
@@ -224,11 +250,50 @@ class ExtractionGuard:
             window.expire(now - self.settings.extraction_window_seconds)
             return self._signals(key_id, model, window)
 
-    def _features(
-        self, model: ServedModel, batch: np.ndarray, probabilities: np.ndarray | None
-    ) -> tuple[list[int], list[bool]]:
+    def _take_held(self) -> list[_Answered]:
+        """Everything held, now the caller's to add (with ``self.lock`` held)."""
+        held, self._held, self._held_instances = self._held, [], 0
+        return held
+
+    def _add(self, held: list[_Answered]) -> dict[tuple[str, str], ExtractionSignals]:
+        """Add ``held`` answers to their pairs' windows (numpy once per model version); throttle who crosses."""
+        groups: dict[int, list[_Answered]] = {}
+        for answered in held:
+            groups.setdefault(id(answered.model), []).append(answered)
+        features = [(items, *self._features(items[0].model, _stack([a.batch for a in items]),
+                                             _stack([a.model.logits(a.batch) if a.logits is None else a.logits
+                                                     for a in items])))
+                    for items in groups.values()]
+        found: dict[tuple[str, str], ExtractionSignals] = {}
+        acting: list[tuple[ExtractionSignals, float]] = []
+        with self.lock:
+            touched: dict[tuple[str, str], float] = {}
+            for items, cells, near in features:
+                start = 0
+                for answered in items:  # in arrival order, so each window stays in time order
+                    pair, end = (answered.key_id, answered.model.name), start + len(answered.batch)
+                    window = self.windows.get(pair)
+                    if window is None:  # (not setdefault: that would build a window on every answer)
+                        window = self.windows[pair] = _PairWindow()
+                    window.add(answered.now, cells[start:end], near[start:end])
+                    touched[pair] = max(answered.now, touched.get(pair, answered.now))
+                    start = end
+            for (key_id, name), now in touched.items():
+                window = self.windows[(key_id, name)]
+                window.expire(now - self.settings.extraction_window_seconds)
+                signals = found[(key_id, name)] = self._signals(key_id, name, window)
+                if (len(window.entries) >= self.settings.extraction_min_queries
+                        and len(signals.crossed) >= self.settings.extraction_min_signals
+                        and self.throttled_until.get(key_id, float("-inf")) <= now):
+                    self.throttled_until[key_id] = now + self.settings.extraction_throttle_seconds
+                    acting.append((signals, now))
+        for signals, now in acting:
+            self._throttle(signals, now)
+        return found
+
+    def _features(self, model: ServedModel, batch: np.ndarray, logits: np.ndarray) -> tuple[list[int], list[bool]]:
         # numpy on the whole batch: a per-row Python hash costs more (benchmarks/serving.py).
-        scores = model.probabilities(batch) if probabilities is None else probabilities
+        scores = softmax64(logits)
         if scores.shape[1] == 2:
             margin = np.abs(scores[:, 0] - scores[:, 1])
         else:

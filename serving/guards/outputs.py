@@ -34,6 +34,7 @@ import numpy as np
 
 from lifecycle.errors import ConfigurationError
 from serving.models import ServedModel
+from serving.runtime import softmax64
 from serving.settings import OutputPolicy, ServingSettings
 
 
@@ -60,23 +61,26 @@ def check_policies(settings: ServingSettings, models: dict[str, ServedModel]) ->
 
 
 def shape_output(
-    model: ServedModel, batch: np.ndarray, policy: OutputPolicy, probabilities: np.ndarray | None = None
+    model: ServedModel, batch: np.ndarray, policy: OutputPolicy, logits: np.ndarray | None = None
 ) -> dict[str, Any]:
     """The response fields for ``batch`` under ``policy``: ``predictions`` and the mode's extras.
 
-    ``probabilities`` are the model's full-precision scores for ``batch`` when
-    the caller already computed them (the predict route does, once, and hands
-    them to the drift and extraction monitors too); they never leave unrounded.
+    ``logits`` are the model's outputs for ``batch`` when the caller already
+    computed them (the predict route does, once, and hands them to the drift
+    and extraction monitors too). Labels are their argmax (softmax is
+    monotone); the float64 softmax runs only for a mode that returns scores,
+    which never leave unrounded.
     """
-    if probabilities is None:
+    if logits is None:
         if policy.output_mode == "label":
             return {"predictions": model.predict(batch)}
-        probabilities = model.probabilities(batch)
+        logits = model.logits(batch)
     names = model.class_names()
-    labels = [names[int(c)] for c in probabilities.argmax(axis=1).tolist()]
+    labels = [names[int(c)] for c in logits.argmax(axis=1).tolist()]
     fields: dict[str, Any] = {"predictions": labels}
     if policy.output_mode == "label":
         return fields
+    probabilities = softmax64(logits)
     if policy.output_mode == "top-k":
         indices = np.argsort(-probabilities, axis=1, kind="stable")[:, : policy.top_k]  # ties: lower class first
         scores = np.take_along_axis(probabilities, indices, axis=1)

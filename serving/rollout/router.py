@@ -118,7 +118,7 @@ class Route:
         return self.router.answer(self, batch, policy)[0]
 
     def answer(self, batch: np.ndarray, policy: OutputPolicy) -> tuple[dict[str, Any], np.ndarray]:
-        """As :meth:`predict`, with the full-precision probabilities for the server's own monitors."""
+        """As :meth:`predict`, with the model's float32 logits for the server's own monitors."""
         return self.router.answer(self, batch, policy)
 
 
@@ -328,8 +328,8 @@ class Router:
     ) -> tuple[dict[str, Any], np.ndarray]:
         model = route.model
         try:
-            probabilities = model.probabilities(batch)  # one forward pass serves the answer and the monitors
-            fields = shape_output(model, batch, policy, probabilities)
+            logits = model.logits(batch)  # one forward pass serves the answer and the monitors
+            fields = shape_output(model, batch, policy, logits)
         except FedguardError:
             raise
         except Exception as exc:
@@ -343,7 +343,7 @@ class Router:
         served.inc()
         if route.shadow is not None:
             self._mirror(route.shadow, batch, list(fields["predictions"]), model)
-        return fields, probabilities
+        return fields, logits
 
     # ---------------------------------------------------------- kill switch
     def trip(self, model: str, reason: str, source: str) -> None:

@@ -208,7 +208,7 @@ def test_internal_errors_are_sanitized(client: TestClient, predict_key: CreatedK
     def explode(_batch: object) -> list[str]:
         raise RuntimeError("secret detail /etc/shadow")
 
-    object.__setattr__(state.models["demo"], "probabilities", explode)
+    object.__setattr__(state.models["demo"], "logits", explode)
     with TestClient(app, raise_server_exceptions=False) as quiet:  # type: ignore[arg-type]
         response = quiet.post(PREDICT, json=GOOD, headers=bearer(predict_key))
     assert response.status_code == 500

@@ -229,9 +229,9 @@ def _predict(name: str, instances: Sequence[Sequence[float]], state: ServingStat
             retry_after=decision.retry_after,
         )
     policy = state.settings.output_policy(model.name)
-    fields, probabilities = route.answer(batch, policy)
-    state.drift.observe(model, batch, probabilities)
-    state.extraction.observe(key.key_id, model, batch, state.clock(), probabilities)
+    fields, logits = route.answer(batch, policy)
+    state.drift.observe(model, batch, logits)
+    state.extraction.observe(key.key_id, model, batch, state.clock(), logits)
     logger.debug("key %s: %d predictions (%s) from %s:%d", key.key_id, len(fields["predictions"]),
                  policy.output_mode, model.name, model.version)
     return finish(model, fields)

@@ -156,3 +156,32 @@ def test_the_throttle_reaches_a_second_replica_through_redis(served: Registry) -
             store.close()
     assert statuses[-1] == 429 and statuses.count(429) >= 2
 
+
+
+def test_answers_are_held_but_counted_and_the_throttle_comes_within_one_hold(served: Registry) -> None:
+    """One-instance queries in a burst: the windows learn of them together, and the throttle is at most a hold late."""
+    from serving.guards.extraction import HOLD_INSTANCES
+
+    clock = Clock()  # never advanced: only the held count decides when answers are added
+    key = create_key(served, "predict", "sweeper", actor="test")
+    rng = np.random.default_rng(5)
+    population = sample(5000, seed=3)[0]
+    low, high = population.min(axis=0), population.max(axis=0)
+    with _app(served, True, clock) as client:
+        guard = client.app.state.fedguard.extraction  # type: ignore[attr-defined]
+        statuses = []
+        for i in range(3 * HOLD_INSTANCES):
+            x = rng.uniform(low, high, size=(1, 4)).astype(np.float32)
+            statuses.append(client.post("/v1/models/demo/predict", headers=bearer(key),
+                                        json={"instances": x.tolist()}).status_code)
+            if i == 9:  # held, not yet added: a read adds them first
+                signals = guard.signals(key.info.key_id, "demo", clock.now)
+                assert signals is not None and signals.instances == 10
+    first_refused = statuses.index(429)
+    # the earliest answer after which the key could be judged: min_queries, and a rate over the threshold
+    at_rate = int(GUARDED.extraction_max_rate * GUARDED.extraction_window_seconds) + 1
+    earliest = max(GUARDED.extraction_min_queries, at_rate)
+    assert earliest <= first_refused <= earliest + HOLD_INSTANCES, (first_refused, earliest)
+    assert set(statuses[:first_refused]) == {200} and key.info.key_id in guard.throttled_until
+    # docs/serving.md: the delay is about 6 % of the default threshold
+    assert HOLD_INSTANCES - 1 <= 0.065 * ServingSettings.model_fields["extraction_min_queries"].default
