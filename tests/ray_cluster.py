@@ -30,8 +30,11 @@ _QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_
           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
           "RAY_agent_register_timeout_ms": "120000"}  # a loaded CI machine starts Ray's Python agents slowly
 # Every port the kernel picks: clusters of parallel test workers must not collide (8265, 10001, 52365...).
+# ``ray start`` hands its workers and drivers ports from 10002-19999 by default, without asking whether another
+# cluster's raylet gave the same one out (``Check failed: server_ ... port is 10002``, a driver's crash); 0 lets
+# the kernel pick, as ``ray.init()`` does for the local Ray of ``fedguard simulate``.
 _NODE_PORTS = ("--dashboard-agent-listen-port", "0", "--metrics-export-port", "0", "--disable-usage-stats",
-               "--include-log-monitor", "false")
+               "--include-log-monitor", "false", "--min-worker-port", "0")
 _HEAD_PORTS = ("--dashboard-port", "0", "--include-dashboard", "false", *_NODE_PORTS)
 
 
