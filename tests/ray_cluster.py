@@ -32,10 +32,12 @@ _QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_
 # Every port the kernel picks: clusters of parallel test workers must not collide (8265, 10001, 52365...).
 # ``ray start`` hands its workers and drivers ports from 10002-19999 by default, without asking whether another
 # cluster's raylet gave the same one out (``Check failed: server_ ... port is 10002``, a driver's crash); 0 lets
-# the kernel pick, as ``ray.init()`` does for the local Ray of ``fedguard simulate``.
+# the kernel pick, as ``ray.init()`` does for the local Ray of ``fedguard simulate``. Ray then refuses a node whose
+# other ports keep their defaults below 20000 (dashboard 8265, client server 10001), so every node is given those
+# too: the dashboard's 0 and, in ``_ray``, a free client-server port (the kernel's ephemeral range is above 32767).
 _NODE_PORTS = ("--dashboard-agent-listen-port", "0", "--metrics-export-port", "0", "--disable-usage-stats",
-               "--include-log-monitor", "false", "--min-worker-port", "0")
-_HEAD_PORTS = ("--dashboard-port", "0", "--include-dashboard", "false", *_NODE_PORTS)
+               "--include-log-monitor", "false", "--min-worker-port", "0", "--dashboard-port", "0")
+_HEAD_PORTS = ("--include-dashboard", "false", *_NODE_PORTS)
 
 
 def _unused_port() -> int:
@@ -63,7 +65,7 @@ class RayCluster:
         # The agents' ports given, not 0: the raylet then does not wait for the agents to write them to a file
         # (30 s at most, too little on a loaded 2-core machine), and nodes on one machine never share one.
         args = (*args, "--dashboard-agent-grpc-port", str(_unused_port()),
-                "--runtime-env-agent-port", str(_unused_port()))
+                "--runtime-env-agent-port", str(_unused_port()), "--ray-client-server-port", str(_unused_port()))
         env = {**os.environ, **_QUIET}
         env.pop("RAY_ADDRESS", None)  # `ray start --head` would read it
         result = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=timeout,
@@ -86,8 +88,7 @@ class RayCluster:
         for attempt in range(1, attempts + 1):
             try:
                 out = self._ray("--head", "--port", "0", "--num-cpus", str(cpus), "--temp-dir",
-                                str(self.root / "ray"), "--ray-client-server-port", str(_unused_port()),
-                                *_HEAD_PORTS)
+                                str(self.root / "ray"), *_HEAD_PORTS)
                 break
             except AssertionError as exc:
                 if "timed out during startup" not in str(exc) or attempt == attempts:
