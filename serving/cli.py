@@ -35,7 +35,7 @@ from lifecycle.registry import Registry
 from lifecycle.settings import get_settings, is_loopback
 from serving.guards.keys import KeyInfo, create_key, list_keys, parse_duration, revoke_key
 from serving.settings import ServingSettings, build_settings
-from serving.worker import settle_heap
+from serving.worker import ACCESS_LINE_FORMAT, settle_heap
 
 if TYPE_CHECKING:
     from serving.console.sources import ConsoleSources
@@ -141,7 +141,7 @@ def revoke(
     console.print(f"Revoked API key {info.key_id} (scope '{info.scope}').", highlight=False)
 
 
-ACCESS_FORMAT = "%(asctime)s %(name)s %(message)s"
+ACCESS_FORMAT = ACCESS_LINE_FORMAT
 
 
 def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:

@@ -44,6 +44,10 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+ACCESS_LINE_FORMAT = "%(asctime)s %(name)s %(message)s"
+"""The access log's format (``serving.cli.ACCESS_FORMAT``), the one :meth:`AccessFormatter.line` writes."""
+
+
 class AccessFormatter(logging.Formatter):
     """:class:`logging.Formatter` with ``formatTime`` cached per second (no ``datefmt``: the default format).
 
@@ -64,6 +68,20 @@ class AccessFormatter(logging.Formatter):
         if cached[0] != second:  # threads racing here only format the same second twice
             cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created)))
         return f"{cached[1]},{int(record.msecs):03d}"  # as logging.Formatter.default_msec_format, "%s,%03d"
+
+    def line(self, name: str, message: str, created: float) -> str | None:
+        """What :meth:`format` writes for a record of ``name`` made at ``created``, built without a record.
+
+        Only for this module's access format (``%(asctime)s %(name)s %(message)s``); ``None`` for any other,
+        and the caller goes through :mod:`logging`.
+        """
+        if self._fmt != ACCESS_LINE_FORMAT:
+            return None
+        second = int(created)
+        cached = self._cached
+        if cached[0] != second:
+            cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created)))
+        return f"{cached[1]},{int((created - second) * 1000):03d} {name} {message}"  # LogRecord's msecs
 
 
 WRITE_INTERVAL = 0.05
@@ -106,6 +124,16 @@ class BatchedLineWriter(logging.Handler):
             return
         self._pending.append(line)
         if self._stop.is_set():  # closed (logging reconfigured, or exiting): no writer thread is left
+            self.flush()
+
+    def add_line(self, line: str) -> None:
+        """Queue an already formatted ``line``, as :meth:`emit` queues a record's."""
+        with self.lock:  # type: ignore[union-attr]  # set by Handler.__init__
+            if len(self._pending) >= self.max_pending:
+                self._dropped += 1
+                return
+            self._pending.append(line)
+        if self._stop.is_set():
             self.flush()
 
     def flush(self) -> None:

@@ -136,3 +136,47 @@ def test_the_access_formatter_writes_what_the_default_formatter_writes() -> None
     record.created += 86_400.5  # a day later: the cached second is not reused
     assert cached.format(record) == plain.format(record)
     assert cached.formatTime(record, "%H") == plain.formatTime(record, "%H")
+
+
+_RECORDED = """
+import logging, logging.config, sys
+from serving.cli import log_config
+from serving.metrics import RequestRecorder, ServingMetrics, access_logger
+from serving.settings import ServingSettings
+logging.config.dictConfig(log_config(ServingSettings(access_log=True)))
+made = []
+build = access_logger.makeRecord
+access_logger.makeRecord = lambda *a, **k: (made.append(1), build(*a, **k))[1]
+recorder = RequestRecorder(ServingMetrics(), {"demo"})
+recorder.record("POST", "/v1/models/{name}/predict", "demo", 200, 0.00042, "k1")  # the direct line
+print("records", len(made), flush=True)
+access_logger.addFilter(lambda record: True)  # another configuration: through logging again
+recorder.record("POST", "/v1/models/{name}/predict", "demo", 429, 0.0031, "k2")
+print("records", len(made), flush=True)
+logging.shutdown()
+"""
+
+
+def test_the_direct_access_line_is_the_line_logging_writes_and_any_other_configuration_gets_records() -> None:
+    import re
+
+    done = subprocess.run([sys.executable, "-c", _RECORDED], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["records", "0", "records", "1"]
+    lines = [line for line in done.stderr.splitlines() if "fedguard.serving.access" in line]
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(rf"{stamp} fedguard\.serving\.access POST /v1/models/{{name}}/predict 200 0\.4ms key=k1",
+                        lines[0]), lines
+    assert re.fullmatch(rf"{stamp} fedguard\.serving\.access POST /v1/models/{{name}}/predict 429 3\.1ms key=k2",
+                        lines[1]), lines
+    assert len(lines) == 2
+
+
+def test_the_access_formatters_line_is_its_format_of_a_record() -> None:
+    formatter = AccessFormatter("%(asctime)s %(name)s %(message)s")
+    for i in range(3000):  # many lines per second, and every second boundary
+        created = 1_700_000_000 + i * 0.00137
+        record = logging.LogRecord("fedguard.serving.access", logging.INFO, __file__, 1, "POST %s %d", ("/x", i), None)
+        record.created = created
+        record.msecs = float(int((created - int(created)) * 1000))
+        assert formatter.line("fedguard.serving.access", f"POST /x {i}", created) == formatter.format(record)
+    assert AccessFormatter("%(levelname)s %(message)s").line("n", "m", 0.0) is None
