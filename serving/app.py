@@ -59,6 +59,7 @@ from serving.models import ServedModel
 from serving.openapi import PredictLimits, ServingAPI
 from serving.protocols.v1.fastpath import PredictFastPath
 from serving.protocols.v1.routes import router
+from serving.protocols.v1.watermark import NoBlackBoxWatermark
 from serving.protocols.v1.watermark import router as watermark_router
 from serving.protocols.v2.rest import ROUTES as V2_ROUTES
 from serving.rollout.router import Router
@@ -288,6 +289,7 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(ModelKilled, killed_response)
     app.add_exception_handler(DeploymentConflict, conflict_response)
+    app.add_exception_handler(NoBlackBoxWatermark, conflict_response)
     app.add_exception_handler(GovernanceError, governance_response)
     # The routes go straight into the app's router: FastAPI 0.138 matches an included
     # router through an extra layer that costs ~0.1 ms per request (benchmarks/serving.py).

@@ -17,6 +17,7 @@ SubjectObjected                      403     objection (status configurable)
 UnknownModelError, NotFoundError     404     not_found
 method not served on the route       405     method_not_allowed
 DeploymentConflict (rollout routes)  409     conflict
+NoBlackBoxWatermark (watermark)      409     conflict
 body over max_body_bytes             413     payload_too_large
 InputValidationError, bad JSON body  422     invalid_input
 QuotaExceeded                        429     rate_limited

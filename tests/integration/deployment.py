@@ -35,6 +35,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +227,18 @@ class Federation:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sites not online after {timeout:.0f} s: {self.nodes()}\n{self.logs()}")
             time.sleep(0.2)
+
+    @contextmanager
+    def running(self, data: Path) -> Iterator[Federation]:
+        """The coordinator and one site agent per ``data/site-<i>.csv``, all online; everything stopped after."""
+        try:
+            self.start_coordinator()
+            for i in range(self.sites):
+                self.start_supernode(i, data / f"site-{i}.csv", f"site-{i}")
+            self.wait_online({f"site-{i}" for i in range(self.sites)})
+            yield self
+        finally:
+            self.stop()
 
     def check_alive(self) -> None:
         """Raise with the logs if a process of the federation exited on its own."""

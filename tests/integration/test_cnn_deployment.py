@@ -37,15 +37,8 @@ def digits_federation(tmp_path: Path) -> Iterator[tuple[Federation, Path]]:
     data.mkdir()
     prepare_data(SimulationConfig(dataset="digits", sites=SITES, rounds=1, seed=42, local_epochs=1, model="cnn",
                                   image_shape="1,8,8"), data)
-    fed = Federation(tmp_path, SITES, fast=True)
-    try:
-        fed.start_coordinator()
-        for i in range(SITES):
-            fed.start_supernode(i, data / f"site-{i}.csv", f"site-{i}")
-        fed.wait_online({f"site-{i}" for i in range(SITES)})
+    with Federation(tmp_path, SITES, fast=True).running(data) as fed:
         yield fed, data
-    finally:
-        fed.stop()
 
 
 def test_a_cnn_on_digits_images_trains_watermarked_and_signed_in_a_deployment(

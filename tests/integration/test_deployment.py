@@ -47,15 +47,8 @@ SITES = 4
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Path]]:
     root = tmp_path_factory.mktemp("federation")
     data = prepare_sites(root, SITES)
-    fed = Federation(root, SITES, fast=True, he=True)  # bundles carry the CKKS secret context
-    try:
-        fed.start_coordinator()
-        for i in range(SITES):
-            fed.start_supernode(i, data / f"site-{i}.csv", f"site-{i}")
-        fed.wait_online({f"site-{i}" for i in range(SITES)})
+    with Federation(root, SITES, fast=True, he=True).running(data) as fed:  # bundles carry the CKKS secret context
         yield fed, data
-    finally:
-        fed.stop()
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lifecycle import audit
 from lifecycle.bom import read_bom
 from lifecycle.bom.lineage import read_lineage
-from lifecycle.errors import InputValidationError, NotFoundError, WatermarkError
-from lifecycle.registry.deployments import DeploymentConflict
+from lifecycle.errors import ConfigurationError, InputValidationError, NotFoundError, WatermarkError
 from serving import logger
 from serving.errors import ErrorBody
 from serving.guards.auth import AdminKey
@@ -62,6 +61,10 @@ THRESHOLD = 1e-6
 """p-value below which the watermark is detected: the trigger-set scheme's default verifier threshold."""
 
 router = APIRouter(route_class=GuardedRoute)
+
+
+class NoBlackBoxWatermark(ConfigurationError):
+    """The served version carries no watermark that querying can verify (none, or a weight-key): 409 conflict."""
 
 
 class WatermarkVerifyRequest(BaseModel):
@@ -125,7 +128,7 @@ def verify_watermark(name: str, version: int, body: WatermarkVerifyRequest, stat
         raise InputValidationError(f"the secret's commitment is not the one signed in {model.name}:{model.version}'s "
                                    "ML-BOM; send that version's secret file")
     if secret.scheme != "trigger-set":
-        raise DeploymentConflict(f"a {secret.scheme} watermark is verified from the weights, not by querying; "
+        raise NoBlackBoxWatermark(f"a {secret.scheme} watermark is verified from the weights, not by querying; "
                                  "run 'fedguard models verify' where the registry is")
     result = _decide(model, secret.inputs, secret.labels, secret.params, committed)
     _audit(state, key.key_id, result)
@@ -151,7 +154,7 @@ def _committed(state: ServingState, model: ServedModel) -> str:
         raise NotFoundError(f"{model.name}:{model.version} in the registry is not the artifact served")
     mark: dict[str, Any] = read_lineage(read_bom(record.artifact.model_dir)).get("watermark") or {}
     if mark.get("scheme", "none") == "none" or not mark.get("commitment"):
-        raise DeploymentConflict(f"{model.name}:{model.version} was published without a watermark; "
+        raise NoBlackBoxWatermark(f"{model.name}:{model.version} was published without a watermark; "
                                  "there is nothing to verify")
     return str(mark["commitment"])
 
