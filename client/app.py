@@ -12,8 +12,12 @@ state, so ε composes correctly across rounds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -26,7 +30,7 @@ from client.audit import site_audit_mod
 from client.config import SiteIdentity, TrainConfig
 from client.consent import excluded_records
 from client.data import load_site_data, site_data_mod
-from client.device import describe, training_device
+from client.device import describe, seed_torch, training_device
 from client.protection import REQUIRE_KEY, make_protection_mod
 from client.refusal import refusal_mod
 from client.training import plan_for, train_locally
@@ -117,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, site, data, model = _prepare(msg, context)
     device = _device(context, cfg)
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + cfg.server_round)
-    torch.manual_seed(cfg.seed * 7919 + cfg.server_round)
+    seed_torch(cfg.seed * 7919 + cfg.server_round, device)
 
     reply = SiteReply(site.name, data.manifest, secure_rng_available(), describe(device))
     if cfg.dp_enabled:
@@ -202,8 +206,48 @@ def reference(msg: Message, context: Context) -> Message:
     return share_reference(msg, context, local)
 
 
+class SiteClientApp(ClientApp):
+    """The site's ClientApp; pickled as the arguments that built it, rebuilt once per process.
+
+    Why: Flower's simulation engine pickles the function that returns the
+    ClientApp with every message it sends a Ray actor (``RayBackend.process_message``),
+    and a ClientApp pickles by value as a tree of closures (every mod and
+    handler wrapper): a cost per message on both sides that grew with fedguard's
+    mod stack (``benchmarks/simulation.py``). This one pickles as a token and the
+    arguments of :func:`make_client_app`; a process rebuilds the app the first
+    time it sees the token and reuses it for the next messages
+    (:func:`_rebuilt`). The app holds no state between messages (its mods keep
+    theirs in the message's ``Context`` or build it per call), so reuse changes
+    nothing a site sees or sends.
+    """
+
+    def __init__(self, token: str, recipe: dict[str, Any], mods: Sequence[Mod]) -> None:
+        super().__init__(mods=list(mods))
+        self.token, self.recipe = token, recipe
+
+    def __reduce__(self) -> tuple[Callable[[str, dict[str, Any]], ClientApp], tuple[str, dict[str, Any]]]:
+        return _rebuilt, (self.token, self.recipe)
+
+
+_REBUILT: OrderedDict[str, ClientApp] = OrderedDict()
+_REBUILT_LOCK = threading.Lock()
+
+
+def _rebuilt(token: str, recipe: dict[str, Any]) -> ClientApp:
+    """The app :class:`SiteClientApp` ``token`` stands for, built here once (a few per process are kept)."""
+    with _REBUILT_LOCK:
+        app = _REBUILT.get(token)
+        if app is None:
+            app = _REBUILT[token] = make_client_app(**recipe, _token=token)
+            while len(_REBUILT) > 8:
+                _REBUILT.popitem(last=False)
+        else:
+            _REBUILT.move_to_end(token)
+        return app
+
+
 def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = (),
-                    update_mods: Sequence[Mod] = ()) -> ClientApp:
+                    update_mods: Sequence[Mod] = (), _token: str | None = None) -> ClientApp:
     """The site's ClientApp; ``require_protection`` refuses clear updates unless a node config says otherwise.
 
     Mod order on the train path (outermost first): the site's audit log
@@ -215,7 +259,9 @@ def make_client_app(*, require_protection: bool = True, mods: Sequence[Mod] = ()
     clips and masks or encrypts it, ``simulations.attacks``), the site's own
     privacy ledger (veto), site-level DP noise, then local training.
     """
-    client_app = ClientApp(mods=[site_audit_mod, refusal_mod, site_data_mod, *mods])
+    recipe: dict[str, Any] = {"require_protection": require_protection, "mods": tuple(mods),
+                              "update_mods": tuple(update_mods)}
+    client_app = SiteClientApp(_token or uuid.uuid4().hex, recipe, [site_audit_mod, refusal_mod, site_data_mod, *mods])
     protection = make_protection_mod(require_protection=require_protection)
     client_app.train(mods=[protection, *update_mods, ledger_mod, site_dp_mod])(train)
     client_app.evaluate()(evaluate)

@@ -55,3 +55,21 @@ def describe(device: torch.device) -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     where = f"; CUDA_VISIBLE_DEVICES={visible}" if visible else ""
     return f"cuda:{index} ({torch.cuda.get_device_name(index)}{where})"
+
+
+def seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch's global generators for training on ``device``: the CPU's, and the GPU's when it trains there.
+
+    The same streams as ``torch.manual_seed`` for the devices a site uses,
+    without its cost here: besides the CPU generator, ``torch.manual_seed``
+    queues a seed for every accelerator backend not yet initialised (CUDA,
+    XPU, MTIA), recording a formatted stack trace for each — about a
+    twentieth of a site's CPU time per round on the default model
+    (``benchmarks/simulation.py``).
+    """
+    if device.type not in ("cpu", "cuda"):
+        torch.manual_seed(seed)
+        return
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)

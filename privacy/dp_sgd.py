@@ -26,6 +26,7 @@ default PRNG: fine for research, not a cryptographic guarantee.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import warnings
@@ -49,8 +50,9 @@ class PrivacyPlanError(ConfigurationError):
     """Training would not match the DP plan, so the reported ε would be wrong."""
 
 
+@functools.cache
 def secure_rng_available() -> bool:
-    """Whether Opacus' cryptographically secure RNG (``torchcsprng``) can be used."""
+    """Whether Opacus' cryptographically secure RNG (``torchcsprng``) can be used (asked once per process)."""
     return importlib.util.find_spec("torchcsprng") is not None
 
 

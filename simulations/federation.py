@@ -54,6 +54,7 @@ from simulations.baseline import central_accuracy
 from simulations.canaries import canary_path, plant
 from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import SiteRecords, Split, TrainRecords, write_sites
+from simulations.link_state import indexed_link_state
 from simulations.ray_cluster import attach, cluster_address, detach
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
 from simulations.threads import single_torch_thread
@@ -342,7 +343,8 @@ def _simulate(
         outcome["ray_cluster"], init_args = cluster.to_dict(), {}
     engine_down = threading.Event()  # the ServerApp thread ends when the engine does (coordinator.grid)
     try:
-        with single_torch_thread():  # the ServerApp thread's evaluations: Ray's actors hold the cores
+        # the ServerApp thread's evaluations: Ray's actors hold the cores; a node's poll looks up its own messages
+        with single_torch_thread(), indexed_link_state():
             run_simulation(
                 server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
                 client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,

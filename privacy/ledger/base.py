@@ -226,6 +226,15 @@ class PrivacyLedger(ABC):
             The same key was recorded with different parameters.
         """
 
+    def record_spent(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> float:
+        """:meth:`record`, then the ε spent on the charge's site, dataset and kind (what :meth:`spent` says).
+
+        A backend may compose it in the recording transaction (:class:`privacy.ledger.sql.SqlLedger`
+        does: a site's reply then costs one transaction and no second read).
+        """
+        self.record(charge, actor=actor, enforce=enforce)
+        return self.spent(charge.site, charge.manifest, charge.kind)
+
     def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
         """Record releases that already happened (``enforce=False``), e.g. one round's sites; how many were new.
 

@@ -213,12 +213,11 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
                                  "site record missing")
                 return reply
             ledger = open_ledger(context, report.site)
-            charges = site_charges(msg, reply, ledger, site_sampling)
-            for charge in charges:
-                ledger.record(charge, actor=f"site:{charge.site}", enforce=True)
+            spent = {charge.kind: ledger.record_spent(charge, actor=f"site:{charge.site}", enforce=True)
+                     for charge in site_charges(msg, reply, ledger, site_sampling)}
             for kind in ("record", "site"):
-                if any(c.kind == kind for c in charges):
-                    site[f"{LEDGER_EPSILON}{kind}"] = ledger.spent(report.site, report.manifest, kind)
+                if kind in spent:
+                    site[f"{LEDGER_EPSILON}{kind}"] = spent[kind]
         except PrivacyBudgetExceeded as exc:
             return _veto(msg, f"site privacy budget: {exc}", BUDGET_VETO)
         except FedguardError as exc:

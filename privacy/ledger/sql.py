@@ -21,8 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, inspect, text
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from lifecycle import audit
 from lifecycle.errors import ConfigurationError, StateError
@@ -44,12 +46,16 @@ from privacy.ledger.tables import LedgerEntry, SiteCap
 LEDGER_LOCK_KEY = 0x6C656467  # "ledg": one advisory lock serialises ledger writers on PostgreSQL
 
 
-def _to_charge(row: LedgerEntry) -> Charge:
+ENTRY = LedgerEntry.__table__  # type: ignore[attr-defined]  # SQLModel's table, for Core statements
+CAP = SiteCap.__table__  # type: ignore[attr-defined]
+
+
+def _to_charge(row: Any) -> Charge:
     return Charge(row.site, row.manifest, row.run_id, row.round, row.kind, row.noise_multiplier,
                   row.sample_rate, row.steps, row.delta, row.accountant, row.created_at)
 
 
-def _to_cap(row: SiteCap) -> Cap:
+def _to_cap(row: Any) -> Cap:
     return Cap(row.site, row.manifest, row.kind, row.epsilon_cap, row.delta, row.accountant)
 
 
@@ -87,27 +93,35 @@ class SqlLedger(PrivacyLedger):
 
     @staticmethod
     def _select_charges(session: Session, site: str | None, manifest: str | None, kind: str | None) -> list[Charge]:
-        query = select(LedgerEntry)
+        """Charges as plain rows (SQLAlchemy Core, the same query): no ORM objects are built for a read."""
+        query = sa_select(ENTRY)
         if site is not None:
-            query = query.where(LedgerEntry.site == site)
+            query = query.where(ENTRY.c.site == site)
         if manifest is not None:
-            query = query.where(LedgerEntry.manifest == manifest)
+            query = query.where(ENTRY.c.manifest == manifest)
         if kind is not None:
-            query = query.where(LedgerEntry.kind == kind)
-        return [_to_charge(r) for r in session.exec(query.order_by(col(LedgerEntry.id))).all()]
+            query = query.where(ENTRY.c.kind == kind)
+        return [_to_charge(r) for r in session.connection().execute(query.order_by(ENTRY.c.id))]
+
+    @staticmethod
+    def _select_caps(session: Session) -> list[Cap]:
+        return [_to_cap(r) for r in session.connection().execute(sa_select(CAP).order_by(CAP.c.id))]
 
     # -- interface -----------------------------------------------------------
     def record(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> bool:
+        return self._record(charge, actor, enforce)[0]
+
+    def record_spent(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> float:
+        """:meth:`record`, and the ε spent afterwards composed in the same transaction (no second read)."""
+        return self._record(charge, actor, enforce)[1]
+
+    def _record(self, charge: Charge, actor: str, enforce: bool) -> tuple[bool, float]:
         with self._write() as session:
-            caps = [_to_cap(r) for r in session.exec(select(SiteCap)).all()]
-            if not self._add(session, charge, caps, actor, enforce):
-                return False
             try:
-                session.flush()
+                return self._add(session, charge, self._select_caps(session), actor, enforce)
             except IntegrityError:  # a concurrent writer without our lock recorded it first
                 session.rollback()
-                return False
-        return True
+        return False, self.spent(charge.site, charge.manifest, charge.kind)
 
     def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
         """One transaction for all ``charges`` (each checked as :meth:`record` checks it); how many were new."""
@@ -115,12 +129,10 @@ class SqlLedger(PrivacyLedger):
             return 0
         try:
             with self._write() as session:
-                caps = [_to_cap(r) for r in session.exec(select(SiteCap)).all()]
+                caps = self._select_caps(session)
                 added = 0
-                for charge in charges:
-                    if self._add(session, charge, caps, actor, enforce=False):
-                        session.flush()  # the next charge of the same site sees this one
-                        added += 1
+                for charge in charges:  # the next charge of the same site sees this one (same transaction)
+                    added += self._add(session, charge, caps, actor, enforce=False)[0]
         except StateError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
@@ -128,11 +140,16 @@ class SqlLedger(PrivacyLedger):
             return sum(self.record(charge, actor=actor, enforce=False) for charge in charges)
         return added
 
-    def _add(self, session: Session, charge: Charge, caps: list[Cap], actor: str, enforce: bool) -> bool:
-        """Check ``charge`` against the charges in ``session`` and add it with its audit line; False: already there."""
+    def _add(self, session: Session, charge: Charge, caps: list[Cap], actor: str,
+             enforce: bool) -> tuple[bool, float]:
+        """Check ``charge`` against the charges in ``session``, add it with its audit line; (added, ε spent after).
+
+        False: this exact charge was already there (ε is then what was spent before).
+        """
         # one read of this site's, manifest's and kind's charges (under the writers' lock) serves both
         # the duplicate check and the budget evaluation
         charges = self._select_charges(session, charge.site, charge.manifest, charge.kind)
+        cap = applicable_cap(caps, charge.site, charge.manifest, charge.kind)
         existing = next((c for c in charges if c.run_id == charge.run_id and c.round == charge.round), None)
         if existing is not None:
             if not existing.same_mechanism(charge):
@@ -142,8 +159,7 @@ class SqlLedger(PrivacyLedger):
                     f"q={existing.sample_rate:g}, steps={existing.steps}); a run must not change its "
                     "DP parameters; investigate before retrying"
                 )
-            return False
-        cap = applicable_cap(caps, charge.site, charge.manifest, charge.kind)
+            return False, evaluate(charges, cap)[0]
         spent, delta, _ = evaluate(charges, cap)
         projected, delta, _ = evaluate(charges, cap, [charge.history()])
         over = cap is not None and projected > cap.epsilon
@@ -151,7 +167,7 @@ class SqlLedger(PrivacyLedger):
             assert cap is not None
             raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, spent, projected,
                                         cap.epsilon, delta)
-        session.add(LedgerEntry(
+        session.connection().execute(sa_insert(ENTRY).values(
             site=charge.site, manifest=charge.manifest, run_id=charge.run_id, round=charge.round,
             kind=charge.kind, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
             steps=charge.steps, delta=charge.delta, accountant=charge.accountant,
@@ -162,7 +178,7 @@ class SqlLedger(PrivacyLedger):
                     {"manifest": charge.manifest, "kind": charge.kind, "sigma": charge.noise_multiplier,
                      "q": charge.sample_rate, "steps": charge.steps, "delta": delta,
                      "epsilon": projected, "cap": None if cap is None else cap.epsilon})
-        return True
+        return True, projected
 
     def charges(self, site: str | None = None, manifest: str | None = None, kind: str | None = None) -> list[Charge]:
         with Session(self.engine) as session:
@@ -170,7 +186,7 @@ class SqlLedger(PrivacyLedger):
 
     def caps(self) -> list[Cap]:
         with Session(self.engine) as session:
-            return [_to_cap(r) for r in session.exec(select(SiteCap).order_by(col(SiteCap.id))).all()]
+            return self._select_caps(session)
 
     def set_cap(self, site: str, epsilon: float, delta: float, *, manifest: str = ANY, kind: str = ANY,
                 accountant: str = "rdp", actor: str = "fedguard") -> Cap:

@@ -58,6 +58,18 @@ def test_recording_twice_does_not_double_count(ledger: PrivacyLedger) -> None:
         ledger.record(charge(steps=41))
 
 
+def test_recording_tells_the_spend_that_a_second_read_would(ledger: PrivacyLedger) -> None:
+    """``record_spent`` (one transaction for a site's reply) is ``record`` then ``spent``, cap's δ included."""
+    ledger.set_cap("site-a", 50.0, 1e-6, kind="record")
+    for c in (charge("run-1", 1), charge("run-1", 2), charge("run-1", 1), charge("run-2", 1, site="site-b")):
+        spent = ledger.record_spent(c)
+        assert spent == pytest.approx(ledger.spent(c.site, M1, "record"), rel=1e-12) and spent > 0
+    assert len(ledger.charges()) == 3  # the repeated charge counted once and told the same spend
+    with pytest.raises(PrivacyBudgetExceeded):
+        ledger.record_spent(charge("run-3", 1, steps=100_000))
+    assert len(ledger.charges()) == 3
+
+
 def test_a_round_of_releases_is_recorded_as_one_batch_with_the_same_checks(ledger: PrivacyLedger) -> None:
     ledger.set_cap("site-b", 0.5, 1e-5)
     ledger.record(charge("run-1", 1, site="site-a"))
