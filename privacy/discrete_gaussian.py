@@ -45,8 +45,10 @@ RDP accountant (Balle et al. 2020).
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,13 +93,26 @@ def ddg_epsilon(sigma: float, l2: float, dim: int, summands: int) -> float:
     ``ε = l2 / (√n·σ) + τ·√d`` with ``τ = 10 Σ_{k=1}^{n−1} exp(−2π²σ² k/(k+1))``
     (Proposition 14; its zCDP form is Theorem 1's second bound).
     """
+    _check(sigma, l2, dim, summands)
+    tau = 10.0 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, summands))
+    return l2 / (math.sqrt(summands) * sigma) + tau * math.sqrt(dim)
+
+
+def _check(sigma: float, l2: float, dim: int, summands: int) -> None:
     if sigma < MIN_SIGMA or summands < 1 or dim < 1 or l2 <= 0:
         raise ConfigurationError(
             f"the distributed discrete Gaussian bound needs σ ≥ {MIN_SIGMA}, n ≥ 1, d ≥ 1 and a positive "
             f"sensitivity; got σ={sigma}, n={summands}, d={dim}, Δ₂={l2}"
         )
-    tau = 10.0 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, summands))
-    return l2 / (math.sqrt(summands) * sigma) + tau * math.sqrt(dim)
+
+
+def _tau_prefix(sigma: float, summands: int) -> Iterator[float]:
+    """``τ`` of :func:`ddg_epsilon` for ``n = 1 … summands``, each sum continued from the previous one."""
+    total: float = 0  # sum()'s own start, so each partial sum is the float sum() would give
+    yield 10.0 * total
+    for k in range(1, summands):
+        total += math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1))
+        yield 10.0 * total
 
 
 @dataclass(frozen=True)
@@ -141,20 +156,27 @@ class DistributedPlan:
         The Gaussian noise multiplier ``z*`` that meets (ε, δ) on one step is
         found with the ledger's own accountant; then σ starts at
         ``z*·l2/√n_min`` and grows until Kairouz et al.'s bound is ``≤ 1/z*``
-        for every possible number of shares.
+        for every possible number of shares. The coordinator and every site
+        calibrate with the same inputs, so a process searches once per inputs
+        (the plan is immutable).
         """
-        target = 1.0 / calibrate_noise(epsilon, delta, 1.0, 1, "rdp")
-        sigma = max(MIN_SIGMA, l2 / (target * math.sqrt(min_contributors)))
-        plan = cls(sigma, l2, dim, min_contributors, max_contributors, delta)
-        while plan.zcdp_epsilon > target:
-            plan = cls(plan.sigma * 1.001, l2, dim, min_contributors, max_contributors, delta)
-        return plan
+        return _calibrated(epsilon, delta, l2, dim, min_contributors, max_contributors)
 
     @property
     def zcdp_epsilon(self) -> float:
-        """The worst ``ε`` of Kairouz et al.'s bound over ``n_min … n_max`` shares."""
-        return max(ddg_epsilon(self.sigma, self.l2, self.dim, n)
-                   for n in range(self.min_contributors, self.max_contributors + 1))
+        """The worst ``ε`` of Kairouz et al.'s bound over ``n_min … n_max`` shares.
+
+        :func:`ddg_epsilon` for each ``n``, with ``τ``'s sum carried from one
+        ``n`` to the next (the same terms added in the same order, so the same
+        floats) instead of summed afresh: linear in ``n_max``, not quadratic
+        (at 1000 sites the search took ~11 s per call).
+        """
+        _check(self.sigma, self.l2, self.dim, self.max_contributors)
+        worst = -math.inf
+        for n, tau in enumerate(_tau_prefix(self.sigma, self.max_contributors), start=1):
+            if n >= self.min_contributors:
+                worst = max(worst, self.l2 / (math.sqrt(n) * self.sigma) + tau * math.sqrt(self.dim))
+        return worst
 
     @property
     def noise_multiplier(self) -> float:
@@ -173,3 +195,15 @@ class DistributedPlan:
     def epsilon(self) -> float:
         """ε of this release at :attr:`delta` (RDP accountant)."""
         return self.history().epsilon()
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(epsilon: float, delta: float, l2: float, dim: int,
+                min_contributors: int, max_contributors: int) -> DistributedPlan:
+    """:meth:`DistributedPlan.calibrate`'s search, once per inputs in a process."""
+    target = 1.0 / calibrate_noise(epsilon, delta, 1.0, 1, "rdp")
+    sigma = max(MIN_SIGMA, l2 / (target * math.sqrt(min_contributors)))
+    plan = DistributedPlan(sigma, l2, dim, min_contributors, max_contributors, delta)
+    while plan.zcdp_epsilon > target:
+        plan = DistributedPlan(plan.sigma * 1.001, l2, dim, min_contributors, max_contributors, delta)
+    return plan

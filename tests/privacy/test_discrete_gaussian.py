@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import dp_accounting
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifecycle.errors import ConfigurationError
+from privacy.accountants import calibrate_noise
 from privacy.discrete_gaussian import DistributedPlan, ddg_epsilon, sample
 
 
@@ -45,6 +47,20 @@ def test_epsilon_matches_an_independent_rdp_accountant() -> None:
         accountant.compose(dp_accounting.GaussianDpEvent(plan.noise_multiplier))
         assert plan.epsilon() == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)
         assert plan.epsilon() <= 0.5
+
+
+@pytest.mark.parametrize(("sigma", "low", "high"), [(0.5, 1, 1), (0.9, 3, 40), (1.3, 500, 1000), (0.6, 1, 1000)])
+def test_the_worst_case_over_shares_is_the_per_n_bound_to_the_last_bit(sigma: float, low: int, high: int) -> None:
+    """The linear-time bound over n_min…n_max (τ's sum carried over n) is ``max ddg_epsilon(n)``, exactly."""
+    plan = DistributedPlan(sigma, math.sqrt(30), 300, low, high, 1e-5)
+    assert plan.zcdp_epsilon == max(ddg_epsilon(sigma, plan.l2, plan.dim, n) for n in range(low, high + 1))
+
+
+def test_a_calibration_is_searched_once_per_process() -> None:
+    first = DistributedPlan.calibrate(0.5, 1e-5, math.sqrt(30), 300, 400, 1000)
+    assert DistributedPlan.calibrate(0.5, 1e-5, math.sqrt(30), 300, 400, 1000) is first  # the same frozen plan
+    target = 1 / calibrate_noise(0.5, 1e-5, 1.0, 1, "rdp")  # the Gaussian the ledger records
+    assert first.zcdp_epsilon <= target < replace(first, sigma=first.sigma / 1.001).zcdp_epsilon  # the smallest σ
 
 
 def test_one_share_is_a_valid_bound_on_the_exact_discrete_gaussian() -> None:
