@@ -169,7 +169,8 @@ class DistributedPlan:
         :func:`ddg_epsilon` for each ``n``, with ``τ``'s sum carried from one
         ``n`` to the next (the same terms added in the same order, so the same
         floats) instead of summed afresh: linear in ``n_max``, not quadratic
-        (at 1000 sites the search took ~11 s per call).
+        (at 1000 sites 0.5 ms instead of 111 ms, and every site evaluates it
+        for its calibration, its charge and its ε).
         """
         _check(self.sigma, self.l2, self.dim, self.max_contributors)
         worst = -math.inf
