@@ -63,11 +63,15 @@ class AccessFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
         if datefmt:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return f"{self._second(record.created)},{int(record.msecs):03d}"  # as default_msec_format, "%s,%03d"
+
+    def _second(self, created: float) -> str:
+        """The date and time of ``created``'s second, formatted once per second."""
+        second = int(created)
         cached = self._cached
         if cached[0] != second:  # threads racing here only format the same second twice
-            cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created)))
-        return f"{cached[1]},{int(record.msecs):03d}"  # as logging.Formatter.default_msec_format, "%s,%03d"
+            cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created)))
+        return cached[1]
 
     def line(self, name: str, message: str, created: float) -> str | None:
         """What :meth:`format` writes for a record of ``name`` made at ``created``, built without a record.
@@ -77,11 +81,8 @@ class AccessFormatter(logging.Formatter):
         """
         if self._fmt != ACCESS_LINE_FORMAT:
             return None
-        second = int(created)
-        cached = self._cached
-        if cached[0] != second:
-            cached = self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created)))
-        return f"{cached[1]},{int((created - second) * 1000):03d} {name} {message}"  # LogRecord's msecs
+        msecs = int((created - int(created)) * 1000)  # as LogRecord computes its msecs
+        return f"{self._second(created)},{msecs:03d} {name} {message}"
 
 
 WRITE_INTERVAL = 0.05
@@ -119,22 +120,26 @@ class BatchedLineWriter(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's contract: handleError reports it, the caller goes on
             self.handleError(record)
             return
-        if len(self._pending) >= self.max_pending:
-            self._dropped += 1
-            return
-        self._pending.append(line)
-        if self._stop.is_set():  # closed (logging reconfigured, or exiting): no writer thread is left
+        if self._queue(line):
             self.flush()
 
     def add_line(self, line: str) -> None:
         """Queue an already formatted ``line``, as :meth:`emit` queues a record's."""
         with self.lock:  # type: ignore[union-attr]  # set by Handler.__init__
-            if len(self._pending) >= self.max_pending:
-                self._dropped += 1
-                return
-            self._pending.append(line)
-        if self._stop.is_set():
+            closed = self._queue(line)
+        if closed:
             self.flush()
+
+    def _queue(self, line: str) -> bool:
+        """Append ``line`` to the pending batch (``self.lock`` held), or count it dropped when the batch is full.
+
+        True when the caller must flush: closed (logging reconfigured, or exiting), no writer thread is left.
+        """
+        if len(self._pending) >= self.max_pending:
+            self._dropped += 1
+            return False
+        self._pending.append(line)
+        return self._stop.is_set()
 
     def flush(self) -> None:
         """Write every pending line now, on the calling thread."""
