@@ -53,6 +53,7 @@ from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.charges import RecordLevelReport
 from privacy.ledger.guard import ledger_mod
 from privacy.site_dp import SITE_RECORD, site_dp_mod
+from privacy.updates import state_dict_of
 
 _STATE_KEY = "fedguard-dp"
 
@@ -107,7 +108,7 @@ def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity,
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     model = build_model(cfg.spec)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.load_state_dict(state_dict_of(msg.content.array_records["arrays"]))
     return cfg, site, data, model
 
 

@@ -241,7 +241,16 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
 
 
 def _rdp_compose(merged: Sequence[tuple[float, float, int]], delta: float) -> float:
-    """RDP composition: the per-step curves times their step counts add up order by order (Mironov 2017)."""
+    """RDP composition: the per-step curves times their step counts add up order by order (Mironov 2017).
+
+    Cached by inputs: the sites of a run share σ, q and step counts, so a round asks for the same ε
+    once per site at each of them and again at the coordinator's ledger.
+    """
+    return _rdp_epsilon(tuple(merged), delta)
+
+
+@lru_cache(maxsize=4096)
+def _rdp_epsilon(merged: tuple[tuple[float, float, int], ...], delta: float) -> float:
     get_privacy_spent = _opacus_rdp().get_privacy_spent
     total = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in merged)
     with warnings.catch_warnings():

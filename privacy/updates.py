@@ -19,14 +19,19 @@ fixed-point quantization and site-level DP possible (McMahan et al. 2018,
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from lifecycle.errors import ConfigurationError, InputValidationError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UpdateError(InputValidationError):
@@ -52,24 +57,49 @@ def array_view(array: Array) -> np.ndarray:
     Flower's ``Array.numpy()`` runs ``np.load`` on a stream, which copies the data into a
     fresh allocation; a vector-sized allocation costs more than the copy (page faults).
     Only the header is parsed (numpy's own parser, no pickle: object dtypes go to
-    ``Array.numpy()``, which refuses them); anything unusual falls back to ``Array.numpy()``.
+    ``Array.numpy()``, which refuses them), once per distinct header (:func:`_npy_header`:
+    numpy parses it with ``ast.literal_eval``, which cost more than the rest for a small
+    model's layers); anything unusual falls back to ``Array.numpy()``.
     """
-    if array.stype != "numpy.ndarray":
+    data = array.data
+    if array.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY" or len(data) < 12:
         return array.numpy()
-    stream = io.BytesIO(array.data)
+    # format 1.0: a little-endian uint16 header length at bytes 8-9; 2.0 and 3.0: a uint32 at 8-11
+    offset = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    header = _npy_header(bytes(data[:offset]))
+    if header is None:
+        return array.numpy()  # raises numpy's own error for a malformed array
+    shape, fortran_order, dtype = header
+    try:
+        view = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    except ValueError:
+        return array.numpy()
+    return view.reshape(shape, order="F" if fortran_order else "C")
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """(shape, Fortran order, dtype) of an ``.npy`` file's ``prefix`` (magic and header), or None to fall back."""
+    stream = io.BytesIO(prefix)
     try:
         version = np.lib.format.read_magic(stream)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read_header is None:
-            return array.numpy()
+            return None
         shape, fortran_order, dtype = read_header(stream)
-        if dtype.hasobject:
-            return array.numpy()
-        view = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
     except ValueError:
-        return array.numpy()  # raises numpy's own error for a malformed array
-    return view.reshape(shape, order="F" if fortran_order else "C")
+        return None
+    if dtype.hasobject or stream.tell() != len(prefix):
+        return None
+    return tuple(int(n) for n in shape), bool(fortran_order), dtype
+
+
+def state_dict_of(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()`` through :func:`array_view` (one header parse per layout, not per message)."""
+    import torch  # only where weights are loaded (this module also serves torch-free code paths)
+
+    return {key: torch.from_numpy(np.array(array_view(record[key]))) for key in record.keys()}
 
 
 def layout_of(record: ArrayRecord) -> Layout:

@@ -48,6 +48,7 @@ from lifecycle.signing import ensure_signing_key
 from privacy.audit import raise_if_failed
 from privacy.he import create_federation_keys
 from simulations import logger
+from simulations.app_loader import app_by_reference
 from simulations.attacks.experiment import model_name as attack_model_name
 from simulations.attacks.experiment import plan_attack
 from simulations.baseline import central_accuracy
@@ -344,7 +345,7 @@ def _simulate(
     engine_down = threading.Event()  # the ServerApp thread ends when the engine does (coordinator.grid)
     try:
         # the ServerApp thread's evaluations: Ray's actors hold the cores; a node's poll looks up its own messages
-        with single_torch_thread(), indexed_link_state():
+        with single_torch_thread(), indexed_link_state(), app_by_reference():
             run_simulation(
                 server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
                 client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,

@@ -15,12 +15,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import insert, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from lifecycle.errors import VerificationError
 from lifecycle.registry.tables import AuditEvent, utcnow
 
+AUDIT = AuditEvent.__table__  # type: ignore[attr-defined]  # SQLModel's table, for Core statements
+_LAST_HASH = sa_select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
+_INSERT_EVENT = insert(AUDIT)
 GENESIS = "0" * 64
 AUDIT_LOCK_KEY = 0x66656467  # "fedg": one advisory lock serialises audit appenders
 APPENDED = "fedguard.audit.appended"
@@ -75,19 +79,27 @@ def record(
     two writers cannot fork the chain; SQLite serialises writers already.
     """
     serialise(session)
-    last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
-    prev_hash = last.hash if last is not None else GENESIS
+    # SQLAlchemy Core, not the ORM's unit of work: the ORM caches its compiled INSERT per mapper across all
+    # engines (100 entries), so a process writing many site ledgers (a simulation: one SQLite file per
+    # site) recompiled it for every event. Core statements hit each engine's own cache.
+    connection = session.connection()
+    session.flush()  # an event follows every change the caller made before it in this transaction
+    prev_hash = connection.execute(_LAST_HASH).scalar()
     event = AuditEvent(
         created_at=utcnow(),
         actor=actor,
         action=action,
         subject=subject,
         details_json=json.dumps(dict(details or {}), sort_keys=True, default=str),
-        prev_hash=prev_hash,
+        prev_hash=prev_hash or GENESIS,
         hash="",
     )
-    event.hash = _event_hash(prev_hash, event)
-    session.add(event)
+    event.hash = _event_hash(event.prev_hash, event)
+    inserted = connection.execute(_INSERT_EVENT, dict(
+        created_at=event.created_at, actor=event.actor, action=event.action, subject=event.subject,
+        details_json=event.details_json, prev_hash=event.prev_hash, hash=event.hash,
+    ))
+    event.id = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
     session.info[APPENDED] = True
     return event
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -234,6 +234,20 @@ class PrivacyLedger(ABC):
         """
         self.record(charge, actor=actor, enforce=enforce)
         return self.spent(charge.site, charge.manifest, charge.kind)
+
+    def record_reply(self, site: str, manifest: str, build: Callable[[list[Charge]], Sequence[Charge]], *,
+                     actor: str = "fedguard", enforce: bool = True) -> dict[str, float]:
+        """Record the charges ``build`` derives from this site's and manifest's charges so far; ε spent per kind.
+
+        A site's reply is charged from what its ledger already holds (steps taken earlier in the run, a
+        retried round). A backend may read and write in one transaction (:class:`privacy.ledger.sql.SqlLedger`
+        does: no other writer comes between the read and the charges, and a charge refused over cap
+        leaves the reply's other charges unwritten too, since nothing is released).
+        """
+        spent: dict[str, float] = {}
+        for charge in build(self.charges(site, manifest)):
+            spent[charge.kind] = self.record_spent(charge, actor=actor, enforce=enforce)
+        return spent
 
     def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
         """Record releases that already happened (``enforce=False``), e.g. one round's sites; how many were new.

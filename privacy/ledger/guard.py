@@ -168,13 +168,22 @@ def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampl
     The computation is :func:`privacy.ledger.charges.round_charges`, the very one the coordinator's
     ledger runs; only the steps already charged come from this site's own ledger.
     """
+    report = _report_of(reply)
+    return _charges_after(msg, report, ledger.charges(report.site, report.manifest), site_sampling)
+
+
+def _report_of(reply: Message) -> DPReport:
     report = DPReport.from_fields(reply.content.config_records[SITE_RECORD])
     if report is None:
         raise ConfigurationError("the reply names no site and manifest, so its privacy cannot be charged")
+    return report
+
+
+def _charges_after(msg: Message, report: DPReport, charged: list[Charge], site_sampling: str) -> list[Charge]:
+    """:func:`site_charges` given the charges already on the reply's site and manifest (``charged``)."""
     run_id, rnd = str(msg.metadata.run_id), _round_of(msg)
     # A second train message for a round (the coordinator's retry of a rejected aggregate) is a second
     # release: charged under −round, as the coordinator does (coordinator.strategies.aggregate_guard).
-    charged = ledger.charges(report.site, report.manifest)  # one read: a query costs more than the filter
     if any(c.run_id == run_id and c.round == rnd for c in charged):
         rnd = -rnd
     before = sum(c.steps for c in charged if c.kind == "record" and c.run_id == run_id)
@@ -213,8 +222,9 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
                                  "site record missing")
                 return reply
             ledger = open_ledger(context, report.site)
-            spent = {charge.kind: ledger.record_spent(charge, actor=f"site:{charge.site}", enforce=True)
-                     for charge in site_charges(msg, reply, ledger, site_sampling)}
+            spent = ledger.record_reply(  # the read of earlier charges and the new ones: one transaction
+                report.site, report.manifest, lambda charged: _charges_after(msg, report, charged, site_sampling),
+                actor=f"site:{report.site}", enforce=True)
             for kind in ("record", "site"):
                 if kind in spent:
                     site[f"{LEDGER_EPSILON}{kind}"] = spent[kind]

@@ -15,12 +15,13 @@ does; a site ledger has its own).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, inspect, text
+from sqlalchemy import Engine, Select, bindparam, delete, inspect, text
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -48,6 +49,24 @@ LEDGER_LOCK_KEY = 0x6C656467  # "ledg": one advisory lock serialises ledger writ
 
 ENTRY = LedgerEntry.__table__  # type: ignore[attr-defined]  # SQLModel's table, for Core statements
 CAP = SiteCap.__table__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _charges_query(filters: frozenset[str]) -> Select[Any]:
+    """The charges filtered on the named columns, bound by name: built once per set of filters.
+
+    A site's reply reads its charges three times; building the statement anew each time cost more
+    than running it on SQLite.
+    """
+    query = sa_select(ENTRY)
+    for name in sorted(filters):
+        query = query.where(ENTRY.c[name] == bindparam(name))
+    return query.order_by(ENTRY.c.id)
+
+
+_CAPS_QUERY = sa_select(CAP).order_by(CAP.c.id)
+_INSERT_CHARGE = sa_insert(ENTRY)
+_NO_OP_WRITE = delete(CAP).where(text("1 = 0"))
 
 
 def _to_charge(row: Any) -> Charge:
@@ -94,18 +113,14 @@ class SqlLedger(PrivacyLedger):
     @staticmethod
     def _select_charges(session: Session, site: str | None, manifest: str | None, kind: str | None) -> list[Charge]:
         """Charges as plain rows (SQLAlchemy Core, the same query): no ORM objects are built for a read."""
-        query = sa_select(ENTRY)
-        if site is not None:
-            query = query.where(ENTRY.c.site == site)
-        if manifest is not None:
-            query = query.where(ENTRY.c.manifest == manifest)
-        if kind is not None:
-            query = query.where(ENTRY.c.kind == kind)
-        return [_to_charge(r) for r in session.connection().execute(query.order_by(ENTRY.c.id))]
+        filters = {"site": site, "manifest": manifest, "kind": kind}
+        given = {name: value for name, value in filters.items() if value is not None}
+        rows = session.connection().execute(_charges_query(frozenset(given)), given)
+        return [_to_charge(r) for r in rows]
 
     @staticmethod
     def _select_caps(session: Session) -> list[Cap]:
-        return [_to_cap(r) for r in session.connection().execute(sa_select(CAP).order_by(CAP.c.id))]
+        return [_to_cap(r) for r in session.connection().execute(_CAPS_QUERY)]
 
     # -- interface -----------------------------------------------------------
     def record(self, charge: Charge, *, actor: str = "fedguard", enforce: bool = True) -> bool:
@@ -122,6 +137,20 @@ class SqlLedger(PrivacyLedger):
             except IntegrityError:  # a concurrent writer without our lock recorded it first
                 session.rollback()
         return False, self.spent(charge.site, charge.manifest, charge.kind)
+
+    def record_reply(self, site: str, manifest: str, build: Callable[[list[Charge]], Sequence[Charge]], *,
+                     actor: str = "fedguard", enforce: bool = True) -> dict[str, float]:
+        """:meth:`PrivacyLedger.record_reply` in one transaction: the read, every charge and its audit line."""
+        try:
+            with self._write() as session:
+                caps = self._select_caps(session)
+                return {charge.kind: self._add(session, charge, caps, actor, enforce)[1]
+                        for charge in build(self._select_charges(session, site, manifest, None))}
+        except StateError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+        # a concurrent writer without our lock recorded one of them first: one transaction each
+        return super().record_reply(site, manifest, build, actor=actor, enforce=enforce)
 
     def record_released(self, charges: Sequence[Charge], *, actor: str = "fedguard") -> int:
         """One transaction for all ``charges`` (each checked as :meth:`record` checks it); how many were new."""
@@ -167,7 +196,7 @@ class SqlLedger(PrivacyLedger):
             assert cap is not None
             raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, spent, projected,
                                         cap.epsilon, delta)
-        session.connection().execute(sa_insert(ENTRY).values(
+        session.connection().execute(_INSERT_CHARGE, dict(
             site=charge.site, manifest=charge.manifest, run_id=charge.run_id, round=charge.round,
             kind=charge.kind, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
             steps=charge.steps, delta=charge.delta, accountant=charge.accountant,
@@ -216,7 +245,7 @@ class SQLiteLedger(SqlLedger):
     def _lock(self, session: Session) -> None:
         # pysqlite begins the transaction at the first write; this no-op write
         # takes the RESERVED lock before anything is read.
-        session.exec(delete(SiteCap).where(text("1 = 0")))
+        session.connection().execute(_NO_OP_WRITE)
 
 
 class PostgresLedger(SqlLedger):

@@ -24,6 +24,7 @@ import json
 import os
 import struct
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,16 @@ def seed_commitment(round_id: bytes, node_id: int, seed: bytes) -> bytes:
 
 def share_point(nodes: tuple[int, ...], node: int) -> int:
     """The public Shamir point of ``node``: its 1-based rank among the round's sampled nodes."""
-    return sorted(nodes).index(node) + 1
+    rank = _ranks(tuple(nodes)).get(node)
+    if rank is None:
+        raise ValueError(f"node {node} is not among the round's sampled nodes")
+    return rank
+
+
+@lru_cache(maxsize=8)
+def _ranks(nodes: tuple[int, ...]) -> dict[int, int]:
+    """Every node's 1-based rank (sorted once per round and process; a site asks for each neighbour's)."""
+    return {node: rank for rank, node in enumerate(sorted(nodes), start=1)}
 
 
 class SecAggClient:

@@ -19,11 +19,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 
 from privacy.secagg.errors import SecAggConfigError
 
 
-def _ring(nodes: Sequence[int], k: int, seed: bytes) -> tuple[list[int], set[int]]:
+@lru_cache(maxsize=8)
+def _ring_order(nodes: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
+    """The nodes in the ring order drawn from ``seed``: one SHA-256 per node, computed once per round and process.
+
+    Every site of a round computes the same ring; in a simulation one process serves many sites.
+    """
+    return tuple(sorted(nodes, key=lambda node: hashlib.sha256(seed + node.to_bytes(8, "big")).digest()))
+
+
+def _ring(nodes: Sequence[int], k: int, seed: bytes) -> tuple[tuple[int, ...], set[int]]:
     """The ring order drawn from ``seed`` and the ring offsets of a node's neighbours."""
     n = len(nodes)
     if len(set(nodes)) != n:
@@ -32,7 +42,7 @@ def _ring(nodes: Sequence[int], k: int, seed: bytes) -> tuple[list[int], set[int
         raise SecAggConfigError(f"a {k}-regular graph on {n} nodes needs 1 ≤ k < n")
     if k % 2 and n % 2:
         raise SecAggConfigError(f"a {k}-regular graph (k odd) needs an even number of nodes, got {n}")
-    ring = sorted(nodes, key=lambda node: hashlib.sha256(seed + node.to_bytes(8, "big")).digest())
+    ring = _ring_order(tuple(nodes), seed)
     offsets = set(range(1, k // 2 + 1)) | {n - o for o in range(1, k // 2 + 1)}
     if k % 2:
         offsets.add(n // 2)

@@ -70,6 +70,29 @@ def test_recording_tells_the_spend_that_a_second_read_would(ledger: PrivacyLedge
     assert len(ledger.charges()) == 3
 
 
+def test_a_reply_is_charged_from_what_the_ledger_already_holds_and_wholly_or_not_at_all(
+        ledger: PrivacyLedger) -> None:
+    """``record_reply``: ``build`` sees the site's charges on the manifest; an over-cap charge writes none."""
+    ledger.set_cap("site-a", 5.0, 1e-5, kind="site")
+    seen: list[int] = []
+
+    def reply(rnd: int, site_steps: int) -> list[Charge]:
+        def build(charged: list[Charge]) -> list[Charge]:
+            seen.append(len(charged))
+            before = sum(c.steps for c in charged if c.kind == "record")
+            return [charge("run-1", rnd, steps=before + 40), charge("run-1", rnd, kind="site", steps=site_steps)]
+        return build  # type: ignore[return-value]
+
+    spent = ledger.record_reply("site-a", M1, reply(1, 1), actor="site:site-a")  # type: ignore[arg-type]
+    assert set(spent) == {"record", "site"} and spent["record"] == ledger.spent("site-a", M1, "record")
+    assert spent["site"] == ledger.spent("site-a", M1, "site") > 0
+    with pytest.raises(PrivacyBudgetExceeded):
+        ledger.record_reply("site-a", M1, reply(2, 10_000))  # type: ignore[arg-type]  # the site charge is over cap
+    assert seen == [0, 2] and len(ledger.charges("site-a")) == 2  # the round-2 record charge was not kept either
+    assert ledger.record_reply("site-a", M1, reply(2, 1))["record"] > spent["record"]  # type: ignore[arg-type]
+    assert [c.steps for c in ledger.charges("site-a", M1, "record")] == [40, 80] and seen == [0, 2, 2]
+
+
 def test_a_round_of_releases_is_recorded_as_one_batch_with_the_same_checks(ledger: PrivacyLedger) -> None:
     ledger.set_cap("site-b", 0.5, 1e-5)
     ledger.record(charge("run-1", 1, site="site-a"))

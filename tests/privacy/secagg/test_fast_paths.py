@@ -7,10 +7,12 @@ int64 one; and the batched key agreements against the one-pair functions.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
@@ -172,3 +174,26 @@ def test_mask_is_the_zero_iv_aes256_ctr_keystream(length: int) -> None:
     seed = os.urandom(32)
     ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(4 * length))
     assert MaskExpander(length).expand(seed).tobytes() == ctr
+
+
+def test_array_view_reads_a_version_2_header_and_parses_each_header_once() -> None:
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, np.arange(6.0).reshape(2, 3), version=(2, 0))
+    wrapped = Array(dtype="float64", shape=(2, 3), stype="numpy.ndarray", data=stream.getvalue())
+    assert np.array_equal(updates.array_view(wrapped), np.arange(6.0).reshape(2, 3))
+    before = updates._npy_header.cache_info()
+    for _ in range(3):
+        updates.array_view(Array(np.full((4, 5), 2.0, np.float32)))
+    after = updates._npy_header.cache_info()
+    assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
+
+
+def test_state_dict_of_equals_flowers_and_the_weights_are_the_models_own() -> None:
+    tensors = {"w": torch.randn(4, 3), "b": torch.randn(4), "t": torch.randn(3, 5).t(), "i": torch.arange(3)}
+    record = ArrayRecord(tensors)
+    ours, flowers = updates.state_dict_of(record), record.to_torch_state_dict()
+    assert list(ours) == list(flowers)
+    for key, tensor in ours.items():
+        assert tensor.dtype == flowers[key].dtype and torch.equal(tensor, flowers[key])
+        tensor.add_(1)  # writable, and not the message's bytes
+    assert torch.equal(updates.state_dict_of(record)["w"], tensors["w"])
