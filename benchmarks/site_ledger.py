@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from privacy.ledger.base import Charge
@@ -28,6 +29,11 @@ from privacy.ledger.factory import SiteLedger
 
 def _charge(site: int, rnd: int, steps: int) -> Charge:
     return Charge(f"site-{site}", "m" * 64, "run-1", rnd, "record", 1.1, 0.05, steps, 1e-5)
+
+
+def _builder(site: int, rnd: int) -> Callable[[list[Charge]], list[Charge]]:
+    """The reply's charge, from the steps already charged (what the site's veto mod derives)."""
+    return lambda charged: [_charge(site, rnd, 8 + sum(c.steps for c in charged))]
 
 
 def main() -> None:
@@ -47,8 +53,7 @@ def main() -> None:
                 round_number = rnd + 1 + (args.rounds if name.startswith("one") else 0)
                 for i, ledger in enumerate(ledgers):
                     if name.startswith("one") and hasattr(ledger, "record_reply"):
-                        ledger.record_reply(f"site-{i}", "m" * 64, lambda charged, i=i, r=round_number: [
-                            _charge(i, r, 8 + sum(c.steps for c in charged))], actor="site")
+                        ledger.record_reply(f"site-{i}", "m" * 64, _builder(i, round_number), actor="site")
                     else:
                         before = sum(c.steps for c in ledger.charges(f"site-{i}", "m" * 64))
                         ledger.record_spent(_charge(i, round_number, 8 + before), actor="site")
