@@ -6,7 +6,7 @@ that returns the ClientApp (``flwr 1.41``, ``vce_api.start_vce``: the nested
 message (``RayBackend.process_message``). Being a nested function, Ray's
 cloudpickle serialises it by value each time: its code object, globals and
 closure (the run, the app's path): ~0.24 ms per message on the driver and the
-matching unpickling in the actor, eight times what fedguard's site app costs
+matching unpickling in the actor, eighteen times what fedguard's site app costs
 (:class:`client.app.SiteClientApp` pickles as a token and its recipe, ~13 µs).
 In a SecAgg+ round (four message waves) at 200 sites that was 0.2 CPU-s per
 round on the driver alone (``benchmarks/simulation.py``, RESULTS.md, 2026-12-06).
