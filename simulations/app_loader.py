@@ -27,11 +27,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any
 
 from flwr.clientapp import ClientApp
 
 from simulations import logger
+from simulations.engine_patch import replaced
 
 
 class LoadedApp:
@@ -78,14 +78,5 @@ def app_by_reference() -> Iterator[bool]:
         logger.info("simulation engine: Flower's own ClientApp loader (this Flower's Ray backend differs from 1.41's)")
         yield False
         return
-    if not _installed.acquire(blocking=False):
-        yield False
-        return
-    module = _backend_module()
-    flower: Any = getattr(module, "RayBackend")  # noqa: B009
-    try:
-        setattr(module, "RayBackend", _by_reference(flower))  # noqa: B010 (Flower's name, replaced for the block)
-        yield True
-    finally:
-        setattr(module, "RayBackend", flower)  # noqa: B010
-        _installed.release()
+    with replaced(_backend_module(), "RayBackend", _by_reference, _installed) as installed:
+        yield installed

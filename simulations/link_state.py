@@ -54,6 +54,7 @@ from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.date import now
 
 from simulations import logger
+from simulations.engine_patch import replaced
 
 
 class IndexedLinkState(InMemoryLinkState):
@@ -134,17 +135,9 @@ def indexed_link_state() -> Iterator[bool]:
     One simulation at a time per process holds it (a second, concurrent one
     runs on Flower's own state rather than wait).
     """
-    engine = _engine()
     if not supported():
         logger.info("simulation engine: Flower's own link state (this Flower's internals differ from 1.41's)")
         yield False
         return
-    if not _installed.acquire(blocking=False):
-        yield False
-        return
-    try:
-        setattr(engine, "LinkStateFactory", IndexedLinkStateFactory)  # noqa: B010 (Flower's name, replaced for the block)
-        yield True
-    finally:
-        setattr(engine, "LinkStateFactory", LinkStateFactory)  # noqa: B010
-        _installed.release()
+    with replaced(_engine(), "LinkStateFactory", lambda _: IndexedLinkStateFactory, _installed) as installed:
+        yield installed
