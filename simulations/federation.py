@@ -344,7 +344,8 @@ def _simulate(
         outcome["ray_cluster"], init_args = cluster.to_dict(), {}
     engine_down = threading.Event()  # the ServerApp thread ends when the engine does (coordinator.grid)
     try:
-        # the ServerApp thread's evaluations: Ray's actors hold the cores; a node's poll looks up its own messages
+        # the ServerApp thread's evaluations: Ray's actors hold the cores; a node's poll looks up its own messages;
+        # Flower's Ray backend sends the ClientApp, not Flower's loader closure
         with single_torch_thread(), indexed_link_state(), app_by_reference():
             run_simulation(
                 server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),

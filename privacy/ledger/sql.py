@@ -55,8 +55,8 @@ CAP = SiteCap.__table__  # type: ignore[attr-defined]
 def _charges_query(filters: frozenset[str]) -> Select[Any]:
     """The charges filtered on the named columns, bound by name: built once per set of filters.
 
-    A site's reply reads its charges three times; building the statement anew each time cost more
-    than running it on SQLite.
+    A site's reply reads its charges twice (the site's, then the kind's under the writer's lock);
+    building the statement anew each time cost more than running it on SQLite.
     """
     query = sa_select(ENTRY)
     for name in sorted(filters):
@@ -189,13 +189,12 @@ class SqlLedger(PrivacyLedger):
                     "DP parameters; investigate before retrying"
                 )
             return False, evaluate(charges, cap)[0]
-        spent, delta, _ = evaluate(charges, cap)
         projected, delta, _ = evaluate(charges, cap, [charge.history()])
         over = cap is not None and projected > cap.epsilon
         if over and enforce:
-            assert cap is not None
-            raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, spent, projected,
-                                        cap.epsilon, delta)
+            assert cap is not None  # the spend before this charge is composed only to say so
+            raise PrivacyBudgetExceeded(charge.site, charge.manifest, charge.kind, evaluate(charges, cap)[0],
+                                        projected, cap.epsilon, delta)
         session.connection().execute(_INSERT_CHARGE, dict(
             site=charge.site, manifest=charge.manifest, run_id=charge.run_id, round=charge.round,
             kind=charge.kind, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
