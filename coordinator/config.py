@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "proximal-mu": 0.0,  # FedProx μ (strategy fedprox only, > 0)
     "server-lr": 0.0,  # the server optimiser's η (fedadam, fedyogi, fedavgm); 0: the strategy's default
     "secure-aggregation": "secagg+",
+    # SecAgg+: each unmask stage asks the sites for their next session's keys, so the next round skips the
+    # setup stage (3 stages instead of 4); a site restarted between rounds then drops out of one round
+    # (privacy.secagg.strategy). On in simulations.
+    "secagg-keys-ahead": False,
     "clip-norm": DEFAULT_CLIP_NORM,
     "max-weight": 10000.0,
     "site-epsilon": 0.0,
@@ -116,6 +120,7 @@ class CoordinatorConfig:
     proximal_mu: float
     server_lr: float
     secure_aggregation: str
+    secagg_keys_ahead: bool
     clip_norm: float
     max_weight: float
     site_epsilon: float

@@ -212,6 +212,9 @@ def simulate(
     aggregation: Annotated[str, typer.Option("--aggregation", help="fedavg, median, trimmed-mean, krum, multi-krum "
                                              "or bulyan (robust rules need --secure-agg none).")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
+    keys_ahead: Annotated[bool, typer.Option(
+        "--secagg-keys-ahead/--secagg-setup-each-round", help="SecAgg+: sites draw their next round's keys at the "
+        "unmask stage, so later rounds run 3 stages instead of 4 (docs/secure-aggregation.md).")] = True,
     clip_norm: Annotated[float, typer.Option(
         "--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
     site_epsilon: Annotated[float, typer.Option(
@@ -250,6 +253,7 @@ def simulate(
         image_shape=image_shape or str(declared.get("image-shape", "")),
         fix_model=fix_model if fix_model is not None else bool(declared.get("fix-model", False)), app=app,
         model_name=model_name, watermark=watermark, aggregation=aggregation, secure_agg=secure_agg,
+        secagg_keys_ahead=keys_ahead,
         clip_norm=clip_norm, site_epsilon=site_epsilon, site_clip=site_clip,
         cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site, canaries=canaries,
         strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,

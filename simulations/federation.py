@@ -89,6 +89,8 @@ class SimulationConfig:
     watermark: str = "trigger-set"
     aggregation: str = "fedavg"
     secure_agg: str = "secagg+"
+    secagg_keys_ahead: bool = True
+    """SecAgg+: sites draw their next session's keys at the unmask stage (3 stages a round, not 4)."""
     clip_norm: float = DEFAULT_CLIP_NORM
     site_epsilon: float = 0.0
     site_clip: float = 1.0
@@ -162,6 +164,7 @@ class SimulationConfig:
             "model-name": self.model_name or attack_model_name(self.attack, DataOptions.of(self).name),
             "data-dir": str(data_dir), "result-path": str(result_path), "watermark": self.watermark,
             "aggregation": self.aggregation, "secure-aggregation": self.secure_agg,
+            "secagg-keys-ahead": self.secagg_keys_ahead,
             "clip-norm": self.clip_norm, "site-epsilon": self.site_epsilon, "site-delta": self.dp_delta,
             "site-clip": self.site_clip, "site-device": "cuda" if self.gpus_per_site > 0 else "cpu",
         }

@@ -108,7 +108,7 @@ def build_strategy(
     resolution = CKKS_RESOLUTION
     if cfg.secure_aggregation == "secagg+":
         secagg = SecAggConfig.recommended(sites, bound, max_weight, weighting="uniform" if uniform else "examples")
-        secure = SecAggPlusStrategy(inner, secagg, timeout=cfg.round_timeout)
+        secure = SecAggPlusStrategy(inner, secagg, timeout=cfg.round_timeout, keys_ahead=cfg.secagg_keys_ahead)
         resolution = 0.5 / secagg.effective_scale  # round(x·scale): half a step per site and coordinate
     elif cfg.secure_aggregation == "ckks":
         secure = CKKSStrategy(

@@ -8,6 +8,12 @@ It refuses, with the reason, any request that is out of order, for another
 round, replayed, addressed to another node, or whose ciphertexts fail
 authentication; and it never reveals both secrets of one neighbour.
 
+Keys drawn ahead: asked at an unmask stage, the site draws its next
+session's key pairs and self-mask seed there and keeps them in its state
+until a share-keys request names their id; that request opens the session
+with them (no setup stage), and they serve that one session. A setup stage
+(fresh keys) drops keys still pending.
+
 Notes
 -----
 Bonawitz et al. (2017), "Practical Secure Aggregation for Privacy-Preserving
@@ -39,6 +45,7 @@ from privacy.secagg.messages import (
     SETUP,
     SHARE_KEYS,
     UNMASK,
+    AheadKeys,
     Header,
     MaskedInputReply,
     MaskedInputRequest,
@@ -62,9 +69,13 @@ _PREVIOUS = {SHARE_KEYS: SETUP, MASKED_INPUT: SHARE_KEYS, UNMASK: MASKED_INPUT}
 DONE = "done"
 
 
-def seed_commitment(round_id: bytes, node_id: int, seed: bytes) -> bytes:
-    """``SHA-256(protocol ‖ round ‖ node ‖ seed)``: lets the server check a rebuilt self-mask seed."""
-    return hashlib.sha256(keys.PROTOCOL + b"/seed/" + round_id + struct.pack(">Q", node_id) + seed).digest()
+def seed_commitment(binding: bytes, node_id: int, seed: bytes) -> bytes:
+    """``SHA-256(protocol ‖ binding ‖ node ‖ seed)``: lets the server check a rebuilt self-mask seed.
+
+    ``binding`` is the round id for keys drawn at setup, and the keys' own random id for keys
+    drawn ahead (their round id does not exist yet): 16 fresh bytes either way.
+    """
+    return hashlib.sha256(keys.PROTOCOL + b"/seed/" + binding + struct.pack(">Q", node_id) + seed).digest()
 
 
 def share_point(nodes: tuple[int, ...], node: int) -> int:
@@ -128,13 +139,21 @@ class SecAggClient:
             raise SecAggProtocolError(f"secagg {h.describe()} is addressed to another node (this is {self.node_id})")
         if request.direction != "request":
             raise SecAggProtocolError(f"secagg {h.describe()}: a site only answers requests")
-        if h.stage == SETUP:
+        if h.stage == SETUP or (isinstance(request, ShareKeysRequest) and request.key_id):
             if h.round_id == self._state.get("round-id"):
                 raise SecAggProtocolError(f"secagg {h.describe()} was already answered: replayed message refused")
             if h.server_round < int(self._state.get("server-round", -1)):
                 raise SecAggProtocolError(
                     f"secagg {h.describe()} is older than this site's latest round "
                     f"{self._state['server-round']}: replayed message refused"
+                )
+            if isinstance(request, ShareKeysRequest) and request.key_id != self._state.get("ahead-id"):
+                held = self._state.get("ahead-id")
+                raise SecAggProtocolError(
+                    f"secagg {h.describe()} opens a session with the keys drawn ahead under id "
+                    f"{request.key_id.hex()[:12]}, but this site holds "
+                    + (f"those of id {held.hex()[:12]}" if isinstance(held, bytes) else "none")
+                    + " (a site restarted since its last round holds none, and keys serve one session); refused"
                 )
             return
         if h.round_id != self._state.get("round-id") or h.server_round != self._state.get("server-round"):
@@ -152,26 +171,41 @@ class SecAggClient:
     def setup(self, request: SetupRequest) -> SetupReply:
         """Stage 0: draw two X25519 key pairs and a self-mask seed; compute the neighbours."""
         self.check(request)
-        h, cfg = request.header, request.config.validate()
-        if self.node_id not in request.nodes:
-            raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
-        cfg.check_round(len(request.nodes))
-        neighbours = neighbours_of(request.nodes, cfg.num_neighbours, h.round_id, self.node_id)
+        h = request.header
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
+        self._begin(h, request.config, request.nodes, channel.private, mask.private, seed)
+        return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
+                          seed_commitment(h.round_id, self.node_id, seed))
+
+    def _begin(self, h: Header, config: SecAggConfig, nodes: tuple[int, ...], channel_sk: bytes, mask_sk: bytes,
+               seed: bytes) -> None:
+        """Start a session with these secrets: check the node list and parameters, compute the neighbours."""
+        cfg = config.validate()
+        if self.node_id not in nodes:
+            raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
+        cfg.check_round(len(nodes))
+        neighbours = neighbours_of(nodes, cfg.num_neighbours, h.round_id, self.node_id)
         self._config = cfg
         # The state keeps only what later stages need, each secret until its last use
         # (fewer fields also make the per-message ConfigRecord cheaper).
         self._state = {
             "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
-            "config": json.dumps(cfg.to_record_dict(), sort_keys=True), "nodes": pack_ids(request.nodes),
-            "neighbours": pack_ids(neighbours), "channel-sk": channel.private, "mask-sk": mask.private, "seed": seed,
+            "config": json.dumps(cfg.to_record_dict(), sort_keys=True), "nodes": pack_ids(nodes),
+            "neighbours": pack_ids(neighbours), "channel-sk": channel_sk, "mask-sk": mask_sk, "seed": seed,
         }
-        return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
-                          seed_commitment(h.round_id, self.node_id, seed))
 
     def share_keys(self, request: ShareKeysRequest) -> ShareKeysReply:
-        """Stage 1: Shamir-share the seed and the mask key among live neighbours, encrypted to each."""
+        """Stage 1: Shamir-share the seed and the mask key among live neighbours, encrypted to each.
+
+        A request naming keys drawn ahead (``key_id``) first opens the session with them, as
+        :meth:`setup` would have with fresh ones; those keys then leave the state (one session each).
+        """
         self.check(request)
+        if request.key_id:
+            assert request.config is not None  # decode() reads both with the key id
+            held = self._state
+            self._begin(request.header, request.config, request.nodes, held["ahead-channel-sk"],
+                        held["ahead-mask-sk"], held["ahead-seed"])
         h, cfg, s = request.header, self.config, self._state
         live = sorted(request.channel_keys)
         if set(request.mask_keys) != set(live) or not set(live) <= set(unpack_ids(s["neighbours"])):
@@ -276,7 +310,15 @@ class SecAggClient:
             else:
                 raise SecAggProtocolError(f"secagg {h.describe()}: neighbour {j} is neither a survivor nor dropped")
         self._state, self._config = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round}, None
-        return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares)
+        ahead = self._draw_ahead() if request.keys_ahead else None
+        return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares, ahead)
+
+    def _draw_ahead(self) -> AheadKeys:
+        """Fresh keys and seed for this site's next session, kept (site-local) until it opens."""
+        channel, mask, seed, key_id = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32), os.urandom(16)
+        self._state.update({"ahead-id": key_id, "ahead-channel-sk": channel.private, "ahead-mask-sk": mask.private,
+                            "ahead-seed": seed})
+        return AheadKeys(key_id, channel.public, mask.public, seed_commitment(key_id, self.node_id, seed))
 
     def handle(self, request: _Message, payload: np.ndarray | None = None) -> _Message:
         """Dispatch ``request`` to its stage handler (``payload`` only for the masked-input stage)."""

@@ -12,6 +12,11 @@ not); maps from node id to bytes travel as a packed id list plus the values pack
 into one bytes field (each prefixed by its uint32 length).
 The masked vector itself travels in an ``ArrayRecord`` beside the record.
 
+Keys drawn ahead: an unmask request may ask the site for its *next*
+session's public keys (:class:`AheadKeys`, named by a random id the site
+draws); the share-keys request that opens that session then carries the
+setup parameters and that id, and the setup stage is not run for the site.
+
 Notes
 -----
 The four stages are those of Bonawitz et al. (2017), §4 (AdvertiseKeys,
@@ -159,16 +164,49 @@ class SetupReply(_Message):
 
 
 @dataclass(frozen=True)
+class AheadKeys:
+    """A site's public keys for its next session, drawn at the end of its last one.
+
+    What a :class:`SetupReply` holds (two X25519 public keys, a commitment to
+    the self-mask seed), named by ``key_id``: 16 random bytes the site drew
+    with them. The commitment binds ``key_id`` in place of the round id, which
+    does not exist yet when the keys are drawn.
+    """
+
+    key_id: bytes
+    channel_key: bytes
+    mask_key: bytes
+    seed_commitment: bytes
+
+    def well_formed(self) -> bool:
+        """16-byte id, 32-byte keys and commitment (what the server accepts)."""
+        return (len(self.key_id) == 16 and len(self.channel_key) == 32 and len(self.mask_key) == 32
+                and len(self.seed_commitment) == 32)
+
+
+@dataclass(frozen=True)
 class ShareKeysRequest(_Message):
-    """Stage 1, server → site: the public keys of its live neighbours."""
+    """Stage 1, server → site: the public keys of its live neighbours.
+
+    To a site whose keys were drawn ahead (no setup stage this session) it also
+    carries the setup's node list and parameters and the ``key_id`` of those keys.
+    """
 
     channel_keys: dict[int, bytes] = field(default_factory=dict)
     mask_keys: dict[int, bytes] = field(default_factory=dict)
+    nodes: tuple[int, ...] = ()
+    config: SecAggConfig | None = None
+    key_id: bytes = b""
     stage: ClassVar[str] = SHARE_KEYS
     direction: ClassVar[str] = "request"
 
     def _body(self) -> dict[str, Any]:
-        return {**_pack_map("channel-keys", self.channel_keys), **_pack_map("mask-keys", self.mask_keys)}
+        body = {**_pack_map("channel-keys", self.channel_keys), **_pack_map("mask-keys", self.mask_keys)}
+        if self.key_id:
+            assert self.config is not None, "a share-keys request opening a session names its parameters"
+            body.update({"key-id": self.key_id, "nodes": pack_ids(self.nodes),
+                         "config": json.dumps(self.config.to_record_dict(), sort_keys=True)})
+        return body
 
 
 @dataclass(frozen=True)
@@ -209,28 +247,53 @@ class MaskedInputReply(_Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Stage 3, server → site: who sent a masked input (survivors) and who dropped after sharing."""
+    """Stage 3, server → site: who sent a masked input (survivors) and who dropped after sharing.
+
+    ``keys_ahead`` asks the site to draw its next session's keys and send their public half.
+    """
 
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
+    keys_ahead: bool = False
     stage: ClassVar[str] = UNMASK
     direction: ClassVar[str] = "request"
 
     def _body(self) -> dict[str, Any]:
-        return {"survivors": pack_ids(self.survivors), "dropped": pack_ids(self.dropped)}
+        return {"survivors": pack_ids(self.survivors), "dropped": pack_ids(self.dropped),
+                "keys-ahead": self.keys_ahead}
 
 
 @dataclass(frozen=True)
 class UnmaskReply(_Message):
-    """Stage 3, site → server: self-mask seed shares of survivors, mask-key shares of the dropped."""
+    """Stage 3, site → server: self-mask seed shares of survivors, mask-key shares of the dropped.
+
+    ``ahead``: the site's public keys for its next session, when the request asked for them.
+    """
 
     seed_shares: dict[int, bytes] = field(default_factory=dict)
     key_shares: dict[int, bytes] = field(default_factory=dict)
+    ahead: AheadKeys | None = None
     stage: ClassVar[str] = UNMASK
     direction: ClassVar[str] = "reply"
 
     def _body(self) -> dict[str, Any]:
-        return {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
+        body = {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
+        if self.ahead is not None:
+            a = self.ahead
+            body["ahead"] = a.key_id + a.channel_key + a.mask_key + a.seed_commitment
+        return body
+
+
+_AHEAD_LENGTH = 16 + 32 + 32 + 32
+
+
+def _ahead_of(record: Mapping[str, Any]) -> AheadKeys | None:
+    packed = record.get("ahead")
+    if packed is None:
+        return None
+    if not isinstance(packed, bytes) or len(packed) != _AHEAD_LENGTH:
+        raise SecAggProtocolError(f"an unmask reply's keys drawn ahead must be {_AHEAD_LENGTH} bytes")
+    return AheadKeys(packed[:16], packed[16:48], packed[48:80], packed[80:])
 
 
 def _parse_header(record: Mapping[str, Any]) -> tuple[Header, str]:
@@ -281,6 +344,12 @@ def _config_of(record: Mapping[str, Any]) -> SecAggConfig:
     return config_from_json(record["config"])
 
 
+def _key_id(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise SecAggProtocolError("a share-keys request's key id must be 16 bytes")
+    return value
+
+
 def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Message:
     """Rebuild the message a record encodes (``masked``: the vector of a masked-input reply)."""
     h, direction = _parse_header(record)
@@ -289,10 +358,16 @@ def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Mess
             if h.stage == SETUP:
                 return SetupRequest(h, unpack_ids(record["nodes"]), _config_of(record))
             if h.stage == SHARE_KEYS:
-                return ShareKeysRequest(h, _unpack_map(record, "channel-keys"), _unpack_map(record, "mask-keys"))
+                opening: dict[str, Any] = {}
+                if "key-id" in record:
+                    opening = {"nodes": unpack_ids(record["nodes"]), "config": _config_of(record),
+                               "key_id": _key_id(record["key-id"])}
+                return ShareKeysRequest(h, _unpack_map(record, "channel-keys"), _unpack_map(record, "mask-keys"),
+                                        **opening)
             if h.stage == MASKED_INPUT:
                 return MaskedInputRequest(h, _unpack_map(record, "ciphertexts"))
-            return UnmaskRequest(h, unpack_ids(record["survivors"]), unpack_ids(record["dropped"]))
+            return UnmaskRequest(h, unpack_ids(record["survivors"]), unpack_ids(record["dropped"]),
+                                 bool(record.get("keys-ahead", False)))
         if direction == "reply":
             if h.stage == SETUP:
                 return SetupReply(h, record["channel-key"], record["mask-key"], record["seed-commitment"])
@@ -302,7 +377,8 @@ def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Mess
                 if masked is None or masked.size != int(record["length"]):
                     raise SecAggProtocolError("a masked-input reply's vector is missing or of the wrong length")
                 return MaskedInputReply(h, masked)
-            return UnmaskReply(h, _unpack_map(record, "seed-shares"), _unpack_map(record, "key-shares"))
+            return UnmaskReply(h, _unpack_map(record, "seed-shares"), _unpack_map(record, "key-shares"),
+                               _ahead_of(record))
     except KeyError as missing:
         raise SecAggProtocolError(f"secagg {h.describe()} lacks the field {missing}") from None
     raise SecAggProtocolError(f"secagg message direction must be 'request' or 'reply', got {direction!r}")

@@ -20,6 +20,14 @@ Bonawitz et al. (2017) §4 (server side, with the abort rule |U_i| < t) and
 Bell et al. (2020) (neighbour graph: per-node recoverability needs ``t``
 surviving *neighbours*). Seed commitments (SHA-256 of the seed) and the
 check ``X25519(sk) = pk`` detect inconsistent shares before unmasking.
+
+Keys drawn ahead (``keys_ahead``, ``ahead``) move a node's AdvertiseKeys
+message into its previous session's unmask reply, so a session whose nodes all
+drew ahead runs three stages, not four. Each key pair still serves exactly one
+session (the site drops it when the session opens), the round id, and with it
+the graph, is still fresh per session, and keys do not influence the graph:
+seeing them before choosing the round id gives the coordinator nothing it could
+not get by trying round ids anyway.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from privacy.secagg.messages import (
     SETUP,
     SHARE_KEYS,
     UNMASK,
+    AheadKeys,
     Header,
     MaskedInputReply,
     MaskedInputRequest,
@@ -70,11 +79,17 @@ class SecAggServer:
         16 random bytes naming this round (default: fresh from ``os.urandom``); also seeds the graph.
     length : int or None
         Expected length of the payload vectors (model size + 1), when known.
+    ahead : Mapping[int, AheadKeys] or None
+        Public keys some nodes drew ahead for this session (at their last unmask stage): those
+        nodes skip the setup stage, and their share-keys request opens the session.
+    keys_ahead : bool
+        Ask the unmask stage's survivors for their next session's keys (then in :attr:`next_keys`).
     """
 
     def __init__(
         self, config: SecAggConfig, nodes: Sequence[int], server_round: int, *,
         round_id: bytes | None = None, length: int | None = None,
+        ahead: Mapping[int, AheadKeys] | None = None, keys_ahead: bool = False,
     ) -> None:
         self.config = config.validate()
         self.nodes = tuple(int(n) for n in nodes)
@@ -87,7 +102,10 @@ class SecAggServer:
         self.points = {n: share_point(self.nodes, n) for n in self.nodes}
         self.stage = "start"
         self.rejections: dict[int, str] = {}
-        self.advertised: dict[int, SetupReply] = {}            # U1
+        self.ahead = {n: k for n, k in (ahead or {}).items() if n in self.points and k.well_formed()}
+        self.keys_ahead = keys_ahead
+        self.next_keys: dict[int, AheadKeys] = {}
+        self.advertised: dict[int, SetupReply | AheadKeys] = {}  # U1
         self.shared: dict[int, dict[int, bytes]] = {}          # U2: sender -> {recipient: ciphertext}
         self.survivors: tuple[int, ...] = ()                   # U3
         self.dropped: tuple[int, ...] = ()                     # U2 \ U3
@@ -152,12 +170,17 @@ class SecAggServer:
 
     # ----------------------------------------------------------------- stages
     def setup_requests(self) -> dict[int, SetupRequest]:
-        """Stage 0 requests: the node list and parameters, to every sampled node."""
+        """Stage 0 requests: the node list and parameters, to every sampled node without keys drawn ahead.
+
+        Empty when every node drew its keys ahead: then call :meth:`receive_setup` with no replies.
+        """
         self._advance("start", SETUP)
-        return {n: SetupRequest(self._header(SETUP, n), self.nodes, self.config) for n in self.nodes}
+        return {n: SetupRequest(self._header(SETUP, n), self.nodes, self.config) for n in self.nodes
+                if n not in self.ahead}
 
     def receive_setup(self, replies: Mapping[int, SetupReply]) -> None:
-        accepted = self._accept(replies, SETUP, set(self.nodes), SetupReply)
+        self.advertised.update(self.ahead)
+        accepted = self._accept(replies, SETUP, set(self.nodes) - set(self.ahead), SetupReply)
         for node, reply in accepted.items():
             if len(reply.channel_key) != 32 or len(reply.mask_key) != 32 or len(reply.seed_commitment) != 32:
                 self.reject(node, "stage 'setup': public keys and commitment must be 32 bytes")
@@ -166,14 +189,20 @@ class SecAggServer:
         self._require(SETUP, set(self.advertised), need_neighbours=True)
 
     def share_keys_requests(self) -> dict[int, ShareKeysRequest]:
-        """Stage 1 requests: each advertiser gets its live neighbours' public keys."""
+        """Stage 1 requests: each advertiser gets its live neighbours' public keys.
+
+        A node whose keys were drawn ahead also gets the node list, the parameters and its keys' id.
+        """
         self._advance(SETUP, SHARE_KEYS)
         requests = {}
         for i in self.advertised:
             live = [j for j in self.graph[i] if j in self.advertised]
+            opening: dict[str, Any] = {}
+            if i in self.ahead:
+                opening = {"nodes": self.nodes, "config": self.config, "key_id": self.ahead[i].key_id}
             requests[i] = ShareKeysRequest(
                 self._header(SHARE_KEYS, i), {j: self.advertised[j].channel_key for j in live},
-                {j: self.advertised[j].mask_key for j in live},
+                {j: self.advertised[j].mask_key for j in live}, **opening,
             )
         return requests
 
@@ -220,12 +249,15 @@ class SecAggServer:
     def unmask_requests(self) -> dict[int, UnmaskRequest]:
         """Stage 3 requests: the survivor and dropout lists, to every survivor."""
         self._advance(MASKED_INPUT, UNMASK)
-        return {i: UnmaskRequest(self._header(UNMASK, i), self.survivors, self.dropped) for i in self.survivors}
+        return {i: UnmaskRequest(self._header(UNMASK, i), self.survivors, self.dropped, self.keys_ahead)
+                for i in self.survivors}
 
     def receive_unmask(self, replies: Mapping[int, UnmaskReply]) -> np.ndarray:
         """Rebuild the needed secrets, remove every mask, and return the decoded payload sum."""
         accepted = self._accept(replies, UNMASK, set(self.survivors), UnmaskReply)
         self.unmaskers = tuple(sorted(accepted))
+        if self.keys_ahead:  # kept even if this session aborts below: they are fresh and unused
+            self.next_keys = {i: r.ahead for i, r in accepted.items() if r.ahead is not None and r.ahead.well_formed()}
         self._require(UNMASK, set(accepted), need_neighbours=False)
         seeds = {i: self._rebuild(i, accepted, "seed") for i in self.survivors}
         mask_keys = {i: self._rebuild(i, accepted, "key") for i in self.dropped}
@@ -262,7 +294,8 @@ class SecAggServer:
         try:
             secret = shamir.combine(shares, t)
             if kind == "seed":
-                valid = keys.equal(seed_commitment(self.round_id, node, secret), self.advertised[node].seed_commitment)
+                binding = self.ahead[node].key_id if node in self.ahead else self.round_id
+                valid = keys.equal(seed_commitment(binding, node, secret), self.advertised[node].seed_commitment)
             else:
                 valid = keys.equal(keys.public_of(secret), self.advertised[node].mask_key)
         except SecAggAuthenticationError:

@@ -2,7 +2,8 @@
 
 ``SecAggPlusStrategy(inner, config)`` is a ``flwr.serverapp.strategy.Strategy``.
 Each training round it lets ``inner`` sample the sites, runs the setup and
-share-keys stages itself through the grid, and sends the sites the inner
+share-keys stages itself through the grid (the setup only for sites without
+keys drawn ahead, see ``keys_ahead``), and sends the sites the inner
 strategy's own instruction (global arrays and train config) plus the
 masked-input stage record. It then sums the masked vectors, runs the unmask
 stage, and hands ``inner.aggregate_train`` a single synthetic reply holding
@@ -35,7 +36,17 @@ from flwr.serverapp.strategy import Strategy
 from privacy import logger, updates
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError
-from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, config_record, decode
+from privacy.secagg.messages import (
+    MASKED_INPUT,
+    RECORD_KEY,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    AheadKeys,
+    _Message,
+    config_record,
+    decode,
+)
 from privacy.secagg.server import SecAggServer
 from privacy.strategy_wrapper import StrategyWrapper
 
@@ -62,6 +73,11 @@ class SecAggPlusStrategy(StrategyWrapper):
         records only; their arrays are masked), e.g. to keep per-site lineage.
     timeout : float
         Seconds to wait for the sites' replies at each of the protocol's own stages.
+    keys_ahead : bool
+        Ask each round's unmask stage for the sites' next-session keys, so that a site's next
+        session skips the setup stage (three stages instead of four; see :mod:`privacy.secagg.server`).
+        A site that restarts between rounds loses its keys and drops out of its next round, so
+        this is off by default and on in simulations (``CoordinatorConfig.secagg_keys_ahead``).
 
     Notes
     -----
@@ -83,9 +99,12 @@ class SecAggPlusStrategy(StrategyWrapper):
     def __init__(
         self, inner: Strategy, config: SecAggConfig, *,
         on_replies: Callable[[int, list[Message]], None] | None = None, timeout: float = 600.0,
+        keys_ahead: bool = False,
     ) -> None:
         super().__init__(inner)
         self.config = config.validate()
+        self.keys_ahead = keys_ahead
+        self._ahead: dict[int, AheadKeys] = {}  # node -> public keys it drew for its next session
         self.on_replies = on_replies
         self.timeout = timeout
         self._round: _Round | None = None
@@ -119,8 +138,15 @@ class SecAggPlusStrategy(StrategyWrapper):
         if len(by_node) != len(instructions):
             raise SecAggConfigError("the inner strategy addressed two training instructions to one node")
         length = updates.layout_of(arrays).size + 1
-        server = SecAggServer(self.config, list(by_node), server_round, length=length)
-        self._exchange(grid, server, SETUP, server.setup_requests())
+        # Keys drawn ahead serve one session: taken out of the table whether or not this session completes.
+        ahead = {node: self._ahead.pop(node) for node in by_node if node in self._ahead}
+        server = SecAggServer(self.config, list(by_node), server_round, length=length, ahead=ahead,
+                              keys_ahead=self.keys_ahead)
+        setup = server.setup_requests()
+        if setup:
+            self._exchange(grid, server, SETUP, setup)
+        else:  # every node drew its keys ahead: no setup stage this session
+            server.receive_setup({})
         self._exchange(grid, server, SHARE_KEYS, server.share_keys_requests())
         out = []
         for node, request in server.masked_input_requests().items():
@@ -152,11 +178,15 @@ class SecAggPlusStrategy(StrategyWrapper):
                 "would disclose the difference)"
             )
         valid = [messages[node] for node in server.survivors]
-        total = self._exchange(state.grid, server, UNMASK, server.unmask_requests())
+        try:
+            total = self._exchange(state.grid, server, UNMASK, server.unmask_requests())
+        finally:
+            self._ahead.update(server.next_keys)
         new_arrays, weight = updates.apply_payload_sum(total, state.arrays)
         self.contributors, self.total_weight = frozenset(server.survivors), weight
-        logger.info("round %d: SecAgg+ summed %d sites (%d dropped after sharing, %d rejected)", server_round,
-                    len(server.survivors), len(server.dropped), len(server.rejections))
+        logger.info("round %d: SecAgg+ summed %d sites (%d dropped after sharing, %d rejected; %d opened with keys "
+                    "drawn ahead)", server_round, len(server.survivors), len(server.dropped), len(server.rejections),
+                    len(server.ahead))
         if self.on_replies is not None:
             self.on_replies(server_round, valid)
         synthetic = Message(

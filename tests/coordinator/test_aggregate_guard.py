@@ -210,25 +210,28 @@ def test_a_site_scaling_by_1000_is_rejected_retried_skipped_and_stops_the_run(re
     assert charged == [-2, -1, 1, 2]  # each retry is charged apart from its round
 
 
-def test_a_one_off_fault_is_repaired_by_the_retry_with_fresh_masks(registry: Registry) -> None:
+@pytest.mark.parametrize("keys_ahead", [False, True])
+def test_a_one_off_fault_is_repaired_by_the_retry_with_fresh_masks(registry: Registry, keys_ahead: bool) -> None:
     events: list[GuardEvent] = []
-    stack, _ = _stack(registry, events)
+    stack, _ = _stack(registry, events, **{"secagg-keys-ahead": keys_ahead})
     grid = LocalGrid(_site_app(make_cheating_mod(1000.0, site=0, times=1)), 3)
-    setups: list[bytes] = []
+    sessions: dict[str, list[bytes]] = {"setup": [], "share-keys": []}
     original = grid.send_and_receive
 
     def send(messages: Any, *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         for m in messages:
             record = m.content.config_records.get(RECORD_KEY)
-            if record is not None and header_of(record).stage == "setup":
-                setups.append(header_of(record).round_id)
+            if record is not None and header_of(record).stage in sessions:
+                sessions[header_of(record).stage].append(header_of(record).round_id)
         return original(messages, timeout=timeout)
 
     grid.send_and_receive = send  # type: ignore[method-assign]
     result = _start(stack, grid, 1)
     assert [(e.server_round, e.attempt, e.action) for e in events] == [(1, 1, "retry")]
-    assert len(set(setups)) == 2  # a new SecAgg+ session: a fresh round id, keys and masks
+    assert len(set(sessions["share-keys"])) == 2  # a new SecAgg+ session: a fresh round id, keys and masks
+    # with keys drawn ahead the retry opened with the keys the rejected attempt's unmask stage drew
+    assert len(set(sessions["setup"])) == (1 if keys_ahead else 2)
     assert stack.tracked.rounds_aggregated == 1
     assert np.allclose(result.arrays["w"].numpy(), 0.15, atol=0.05)  # the honest step was applied
 

@@ -10,7 +10,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer
-from privacy.secagg.messages import MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, _Message, decode
+from privacy.secagg.messages import MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, AheadKeys, _Message, decode
 
 STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 
@@ -29,12 +29,18 @@ class Federation:
     drop: Mapping[str, set[int]] = field(default_factory=dict)
     server_round: int = 1
     tamper: Callable[[str, int, _Message], _Message] | None = None
+    keys_ahead: bool = False
+    ahead: Mapping[int, AheadKeys] = field(default_factory=dict)
+    """Keys the sites drew at an earlier session's unmask (``server.next_keys`` there)."""
+    sites: dict[int, SecAggClient] | None = None
+    """The sites of an earlier session, carried over with their state (default: fresh ones)."""
 
     def __post_init__(self) -> None:
         self.nodes = sorted(self.payloads)
-        self.clients = {n: SecAggClient(n) for n in self.nodes}
+        self.clients = self.sites if self.sites is not None else {n: SecAggClient(n) for n in self.nodes}
         length = next(iter(self.payloads.values())).size
-        self.server = SecAggServer(self.config, self.nodes, self.server_round, length=length)
+        self.server = SecAggServer(self.config, self.nodes, self.server_round, length=length, ahead=self.ahead,
+                                   keys_ahead=self.keys_ahead)
         self.sent: dict[str, dict[int, _Message]] = {}
 
     def silent(self, stage: str) -> set[int]:
