@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import nn
@@ -52,8 +52,9 @@ from lifecycle.architecture import build_model
 from privacy.dp_sgd import DPPlan, secure_rng_available
 from privacy.ledger.charges import RecordLevelReport
 from privacy.ledger.guard import ledger_mod
+from privacy.records import metric_record, required_arrays, required_config
 from privacy.site_dp import SITE_RECORD, site_dp_mod
-from privacy.updates import state_dict_of
+from privacy.updates import array_record_of, state_dict_of
 
 _STATE_KEY = "fedguard-dp"
 
@@ -64,7 +65,7 @@ def _restore_plan(context: Context, cfg: TrainConfig, data: TabularData) -> tupl
     σ is calibrated once, in the site's first round; later rounds reuse it
     from the node state (calibration is a search over the accountant).
     """
-    state = context.state.metric_records.get(_STATE_KEY)
+    state = metric_record(context.state, _STATE_KEY)
     if state is None:
         return plan_for(cfg, data), 0
     values = {key: float(value) for key, value in state.items() if isinstance(value, (int, float))}
@@ -104,11 +105,11 @@ def _site_data(site: SiteIdentity, cfg: TrainConfig) -> TabularData:
 def _prepare(msg: Message, context: Context) -> tuple[TrainConfig, SiteIdentity, TabularData, nn.Module]:
     """Parse the instructions, load and validate the local file, and load the global weights."""
     torch.set_num_threads(1)  # one Ray actor per core: no oversubscription
-    cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
+    cfg = TrainConfig.from_record(required_config(msg.content, CONFIG_RECORD))
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     model = build_model(cfg.spec)
-    model.load_state_dict(state_dict_of(msg.content.array_records["arrays"]))
+    model.load_state_dict(state_dict_of(required_arrays(msg.content, "arrays")))
     return cfg, site, data, model
 
 
@@ -138,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
                 result.num_examples, result.train_loss, reply.device)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(model.state_dict()),
+            "arrays": array_record_of(model.state_dict()),
             METRICS_RECORD: TrainMetrics(result.num_examples, result.train_loss).to_record(),
             SITE_RECORD: reply.to_record(),
         }
@@ -174,7 +175,7 @@ def identify(msg: Message, context: Context, *, require_protection: bool = True)
     it refuses clear updates, its own record-level ε cap) lets the coordinator
     refuse before the first round a job this site would refuse in it.
     """
-    cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
+    cfg = TrainConfig.from_record(required_config(msg.content, CONFIG_RECORD))
     site = SiteIdentity.from_context(context, cfg)
     data = _site_data(site, cfg)
     per_round = None
@@ -199,7 +200,7 @@ def reference(msg: Message, context: Context) -> Message:
     """Take part in (or decline) the secure sum of noised reference histograms (:mod:`federation.reference_share`)."""
 
     def local() -> LocalData:
-        cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
+        cfg = TrainConfig.from_record(required_config(msg.content, CONFIG_RECORD))
         site = SiteIdentity.from_context(context, cfg)
         data = _site_data(site, cfg)
         return LocalData(site.name, data.manifest, data.features)

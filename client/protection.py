@@ -26,6 +26,7 @@ from federation.protocol import CLIP_NORM, CONFIG_RECORD, clip_norm_of
 from lifecycle.errors import AuthError
 from privacy.he import ckks_mod
 from privacy.he.instruction import HE_RECORD
+from privacy.records import config_record, required_arrays
 from privacy.secagg.messages import RECORD_KEY as SECAGG_RECORD
 from privacy.secagg.mod import secaggplus_mod
 from privacy.updates import clip, flatten, model_delta, unflatten
@@ -49,7 +50,7 @@ def make_protection_mod(*, require_protection: bool) -> Mod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         for key, mechanism in MECHANISMS.items():
-            if key in msg.content.config_records:
+            if config_record(msg.content, key) is not None:
                 return mechanism(msg, context, call_next)
         required = context.node_config.get(REQUIRE_KEY, require_protection)
         if required:
@@ -64,12 +65,12 @@ def make_protection_mod(*, require_protection: bool) -> Mod:
 
 def clip_clear_update(msg: Message, reply: Message) -> Message:
     """Scale a clear reply's update ``local − global`` to the train config's ``clip-norm``, if it names one."""
-    config = msg.content.config_records.get(CONFIG_RECORD)
+    config = config_record(msg.content, CONFIG_RECORD)
     bound = clip_norm_of(config) if config is not None else None
     if reply.has_error() or bound is None or "arrays" not in reply.content:
         return reply
-    global_arrays = msg.content.array_records["arrays"]
-    clipped, norm = clip(model_delta(reply.content.array_records["arrays"], global_arrays), bound)
+    global_arrays = required_arrays(msg.content, "arrays")
+    clipped, norm = clip(model_delta(required_arrays(reply.content, "arrays"), global_arrays), bound)
     if norm <= bound:
         return reply
     base, layout = flatten(global_arrays)

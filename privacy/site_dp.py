@@ -71,6 +71,7 @@ from flwr.common.constant import ErrorCode
 
 from lifecycle.errors import ConfigurationError, TrainingError
 from privacy.accountants import ACCOUNTANTS, GaussianHistory, calibrate_noise, epsilon_series
+from privacy.records import config_record
 from privacy.updates import UpdateError, clip, flatten, model_delta, unflatten
 
 logger = logging.getLogger("fedguard.privacy")
@@ -384,11 +385,10 @@ def privatize(
 
 
 def _single_arrays(msg: Message) -> tuple[str, ArrayRecord]:
-    records = msg.content.array_records
+    records = [(key, record) for key, record in msg.content.items() if isinstance(record, ArrayRecord)]
     if len(records) != 1:
         raise UpdateError(f"site_dp_mod expects exactly one ArrayRecord, found {len(records)}")
-    key, record = next(iter(records.items()))
-    return key, record
+    return records[0]
 
 
 def _refuse(msg: Message, reason: str) -> Message:
@@ -406,10 +406,11 @@ def make_site_dp_mod(generator_factory: Callable[[], np.random.Generator] = secu
         everything else through. On any inconsistency it replies with an
         error and releases nothing.
         """
-        if msg.metadata.message_type != MessageType.TRAIN or CONFIG_KEY not in msg.content.config_records:
+        record = config_record(msg.content, CONFIG_KEY)
+        if msg.metadata.message_type != MessageType.TRAIN or record is None:
             return call_next(msg, context)
         try:
-            instructions = SiteDPInstructions.from_record(msg.content.config_records[CONFIG_KEY])
+            instructions = SiteDPInstructions.from_record(record)
             _, global_arrays = _single_arrays(msg)
         except (ConfigurationError, UpdateError) as exc:
             return _refuse(msg, str(exc))
@@ -422,9 +423,9 @@ def make_site_dp_mod(generator_factory: Callable[[], np.random.Generator] = secu
             private = privatize(local, global_copy, instructions, generator_factory())
         except (ConfigurationError, UpdateError) as exc:
             return _refuse(msg, str(exc))
-        reply.content.array_records[key] = private
-        if SITE_RECORD in reply.content.config_records:
-            site = reply.content.config_records[SITE_RECORD]
+        reply.content[key] = private
+        site = config_record(reply.content, SITE_RECORD)
+        if site is not None:
             for name, value in instructions.site_fields().items():
                 site[name] = value
         return reply

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,6 +96,45 @@ def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | None:
     return tuple(int(n) for n in shape), bool(fortran_order), dtype
 
 
+def array_of(value: np.ndarray) -> Array:
+    """``Array.from_numpy_ndarray(value)``, byte for byte, with its ``.npy`` header written once per layout.
+
+    Flower writes every array with ``np.save`` into a stream, which formats the header
+    (a Python dict literal) each time; a small model's layers cost more in that than in
+    their bytes. A C-contiguous array without objects takes the header for its dtype and
+    shape from :func:`_npy_prefix`; anything else goes through Flower's own path.
+    """
+    prefix = _npy_prefix(value.dtype, value.shape) if value.flags.c_contiguous else None
+    if prefix is None:
+        return Array.from_numpy_ndarray(value)
+    return Array(dtype=str(value.dtype), shape=tuple(int(n) for n in value.shape), stype="numpy.ndarray",
+                 data=prefix + value.tobytes())
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> bytes | None:
+    """The magic and header ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``.
+
+    None (use ``np.save``) for what format 1.0 cannot hold or what is not plain data: ``np.save``
+    picks format 1.0 whenever it can, and objects or user-defined dtypes are never written here.
+    """
+    if dtype.hasobject or not type(dtype)._legacy:
+        return None
+    stream = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    try:
+        np.lib.format.write_array_header_1_0(stream, header)
+    except ValueError:  # a header over 64 KiB: np.save would write format 2.0
+        return None
+    return stream.getvalue()
+
+
+def array_record_of(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """``ArrayRecord(state_dict)`` through :func:`array_of` (Flower's own path formats every header)."""
+    return ArrayRecord({key: array_of(tensor.detach().cpu().numpy()) for key, tensor in state.items()})
+
+
 def state_dict_of(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """``record.to_torch_state_dict()`` through :func:`array_view` (one header parse per layout, not per message)."""
     import torch  # only where weights are loaded (this module also serves torch-free code paths)
@@ -137,7 +177,7 @@ def unflatten(vector: np.ndarray, layout: Layout) -> ArrayRecord:
 
 
 def _as_array(value: np.ndarray) -> Array:
-    return Array(np.ascontiguousarray(value))
+    return array_of(np.ascontiguousarray(value))
 
 
 def _delta_into(local: ArrayRecord, global_: ArrayRecord, out: np.ndarray) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType
+from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
@@ -44,6 +44,7 @@ from privacy.accountants import GaussianHistory
 from privacy.ledger.base import ANY, Charge, PrivacyBudgetExceeded, PrivacyLedger, Projection
 from privacy.ledger.charges import LEDGER_EPSILON, SITE_SAMPLING, DPReport, round_charges
 from privacy.ledger.factory import SiteLedger
+from privacy.records import config_record, required_config
 from privacy.site_dp import CONFIG_KEY, SITE_RECORD, planned_rounds
 
 logger = logging.getLogger("fedguard.privacy")
@@ -153,7 +154,7 @@ def default_site_ledger(context: Context, site: str) -> PrivacyLedger:
 
 
 def _round_of(msg: Message) -> int:
-    config = msg.content.config_records.get("config")
+    config = config_record(msg.content, "config")
     value = config.get("server-round") if config is not None else None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -173,7 +174,7 @@ def site_charges(msg: Message, reply: Message, ledger: PrivacyLedger, site_sampl
 
 
 def _report_of(reply: Message) -> DPReport:
-    report = DPReport.from_fields(reply.content.config_records[SITE_RECORD])
+    report = DPReport.from_fields(required_config(reply.content, SITE_RECORD))
     if report is None:
         raise ConfigurationError("the reply names no site and manifest, so its privacy cannot be charged")
     return report
@@ -187,7 +188,7 @@ def _charges_after(msg: Message, report: DPReport, charged: list[Charge], site_s
     if any(c.run_id == run_id and c.round == rnd for c in charged):
         rnd = -rnd
     before = sum(c.steps for c in charged if c.kind == "record" and c.run_id == run_id)
-    instructions = msg.content.config_records.get(CONFIG_KEY)
+    instructions = config_record(msg.content, CONFIG_KEY)
     return round_charges(report, run_id=run_id, server_round=rnd, record_steps_before=before,
                          site_sampling=site_sampling,
                          planned_rounds=planned_rounds(instructions) if instructions is not None else 0)
@@ -213,11 +214,11 @@ def make_ledger_mod(open_ledger: Callable[[Context, str], PrivacyLedger] = defau
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        site: ConfigRecord | None = reply.content.config_records.get(SITE_RECORD)
+        site = config_record(reply.content, SITE_RECORD)
         try:
             report = DPReport.from_fields(site) if site is not None else None
             if site is None or report is None:
-                if CONFIG_KEY in msg.content.config_records:
+                if config_record(msg.content, CONFIG_KEY) is not None:
                     return _veto(msg, "the reply names no site and manifest, so its privacy cannot be charged",
                                  "site record missing")
                 return reply

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import ConfigRecord
 
+from privacy.records import config_record as config_record  # re-exported: the secagg mods read records with it
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggProtocolError
 
@@ -43,12 +44,6 @@ STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 RECORD_KEY = "secagg"
 DIRECTIONS = ("request", "reply")
 _HEADER = struct.Struct(">BB16sqQ")
-
-
-def config_record(content: Mapping[str, Any], key: str) -> ConfigRecord | None:
-    """``content.config_records.get(key)`` of a RecordDict, without Flower building a filtered copy."""
-    record = content.get(key)
-    return record if isinstance(record, ConfigRecord) else None
 
 
 def pack_ids(ids: Any) -> bytes:

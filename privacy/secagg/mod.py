@@ -30,10 +30,11 @@ McMahan et al. (2018).
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from privacy import updates
+from privacy.records import metric_items
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError, SecAggRequiredError
@@ -44,16 +45,16 @@ MASKED_KEY = "masked"
 
 
 def _only_array_record(content: RecordDict, what: str) -> ArrayRecord:
-    records = content.array_records
+    records = [record for record in content.values() if isinstance(record, ArrayRecord)]
     if len(records) != 1:
         raise SecAggProtocolError(f"{what} must hold exactly one ArrayRecord, found {len(records)}")
-    return next(iter(records.values()))
+    return records[0]
 
 
 def _weight(reply: Message, cfg: SecAggConfig) -> float:
     if cfg.weighting == "uniform":
         return 1.0
-    for metrics in reply.content.metric_records.values():
+    for _, metrics in metric_items(reply.content):
         if cfg.weight_key in metrics:
             weight = float(metrics[cfg.weight_key])  # type: ignore[arg-type]
             if not 0 < weight <= cfg.max_weight:
@@ -92,8 +93,8 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
             return reply
         masked = client.masked_input(request, protected_payload(msg, reply, client.config), consume=True)
         answer: _Message = masked
-        content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: Array(masked.masked)})})
-        for key, metrics in reply.content.metric_records.items():
+        content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: updates.array_of(masked.masked)})})
+        for key, metrics in metric_items(reply.content):
             content[key] = metrics
         site = config_record(reply.content, "site")
         if site is not None:

@@ -166,14 +166,25 @@ def test_malformed_packed_value_lists_are_refused(data: object) -> None:
         unpack_values(data)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("length", [1, 7, 8, 9, 12, 1000, 100_001])
-def test_mask_is_the_zero_iv_aes256_ctr_keystream(length: int) -> None:
-    """The GCM-computed keystream equals plain AES-256-CTR (key = seed, IV = 0), short vectors included."""
+def test_mask_is_the_zero_iv_aes256_ctr_keystream(length: int, split: bool) -> None:
+    """Both paths (CTR alone; CTR then GCM) give plain AES-256-CTR (key = seed, IV = 0), short vectors included."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     seed = os.urandom(32)
     ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(4 * length))
-    assert MaskExpander(length).expand(seed).tobytes() == ctr
+    expander = MaskExpander(length)
+    if 4 * length > 32:  # the GCM part starts at block 2
+        expander._split = split
+    assert expander.expand(seed).tobytes() == ctr
+
+
+def test_short_masks_use_ctr_alone_and_long_ones_the_faster_path() -> None:
+    from privacy.secagg import prg
+
+    assert not MaskExpander(1000)._split  # 4 KB: one cipher object
+    assert MaskExpander(1 << 20)._split == prg._gcm_is_faster()
 
 
 def test_array_view_reads_a_version_2_header_and_parses_each_header_once() -> None:
@@ -186,6 +197,27 @@ def test_array_view_reads_a_version_2_header_and_parses_each_header_once() -> No
         updates.array_view(Array(np.full((4, 5), 2.0, np.float32)))
     after = updates._npy_header.cache_info()
     assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
+
+
+@pytest.mark.parametrize("value", [
+    np.zeros((3, 4), np.float32), np.arange(5), np.array(3.5), np.zeros(0, np.int8), np.ones((2, 3, 4), bool),
+    np.arange(6, dtype=">i4").reshape(2, 3), np.zeros((2, 3)).T, np.zeros(10, np.complex64),
+    np.arange(12.0)[::2], np.array(["ab", "c"]), np.zeros(3, dtype=[("a", "<f4"), ("b", "<i8")]),
+], ids=lambda v: f"{v.dtype}{v.shape}")
+def test_array_of_writes_flowers_bytes(value: np.ndarray) -> None:
+    """Header and data byte for byte as Flower's np.save path, twice (the second from the header cache)."""
+    for _ in range(2):
+        ours, flowers = updates.array_of(value), Array.from_numpy_ndarray(value)
+        assert (ours.dtype, ours.shape, ours.stype, ours.data) == (flowers.dtype, flowers.shape, flowers.stype,
+                                                                   flowers.data)
+        assert np.array_equal(ours.numpy(), value)
+
+
+def test_array_record_of_equals_flowers() -> None:
+    state = {"w": torch.randn(4, 3), "b": torch.randn(4), "t": torch.randn(3, 5).t(), "i": torch.arange(3)}
+    ours, flowers = updates.array_record_of(state), ArrayRecord(state)
+    assert list(ours.keys()) == list(flowers.keys())
+    assert all(ours[k].data == flowers[k].data and ours[k].shape == flowers[k].shape for k in state)
 
 
 def test_state_dict_of_equals_flowers_and_the_weights_are_the_models_own() -> None:
