@@ -55,6 +55,7 @@ from simulations.baseline import central_accuracy
 from simulations.canaries import canary_path, plant
 from simulations.data.options import DataOptions, resolve_data
 from simulations.data.sites import SiteRecords, Split, TrainRecords, write_sites
+from simulations.heap import frozen_heap
 from simulations.link_state import indexed_link_state
 from simulations.ray_cluster import attach, cluster_address, detach
 from simulations.ray_processes import prepare_ray_tmpdir, ray_tmpdir, stop_orphaned_ray
@@ -349,7 +350,7 @@ def _simulate(
     try:
         # the ServerApp thread's evaluations: Ray's actors hold the cores; a node's poll looks up its own messages;
         # Flower's Ray backend sends the ClientApp, not Flower's loader closure
-        with single_torch_thread(), indexed_link_state(), app_by_reference():
+        with single_torch_thread(), indexed_link_state(), app_by_reference(), frozen_heap():
             run_simulation(
                 server_app=make_server_app(overrides, observer, outcome, engine_down.is_set),
                 client_app=make_client_app(require_protection=cfg.secure_agg != "none", mods=mods,
