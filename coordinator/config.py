@@ -64,9 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "proximal-mu": 0.0,  # FedProx μ (strategy fedprox only, > 0)
     "server-lr": 0.0,  # the server optimiser's η (fedadam, fedyogi, fedavgm); 0: the strategy's default
     "secure-aggregation": "secagg+",
-    # SecAgg+: each unmask stage asks the sites for their next session's keys, so the next round skips the
-    # setup stage (3 stages instead of 4); a site restarted between rounds then drops out of one round
-    # (privacy.secagg.strategy). On in simulations.
+    # SecAgg+: sites draw their next session's keys at the share-keys stage and the next round's share-keys
+    # stage rides on this round's unmask (2 stages a round instead of 4); a site restarted between rounds
+    # then drops out of one round (privacy.secagg.strategy). On in simulations.
     "secagg-keys-ahead": False,
     "clip-norm": DEFAULT_CLIP_NORM,
     "max-weight": 10000.0,

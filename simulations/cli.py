@@ -213,8 +213,8 @@ def simulate(
                                              "or bulyan (robust rules need --secure-agg none).")] = "fedavg",
     secure_agg: Annotated[str, typer.Option("--secure-agg", help="secagg+, ckks or none.")] = "secagg+",
     keys_ahead: Annotated[bool, typer.Option(
-        "--secagg-keys-ahead/--secagg-setup-each-round", help="SecAgg+: sites draw their next round's keys at the "
-        "unmask stage, so later rounds run 3 stages instead of 4 (docs/secure-aggregation.md).")] = True,
+        "--secagg-keys-ahead/--secagg-setup-each-round", help="SecAgg+: next round's keys and share-keys stage ride "
+        "on this round's, so later rounds run 2 message stages instead of 4 (docs/secure-aggregation.md).")] = True,
     clip_norm: Annotated[float, typer.Option(
         "--clip-norm", help="L2 bound on each site's update under secure aggregation.")] = DEFAULT_CLIP_NORM,
     site_epsilon: Annotated[float, typer.Option(

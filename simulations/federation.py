@@ -91,7 +91,7 @@ class SimulationConfig:
     aggregation: str = "fedavg"
     secure_agg: str = "secagg+"
     secagg_keys_ahead: bool = True
-    """SecAgg+: sites draw their next session's keys at the unmask stage (3 stages a round, not 4)."""
+    """SecAgg+: next session's keys and share-keys stage ride on this session's (2 stages a round, not 4)."""
     clip_norm: float = DEFAULT_CLIP_NORM
     site_epsilon: float = 0.0
     site_clip: float = 1.0

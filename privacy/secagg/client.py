@@ -8,11 +8,11 @@ It refuses, with the reason, any request that is out of order, for another
 round, replayed, addressed to another node, or whose ciphertexts fail
 authentication; and it never reveals both secrets of one neighbour.
 
-Keys drawn ahead: asked at an unmask stage, the site draws its next
+Keys drawn ahead: asked at a share-keys stage, the site also draws its next
 session's key pairs and self-mask seed there and keeps them in its state
-until a share-keys request names their id; that request opens the session
-with them (no setup stage), and they serve that one session. A setup stage
-(fresh keys) drops keys still pending.
+(through the rest of the session) until a share-keys request names their id;
+that request opens the session with them (no setup stage), and they serve
+that one session. A setup stage (fresh keys) drops keys still pending.
 
 Notes
 -----
@@ -67,6 +67,7 @@ from privacy.secagg.quantization import quantize
 
 _PREVIOUS = {SHARE_KEYS: SETUP, MASKED_INPUT: SHARE_KEYS, UNMASK: MASKED_INPUT}
 DONE = "done"
+_AHEAD = ("ahead-id", "ahead-channel-sk", "ahead-mask-sk", "ahead-seed")
 
 
 def seed_commitment(binding: bytes, node_id: int, seed: bytes) -> bytes:
@@ -76,6 +77,11 @@ def seed_commitment(binding: bytes, node_id: int, seed: bytes) -> bytes:
     drawn ahead (their round id does not exist yet): 16 fresh bytes either way.
     """
     return hashlib.sha256(keys.PROTOCOL + b"/seed/" + binding + struct.pack(">Q", node_id) + seed).digest()
+
+
+def _ahead_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The keys drawn ahead that ``state`` holds (carried from one stage's state to the next)."""
+    return {key: state[key] for key in _AHEAD if key in state}
 
 
 def share_point(nodes: tuple[int, ...], node: int) -> int:
@@ -142,10 +148,10 @@ class SecAggClient:
         if h.stage == SETUP or (isinstance(request, ShareKeysRequest) and request.key_id):
             if h.round_id == self._state.get("round-id"):
                 raise SecAggProtocolError(f"secagg {h.describe()} was already answered: replayed message refused")
-            if h.server_round < int(self._state.get("server-round", -1)):
+            if h.server_round < self._floor():
                 raise SecAggProtocolError(
                     f"secagg {h.describe()} is older than this site's latest round "
-                    f"{self._state['server-round']}: replayed message refused"
+                    f"{self._floor()}: replayed message refused"
                 )
             if isinstance(request, ShareKeysRequest) and request.key_id != self._state.get("ahead-id"):
                 held = self._state.get("ahead-id")
@@ -173,13 +179,22 @@ class SecAggClient:
         self.check(request)
         h = request.header
         channel, mask, seed = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32)
-        self._begin(h, request.config, request.nodes, channel.private, mask.private, seed)
+        self._begin(h, request.config, request.nodes, channel.private, mask.private, seed, in_advance=False)
         return SetupReply(Header(SETUP, h.round_id, h.server_round, self.node_id), channel.public, mask.public,
                           seed_commitment(h.round_id, self.node_id, seed))
 
+    def _floor(self) -> int:
+        """The oldest server round this site still opens a session for (replays of older ones are refused)."""
+        return int(self._state.get("floor", self._state.get("server-round", -1)))
+
     def _begin(self, h: Header, config: SecAggConfig, nodes: tuple[int, ...], channel_sk: bytes, mask_sk: bytes,
-               seed: bytes) -> None:
-        """Start a session with these secrets: check the node list and parameters, compute the neighbours."""
+               seed: bytes, *, in_advance: bool) -> None:
+        """Start a session with these secrets: check the node list and parameters, compute the neighbours.
+
+        A session opened ``in_advance`` (during the previous session's unmask) leaves the floor of
+        acceptable rounds where it was until this site sends a masked input in it: the coordinator
+        may still need a session for the current round (a retry) instead.
+        """
         cfg = config.validate()
         if self.node_id not in nodes:
             raise SecAggProtocolError(f"secagg {h.describe()}: this node is not among the round's sampled nodes")
@@ -190,22 +205,25 @@ class SecAggClient:
         # (fewer fields also make the per-message ConfigRecord cheaper).
         self._state = {
             "stage": SETUP, "round-id": h.round_id, "server-round": h.server_round,
+            "floor": self._floor() if in_advance else max(self._floor(), h.server_round),
             "config": json.dumps(cfg.to_record_dict(), sort_keys=True), "nodes": pack_ids(nodes),
             "neighbours": pack_ids(neighbours), "channel-sk": channel_sk, "mask-sk": mask_sk, "seed": seed,
         }
 
-    def share_keys(self, request: ShareKeysRequest) -> ShareKeysReply:
+    def share_keys(self, request: ShareKeysRequest, *, in_advance: bool = False) -> ShareKeysReply:
         """Stage 1: Shamir-share the seed and the mask key among live neighbours, encrypted to each.
 
         A request naming keys drawn ahead (``key_id``) first opens the session with them, as
         :meth:`setup` would have with fresh ones; those keys then leave the state (one session each).
+        A request with ``keys_ahead`` gets fresh keys for the site's next session in the reply.
+        ``in_advance``: the request rode on the previous session's unmask request (see :meth:`_begin`).
         """
         self.check(request)
         if request.key_id:
             assert request.config is not None  # decode() reads both with the key id
             held = self._state
             self._begin(request.header, request.config, request.nodes, held["ahead-channel-sk"],
-                        held["ahead-mask-sk"], held["ahead-seed"])
+                        held["ahead-mask-sk"], held["ahead-seed"], in_advance=in_advance)
         h, cfg, s = request.header, self.config, self._state
         live = sorted(request.channel_keys)
         if set(request.mask_keys) != set(live) or not set(live) <= set(unpack_ids(s["neighbours"])):
@@ -233,11 +251,14 @@ class SecAggClient:
             ciphertexts[j] = keys.seal(channel[j], plaintext, aad)
         # The derived channel keys are kept (site-local, like channel-sk) so the next stage opens
         # its neighbours' shares without agreeing them a second time.
-        self._state = {key: s[key] for key in ("round-id", "server-round", "config", "mask-sk", "seed")}
+        self._state = {key: s[key] for key in ("round-id", "server-round", "floor", "config", "mask-sk", "seed")
+                       if key in s}
+        self._state.update(_ahead_of(s))
         self._state.update({"stage": SHARE_KEYS, "live": pack_ids(live),
                             "peer-channel-key": pack_values(channel[j] for j in live),
                             "peer-mask": pack_values(request.mask_keys[j] for j in live)})
-        return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts)
+        ahead = self._draw_ahead() if request.keys_ahead else None
+        return ShareKeysReply(Header(SHARE_KEYS, h.round_id, h.server_round, self.node_id), ciphertexts, ahead)
 
     def masked_input(
         self, request: MaskedInputRequest, payload: np.ndarray, *, consume: bool = False
@@ -278,8 +299,9 @@ class SecAggClient:
         for j in senders:
             (expander.add if self.node_id < j else expander.subtract)(encoded, seeds[j])
         self._state = {"stage": MASKED_INPUT, "round-id": s["round-id"], "server-round": s["server-round"],
+                       "floor": max(self._floor(), h.server_round),
                        "config": s["config"], "senders": pack_ids(senders), "held-seed": pack_values(held_seed),
-                       "held-key": pack_values(held_key)}
+                       "held-key": pack_values(held_key), **_ahead_of(s)}
         return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -309,12 +331,16 @@ class SecAggClient:
                 key_shares[j] = key_share
             else:
                 raise SecAggProtocolError(f"secagg {h.describe()}: neighbour {j} is neither a survivor nor dropped")
-        self._state, self._config = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round}, None
-        ahead = self._draw_ahead() if request.keys_ahead else None
-        return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares, ahead)
+        self._state = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round,
+                       "floor": self._floor(), **_ahead_of(s)}
+        self._config = None
+        return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares)
 
     def _draw_ahead(self) -> AheadKeys:
-        """Fresh keys and seed for this site's next session, kept (site-local) until it opens."""
+        """Fresh keys and seed for this site's next session, kept (site-local) until it opens.
+
+        They replace any keys still pending, and survive every stage of the current session.
+        """
         channel, mask, seed, key_id = keys.KeyPair.generate(), keys.KeyPair.generate(), os.urandom(32), os.urandom(16)
         self._state.update({"ahead-id": key_id, "ahead-channel-sk": channel.private, "ahead-mask-sk": mask.private,
                             "ahead-seed": seed})

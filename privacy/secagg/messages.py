@@ -12,10 +12,12 @@ not); maps from node id to bytes travel as a packed id list plus the values pack
 into one bytes field (each prefixed by its uint32 length).
 The masked vector itself travels in an ``ArrayRecord`` beside the record.
 
-Keys drawn ahead: an unmask request may ask the site for its *next*
+Keys drawn ahead: a share-keys request may ask the site for its *next*
 session's public keys (:class:`AheadKeys`, named by a random id the site
 draws); the share-keys request that opens that session then carries the
 setup parameters and that id, and the setup stage is not run for the site.
+That request may ride on the current session's unmask request, as a second
+record (``NEXT_RECORD_KEY``), so a round can start at its masked-input stage.
 
 Notes
 -----
@@ -42,6 +44,8 @@ from privacy.secagg.errors import SecAggProtocolError
 SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK = "setup", "share-keys", "masked-input", "unmask"
 STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 RECORD_KEY = "secagg"
+NEXT_RECORD_KEY = "secagg-next"
+"""An unmask request's second record: the share-keys request opening the node's next session."""
 DIRECTIONS = ("request", "reply")
 _HEADER = struct.Struct(">BB16sqQ")
 
@@ -185,6 +189,7 @@ class ShareKeysRequest(_Message):
 
     To a site whose keys were drawn ahead (no setup stage this session) it also
     carries the setup's node list and parameters and the ``key_id`` of those keys.
+    ``keys_ahead`` asks the site to draw its next session's keys and send their public half.
     """
 
     channel_keys: dict[int, bytes] = field(default_factory=dict)
@@ -192,11 +197,13 @@ class ShareKeysRequest(_Message):
     nodes: tuple[int, ...] = ()
     config: SecAggConfig | None = None
     key_id: bytes = b""
+    keys_ahead: bool = False
     stage: ClassVar[str] = SHARE_KEYS
     direction: ClassVar[str] = "request"
 
     def _body(self) -> dict[str, Any]:
-        body = {**_pack_map("channel-keys", self.channel_keys), **_pack_map("mask-keys", self.mask_keys)}
+        body = {**_pack_map("channel-keys", self.channel_keys), **_pack_map("mask-keys", self.mask_keys),
+                "keys-ahead": self.keys_ahead}
         if self.key_id:
             assert self.config is not None, "a share-keys request opening a session names its parameters"
             body.update({"key-id": self.key_id, "nodes": pack_ids(self.nodes),
@@ -206,14 +213,22 @@ class ShareKeysRequest(_Message):
 
 @dataclass(frozen=True)
 class ShareKeysReply(_Message):
-    """Stage 1, site → server: one encrypted pair of Shamir shares per live neighbour."""
+    """Stage 1, site → server: one encrypted pair of Shamir shares per live neighbour.
+
+    ``ahead``: the site's public keys for its next session, when the request asked for them.
+    """
 
     ciphertexts: dict[int, bytes] = field(default_factory=dict)
+    ahead: AheadKeys | None = None
     stage: ClassVar[str] = SHARE_KEYS
     direction: ClassVar[str] = "reply"
 
     def _body(self) -> dict[str, Any]:
-        return _pack_map("ciphertexts", self.ciphertexts)
+        body = _pack_map("ciphertexts", self.ciphertexts)
+        if self.ahead is not None:
+            a = self.ahead
+            body["ahead"] = a.key_id + a.channel_key + a.mask_key + a.seed_commitment
+        return body
 
 
 @dataclass(frozen=True)
@@ -242,41 +257,28 @@ class MaskedInputReply(_Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Stage 3, server → site: who sent a masked input (survivors) and who dropped after sharing.
-
-    ``keys_ahead`` asks the site to draw its next session's keys and send their public half.
-    """
+    """Stage 3, server → site: who sent a masked input (survivors) and who dropped after sharing."""
 
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
-    keys_ahead: bool = False
     stage: ClassVar[str] = UNMASK
     direction: ClassVar[str] = "request"
 
     def _body(self) -> dict[str, Any]:
-        return {"survivors": pack_ids(self.survivors), "dropped": pack_ids(self.dropped),
-                "keys-ahead": self.keys_ahead}
+        return {"survivors": pack_ids(self.survivors), "dropped": pack_ids(self.dropped)}
 
 
 @dataclass(frozen=True)
 class UnmaskReply(_Message):
-    """Stage 3, site → server: self-mask seed shares of survivors, mask-key shares of the dropped.
-
-    ``ahead``: the site's public keys for its next session, when the request asked for them.
-    """
+    """Stage 3, site → server: self-mask seed shares of survivors, mask-key shares of the dropped."""
 
     seed_shares: dict[int, bytes] = field(default_factory=dict)
     key_shares: dict[int, bytes] = field(default_factory=dict)
-    ahead: AheadKeys | None = None
     stage: ClassVar[str] = UNMASK
     direction: ClassVar[str] = "reply"
 
     def _body(self) -> dict[str, Any]:
-        body = {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
-        if self.ahead is not None:
-            a = self.ahead
-            body["ahead"] = a.key_id + a.channel_key + a.mask_key + a.seed_commitment
-        return body
+        return {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
 
 
 _AHEAD_LENGTH = 16 + 32 + 32 + 32
@@ -287,7 +289,7 @@ def _ahead_of(record: Mapping[str, Any]) -> AheadKeys | None:
     if packed is None:
         return None
     if not isinstance(packed, bytes) or len(packed) != _AHEAD_LENGTH:
-        raise SecAggProtocolError(f"an unmask reply's keys drawn ahead must be {_AHEAD_LENGTH} bytes")
+        raise SecAggProtocolError(f"a share-keys reply's keys drawn ahead must be {_AHEAD_LENGTH} bytes")
     return AheadKeys(packed[:16], packed[16:48], packed[48:80], packed[80:])
 
 
@@ -358,22 +360,20 @@ def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Mess
                     opening = {"nodes": unpack_ids(record["nodes"]), "config": _config_of(record),
                                "key_id": _key_id(record["key-id"])}
                 return ShareKeysRequest(h, _unpack_map(record, "channel-keys"), _unpack_map(record, "mask-keys"),
-                                        **opening)
+                                        keys_ahead=bool(record.get("keys-ahead", False)), **opening)
             if h.stage == MASKED_INPUT:
                 return MaskedInputRequest(h, _unpack_map(record, "ciphertexts"))
-            return UnmaskRequest(h, unpack_ids(record["survivors"]), unpack_ids(record["dropped"]),
-                                 bool(record.get("keys-ahead", False)))
+            return UnmaskRequest(h, unpack_ids(record["survivors"]), unpack_ids(record["dropped"]))
         if direction == "reply":
             if h.stage == SETUP:
                 return SetupReply(h, record["channel-key"], record["mask-key"], record["seed-commitment"])
             if h.stage == SHARE_KEYS:
-                return ShareKeysReply(h, _unpack_map(record, "ciphertexts"))
+                return ShareKeysReply(h, _unpack_map(record, "ciphertexts"), _ahead_of(record))
             if h.stage == MASKED_INPUT:
                 if masked is None or masked.size != int(record["length"]):
                     raise SecAggProtocolError("a masked-input reply's vector is missing or of the wrong length")
                 return MaskedInputReply(h, masked)
-            return UnmaskReply(h, _unpack_map(record, "seed-shares"), _unpack_map(record, "key-shares"),
-                               _ahead_of(record))
+            return UnmaskReply(h, _unpack_map(record, "seed-shares"), _unpack_map(record, "key-shares"))
     except KeyError as missing:
         raise SecAggProtocolError(f"secagg {h.describe()} lacks the field {missing}") from None
     raise SecAggProtocolError(f"secagg message direction must be 'request' or 'reply', got {direction!r}")

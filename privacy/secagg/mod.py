@@ -30,15 +30,24 @@ McMahan et al. (2018).
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from privacy import updates
+from privacy import logger, updates
 from privacy.records import metric_items
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
-from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError, SecAggRequiredError
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, config_record, decode
+from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError, SecAggRequiredError
+from privacy.secagg.messages import (
+    NEXT_RECORD_KEY,
+    RECORD_KEY,
+    MaskedInputRequest,
+    ShareKeysRequest,
+    UnmaskRequest,
+    _Message,
+    config_record,
+    decode,
+)
 
 STATE_KEY = "secagg"
 MASKED_KEY = "masked"
@@ -74,6 +83,24 @@ def protected_payload(instruction: Message, reply: Message, cfg: SecAggConfig) -
     return payload
 
 
+def _unmask_and_open(client: SecAggClient, request: UnmaskRequest, opening: ConfigRecord,
+                     content: RecordDict) -> _Message:
+    """Unmask the current session, then answer the next one's share-keys request (into ``content``).
+
+    A next session this site cannot open (say, it restarted and holds no keys) costs only that
+    session: this one's unmask is answered all the same.
+    """
+    answer = client.unmask(request)
+    try:
+        next_session = decode(opening)
+        if not isinstance(next_session, ShareKeysRequest):
+            raise SecAggProtocolError("the record riding on an unmask request is not a share-keys request")
+        content[NEXT_RECORD_KEY] = client.share_keys(next_session, in_advance=True).to_record()
+    except (SecAggProtocolError, SecAggAbortedError, SecAggConfigError) as error:
+        logger.warning("secagg: this site does not take part in its next session: %s", error)
+    return answer
+
+
 def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run fedguard's SecAgg+ for train messages (see the module docstring)."""
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
@@ -100,8 +127,12 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         if site is not None:
             content["site"] = site
     else:
-        answer = client.handle(request)
         content = RecordDict()
+        opening = config_record(msg.content, NEXT_RECORD_KEY)
+        if isinstance(request, UnmaskRequest) and opening is not None:
+            answer = _unmask_and_open(client, request, opening, content)
+        else:
+            answer = client.handle(request)
     content[RECORD_KEY] = answer.to_record()
     context.state[STATE_KEY] = client.to_record()
     return Message(content=content, reply_to=msg)

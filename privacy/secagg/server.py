@@ -22,8 +22,9 @@ surviving *neighbours*). Seed commitments (SHA-256 of the seed) and the
 check ``X25519(sk) = pk`` detect inconsistent shares before unmasking.
 
 Keys drawn ahead (``keys_ahead``, ``ahead``) move a node's AdvertiseKeys
-message into its previous session's unmask reply, so a session whose nodes all
-drew ahead runs three stages, not four. Each key pair still serves exactly one
+message into its previous session's share-keys reply, so a session whose nodes
+all drew ahead runs three stages, not four (two when its share-keys stage rides
+on the previous session's unmask, :mod:`privacy.secagg.strategy`). Each key pair still serves exactly one
 session (the site drops it when the session opens), the round id, and with it
 the graph, is still fresh per session, and keys do not influence the graph:
 seeing them before choosing the round id gives the coordinator nothing it could
@@ -83,7 +84,7 @@ class SecAggServer:
         Public keys some nodes drew ahead for this session (at their last unmask stage): those
         nodes skip the setup stage, and their share-keys request opens the session.
     keys_ahead : bool
-        Ask the unmask stage's survivors for their next session's keys (then in :attr:`next_keys`).
+        Ask the share-keys stage's nodes for their next session's keys (then in :attr:`next_keys`).
     """
 
     def __init__(
@@ -202,12 +203,14 @@ class SecAggServer:
                 opening = {"nodes": self.nodes, "config": self.config, "key_id": self.ahead[i].key_id}
             requests[i] = ShareKeysRequest(
                 self._header(SHARE_KEYS, i), {j: self.advertised[j].channel_key for j in live},
-                {j: self.advertised[j].mask_key for j in live}, **opening,
+                {j: self.advertised[j].mask_key for j in live}, keys_ahead=self.keys_ahead, **opening,
             )
         return requests
 
     def receive_share_keys(self, replies: Mapping[int, ShareKeysReply]) -> None:
         accepted = self._accept(replies, SHARE_KEYS, set(self.advertised), ShareKeysReply)
+        if self.keys_ahead:  # kept even if this session aborts below: they are fresh and unused
+            self.next_keys = {i: r.ahead for i, r in accepted.items() if r.ahead is not None and r.ahead.well_formed()}
         for node, reply in accepted.items():
             live = {j for j in self.graph[node] if j in self.advertised}
             if set(reply.ciphertexts) != live:
@@ -249,15 +252,12 @@ class SecAggServer:
     def unmask_requests(self) -> dict[int, UnmaskRequest]:
         """Stage 3 requests: the survivor and dropout lists, to every survivor."""
         self._advance(MASKED_INPUT, UNMASK)
-        return {i: UnmaskRequest(self._header(UNMASK, i), self.survivors, self.dropped, self.keys_ahead)
-                for i in self.survivors}
+        return {i: UnmaskRequest(self._header(UNMASK, i), self.survivors, self.dropped) for i in self.survivors}
 
     def receive_unmask(self, replies: Mapping[int, UnmaskReply]) -> np.ndarray:
         """Rebuild the needed secrets, remove every mask, and return the decoded payload sum."""
         accepted = self._accept(replies, UNMASK, set(self.survivors), UnmaskReply)
         self.unmaskers = tuple(sorted(accepted))
-        if self.keys_ahead:  # kept even if this session aborts below: they are fresh and unused
-            self.next_keys = {i: r.ahead for i, r in accepted.items() if r.ahead is not None and r.ahead.well_formed()}
         self._require(UNMASK, set(accepted), need_neighbours=False)
         seeds = {i: self._rebuild(i, accepted, "seed") for i in self.survivors}
         mask_keys = {i: self._rebuild(i, accepted, "key") for i in self.dropped}

@@ -3,7 +3,8 @@
 ``SecAggPlusStrategy(inner, config)`` is a ``flwr.serverapp.strategy.Strategy``.
 Each training round it lets ``inner`` sample the sites, runs the setup and
 share-keys stages itself through the grid (the setup only for sites without
-keys drawn ahead, see ``keys_ahead``), and sends the sites the inner
+keys drawn ahead; neither when the previous unmask stage opened the session,
+see ``keys_ahead``), and sends the sites the inner
 strategy's own instruction (global arrays and train config) plus the
 masked-input stage record. It then sums the masked vectors, runs the unmask
 stage, and hands ``inner.aggregate_train`` a single synthetic reply holding
@@ -38,11 +39,13 @@ from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import (
     MASKED_INPUT,
+    NEXT_RECORD_KEY,
     RECORD_KEY,
     SETUP,
     SHARE_KEYS,
     UNMASK,
     AheadKeys,
+    ShareKeysRequest,
     _Message,
     config_record,
     decode,
@@ -74,10 +77,14 @@ class SecAggPlusStrategy(StrategyWrapper):
     timeout : float
         Seconds to wait for the sites' replies at each of the protocol's own stages.
     keys_ahead : bool
-        Ask each round's unmask stage for the sites' next-session keys, so that a site's next
-        session skips the setup stage (three stages instead of four; see :mod:`privacy.secagg.server`).
-        A site that restarts between rounds loses its keys and drops out of its next round, so
-        this is off by default and on in simulations (``CoordinatorConfig.secagg_keys_ahead``).
+        Ask each share-keys stage for the sites' next-session keys, so that a site's next session
+        skips the setup stage; and open the next session during this one's unmask stage (its
+        share-keys requests ride on the unmask requests) when this session's survivors all hold
+        such keys: a round whose session was opened so starts at its masked-input stage, two
+        message stages instead of four. The session opened ahead is used if the next round
+        samples exactly those sites, else set aside (a retry of this round always is). A site that
+        restarts between rounds loses its keys and drops out of one round, so this is off by
+        default and on in simulations (``CoordinatorConfig.secagg_keys_ahead``).
 
     Notes
     -----
@@ -105,6 +112,7 @@ class SecAggPlusStrategy(StrategyWrapper):
         self.config = config.validate()
         self.keys_ahead = keys_ahead
         self._ahead: dict[int, AheadKeys] = {}  # node -> public keys it drew for its next session
+        self._next: SecAggServer | None = None  # the session opened at the last unmask stage
         self.on_replies = on_replies
         self.timeout = timeout
         self._round: _Round | None = None
@@ -138,16 +146,18 @@ class SecAggPlusStrategy(StrategyWrapper):
         if len(by_node) != len(instructions):
             raise SecAggConfigError("the inner strategy addressed two training instructions to one node")
         length = updates.layout_of(arrays).size + 1
-        # Keys drawn ahead serve one session: taken out of the table whether or not this session completes.
-        ahead = {node: self._ahead.pop(node) for node in by_node if node in self._ahead}
-        server = SecAggServer(self.config, list(by_node), server_round, length=length, ahead=ahead,
-                              keys_ahead=self.keys_ahead)
-        setup = server.setup_requests()
-        if setup:
-            self._exchange(grid, server, SETUP, setup)
-        else:  # every node drew its keys ahead: no setup stage this session
-            server.receive_setup({})
-        self._exchange(grid, server, SHARE_KEYS, server.share_keys_requests())
+        server = self._take_opened(by_node, length, server_round)
+        if server is None:
+            server = self._new_session(list(by_node), server_round, length)
+            setup = server.setup_requests()
+            if setup:
+                self._exchange(grid, server, SETUP, setup)
+            else:  # every node drew its keys ahead: no setup stage this session
+                server.receive_setup({})
+            try:
+                self._exchange(grid, server, SHARE_KEYS, server.share_keys_requests())
+            finally:  # fresh keys for the nodes' next sessions, even if this one cannot go on
+                self._ahead.update(server.next_keys)
         out = []
         for node, request in server.masked_input_requests().items():
             original = by_node[node]
@@ -169,7 +179,11 @@ class SecAggPlusStrategy(StrategyWrapper):
             return self.inner.aggregate_train(server_round, [])
         server = state.server
         parsed, messages = self._parse(server, MASKED_INPUT, replies)
-        server.receive_masked_inputs(parsed)  # type: ignore[arg-type]  # checked by _decode_reply
+        try:
+            server.receive_masked_inputs(parsed)  # type: ignore[arg-type]  # checked by _decode_reply
+        finally:  # a node that dropped may have restarted and lost the keys it drew ahead: it gets a setup next
+            for node in set(server.nodes) - set(server.survivors):
+                self._ahead.pop(node, None)
         required = self.required_contributors
         if required is not None and frozenset(server.survivors) != required:
             raise SecAggAbortedError(
@@ -178,10 +192,11 @@ class SecAggPlusStrategy(StrategyWrapper):
                 "would disclose the difference)"
             )
         valid = [messages[node] for node in server.survivors]
-        try:
-            total = self._exchange(state.grid, server, UNMASK, server.unmask_requests())
-        finally:
-            self._ahead.update(server.next_keys)
+        opening = self._open_next(server)
+        total, unmask_replies = self._exchange_with_replies(
+            state.grid, server, UNMASK, server.unmask_requests(), {} if opening is None else opening[1])
+        if opening is not None:
+            self._next = self._receive_opening(opening[0], unmask_replies, server_round)
         new_arrays, weight = updates.apply_payload_sum(total, state.arrays)
         self.contributors, self.total_weight = frozenset(server.survivors), weight
         logger.info("round %d: SecAgg+ summed %d sites (%d dropped after sharing, %d rejected; %d opened with keys "
@@ -210,16 +225,87 @@ class SecAggPlusStrategy(StrategyWrapper):
         return MetricRecord(values)
 
 
+    # -------------------------------------------------------------- sessions
+    def _new_session(self, nodes: list[int], server_round: int, length: int) -> SecAggServer:
+        """A session for ``nodes``: those with keys drawn ahead skip its setup stage.
+
+        Keys drawn ahead serve one session: taken out of the table whether or not it completes.
+        """
+        ahead = {node: self._ahead.pop(node) for node in nodes if node in self._ahead}
+        return SecAggServer(self.config, nodes, server_round, length=length, ahead=ahead, keys_ahead=self.keys_ahead)
+
+    def _open_next(self, server: SecAggServer) -> tuple[SecAggServer, dict[int, ShareKeysRequest]] | None:
+        """The next session, opened for this one's survivors if each holds keys drawn ahead; its share-keys requests.
+
+        They ride on this session's unmask requests, so the next round starts at its masked-input stage.
+        """
+        if not self.keys_ahead or not all(node in self._ahead for node in server.survivors):
+            return None
+        try:
+            nxt = self._new_session(list(server.survivors), server.server_round + 1, server.length or 0)
+            nxt.setup_requests()  # empty: every node drew its keys ahead
+            nxt.receive_setup({})
+        except (SecAggConfigError, SecAggAbortedError) as error:  # e.g. too few survivors for a session
+            logger.info("round %d: no SecAgg+ session opened ahead: %s", server.server_round, error)
+            return None
+        return nxt, nxt.share_keys_requests()
+
+    def _take_opened(self, by_node: Mapping[int, Message], length: int, server_round: int) -> SecAggServer | None:
+        """The session opened at the last unmask stage, if it is for this round, exactly these nodes and this model.
+
+        A retry of the round before (the aggregate guard's) does not match: it gets a session of its own,
+        which the sites accept because a session opened in advance does not raise their round floor.
+        """
+        opened, self._next = self._next, None
+        if opened is None:
+            return None
+        if opened.server_round != server_round or set(opened.nodes) != set(by_node) or opened.length != length:
+            logger.info("round %d: the SecAgg+ session opened ahead was for another round or other sites; a new "
+                        "one is set up", server_round)
+            return None
+        return opened
+
+    def _receive_opening(self, opened: SecAggServer, replies: list[Message], server_round: int) -> SecAggServer | None:
+        """The opened session after its share-keys replies (beside the unmask replies), or None if it cannot go on."""
+        parsed: dict[int, _Message] = {}
+        for reply in replies:
+            record = None if reply.has_error() else config_record(reply.content, NEXT_RECORD_KEY)
+            if record is None:
+                continue
+            node = int(reply.metadata.src_node_id)
+            try:
+                parsed[node] = decode(record)
+            except SecAggProtocolError as error:
+                opened.reject(node, f"stage 'share-keys': {error}")
+        try:
+            opened.receive_share_keys(parsed)  # type: ignore[arg-type]  # _accept checks each reply's type
+        except SecAggAbortedError as error:
+            logger.info("round %d: the SecAgg+ session opened ahead cannot go on (%s); the next round sets one up",
+                        server_round, error)
+            return None
+        finally:
+            self._ahead.update(opened.next_keys)
+        return opened
+
     # ------------------------------------------------------------- transport
     def _exchange(self, grid: Grid, server: SecAggServer, stage: str, requests: Mapping[int, _Message]) -> Any:
-        messages = [
-            Message(content=RecordDict({RECORD_KEY: request.to_record()}), dst_node_id=node,
-                    message_type=MessageType.TRAIN, group_id=str(server.server_round))
-            for node, request in requests.items()
-        ]
+        return self._exchange_with_replies(grid, server, stage, requests)[0]
+
+    def _exchange_with_replies(
+        self, grid: Grid, server: SecAggServer, stage: str, requests: Mapping[int, _Message],
+        openings: Mapping[int, _Message] | None = None,
+    ) -> tuple[Any, list[Message]]:
+        """Send ``stage``'s requests (with the next session's ``openings`` beside them) and run the stage."""
+        messages = []
+        for node, request in requests.items():
+            content = RecordDict({RECORD_KEY: request.to_record()})
+            if openings and node in openings:
+                content[NEXT_RECORD_KEY] = openings[node].to_record()
+            messages.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN,
+                                    group_id=str(server.server_round)))
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
         parsed, _ = self._parse(server, stage, replies)
-        return server.run_stage(stage, parsed)
+        return server.run_stage(stage, parsed), replies
 
     @staticmethod
     def _parse(server: SecAggServer, stage: str,

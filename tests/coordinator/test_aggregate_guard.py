@@ -34,7 +34,7 @@ from lifecycle.registry import Registry
 from lifecycle.registry.tables import AuditEvent
 from privacy.ledger import coordinator_ledger
 from privacy.secagg.config import SecAggConfig
-from privacy.secagg.messages import RECORD_KEY, UNMASK, header_of
+from privacy.secagg.messages import NEXT_RECORD_KEY, RECORD_KEY, UNMASK, header_of
 from privacy.secagg.quantization import dequantize, quantize
 from privacy.updates import apply_payload_sum, clip, clipped_payload, flatten
 from tests.coordinator.cheating import make_cheating_mod
@@ -215,22 +215,24 @@ def test_a_one_off_fault_is_repaired_by_the_retry_with_fresh_masks(registry: Reg
     events: list[GuardEvent] = []
     stack, _ = _stack(registry, events, **{"secagg-keys-ahead": keys_ahead})
     grid = LocalGrid(_site_app(make_cheating_mod(1000.0, site=0, times=1)), 3)
-    sessions: dict[str, list[bytes]] = {"setup": [], "share-keys": []}
+    sessions: dict[str, list[bytes]] = {"setup": [], "masked-input": []}
     original = grid.send_and_receive
 
     def send(messages: Any, *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         for m in messages:
-            record = m.content.config_records.get(RECORD_KEY)
-            if record is not None and header_of(record).stage in sessions:
-                sessions[header_of(record).stage].append(header_of(record).round_id)
+            for key in (RECORD_KEY, NEXT_RECORD_KEY):  # a next session's share-keys may ride on an unmask
+                record = m.content.config_records.get(key)
+                if record is not None and header_of(record).stage in sessions:
+                    sessions[header_of(record).stage].append(header_of(record).round_id)
         return original(messages, timeout=timeout)
 
     grid.send_and_receive = send  # type: ignore[method-assign]
     result = _start(stack, grid, 1)
     assert [(e.server_round, e.attempt, e.action) for e in events] == [(1, 1, "retry")]
-    assert len(set(sessions["share-keys"])) == 2  # a new SecAgg+ session: a fresh round id, keys and masks
-    # with keys drawn ahead the retry opened with the keys the rejected attempt's unmask stage drew
+    assert len(set(sessions["masked-input"])) == 2  # a new SecAgg+ session: a fresh round id, keys and masks
+    # with keys drawn ahead the retry opened its session with keys, not a setup (and not in the session the
+    # rejected attempt's unmask opened for round 2: the sites accept a round-1 session after it)
     assert len(set(sessions["setup"])) == (1 if keys_ahead else 2)
     assert stack.tracked.rounds_aggregated == 1
     assert np.allclose(result.arrays["w"].numpy(), 0.15, atol=0.05)  # the honest step was applied

@@ -1,9 +1,10 @@
-"""Keys drawn ahead: a site's next session's keys ride on its unmask reply, and that session skips setup.
+"""Keys drawn ahead: a site's next session's keys ride on its share-keys reply, and that session skips setup.
 
 Each case runs a first session that asks for the keys (``keys_ahead``), then a second one that opens
 with them, through the same site state machines, and checks what the protocol promises: the sum is
 exact, no setup stage is run for a site with keys, each key pair serves one session, the commitment
 still catches a forged seed, and a site without the named keys (restarted) refuses and is dropped.
+Through the Flower adapters, the next session's share-keys stage rides on the unmask stage.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from privacy.secagg import SecAggAbortedError, SecAggConfig, SecAggProtocolError
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import (
     MASKED_INPUT,
+    NEXT_RECORD_KEY,
     RECORD_KEY,
     SETUP,
     SHARE_KEYS,
     UNMASK,
     AheadKeys,
     Header,
-    UnmaskReply,
+    ShareKeysReply,
     decode,
     header_of,
 )
@@ -174,14 +176,14 @@ def test_a_forged_seed_share_still_fails_the_commitment() -> None:
     ordered = {holder: replies[holder], **{n: r for n, r in replies.items() if n != holder}}
     with pytest.raises(SecAggAbortedError, match="do not rebuild the secret"):
         s.receive_unmask(ordered)
-    # keys the survivors drew at this (aborted) unmask are fresh and unused: still offered for the next session
+    # keys the sites drew at this session's share-keys stage are fresh and unused: offered for the next session
     assert set(s.next_keys) == set(second.nodes)
 
 
 def test_wire_form_of_keys_drawn_ahead() -> None:
-    header = Header(UNMASK, bytes(range(16)), 2, 7)
+    header = Header(SHARE_KEYS, bytes(range(16)), 2, 7)
     ahead = AheadKeys(b"i" * 16, b"c" * 32, b"m" * 32, b"s" * 32)
-    reply = UnmaskReply(header, {1: b"x"}, {}, ahead)
+    reply = ShareKeysReply(header, {1: b"x"}, ahead)
     assert wire(reply) == reply
     record = reply.to_record()
     record["ahead"] = record["ahead"][:-1]  # type: ignore[index]
@@ -211,9 +213,11 @@ class _Counting(LocalGrid):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stages: list[tuple[int, str | None]] = []
+        self.sent: list[Message] = []
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
+        self.sent.extend(messages)
         self.stages.extend((int(m.metadata.group_id or 0), _stage(m)) for m in messages)
         return super().send_and_receive(messages, timeout=timeout)
 
@@ -222,42 +226,94 @@ def _vector(arrays: Any) -> np.ndarray:
     return np.concatenate([arrays[k].numpy().ravel() for k in SHAPES]).astype(np.float64)
 
 
-def _federated(tmp_path: Path, keys_ahead: bool, restart: tuple[int, int] | None = None) -> tuple[Any, _Counting]:
+def _federated(tmp_path: Path, keys_ahead: bool, restart: tuple[int, int] | None = None,
+               rounds: int = 3) -> tuple[Any, _Counting]:
     config = SecAggConfig(num_sites=8, threshold=4, num_neighbours=6, clip_norm=10.0, max_weight=40.0)
     tmp_path.mkdir(exist_ok=True)
     grid = _Counting(make_client_app(str(tmp_path)), 8)
-    if restart is not None:  # (round, node index): that site loses its state just before the round
+    if restart is not None:  # (round, node index): that site loses its state before the round's first message
         round_, index = restart
         node = grid.get_node_ids()[index]
         send = grid.send_and_receive
 
         def restarting(messages: Any, *, timeout: float | None = None) -> list[Message]:
             messages = list(messages)
-            if messages and int(messages[0].metadata.group_id) == round_ and grid.contexts[node].state:
-                if _stage(messages[0]) in (SETUP, SHARE_KEYS):
-                    grid.contexts[node].state = RecordDict()
+            if messages and int(messages[0].metadata.group_id) == round_ and not grid.restarted:
+                grid.contexts[node].state = RecordDict()
+                grid.restarted = True
             return send(messages, timeout=timeout)
 
+        grid.restarted = False  # type: ignore[attr-defined]
         grid.send_and_receive = restarting  # type: ignore[method-assign]
     strategy = SecAggPlusStrategy(FedAvg(fraction_evaluate=0.0), config, keys_ahead=keys_ahead)
-    return strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=3), grid
+    return strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=rounds), grid
 
 
-def test_rounds_after_the_first_run_three_stages_and_match_the_four_stage_rounds(tmp_path: Path) -> None:
+def _openings(grid: _Counting) -> list[int]:
+    return [int(m.metadata.group_id) for m in grid.sent if NEXT_RECORD_KEY in m.content]
+
+
+def test_later_rounds_run_two_stages_and_match_the_four_stage_rounds(tmp_path: Path) -> None:
     ahead, grid = _federated(tmp_path / "a", keys_ahead=True)
     per_round, plain = _federated(tmp_path / "b", keys_ahead=False)
     assert np.max(np.abs(_vector(ahead.arrays) - _vector(per_round.arrays))) < 1e-5
-    setups = [r for r, stage in grid.stages if stage == SETUP]
-    assert setups == [1] * 8  # only the first round ran a setup stage
-    assert [r for r, stage in plain.stages if stage == SETUP] == [1] * 8 + [2] * 8 + [3] * 8
-    assert len(grid.stages) == 8 * (4 + 3 + 3) and len(plain.stages) == 8 * 4 * 3
+    assert [r for r, stage in grid.stages if stage == SETUP] == [1] * 8  # only the first round set up
+    assert [r for r, stage in grid.stages if stage == SHARE_KEYS] == [1] * 8  # later ones rode on unmask
+    assert _openings(grid) == [1] * 8 + [2] * 8 + [3] * 8  # each unmask opened the next session
+    assert len(grid.stages) == 8 * (4 + 2 + 2) and len(plain.stages) == 8 * 4 * 3
+    assert not _openings(plain)
 
 
 def test_a_site_restarted_between_rounds_misses_one_round_and_rejoins(tmp_path: Path) -> None:
     result, grid = _federated(tmp_path / "a", keys_ahead=True, restart=(2, 3))
     node = grid.get_node_ids()[3]
     rounds = {int(p.stem.split("-")[1]) for p in (tmp_path / "a").glob(f"{node}-*.json")}
-    assert rounds == {1, 3}  # dropped at round 2's share-keys stage (no keys), set up afresh in round 3
+    assert rounds == {1, 3}  # refused round 2's masked input (no session), set up afresh in round 3
     assert [r for r, stage in grid.stages if stage == SETUP] == [1] * 8 + [3]
     assert result.train_metrics_clientapp[2]["secagg-sites"] == 7
     assert result.train_metrics_clientapp[3]["secagg-sites"] == 8
+
+
+def test_a_site_that_cannot_open_the_next_session_still_unmasks_this_one(tmp_path: Path) -> None:
+    """Its keys drawn ahead are gone before round 1's unmask: round 1 still sums all 8, round 2 goes on without it."""
+    config = SecAggConfig(num_sites=8, threshold=4, num_neighbours=6, clip_norm=10.0, max_weight=40.0)
+    grid = _Counting(make_client_app(str(tmp_path)), 8)
+    node = grid.get_node_ids()[5]
+    send = grid.send_and_receive
+
+    def losing_keys(messages: Any, *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        if messages and _stage(messages[0]) == UNMASK and int(messages[0].metadata.group_id) == 1:
+            state = dict(grid.contexts[node].state["secagg"])
+            grid.contexts[node].state["secagg"] = ConfigRecord(
+                {k: v for k, v in state.items() if not k.startswith("ahead")})
+        return send(messages, timeout=timeout)
+
+    grid.send_and_receive = losing_keys  # type: ignore[method-assign]
+    strategy = SecAggPlusStrategy(FedAvg(fraction_evaluate=0.0), config, keys_ahead=True)
+    result = strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=3)
+    unmasked = [r for r in grid.received if _stage(r) == UNMASK and r.metadata.src_node_id == node]
+    assert unmasked and not unmasked[0].has_error() and NEXT_RECORD_KEY not in unmasked[0].content
+    assert result.train_metrics_clientapp[1]["secagg-sites"] == 8
+    assert result.train_metrics_clientapp[2]["secagg-sites"] == 7  # not asked: it shared no keys for round 2
+    assert result.train_metrics_clientapp[3]["secagg-sites"] == 8  # set up afresh
+    rounds = {int(p.stem.split("-")[1]) for p in tmp_path.glob(f"{node}-*.json")}
+    assert rounds == {1, 3}
+
+
+@pytest.mark.parametrize("in_advance", [True, False])
+def test_a_session_opened_in_advance_keeps_the_round_floor_until_a_masked_input(in_advance: bool) -> None:
+    """Opened during round 1's unmask, a round-2 session lets a round-1 retry in; opened as usual, it does not."""
+    first, _ = _two_sessions(seed=9)
+    node = first.nodes[0]
+    client = first.clients[node]
+    opening = Federation(CONFIG, first.payloads, server_round=2, ahead=first.server.next_keys, sites=first.clients)
+    _open(opening.server)
+    client.share_keys(wire(opening.server.share_keys_requests()[node]), in_advance=in_advance)  # type: ignore[arg-type]
+    retry = Federation(CONFIG, first.payloads, server_round=1, sites=first.clients)
+    request = wire(retry.server.setup_requests()[node])
+    if in_advance:
+        client.handle(request)  # the retry's session replaces the one opened in advance
+    else:
+        with pytest.raises(SecAggProtocolError, match="older than this site's latest round 2"):
+            client.handle(request)
