@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
@@ -68,6 +70,19 @@ class Federation:
         s.receive_share_keys(self.answer(SHARE_KEYS, s.share_keys_requests()))
         s.receive_masked_inputs(self.answer(MASKED_INPUT, s.masked_input_requests()))
         return s.receive_unmask(self.answer(UNMASK, s.unmask_requests()))
+
+
+def unmask_with_a_forged_seed_share(federation: Federation) -> np.ndarray:
+    """The unmask stage with one bit of the first node's first seed share flipped, and that share used first."""
+    s = federation.server
+    replies: dict[int, Any] = federation.answer(UNMASK, s.unmask_requests())
+    holder = federation.nodes[0]
+    target, share = next(iter(replies[holder].seed_shares.items()))
+    forged = share[:-1] + bytes([share[-1] ^ 1])
+    replies[holder] = dataclasses.replace(replies[holder], seed_shares={**replies[holder].seed_shares, target: forged})
+    ordered = {holder: replies[holder], **{n: r for n, r in replies.items() if n != holder}}
+    s.graph = {n: tuple(sorted(g, key=lambda j: j != holder)) for n, g in s.graph.items()}
+    return s.receive_unmask(ordered)
 
 
 def random_payloads(nodes: Iterable[int], dim: int, config: SecAggConfig,

@@ -35,7 +35,14 @@ from privacy.secagg.messages import (
 )
 from privacy.secagg.strategy import SecAggPlusStrategy
 from tests.privacy.secagg.apps import SHAPES, initial_arrays, make_client_app
-from tests.privacy.secagg.harness import Federation, LocalGrid, node_ids, random_payloads, wire
+from tests.privacy.secagg.harness import (
+    Federation,
+    LocalGrid,
+    node_ids,
+    random_payloads,
+    unmask_with_a_forged_seed_share,
+    wire,
+)
 
 CONFIG = SecAggConfig(num_sites=10, threshold=5, num_neighbours=8, clip_norm=1.0, max_weight=50.0)
 
@@ -167,15 +174,8 @@ def test_a_forged_seed_share_still_fails_the_commitment() -> None:
     _open(s)
     s.receive_share_keys(second.answer(SHARE_KEYS, s.share_keys_requests()))
     s.receive_masked_inputs(second.answer(MASKED_INPUT, s.masked_input_requests()))
-    replies = second.answer(UNMASK, s.unmask_requests())
-    holder = second.nodes[0]
-    target, share = next(iter(replies[holder].seed_shares.items()))
-    forged = share[:-1] + bytes([share[-1] ^ 1])
-    replies[holder] = dataclasses.replace(replies[holder], seed_shares={**replies[holder].seed_shares, target: forged})
-    s.graph = {n: tuple(sorted(g, key=lambda j: j != holder)) for n, g in s.graph.items()}
-    ordered = {holder: replies[holder], **{n: r for n, r in replies.items() if n != holder}}
     with pytest.raises(SecAggAbortedError, match="do not rebuild the secret"):
-        s.receive_unmask(ordered)
+        unmask_with_a_forged_seed_share(second)
     # keys the sites drew at this session's share-keys stage are fresh and unused: offered for the next session
     assert set(s.next_keys) == set(second.nodes)
 

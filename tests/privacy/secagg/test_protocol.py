@@ -13,7 +13,14 @@ from lifecycle.errors import TrainingError
 from privacy import updates
 from privacy.secagg import SecAggAbortedError, SecAggAuthenticationError, SecAggConfig, SecAggProtocolError
 from privacy.secagg.messages import MASKED_INPUT, SETUP, SHARE_KEYS, UNMASK, Header, UnmaskRequest
-from tests.privacy.secagg.harness import STAGES, Federation, node_ids, random_payloads, wire
+from tests.privacy.secagg.harness import (
+    STAGES,
+    Federation,
+    node_ids,
+    random_payloads,
+    unmask_with_a_forged_seed_share,
+    wire,
+)
 
 
 def tolerance(config: SecAggConfig, n: int) -> float:
@@ -243,20 +250,9 @@ def test_altered_unmask_share_aborts_instead_of_returning_garbage() -> None:
     s.receive_setup(federation.answer(SETUP, s.setup_requests()))
     s.receive_share_keys(federation.answer(SHARE_KEYS, s.share_keys_requests()))
     s.receive_masked_inputs(federation.answer(MASKED_INPUT, s.masked_input_requests()))
-    replies = federation.answer(UNMASK, s.unmask_requests())
-    holder = federation.nodes[0]
-    target, share = next(iter(replies[holder].seed_shares.items()))
-    forged = share[:-1] + bytes([share[-1] ^ 1])
-    replies[holder] = dataclasses.replace(replies[holder], seed_shares={**replies[holder].seed_shares, target: forged})
-    # the forged share must be among the first t used: make it the only copy by dropping others beyond t
+    # the forged share must be among the first t used: the helper puts its holder first
     with pytest.raises(SecAggAbortedError, match="do not rebuild the secret|altered or forged"):
-        _unmask_with_first(s, replies, holder)
-
-
-def _unmask_with_first(server, replies, holder):  # type: ignore[no-untyped-def]
-    ordered = {holder: replies[holder], **{n: r for n, r in replies.items() if n != holder}}
-    server.graph = {n: tuple(sorted(g, key=lambda j: j != holder)) for n, g in server.graph.items()}
-    return server.receive_unmask(ordered)
+        unmask_with_a_forged_seed_share(federation)
 
 
 def test_apply_payload_sum_gives_fedavg() -> None:
