@@ -24,11 +24,11 @@ check ``X25519(sk) = pk`` detect inconsistent shares before unmasking.
 Keys drawn ahead (``keys_ahead``, ``ahead``) move a node's AdvertiseKeys
 message into its previous session's share-keys reply, so a session whose nodes
 all drew ahead runs three stages, not four (two when its share-keys stage rides
-on the previous session's unmask, :mod:`privacy.secagg.strategy`). Each key pair still serves exactly one
-session (the site drops it when the session opens), the round id, and with it
-the graph, is still fresh per session, and keys do not influence the graph:
-seeing them before choosing the round id gives the coordinator nothing it could
-not get by trying round ids anyway.
+on the previous session's unmask: :mod:`privacy.secagg.strategy`). Each key
+pair still serves exactly one session (the site drops it when the session
+opens), the round id, and with it the graph, is still fresh per session, and
+keys do not influence the graph: seeing them before choosing the round id gives
+the coordinator nothing it could not get by trying round ids anyway.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class SecAggServer:
     length : int or None
         Expected length of the payload vectors (model size + 1), when known.
     ahead : Mapping[int, AheadKeys] or None
-        Public keys some nodes drew ahead for this session (at their last unmask stage): those
+        Public keys some nodes drew ahead for this session (at their last share-keys stage): those
         nodes skip the setup stage, and their share-keys request opens the session.
     keys_ahead : bool
         Ask the share-keys stage's nodes for their next session's keys (then in :attr:`next_keys`).
