@@ -164,7 +164,7 @@ class SetupReply(_Message):
 
 @dataclass(frozen=True)
 class AheadKeys:
-    """A site's public keys for its next session, drawn at the end of its last one.
+    """A site's public keys for its next session, drawn at the share-keys stage of its current one.
 
     What a :class:`SetupReply` holds (two X25519 public keys, a commitment to
     the self-mask seed), named by ``key_id``: 16 random bytes the site drew
