@@ -10,7 +10,9 @@ sites, a ``gc.callbacks`` probe; RESULTS.md, 2026-12-06). :func:`frozen_heap`
 moves what exists when the block starts into the permanent generation
 (``gc.freeze``) and returns it to the collector when the block ends
 (``gc.unfreeze``), so a process that runs several simulations (tests, sweeps)
-still collects the cycles they leave.
+still collects the cycles they leave. A process whose heap something else froze
+already (``serving.worker.settle_heap``) is left as it is: ``gc.unfreeze`` would
+undo that freeze too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from contextlib import contextmanager
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """Freeze the objects alive now for the duration of the block (see the module docstring)."""
+    if gc.get_freeze_count():  # someone else manages this heap's freeze
+        yield
+        return
     gc.freeze()
     try:
         yield
