@@ -79,7 +79,7 @@ def seed_commitment(binding: bytes, node_id: int, seed: bytes) -> bytes:
     return hashlib.sha256(keys.PROTOCOL + b"/seed/" + binding + struct.pack(">Q", node_id) + seed).digest()
 
 
-def _ahead_of(state: dict[str, Any]) -> dict[str, Any]:
+def _pending_keys(state: dict[str, Any]) -> dict[str, Any]:
     """The keys drawn ahead that ``state`` holds (carried from one stage's state to the next)."""
     return {key: state[key] for key in _AHEAD if key in state}
 
@@ -253,7 +253,7 @@ class SecAggClient:
         # its neighbours' shares without agreeing them a second time.
         self._state = {key: s[key] for key in ("round-id", "server-round", "floor", "config", "mask-sk", "seed")
                        if key in s}
-        self._state.update(_ahead_of(s))
+        self._state.update(_pending_keys(s))
         self._state.update({"stage": SHARE_KEYS, "live": pack_ids(live),
                             "peer-channel-key": pack_values(channel[j] for j in live),
                             "peer-mask": pack_values(request.mask_keys[j] for j in live)})
@@ -301,7 +301,7 @@ class SecAggClient:
         self._state = {"stage": MASKED_INPUT, "round-id": s["round-id"], "server-round": s["server-round"],
                        "floor": max(self._floor(), h.server_round),
                        "config": s["config"], "senders": pack_ids(senders), "held-seed": pack_values(held_seed),
-                       "held-key": pack_values(held_key), **_ahead_of(s)}
+                       "held-key": pack_values(held_key), **_pending_keys(s)}
         return MaskedInputReply(Header(MASKED_INPUT, h.round_id, h.server_round, self.node_id), encoded)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -332,7 +332,7 @@ class SecAggClient:
             else:
                 raise SecAggProtocolError(f"secagg {h.describe()}: neighbour {j} is neither a survivor nor dropped")
         self._state = {"stage": DONE, "round-id": h.round_id, "server-round": h.server_round,
-                       "floor": self._floor(), **_ahead_of(s)}
+                       "floor": self._floor(), **_pending_keys(s)}
         self._config = None
         return UnmaskReply(Header(UNMASK, h.round_id, h.server_round, self.node_id), seed_shares, key_shares)
 

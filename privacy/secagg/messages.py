@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import ConfigRecord
 
-from privacy.records import config_record as config_record  # re-exported: the secagg mods read records with it
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggProtocolError
 
@@ -182,6 +181,17 @@ class AheadKeys:
         return (len(self.key_id) == 16 and len(self.channel_key) == 32 and len(self.mask_key) == 32
                 and len(self.seed_commitment) == 32)
 
+    def pack(self) -> bytes:
+        """The wire form: the four fields, concatenated."""
+        return self.key_id + self.channel_key + self.mask_key + self.seed_commitment
+
+    @classmethod
+    def unpack(cls, packed: Any) -> AheadKeys:
+        """Inverse of :meth:`pack`; refuses anything but 16 + 32 + 32 + 32 bytes."""
+        if not isinstance(packed, bytes) or len(packed) != 112:
+            raise SecAggProtocolError("a share-keys reply's keys drawn ahead must be 112 bytes")
+        return cls(packed[:16], packed[16:48], packed[48:80], packed[80:])
+
 
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
@@ -226,8 +236,7 @@ class ShareKeysReply(_Message):
     def _body(self) -> dict[str, Any]:
         body = _pack_map("ciphertexts", self.ciphertexts)
         if self.ahead is not None:
-            a = self.ahead
-            body["ahead"] = a.key_id + a.channel_key + a.mask_key + a.seed_commitment
+            body["ahead"] = self.ahead.pack()
         return body
 
 
@@ -279,18 +288,6 @@ class UnmaskReply(_Message):
 
     def _body(self) -> dict[str, Any]:
         return {**_pack_map("seed-shares", self.seed_shares), **_pack_map("key-shares", self.key_shares)}
-
-
-_AHEAD_LENGTH = 16 + 32 + 32 + 32
-
-
-def _ahead_of(record: Mapping[str, Any]) -> AheadKeys | None:
-    packed = record.get("ahead")
-    if packed is None:
-        return None
-    if not isinstance(packed, bytes) or len(packed) != _AHEAD_LENGTH:
-        raise SecAggProtocolError(f"a share-keys reply's keys drawn ahead must be {_AHEAD_LENGTH} bytes")
-    return AheadKeys(packed[:16], packed[16:48], packed[48:80], packed[80:])
 
 
 def _parse_header(record: Mapping[str, Any]) -> tuple[Header, str]:
@@ -368,7 +365,9 @@ def decode(record: Mapping[str, Any], masked: np.ndarray | None = None) -> _Mess
             if h.stage == SETUP:
                 return SetupReply(h, record["channel-key"], record["mask-key"], record["seed-commitment"])
             if h.stage == SHARE_KEYS:
-                return ShareKeysReply(h, _unpack_map(record, "ciphertexts"), _ahead_of(record))
+                ahead = record.get("ahead")
+                return ShareKeysReply(h, _unpack_map(record, "ciphertexts"),
+                                      None if ahead is None else AheadKeys.unpack(ahead))
             if h.stage == MASKED_INPUT:
                 if masked is None or masked.size != int(record["length"]):
                     raise SecAggProtocolError("a masked-input reply's vector is missing or of the wrong length")

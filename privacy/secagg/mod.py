@@ -34,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.clientapp.typing import ClientAppCallable
 
 from privacy import logger, updates
-from privacy.records import metric_items
+from privacy.records import config_record, metric_items
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError, SecAggRequiredError
@@ -45,7 +45,6 @@ from privacy.secagg.messages import (
     ShareKeysRequest,
     UnmaskRequest,
     _Message,
-    config_record,
     decode,
 )
 

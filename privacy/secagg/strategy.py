@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from privacy import logger, updates
+from privacy.records import config_record
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import (
@@ -47,7 +48,6 @@ from privacy.secagg.messages import (
     AheadKeys,
     ShareKeysRequest,
     _Message,
-    config_record,
     decode,
 )
 from privacy.secagg.server import SecAggServer

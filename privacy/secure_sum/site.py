@@ -25,8 +25,9 @@ from privacy.he.codec import ciphertext_record, read_ciphertext, sum_record
 from privacy.he.errors import DecryptionRefused, HEKeyError
 from privacy.he.instruction import CIPHERTEXT_RECORD, SUM_RECORD
 from privacy.he.mod import DEFAULT_SITE_MIN_SITES, MIN_SITES_KEY, SECRET_CONTEXT_KEY
+from privacy.records import config_record
 from privacy.secagg.client import SecAggClient
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, config_record, decode
+from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, _Message, decode
 from privacy.secure_sum.wire import MASKED_KEY, RECORD, Bounds, SecureSumError, masked_record
 
 Payload = Callable[[Bounds], np.ndarray]

@@ -40,8 +40,9 @@ from client.protection import REQUIRE_KEY
 from federation.protocol import CLIP_NORM, CONFIG_RECORD
 from privacy import updates
 from privacy.he.instruction import HE_RECORD
+from privacy.records import config_record
 from privacy.secagg.client import SecAggClient
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, config_record, decode
+from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, decode
 from privacy.secagg.mod import MASKED_KEY, STATE_KEY
 
 UNBOUNDED = 1e30

@@ -23,8 +23,9 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDi
 from flwr.clientapp.typing import ClientAppCallable
 
 from privacy import updates
+from privacy.records import config_record
 from privacy.secagg.client import SecAggClient
-from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, config_record, decode
+from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, decode
 from privacy.secagg.mod import MASKED_KEY, STATE_KEY
 
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
