@@ -48,6 +48,7 @@ from lifecycle.audit.witness import MALFORMED, Observation, WitnessLog, witness_
 from lifecycle.errors import FedguardError, StateError, VerificationError
 from lifecycle.home import SiteHome
 from lifecycle.settings import get_settings
+from privacy.records import config_record
 
 GENESIS = "0" * 64
 AUDIT_PATH_KEY = "audit-path"
@@ -77,7 +78,7 @@ def _line_hash(entry: dict[str, Any]) -> str:
 
 
 def _round_of(msg: Message) -> int | None:
-    config = msg.content.config_records.get(CONFIG_RECORD) if msg.has_content() else None
+    config = config_record(msg.content, CONFIG_RECORD) if msg.has_content() else None
     server_round = round_of(config) if config is not None else None
     if server_round is not None:
         return server_round
@@ -230,7 +231,7 @@ def witness(audit_log: Path, msg: Message) -> dict[str, Any] | None:
     Witnessing never stops a message: a witness file that cannot be written
     is logged as an error and noted in the audit line instead.
     """
-    config = msg.content.config_records.get(CONFIG_RECORD) if msg.has_content() else None
+    config = config_record(msg.content, CONFIG_RECORD) if msg.has_content() else None
     try:
         notice = WitnessCheckpoint.from_record(config) if config is not None else None
     except ProtocolError as exc:

@@ -34,6 +34,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.reasons import UNNAMED, describe, reason_of
 from federation.protocol import CONFIG_RECORD, IdentityReply, ProtocolError, SiteRefusal, identity_query
 from lifecycle.errors import ConfigurationError, SitesUnavailableError
+from privacy.records import config_record
 from privacy.site_dp import SITE_RECORD
 
 NOT_CONNECTED = "not connected"
@@ -187,7 +188,7 @@ class Asker:
         self.ledger.leave_out(node)
 
     def _file(self, node: int, reply: Message) -> None:
-        record = None if reply.has_error() else reply.content.config_records.get(SITE_RECORD)
+        record = None if reply.has_error() else config_record(reply.content, SITE_RECORD)
         if record is None:
             refusal = reason_of(reply.error) if reply.has_error() else SiteRefusal(
                 "protocol", "the site answered without a site record; coordinator and site versions differ")

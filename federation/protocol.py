@@ -69,6 +69,7 @@ from lifecycle.description import canonical_json
 from lifecycle.errors import ConfigurationError
 from privacy.he.mod import SECRET_CONTEXT_KEY
 from privacy.ledger.charges import LEDGER_EPSILON, MANIFEST, NAME, STEPS, DPReport, RecordLevelReport
+from privacy.records import config_record
 from privacy.site_dp import SITE_FIELDS_PREFIX, SITE_RECORD
 
 CONFIG_RECORD = "config"
@@ -475,7 +476,7 @@ class SiteReply:
     @classmethod
     def of(cls, message: Message) -> SiteReply | None:
         """The reply's ``site`` record parsed, or None when it has none."""
-        record = message.content.config_records.get(SITE_RECORD)
+        record = config_record(message.content, SITE_RECORD)
         return None if record is None else cls.from_record(record)
 
     def dp_report(self, site: str | None = None) -> DPReport:
@@ -592,7 +593,7 @@ class ReferenceRequest:
             The message holds no request, or a malformed one.
         """
         what = "the reference request"
-        record = msg.content.config_records.get(REFERENCE_RECORD)
+        record = config_record(msg.content, REFERENCE_RECORD)
         edges = decode_edges(record) if record is not None else None
         if record is None or edges is None:
             raise ProtocolError("the reference request carries no bin edges; coordinator and site differ")
@@ -613,7 +614,7 @@ class ReferenceAnswer:
     @classmethod
     def from_message(cls, msg: Message) -> ReferenceAnswer | None:
         """The answer in ``msg``, or ``None`` for an error reply or one without a usable answer."""
-        record = None if msg.has_error() else msg.content.config_records.get(REFERENCE_RECORD)
+        record = None if msg.has_error() else config_record(msg.content, REFERENCE_RECORD)
         if record is None or not isinstance(record.get("accept"), bool):
             return None
         return cls(bool(record["accept"]), str(record.get("reason", "")))

@@ -42,6 +42,7 @@ from lifecycle.errors import ConfigurationError
 from privacy.discrete_gaussian import DistributedPlan, sample, secure_generator
 from privacy.ledger.base import Charge, PrivacyLedger
 from privacy.ledger.guard import default_site_ledger
+from privacy.records import config_record
 from privacy.secure_sum import Bounds, answer
 
 ACTION = REFERENCE_MESSAGE_TYPE.removeprefix("query.")
@@ -113,7 +114,7 @@ def _release(context: Context, request: ReferenceRequest, bounds: Bounds, data: 
     """The noised counts, after the charge is recorded; at most once per run."""
     if request.secure_sum != bounds.mechanism:
         raise ConfigurationError(f"the offer named {request.secure_sum} but the sum runs {bounds.mechanism}")
-    if _STATE in context.state.config_records:
+    if config_record(context.state, _STATE) is not None:
         raise ConfigurationError("this site already released its reference counts in this run; refused")
     if len(request.edges) != data.features.shape[1] or num_bins(request.edges) != bounds.length:
         raise ConfigurationError("the reference edges do not match this site's data or the sum's length")

@@ -28,6 +28,7 @@ from coordinator.reasons import IDENTITY_REFUSED, UNNAMED, describe, reason_of
 from coordinator.strategies.validation import UPDATE_REJECTED
 from federation.protocol import METRICS_RECORD, ProtocolError, SiteReply, TrainMetrics
 from lifecycle.errors import TrainingError
+from privacy.records import metric_record
 from privacy.strategy_wrapper import StrategyWrapper
 
 __all__ = ["IDENTITY_REFUSED", "Identities", "RoundReport", "SiteLedger", "TrackedStrategy"]
@@ -171,7 +172,7 @@ class TrackedStrategy(StrategyWrapper):
         name = self._names[node]
         ledger = self.sites.setdefault(name, SiteLedger(name))
         ledger.rounds += 1
-        metrics = content.metric_records.get(METRICS_RECORD)
+        metrics = metric_record(content, METRICS_RECORD)
         if metrics is not None:
             ledger.num_examples = TrainMetrics.num_examples_of(metrics)
         if site is not None:

@@ -53,6 +53,7 @@ from lifecycle import audit
 from lifecycle.errors import ConfigurationError
 from lifecycle.registry import Registry
 from privacy.he.instruction import CIPHERTEXT_RECORD, HE_RECORD
+from privacy.records import config_record, metric_record
 from privacy.secagg.messages import RECORD_KEY as SECAGG_RECORD
 from privacy.strategy_wrapper import StrategyWrapper
 from privacy.updates import array_view, layout_of
@@ -118,7 +119,7 @@ class UpdateValidator:
         return self._check_weight(reply)
 
     def _check_weight(self, reply: Message) -> str | None:
-        metrics: MetricRecord | None = reply.content.metric_records.get("metrics")
+        metrics: MetricRecord | None = metric_record(reply.content, "metrics")
         weight = metrics.get(self.weight_key) if metrics is not None else None
         if not isinstance(weight, (int, float)) or not 0 < float(weight) <= self.max_weight:
             return f"its weight '{self.weight_key}' is missing or outside (0, max-weight={self.max_weight:g}]"
@@ -127,7 +128,7 @@ class UpdateValidator:
 
 def _check_masked(reply: Message, global_arrays: ArrayRecord) -> str | None:
     records = reply.content.array_records
-    if SECAGG_RECORD not in reply.content.config_records:
+    if config_record(reply.content, SECAGG_RECORD) is None:
         return "a SecAgg+ reply without its 'secagg' record"
     if len(records) != 1 or len(next(iter(records.values()))) != 1:
         return "a SecAgg+ reply must hold exactly one masked vector"
@@ -142,7 +143,7 @@ def _check_encrypted(reply: Message, global_arrays: ArrayRecord) -> str | None:
     content = reply.content
     if "arrays" in content.array_records:
         return "a CKKS reply carrying clear weights"
-    meta: ConfigRecord | None = content.config_records.get(HE_RECORD)
+    meta: ConfigRecord | None = config_record(content, HE_RECORD)
     chunks = content.array_records.get(CIPHERTEXT_RECORD)
     if meta is None or chunks is None or len(chunks) == 0:
         return "a CKKS reply without its 'he' record or ciphertext"

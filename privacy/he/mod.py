@@ -45,6 +45,7 @@ from privacy.he.backend import HEBackend, create_backend
 from privacy.he.codec import ciphertext_record, read_ciphertext, sum_record
 from privacy.he.errors import DecryptionRefused, HEKeyError, HEPayloadError
 from privacy.he.instruction import CIPHERTEXT_RECORD, HE_RECORD, SUM_RECORD, HEInstruction
+from privacy.records import config_record, metric_record
 from privacy.updates import clip, model_delta, weighted_payload
 
 SECRET_CONTEXT_KEY = "he-secret-context"
@@ -67,7 +68,7 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     """
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
         return call_next(msg, context)
-    record = msg.content.config_records.get(HE_RECORD)
+    record = config_record(msg.content, HE_RECORD)
     if record is None:
         raise HEPayloadError("this site sends only encrypted updates but the train message has no 'he' "
                              "record; run the coordinator with secure aggregation 'ckks'")
@@ -86,7 +87,7 @@ def _encrypt(msg: Message, context: Context, call_next: ClientAppCallable,
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    metrics = reply.content.metric_records.get("metrics")
+    metrics = metric_record(reply.content, "metrics")
     if metrics is None or "num-examples" not in metrics:
         raise HEPayloadError("the app's train reply has no 'metrics' record with 'num-examples'")
     delta = model_delta(reply.content.array_records["arrays"], msg.content.array_records["arrays"])
@@ -99,7 +100,7 @@ def _encrypt(msg: Message, context: Context, call_next: ClientAppCallable,
         HE_RECORD: ConfigRecord({"key-id": backend.key_id, "length": ciphertext.length, "backend": backend.name}),
         "metrics": metrics,
     })
-    site = reply.content.config_records.get("site")
+    site = config_record(reply.content, "site")
     if site is not None:
         content["site"] = site
     return Message(content=content, reply_to=msg)
@@ -133,7 +134,7 @@ def _decrypt(msg: Message, context: Context, instruction: HEInstruction, backend
 def _site_backend(msg: Message, context: Context, name: str) -> HEBackend:
     path: object = context.node_config.get(SECRET_CONTEXT_KEY)
     if not path:
-        config = msg.content.config_records.get("config")
+        config = config_record(msg.content, "config")
         path = config.get(SECRET_CONTEXT_KEY) if config is not None else None
     if not path:
         raise HEKeyError("no secret context for the CKKS mode: set node config "
@@ -154,7 +155,7 @@ def _load_backend(name: str, path: Path, stamp: int) -> HEBackend:
 
 
 def _state(context: Context) -> dict[str, object]:
-    record = context.state.config_records.get(_STATE_KEY)
+    record = config_record(context.state, _STATE_KEY)
     return dict(record) if record is not None else {}
 
 

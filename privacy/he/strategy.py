@@ -42,6 +42,7 @@ from privacy.he.codec import ciphertext_record, read_ciphertext, read_sum
 from privacy.he.errors import HEAggregationError, HEPayloadError
 from privacy.he.instruction import CIPHERTEXT_RECORD, HE_RECORD, SUM_RECORD, HEInstruction, Weighting
 from privacy.he.mod import SECRET_CONTEXT_KEY
+from privacy.records import config_record, metric_record
 from privacy.strategy_wrapper import StrategyWrapper
 from privacy.updates import apply_payload_sum, layout_of
 
@@ -188,7 +189,7 @@ class CKKSStrategy(StrategyWrapper):
         content = message.content
         if "arrays" in content.array_records:
             raise HEPayloadError("the reply carries clear weights; it was discarded unread")
-        meta = content.config_records.get(HE_RECORD)
+        meta = config_record(content, HE_RECORD)
         if meta is None or CIPHERTEXT_RECORD not in content.array_records:
             raise HEPayloadError("the reply has no 'he' record or no ciphertext")
         if str(meta.get("key-id")) != self.backend.key_id or str(meta.get("length")) != str(length):
@@ -235,7 +236,7 @@ def _mean_metrics(replies: list[Message]) -> dict[str, float]:
     """Example-weighted mean of the sites' public scalar metrics (e.g. train-loss)."""
     weights, sums = 0.0, dict[str, float]()
     for message in replies:
-        metrics = message.content.metric_records.get("metrics")
+        metrics = metric_record(message.content, "metrics")
         if metrics is None:
             continue
         weight = float(metrics.get("num-examples", 0))  # type: ignore[arg-type]

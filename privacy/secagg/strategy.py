@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from privacy import logger, updates
-from privacy.records import config_record
+from privacy.records import config_record, metric_items
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.errors import SecAggAbortedError, SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import (
@@ -214,7 +214,7 @@ class SecAggPlusStrategy(StrategyWrapper):
         key = str(getattr(self.inner, "weighted_by_key", self.config.weight_key))
         values: dict[str, Any] = {key: weight, "secagg-sites": len(server.survivors),
                                   "secagg-dropped": len(server.dropped)}
-        records = [r for m in valid for r in list(m.content.metric_records.values())[:1]]
+        records = [r for m in valid for _, r in list(metric_items(m.content))[:1]]
         if records:
             weights = np.array([float(r.get(self.config.weight_key, 1.0)) for r in records])  # type: ignore[arg-type]
             shared = set.intersection(*(set(r) for r in records)) - {key, self.config.weight_key}

@@ -31,6 +31,7 @@ from privacy.he.backend import Ciphertext, create_backend
 from privacy.he.codec import ciphertext_record, read_ciphertext, read_sum
 from privacy.he.errors import HEKeyError, HEPayloadError
 from privacy.he.instruction import CIPHERTEXT_RECORD, SUM_RECORD
+from privacy.records import config_record
 from privacy.secagg.errors import SecAggAbortedError, SecAggProtocolError
 from privacy.secagg.messages import MASKED_INPUT, RECORD_KEY, SETUP, SHARE_KEYS, UNMASK, _Message, decode
 from privacy.secagg.server import SecAggServer
@@ -139,7 +140,7 @@ def _exchange(grid: Grid, server: SecAggServer, stage: str, requests: Mapping[in
 
 
 def _decode(reply: Message, stage: str) -> _Message:
-    record = reply.content.config_records.get(RECORD_KEY)
+    record = config_record(reply.content, RECORD_KEY)
     if record is None:
         raise SecAggProtocolError("the reply carries no 'secagg' record")
     masked = None

@@ -42,7 +42,7 @@ def answer(msg: Message, context: Context, payload: Payload, *, state_key: str) 
     SecureSumError
         No or a malformed ``"secure-sum"`` record, or bounds the protocol does not keep.
     """
-    record = msg.content.config_records.get(RECORD)
+    record = config_record(msg.content, RECORD)
     if record is None:
         raise SecureSumError(f"the message carries no '{RECORD}' record; coordinator and site differ")
     bounds = Bounds.from_record(record)
@@ -86,7 +86,7 @@ def _ckks(msg: Message, context: Context, record: ConfigRecord, bounds: Bounds, 
     if str(record.get("key-id")) != backend.key_id:
         raise HEKeyError(f"the coordinator uses federation key {record.get('key-id')!s} but this site holds "
                          f"{backend.key_id}")
-    state = dict(context.state.config_records.get(state_key, ConfigRecord()))
+    state = dict(config_record(context.state, state_key) or {})
     if bounds.stage == "encrypt":
         if state.get("encrypted"):
             raise DecryptionRefused("this site already contributed to this secure sum; refused")
@@ -127,7 +127,7 @@ def _backend(msg: Message, context: Context, name: str) -> HEBackend:
     """The site's secret context: node config ``he-secret-context``, else the run's (simulation)."""
     path: object = context.node_config.get(SECRET_CONTEXT_KEY)
     if not path:
-        config = msg.content.config_records.get("config")
+        config = config_record(msg.content, "config")
         path = config.get(SECRET_CONTEXT_KEY) if config is not None else None
     if not path:
         raise HEKeyError(f"no secret context for the CKKS secure sum: set node config '{SECRET_CONTEXT_KEY}'")

@@ -31,6 +31,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from client.config import SiteIdentity, site_name
 from federation.protocol import CONFIG_RECORD, TrainConfig
 from lifecycle.errors import ConfigurationError
+from privacy.records import required_config
 from privacy.updates import flatten, model_delta, unflatten
 from simulations import logger
 from simulations.attacks.base import Attack, Records
@@ -82,7 +83,7 @@ class _Attacker:
 
     def __init__(self, attack: Attack, msg: Message, context: Context, partition: int) -> None:
         self.attack, self.msg, self.context = attack, msg, context
-        self.cfg = TrainConfig.from_record(msg.content.config_records[CONFIG_RECORD])
+        self.cfg = TrainConfig.from_record(required_config(msg.content, CONFIG_RECORD))
         self.site = SiteIdentity.from_context(context, self.cfg)
         self.name = site_name(context.node_config)
         self.global_arrays = msg.content.array_records["arrays"]

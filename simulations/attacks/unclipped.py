@@ -40,7 +40,7 @@ from client.protection import REQUIRE_KEY
 from federation.protocol import CLIP_NORM, CONFIG_RECORD
 from privacy import updates
 from privacy.he.instruction import HE_RECORD
-from privacy.records import config_record
+from privacy.records import config_record, metric_items, required_config
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import RECORD_KEY, MaskedInputRequest, decode
 from privacy.secagg.mod import MASKED_KEY, STATE_KEY
@@ -50,7 +50,7 @@ UNBOUNDED = 1e30
 
 
 def _drop_clear_bound(msg: Message) -> None:
-    config = msg.content.config_records.get(CONFIG_RECORD)
+    config = config_record(msg.content, CONFIG_RECORD)
     if config is not None and CLIP_NORM in config:
         del config[CLIP_NORM]
 
@@ -63,7 +63,7 @@ def _clear_inside(context: Context) -> Context:
 
 def _masked_unclipped(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """The SecAgg+ masked-input stage with the clip left out (module docstring)."""
-    request = decode(msg.content.config_records[RECORD_KEY])
+    request = decode(required_config(msg.content, RECORD_KEY))
     client = SecAggClient(context.node_id, config_record(context.state, STATE_KEY))
     client.check(request)
     assert isinstance(request, MaskedInputRequest)
@@ -78,7 +78,7 @@ def _masked_unclipped(msg: Message, context: Context, call_next: ClientAppCallab
     payload = np.clip(updates.weighted_payload(delta, weight), -config.bound, config.bound)
     masked = client.masked_input(request, payload)
     content = RecordDict({"arrays": ArrayRecord({MASKED_KEY: Array(masked.masked)})})
-    for key, metrics in reply.content.metric_records.items():
+    for key, metrics in metric_items(reply.content):
         content[key] = metrics
     site = config_record(reply.content, "site")
     if site is not None:
@@ -91,10 +91,10 @@ def _masked_unclipped(msg: Message, context: Context, call_next: ClientAppCallab
 def skip_clipping(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run a train message through the site without its clip, protected as the coordinator asked."""
     _drop_clear_bound(msg)
-    he = msg.content.config_records.get(HE_RECORD)
+    he = config_record(msg.content, HE_RECORD)
     if he is not None and CLIP_NORM in he:
         he[CLIP_NORM] = UNBOUNDED
-    secagg = msg.content.config_records.get(RECORD_KEY)
+    secagg = config_record(msg.content, RECORD_KEY)
     if secagg is not None and isinstance(decode(secagg), MaskedInputRequest):
         return _masked_unclipped(msg, context, call_next)
     return call_next(msg, context)
