@@ -186,10 +186,17 @@ class Sites:
 
 
 class Retrain:
-    """Checks the retrain plan here (so a refusal shows at once), then runs ``fedguard retrain`` in the background."""
+    """Checks the retrain plan here (so a refusal shows at once), then runs ``fedguard retrain`` in the background.
+
+    The child gets this registry's home and database whatever the console's
+    environment says, runs in its own session (closing the browser or the
+    console does not stop it), and is kept in :attr:`launched` so that a
+    finished one is reaped, not left a zombie of a long-lived console.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.launched: list[subprocess.Popen[bytes]] = []
 
     def __call__(self, ref: str, *, actor: str) -> str:
         from coordinator.retrain import plan
@@ -200,15 +207,20 @@ class Retrain:
         planned = plan(self.registry, name, version)
         log = self.registry.home.runs / f"retrain-{name}-{version}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with self.registry.transaction() as session:
+        self.launched = [p for p in self.launched if p.poll() is None]
+        env = os.environ.copy()
+        env.update(FEDGUARD_HOME=str(self.registry.home.root),
+                   FEDGUARD_DATABASE_URL=self.registry.engine.url.render_as_string(hide_password=False))
+        with self.registry.transaction() as session:  # audited before it starts: nothing runs unrecorded
             audit.record(session, "console.retrain", actor=actor, subject=ref,
                          details={"mode": planned.mode, "kept": list(planned.kept), "log": str(log)})
         with log.open("ab") as handle:
-            subprocess.Popen([sys.executable, "-m", "fedguard.cli", "retrain", ref, "--without-withdrawn",
-                              "--no-follow"], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=os.environ.copy())
+            child = subprocess.Popen([sys.executable, "-m", "fedguard.cli", "retrain", ref, "--without-withdrawn",
+                                      "--no-follow"], stdout=handle, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self.launched.append(child)
         return (f"retraining {ref} without the withdrawn data ({planned.mode}, sites kept: "
-                f"{', '.join(planned.kept)}); its run appears on the Runs page; log: {log}")
+                f"{', '.join(planned.kept)}; process {child.pid}); its run appears on the Runs page; log: {log}")
 
 
 def full_sources(registry: Registry) -> ConsoleSources:

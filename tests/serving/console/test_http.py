@@ -161,3 +161,14 @@ def test_the_console_serves_no_cdn_asset(console: TestClient, viewer_key: Create
     page = console.get("/console/runs").text
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
     assert console.get("/console/static/htmx.min.js").status_code == 200
+
+
+def test_a_deployed_run_is_listed_with_its_job(console: TestClient, viewer_key: CreatedKey,
+                                                registry: Registry) -> None:
+    folder = write_run(registry, "3f9a1c2b7d4e", 2, total=3)  # `fedguard run launch` names a run by a hex id
+    (folder / "job.toml").write_text('num-server-rounds = 3\nsecure-aggregation = "secagg+"\nnum-sites = 3\n')
+    sign_in(console, viewer_key.key)
+    row = next(line for line in console.get("/console/runs").text.split("<tr>") if "3f9a1c2b7d4e" in line)
+    assert "<td>deployment</td>" in row and ">running<" in row and '<td class="num">2/3</td>' in row
+    page = console.get("/console/runs/3f9a1c2b7d4e").text
+    assert "<code>secure-aggregation</code></td><td class=\"mono\">secagg+" in page
