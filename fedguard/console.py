@@ -76,7 +76,7 @@ class Runs:
             model = f"{terminal.get('model')}:{terminal.get('version')}"
         elif outcome.get("model"):
             model = f"{outcome['model']}:{outcome.get('version')}"
-        last = next((e for e in reversed(events) if e.get("event") not in ("round",)), None)
+        last = events[-1] if events and events[-1].get("event") != "round" else None  # older lines are stale
         message = _MARKUP.sub("", render.line(last) or "") if last else ""
         config: dict[str, Any] = {}
         if (folder / "job.toml").is_file():

@@ -58,7 +58,10 @@ def _publication(accuracy: float, seed: int) -> Publication:
 
 
 def _run(registry: Registry, run_id: str, rounds: int, total: int, model: str | None) -> None:
+    """A run folder, and each site's ledger charges for its rounds; the progress log's ε is the ledger's."""
     from coordinator.runs.progress import PROGRESS, ProgressLog
+    from privacy.ledger import coordinator_ledger
+    from privacy.ledger.base import Charge, evaluate
 
     folder = registry.home.runs / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,11 +69,22 @@ def _run(registry: Registry, run_id: str, rounds: int, total: int, model: str | 
                                                         "dp_epsilon": 3.0, "secure_agg": "secagg+", "seed": 7}))
     log = ProgressLog(folder / PROGRESS)
     log("stage", {"stage": "engine"})
-    for n in range(1, rounds + 1):
-        dropped = ["riverside"] if n == 3 else []
-        log("round", {"round": n, "rounds": total, "accuracy": 0.62 + 0.05 * n, "loss": 1.0 / n,
-                      "epsilon_max": 0.62 * n, "site_epsilon": None, "sites": 3 - len(dropped), "failed": 0,
-                      "rejected": 0, "dropped": dropped, "reasons": {}})
+    ledger = coordinator_ledger(registry)
+    charged: dict[str, list[Charge]] = {name: [] for name in SITES}
+    try:
+        for n in range(1, rounds + 1):
+            dropped = ["riverside"] if n == 3 else []
+            for i, name in enumerate(SITES):
+                if name not in dropped:
+                    charge = Charge(name, f"{i + 7:064x}", run_id, n, "record", 1.3 - 0.05 * i, 0.04, 40, 1e-5)
+                    ledger.record(charge, actor="user:ops")
+                    charged[name].append(charge)
+            spent = max(evaluate(found, None)[0] for found in charged.values() if found)
+            log("round", {"round": n, "rounds": total, "accuracy": 0.62 + 0.05 * n, "loss": 1.0 / n,
+                          "epsilon_max": spent, "site_epsilon": None, "sites": 3 - len(dropped), "failed": 0,
+                          "rejected": 0, "dropped": dropped, "reasons": {}})
+    finally:
+        ledger.close()
     if model:
         name, version = model.split(":")
         log("done", {"model": name, "version": int(version), "accuracy": 0.86})
@@ -80,7 +94,6 @@ def build_demo(home: Path) -> Registry:
     """The demonstration home the screenshots show."""
     from coordinator.provisioning import FederationLayout, SiteRegistry, init_federation
     from privacy.ledger import coordinator_ledger
-    from privacy.ledger.base import Charge
 
     registry = Registry.open(Settings(home=home))
     init_federation(home, "demo-consortium", endpoint="coordinator.example:9093")
@@ -88,7 +101,14 @@ def build_demo(home: Path) -> Registry:
     with tempfile.TemporaryDirectory() as bundles:
         for name in SITES:
             sites.enroll(name, Path(bundles) / f"{name}.bundle", actor="user:ops")
-    sites.revoke("riverside", actor="user:ops", reason="left the consortium")
+    ledger = coordinator_ledger(registry)
+    try:
+        ledger.set_cap("*", 8.0, 1e-5, actor="user:ops")
+        ledger.set_cap("northfield", 4.0, 1e-5, actor="user:ops")
+    finally:
+        ledger.close()
+    _run(registry, "sim-20261205-091500-a1b2c3", 5, 5, "cardio:1")  # the runs (and their charges) come first,
+    _run(registry, "sim-20261205-140200-d4e5f6", 3, 5, None)  # so the trail's newest events are governance's
     publish_model(registry, _publication(0.86, 0))
     StageStore(registry).promote("cardio", 1, to="production", environment="default", actor="user:ops")
     publish_model(registry, _publication(0.81, 1))
@@ -97,19 +117,7 @@ def build_demo(home: Path) -> Registry:
         StageStore(registry).promote("cardio", 2, to="production", environment="default", actor="user:ops")
     except Exception:  # noqa: BLE001 - the refusal is what the page shows
         pass
-    _run(registry, "sim-20261205-091500-a1b2c3", 5, 5, "cardio:1")
-    _run(registry, "sim-20261205-140200-d4e5f6", 3, 5, None)
-    ledger = coordinator_ledger(registry)
-    try:
-        for i, name in enumerate(SITES):
-            for run_id, rounds in (("sim-20261205-091500-a1b2c3", 5), ("sim-20261205-140200-d4e5f6", 3)):
-                for n in range(1, rounds + 1):
-                    ledger.record(Charge(name, f"{i + 7:064x}", run_id, n, "record", 1.05 - 0.05 * i, 0.04, 60,
-                                         1e-5), actor="user:ops")
-        ledger.set_cap("*", 8.0, 1e-5, actor="user:ops")
-        ledger.set_cap("northfield", 5.0, 1e-5, actor="user:ops")
-    finally:
-        ledger.close()
+    sites.revoke("riverside", actor="user:ops", reason="left the consortium")
     registry.checkpoint(every=1)
     return registry
 

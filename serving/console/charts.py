@@ -98,11 +98,13 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
     return Markup("".join(parts))
 
 
-def budget_bars(title: str, rows: Sequence[tuple[str, float, float | None]]) -> Markup:
+def budget_bars(title: str, rows: Sequence[tuple[str, float, float | None]], *, capped: bool = True) -> Markup:
     """Horizontal bars, one per ``(label, spent, cap)``: spent ε against its cap, with the numbers written out.
 
     A bar over 80 % of its cap is hatched as well as red, so the warning does
-    not rest on colour alone; the text says "over cap" past 100 %.
+    not rest on colour alone; the text says "over cap" past 100 %. With
+    ``capped=False`` the bars are one run's share, which no cap applies to:
+    they say so rather than "no cap".
     """
     if not rows:
         return Markup(f'<p class="empty">{escape(title)}: no privacy spent yet.</p>')
@@ -120,7 +122,7 @@ def budget_bars(title: str, rows: Sequence[tuple[str, float, float | None]]) -> 
         share = spent / cap if cap else 0.0
         fill = "url(#hatch)" if cap and share >= 0.8 else "#1f5fa8"
         w = min(spent, top) / top * plot_w
-        words = f"ε {spent:.2f}" + (f" of {cap:g}" if cap is not None else " (no cap)")
+        words = f"ε {spent:.2f}" + (f" of {cap:g}" if cap is not None else " (no cap)" if capped else " in this run")
         if cap is not None and spent > cap:
             words += " over cap"
         parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" font-size="11">'

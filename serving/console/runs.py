@@ -32,7 +32,8 @@ def run_charts(run: RunView) -> dict[str, Any]:
         "epsilon_chart": charts.line_chart(f"Privacy spent (ε) per round of run {run.run_id}", epsilon,
                                            x_label="round", y_label="ε"),
         "site_chart": charts.budget_bars(f"ε spent per site in run {run.run_id}",
-                                         [(site, eps, None) for site, eps in sorted(run.site_epsilon.items())]),
+                                         [(site, eps, None) for site, eps in sorted(run.site_epsilon.items())],
+                                         capped=False),
     }
 
 

@@ -61,6 +61,7 @@ def test_every_page_renders_for_a_viewer(console: TestClient, viewer_key: Create
     assert "sim-20261205-a" in runs.text and published.ref in runs.text
     run = console.get("/console/runs/sim-20261205-a")
     assert run.status_code == 200 and "<svg" in run.text and "site-c" in run.text
+    assert run.text.count(" in this run</text>") == 3 and "(no cap)" not in run.text  # a run's share has no cap
     privacy = console.get("/console/privacy")
     assert privacy.status_code == 200 and "site-a" in privacy.text and "1.1" in privacy.text
     model = console.get(f"/console/models/{published.name}")
@@ -172,3 +173,4 @@ def test_a_deployed_run_is_listed_with_its_job(console: TestClient, viewer_key: 
     assert "<td>deployment</td>" in row and ">running<" in row and '<td class="num">2/3</td>' in row
     page = console.get("/console/runs/3f9a1c2b7d4e").text
     assert "<code>secure-aggregation</code></td><td class=\"mono\">secagg+" in page
+    assert "starting the Flower simulation" not in page  # the stage line before round 1 is stale by round 2
