@@ -224,7 +224,6 @@ class SecAggPlusStrategy(StrategyWrapper):
                     values[name] = float(np.average(np.array(column, dtype=float), weights=weights))
         return MetricRecord(values)
 
-
     # -------------------------------------------------------------- sessions
     def _new_session(self, nodes: list[int], server_round: int, length: int) -> SecAggServer:
         """A session for ``nodes``: those with keys drawn ahead skip its setup stage.

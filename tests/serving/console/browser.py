@@ -74,6 +74,27 @@ def served(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def text_of(browser: Any, css: str) -> str:
+    """The rendered text of ``css``, read in one script (htmx may swap the element between two WebDriver calls)."""
+    found = browser.execute_script("const e = document.querySelector(arguments[0]); "
+                                   "return e === null ? null : e.innerText;", css)
+    return "" if found is None else str(found).strip()
+
+
+def confirm(browser: Any, button_id: str) -> Any:
+    """Tick the confirmation box of the button's form, as an operator does; the button, to press."""
+    from selenium.webdriver.common.by import By
+
+    button = browser.find_element(By.ID, button_id)
+    button.find_element(By.XPATH, "./ancestor::form").find_element(By.NAME, "confirm").click()
+    return button
+
+
+def submit(browser: Any, button_id: str) -> None:
+    """Tick the confirmation of the button's form and press the button."""
+    confirm(browser, button_id).click()
+
+
 def wait_for(condition: Callable[[], Any], message: str, timeout: float = 30.0) -> Any:
     """Poll ``condition`` until it is truthy (the deadline only bounds a hang); return its value."""
     deadline = time.monotonic() + timeout

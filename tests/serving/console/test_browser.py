@@ -30,7 +30,7 @@ from serving.app import create_app
 from serving.guards.keys import CreatedKey, create_key
 from serving.settings import ServingSettings
 from tests.conftest import make_publication
-from tests.serving.console.browser import chromium, need_browser, served, wait_for
+from tests.serving.console.browser import chromium, confirm, need_browser, served, submit, text_of, wait_for
 from tests.serving.console.fixtures import charge_sites, write_run
 
 pytestmark = pytest.mark.integration
@@ -75,10 +75,7 @@ def _by(what: str) -> Any:
 
 
 def _text(world: World, css: str) -> str:
-    """The rendered text of ``css``, read in one script (htmx may swap the element between two WebDriver calls)."""
-    found = world.browser.execute_script("const e = document.querySelector(arguments[0]); "
-                                         "return e === null ? null : e.innerText;", css)
-    return "" if found is None else str(found).strip()
+    return text_of(world.browser, css)
 
 
 def _sign_in(world: World) -> None:
@@ -96,14 +93,6 @@ def _session(world: World) -> None:
     if world.browser.get_cookie("fedguard_console") is None:
         world.browser.get(f"{world.url}/console/signin")
         _sign_in(world)
-
-
-def _submit(world: World, button_id: str) -> None:
-    """Tick the confirmation of the button's form and press the button, as an operator does."""
-    button = world.browser.find_element(_by("ID"), button_id)
-    form = button.find_element(_by("XPATH"), "./ancestor::form")
-    form.find_element(_by("NAME"), "confirm").click()
-    button.click()
 
 
 def test_sign_in_with_an_admin_key(world: World) -> None:
@@ -138,7 +127,7 @@ def test_a_promotion_refused_by_a_gate_names_it_as_the_cli_does(world: World) ->
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(_by("ID"), "promote-to-2")).select_by_value("production")
-    _submit(world, "promote-2")
+    submit(world.browser, "promote-2")
     wait_for(lambda: browser.find_elements(_by("ID"), "message"), "no answer to the promotion")
     shown = _text(world, "#message")
     with pytest.raises(GovernanceError) as refused:  # what 'fedguard models promote demo:1 --to production' prints
@@ -159,10 +148,9 @@ def test_the_kill_switch_stops_every_replica_within_1_s_and_shows_a_banner_every
         replicas = [world.url, second]
         wait_for(lambda: all(_answers(url, headers) == 200 for url in replicas), "a replica does not serve demo")
         world.browser.get(f"{world.url}/console/models/demo")
-        form = world.browser.find_element(_by("ID"), "kill-default").find_element(_by("XPATH"), "./ancestor::form")
-        form.find_element(_by("NAME"), "confirm").click()
+        button = confirm(world.browser, "kill-default")
         clicked = time.monotonic()  # before the click: the time counted includes the form's POST and its commit
-        world.browser.find_element(_by("ID"), "kill-default").click()
+        button.click()
         pending = list(replicas)
         while pending:
             pending = [url for url in pending if _answers(url, headers) != 503]
@@ -178,7 +166,7 @@ def test_the_kill_switch_stops_every_replica_within_1_s_and_shows_a_banner_every
             banner = world.browser.find_element(_by("ID"), "killed-banner")
             assert "KILL SWITCH ON" in banner.text and "demo" in banner.text  # words, not only red
         world.browser.get(f"{world.url}/console/models/demo")
-        _submit(world, "revive-default")
+        submit(world.browser, "revive-default")
         wait_for(lambda: all(_answers(url, headers) == 200 for url in replicas), "a replica did not come back")
     assert not DeploymentStore(world.registry).state("demo").killed
 

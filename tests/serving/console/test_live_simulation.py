@@ -34,18 +34,12 @@ from serving.app import create_app
 from serving.guards.keys import create_key
 from serving.settings import ServingSettings
 from tests.e2e.conftest import FEDGUARD, _env
-from tests.serving.console.browser import chromium, need_browser, served, wait_for
+from tests.serving.console.browser import chromium, need_browser, served, submit, text_of, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 ROUNDS = 3
 SITES = 4
 """Four, so that the retrain without one keeps the three SecAgg+ needs."""
-
-
-def _text(browser: object, css: str) -> str:
-    found = browser.execute_script(  # type: ignore[attr-defined]
-        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;", css)
-    return "" if found is None else str(found).strip()
 
 
 @pytest.fixture
@@ -93,13 +87,13 @@ def test_a_real_simulation_followed_live_then_retrained_from_the_console(
         while not browser.find_elements(By.ID, "run-model"):
             assert process.poll() in (None, 0), f"simulate failed:\n{(tmp_path / 'simulate.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the page never showed the published model; rounds seen {seen}"
-            shown = _text(browser, "#run-round")
+            shown = text_of(browser, "#run-round")
             if shown and (not seen or seen[-1] != shown):
                 seen.append(shown)
             time.sleep(0.1)
-        seen.append(_text(browser, "#run-round"))
+        seen.append(text_of(browser, "#run-round"))
         assert browser.execute_script("return window.fedguardNotReloaded === true;"), "the page was reloaded"
-        model = _text(browser, "#run-model")
+        model = text_of(browser, "#run-model")
         assert process.wait(timeout=120) == 0
         outcome = json.loads(process.stdout.read().strip().splitlines()[-1]) if process.stdout else {}
         assert f"{outcome['model']}:{outcome['version']}" in model
@@ -125,15 +119,6 @@ def _reaped(retrain: Retrain) -> Iterator[None]:
             child.wait()
 
 
-def _submit(browser: Any, button_id: str) -> None:
-    """Tick the confirmation of the button's form and press the button, as an operator does."""
-    from selenium.webdriver.common.by import By
-
-    button = browser.find_element(By.ID, button_id)
-    button.find_element(By.XPATH, "./ancestor::form").find_element(By.NAME, "confirm").click()
-    button.click()
-
-
 def _withdraw_and_retrain(browser: Any, url: str, registry: Registry, retrain: Retrain, model: str,
                           first_run: str) -> None:
     """Record site-1's withdrawal, launch the retrain of version 1, and follow the Runs page until it publishes."""
@@ -142,13 +127,13 @@ def _withdraw_and_retrain(browser: Any, url: str, registry: Registry, retrain: R
     browser.get(f"{url}/console/consent")
     browser.find_element(By.ID, "withdraw-site").send_keys("site-1")
     browser.find_element(By.ID, "withdraw-reason").send_keys("consent withdrawn by the patient group")
-    _submit(browser, "withdraw")
-    wait_for(lambda: "recorded the withdrawal of site site-1" in _text(browser, "#message"), "withdrawal not shown")
+    submit(browser, "withdraw")
+    wait_for(lambda: "recorded the withdrawal of site site-1" in text_of(browser, "#message"), "withdrawal not shown")
     browser.get(f"{url}/console/models/{model}")
-    assert "tainted" in _text(browser, "#version-1").lower()
-    _submit(browser, "retrain-1")
-    wait_for(lambda: "retraining " in _text(browser, "#message"), "retrain not launched")
-    assert "sites kept: site-0, site-2, site-3" in _text(browser, "#message")
+    assert "tainted" in text_of(browser, "#version-1").lower()
+    submit(browser, "retrain-1")
+    wait_for(lambda: "retraining " in text_of(browser, "#message"), "retrain not launched")
+    assert "sites kept: site-0, site-2, site-3" in text_of(browser, "#message")
     published = f"{model}:2"
     deadline = time.monotonic() + 600  # bounds a hang only: the loop ends when the Runs page shows the new version
     while True:
